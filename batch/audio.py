@@ -1,0 +1,93 @@
+"""Decode any container or codec FFmpeg reads into one 16 kHz mono float32 array.
+
+Decoding runs in-process through PyAV (FFmpeg's libraries), from a stream rather than a path, and
+turns FFmpeg's failures into reasons a person can act on.
+"""
+
+from __future__ import annotations
+
+import wave
+from typing import BinaryIO
+
+import av
+import numpy as np
+from faster_whisper.audio import decode_audio
+
+from batch.errors import AudioDecodeError
+
+SAMPLE_RATE = 16_000
+
+# A file whose container promises much more audio than decodes was cut short (a partial upload, a
+# recorder that died). Below this share of the declared duration the file fails instead of
+# producing a transcript that silently stops halfway.
+MIN_DECODED_SHARE = 0.9
+DURATION_SLACK_SECONDS = 1.0
+
+
+def decode(stream: BinaryIO) -> np.ndarray:
+    """The whole audio of `stream` as float32 samples in [-1, 1] at 16 kHz, mono.
+
+    Raises AudioDecodeError when the stream is empty, not media, has no audio track, or is truncated.
+    """
+    declared_seconds = _probe(stream)
+    stream.seek(0)
+    try:
+        samples = decode_audio(stream, sampling_rate=SAMPLE_RATE)
+    except av.error.FFmpegError as exc:
+        raise AudioDecodeError(f"cannot decode audio: {_reason(exc)}") from None
+    decoded_seconds = len(samples) / SAMPLE_RATE
+    if len(samples) == 0:
+        raise AudioDecodeError("no audio samples could be decoded (empty or truncated audio track)")
+    if declared_seconds and decoded_seconds < declared_seconds * MIN_DECODED_SHARE - DURATION_SLACK_SECONDS:
+        raise AudioDecodeError(
+            f"truncated: decoded {decoded_seconds:.1f} s of the {declared_seconds:.1f} s the file declares"
+        )
+    return samples
+
+
+def _probe(stream: BinaryIO) -> float | None:
+    """Check the stream is media with an audio track; return the audio duration it declares, if any."""
+    if _is_empty(stream):
+        raise AudioDecodeError("empty file")
+    try:
+        with av.open(stream, mode="r", metadata_errors="ignore") as container:
+            if not container.streams.audio:
+                kinds = sorted({s.type for s in container.streams}) or ["no streams"]
+                raise AudioDecodeError(f"no audio track (the file holds: {', '.join(kinds)})")
+            audio = container.streams.audio[0]
+            if "wav" in container.format.name.split(","):
+                return _wav_header_seconds(stream)
+            if audio.duration is not None and audio.time_base is not None:
+                return float(audio.duration * audio.time_base)
+            if container.duration is not None:
+                return container.duration / av.time_base
+            return None
+    except av.error.FFmpegError as exc:
+        raise AudioDecodeError(f"not a readable audio or video file: {_reason(exc)}") from None
+
+
+def _wav_header_seconds(stream: BinaryIO) -> float | None:
+    """The length a PCM WAV header declares (FFmpeg derives it from the file size instead)."""
+    position = stream.tell()
+    try:
+        stream.seek(0)
+        with wave.open(stream) as header:
+            frames, rate = header.getnframes(), header.getframerate()
+    except (wave.Error, EOFError, ValueError):
+        return None  # not plain PCM: no cheap way to know; trust the decoder
+    finally:
+        stream.seek(position)
+    # Recorders that never finished write 0 or 0xFFFFFFFF-ish sizes: "unknown", not "truncated".
+    if rate <= 0 or frames <= 0 or frames >= 0xFFFFFFFF // 8:
+        return None
+    return frames / rate
+
+
+def _is_empty(stream: BinaryIO) -> bool:
+    first = stream.read(1)
+    stream.seek(0)
+    return not first
+
+
+def _reason(exc: av.error.FFmpegError) -> str:
+    return getattr(exc, "strerror", None) or str(exc)

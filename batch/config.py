@@ -1,0 +1,232 @@
+"""Typed, validated run settings, layered: flag > environment > config file > default.
+
+Every setting has one name, used as the TOML key (`batch_size`), the environment variable
+(`WHISPERX_BATCH_BATCH_SIZE`) and the flag (`--batch-size`). An unknown key or a bad value raises
+ConfigError naming the key and where the value came from, before any model loads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from batch.errors import ConfigError
+
+ENV_PREFIX = "WHISPERX_BATCH_"
+CONFIG_ENV_VAR = ENV_PREFIX + "CONFIG"
+
+# Bump when the transcript JSON changes shape: outputs made under another version are redone.
+TRANSCRIPT_SCHEMA_VERSION = 1
+
+OUTPUT_FORMATS = ("json", "srt", "vtt", "txt", "tsv")
+COMPUTE_TYPES = (
+    "default",
+    "auto",
+    "int8",
+    "int8_float16",
+    "int8_float32",
+    "int8_bfloat16",
+    "int16",
+    "float16",
+    "bfloat16",
+    "float32",
+)
+
+# Settings that change what a transcript says. A change to any of them redoes a done file; the rest
+# (device, batch size, threads, logging) change how fast or how loudly, not what.
+OUTPUT_SHAPING = (
+    "model",
+    "language",
+    "vad_method",
+    "vad_onset",
+    "vad_offset",
+    "chunk_size",
+    "formats",
+)
+
+
+class Settings(BaseModel):
+    """Every option of `whisperx-batch run`. Frozen: built once, then only read."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+    source: str | None = None
+    out: str | None = None
+    model: str = "large-v3"
+    model_dir: str | None = None
+    language: str = "auto"
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    compute_type: Literal[COMPUTE_TYPES] | None = None  # type: ignore[valid-type]
+    batch_size: int = Field(16, ge=1, le=512)
+    threads: int | None = Field(None, ge=1, le=1024)
+    vad_method: Literal["pyannote", "silero"] = "pyannote"
+    vad_onset: float = Field(0.5, gt=0, lt=1)
+    vad_offset: float = Field(0.363, gt=0, lt=1)
+    chunk_size: float = Field(30.0, gt=0, le=30)
+    formats: tuple[str, ...] = ("json",)
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    force: bool = False
+    dry_run: bool = False
+    quiet: bool = False
+    log_format: Literal["text", "json"] = "text"
+
+    @field_validator("language")
+    @classmethod
+    def _known_language(cls, value: str) -> str:
+        return normalize_language(value)
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        return normalize_model(value)
+
+    @field_validator("formats", mode="before")
+    @classmethod
+    def _known_formats(cls, value: Any) -> tuple[str, ...]:
+        names = [value] if isinstance(value, str) else list(value)
+        wanted = {name.strip().lower() for item in names for name in str(item).split(",") if name.strip()}
+        unknown = sorted(wanted - set(OUTPUT_FORMATS))
+        if unknown:
+            raise ValueError(f"unknown format {', '.join(unknown)}; choose from {', '.join(OUTPUT_FORMATS)}")
+        # json is always written; keep a stable order so the settings hash does not depend on it.
+        return tuple(name for name in OUTPUT_FORMATS if name in wanted or name == "json")
+
+    def vad_options(self) -> dict[str, float]:
+        return {"vad_onset": self.vad_onset, "vad_offset": self.vad_offset, "chunk_size": self.chunk_size}
+
+    def output_settings(self) -> dict[str, Any]:
+        """The settings that shape the output, as recorded in every manifest."""
+        return {name: getattr(self, name) for name in OUTPUT_SHAPING}
+
+
+def settings_hash(settings: Settings, compute_type: str) -> str:
+    """A stable hash of everything that shapes a transcript, compute type (as resolved) included."""
+    shaping = settings.output_settings() | {
+        "compute_type": compute_type,
+        "schema_version": TRANSCRIPT_SCHEMA_VERSION,
+    }
+    blob = json.dumps(shaping, sort_keys=True, separators=(",", ":"), default=list)
+    return "sha256:" + hashlib.sha256(blob.encode()).hexdigest()
+
+
+def normalize_language(value: str) -> str:
+    """`auto`, an ISO code (`ru`) or a full name (`Russian`) -> `auto` or the ISO code."""
+    from whisperx.utils import LANGUAGES, TO_LANGUAGE_CODE  # light module: tables only
+
+    text = value.strip().lower()
+    if text == "auto" or text in LANGUAGES:
+        return text
+    if text in TO_LANGUAGE_CODE:
+        return TO_LANGUAGE_CODE[text]
+    raise ValueError(f"unknown language {value!r}; use an ISO code such as 'en', a name such as 'Russian', or 'auto'")
+
+
+_HUB_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def normalize_model(value: str) -> str:
+    """A Whisper size name, a Hugging Face repo id, or a local CTranslate2 folder (made absolute)."""
+    from faster_whisper.utils import available_models
+
+    text = value.strip()
+    if not text:
+        raise ValueError("empty model name")
+    folder = Path(text).expanduser()
+    if folder.is_dir():
+        return str(folder.resolve())
+    if text.startswith(("/", "./", "../", "~")):
+        # A missing folder is an environment problem (exit 3), reported when the run starts.
+        return str(folder.absolute())
+    if text in available_models() or _HUB_REPO_ID.fullmatch(text):
+        return text
+    raise ValueError(
+        f"unknown model {value!r}; use a Whisper name ({', '.join(available_models())}), "
+        "a Hugging Face repo id, or a local CTranslate2 model folder"
+    )
+
+
+FIELD_NAMES = tuple(Settings.model_fields)
+
+
+def flag_name(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def env_name(key: str) -> str:
+    return ENV_PREFIX + key.upper()
+
+
+def load_settings(
+    flags: Mapping[str, Any],
+    environ: Mapping[str, str] | None = None,
+    config_path: str | os.PathLike[str] | None = None,
+) -> Settings:
+    """Merge defaults < config file < environment < flags, validate, and return the settings.
+
+    `flags` holds only the options given on the command line (None means not given).
+    """
+    environ = os.environ if environ is None else environ
+    config_path = config_path or environ.get(CONFIG_ENV_VAR) or None
+    values: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    if config_path:
+        for key, value in read_config_file(Path(config_path)).items():
+            values[key], origin[key] = value, f"config file {config_path}"
+    for key, value in read_environment(environ).items():
+        values[key], origin[key] = value, env_name(key)
+    for key, value in flags.items():
+        if value is not None:
+            values[key], origin[key] = value, flag_name(key)
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        key = str(error["loc"][0]) if error["loc"] else "settings"
+        message = error["msg"].removeprefix("Value error, ")
+        raise ConfigError(key, message, origin.get(key)) from None
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The keys of a TOML config file; an unknown key is an error that names it."""
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError("config", f"file not found: {path}") from None
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError("config", f"cannot read {path}: {exc}") from None
+    values = {}
+    for raw_key, value in data.items():
+        key = raw_key.replace("-", "_")
+        if key not in FIELD_NAMES:
+            raise ConfigError(raw_key, "unknown config key", f"config file {path}")
+        values[key] = value
+    return values
+
+
+_LIST_FIELDS = {"formats", "include", "exclude"}
+
+
+def read_environment(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Settings given as WHISPERX_BATCH_* variables; an unknown one is an error, not a silent typo."""
+    values: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV_VAR:
+            continue
+        key = name.removeprefix(ENV_PREFIX).lower()
+        if key not in FIELD_NAMES:
+            raise ConfigError(name, "unknown environment variable")
+        if key in _LIST_FIELDS:
+            values[key] = tuple(part.strip() for part in raw.split(",") if part.strip())
+        else:
+            values[key] = raw
+    return values

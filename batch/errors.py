@@ -1,0 +1,83 @@
+"""Error types, the exit codes they map to, and secret redaction.
+
+Exit codes are decided here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+EXIT_OK = 0
+EXIT_FILES_FAILED = 1
+EXIT_USAGE = 2
+EXIT_ENVIRONMENT = 3
+
+
+class BatchError(Exception):
+    """Base class: an error that stops the whole run with a given exit code."""
+
+    exit_code = EXIT_ENVIRONMENT
+
+
+class ConfigError(BatchError):
+    """A bad option, config key or value: the run stops before any model loads."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, key: str, message: str, source: str | None = None):
+        self.key = key
+        self.source = source
+        where = f" (from {source})" if source else ""
+        super().__init__(f"{key}: {message}{where}")
+
+
+class EnvironmentProblem(BatchError):
+    """The machine cannot run the job: model missing, device unusable, DEST not writable."""
+
+    exit_code = EXIT_ENVIRONMENT
+
+
+class FileFailure(Exception):
+    """One input cannot be processed; it fails alone and the run goes on."""
+
+
+class AudioDecodeError(FileFailure):
+    """The input holds no decodable audio (empty, truncated, not audio, no audio track)."""
+
+
+# Environment variables whose values must never reach a log, a manifest or an error message.
+SECRET_ENV_VARS = (
+    "HF_TOKEN",
+    "HUGGING_FACE_HUB_TOKEN",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_ACCESS_KEY_ID",
+)
+_SECRET_PATTERNS = (
+    re.compile(r"hf_[A-Za-z0-9]{20,}"),
+    re.compile(r"(?<![A-Z0-9])(?:AKIA|ASIA)[0-9A-Z]{16}(?![A-Z0-9])"),
+)
+_extra_secrets: set[str] = set()
+
+
+def register_secret(value: str | None) -> None:
+    """Remember a secret read from somewhere other than the environment (a token file)."""
+    if value and len(value) >= 6:
+        _extra_secrets.add(value)
+
+
+def redact(text: str) -> str:
+    """Replace every known secret value, and anything shaped like a token or key, with ***."""
+    secrets = {os.environ.get(name) for name in SECRET_ENV_VARS} | _extra_secrets
+    for secret in sorted((s for s in secrets if s and len(s) >= 6), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    for pattern in _SECRET_PATTERNS:
+        text = pattern.sub("***", text)
+    return text
+
+
+def describe(exc: BaseException) -> dict[str, str]:
+    """The {type, message} record of an exception, with secrets removed."""
+    message = str(exc).strip() or repr(exc)
+    return {"type": type(exc).__name__, "message": redact(message)}

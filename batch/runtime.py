@@ -1,0 +1,89 @@
+"""Facts about the machine the run is on: usable CPUs, the device, package versions."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from importlib import metadata
+from pathlib import Path
+
+from batch.errors import EnvironmentProblem
+
+log = logging.getLogger(__name__)
+
+KEY_PACKAGES = (
+    "whisperx-batch",
+    "whisperx",
+    "faster-whisper",
+    "ctranslate2",
+    "torch",
+    "pyannote.audio",
+    "transformers",
+    "av",
+)
+
+
+def available_cpus(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
+    """CPUs this process may really use: its affinity mask, capped by a cgroup (container) CPU quota."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    quota = _cgroup_cpu_quota(cgroup_root)
+    if quota is not None:
+        cpus = min(cpus, max(1, math.ceil(quota)))
+    return max(1, cpus)
+
+
+def _cgroup_cpu_quota(root: Path) -> float | None:
+    """CPUs allowed by cgroup v2 `cpu.max` or cgroup v1 `cpu.cfs_quota_us`; None when unlimited."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota_us = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period_us = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+        return None if quota_us <= 0 or period_us <= 0 else quota_us / period_us
+    except (OSError, ValueError):
+        return None
+
+
+def cuda_usable() -> bool:
+    """Whether both engines (CTranslate2 for ASR, PyTorch for the rest) can see a CUDA device."""
+    try:
+        import ctranslate2
+        import torch
+
+        return ctranslate2.get_cuda_device_count() > 0 and torch.cuda.is_available()
+    except Exception:  # a broken CUDA install reads as "no CUDA", which auto then avoids
+        return False
+
+
+def resolve_device(requested: str) -> str:
+    """`auto` -> cuda when usable, else cpu (said once). `cuda` without a usable GPU is an environment error."""
+    if requested == "cpu":
+        return "cpu"
+    usable = cuda_usable()
+    if requested == "cuda" and not usable:
+        raise EnvironmentProblem(
+            "device cuda was asked for but no usable CUDA device was found "
+            "(check the driver, `docker run --gpus all`, CUDA_VISIBLE_DEVICES), or use --device cpu"
+        )
+    device = "cuda" if usable else "cpu"
+    if requested == "auto":
+        log.info("device auto: using %s", device if usable else "cpu (no usable CUDA device)")
+    return device
+
+
+def default_compute_type(device: str) -> str:
+    return "float16" if device == "cuda" else "int8"
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for name in KEY_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions

@@ -1,0 +1,160 @@
+"""Where recordings come from and where outputs go, behind relative keys.
+
+A key is the input's path relative to SOURCE in POSIX form (`calls/2024/a.wav`). Outputs are named
+KEY + suffix under DEST, so inputs never collide. Every write is atomic: a temporary file in the same
+folder, flushed to disk, then renamed over the target.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO
+
+from batch.errors import EnvironmentProblem
+
+# Containers and codecs people record or export calls, interviews, podcasts and meetings in.
+MEDIA_EXTENSIONS = frozenset(
+    """
+    wav wave mp3 m4a m4b aac flac ogg oga opus spx webm weba mp4 m4v mkv mka mov avi wmv wma
+    aif aiff aifc amr 3gp 3g2 caf wv ac3 mpg mpeg mp2 ts mts m2ts vob flv
+    """.split()
+)
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """One recording to transcribe. `version` changes whenever the content may have (mtime, ETag)."""
+
+    key: str
+    size: int
+    version: str
+
+
+def is_selected(key: str, include: Iterable[str] = (), exclude: Iterable[str] = ()) -> bool:
+    """Whether a key is taken: by media extension, or by --include globs when given; never if excluded.
+
+    Globs follow fnmatch, matched against the whole key, so `*` also crosses folders.
+    """
+    include, exclude = tuple(include), tuple(exclude)
+    if include:
+        chosen = any(fnmatch.fnmatchcase(key, pattern) for pattern in include)
+    else:
+        chosen = PurePosixPath(key).suffix.lower().lstrip(".") in MEDIA_EXTENSIONS
+    return chosen and not any(fnmatch.fnmatchcase(key, pattern) for pattern in exclude)
+
+
+def safe_relative(key: str) -> PurePosixPath:
+    """A key as a relative path that cannot climb out of its root; refuses anything else."""
+    parts = [part for part in key.split("/") if part not in ("", ".")]
+    if not parts or any(part == ".." for part in parts) or "\x00" in key:
+        raise ValueError(f"unsafe key {key!r}")
+    return PurePosixPath(*parts)
+
+
+class LocalSource:
+    """A folder of recordings, scanned recursively in sorted order."""
+
+    def __init__(self, root: str | os.PathLike[str], skip: str | os.PathLike[str] | None = None):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise EnvironmentProblem(f"SOURCE is not a readable folder: {self.root}")
+        self._real_root = self.root.resolve()
+        self._skip = Path(skip).resolve() if skip is not None else None
+
+    def list(self, include: Iterable[str] = (), exclude: Iterable[str] = ()) -> Iterator[InputFile]:
+        """Yield the selected files, streaming, in a stable sorted order.
+
+        Hidden files and folders, links that lead outside SOURCE, and the DEST folder are never taken.
+        """
+        include, exclude = tuple(include), tuple(exclude)
+        for relative in self._walk(self._real_root, PurePosixPath(), set()):
+            key = relative.as_posix()
+            if not is_selected(key, include, exclude):
+                continue
+            stat = (self.root / relative).stat()
+            yield InputFile(key=key, size=stat.st_size, version=str(stat.st_mtime_ns))
+
+    def _walk(self, folder: Path, relative: PurePosixPath, seen: set[Path]) -> Iterator[PurePosixPath]:
+        real = folder.resolve()
+        if real in seen or (self._skip is not None and real == self._skip):
+            return
+        seen = seen | {real}
+        try:
+            entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+        except OSError:
+            return
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            path = Path(entry.path)
+            if entry.is_symlink() and not self._inside_root(path):
+                continue
+            if entry.is_dir():
+                yield from self._walk(path, relative / entry.name, seen)
+            elif entry.is_file():
+                yield relative / entry.name
+
+    def _inside_root(self, path: Path) -> bool:
+        return path.resolve().is_relative_to(self._real_root)
+
+    def path(self, key: str) -> Path:
+        return self.root / safe_relative(key)
+
+    def open(self, key: str) -> BinaryIO:
+        return self.path(key).open("rb")
+
+    def fingerprint(self, item: InputFile) -> str:
+        """A content hash: the same bytes give the same fingerprint wherever the file moved."""
+        with self.open(item.key) as handle:
+            return "sha256:" + hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+class LocalDest:
+    """The output folder. Writes are atomic; nothing half-written is ever in place of a real file."""
+
+    def __init__(self, root: str | os.PathLike[str]):
+        self.root = Path(root)
+
+    def check_writable(self) -> None:
+        """Create DEST if needed and prove a file can be written there, or raise an environment error."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=self.root, prefix=".write-check-"):
+                pass
+        except OSError as exc:
+            raise EnvironmentProblem(f"DEST is not writable: {self.root} ({exc.strerror or exc})") from None
+
+    def path(self, name: str) -> Path:
+        return self.root / safe_relative(name)
+
+    def write_bytes(self, name: str, data: bytes) -> None:
+        target = self.path(name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(handle, "wb") as stream:
+                stream.write(data)
+                stream.flush()
+                os.fsync(stream.fileno())
+            os.replace(temporary, target)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+
+    def read_bytes(self, name: str) -> bytes | None:
+        try:
+            return self.path(name).read_bytes()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def exists(self, name: str) -> bool:
+        return self.path(name).is_file()
+
+    def delete(self, name: str) -> None:
+        self.path(name).unlink(missing_ok=True)

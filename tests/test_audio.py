@@ -1,0 +1,89 @@
+"""Decoding with real FFmpeg (PyAV): every container to one 16 kHz array; bad files get a clear reason."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from batch.audio import SAMPLE_RATE, decode
+from batch.errors import AudioDecodeError
+
+
+def duration_by_ffprobe(path: Path) -> float:
+    out = subprocess.run(
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-select_streams",
+            "a:0",
+            "-show_entries",
+            "stream=duration",
+            "-of",
+            "default=nw=1:nk=1",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return float(out.stdout.strip())
+
+
+@pytest.mark.parametrize("ext", ["wav", "mp3", "flac", "m4a", "opus", "mp4"])
+def test_every_container_decodes_to_16k_mono_float(speech_formats: dict[str, Path], ext: str) -> None:
+    path = speech_formats[ext]
+    with path.open("rb") as stream:
+        audio = decode(stream)
+    assert audio.dtype == np.float32 and audio.ndim == 1
+    assert abs(len(audio) / SAMPLE_RATE - duration_by_ffprobe(path)) < 0.15
+    assert 0.01 < float(np.abs(audio).max()) <= 1.0
+
+
+def test_decodes_from_an_in_memory_stream(speech_formats: dict[str, Path]) -> None:
+    audio = decode(io.BytesIO(speech_formats["mp3"].read_bytes()))
+    assert len(audio) > SAMPLE_RATE
+
+
+def make_video_without_audio(path: Path) -> Path:
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "color=c=black:s=64x64:d=2",
+            "-c:v",
+            "libx264",
+            "-pix_fmt",
+            "yuv420p",
+            str(path),
+        ],
+        check=True,
+    )
+    return path
+
+
+def test_bad_inputs_fail_with_reasons(tmp_path: Path, speech_formats: dict[str, Path]) -> None:
+    cases = {
+        "empty file": b"",
+        "not a readable audio or video file": b"this is a text file, not audio\n" * 20,
+        "truncated": speech_formats["wav"].read_bytes()[:20_000],
+    }
+    mp3 = speech_formats["mp3"].read_bytes()
+    cases["truncated: decoded"] = mp3[: len(mp3) // 3]
+    for reason, data in cases.items():
+        with pytest.raises(AudioDecodeError, match=reason):
+            decode(io.BytesIO(data))
+    with (
+        make_video_without_audio(tmp_path / "silent.mp4").open("rb") as stream,
+        pytest.raises(AudioDecodeError, match=r"no audio track \(the file holds: video\)"),
+    ):
+        decode(stream)
