@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from typing import Annotated
 
 import typer
 
 from batch import __version__
-from batch.errors import BatchError, redact
+from batch.errors import EXIT_ENVIRONMENT, BatchError, redact
 
 app = typer.Typer(
     name="whisperx-batch",
@@ -23,6 +24,7 @@ Opt = typer.Option
 OUTPUT = "Output"
 MODEL = "Model"
 SELECT = "Selection"
+SPEAKERS = "Words and speakers"
 
 
 def _version(value: bool) -> None:
@@ -73,9 +75,37 @@ def run_command(
     chunk_size: Annotated[
         float | None, Opt(help="Longest speech chunk fed to Whisper, s (30).", rich_help_panel=MODEL)
     ] = None,
+    align: Annotated[
+        bool | None,
+        Opt("--align/--no-align", help="Time every word with wav2vec2 (default on).", rich_help_panel=SPEAKERS),
+    ] = None,
+    align_model: Annotated[
+        list[str] | None,
+        Opt(
+            help="Alignment model: HF or torchaudio name, or folder, for every language; or LANG=MODEL "
+            "(repeatable). Default: whisperx's model for the file's language.",
+            rich_help_panel=SPEAKERS,
+        ),
+    ] = None,
+    diarize: Annotated[
+        bool | None,
+        Opt("--diarize/--no-diarize", help="Label speakers with pyannote (default off).", rich_help_panel=SPEAKERS),
+    ] = None,
+    diarize_model: Annotated[
+        str | None, Opt(help="Diarization pipeline: HF name or local folder.", rich_help_panel=SPEAKERS)
+    ] = None,
+    min_speakers: Annotated[int | None, Opt(help="At least this many speakers.", rich_help_panel=SPEAKERS)] = None,
+    max_speakers: Annotated[int | None, Opt(help="At most this many speakers.", rich_help_panel=SPEAKERS)] = None,
+    num_speakers: Annotated[int | None, Opt(help="Exactly this many speakers.", rich_help_panel=SPEAKERS)] = None,
+    hf_token_file: Annotated[
+        str | None, Opt(help="File holding the Hugging Face token (else HF_TOKEN).", rich_help_panel=SPEAKERS)
+    ] = None,
     formats: Annotated[
         list[str] | None,
-        Opt(help="Extra formats: srt, vtt, txt, tsv (comma list or repeated); json always.", rich_help_panel=OUTPUT),
+        Opt(
+            help="Extra formats: srt, vtt, txt, tsv, turns, rttm (comma list or repeated); json always.",
+            rich_help_panel=OUTPUT,
+        ),
     ] = None,
     include: Annotated[
         list[str] | None, Opt(help="Only keys matching this glob (repeatable).", rich_help_panel=SELECT)
@@ -101,26 +131,85 @@ def run_command(
     3 environment error (model missing, device unusable, DEST not writable).
     """
     flags = {key: value for key, value in locals().items() if key != "config" and value is not None}
-    from batch.config import load_settings
-
-    for key in ("formats", "include", "exclude"):
+    for key in ("formats", "include", "exclude", "align_model"):
         if key in flags:
             flags[key] = tuple(flags[key])
-    try:
-        settings = load_settings(flags, config_path=config)
-        from batch.logs import setup_logging
+
+    def job() -> int:
         from batch.runner import run_job
 
-        setup_logging(settings.log_format, settings.quiet)
+        return run_job(load_settings(flags, config_path=config, logging_setup=True))
 
-        code = run_job(settings)
+    raise typer.Exit(_guarded(job))
+
+
+def _guarded(command: Callable[[], int]) -> int:
+    """Run a command body; a BatchError becomes its message on stderr and its exit code."""
+    try:
+        return command()
     except BatchError as exc:
         print(f"whisperx-batch: error: {redact(str(exc))}", file=sys.stderr)
-        raise typer.Exit(exc.exit_code) from None
+        return exc.exit_code
     except KeyboardInterrupt:
         print("whisperx-batch: interrupted", file=sys.stderr)
-        raise typer.Exit(130) from None
-    raise typer.Exit(code)
+        return 130
+
+
+models_app = typer.Typer(help="Manage the model cache.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("pull")
+def models_pull_command(
+    config: Annotated[str | None, Opt("--config", "-c", help="TOML config file (the job's own).")] = None,
+    model: Annotated[str | None, Opt(help="ASR model to cache.")] = None,
+    model_dir: Annotated[str | None, Opt(help="Cache folder (default: HF_HOME).")] = None,
+    align_languages: Annotated[
+        str | None,
+        Opt(help="Comma list of languages whose alignment models to cache (default: the job's language, or en)."),
+    ] = None,
+    align_model: Annotated[
+        list[str] | None, Opt(help="Alignment model(s) to cache instead of the defaults (as for run).")
+    ] = None,
+    align: Annotated[bool | None, Opt("--align/--no-align", help="Cache alignment models (default on).")] = None,
+    diarize: Annotated[bool | None, Opt("--diarize/--no-diarize", help="Also cache the diarization model.")] = None,
+    diarize_model: Annotated[str | None, Opt(help="Diarization pipeline to cache.")] = None,
+    hf_token_file: Annotated[str | None, Opt(help="File holding the Hugging Face token (else HF_TOKEN).")] = None,
+) -> None:
+    """Download the ASR, alignment and diarization models into the cache ahead of time, with the sentence data
+    alignment needs, so a container or an air-gapped machine can run with HF_HUB_OFFLINE=1.
+
+    Exit codes: 0 every model is cached; 2 usage or config error; 3 some model could not be fetched.
+    """
+    flags = {key: value for key, value in locals().items() if key not in ("config", "align_languages")}
+    flags = {key: value for key, value in flags.items() if value is not None}
+    if "align_model" in flags:
+        flags["align_model"] = tuple(flags["align_model"])
+
+    def pull_all() -> int:
+        from batch.config import normalize_language
+        from batch.models import pull
+
+        settings = load_settings(flags, config_path=config, logging_setup=True)
+        default = settings.language if settings.language != "auto" else "en"
+        languages = tuple(normalize_language(x) for x in (align_languages or default).split(",") if x.strip())
+        results = pull(settings, languages if settings.align else ())
+        for item in results:
+            detail = f"  {item.detail}" if item.detail else ""
+            print(f"{item.status:6} {item.kind:8} {item.name}{detail}")
+        return EXIT_ENVIRONMENT if any(item.status != "ok" for item in results) else 0
+
+    raise typer.Exit(_guarded(pull_all))
+
+
+def load_settings(flags: dict, config_path: str | None, logging_setup: bool = False):  # noqa: ANN201
+    from batch.config import load_settings as load
+    from batch.logs import setup_logging
+
+    settings = load(flags, config_path=config_path)
+    if logging_setup:
+        setup_logging(settings.log_format, settings.quiet)
+    return settings
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from batch.errors import ConfigError
 
@@ -26,7 +26,9 @@ CONFIG_ENV_VAR = ENV_PREFIX + "CONFIG"
 # Bump when the transcript JSON changes shape: outputs made under another version are redone.
 TRANSCRIPT_SCHEMA_VERSION = 1
 
-OUTPUT_FORMATS = ("json", "srt", "vtt", "txt", "tsv")
+OUTPUT_FORMATS = ("json", "srt", "vtt", "txt", "tsv", "turns", "rttm")
+SPEAKER_FORMATS = ("turns", "rttm")  # need --diarize
+DEFAULT_DIARIZE_MODEL = "pyannote/speaker-diarization-community-1"
 COMPUTE_TYPES = (
     "default",
     "auto",
@@ -50,6 +52,13 @@ OUTPUT_SHAPING = (
     "vad_offset",
     "chunk_size",
     "formats",
+    "align",
+    "align_model",
+    "diarize",
+    "diarize_model",
+    "min_speakers",
+    "max_speakers",
+    "num_speakers",
 )
 
 
@@ -71,6 +80,14 @@ class Settings(BaseModel):
     vad_onset: float = Field(0.5, gt=0, lt=1)
     vad_offset: float = Field(0.363, gt=0, lt=1)
     chunk_size: float = Field(30.0, gt=0, le=30)
+    align: bool = True
+    align_model: tuple[str, ...] = ()
+    diarize: bool = False
+    diarize_model: str = DEFAULT_DIARIZE_MODEL
+    min_speakers: int | None = Field(None, ge=1, le=100)
+    max_speakers: int | None = Field(None, ge=1, le=100)
+    num_speakers: int | None = Field(None, ge=1, le=100)
+    hf_token_file: str | None = None
     formats: tuple[str, ...] = ("json",)
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
@@ -88,6 +105,45 @@ class Settings(BaseModel):
     @classmethod
     def _known_model(cls, value: str) -> str:
         return normalize_model(value)
+
+    @field_validator("diarize_model", "hf_token_file", "model_dir")
+    @classmethod
+    def _absolute_if_local(cls, value: str | None) -> str | None:
+        return absolute_if_local(value)
+
+    @field_validator("align_model", mode="before")
+    @classmethod
+    def _align_models(cls, value: Any) -> tuple[str, ...]:
+        """`NAME|DIR` for every language, and/or `LANG=NAME|DIR` entries (comma list or repeated)."""
+        items = [value] if isinstance(value, str) else list(value or ())
+        entries, default_seen = [], False
+        for item in (part.strip() for raw in items for part in str(raw).split(",") if part.strip()):
+            language, sep, model = item.partition("=")
+            if sep:
+                entries.append(f"{normalize_language(language)}={absolute_if_local(model)}")
+            elif default_seen:
+                raise ValueError("only one alignment model can apply to every language; use LANG=MODEL entries")
+            else:
+                default_seen = True
+                entries.append(absolute_if_local(item) or item)
+        return tuple(entries)
+
+    def align_models(self) -> tuple[str | None, dict[str, str]]:
+        """(the model for every language, {language: model}) from the align_model entries."""
+        default = next((entry for entry in self.align_model if "=" not in entry.split("/")[0]), None)
+        by_language = dict(entry.split("=", 1) for entry in self.align_model if "=" in entry.split("/")[0])
+        return default, by_language
+
+    @model_validator(mode="after")
+    def _consistent_speakers(self) -> Settings:
+        if self.num_speakers is not None and (self.min_speakers is not None or self.max_speakers is not None):
+            raise ValueError("num_speakers: give either num_speakers or min_speakers/max_speakers, not both")
+        if self.min_speakers is not None and self.max_speakers is not None and self.min_speakers > self.max_speakers:
+            raise ValueError("min_speakers: larger than max_speakers")
+        needs_diarize = [fmt for fmt in self.formats if fmt in SPEAKER_FORMATS]
+        if needs_diarize and not self.diarize:
+            raise ValueError(f"formats: {', '.join(needs_diarize)} need --diarize")
+        return self
 
     @field_validator("formats", mode="before")
     @classmethod
@@ -116,6 +172,17 @@ def settings_hash(settings: Settings, compute_type: str) -> str:
     }
     blob = json.dumps(shaping, sort_keys=True, separators=(",", ":"), default=list)
     return "sha256:" + hashlib.sha256(blob.encode()).hexdigest()
+
+
+def absolute_if_local(value: str | None) -> str | None:
+    """Local paths made absolute, so the settings hash does not depend on the working folder."""
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    path = Path(text).expanduser()
+    if text.startswith(("/", "./", "../", "~")) or path.exists():
+        return str(path.resolve())
+    return text
 
 
 def normalize_language(value: str) -> str:
@@ -190,8 +257,11 @@ def load_settings(
         return Settings(**values)
     except ValidationError as exc:
         error = exc.errors()[0]
-        key = str(error["loc"][0]) if error["loc"] else "settings"
         message = error["msg"].removeprefix("Value error, ")
+        if error["loc"]:
+            key = str(error["loc"][0])
+        else:  # a check across keys names its key first: "key: message"
+            key, _, message = message.partition(": ")
         raise ConfigError(key, message, origin.get(key)) from None
 
 
@@ -213,7 +283,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
     return values
 
 
-_LIST_FIELDS = {"formats", "include", "exclude"}
+_LIST_FIELDS = {"formats", "include", "exclude", "align_model"}
 
 
 def read_environment(environ: Mapping[str, str]) -> dict[str, Any]:

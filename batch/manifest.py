@@ -22,8 +22,11 @@ def manifest_name(key: str) -> str:
     return key + MANIFEST_SUFFIX
 
 
+FORMAT_SUFFIXES = {"turns": "turns.json"}
+
+
 def output_name(key: str, fmt: str) -> str:
-    return f"{key}.{fmt}"
+    return f"{key}.{FORMAT_SUFFIXES.get(fmt, fmt)}"
 
 
 def utc_now() -> str:

@@ -21,8 +21,9 @@ import numpy as np
 
 from batch.audio import SAMPLE_RATE
 from batch.config import Settings
-from batch.errors import ConfigError, EnvironmentProblem, redact
+from batch.errors import ConfigError, EnvironmentProblem, FileFailure
 from batch.logs import adopt_library_loggers
+from batch.models import asr_load_failure, hub_offline
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,9 @@ class Transcription:
     language_probability: float | None
     segments: list[dict[str, Any]]
     timings: dict[str, float] = field(default_factory=dict)
+    alignment: dict[str, Any] | None = None
+    turns: list[dict[str, Any]] | None = None  # diarization's speaker turns, when diarized
+    problem: FileFailure | None = None  # the file fails, but this transcript is still written
 
 
 class Stopwatch:
@@ -69,10 +73,13 @@ class Stopwatch:
 class Pipeline:
     """Whisper ASR with VAD, loaded lazily once per run and reused for every file."""
 
-    def __init__(self, settings: Settings, runtime: RuntimeOptions):
+    def __init__(self, settings: Settings, runtime: RuntimeOptions, hf_token: str | None = None):
         self.settings = settings
         self.runtime = runtime
+        self._hf_token = hf_token
         self._asr: Any = None
+        self.aligner: Any = None
+        self._diarizer: Any = None
         self.load_seconds: float | None = None
 
     @property
@@ -85,6 +92,17 @@ class Pipeline:
             return
         started = time.perf_counter()
         self._asr = load_asr(self.settings, self.runtime)
+        if self.settings.align:
+            from batch.align import Aligner
+
+            default, per_language = self.settings.align_models()
+            self.aligner = Aligner(self.runtime.device, self.settings.model_dir, hub_offline(), default, per_language)
+        if self.settings.diarize:
+            from batch.diarize import Diarizer
+
+            self._diarizer = Diarizer(
+                self.settings.diarize_model, self.runtime.device, self._hf_token, self.settings.model_dir, hub_offline()
+            )
         # The models are millions of long-lived objects; the decoder runs gc.collect() per file (a PyAV
         # leak workaround), which would otherwise walk them all every time.
         gc.freeze()
@@ -111,7 +129,36 @@ class Pipeline:
             language, probability = self._language(audio, chunks)
         with stopwatch.stage("asr"):
             segments = self._recognize(audio, chunks, language) if chunks else []
-        return Transcription(language, probability, segments, stopwatch.timings)
+        result = Transcription(language, probability, segments)
+        if self.aligner is not None:
+            with stopwatch.stage("align"):
+                self._align(audio, result)
+        if self._diarizer is not None:
+            with stopwatch.stage("diarize"):
+                self._diarize(audio, result)
+        result.timings = stopwatch.timings
+        return result
+
+    def _align(self, audio: np.ndarray, result: Transcription) -> None:
+        """Time every word; when that cannot be done the segment timings stay and the reason is recorded."""
+        from batch.align import AlignmentOutcome, AlignmentUnavailable
+
+        if not result.segments or result.language is None:
+            result.alignment = AlignmentOutcome("no_speech").to_dict()
+            return
+        try:
+            result.segments, outcome = self.aligner.align(result.segments, audio, result.language)
+        except AlignmentUnavailable as problem:
+            model = self.aligner.model_for(result.language)
+            outcome, result.problem = AlignmentOutcome("failed", model=model, reason=str(problem)), problem
+        result.alignment = outcome.to_dict()
+
+    def _diarize(self, audio: np.ndarray, result: Transcription) -> None:
+        from batch.diarize import assign_speakers
+
+        s = self.settings
+        result.turns = self._diarizer.turns(audio, s.num_speakers, s.min_speakers, s.max_speakers)
+        result.segments = assign_speakers(result.segments, result.turns)
 
     def _speech_chunks(self, audio: np.ndarray) -> list[dict[str, Any]]:
         """Speech regions from the VAD, merged into windows of at most `chunk_size` seconds."""
@@ -197,15 +244,10 @@ def load_asr(settings: Settings, runtime: RuntimeOptions) -> Any:
                 vad_model=vad,
                 vad_options=settings.vad_options(),
                 download_root=settings.model_dir,
-                local_files_only=_hub_offline(),
+                local_files_only=hub_offline(),
                 threads=runtime.threads,
             )
     except (ConfigError, EnvironmentProblem):
         raise
     except Exception as exc:
-        reason = redact(str(exc)) or type(exc).__name__
-        raise EnvironmentProblem(f"cannot load the ASR model {model!r}: {reason}") from exc
-
-
-def _hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+        raise asr_load_failure(model, exc) from exc

@@ -40,6 +40,8 @@ class RunReport:
     audio_seconds: float = 0.0
     wall_seconds: float = 0.0
     model_load_seconds: float | None = None
+    words_untimed: list[dict[str, Any]] = field(default_factory=list)
+    alignment_models_loaded: list[str] = field(default_factory=list)
     finished_at: str | None = None
     error: dict[str, str] | None = None
 
@@ -57,6 +59,7 @@ class RunReport:
             f"{len(self.failed)} failed; {hours:.3f} audio hours in {self.wall_seconds:.1f} s{speed}"
         ]
         lines += [f"  failed {f['key']}: {f['error']['type']}: {f['error']['message']}" for f in self.failed]
+        lines += [f"  words not timed in {w['key']}: {w['reason']}" for w in self.words_untimed]
         if self.error:
             lines.append(f"  stopped: {self.error['message']}")
         return "\n".join(lines)
@@ -75,6 +78,8 @@ class RunReport:
             "audio_hours": round(self.audio_seconds / 3600, 4),
             "wall_seconds": round(self.wall_seconds, 3),
             "model_load_seconds": self.model_load_seconds,
+            "words_untimed": self.words_untimed,
+            "alignment_models_loaded": self.alignment_models_loaded,
             "realtime_factor": round(self.wall_seconds / self.audio_seconds, 4) if self.audio_seconds else None,
             "error": self.error,
             "exit_code": self.exit_code if not self.error else None,
@@ -119,6 +124,9 @@ class Runner:
         started = self.clock()
         try:
             for item in self.pending():
+                # Load every model before the first file: a missing model or refused token stops the run
+                # here instead of failing each file in turn.
+                self.pipeline.load()
                 with file_context(item.key):
                     self._process(item)
                 if progress is not None:
@@ -132,6 +140,8 @@ class Runner:
         finally:
             self.report.wall_seconds = self.clock() - started
             self.report.model_load_seconds = self.pipeline.load_seconds
+            if self.pipeline.aligner is not None:
+                self.report.alignment_models_loaded = list(self.pipeline.aligner.loads)
             self.report.finished_at = mf.utc_now()
             self._write_report()
         return self.report
@@ -149,12 +159,14 @@ class Runner:
                 audio = decode(stream)
             record["audio_seconds"] = round(len(audio) / SAMPLE_RATE, 3)
             result = self.pipeline.transcribe(audio, stopwatch)
-            record["language"] = result.language
+            record.update(language=result.language, **self._stage_records(item.key, result))
             transcript = build_transcript(
-                result.language, result.language_probability, len(audio) / SAMPLE_RATE, result.segments
+                result.language, result.language_probability, len(audio) / SAMPLE_RATE, result.segments, result.turns
             )
             with stopwatch.stage("write"):
                 record["outputs"] = self._write_outputs(item.key, transcript)
+            if result.problem is not None:
+                raise result.problem  # the transcript above is kept; the file still fails, so a rerun retries it
         except BatchError:
             raise
         except Exception as exc:
@@ -174,11 +186,22 @@ class Runner:
         record.update(timings=stopwatch.timings, started_at=started_at, finished_at=mf.utc_now())
         self.dest.write_bytes(mf.manifest_name(item.key), mf.encode(self._manifest(record)))
 
+    def _stage_records(self, key: str, result: Any) -> dict[str, Any]:
+        """What the manifest says of alignment and diarization; untimed words are summed in the report."""
+        records: dict[str, Any] = {}
+        if result.alignment is not None:
+            records["alignment"] = result.alignment
+            if result.alignment["status"] in ("unavailable", "failed"):
+                self.report.words_untimed.append({"key": key, "reason": result.alignment.get("reason")})
+        if result.turns is not None:
+            records["speakers"] = sorted({turn["speaker"] for turn in result.turns})
+        return records
+
     def _write_outputs(self, key: str, transcript: dict[str, Any]) -> list[str]:
         names = []
         for fmt in self.settings.formats:
             name = mf.output_name(key, fmt)
-            self.dest.write_bytes(name, render(transcript, fmt))
+            self.dest.write_bytes(name, render(transcript, fmt, key))
             names.append(name)
         return names
 
@@ -227,9 +250,11 @@ def print_summary(report: RunReport, stream: TextIO | None = None) -> None:
 def run_job(settings: Settings, stdout: TextIO | None = None) -> int:
     """Everything `whisperx-batch run` does once its settings are valid; returns the exit code."""
     from batch.logs import run_id_var
+    from batch.models import require_diarization_token
     from batch.runtime import available_cpus, default_compute_type, resolve_device
 
     source_root, dest_root = _require(settings, "source"), _require(settings, "out")
+    token = require_diarization_token(settings)  # a missing token stops the run here (exit 2)
     dest = LocalDest(dest_root)
     source = LocalSource(source_root, skip=dest.root)
     device = resolve_device(settings.device)
@@ -239,7 +264,7 @@ def run_job(settings: Settings, stdout: TextIO | None = None) -> int:
         threads=settings.threads or available_cpus(),
         batch_size=settings.batch_size,
     )
-    pipeline = Pipeline(settings, runtime)
+    pipeline = Pipeline(settings, runtime, hf_token=token)
     runner = Runner(settings, source, dest, pipeline, runtime)
     run_id_var.set(runner.report.run_id)
     if settings.dry_run:

@@ -37,7 +37,9 @@ def corpus(tmp_path: Path, speech_formats: dict[str, Path], sample_wav: Path) ->
 
 def test_a_folder_becomes_transcripts_and_manifests(cli, corpus: Path, tmp_path: Path, tiny_en: str) -> None:
     out = tmp_path / "out"
-    result = cli("run", corpus, "--out", out, "--model", tiny_en, "--formats", "srt,vtt", "--formats", "txt,tsv")
+    result = cli(
+        "run", corpus, "--out", out, "--model", tiny_en, "--no-align", "--formats", "srt,vtt", "--formats", "txt,tsv"
+    )
     assert result.exit_code == 0, result.stderr
     keys = ["a/x.mp3", "a/x.wav", "b/x.wav", "call.wav", "vidéo réunion/clip 1.mp4"]
     for key in keys:
@@ -70,8 +72,8 @@ def test_a_folder_becomes_transcripts_and_manifests(cli, corpus: Path, tmp_path:
 
 def test_rerun_skips_done_files_without_loading_a_model(cli, corpus: Path, tmp_path: Path, tiny_en: str) -> None:
     out = tmp_path / "out"
-    assert cli("run", corpus, "--out", out, "--model", tiny_en, "--include", "a/*").exit_code == 0
-    again = cli("run", corpus, "--out", out, "--model", tiny_en, "--include", "a/*")
+    assert cli("run", corpus, "--out", out, "--model", tiny_en, "--no-align", "--include", "a/*").exit_code == 0
+    again = cli("run", corpus, "--out", out, "--model", tiny_en, "--no-align", "--include", "a/*")
     assert again.exit_code == 0
     assert "0 succeeded, 2 skipped, 0 failed" in again.stderr
     assert "models loaded" not in again.stderr
@@ -80,25 +82,27 @@ def test_rerun_skips_done_files_without_loading_a_model(cli, corpus: Path, tmp_p
     # A touched but unchanged file is still done (content fingerprint); a changed one is redone.
     os.utime(corpus / "a/x.wav")
     shutil.copy(corpus / "call.wav", corpus / "a/x.mp3")
-    third = cli("run", corpus, "--out", out, "--model", tiny_en, "--include", "a/*")
+    third = cli("run", corpus, "--out", out, "--model", tiny_en, "--no-align", "--include", "a/*")
     assert "1 succeeded, 1 skipped, 0 failed" in third.stderr
     assert read(out / "a/x.mp3.json")["duration"] == pytest.approx(30.0, abs=0.1)
 
     # A changed setting redoes everything it shapes; --force redoes all.
-    fourth = cli("run", corpus, "--out", out, "--model", tiny_en, "--include", "a/*", "--formats", "srt")
+    fourth = cli("run", corpus, "--out", out, "--model", tiny_en, "--no-align", "--include", "a/*", "--formats", "srt")
     assert "2 succeeded, 0 skipped" in fourth.stderr
-    fifth = cli("run", corpus, "--out", out, "--model", tiny_en, "--include", "a/*", "--formats", "srt", "--force")
+    fifth = cli(
+        "run", corpus, "--out", out, "--model", tiny_en, "--no-align", "--include", "a/*", "--formats", "srt", "--force"
+    )
     assert "2 succeeded, 0 skipped" in fifth.stderr
 
 
 def test_dry_run_prints_pending_keys_only(cli, corpus: Path, tmp_path: Path, tiny_en: str) -> None:
     out = tmp_path / "out"
-    dry = cli("run", corpus, "--out", out, "--model", tiny_en, "--dry-run")
+    dry = cli("run", corpus, "--out", out, "--model", tiny_en, "--no-align", "--dry-run")
     assert dry.exit_code == 0
     assert dry.stdout.splitlines() == ["a/x.mp3", "a/x.wav", "b/x.wav", "call.wav", "vidéo réunion/clip 1.mp4"]
     assert not out.exists()
-    cli("run", corpus, "--out", out, "--model", tiny_en, "--include", "b/*", "--include", "call.wav")
-    dry = cli("run", corpus, "--out", out, "--model", tiny_en, "--dry-run")
+    cli("run", corpus, "--out", out, "--model", tiny_en, "--no-align", "--include", "b/*", "--include", "call.wav")
+    dry = cli("run", corpus, "--out", out, "--model", tiny_en, "--no-align", "--dry-run")
     assert dry.stdout.splitlines() == ["a/x.mp3", "a/x.wav", "vidéo réunion/clip 1.mp4"]
 
 
@@ -138,7 +142,7 @@ def make_bad_files(root: Path) -> dict[str, str]:
 def test_bad_files_fail_alone_with_reasons_and_are_retried(cli, tmp_path: Path, tiny_en: str) -> None:
     source, out = tmp_path / "in", tmp_path / "out"
     bad = make_bad_files(source)
-    result = cli("run", source, "--out", out, "--model", tiny_en)
+    result = cli("run", source, "--out", out, "--model", tiny_en, "--no-align")
     assert result.exit_code == 1
     assert read(out / "good.wav.manifest.json")["status"] == "succeeded"
     for key, reason in bad.items():
@@ -152,17 +156,17 @@ def test_bad_files_fail_alone_with_reasons_and_are_retried(cli, tmp_path: Path, 
 
     # Failed files are retried on the next run; fixed ones then succeed.
     shutil.copy(source / "good.wav", source / "empty.wav")
-    again = cli("run", source, "--out", out, "--model", tiny_en)
+    again = cli("run", source, "--out", out, "--model", tiny_en, "--no-align")
     assert again.exit_code == 1
     assert "1 succeeded, 1 skipped, 3 failed" in again.stderr
 
 
 def test_outputs_without_a_succeeded_manifest_are_not_done(cli, corpus: Path, tmp_path: Path, tiny_en: str) -> None:
     out = tmp_path / "out"
-    cli("run", corpus, "--out", out, "--model", tiny_en, "--include", "a/*")
+    cli("run", corpus, "--out", out, "--model", tiny_en, "--no-align", "--include", "a/*")
     (out / "a/x.wav.manifest.json").unlink()  # as if the run died before the manifest
     (out / "a/x.mp3.manifest.json").write_text('{"status": "succ')  # a torn write by another tool
-    result = cli("run", corpus, "--out", out, "--model", tiny_en, "--include", "a/*")
+    result = cli("run", corpus, "--out", out, "--model", tiny_en, "--no-align", "--include", "a/*")
     assert "2 succeeded, 0 skipped" in result.stderr
 
 
@@ -179,7 +183,7 @@ def test_usage_and_environment_errors_stop_before_any_work(
     cli, corpus: Path, tmp_path: Path, tiny_en: str, args: list[str], code: int, message: str
 ) -> None:
     out = tmp_path / "out"
-    result = cli("run", corpus, "--out", out, "--model", tiny_en, *args)
+    result = cli("run", corpus, "--out", out, "--model", tiny_en, "--no-align", *args)
     assert result.exit_code == code
     assert message in result.stderr
     assert not list(out.rglob("*.manifest.json")) if out.exists() else True
@@ -188,9 +192,9 @@ def test_usage_and_environment_errors_stop_before_any_work(
 def test_unwritable_dest_and_missing_source_exit_3(cli, corpus: Path, tmp_path: Path, tiny_en: str) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    result = cli("run", corpus, "--out", blocker / "out", "--model", tiny_en)
+    result = cli("run", corpus, "--out", blocker / "out", "--model", tiny_en, "--no-align")
     assert result.exit_code == 3 and "DEST is not writable" in result.stderr
-    result = cli("run", tmp_path / "nowhere", "--out", tmp_path / "out", "--model", tiny_en)
+    result = cli("run", tmp_path / "nowhere", "--out", tmp_path / "out", "--model", tiny_en, "--no-align")
     assert result.exit_code == 3 and "SOURCE is not a readable folder" in result.stderr
 
 
@@ -206,7 +210,7 @@ def test_config_file_and_environment_drive_a_real_run(cli, corpus: Path, tmp_pat
     config = tmp_path / "job.toml"
     config.write_text(
         f'source = "{corpus}"\nout = "{tmp_path / "out"}"\nmodel = "{tiny_en}"\nformats = ["srt"]\n'
-        'include = ["call.wav"]\n'
+        'include = ["call.wav"]\nalign = false\n'
     )
     result = cli("run", "--config", config, env={"WHISPERX_BATCH_FORMATS": "vtt"})
     assert result.exit_code == 0, result.stderr
@@ -215,7 +219,17 @@ def test_config_file_and_environment_drive_a_real_run(cli, corpus: Path, tmp_pat
 
 def test_json_logs_carry_run_id_and_key(cli, corpus: Path, tmp_path: Path, tiny_en: str) -> None:
     result = cli(
-        "run", corpus, "--out", tmp_path / "out", "--model", tiny_en, "--include", "b/*", "--log-format", "json"
+        "run",
+        corpus,
+        "--out",
+        tmp_path / "out",
+        "--model",
+        tiny_en,
+        "--no-align",
+        "--include",
+        "b/*",
+        "--log-format",
+        "json",
     )
     lines = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
     run_id = reports(tmp_path / "out")[-1]["run_id"]
@@ -228,7 +242,7 @@ def test_secrets_never_reach_logs_manifests_or_reports(cli, tmp_path: Path, tiny
     source, out = tmp_path / "in", tmp_path / "out"
     make_bad_files(source)
     env = {"HF_TOKEN": token, "AWS_SECRET_ACCESS_KEY": aws}
-    result = cli("run", source, "--out", out, "--model", tiny_en, "--log-format", "json", env=env)
+    result = cli("run", source, "--out", out, "--model", tiny_en, "--no-align", "--log-format", "json", env=env)
     texts = [result.stdout, result.stderr] + [p.read_text() for p in out.rglob("*.json")]
     assert not any(token in text or aws in text for text in texts)
 
@@ -239,7 +253,7 @@ def test_python_dash_m_and_console_script_run_as_real_processes(
     source = tmp_path / "in"
     source.mkdir()
     shutil.copy(speech_formats["opus"], source / "memo.opus")
-    done = cli_process("run", source, "--out", tmp_path / "out", "--model", tiny_en, "--quiet")
+    done = cli_process("run", source, "--out", tmp_path / "out", "--model", tiny_en, "--no-align", "--quiet")
     assert done.returncode == 0, done.stderr
     assert "1 succeeded" in done.stderr and "INFO" not in done.stderr
     script = Path(sys.executable).with_name("whisperx-batch")
@@ -268,7 +282,19 @@ def test_a_killed_run_leaves_nothing_taken_for_done(
     source.mkdir()
     for index in range(4):
         shutil.copy(sample_wav, source / f"call{index}.wav")
-    command = [sys.executable, "-m", "batch", "run", str(source), "--out", str(out), "--model", tiny_en, "--quiet"]
+    command = [
+        sys.executable,
+        "-m",
+        "batch",
+        "run",
+        str(source),
+        "--out",
+        str(out),
+        "--model",
+        tiny_en,
+        "--no-align",
+        "--quiet",
+    ]
     process = subprocess.Popen(command, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     while not list(out.glob("*.manifest.json")) and time.monotonic() < deadline:

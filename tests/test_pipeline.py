@@ -19,7 +19,7 @@ CPU = RuntimeOptions(device="cpu", compute_type="int8", threads=2, batch_size=4)
 
 
 def pipeline_for(model: str, **flags: object) -> Pipeline:
-    return Pipeline(load_settings({"model": model, **flags}, environ={}), CPU)
+    return Pipeline(load_settings({"model": model, "align": False, **flags}, environ={}), CPU)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,141 @@
+"""The model cache, the Hugging Face token, and `whisperx-batch models pull`.
+
+`--model-dir` (or HF_HOME) decides where every model is cached; with HF_HUB_OFFLINE=1 every stage loads
+from there or fails naming the missing model. `models pull` fills the cache ahead of time so a container
+or an air-gapped machine runs with no network.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from batch.config import Settings
+from batch.errors import ConfigError, EnvironmentProblem, redact, register_secret
+
+log = logging.getLogger(__name__)
+
+TOKEN_ENV_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def is_local(reference: str) -> bool:
+    return os.path.isabs(reference)
+
+
+def hf_token(settings: Settings) -> tuple[str | None, str | None]:
+    """The Hugging Face token and where it came from (never the value in any message).
+
+    Order: the file named by `hf_token_file` (a mounted Kubernetes secret), HF_TOKEN, HUGGING_FACE_HUB_TOKEN,
+    then a token stored by `hf auth login`.
+    """
+    if settings.hf_token_file:
+        try:
+            token = Path(settings.hf_token_file).read_text().strip()
+        except OSError as exc:
+            raise ConfigError("hf_token_file", f"cannot read the token file: {exc.strerror or exc}") from None
+        if not token:
+            raise ConfigError("hf_token_file", "the token file is empty")
+        register_secret(token)
+        return token, "hf_token_file"
+    for name in TOKEN_ENV_VARS:
+        if os.environ.get(name, "").strip():
+            return os.environ[name].strip(), name
+    try:
+        from huggingface_hub import get_token
+
+        token = get_token()
+    except Exception:
+        token = None
+    if token:
+        register_secret(token)
+        return token, "huggingface_hub login"
+    return None, None
+
+
+def require_diarization_token(settings: Settings) -> str | None:
+    """Stop the run before any file when diarization would need a token that is not there (exit 2)."""
+    if not settings.diarize:
+        return None
+    token, _ = hf_token(settings)
+    if token is None and not is_local(settings.diarize_model) and not hub_offline():
+        raise ConfigError(
+            "hf_token",
+            f"--diarize with {settings.diarize_model} needs a Hugging Face token: accept the model's terms at "
+            f"https://hf.co/{settings.diarize_model}, then set HF_TOKEN or give --hf-token-file (a file holding "
+            "the token, e.g. a mounted secret). The token is never printed or recorded.",
+        )
+    return token
+
+
+def asr_load_failure(model: str, exc: BaseException) -> EnvironmentProblem:
+    if hub_offline() and not is_local(model):
+        return EnvironmentProblem(
+            f"ASR model {model!r} is not in the model cache and HF_HUB_OFFLINE is set: run "
+            f"`whisperx-batch models pull --model {model}` where there is network (same --model-dir / HF_HOME)"
+        )
+    reason = redact(str(exc)).splitlines()[0] if str(exc) else type(exc).__name__
+    return EnvironmentProblem(f"cannot load the ASR model {model!r}: {reason}")
+
+
+@dataclass(frozen=True)
+class Pulled:
+    kind: str
+    name: str
+    status: str  # ok | failed
+    detail: str = ""
+
+
+def pull(settings: Settings, align_languages: tuple[str, ...]) -> list[Pulled]:
+    """Download (or check) every model the settings name into the cache; never raises for one model."""
+    results = [_pull_asr(settings)]
+    for language in align_languages:
+        results.append(_pull_alignment(settings, language))
+    if settings.diarize:
+        results.append(_pull_diarization(settings))
+    return results
+
+
+def _pull_asr(settings: Settings) -> Pulled:
+    from faster_whisper.utils import download_model
+
+    if is_local(settings.model):
+        ok = (Path(settings.model) / "model.bin").is_file()
+        return Pulled("asr", settings.model, "ok" if ok else "failed", "" if ok else "no model.bin in the folder")
+    try:
+        path = download_model(settings.model, cache_dir=settings.model_dir, local_files_only=hub_offline())
+    except Exception as exc:
+        return Pulled("asr", settings.model, "failed", str(asr_load_failure(settings.model, exc)))
+    return Pulled("asr", settings.model, "ok", path)
+
+
+def _pull_alignment(settings: Settings, language: str) -> Pulled:
+    from batch.align import Aligner, AlignmentUnavailable, ensure_punkt, punkt_root
+
+    default, per_language = settings.align_models()
+    aligner = Aligner("cpu", settings.model_dir, hub_offline(), default, per_language)
+    name = aligner.model_for(language)
+    if name is None:
+        return Pulled("align", language, "failed", f"no alignment model for '{language}': give --align-model")
+    try:
+        aligner.load(language, name)
+        ensure_punkt(language, punkt_root(settings.model_dir))
+    except AlignmentUnavailable as exc:
+        return Pulled("align", f"{name} ({language})", "failed", str(exc))
+    return Pulled("align", f"{name} ({language})", "ok", "with sentence data (punkt_tab)")
+
+
+def _pull_diarization(settings: Settings) -> Pulled:
+    from batch.diarize import load_diarization
+
+    try:
+        token = require_diarization_token(settings)
+        load_diarization(settings.diarize_model, "cpu", token, settings.model_dir, hub_offline())
+    except (ConfigError, EnvironmentProblem) as exc:
+        return Pulled("diarize", settings.diarize_model, "failed", str(exc))
+    return Pulled("diarize", settings.diarize_model, "ok")
