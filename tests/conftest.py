@@ -95,6 +95,16 @@ def speak(text: str, target: Path, voice: str = "en-us") -> Path:
     return target
 
 
+def video_without_audio(target: Path, seconds: int = 2) -> Path:
+    """An mp4 with a video track only: a recording that cannot be transcribed."""
+    subprocess.run(
+        ["ffmpeg", "-loglevel", "error", "-y", "-f", "lavfi", "-i", f"color=c=black:s=64x64:d={seconds}",
+         "-c:v", "libx264", "-pix_fmt", "yuv420p", str(target)],
+        check=True,
+    )  # fmt: skip
+    return target
+
+
 ENGLISH = "The quarterly report is ready. Please review the numbers before the meeting on Friday."
 SPANISH = "Buenos días a todos. El informe trimestral está listo y lo revisaremos el viernes por la mañana."
 

@@ -11,6 +11,7 @@ import pytest
 
 from batch.audio import SAMPLE_RATE, decode
 from batch.errors import AudioDecodeError
+from tests.conftest import video_without_audio
 
 
 def duration_by_ffprobe(path: Path) -> float:
@@ -49,28 +50,6 @@ def test_decodes_from_an_in_memory_stream(speech_formats: dict[str, Path]) -> No
     assert len(audio) > SAMPLE_RATE
 
 
-def make_video_without_audio(path: Path) -> Path:
-    subprocess.run(
-        [
-            "ffmpeg",
-            "-loglevel",
-            "error",
-            "-y",
-            "-f",
-            "lavfi",
-            "-i",
-            "color=c=black:s=64x64:d=2",
-            "-c:v",
-            "libx264",
-            "-pix_fmt",
-            "yuv420p",
-            str(path),
-        ],
-        check=True,
-    )
-    return path
-
-
 def test_bad_inputs_fail_with_reasons(tmp_path: Path, speech_formats: dict[str, Path]) -> None:
     cases = {
         "empty file": b"",
@@ -83,7 +62,7 @@ def test_bad_inputs_fail_with_reasons(tmp_path: Path, speech_formats: dict[str, 
         with pytest.raises(AudioDecodeError, match=reason):
             decode(io.BytesIO(data))
     with (
-        make_video_without_audio(tmp_path / "silent.mp4").open("rb") as stream,
+        video_without_audio(tmp_path / "silent.mp4").open("rb") as stream,
         pytest.raises(AudioDecodeError, match=r"no audio track \(the file holds: video\)"),
     ):
         decode(stream)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ENGLISH, speak
+from tests.conftest import ENGLISH, speak, video_without_audio
 
 
 def read(path: Path) -> dict:
@@ -113,24 +113,7 @@ def make_bad_files(root: Path) -> dict[str, str]:
     (root / "notes.mp3").write_text("meeting notes, not audio\n" * 50)
     good = speak(ENGLISH, root / "good.wav")
     (root / "cut.wav").write_bytes(good.read_bytes()[:30_000])
-    subprocess.run(
-        [
-            "ffmpeg",
-            "-loglevel",
-            "error",
-            "-y",
-            "-f",
-            "lavfi",
-            "-i",
-            "color=c=black:s=64x64:d=1",
-            "-c:v",
-            "libx264",
-            "-pix_fmt",
-            "yuv420p",
-            str(root / "screen.mp4"),
-        ],
-        check=True,
-    )
+    video_without_audio(root / "screen.mp4", seconds=1)
     return {
         "empty.wav": "empty file",
         "notes.mp3": "not a readable audio or video file",
