@@ -69,6 +69,10 @@ def run_command(
     threads: Annotated[
         int | None, Opt(help="CPU threads (default: the CPUs this process may use).", rich_help_panel=MODEL)
     ] = None,
+    gpu_memory_reserve: Annotated[
+        str | None,
+        Opt(help="GPU memory left free when sizing batches (default 1GiB).", rich_help_panel=MODEL),
+    ] = None,
     vad_method: Annotated[str | None, Opt(help="pyannote (bundled) | silero.", rich_help_panel=MODEL)] = None,
     vad_onset: Annotated[float | None, Opt(help="VAD onset threshold (0.5).", rich_help_panel=MODEL)] = None,
     vad_offset: Annotated[float | None, Opt(help="VAD offset threshold (0.363).", rich_help_panel=MODEL)] = None,

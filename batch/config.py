@@ -76,6 +76,7 @@ class Settings(BaseModel):
     compute_type: Literal[COMPUTE_TYPES] | None = None  # type: ignore[valid-type]
     batch_size: int = Field(16, ge=1, le=512)
     threads: int | None = Field(None, ge=1, le=1024)
+    gpu_memory_reserve: str = "1GiB"
     vad_method: Literal["pyannote", "silero"] = "pyannote"
     vad_onset: float = Field(0.5, gt=0, lt=1)
     vad_offset: float = Field(0.363, gt=0, lt=1)
@@ -144,6 +145,15 @@ class Settings(BaseModel):
         if needs_diarize and not self.diarize:
             raise ValueError(f"formats: {', '.join(needs_diarize)} need --diarize")
         return self
+
+    @field_validator("gpu_memory_reserve", mode="before")
+    @classmethod
+    def _memory_size(cls, value: Any) -> str:
+        from batch.gpu import parse_bytes
+
+        text = str(value).strip()
+        parse_bytes(text)  # raises ValueError with the reason
+        return text
 
     @field_validator("formats", mode="before")
     @classmethod

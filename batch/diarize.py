@@ -20,8 +20,13 @@ class Diarizer:
         self.model_name = model
         self._pipeline = load_diarization(model, device, token, cache_dir, offline)
 
-    def turns(self, audio: np.ndarray, num: int | None, low: int | None, high: int | None) -> list[dict[str, Any]]:
+    def turns(
+        self, audio: np.ndarray, num: int | None, low: int | None, high: int | None, batch_size: int | None = None
+    ) -> list[dict[str, Any]]:
         """Speaker turns [{start, end, speaker}] of the whole array, in time order."""
+        if batch_size is not None:  # pyannote batches segmentation windows and speaker embeddings
+            self._pipeline.model.segmentation_batch_size = batch_size
+            self._pipeline.model.embedding_batch_size = batch_size
         frame = self._pipeline(audio, num_speakers=num, min_speakers=low, max_speakers=high)
         turns = [
             {"start": round(float(row.start), 3), "end": round(float(row.end), 3), "speaker": str(row.speaker)}

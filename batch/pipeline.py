@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -26,6 +26,7 @@ from batch.logs import adopt_library_loggers
 from batch.models import asr_load_failure, hub_offline
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Whisper reads 30 s windows; language is detected on the first one that starts with speech.
 WINDOW_SAMPLES = 30 * SAMPLE_RATE
@@ -80,6 +81,8 @@ class Pipeline:
         self._asr: Any = None
         self.aligner: Any = None
         self._diarizer: Any = None
+        self.sizer: Any = None
+        self.gpu_records: dict[str, Any] = {}  # per batched stage of the last file: batch sizes, retries, memory
         self.load_seconds: float | None = None
 
     @property
@@ -90,8 +93,17 @@ class Pipeline:
         """Load the VAD and ASR models (once). Failures are environment errors that stop the run."""
         if self._asr is not None:
             return
+        from batch.gpu import BatchSizer, parse_bytes, probe_for_device
+
         started = time.perf_counter()
         self._asr = load_asr(self.settings, self.runtime)
+        self.sizer = BatchSizer.for_model(
+            self.runtime.batch_size,
+            self.settings.model,
+            self.runtime.compute_type,
+            probe_for_device(self.runtime.device),
+            reserve_bytes=parse_bytes(self.settings.gpu_memory_reserve),
+        )
         if self.settings.align:
             from batch.align import Aligner
 
@@ -122,6 +134,7 @@ class Pipeline:
 
     def transcribe(self, audio: np.ndarray, stopwatch: Stopwatch | None = None) -> Transcription:
         self.load()
+        self.gpu_records = {}
         stopwatch = stopwatch or Stopwatch()
         with stopwatch.stage("vad"):
             chunks = self._speech_chunks(audio)
@@ -157,8 +170,24 @@ class Pipeline:
         from batch.diarize import assign_speakers
 
         s = self.settings
-        result.turns = self._diarizer.turns(audio, s.num_speakers, s.min_speakers, s.max_speakers)
+
+        def diarize(batch_size: int) -> list[dict[str, Any]]:
+            return self._diarizer.turns(audio, s.num_speakers, s.min_speakers, s.max_speakers, batch_size)
+
+        result.turns = self._guarded("diarize", diarize)
         result.segments = assign_speakers(result.segments, result.turns)
+
+    def _guarded(self, stage: str, call: Callable[[int], T], items: int | None = None) -> T:
+        """Run a batched stage at the batch size the GPU's free memory allows, backing off on out-of-memory."""
+        from batch.gpu import GpuOutOfMemory, run_with_oom_backoff
+
+        try:
+            output, record = run_with_oom_backoff(stage, self.sizer, call, items=items)
+        except GpuOutOfMemory as exc:
+            self.gpu_records[stage] = exc.record
+            raise
+        self.gpu_records[stage] = record
+        return output
 
     def _speech_chunks(self, audio: np.ndarray) -> list[dict[str, Any]]:
         """Speech regions from the VAD, merged into windows of at most `chunk_size` seconds."""
@@ -189,9 +218,13 @@ class Pipeline:
         self._asr.tokenizer = Tokenizer(
             model.hf_tokenizer, model.model.is_multilingual, task="transcribe", language=language
         )
-        pieces = ({"inputs": audio[int(c["start"] * SAMPLE_RATE) : int(c["end"] * SAMPLE_RATE)]} for c in chunks)
-        # list() consumes the lazy generator here, so errors surface inside this call.
-        outputs = list(self._asr(pieces, batch_size=self.runtime.batch_size, num_workers=0))
+
+        def recognize(batch_size: int) -> list[dict[str, Any]]:
+            # Built afresh for each try, and consumed by list() inside the out-of-memory guard.
+            pieces = ({"inputs": audio[int(c["start"] * SAMPLE_RATE) : int(c["end"] * SAMPLE_RATE)]} for c in chunks)
+            return list(self._asr(pieces, batch_size=batch_size, num_workers=0))
+
+        outputs = self._guarded("asr", recognize, items=len(chunks))
         segments = []
         for chunk, output in zip(chunks, outputs, strict=True):
             text, avg_logprob = _first(output["text"]), _first(output["avg_logprob"])

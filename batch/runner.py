@@ -107,6 +107,7 @@ class Runner:
         self.clock = clock
         self.settings_hash = settings_hash(settings, runtime.compute_type)
         self.report = RunReport(run_id=run_id or new_run_id(), started_at=mf.utc_now())
+        self.gpu_records: list[Any] = []
         self._versions = package_versions()
 
     def pending(self) -> Iterator[InputFile]:
@@ -151,6 +152,7 @@ class Runner:
         stopwatch = Stopwatch(self.clock)
         # A stale "succeeded" must not survive while this file is being redone.
         self.dest.delete(mf.manifest_name(item.key))
+        self.pipeline.gpu_records = {}
         record: dict[str, Any] = {"input": {"key": item.key, "size": item.size, "version": item.version}}
         try:
             with stopwatch.stage("fingerprint"):
@@ -183,6 +185,13 @@ class Runner:
                 sum(stopwatch.timings.values()),
                 record["language"] or "no speech",
             )
+        if self.pipeline.gpu_records:
+            record["gpu"] = {stage: r.to_dict() for stage, r in self.pipeline.gpu_records.items()}
+            self.gpu_records.extend(self.pipeline.gpu_records.values())
+        if self.runtime.device == "cuda":
+            from batch.gpu import free_gpu_caches
+
+            free_gpu_caches()  # back to the steady level between files: no creep over a long run
         record.update(timings=stopwatch.timings, started_at=started_at, finished_at=mf.utc_now())
         self.dest.write_bytes(mf.manifest_name(item.key), mf.encode(self._manifest(record)))
 
@@ -235,12 +244,19 @@ class Runner:
             "threads": self.runtime.threads,
             "batch_size": self.runtime.batch_size,
             "versions": self._versions,
+            "gpu": _sum_gpu(self.gpu_records),
         }
         try:
             name = f"{mf.RUNS_FOLDER}/{self.report.run_id}.json"
             self.dest.write_bytes(name, mf.encode(self.report.to_dict(context)))
         except OSError as exc:
             log.error("could not write the run report: %s", exc)
+
+
+def _sum_gpu(records: list[Any]) -> dict[str, Any]:
+    from batch.gpu import sum_records
+
+    return sum_records(records)
 
 
 def print_summary(report: RunReport, stream: TextIO | None = None) -> None:
