@@ -25,6 +25,7 @@ OUTPUT = "Output"
 MODEL = "Model"
 SELECT = "Selection"
 SPEAKERS = "Words and speakers"
+STORE = "Storage and S3"
 
 
 def _version(value: bool) -> None:
@@ -45,8 +46,12 @@ def _root(
 
 @app.command("run")
 def run_command(
-    source: Annotated[str | None, typer.Argument(help="Folder of recordings (scanned recursively).")] = None,
-    out: Annotated[str | None, Opt("--out", "-o", help="Folder for transcripts, manifests and run reports.")] = None,
+    source: Annotated[
+        str | None, typer.Argument(help="Folder of recordings (scanned recursively), or s3://bucket/prefix.")
+    ] = None,
+    out: Annotated[
+        str | None, Opt("--out", "-o", help="Folder or s3://bucket/prefix for transcripts, manifests, reports.")
+    ] = None,
     config: Annotated[str | None, Opt("--config", "-c", help="TOML config file (see jobs.example.toml).")] = None,
     model: Annotated[
         str | None,
@@ -116,6 +121,18 @@ def run_command(
     ] = None,
     exclude: Annotated[
         list[str] | None, Opt(help="Skip keys matching this glob (repeatable).", rich_help_panel=SELECT)
+    ] = None,
+    prefetch: Annotated[
+        int | None, Opt(help="Files fetched and decoded ahead of the model (0-8, default 2).", rich_help_panel=STORE)
+    ] = None,
+    s3_endpoint_url: Annotated[
+        str | None, Opt(help="S3-compatible endpoint (MinIO, Ceph, R2); else AWS_ENDPOINT_URL.", rich_help_panel=STORE)
+    ] = None,
+    spool_dir: Annotated[
+        str | None, Opt(help="Where S3 downloads are spooled (default: the temp folder).", rich_help_panel=STORE)
+    ] = None,
+    max_input_size: Annotated[
+        str | None, Opt(help="Largest S3 object downloaded; bigger ones fail (default 20GiB).", rich_help_panel=STORE)
     ] = None,
     force: Annotated[
         bool | None, Opt("--force/--no-force", help="Redo files already done.", rich_help_panel=SELECT)

@@ -77,6 +77,10 @@ class Settings(BaseModel):
     batch_size: int = Field(16, ge=1, le=512)
     threads: int | None = Field(None, ge=1, le=1024)
     gpu_memory_reserve: str = "1GiB"
+    prefetch: int = Field(2, ge=0, le=8)
+    s3_endpoint_url: str | None = None
+    spool_dir: str | None = None
+    max_input_size: str = "20GiB"
     vad_method: Literal["pyannote", "silero"] = "pyannote"
     vad_onset: float = Field(0.5, gt=0, lt=1)
     vad_offset: float = Field(0.363, gt=0, lt=1)
@@ -146,7 +150,7 @@ class Settings(BaseModel):
             raise ValueError(f"formats: {', '.join(needs_diarize)} need --diarize")
         return self
 
-    @field_validator("gpu_memory_reserve", mode="before")
+    @field_validator("gpu_memory_reserve", "max_input_size", mode="before")
     @classmethod
     def _memory_size(cls, value: Any) -> str:
         from batch.gpu import parse_bytes

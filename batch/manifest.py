@@ -11,7 +11,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from batch.storage import InputFile, LocalDest
+from batch.storage import InputFile, LocalDest, output_base
 
 MANIFEST_VERSION = 1
 MANIFEST_SUFFIX = ".manifest.json"
@@ -19,14 +19,14 @@ RUNS_FOLDER = "_runs"
 
 
 def manifest_name(key: str) -> str:
-    return key + MANIFEST_SUFFIX
+    return output_base(key) + MANIFEST_SUFFIX
 
 
 FORMAT_SUFFIXES = {"turns": "turns.json"}
 
 
 def output_name(key: str, fmt: str) -> str:
-    return f"{key}.{FORMAT_SUFFIXES.get(fmt, fmt)}"
+    return f"{output_base(key)}.{FORMAT_SUFFIXES.get(fmt, fmt)}"
 
 
 def utc_now() -> str:

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import secrets
 import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+import numpy as np
+
 from batch import manifest as mf
 from batch.audio import SAMPLE_RATE, decode
+from batch.concurrency import ordered_map
 from batch.config import Settings, settings_hash
 from batch.errors import EXIT_FILES_FAILED, EXIT_OK, BatchError, describe
 from batch.logs import file_context
@@ -22,6 +27,10 @@ from batch.storage import InputFile, LocalDest, LocalSource
 from batch.transcript import build_transcript, render
 
 log = logging.getLogger(__name__)
+
+# Skip checks on S3 are requests: run this many at once, this many listing entries ahead.
+SKIP_CHECK_WORKERS = 16
+SKIP_CHECK_AHEAD = 64
 
 
 def new_run_id() -> str:
@@ -40,10 +49,16 @@ class RunReport:
     audio_seconds: float = 0.0
     wall_seconds: float = 0.0
     model_load_seconds: float | None = None
+    model_seconds: float = 0.0  # time the models spent on files (the rest is waiting for input or output)
     words_untimed: list[dict[str, Any]] = field(default_factory=list)
     alignment_models_loaded: list[str] = field(default_factory=list)
     finished_at: str | None = None
     error: dict[str, str] | None = None
+
+    def model_busy_share(self) -> float | None:
+        """The share of the wall time after start-up (model loading) that the models were working."""
+        working_time = self.wall_seconds - (self.model_load_seconds or 0.0)
+        return round(self.model_seconds / working_time, 4) if self.model_seconds and working_time > 0 else None
 
     @property
     def exit_code(self) -> int:
@@ -78,12 +93,62 @@ class RunReport:
             "audio_hours": round(self.audio_seconds / 3600, 4),
             "wall_seconds": round(self.wall_seconds, 3),
             "model_load_seconds": self.model_load_seconds,
+            "model_seconds": round(self.model_seconds, 3),
+            "model_busy_share": self.model_busy_share(),
             "words_untimed": self.words_untimed,
             "alignment_models_loaded": self.alignment_models_loaded,
             "realtime_factor": round(self.wall_seconds / self.audio_seconds, 4) if self.audio_seconds else None,
             "error": self.error,
             "exit_code": self.exit_code if not self.error else None,
         }
+
+
+class OutputWriteFailure(Exception):
+    """The transcript was made but could not be stored."""
+
+
+@dataclass
+class Prepared:
+    """A file fetched and decoded ahead of the model, or the reason it could not be."""
+
+    record: dict[str, Any]
+    stopwatch: Stopwatch
+    audio: np.ndarray | None
+    error: Exception | None
+
+
+class OutputWriter:
+    """Writes each file's outputs and manifest on one background thread, one file at a time, so the model
+    goes on with the next file meanwhile. Outcomes are counted on the caller's thread."""
+
+    def __init__(self, runner: Runner):
+        self.runner = runner
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="writer")
+        self._in_flight: tuple[str, Future[dict[str, Any]]] | None = None
+
+    def submit(self, key: str, record: dict, stopwatch: Stopwatch, transcript: dict | None, error: Exception | None):
+        self._collect()
+        future = self._pool.submit(
+            contextvars.copy_context().run, self.runner.write_file, key, record, stopwatch, transcript, error
+        )
+        self._in_flight = (key, future)
+
+    def _collect(self) -> None:
+        if self._in_flight is None:
+            return
+        key, future = self._in_flight
+        self._in_flight = None
+        try:
+            manifest = future.result()
+        except Exception as exc:
+            self.runner.finish_file(key, None, exc)
+        else:
+            self.runner.finish_file(key, manifest, None)
+
+    def close(self) -> None:
+        """Wait for the last file's outputs: a file the model finished is never dropped."""
+        self._collect()
+        self._pool.shutdown(wait=True)
 
 
 class Runner:
@@ -111,25 +176,40 @@ class Runner:
         self._versions = package_versions()
 
     def pending(self) -> Iterator[InputFile]:
-        """Files that need work, streamed in listing order; done files are counted as skipped."""
-        for item in self.source.list(self.settings.include, self.settings.exclude):
-            if not self.settings.force and mf.is_done(
-                mf.read_manifest(self.dest, item.key), item, self.settings_hash, self.source.fingerprint, self.dest
-            ):
+        """Files that need work, streamed in listing order; done files are counted as skipped.
+
+        The skip checks (a manifest read, and output checks when it says succeeded) run in parallel, a
+        bounded number ahead, since on S3 each is a request.
+        """
+        listing = self.source.list(self.settings.include, self.settings.exclude)
+        for item, done in ordered_map(self._is_done, listing, workers=SKIP_CHECK_WORKERS, ahead=SKIP_CHECK_AHEAD):
+            if done.result():
                 self.report.skipped.append(item.key)
-                continue
-            yield item
+            else:
+                yield item
+
+    def _is_done(self, item: InputFile) -> bool:
+        if self.settings.force:
+            return False
+        manifest = mf.read_manifest(self.dest, item.key)
+        return mf.is_done(manifest, item, self.settings_hash, self.source.fingerprint, self.dest)
 
     def run(self, progress: Any = None) -> RunReport:
-        """Process every pending file. Environment and config errors stop the run and propagate."""
+        """Process every pending file. Environment and config errors stop the run and propagate.
+
+        While the model works on file N, file N+1 (up to `prefetch` files) is fetched and decoded in the
+        background, and file N-1's outputs are written by another thread.
+        """
         started = self.clock()
+        writer = OutputWriter(self)
         try:
-            for item in self.pending():
+            ahead = self.settings.prefetch
+            for item, prepared in ordered_map(self._prepare, self.pending(), workers=max(1, ahead), ahead=ahead):
                 # Load every model before the first file: a missing model or refused token stops the run
-                # here instead of failing each file in turn.
+                # here instead of failing each file in turn (the first files decode meanwhile).
                 self.pipeline.load()
                 with file_context(item.key):
-                    self._process(item)
+                    self._process(item, prepared.result(), writer)
                 if progress is not None:
                     progress.update(1)
                     progress.set_postfix(
@@ -139,6 +219,7 @@ class Runner:
             self.report.error = describe(exc)
             raise
         finally:
+            writer.close()
             self.report.wall_seconds = self.clock() - started
             self.report.model_load_seconds = self.pipeline.load_seconds
             if self.pipeline.aligner is not None:
@@ -147,44 +228,48 @@ class Runner:
             self._write_report()
         return self.report
 
-    def _process(self, item: InputFile) -> None:
-        started_at = mf.utc_now()
-        stopwatch = Stopwatch(self.clock)
-        # A stale "succeeded" must not survive while this file is being redone.
-        self.dest.delete(mf.manifest_name(item.key))
-        self.pipeline.gpu_records = {}
-        record: dict[str, Any] = {"input": {"key": item.key, "size": item.size, "version": item.version}}
-        try:
-            with stopwatch.stage("fingerprint"):
-                record["input"]["fingerprint"] = self.source.fingerprint(item)
-            with stopwatch.stage("decode"), self.source.open(item.key) as stream:
-                audio = decode(stream)
+    def _prepare(self, item: InputFile) -> Prepared:
+        """Fetch, fingerprint and decode one file (on a background thread, ahead of the model)."""
+        with file_context(item.key):
+            stopwatch = Stopwatch(self.clock)
+            record: dict[str, Any] = {
+                "input": {"key": item.key, "size": item.size, "version": item.version},
+                "started_at": mf.utc_now(),
+            }
+            try:
+                # A stale "succeeded" must not survive while this file is being redone.
+                self.dest.delete(mf.manifest_name(item.key))
+                with stopwatch.stage("fingerprint"):
+                    record["input"]["fingerprint"] = self.source.fingerprint(item)
+                with stopwatch.stage("decode"), self.source.open(item.key, item.size) as stream:
+                    audio = decode(stream)
+            except Exception as exc:
+                return Prepared(record, stopwatch, None, exc)
             record["audio_seconds"] = round(len(audio) / SAMPLE_RATE, 3)
-            result = self.pipeline.transcribe(audio, stopwatch)
-            record.update(language=result.language, **self._stage_records(item.key, result))
-            transcript = build_transcript(
-                result.language, result.language_probability, len(audio) / SAMPLE_RATE, result.segments, result.turns
-            )
-            with stopwatch.stage("write"):
-                record["outputs"] = self._write_outputs(item.key, transcript)
-            if result.problem is not None:
-                raise result.problem  # the transcript above is kept; the file still fails, so a rerun retries it
-        except BatchError:
-            raise
-        except Exception as exc:
-            record["status"], record["error"] = "failed", describe(exc)
-            self.report.failed.append({"key": item.key, "error": record["error"]})
-            log.warning("failed: %s: %s", record["error"]["type"], record["error"]["message"])
-        else:
-            record["status"] = "succeeded"
-            self.report.succeeded.append(item.key)
-            self.report.audio_seconds += record["audio_seconds"]
-            log.info(
-                "succeeded: %.1f s of audio in %.1f s (%s)",
-                record["audio_seconds"],
-                sum(stopwatch.timings.values()),
-                record["language"] or "no speech",
-            )
+            return Prepared(record, stopwatch, audio, None)
+
+    def _process(self, item: InputFile, prepared: Prepared, writer: OutputWriter) -> None:
+        """Run the models on one decoded file and hand its outputs to the writer."""
+        record, stopwatch, error = prepared.record, prepared.stopwatch, prepared.error
+        transcript = None
+        self.pipeline.gpu_records = {}
+        if prepared.audio is not None:
+            audio = prepared.audio
+            started = self.clock()
+            try:
+                result = self.pipeline.transcribe(audio, stopwatch)
+                record.update(language=result.language, **self._stage_records(item.key, result))
+                transcript = build_transcript(
+                    result.language, result.language_probability, len(audio) / SAMPLE_RATE, result.segments,
+                    result.turns,
+                )  # fmt: skip
+                error = result.problem  # the transcript is kept; the file still fails, so a rerun retries it
+            except BatchError:
+                raise
+            except Exception as exc:
+                error = exc
+            finally:
+                self.report.model_seconds += self.clock() - started
         if self.pipeline.gpu_records:
             record["gpu"] = {stage: r.to_dict() for stage, r in self.pipeline.gpu_records.items()}
             self.gpu_records.extend(self.pipeline.gpu_records.values())
@@ -192,8 +277,46 @@ class Runner:
             from batch.gpu import free_gpu_caches
 
             free_gpu_caches()  # back to the steady level between files: no creep over a long run
-        record.update(timings=stopwatch.timings, started_at=started_at, finished_at=mf.utc_now())
-        self.dest.write_bytes(mf.manifest_name(item.key), mf.encode(self._manifest(record)))
+        writer.submit(item.key, record, stopwatch, transcript, error)
+
+    def write_file(
+        self, key: str, record: dict[str, Any], stopwatch: Stopwatch, transcript: dict | None, error: Exception | None
+    ) -> dict[str, Any]:
+        """Write one file's outputs, then its manifest last (on the writer thread). Returns the manifest."""
+        if transcript is not None:
+            try:
+                with stopwatch.stage("write"):
+                    record["outputs"] = self._write_outputs(key, transcript)
+            except Exception as exc:
+                error = error or OutputWriteFailure(f"writing the outputs failed: {describe(exc)['message']}")
+        record["status"] = "failed" if error is not None else "succeeded"
+        if error is not None:
+            record["error"] = describe(error)
+        record.update(timings=stopwatch.timings, finished_at=mf.utc_now())
+        manifest = self._manifest(record)
+        self.dest.write_bytes(mf.manifest_name(key), mf.encode(manifest))
+        return manifest
+
+    def finish_file(self, key: str, manifest: dict[str, Any] | None, write_error: BaseException | None) -> None:
+        """Count a written file in the report (on the main thread)."""
+        with file_context(key):
+            if manifest is None:
+                error = describe(write_error or RuntimeError("unknown"))
+                error["message"] = f"the manifest could not be written: {error['message']}"
+                self.report.failed.append({"key": key, "error": error})
+                log.error("failed: %s", error["message"])
+            elif manifest["status"] == "failed":
+                self.report.failed.append({"key": key, "error": manifest["error"]})
+                log.warning("failed: %s: %s", manifest["error"]["type"], manifest["error"]["message"])
+            else:
+                self.report.succeeded.append(key)
+                self.report.audio_seconds += manifest["audio_seconds"]
+                log.info(
+                    "succeeded: %.1f s of audio in %.1f s (%s)",
+                    manifest["audio_seconds"],
+                    sum(manifest["timings"].values()),
+                    manifest["language"] or "no speech",
+                )
 
     def _stage_records(self, key: str, result: Any) -> dict[str, Any]:
         """What the manifest says of alignment and diarization; untimed words are summed in the report."""
@@ -271,8 +394,7 @@ def run_job(settings: Settings, stdout: TextIO | None = None) -> int:
 
     source_root, dest_root = _require(settings, "source"), _require(settings, "out")
     token = require_diarization_token(settings)  # a missing token stops the run here (exit 2)
-    dest = LocalDest(dest_root)
-    source = LocalSource(source_root, skip=dest.root)
+    source, dest = open_storage(settings, source_root, dest_root)
     device = resolve_device(settings.device)
     runtime = RuntimeOptions(
         device=device,
@@ -288,6 +410,7 @@ def run_job(settings: Settings, stdout: TextIO | None = None) -> int:
             print(item.key, file=stdout or sys.stdout, flush=True)
         return EXIT_OK
     pipeline.check_model_reference()
+    source.check_readable()
     dest.check_writable()
     log.info(
         "run %s: %s -> %s, model %s on %s (%s, %d threads)",
@@ -307,6 +430,28 @@ def run_job(settings: Settings, stdout: TextIO | None = None) -> int:
             raise
     print_summary(report)
     return report.exit_code
+
+
+def open_storage(settings: Settings, source_root: str, dest_root: str) -> tuple[Any, Any]:
+    """SOURCE and DEST as local folders or S3 prefixes, in any mix."""
+    from batch.gpu import parse_bytes
+    from batch.s3 import S3Dest, S3Source, is_s3_url, make_client
+
+    client = None
+    if is_s3_url(source_root) or is_s3_url(dest_root):
+        client = make_client(settings.s3_endpoint_url)
+    try:
+        dest = S3Dest(dest_root, client) if is_s3_url(dest_root) else LocalDest(dest_root)
+        if is_s3_url(source_root):
+            source = S3Source(source_root, client, skip_url=dest_root, spool_dir=settings.spool_dir,
+                              max_bytes=parse_bytes(settings.max_input_size))  # fmt: skip
+        else:
+            source = LocalSource(source_root, skip=None if is_s3_url(dest_root) else dest.root)
+    except ValueError as exc:
+        from batch.errors import ConfigError
+
+        raise ConfigError("source" if "source" in str(exc) else "out", str(exc)) from None
+    return source, dest
 
 
 def _require(settings: Settings, key: str) -> str:

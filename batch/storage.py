@@ -49,6 +49,17 @@ def is_selected(key: str, include: Iterable[str] = (), exclude: Iterable[str] = 
     return chosen and not any(fnmatch.fnmatchcase(key, pattern) for pattern in exclude)
 
 
+# Key components that mean something to a file system get a fixed spelling in output names, so a key
+# such as `../x.wav`, `a//b.wav` or `/lead.wav` can never write outside DEST (a folder or an S3 prefix, where
+# some stores and proxies also collapse dot segments). Every other character is kept as it is.
+_COMPONENT_SPELLINGS = {"": "%2F", ".": "%2E", "..": "%2E%2E"}
+
+
+def output_base(key: str) -> str:
+    """The name outputs of `key` are written under: the key, with only empty and dot components respelled."""
+    return "/".join(_COMPONENT_SPELLINGS.get(part, part) for part in key.split("/"))
+
+
 def safe_relative(key: str) -> PurePosixPath:
     """A key as a relative path that cannot climb out of its root; refuses anything else."""
     parts = [part for part in key.split("/") if part not in ("", ".")]
@@ -106,8 +117,11 @@ class LocalSource:
     def path(self, key: str) -> Path:
         return self.root / safe_relative(key)
 
-    def open(self, key: str) -> BinaryIO:
+    def open(self, key: str, size: int | None = None) -> BinaryIO:
         return self.path(key).open("rb")
+
+    def check_readable(self) -> None:
+        """Checked when the source is opened."""
 
     def fingerprint(self, item: InputFile) -> str:
         """A content hash: the same bytes give the same fingerprint wherever the file moved."""

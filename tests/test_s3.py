@@ -1,0 +1,241 @@
+"""S3 sources and destinations against a real S3 HTTP server (moto's server mode on 127.0.0.1) with real boto3."""
+
+from __future__ import annotations
+
+import http.client
+import http.server
+import json
+import os
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+from moto.server import ThreadedMotoServer
+
+from batch.s3 import S3Dest, S3Source, make_client
+from tests.conftest import ENGLISH, speak
+
+
+@pytest.fixture(scope="module")
+def moto_url() -> Iterator[str]:
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture(autouse=True)
+def aws_environment(monkeypatch: pytest.MonkeyPatch, moto_url: str) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing-secret-value")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_url)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+
+
+@pytest.fixture
+def bucket(moto_url: str, request: pytest.FixtureRequest) -> str:
+    name = "b-" + request.node.name.lower().replace("_", "-")[:40].strip("-")
+    boto3.client("s3", endpoint_url=moto_url).create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture(scope="module")
+def speech(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    return speak(ENGLISH, tmp_path_factory.mktemp("speech") / "memo.mp3").read_bytes()
+
+
+def put(bucket: str, key: str, body: bytes) -> None:
+    boto3.client("s3").put_object(Bucket=bucket, Key=key, Body=body)
+
+
+def keys_in(bucket: str, prefix: str = "") -> list[str]:
+    pages = boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
+
+
+def test_listing_is_paginated_and_streamed(bucket: str) -> None:
+    client = make_client()
+    for index in range(1205):
+        client.put_object(Bucket=bucket, Key=f"in/calls/{index:05d}.wav", Body=b"x")
+    client.put_object(Bucket=bucket, Key="in/notes.txt", Body=b"x")
+    client.put_object(Bucket=bucket, Key="in/.hidden.wav", Body=b"x")
+    calls = []
+    client.meta.events.register("after-call.s3.ListObjectsV2", lambda **_: calls.append(1))
+    listing = S3Source(f"s3://{bucket}/in", client).list()
+    first = next(listing)
+    assert first.key == "calls/00000.wav" and len(calls) == 1  # work can start after one page
+    rest = [item.key for item in listing]
+    assert len(calls) == 2 and len(rest) == 1204 and rest == sorted(rest)
+    assert first.size == 1 and first.version  # the ETag
+
+
+def test_s3_to_local_with_hostile_keys_never_writes_outside_dest(
+    cli, bucket: str, speech: bytes, tmp_path: Path, tiny_en: str
+) -> None:
+    hostile = ["../x.mp3", "a//b.mp3", "/lead.mp3", "ü ñ/é 1+&=%.mp3"]
+    for key in hostile:
+        put(bucket, "in/" + key, speech)
+    out = tmp_path / "dest" / "out"
+    result = cli("run", f"s3://{bucket}/in", "--out", out, "--model", tiny_en, "--no-align")
+    assert result.exit_code == 0, result.stderr
+    written = [p for p in (tmp_path / "dest").rglob("*") if p.is_file()]
+    assert all(p.resolve().is_relative_to(out.resolve()) for p in written)
+    for key, name in zip(hostile, ["%2E%2E/x.mp3", "a/%2F/b.mp3", "%2F/lead.mp3", "ü ñ/é 1+&=%.mp3"], strict=True):
+        manifest = json.loads((out / f"{name}.manifest.json").read_text())
+        assert manifest["status"] == "succeeded" and manifest["input"]["key"] == key
+        assert manifest["input"]["fingerprint"].startswith("etag:")
+        assert "meeting" in json.loads((out / f"{name}.json").read_text())["segments"][0]["text"].lower()
+
+
+def test_local_to_s3_then_s3_to_s3_with_reruns(cli, bucket: str, speech: bytes, tmp_path: Path, tiny_en: str) -> None:
+    source = tmp_path / "in"
+    for key in ("a/one.mp3", "b/two words.mp3"):
+        (source / key).parent.mkdir(parents=True, exist_ok=True)
+        (source / key).write_bytes(speech)
+    args = ["--model", tiny_en, "--no-align", "--formats", "srt"]
+    first = cli("run", source, "--out", f"s3://{bucket}/local-out", *args)
+    assert first.exit_code == 0, first.stderr
+    stored = keys_in(bucket, "local-out/")
+    for key in ("a/one.mp3", "b/two words.mp3"):
+        assert {f"local-out/{key}.json", f"local-out/{key}.srt", f"local-out/{key}.manifest.json"} <= set(stored)
+    assert any(k.startswith("local-out/_runs/") for k in stored)
+    again = cli("run", source, "--out", f"s3://{bucket}/local-out", *args)
+    assert "0 succeeded, 2 skipped" in again.stderr and "models loaded" not in again.stderr
+
+    for key in ("calls/x.mp3", "calls/y.mp3"):
+        put(bucket, "in/" + key, speech)
+    s3_to_s3 = cli("run", f"s3://{bucket}/in", "--out", f"s3://{bucket}/in/out", *args)  # DEST inside SOURCE
+    assert s3_to_s3.exit_code == 0, s3_to_s3.stderr
+    assert "2 succeeded" in s3_to_s3.stderr
+    rerun = cli("run", f"s3://{bucket}/in", "--out", f"s3://{bucket}/in/out", *args)
+    assert "0 succeeded, 2 skipped, 0 failed" in rerun.stderr
+    put(bucket, "in/calls/y.mp3", speech + b"\0" * 10)  # a changed object (new ETag) is redone
+    changed = cli("run", f"s3://{bucket}/in", "--out", f"s3://{bucket}/in/out", *args)
+    assert "1 succeeded, 1 skipped" in changed.stderr
+
+
+def test_large_outputs_upload_in_parts(bucket: str) -> None:
+    dest = S3Dest(f"s3://{bucket}/out", make_client())
+    payload = os.urandom(9 * 1024 * 1024)
+    dest.write_bytes("big.json", payload)
+    head = boto3.client("s3").head_object(Bucket=bucket, Key="out/big.json")
+    assert head["ETag"].strip('"').endswith("-2")  # a multipart upload of two parts
+    assert dest.read_bytes("big.json") == payload and dest.read_bytes("missing.json") is None
+    assert dest.exists("big.json") and not dest.exists("missing.json")
+
+
+def test_download_cap_fails_the_file_clearly(cli, bucket: str, speech: bytes, tmp_path: Path, tiny_en: str) -> None:
+    put(bucket, "in/memo.mp3", speech)
+    out = tmp_path / "out"
+    result = cli("run", f"s3://{bucket}/in", "--out", out, "--model", tiny_en, "--no-align", "--max-input-size", "1KiB")
+    assert result.exit_code == 1
+    error = json.loads((out / "memo.mp3.manifest.json").read_text())["error"]
+    assert "over the download cap of 1,024 bytes" in error["message"]
+
+
+def test_unreachable_endpoint_is_an_environment_error_before_any_model(
+    cli, tmp_path: Path, tiny_en: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
+    source = tmp_path / "in"
+    source.mkdir()
+    result = cli("run", source, "--out", "s3://nowhere/out", "--model", tiny_en, "--s3-endpoint-url",
+                 "http://127.0.0.1:9")  # fmt: skip
+    assert result.exit_code == 3
+    assert "DEST s3://nowhere/out is not writable" in result.stderr
+    assert "models loaded" not in result.stderr and "testing-secret-value" not in result.stderr
+
+
+class FlakyProxy(http.server.ThreadingHTTPServer):
+    """Forwards to the S3 server, but answers 503 SlowDown or drops the connection on some requests."""
+
+    def __init__(self, upstream: str, every: int):
+        self.upstream = upstream.removeprefix("http://")
+        self.every, self.count, self.faults, self.lock = every, 0, 0, threading.Lock()
+        super().__init__(("127.0.0.1", 0), FlakyHandler)
+
+    def fault_now(self) -> int:
+        with self.lock:
+            self.count += 1
+            if self.count % self.every:
+                return 0
+            self.faults += 1
+            return 1 + self.faults % 2  # alternate: 1 = 503, 2 = drop
+
+
+class FlakyHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _forward(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else None
+        fault = self.server.fault_now()
+        if fault == 2:
+            self.close_connection = True
+            self.connection.close()
+            return
+        if fault == 1:
+            payload = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
+            self.send_response(503)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+            return
+        upstream = http.client.HTTPConnection(self.server.upstream, timeout=30)
+        upstream.request(self.command, self.path, body=body, headers=dict(self.headers))
+        response = upstream.getresponse()
+        data = response.read()
+        self.send_response(response.status)
+        for name, value in response.getheaders():
+            if name.lower() not in ("content-length", "transfer-encoding", "connection"):
+                self.send_header(name, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+        upstream.close()
+
+    do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _forward
+
+
+def test_transient_faults_are_ridden_out_with_nothing_lost(
+    cli, bucket: str, speech: bytes, moto_url: str, tiny_en: str
+) -> None:
+    for index in range(3):
+        put(bucket, f"in/call{index}.mp3", speech)
+    proxy = FlakyProxy(moto_url, every=4)
+    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
+    thread.start()
+    try:
+        result = cli("run", f"s3://{bucket}/in", "--out", f"s3://{bucket}/out", "--model", tiny_en, "--no-align",
+                     "--formats", "srt", "--s3-endpoint-url", f"http://127.0.0.1:{proxy.server_port}")  # fmt: skip
+    finally:
+        proxy.shutdown()
+    assert result.exit_code == 0, result.stderr
+    assert proxy.faults >= 3
+    stored = set(keys_in(bucket, "out/"))
+    for index in range(3):
+        assert {f"out/call{index}.mp3.json", f"out/call{index}.mp3.srt", f"out/call{index}.mp3.manifest.json"} <= stored
+        manifest = json.loads(boto3.client("s3").get_object(Bucket=bucket, Key=f"out/call{index}.mp3.manifest.json")
+                              ["Body"].read())  # fmt: skip
+        assert manifest["status"] == "succeeded"
+
+
+def test_spool_is_cleaned_after_each_download(bucket: str, speech: bytes, tmp_path: Path) -> None:
+    put(bucket, "in/memo.mp3", speech)
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    source = S3Source(f"s3://{bucket}/in", make_client(), spool_dir=str(spool))
+    item = next(source.list())
+    with source.open(item.key, item.size) as stream:
+        assert stream.read() == speech
+    assert not list(spool.iterdir())
+    shutil.rmtree(spool)
