@@ -134,6 +134,21 @@ def run_command(
     max_input_size: Annotated[
         str | None, Opt(help="Largest S3 object downloaded; bigger ones fail (default 20GiB).", rich_help_panel=STORE)
     ] = None,
+    shard: Annotated[
+        str | None,
+        Opt(
+            help="I/N: take only shard I (0-based) of N (default: from JOB_COMPLETION_INDEX or "
+            "AWS_BATCH_JOB_ARRAY_INDEX).",
+            rich_help_panel=SELECT,
+        ),
+    ] = None,
+    grace_seconds: Annotated[
+        float | None,
+        Opt(
+            help="On SIGTERM/SIGINT, how long the file in progress may take to finish (default 25).",
+            rich_help_panel=SELECT,
+        ),
+    ] = None,
     force: Annotated[
         bool | None, Opt("--force/--no-force", help="Redo files already done.", rich_help_panel=SELECT)
     ] = None,

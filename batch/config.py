@@ -22,6 +22,7 @@ from batch.errors import ConfigError
 
 ENV_PREFIX = "WHISPERX_BATCH_"
 CONFIG_ENV_VAR = ENV_PREFIX + "CONFIG"
+SHARD_COUNT_ENV_VAR = ENV_PREFIX + "SHARD_COUNT"  # read by batch.shard with the engine's worker index
 
 # Bump when the transcript JSON changes shape: outputs made under another version are redone.
 TRANSCRIPT_SCHEMA_VERSION = 1
@@ -78,6 +79,8 @@ class Settings(BaseModel):
     threads: int | None = Field(None, ge=1, le=1024)
     gpu_memory_reserve: str = "1GiB"
     prefetch: int = Field(2, ge=0, le=8)
+    grace_seconds: float = Field(25.0, ge=0, le=3600)
+    shard: str | None = None
     s3_endpoint_url: str | None = None
     spool_dir: str | None = None
     max_input_size: str = "20GiB"
@@ -149,6 +152,13 @@ class Settings(BaseModel):
         if needs_diarize and not self.diarize:
             raise ValueError(f"formats: {', '.join(needs_diarize)} need --diarize")
         return self
+
+    @field_validator("shard")
+    @classmethod
+    def _shard(cls, value: str | None) -> str | None:
+        from batch.shard import Shard
+
+        return None if value is None or not value.strip() else str(Shard.parse(value))
 
     @field_validator("gpu_memory_reserve", "max_input_size", mode="before")
     @classmethod
@@ -304,7 +314,7 @@ def read_environment(environ: Mapping[str, str]) -> dict[str, Any]:
     """Settings given as WHISPERX_BATCH_* variables; an unknown one is an error, not a silent typo."""
     values: dict[str, Any] = {}
     for name, raw in environ.items():
-        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV_VAR:
+        if not name.startswith(ENV_PREFIX) or name in (CONFIG_ENV_VAR, SHARD_COUNT_ENV_VAR):
             continue
         key = name.removeprefix(ENV_PREFIX).lower()
         if key not in FIELD_NAMES:

@@ -12,6 +12,8 @@ EXIT_OK = 0
 EXIT_FILES_FAILED = 1
 EXIT_USAGE = 2
 EXIT_ENVIRONMENT = 3
+EXIT_SIGINT = 130  # 128 + the signal number, as shells and Kubernetes report it
+EXIT_SIGTERM = 143
 
 
 class BatchError(Exception):

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import logging
+import os
 import secrets
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -60,8 +64,13 @@ class RunReport:
         working_time = self.wall_seconds - (self.model_load_seconds or 0.0)
         return round(self.model_seconds / working_time, 4) if self.model_seconds and working_time > 0 else None
 
+    stopped_by_signal: int | None = None
+    shard: str | None = None
+
     @property
     def exit_code(self) -> int:
+        if self.stopped_by_signal is not None:
+            return 128 + self.stopped_by_signal  # 143 for SIGTERM, 130 for SIGINT, as shells and Kubernetes read it
         return EXIT_FILES_FAILED if self.failed else EXIT_OK
 
     def summary(self) -> str:
@@ -99,6 +108,8 @@ class RunReport:
             "alignment_models_loaded": self.alignment_models_loaded,
             "realtime_factor": round(self.wall_seconds / self.audio_seconds, 4) if self.audio_seconds else None,
             "error": self.error,
+            "stopped_by_signal": self.stopped_by_signal,
+            "shard": self.shard,
             "exit_code": self.exit_code if not self.error else None,
         }
 
@@ -174,6 +185,12 @@ class Runner:
         self.report = RunReport(run_id=run_id or new_run_id(), started_at=mf.utc_now())
         self.gpu_records: list[Any] = []
         self._versions = package_versions()
+        self.stop_signal: int | None = None  # set by a SIGTERM/SIGINT: take no new file
+        self.shard = _resolve_shard(settings)
+        self.report.shard = str(self.shard) if self.shard else None
+
+    def request_stop(self, signum: int) -> None:
+        self.stop_signal = signum
 
     def pending(self) -> Iterator[InputFile]:
         """Files that need work, streamed in listing order; done files are counted as skipped.
@@ -182,6 +199,8 @@ class Runner:
         bounded number ahead, since on S3 each is a request.
         """
         listing = self.source.list(self.settings.include, self.settings.exclude)
+        if self.shard is not None:
+            listing = (item for item in listing if self.shard.owns(item.key))
         for item, done in ordered_map(self._is_done, listing, workers=SKIP_CHECK_WORKERS, ahead=SKIP_CHECK_AHEAD):
             if done.result():
                 self.report.skipped.append(item.key)
@@ -205,6 +224,9 @@ class Runner:
         try:
             ahead = self.settings.prefetch
             for item, prepared in ordered_map(self._prepare, self.pending(), workers=max(1, ahead), ahead=ahead):
+                if self.stop_signal is not None:
+                    log.warning("stopping on signal %d: no new file is started", self.stop_signal)
+                    break
                 # Load every model before the first file: a missing model or refused token stops the run
                 # here instead of failing each file in turn (the first files decode meanwhile).
                 self.pipeline.load()
@@ -225,6 +247,7 @@ class Runner:
             if self.pipeline.aligner is not None:
                 self.report.alignment_models_loaded = list(self.pipeline.aligner.loads)
             self.report.finished_at = mf.utc_now()
+            self.report.stopped_by_signal = self.stop_signal
             self._write_report()
         return self.report
 
@@ -376,6 +399,17 @@ class Runner:
             log.error("could not write the run report: %s", exc)
 
 
+def _resolve_shard(settings: Settings) -> Any:
+    """--shard, else the batch engine's worker index (Kubernetes, AWS Batch); a bad combination is exit 2."""
+    from batch.errors import ConfigError
+    from batch.shard import resolve_shard
+
+    try:
+        return resolve_shard(settings.shard, os.environ)
+    except ValueError as exc:
+        raise ConfigError("shard", str(exc)) from None
+
+
 def _sum_gpu(records: list[Any]) -> dict[str, Any]:
     from batch.gpu import sum_records
 
@@ -422,7 +456,7 @@ def run_job(settings: Settings, stdout: TextIO | None = None) -> int:
         runtime.compute_type,
         runtime.threads,
     )
-    with _progress(settings) as progress:
+    with _progress(settings) as progress, graceful_stop(runner, settings.grace_seconds):
         try:
             report = runner.run(progress)
         except BatchError:
@@ -430,6 +464,41 @@ def run_job(settings: Settings, stdout: TextIO | None = None) -> int:
             raise
     print_summary(report)
     return report.exit_code
+
+
+@contextlib.contextmanager
+def graceful_stop(runner: Runner, grace_seconds: float) -> Iterator[None]:
+    """SIGTERM and SIGINT stop taking new files; the file in the model may finish within the grace period.
+
+    Past it (or on a second signal) the run is abandoned at once: the file in progress has no manifest, so
+    nothing half-written counts as done, and a rerun redoes exactly that file.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def abandon(signum: int) -> None:
+        log.error("grace period over: abandoning the file in progress (a rerun redoes it)")
+        runner.report.stopped_by_signal = signum
+        print_summary(runner.report)
+        logging.shutdown()
+        os._exit(128 + signum)
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        if runner.stop_signal is not None:
+            abandon(signum)
+        runner.request_stop(signum)
+        log.warning("signal %d: finishing the current file (up to %.0f s), then stopping", signum, grace_seconds)
+        timer = threading.Timer(grace_seconds, abandon, args=(signum,))
+        timer.daemon = True
+        timer.start()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def open_storage(settings: Settings, source_root: str, dest_root: str) -> tuple[Any, Any]:

@@ -1,0 +1,203 @@
+"""The Kubernetes manifests in k8s/: valid against the real API schemas (strict, offline), and wired to the runner.
+
+Strict schemas refuse unknown fields and wrong types, but not every meaning: podFailurePolicy actions are plain
+strings there, and nothing in a schema knows whisperx-batch's exit codes, options or shard variables. Those are
+checked here, by simulating how the Job controller applies the rules.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes_validate import utils as kubernetes_validate
+
+from batch.config import CONFIG_ENV_VAR, ENV_PREFIX, FIELD_NAMES
+from batch.errors import EXIT_ENVIRONMENT, EXIT_FILES_FAILED, EXIT_USAGE
+from batch.shard import SHARD_COUNT_ENV_VAR, Shard, shard_from_environment
+
+K8S = Path(__file__).resolve().parent.parent / "k8s"
+MANIFESTS = ("job.yaml", "indexed-job.yaml", "cronjob.yaml")
+# The oldest release the manifests are written for (podFailurePolicy GA) and the newest whose schemas the pinned
+# kubernetes-validate ships.
+KUBERNETES_VERSIONS = ("1.31", "1.37")
+CONTAINER = "whisperx-batch"
+EXIT_SIGINT, EXIT_SIGTERM = 130, 143
+RUNNER_GRACE_SECONDS = 25  # the runner's default --grace-seconds; the pod's grace period must outlast it
+POLICY_ACTIONS = {"FailJob", "FailIndex", "Ignore", "Count"}
+
+
+def load(name: str) -> dict[str, Any]:
+    documents = [doc for doc in yaml.safe_load_all((K8S / name).read_text()) if doc]
+    assert len(documents) == 1, f"{name}: one resource per file"
+    return documents[0]
+
+
+def job_spec(resource: dict[str, Any]) -> dict[str, Any]:
+    return resource["spec"]["jobTemplate"]["spec"] if resource["kind"] == "CronJob" else resource["spec"]
+
+
+def pod_spec(resource: dict[str, Any]) -> dict[str, Any]:
+    return job_spec(resource)["template"]["spec"]
+
+
+def container(resource: dict[str, Any]) -> dict[str, Any]:
+    (only,) = pod_spec(resource)["containers"]
+    assert only["name"] == CONTAINER
+    return only
+
+
+def plain_env(resource: dict[str, Any]) -> dict[str, str]:
+    """The container's env entries that have a literal value."""
+    return {entry["name"]: entry["value"] for entry in container(resource).get("env", []) if "value" in entry}
+
+
+def policy_action(resource: dict[str, Any], exit_code: int | None = None, disrupted: bool = False) -> str:
+    """What the Job controller does with a failed pod: the first matching podFailurePolicy rule, else Count."""
+    for rule in job_spec(resource)["podFailurePolicy"]["rules"]:
+        if "onExitCodes" in rule and exit_code is not None:
+            requirement = rule["onExitCodes"]
+            if requirement.get("containerName", CONTAINER) != CONTAINER:
+                continue
+            listed = exit_code in requirement["values"]
+            if listed == (requirement["operator"] == "In"):
+                return rule["action"]
+        for pattern in rule.get("onPodConditions", []):
+            if disrupted and pattern["type"] == "DisruptionTarget" and pattern.get("status", "True") == "True":
+                return rule["action"]
+    return "Count"
+
+
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Any attempt to open a connection fails the test: the schemas must come from the installed package."""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"network access attempted: {args}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    yield
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+@pytest.mark.parametrize("name", MANIFESTS)
+def test_manifest_validates_strictly_against_the_kubernetes_schema(name: str, version: str, no_network: None) -> None:
+    assert kubernetes_validate.validate(load(name), version, strict=True) == version
+
+
+def test_strict_validation_catches_a_misspelt_field(no_network: None) -> None:
+    resource = load("indexed-job.yaml")
+    resource["spec"]["backofLimitPerIndex"] = resource["spec"].pop("backoffLimitPerIndex")
+    with pytest.raises(kubernetes_validate.ValidationError, match="backofLimitPerIndex"):
+        kubernetes_validate.validate(resource, KUBERNETES_VERSIONS[0], strict=True)
+
+
+@pytest.mark.parametrize("name", MANIFESTS)
+def test_pod_runs_the_image_on_a_gpu_with_a_model_cache(name: str) -> None:
+    resource = load(name)
+    main = container(resource)
+    assert main["image"].startswith("ghcr.io/example/whisperx-batch:")
+    assert main["args"][0] == "run"
+    assert int(main["resources"]["limits"]["nvidia.com/gpu"]) >= 1
+    mounts = {mount["mountPath"]: mount["name"] for mount in main["volumeMounts"]}
+    volumes = {volume["name"]: volume for volume in pod_spec(resource)["volumes"]}
+    assert "persistentVolumeClaim" in volumes[mounts["/models"]]  # HF_HOME in the image: kept across runs
+
+
+@pytest.mark.parametrize("name", MANIFESTS)
+def test_pod_gets_time_to_stop_cleanly(name: str) -> None:
+    spec = pod_spec(load(name))
+    assert spec["restartPolicy"] == "Never"  # podFailurePolicy requires it
+    assert spec["terminationGracePeriodSeconds"] > RUNNER_GRACE_SECONDS
+
+
+@pytest.mark.parametrize("name", MANIFESTS)
+def test_every_option_and_variable_is_one_the_runner_knows(name: str) -> None:
+    """An unknown flag or WHISPERX_BATCH_* variable stops the run with exit 2: a typo here would fail every pod."""
+    main = container(load(name))
+    for arg in main["args"]:
+        if arg.startswith("--"):
+            key = arg.removeprefix("--").removeprefix("no-").replace("-", "_")
+            assert key in FIELD_NAMES, f"{name}: unknown option {arg}"
+    for entry in main.get("env", []):
+        if entry["name"].startswith(ENV_PREFIX) and entry["name"] not in (CONFIG_ENV_VAR, SHARD_COUNT_ENV_VAR):
+            assert entry["name"].removeprefix(ENV_PREFIX).lower() in FIELD_NAMES, f"{name}: {entry['name']}"
+    assert "--shard" not in main["args"]  # it would override the engine's index: every pod the same shard
+
+
+@pytest.mark.parametrize("name", MANIFESTS)
+def test_the_token_comes_from_a_secret(name: str) -> None:
+    resource = load(name)
+    main = container(resource)
+    env = {entry["name"]: entry for entry in main.get("env", [])}
+    assert not any(arg.startswith("hf_") for arg in main["args"])
+    assert "value" not in env.get("HF_TOKEN", {})
+    if "HF_TOKEN" in env:
+        assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"]["key"]
+    if "WHISPERX_BATCH_HF_TOKEN_FILE" in env:
+        token_file = Path(env["WHISPERX_BATCH_HF_TOKEN_FILE"]["value"])
+        mounts = {mount["mountPath"]: mount["name"] for mount in main["volumeMounts"]}
+        volumes = {volume["name"]: volume for volume in pod_spec(resource)["volumes"]}
+        secret = volumes[mounts[str(token_file.parent)]]["secret"]
+        assert [item["path"] for item in secret.get("items", [])] in ([], [token_file.name])
+    if "--diarize" in main["args"]:
+        assert "HF_TOKEN" in env or "WHISPERX_BATCH_HF_TOKEN_FILE" in env
+
+
+@pytest.mark.parametrize("name", MANIFESTS)
+def test_pod_failure_policy_follows_the_exit_codes(name: str) -> None:
+    resource = load(name)
+    rules = job_spec(resource)["podFailurePolicy"]["rules"]
+    assert {rule["action"] for rule in rules} <= POLICY_ACTIONS
+    assert all(rule["onExitCodes"]["containerName"] == CONTAINER for rule in rules if "onExitCodes" in rule)
+    assert policy_action(resource, EXIT_USAGE) == "FailJob"  # the same on every try
+    assert policy_action(resource, EXIT_ENVIRONMENT) == "Count"  # retried up to the backoff limit
+    assert policy_action(resource, EXIT_SIGTERM) == "Count"
+    assert policy_action(resource, EXIT_SIGINT) == "Count"
+    assert policy_action(resource, 137) == "Count"  # OOM-killed
+    # Evicted or preempted: the pod is replaced, not counted; whatever exit code the stop gave.
+    assert policy_action(resource, EXIT_SIGTERM, disrupted=True) == "Ignore"
+    # Never Ignore on "some files failed": a file that always fails would replace the pod forever.
+    assert policy_action(resource, EXIT_FILES_FAILED) in ("FailIndex", "FailJob")
+
+
+def test_indexed_job_shards_the_source() -> None:
+    resource = load("indexed-job.yaml")
+    spec = resource["spec"]
+    completions = spec["completions"]
+    assert spec["completionMode"] == "Indexed"
+    assert completions >= 2
+    assert 1 <= spec["parallelism"] <= completions
+    assert spec["backoffLimitPerIndex"] >= 1
+    assert spec["podReplacementPolicy"] == "Failed"  # never two pods of one shard at once
+    assert policy_action(resource, EXIT_FILES_FAILED) == "FailIndex"
+    # The count Kubernetes does not give the pod is passed by the manifest, equal to completions, so each index
+    # resolves to its own shard and together they cover every key.
+    env = plain_env(resource)
+    assert env[SHARD_COUNT_ENV_VAR] == str(completions)
+    shards = [shard_from_environment(env | {"JOB_COMPLETION_INDEX": str(index)}) for index in range(completions)]
+    assert shards == [Shard(index, completions) for index in range(completions)]
+
+
+@pytest.mark.parametrize("name", ["job.yaml", "cronjob.yaml"])
+def test_single_pod_jobs_are_not_sharded(name: str) -> None:
+    resource = load(name)
+    spec = job_spec(resource)
+    assert spec.get("completionMode", "NonIndexed") == "NonIndexed"
+    assert spec.get("completions", 1) == spec.get("parallelism", 1) == 1
+    # A shard count without an index is refused by the runner (exit 2).
+    assert SHARD_COUNT_ENV_VAR not in plain_env(resource)
+    assert shard_from_environment(plain_env(resource)) is None
+
+
+def test_cronjob_never_overlaps_itself() -> None:
+    resource = load("cronjob.yaml")
+    assert resource["spec"]["concurrencyPolicy"] == "Forbid"
+    assert len(resource["spec"]["schedule"].split()) == 5
+    # A run that reaches its deadline is stopped with SIGTERM (clean) and continued by the next one.
+    assert job_spec(resource)["activeDeadlineSeconds"] < 24 * 3600
