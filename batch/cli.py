@@ -142,6 +142,18 @@ def run_command(
             rich_help_panel=SELECT,
         ),
     ] = None,
+    claim: Annotated[
+        bool | None,
+        Opt(
+            "--claim/--no-claim",
+            help="Claim each file in DEST before work, so plain parallel workers share a job.",
+            rich_help_panel=SELECT,
+        ),
+    ] = None,
+    claim_ttl: Annotated[
+        float | None,
+        Opt(help="Seconds before a claim expires and may be taken over (default 7200).", rich_help_panel=SELECT),
+    ] = None,
     grace_seconds: Annotated[
         float | None,
         Opt(

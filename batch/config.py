@@ -81,6 +81,8 @@ class Settings(BaseModel):
     prefetch: int = Field(2, ge=0, le=8)
     grace_seconds: float = Field(25.0, ge=0, le=3600)
     shard: str | None = None
+    claim: bool = False
+    claim_ttl: float = Field(7200.0, gt=0, le=7 * 24 * 3600)
     s3_endpoint_url: str | None = None
     spool_dir: str | None = None
     max_input_size: str = "20GiB"

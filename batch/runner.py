@@ -49,6 +49,7 @@ class RunReport:
     started_at: str
     succeeded: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    claimed_elsewhere: list[str] = field(default_factory=list)  # with --claim: files other workers took
     failed: list[dict[str, Any]] = field(default_factory=list)
     audio_seconds: float = 0.0
     wall_seconds: float = 0.0
@@ -84,6 +85,8 @@ class RunReport:
         ]
         lines += [f"  failed {f['key']}: {f['error']['type']}: {f['error']['message']}" for f in self.failed]
         lines += [f"  words not timed in {w['key']}: {w['reason']}" for w in self.words_untimed]
+        if self.claimed_elsewhere:
+            lines.append(f"  {len(self.claimed_elsewhere)} files were claimed by other workers")
         if self.error:
             lines.append(f"  stopped: {self.error['message']}")
         return "\n".join(lines)
@@ -94,9 +97,15 @@ class RunReport:
             "started_at": self.started_at,
             "finished_at": self.finished_at,
             **context,
-            "counts": {"succeeded": len(self.succeeded), "skipped": len(self.skipped), "failed": len(self.failed)},
+            "counts": {
+                "succeeded": len(self.succeeded),
+                "skipped": len(self.skipped),
+                "failed": len(self.failed),
+                "claimed_elsewhere": len(self.claimed_elsewhere),
+            },  # fmt: skip
             "succeeded": self.succeeded,
             "skipped": self.skipped,
+            "claimed_elsewhere": self.claimed_elsewhere,
             "failed": self.failed,
             "audio_seconds": round(self.audio_seconds, 3),
             "audio_hours": round(self.audio_seconds / 3600, 4),
@@ -126,6 +135,7 @@ class Prepared:
     stopwatch: Stopwatch
     audio: np.ndarray | None
     error: Exception | None
+    claimed_elsewhere: bool = False  # another worker holds this file
 
 
 class OutputWriter:
@@ -187,6 +197,11 @@ class Runner:
         self._versions = package_versions()
         self.stop_signal: int | None = None  # set by a SIGTERM/SIGINT: take no new file
         self.shard = _resolve_shard(settings)
+        self.claims = None
+        if settings.claim:
+            from batch.claims import Claims
+
+            self.claims = Claims(dest, self.report.run_id, settings.claim_ttl)
         self.report.shard = str(self.shard) if self.shard else None
 
     def request_stop(self, signum: int) -> None:
@@ -230,8 +245,12 @@ class Runner:
                 # Load every model before the first file: a missing model or refused token stops the run
                 # here instead of failing each file in turn (the first files decode meanwhile).
                 self.pipeline.load()
+                ready = prepared.result()
+                if ready.claimed_elsewhere:
+                    self.report.claimed_elsewhere.append(item.key)
+                    continue
                 with file_context(item.key):
-                    self._process(item, prepared.result(), writer)
+                    self._process(item, ready, writer)
                 if progress is not None:
                     progress.update(1)
                     progress.set_postfix(
@@ -260,6 +279,8 @@ class Runner:
                 "started_at": mf.utc_now(),
             }
             try:
+                if self.claims is not None and not self._claim(item):
+                    return Prepared(record, stopwatch, None, None, claimed_elsewhere=True)
                 # A stale "succeeded" must not survive while this file is being redone.
                 self.dest.delete(mf.manifest_name(item.key))
                 with stopwatch.stage("fingerprint"):
@@ -270,6 +291,22 @@ class Runner:
                 return Prepared(record, stopwatch, None, exc)
             record["audio_seconds"] = round(len(audio) / SAMPLE_RATE, 3)
             return Prepared(record, stopwatch, audio, None)
+
+    def _claim(self, item: InputFile) -> bool:
+        """Claim the file, unless another worker holds it or finished it since this worker's skip check.
+
+        Workers write the manifest before releasing a claim, so a claim won after a release sees the manifest.
+        """
+        if not self.claims.claim(item.key):
+            return False
+        manifest = mf.read_manifest(self.dest, item.key)
+        if manifest is not None and (
+            manifest.get("finished_at", "") >= self.report.started_at  # done by another worker during this run
+            or (not self.settings.force and self._is_done(item))
+        ):
+            self.claims.release(item.key)
+            return False
+        return True
 
     def _process(self, item: InputFile, prepared: Prepared, writer: OutputWriter) -> None:
         """Run the models on one decoded file and hand its outputs to the writer."""
@@ -318,6 +355,8 @@ class Runner:
         record.update(timings=stopwatch.timings, finished_at=mf.utc_now())
         manifest = self._manifest(record)
         self.dest.write_bytes(mf.manifest_name(key), mf.encode(manifest))
+        if self.claims is not None:
+            self.claims.release(key)
         return manifest
 
     def finish_file(self, key: str, manifest: dict[str, Any] | None, write_error: BaseException | None) -> None:

@@ -160,3 +160,30 @@ class S3Dest:
 
     def delete(self, name: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self.prefix + name)
+
+    def create_exclusive(self, name: str, data: bytes) -> bool:
+        """Write only if nothing is there (If-None-Match: *); False when another writer was first."""
+        return self._conditional_put(name, data, IfNoneMatch="*")
+
+    def replace_if_version(self, name: str, data: bytes, version: str) -> bool:
+        """Overwrite only if the object is still the one read (If-Match on its ETag)."""
+        return self._conditional_put(name, data, IfMatch=version)
+
+    def read_with_version(self, name: str) -> tuple[bytes, str] | None:
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=self.prefix + name)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return None
+            raise
+        return response["Body"].read(), response["ETag"]
+
+    def _conditional_put(self, name: str, data: bytes, **condition: str) -> bool:
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self.prefix + name, Body=data, **condition)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code")
+            if code in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409", "NoSuchKey"):
+                return False
+            raise
+        return True

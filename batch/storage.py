@@ -172,3 +172,27 @@ class LocalDest:
 
     def delete(self, name: str) -> None:
         self.path(name).unlink(missing_ok=True)
+
+    def create_exclusive(self, name: str, data: bytes) -> bool:
+        """Create the file only if it does not exist (O_EXCL); False when another writer was first."""
+        target = self.path(name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with target.open("xb") as stream:
+                stream.write(data)
+        except FileExistsError:
+            return False
+        return True
+
+    def read_with_version(self, name: str) -> tuple[bytes, str] | None:
+        data = self.read_bytes(name)
+        return None if data is None else (data, hashlib.sha256(data).hexdigest())
+
+    def replace_if_version(self, name: str, data: bytes, version: str) -> bool:
+        """Replace the file if its content is still the one read. Not atomic across machines, unlike S3's If-Match:
+        two workers taking over the same expired claim at the same instant may both win (and both do the file)."""
+        current = self.read_with_version(name)
+        if current is None or current[1] != version:
+            return False
+        self.write_bytes(name, data)
+        return True

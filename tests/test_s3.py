@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import http.server
 import json
+import logging
 import os
 import shutil
 import threading
@@ -21,6 +22,7 @@ from tests.conftest import ENGLISH, speak
 
 @pytest.fixture(scope="module")
 def moto_url() -> Iterator[str]:
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # the server logs every request otherwise
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
@@ -239,3 +241,42 @@ def test_spool_is_cleaned_after_each_download(bucket: str, speech: bytes, tmp_pa
         assert stream.read() == speech
     assert not list(spool.iterdir())
     shutil.rmtree(spool)
+
+
+def test_two_workers_with_claims_do_every_file_exactly_once(
+    bucket: str, speech: bytes, moto_url: str, tiny_en: str
+) -> None:
+    import subprocess
+    import sys
+
+    for index in range(6):
+        put(bucket, f"in/call{index}.mp3", speech)
+    command = [sys.executable, "-m", "batch", "run", f"s3://{bucket}/in", "--out", f"s3://{bucket}/out", "--model",
+               tiny_en, "--no-align", "--claim", "--prefetch", "1", "--threads", "1"]  # fmt: skip
+    workers = [subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in "ab"]
+    outputs = [worker.communicate(timeout=600)[1] for worker in workers]
+    assert [worker.returncode for worker in workers] == [0, 0], outputs
+    client = boto3.client("s3")
+    reports = [
+        json.loads(client.get_object(Bucket=bucket, Key=k)["Body"].read()) for k in keys_in(bucket, "out/_runs/")
+    ]
+    done = [key for report in reports for key in report["succeeded"]]
+    assert sorted(done) == [f"call{index}.mp3" for index in range(6)]  # each file once, by one worker
+    assert sum(r["counts"]["claimed_elsewhere"] + r["counts"]["skipped"] for r in reports) == 6
+    assert not keys_in(bucket, "out/_claims/")  # released after each manifest
+
+
+def test_expired_claims_are_taken_over_by_exactly_one_worker(bucket: str) -> None:
+    from batch.claims import Claims
+
+    now = [1000.0]
+    dest = S3Dest(f"s3://{bucket}/out", make_client())
+    first, second, third = (Claims(dest, run, ttl_seconds=60, clock=lambda: now[0]) for run in ("r1", "r2", "r3"))
+    assert first.claim("a.wav") and not second.claim("a.wav")
+    now[0] += 61  # the first worker crashed: its claim expired
+    stale = dest.read_with_version("_claims/a.wav.claim")
+    assert second.claim("a.wav")
+    assert not dest.replace_if_version("_claims/a.wav.claim", b"{}", stale[1])  # a late taker loses
+    assert not third.claim("a.wav")
+    second.release("a.wav")
+    assert third.claim("a.wav")
