@@ -39,7 +39,8 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 bench: $(STAMP) system-deps
-	HF_HUB_OFFLINE=1 $(PY) bench/bench_runner.py
+	HF_HUB_OFFLINE=1 $(PY) -m bench.bench_runner
+	HF_HUB_OFFLINE=1 $(PY) -m bench.bench_pipelining
 
 clean:
 	rm -rf out .pytest_cache
