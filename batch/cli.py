@@ -260,5 +260,62 @@ def load_settings(flags: dict, config_path: str | None, logging_setup: bool = Fa
     return settings
 
 
+@app.command("doctor")
+def doctor_command(
+    source: Annotated[str | None, typer.Argument(help="Folder of recordings to check (optional).")] = None,
+    out: Annotated[str | None, Opt("--out", "-o", help="Output folder to check (optional).")] = None,
+    config: Annotated[str | None, Opt("--config", "-c", help="TOML config file (the job's own).")] = None,
+    model: Annotated[str | None, Opt(help="Whisper name, HF repo id, or local CTranslate2 folder.")] = None,
+    model_dir: Annotated[str | None, Opt(help="Where downloaded models are cached.")] = None,
+    device: Annotated[str | None, Opt(help="auto | cuda | cpu: what the device checks judge by.")] = None,
+    language: Annotated[str | None, Opt(help="The job's language (auto: the English aligner is checked).")] = None,
+    align: Annotated[bool | None, Opt("--align/--no-align", help="Check the alignment model (default on).")] = None,
+    diarize: Annotated[bool | None, Opt("--diarize/--no-diarize", help="Check the diarization model.")] = None,
+    hf_token_file: Annotated[str | None, Opt(help="File holding the Hugging Face token (else HF_TOKEN).")] = None,
+    json_output: Annotated[bool, Opt("--json", help="One JSON document instead of the table.")] = False,
+) -> None:
+    """Check that this machine can run the job: device, ffmpeg, models, token, SOURCE, DEST.
+
+    Reads the job's settings as `run` does (flags, WHISPERX_BATCH_* variables, config file).
+    Exit codes: 0 ready (warnings allowed); 2 usage or config error; 3 something would stop a run.
+    """
+    flags = {key: value for key, value in locals().items() if key not in ("config", "json_output")}
+    flags = {key: value for key, value in flags.items() if value is not None}
+
+    def diagnose() -> int:
+        from batch.doctor import checks_json, exit_code, format_checks, run_doctor
+
+        checks = run_doctor(load_settings(flags, config_path=config, logging_setup=True))
+        print(checks_json(checks) if json_output else format_checks(checks))
+        return exit_code(checks)
+
+    raise typer.Exit(_guarded(diagnose))
+
+
+@app.command("status")
+def status_command(
+    dest: Annotated[
+        str | None,
+        typer.Argument(help="The job's output folder or s3:// prefix (default: `out` of the config or environment)."),
+    ] = None,
+    config: Annotated[str | None, Opt("--config", "-c", help="TOML config file (the job's own).")] = None,
+    json_output: Annotated[bool, Opt("--json", help="One JSON document for machines.")] = False,
+) -> None:
+    """Counts of succeeded and failed files, audio hours, and each failure's reason, from DEST's manifests.
+
+    Exit codes: 0 no file failed; 1 some files failed; 2 usage or config error; 3 DEST not readable.
+    """
+
+    def report() -> int:
+        from batch.status import collect_status, format_status, status_exit_code, to_json
+
+        settings = load_settings({}, config_path=config)
+        status = collect_status(dest or settings.out, s3_endpoint_url=settings.s3_endpoint_url)
+        print(to_json(status) if json_output else format_status(status))
+        return status_exit_code(status)
+
+    raise typer.Exit(_guarded(report))
+
+
 def main() -> None:
     app()

@@ -18,6 +18,10 @@ from typing import BinaryIO
 
 from batch.errors import EnvironmentProblem
 
+# Read once, at import, while the process is single-threaded (os.umask can only be read by setting it).
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
 # Containers and codecs people record or export calls, interviews, podcasts and meetings in.
 MEDIA_EXTENSIONS = frozenset(
     """
@@ -152,6 +156,7 @@ class LocalDest:
         target.parent.mkdir(parents=True, exist_ok=True)
         handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
         try:
+            os.fchmod(handle, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual permissions
             with os.fdopen(handle, "wb") as stream:
                 stream.write(data)
                 stream.flush()

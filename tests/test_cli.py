@@ -64,7 +64,7 @@ def test_a_folder_becomes_transcripts_and_manifests(cli, corpus: Path, tmp_path:
     assert "meeting on friday" in (out / "a/x.wav.txt").read_text().lower()
     assert (out / "a/x.wav.srt").read_text().startswith("1\n00:00:")
     report = reports(out)[-1]
-    assert report["counts"] == {"succeeded": 5, "skipped": 0, "failed": 0}
+    assert report["counts"] == {"succeeded": 5, "skipped": 0, "failed": 0, "claimed_elsewhere": 0}
     assert report["audio_seconds"] > 40 and report["realtime_factor"] > 0
     assert "5 succeeded, 0 skipped, 0 failed" in result.stderr
     assert not list(out.rglob(".*.tmp"))
@@ -135,7 +135,7 @@ def test_bad_files_fail_alone_with_reasons_and_are_retried(cli, tmp_path: Path, 
         assert reason in manifest["error"]["message"]
         assert not (out / f"{key}.json").exists()
         assert f"failed {key}: AudioDecodeError" in result.stderr
-    assert reports(out)[-1]["counts"] == {"succeeded": 1, "skipped": 0, "failed": 4}
+    assert reports(out)[-1]["counts"] == {"succeeded": 1, "skipped": 0, "failed": 4, "claimed_elsewhere": 0}
 
     # Failed files are retried on the next run; fixed ones then succeed.
     shutil.copy(source / "good.wav", source / "empty.wav")

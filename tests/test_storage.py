@@ -123,3 +123,14 @@ def test_fingerprint_follows_content_not_name_or_time(tmp_path: Path) -> None:
     assert source.fingerprint(first) == source.fingerprint(second)
     (tmp_path / "b.wav").write_bytes(b"y" * 10)
     assert source.fingerprint(first) != source.fingerprint(list(source.list())[1])
+
+
+def test_outputs_get_the_usual_permissions_not_mkstemps_0600(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        LocalDest(tmp_path).write_bytes("a.json", b"{}")
+    finally:
+        os.umask(old)
+    from batch.storage import _UMASK
+
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o666 & ~_UMASK
