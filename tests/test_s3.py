@@ -93,6 +93,15 @@ def test_s3_to_local_with_hostile_keys_never_writes_outside_dest(
         assert manifest["input"]["fingerprint"].startswith("etag:")
         assert "meeting" in json.loads((out / f"{name}.json").read_text())["segments"][0]["text"].lower()
 
+    to_s3 = cli("run", f"s3://{bucket}/in", "--out", f"s3://{bucket}/out", "--model", tiny_en, "--no-align")
+    assert to_s3.exit_code == 0, to_s3.stderr
+    stored = keys_in(bucket, "")
+    outside = [k for k in stored if not k.startswith(("in/", "out/"))]
+    written = [k for k in stored if k.startswith("out/")]
+    assert not outside and not [k for k in written if "/../" in k or "//" in k or "/./" in k]
+    for name in ["%2E%2E/x.mp3", "a/%2F/b.mp3", "%2F/lead.mp3", "ü ñ/é 1+&=%.mp3"]:
+        assert f"out/{name}.manifest.json" in stored
+
 
 def test_local_to_s3_then_s3_to_s3_with_reruns(cli, bucket: str, speech: bytes, tmp_path: Path, tiny_en: str) -> None:
     source = tmp_path / "in"
