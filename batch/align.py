@@ -78,8 +78,8 @@ class Aligner:
         model, metadata = self.load(language, name)
         from whisperx.alignment import align
 
-        ensure_punkt(language, punkt_root(self.cache_dir))
         try:
+            ensure_punkt(language, punkt_root(self.cache_dir))
             result = align(segments, model, metadata, audio, self.device, return_char_alignments=False)
         except Exception as exc:
             raise AlignmentUnavailable(f"alignment with {name} failed: {redact(str(exc))}") from exc
@@ -192,6 +192,6 @@ def write_punkt_tab(name: str, folder: Path) -> None:
         params = {file: [] for file in PUNKT_FILES}  # untrained Punkt: splits on . ? ! only
     folder.mkdir(parents=True, exist_ok=True)
     for file, lines in params.items():
-        temporary = folder / f".{file}.tmp"
+        temporary = folder / f".{file}.{os.getpid()}.{os.urandom(3).hex()}.tmp"  # pods may share the cache
         temporary.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
         temporary.replace(folder / file)

@@ -116,16 +116,30 @@ class Settings(BaseModel):
     def _known_model(cls, value: str) -> str:
         return normalize_model(value)
 
-    @field_validator("diarize_model", "hf_token_file", "model_dir")
+    @field_validator("hf_token_file", "model_dir")
     @classmethod
     def _absolute_if_local(cls, value: str | None) -> str | None:
         return absolute_if_local(value)
+
+    @field_validator("diarize_model")
+    @classmethod
+    def _diarize_model(cls, value: str) -> str:
+        return absolute_if_local(value) or DEFAULT_DIARIZE_MODEL
+
+    @field_validator("s3_endpoint_url")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"{value!r} is not an http:// or https:// URL")
+        return value.strip()
 
     @field_validator("align_model", mode="before")
     @classmethod
     def _align_models(cls, value: Any) -> tuple[str, ...]:
         """`NAME|DIR` for every language, and/or `LANG=NAME|DIR` entries (comma list or repeated)."""
-        items = [value] if isinstance(value, str) else list(value or ())
+        items = [value] if isinstance(value, str) else _as_list(value or ())
         entries, default_seen = [], False
         for item in (part.strip() for raw in items for part in str(raw).split(",") if part.strip()):
             language, sep, model = item.partition("=")
@@ -174,7 +188,7 @@ class Settings(BaseModel):
     @field_validator("formats", mode="before")
     @classmethod
     def _known_formats(cls, value: Any) -> tuple[str, ...]:
-        names = [value] if isinstance(value, str) else list(value)
+        names = [value] if isinstance(value, str) else _as_list(value)
         wanted = {name.strip().lower() for item in names for name in str(item).split(",") if name.strip()}
         unknown = sorted(wanted - set(OUTPUT_FORMATS))
         if unknown:
@@ -198,6 +212,12 @@ def settings_hash(settings: Settings, compute_type: str) -> str:
     }
     blob = json.dumps(shaping, sort_keys=True, separators=(",", ":"), default=list)
     return "sha256:" + hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _as_list(value: Any) -> list[Any]:
+    if not isinstance(value, list | tuple):
+        raise ValueError(f"expected a list or a comma-separated string, not {value!r}")
+    return list(value)
 
 
 def absolute_if_local(value: str | None) -> str | None:

@@ -59,7 +59,7 @@ def is_done(
     if not manifest or manifest.get("status") != "succeeded" or manifest.get("settings_hash") != settings_hash:
         return False
     recorded = manifest.get("input") or {}
-    if recorded.get("size") != item.size:
+    if recorded.get("key") != item.key or recorded.get("size") != item.size:
         return False
     if recorded.get("version") != item.version and recorded.get("fingerprint") != fingerprint(item):
         return False
@@ -68,4 +68,6 @@ def is_done(
 
 
 def encode(document: dict[str, Any]) -> bytes:
-    return json.dumps(document, ensure_ascii=False, indent=2).encode()
+    # backslashreplace: a file name that is not valid UTF-8 (kept by Python as lone surrogates) is written as
+    # a JSON \udcXX escape, so the JSON stays valid and the key reads back exactly.
+    return json.dumps(document, ensure_ascii=False, indent=2).encode("utf-8", "backslashreplace")

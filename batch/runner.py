@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
@@ -23,7 +24,7 @@ from batch import manifest as mf
 from batch.audio import SAMPLE_RATE, decode
 from batch.concurrency import ordered_map
 from batch.config import Settings, settings_hash
-from batch.errors import EXIT_FILES_FAILED, EXIT_OK, BatchError, describe
+from batch.errors import EXIT_FILES_FAILED, EXIT_OK, BatchError, EnvironmentProblem, describe
 from batch.logs import file_context
 from batch.pipeline import Pipeline, RuntimeOptions, Stopwatch
 from batch.runtime import package_versions
@@ -31,6 +32,11 @@ from batch.storage import InputFile, LocalDest, LocalSource
 from batch.transcript import build_transcript, render
 
 log = logging.getLogger(__name__)
+
+# This many files in a row failing with the same unexpected error type stops the run (exit 3).
+BROKEN_AFTER_FAILURES = 3
+# Failures that belong to a file, however many in a row (a folder of broken files is possible).
+FILE_PROBLEMS = {"AudioDecodeError", "AlignmentUnavailable", "GpuOutOfMemory", "FileFailure"}
 
 # Skip checks on S3 are requests: run this many at once, this many listing entries ahead.
 SKIP_CHECK_WORKERS = 16
@@ -198,6 +204,8 @@ class Runner:
         self.stop_signal: int | None = None  # set by a SIGTERM/SIGINT: take no new file
         self.shard = _resolve_shard(settings)
         self.claims = None
+        self._held_claims: set[str] = set()
+        self._consecutive_failures = 0
         if settings.claim:
             from batch.claims import Claims
 
@@ -236,21 +244,27 @@ class Runner:
         """
         started = self.clock()
         writer = OutputWriter(self)
+        ahead = self.settings.prefetch
+        items = ordered_map(self._prepare, self.pending(), workers=max(1, ahead), ahead=ahead)
         try:
-            ahead = self.settings.prefetch
-            for item, prepared in ordered_map(self._prepare, self.pending(), workers=max(1, ahead), ahead=ahead):
-                if self.stop_signal is not None:
-                    log.warning("stopping on signal %d: no new file is started", self.stop_signal)
+            for item, prepared in items:
+                if self._stopping():
                     break
                 # Load every model before the first file: a missing model or refused token stops the run
-                # here instead of failing each file in turn (the first files decode meanwhile).
-                self.pipeline.load()
+                # here instead of failing each file in turn (the first files decode meanwhile). With claims,
+                # only once a file is really ours: a worker whose files all went to others loads nothing.
+                if self.claims is None:
+                    self.pipeline.load()
                 ready = prepared.result()
                 if ready.claimed_elsewhere:
                     self.report.claimed_elsewhere.append(item.key)
                     continue
+                self.pipeline.load()
+                if self._stopping():
+                    break
                 with file_context(item.key):
                     self._process(item, ready, writer)
+                self._check_for_broken_environment()
                 if progress is not None:
                     progress.update(1)
                     progress.set_postfix(
@@ -259,6 +273,11 @@ class Runner:
         except BatchError as exc:
             self.report.error = describe(exc)
             raise
+        except Exception as exc:
+            # Listing or store failures that retries did not ride out: the run cannot go on (exit 3).
+            problem = EnvironmentProblem(f"the run stopped: {describe(exc)['type']}: {describe(exc)['message']}")
+            self.report.error = describe(problem)
+            raise problem from exc
         finally:
             writer.close()
             self.report.wall_seconds = self.clock() - started
@@ -268,7 +287,34 @@ class Runner:
             self.report.finished_at = mf.utc_now()
             self.report.stopped_by_signal = self.stop_signal
             self._write_report()
+            self._release_unused_claims()
+            items.close()  # after the report: this waits for a download or decode still in progress
         return self.report
+
+    def _stopping(self) -> bool:
+        if self.stop_signal is not None:
+            log.warning("stopping on signal %d: no new file is started", self.stop_signal)
+        return self.stop_signal is not None
+
+    def _check_for_broken_environment(self) -> None:
+        """Several files in a row failing the same unexpected way (a CUDA fault that sticks, a full disk) is
+        the machine, not the files: stop with exit 3, so the engine retries elsewhere, instead of failing all."""
+        recent = self.report.failed[-BROKEN_AFTER_FAILURES:]
+        if len(recent) < BROKEN_AFTER_FAILURES or self._consecutive_failures < BROKEN_AFTER_FAILURES:
+            return
+        kinds = {failure["error"]["type"] for failure in recent}
+        if len(kinds) == 1 and not kinds & FILE_PROBLEMS:
+            error = recent[-1]["error"]
+            raise EnvironmentProblem(
+                f"{BROKEN_AFTER_FAILURES} files in a row failed with {error['type']}: {error['message']}"
+            )
+
+    def _release_unused_claims(self) -> None:
+        """Claims taken ahead of the model for files it never started (a stop, an error) go back at once."""
+        if self.claims is not None:
+            for key in list(self._held_claims):
+                self.claims.release(key)
+                self._held_claims.discard(key)
 
     def _prepare(self, item: InputFile) -> Prepared:
         """Fetch, fingerprint and decode one file (on a background thread, ahead of the model)."""
@@ -281,8 +327,6 @@ class Runner:
             try:
                 if self.claims is not None and not self._claim(item):
                     return Prepared(record, stopwatch, None, None, claimed_elsewhere=True)
-                # A stale "succeeded" must not survive while this file is being redone.
-                self.dest.delete(mf.manifest_name(item.key))
                 with stopwatch.stage("fingerprint"):
                     record["input"]["fingerprint"] = self.source.fingerprint(item)
                 with stopwatch.stage("decode"), self.source.open(item.key, item.size) as stream:
@@ -299,12 +343,14 @@ class Runner:
         """
         if not self.claims.claim(item.key):
             return False
+        self._held_claims.add(item.key)
         manifest = mf.read_manifest(self.dest, item.key)
         if manifest is not None and (
             manifest.get("finished_at", "") >= self.report.started_at  # done by another worker during this run
             or (not self.settings.force and self._is_done(item))
         ):
             self.claims.release(item.key)
+            self._held_claims.discard(item.key)
             return False
         return True
 
@@ -312,6 +358,9 @@ class Runner:
         """Run the models on one decoded file and hand its outputs to the writer."""
         record, stopwatch, error = prepared.record, prepared.stopwatch, prepared.error
         transcript = None
+        # A stale "succeeded" must not survive while this file is being redone (deleted only now that the
+        # model takes the file, not when it was fetched ahead).
+        self.dest.delete(mf.manifest_name(item.key))
         self.pipeline.gpu_records = {}
         if prepared.audio is not None:
             audio = prepared.audio
@@ -357,20 +406,24 @@ class Runner:
         self.dest.write_bytes(mf.manifest_name(key), mf.encode(manifest))
         if self.claims is not None:
             self.claims.release(key)
+            self._held_claims.discard(key)
         return manifest
 
     def finish_file(self, key: str, manifest: dict[str, Any] | None, write_error: BaseException | None) -> None:
         """Count a written file in the report (on the main thread)."""
         with file_context(key):
             if manifest is None:
+                self._consecutive_failures += 1
                 error = describe(write_error or RuntimeError("unknown"))
                 error["message"] = f"the manifest could not be written: {error['message']}"
                 self.report.failed.append({"key": key, "error": error})
                 log.error("failed: %s", error["message"])
             elif manifest["status"] == "failed":
+                self._consecutive_failures += 1
                 self.report.failed.append({"key": key, "error": manifest["error"]})
                 log.warning("failed: %s: %s", manifest["error"]["type"], manifest["error"]["message"])
             else:
+                self._consecutive_failures = 0
                 self.report.succeeded.append(key)
                 self.report.audio_seconds += manifest["audio_seconds"]
                 log.info(
@@ -434,8 +487,8 @@ class Runner:
         try:
             name = f"{mf.RUNS_FOLDER}/{self.report.run_id}.json"
             self.dest.write_bytes(name, mf.encode(self.report.to_dict(context)))
-        except OSError as exc:
-            log.error("could not write the run report: %s", exc)
+        except Exception as exc:  # the run's outcome stands; the report is a record of it
+            log.error("could not write the run report: %s", describe(exc)["message"])
 
 
 def _resolve_shard(settings: Settings) -> Any:
@@ -479,8 +532,12 @@ def run_job(settings: Settings, stdout: TextIO | None = None) -> int:
     runner = Runner(settings, source, dest, pipeline, runtime)
     run_id_var.set(runner.report.run_id)
     if settings.dry_run:
+        out = stdout or sys.stdout
         for item in runner.pending():
-            print(item.key, file=stdout or sys.stdout, flush=True)
+            out.flush()
+            # A key that is not valid UTF-8 (an old share's file name) is printed as its original bytes.
+            out.buffer.write(item.key.encode("utf-8", "surrogateescape") + b"\n")
+            out.buffer.flush()
         return EXIT_OK
     pipeline.check_model_reference()
     source.check_readable()
@@ -519,6 +576,8 @@ def graceful_stop(runner: Runner, grace_seconds: float) -> Iterator[None]:
     def abandon(signum: int) -> None:
         log.error("grace period over: abandoning the file in progress (a rerun redoes it)")
         runner.report.stopped_by_signal = signum
+        runner.report.finished_at = mf.utc_now()
+        runner._write_report()  # best effort: the outcome so far, for `status` and the logs
         print_summary(runner.report)
         logging.shutdown()
         os._exit(128 + signum)
@@ -558,8 +617,20 @@ def open_storage(settings: Settings, source_root: str, dest_root: str) -> tuple[
     except ValueError as exc:
         from batch.errors import ConfigError
 
-        raise ConfigError("source" if "source" in str(exc) else "out", str(exc)) from None
+        raise ConfigError("source" if source_root in str(exc) else "out", str(exc)) from None
+    if _same_place(source_root, dest_root):
+        from batch.errors import ConfigError
+
+        raise ConfigError("out", "DEST is SOURCE itself: give a folder or prefix of its own (it may lie inside SOURCE)")
     return source, dest
+
+
+def _same_place(source_root: str, dest_root: str) -> bool:
+    from batch.s3 import is_s3_url
+
+    if is_s3_url(source_root) or is_s3_url(dest_root):
+        return source_root.rstrip("/") == dest_root.rstrip("/")
+    return Path(source_root).resolve() == Path(dest_root).resolve()
 
 
 def _require(settings: Settings, key: str) -> str:

@@ -182,11 +182,17 @@ class LocalDest:
         """Create the file only if it does not exist (O_EXCL); False when another writer was first."""
         target = self.path(name)
         target.parent.mkdir(parents=True, exist_ok=True)
+        # Written whole first, then linked into place: link() fails if the name exists, and nobody ever
+        # reads a half-written claim.
+        handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
         try:
-            with target.open("xb") as stream:
+            with os.fdopen(handle, "wb") as stream:
                 stream.write(data)
+            os.link(temporary, target)
         except FileExistsError:
             return False
+        finally:
+            os.unlink(temporary)
         return True
 
     def read_with_version(self, name: str) -> tuple[bytes, str] | None:

@@ -116,7 +116,7 @@ def render(transcript: Transcript, fmt: str, file_id: str = "audio") -> bytes:
     if fmt == "turns":
         return json.dumps(speaker_turns(transcript), ensure_ascii=False, indent=2).encode()
     if fmt == "rttm":
-        return rttm(transcript, file_id).encode()
+        return rttm(transcript, file_id).encode("utf-8", "backslashreplace")
     from whisperx.utils import WriteSRT, WriteTSV, WriteTXT, WriteVTT
 
     writers: dict[str, Any] = {"srt": WriteSRT, "vtt": WriteVTT, "txt": WriteTXT, "tsv": WriteTSV}

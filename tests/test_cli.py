@@ -300,3 +300,38 @@ def test_pyannote_telemetry_is_off_unless_the_user_opts_in(cli, monkeypatch: pyt
     monkeypatch.setenv("PYANNOTE_METRICS_ENABLED", "1")
     cli("run")
     assert os.environ["PYANNOTE_METRICS_ENABLED"] == "1"
+
+
+def test_odd_local_names_and_dest_equal_to_source(
+    cli, tmp_path: Path, tiny_en: str, speech_formats: dict[str, Path]
+) -> None:
+    source = tmp_path / "in"
+    source.mkdir()
+    raw_name = os.fsdecode(b"caf\xe9 old share.mp3")  # not valid UTF-8, as on old file servers
+    shutil.copy(speech_formats["mp3"], source / raw_name)
+    out = tmp_path / "out"
+    dry = cli("run", source, "--out", out, "--model", tiny_en, "--dry-run")
+    assert dry.stdout_bytes == b"caf\xe9 old share.mp3\n"
+    result = cli("run", source, "--out", out, "--model", tiny_en, "--no-align")
+    assert result.exit_code == 0, result.stderr
+    manifest = json.loads((out / f"{raw_name}.manifest.json").read_bytes())
+    assert manifest["status"] == "succeeded" and manifest["input"]["key"] == raw_name
+    again = cli("run", source, "--out", out, "--model", tiny_en, "--no-align")
+    assert "0 succeeded, 1 skipped" in again.stderr
+    same = cli("run", source, "--out", source, "--model", tiny_en)
+    assert same.exit_code == 2 and "DEST is SOURCE itself" in same.stderr
+
+
+@pytest.mark.parametrize(
+    ("toml", "key"),
+    [
+        ("formats = 5\n", "formats"),
+        ("align_model = true\n", "align_model"),
+        ('s3_endpoint_url = "minio:9000"\n', "s3_endpoint_url"),
+    ],
+)
+def test_odd_config_values_are_usage_errors_naming_the_key(cli, tmp_path: Path, toml: str, key: str) -> None:
+    config = tmp_path / "job.toml"
+    config.write_text(toml)
+    result = cli("run", tmp_path, "--out", tmp_path / "out", "--config", config)
+    assert result.exit_code == 2 and f"{key}:" in result.stderr

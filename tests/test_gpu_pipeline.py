@@ -113,3 +113,26 @@ def test_batch_size_follows_free_memory_under_the_ceiling(calls: Path, tmp_path:
     assert 1 <= record["batch_size_used"] < 16
     assert record["batch_size_used"] == max(1, min(16, (300 * 1024**2) // per_item))
     assert record["free_bytes"] == probe.free
+
+
+def test_the_same_unexpected_failure_in_a_row_stops_the_run_as_an_environment_error(
+    tmp_path: Path, tiny_en: str, sample_wav: Path
+) -> None:
+    from batch.errors import EnvironmentProblem
+
+    source = tmp_path / "in"
+    source.mkdir()
+    for index in range(6):
+        shutil.copy(sample_wav, source / f"call{index}.wav")
+    runner = make_runner(source, tmp_path / "out", tiny_en)
+
+    class BrokenDevice(OutOfMemoryFirst):
+        """The real pipeline, whose every batch hits a fault that sticks to the device."""
+
+        def __call__(self, pieces, batch_size: int, num_workers: int):
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    runner.pipeline._asr = BrokenDevice(runner.pipeline._asr, failures=0)
+    with pytest.raises(EnvironmentProblem, match="3 files in a row failed with RuntimeError"):
+        runner.run()
+    assert 3 <= len(runner.report.failed) < 6 and runner.report.error["type"] == "EnvironmentProblem"
