@@ -79,7 +79,3 @@ def assign_speakers(segments: list[dict[str, Any]], turns: list[dict[str, Any]])
     frame = pd.DataFrame(turns)
     result = assign_word_speakers(frame, {"segments": segments}, fill_nearest=True)
     return result["segments"]
-
-
-def speakers_of(segments: list[dict[str, Any]]) -> list[str]:
-    return sorted({segment["speaker"] for segment in segments if "speaker" in segment})

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from batch.storage import InputFile, LocalDest, output_base
+from batch.storage import Dest, InputFile, output_base
 
 MANIFEST_VERSION = 1
 MANIFEST_SUFFIX = ".manifest.json"
@@ -33,7 +33,7 @@ def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def read_manifest(dest: LocalDest, key: str) -> dict[str, Any] | None:
+def read_manifest(dest: Dest, key: str) -> dict[str, Any] | None:
     raw = dest.read_bytes(manifest_name(key))
     if raw is None:
         return None
@@ -49,7 +49,7 @@ def is_done(
     item: InputFile,
     settings_hash: str,
     fingerprint: Callable[[InputFile], str],
-    dest: LocalDest,
+    dest: Dest,
 ) -> bool:
     """Whether `item` was already transcribed with these settings, so a rerun can skip it.
 

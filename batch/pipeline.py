@@ -10,7 +10,6 @@ import contextlib
 import gc
 import io
 import logging
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from batch.audio import SAMPLE_RATE
 from batch.config import Settings
 from batch.errors import ConfigError, EnvironmentProblem, FileFailure
 from batch.logs import adopt_library_loggers
-from batch.models import asr_load_failure, hub_offline
+from batch.models import asr_load_failure, hub_offline, is_local
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -124,7 +123,7 @@ class Pipeline:
     def check_model_reference(self) -> None:
         """Fail before any file when the model is a local folder that is not there."""
         model = self.settings.model
-        if os.path.isabs(model) and not Path(model).is_dir():
+        if is_local(model) and not Path(model).is_dir():
             raise EnvironmentProblem(f"model folder not found: {model}")
 
     @property

@@ -24,11 +24,11 @@ from batch import manifest as mf
 from batch.audio import SAMPLE_RATE, decode
 from batch.concurrency import ordered_map
 from batch.config import Settings, settings_hash
-from batch.errors import EXIT_FILES_FAILED, EXIT_OK, BatchError, EnvironmentProblem, describe
+from batch.errors import EXIT_FILES_FAILED, EXIT_OK, BatchError, ConfigError, EnvironmentProblem, describe
 from batch.logs import file_context
 from batch.pipeline import Pipeline, RuntimeOptions, Stopwatch
 from batch.runtime import package_versions
-from batch.storage import InputFile, LocalDest, LocalSource
+from batch.storage import Dest, InputFile, LocalDest, LocalSource, Source
 from batch.transcript import build_transcript, render
 
 log = logging.getLogger(__name__)
@@ -184,8 +184,8 @@ class Runner:
     def __init__(
         self,
         settings: Settings,
-        source: LocalSource,
-        dest: LocalDest,
+        source: Source,
+        dest: Dest,
         pipeline: Pipeline,
         runtime: RuntimeOptions,
         run_id: str | None = None,
@@ -493,7 +493,6 @@ class Runner:
 
 def _resolve_shard(settings: Settings) -> Any:
     """--shard, else the batch engine's worker index (Kubernetes, AWS Batch); a bad combination is exit 2."""
-    from batch.errors import ConfigError
     from batch.shard import resolve_shard
 
     try:
@@ -599,7 +598,7 @@ def graceful_stop(runner: Runner, grace_seconds: float) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def open_storage(settings: Settings, source_root: str, dest_root: str) -> tuple[Any, Any]:
+def open_storage(settings: Settings, source_root: str, dest_root: str) -> tuple[Source, Dest]:
     """SOURCE and DEST as local folders or S3 prefixes, in any mix."""
     from batch.gpu import parse_bytes
     from batch.s3 import S3Dest, S3Source, is_s3_url, make_client
@@ -615,12 +614,8 @@ def open_storage(settings: Settings, source_root: str, dest_root: str) -> tuple[
         else:
             source = LocalSource(source_root, skip=None if is_s3_url(dest_root) else dest.root)
     except ValueError as exc:
-        from batch.errors import ConfigError
-
         raise ConfigError("source" if source_root in str(exc) else "out", str(exc)) from None
     if _same_place(source_root, dest_root):
-        from batch.errors import ConfigError
-
         raise ConfigError("out", "DEST is SOURCE itself: give a folder or prefix of its own (it may lie inside SOURCE)")
     return source, dest
 
@@ -634,8 +629,6 @@ def _same_place(source_root: str, dest_root: str) -> bool:
 
 
 def _require(settings: Settings, key: str) -> str:
-    from batch.errors import ConfigError
-
     value = getattr(settings, key)
     if not value:
         raise ConfigError(key, "missing: give it on the command line, in the config file, or by environment variable")
