@@ -233,7 +233,9 @@ class Runner:
     def _is_done(self, item: InputFile) -> bool:
         if self.settings.force:
             return False
-        manifest = mf.read_manifest(self.dest, item.key)
+        return self._done_by(mf.read_manifest(self.dest, item.key), item)
+
+    def _done_by(self, manifest: dict[str, Any] | None, item: InputFile) -> bool:
         return mf.is_done(manifest, item, self.settings_hash, self.source.fingerprint, self.dest)
 
     def run(self, progress: Any = None) -> RunReport:
@@ -275,7 +277,8 @@ class Runner:
             raise
         except Exception as exc:
             # Listing or store failures that retries did not ride out: the run cannot go on (exit 3).
-            problem = EnvironmentProblem(f"the run stopped: {describe(exc)['type']}: {describe(exc)['message']}")
+            cause = describe(exc)
+            problem = EnvironmentProblem(f"the run stopped: {cause['type']}: {cause['message']}")
             self.report.error = describe(problem)
             raise problem from exc
         finally:
@@ -299,9 +302,9 @@ class Runner:
     def _check_for_broken_environment(self) -> None:
         """Several files in a row failing the same unexpected way (a CUDA fault that sticks, a full disk) is
         the machine, not the files: stop with exit 3, so the engine retries elsewhere, instead of failing all."""
-        recent = self.report.failed[-BROKEN_AFTER_FAILURES:]
-        if len(recent) < BROKEN_AFTER_FAILURES or self._consecutive_failures < BROKEN_AFTER_FAILURES:
+        if self._consecutive_failures < BROKEN_AFTER_FAILURES:
             return
+        recent = self.report.failed[-BROKEN_AFTER_FAILURES:]  # the consecutive failures, as counted
         kinds = {failure["error"]["type"] for failure in recent}
         if len(kinds) == 1 and not kinds & FILE_PROBLEMS:
             error = recent[-1]["error"]
@@ -347,7 +350,7 @@ class Runner:
         manifest = mf.read_manifest(self.dest, item.key)
         if manifest is not None and (
             manifest.get("finished_at", "") >= self.report.started_at  # done by another worker during this run
-            or (not self.settings.force and self._is_done(item))
+            or (not self.settings.force and self._done_by(manifest, item))
         ):
             self.claims.release(item.key)
             self._held_claims.discard(item.key)
