@@ -38,9 +38,10 @@ test: $(STAMP) system-deps
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
+# This runner against the whisperx command line on two cached corpora (about 20 min on 2 idle cores); tables in
+# out/bench/results.md. Quicker, smaller: make bench BENCH_ARGS="--short-scale 0.3 --mixed-scale 0.3 --runs 1"
 bench: $(STAMP) system-deps
-	HF_HUB_OFFLINE=1 $(PY) -m bench.bench_runner
-	HF_HUB_OFFLINE=1 $(PY) -m bench.bench_pipelining
+	HF_HUB_OFFLINE=1 $(PY) -m bench.compare $(BENCH_ARGS)
 
 clean:
 	rm -rf out .pytest_cache

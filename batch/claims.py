@@ -12,11 +12,12 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
-from batch.storage import output_base
+from batch.storage import InputFile, Store
+from batch.storage.names import output_base
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ def worker_id() -> str:
 
 
 class Claims:
-    def __init__(self, dest: Any, run_id: str, ttl_seconds: float, clock: Callable[[], float] = time.time):
+    def __init__(self, dest: Store, run_id: str, ttl_seconds: float, clock: Callable[[], float] = time.time):
         self.dest = dest
         self.owner = {"worker": worker_id(), "run_id": run_id}
         self.ttl = ttl_seconds
@@ -67,3 +68,41 @@ class Claims:
     def _body(self) -> bytes:
         now = self.clock()
         return json.dumps(self.owner | {"claimed_at": now, "expires_at": now + self.ttl}).encode()
+
+
+class HeldClaims:
+    """The claims this worker holds: taken before a file is decoded, given back once its manifest is written,
+    or at the end of the run for files never written (a stop, an error), so none waits for its TTL."""
+
+    def __init__(self, claims: Claims, still_to_do: Callable[[InputFile], bool]):
+        self.claims = claims
+        self.still_to_do = still_to_do  # re-checked once the claim is won (another worker may have finished it)
+        self._held: set[str] = set()
+        self._lock = threading.Lock()  # taken on prefetch threads, given back on the writer's and the caller's
+
+    def take(self, item: InputFile) -> bool:
+        """Claim the file, unless another worker holds it or finished it since this worker's skip check.
+
+        Workers write the manifest before releasing a claim, so a claim won after a release sees the manifest.
+        """
+        if not self.claims.claim(item.key):
+            return False
+        with self._lock:
+            self._held.add(item.key)
+        if not self.still_to_do(item):
+            self.give_back(item.key)
+            return False
+        return True
+
+    def give_back(self, key: str) -> None:
+        with self._lock:
+            if key not in self._held:
+                return
+            self._held.discard(key)
+        self.claims.release(key)
+
+    def give_back_all(self) -> None:
+        with self._lock:
+            keys = sorted(self._held)
+        for key in keys:
+            self.give_back(key)

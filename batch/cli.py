@@ -78,9 +78,16 @@ def run_command(
         str | None,
         Opt(help="GPU memory left free when sizing batches (default 1GiB).", rich_help_panel=MODEL),
     ] = None,
-    vad_method: Annotated[str | None, Opt(help="pyannote (bundled) | silero.", rich_help_panel=MODEL)] = None,
+    vad_method: Annotated[
+        str | None, Opt(help="pyannote (bundled) | silero (ONNX, bundled): both offline.", rich_help_panel=MODEL)
+    ] = None,
     vad_onset: Annotated[float | None, Opt(help="VAD onset threshold (0.5).", rich_help_panel=MODEL)] = None,
     vad_offset: Annotated[float | None, Opt(help="VAD offset threshold (0.363).", rich_help_panel=MODEL)] = None,
+    vad_step: Annotated[
+        float | None,
+        Opt(help="pyannote VAD window step, s: smaller is slower, rarely different (default 2.5).",
+            rich_help_panel=MODEL),
+    ] = None,
     chunk_size: Annotated[
         float | None, Opt(help="Longest speech chunk fed to Whisper, s (30).", rich_help_panel=MODEL)
     ] = None,
@@ -184,9 +191,9 @@ def run_command(
             flags[key] = tuple(flags[key])
 
     def job() -> int:
-        from batch.runner import run_job
+        from batch.console import run_from_command_line
 
-        return run_job(load_settings(flags, config_path=config, logging_setup=True))
+        return run_from_command_line(load_settings(flags, config_path=config, logging_setup=True))
 
     raise typer.Exit(_guarded(job))
 

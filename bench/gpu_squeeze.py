@@ -35,8 +35,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from batch.gpu import GiB, MiB, format_bytes, list_nvml_devices, probe_for_device  # noqa: E402
-from bench.corpus import make_corpus  # noqa: E402
+from batch.nvml import list_nvml_devices, probe_for_device  # noqa: E402
+from batch.units import GiB, MiB, format_bytes  # noqa: E402
+from bench.corpus import ensure_corpus  # noqa: E402
 
 CREEP_LIMIT_BYTES = 256 * MiB
 
@@ -166,7 +167,7 @@ def creep(corpus: Path, work: Path, model: str, ceiling: int, copies: int, extra
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="large-v3")
-    parser.add_argument("--corpus", type=Path, help="folder of recordings (default: 8 made with espeak-ng)")
+    parser.add_argument("--corpus", type=Path, help="folder of recordings (default: the talks corpus)")
     parser.add_argument("--leave-gib", type=float, default=6.0, help="free memory left beside the ballast")
     parser.add_argument("--ceiling", type=int, default=64, help="--batch-size of the adaptive runs")
     parser.add_argument("--fixed", default="4,16", help="fixed batch sizes to compare")
@@ -177,9 +178,7 @@ def main() -> None:
     extra = shlex.split(args.extra)
 
     work = Path(tempfile.mkdtemp(prefix="whisperx-batch-gpu-"))
-    corpus = args.corpus or work / "corpus"
-    if args.corpus is None:
-        make_corpus(corpus, 8, sentences_per_file=24, rate=170, stem="talk")  # dense, ~1.5 min each
+    corpus = args.corpus or ensure_corpus("talks").folder  # 8 recordings of ~1.5 min, cached in out/bench/corpora
     print("1. NVML")
     show_nvml()
     print(f"2. squeezed run: --batch-size {args.ceiling} with {args.leave_gib} GiB left free")

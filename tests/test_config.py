@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from batch.config import Settings, load_settings, settings_hash
+from batch.config import Settings, load_settings
 from batch.errors import EXIT_USAGE, ConfigError
 
 
@@ -113,12 +113,42 @@ def test_environment_lists_and_booleans_parse() -> None:
     assert settings.exclude == ("drafts/*", "*.tmp.wav")
 
 
+def settings_hash(settings, compute_type: str) -> str:  # noqa: ANN001
+    from batch.sections import RuntimeOptions, build_config
+
+    runtime = RuntimeOptions("cpu", compute_type, threads=1, batch_size=settings.batch_size)
+    return build_config(settings, {}, runtime).settings_hash
+
+
 def test_settings_hash_follows_output_shaping_settings_only() -> None:
     base = load_settings({}, environ={})
     same_output = load_settings({"batch_size": 2, "device": "cpu", "threads": 1, "quiet": True}, environ={})
     other_language = load_settings({"language": "en"}, environ={})
     other_formats = load_settings({"formats": ("srt",)}, environ={})
+    coarser_vad = load_settings({"vad_step": 0.5}, environ={})
     assert settings_hash(base, "int8") == settings_hash(same_output, "int8")
     assert settings_hash(base, "int8") != settings_hash(other_language, "int8")
     assert settings_hash(base, "int8") != settings_hash(other_formats, "int8")
     assert settings_hash(base, "int8") != settings_hash(base, "float16")
+    assert settings_hash(base, "int8") != settings_hash(coarser_vad, "int8")
+    # The step is pyannote's: with silero it shapes nothing, so changing it redoes nothing.
+    silero = load_settings({"vad_method": "silero"}, environ={})
+    silero_step = load_settings({"vad_method": "silero", "vad_step": 0.5}, environ={})
+    assert settings_hash(silero, "int8") == settings_hash(silero_step, "int8")
+
+
+def test_sections_hold_parsed_values() -> None:
+    from batch.sections import build_config
+
+    settings = load_settings(
+        {"source": "in", "out": "out", "shard": "1/3", "max_input_size": "2GiB",
+         "align_model": ("en=WAV2VEC2_ASR_BASE_960H", "fr=some/model"), "diarize": True, "num_speakers": 2},
+        environ={},
+    )  # fmt: skip
+    config = build_config(settings, {"HF_HUB_OFFLINE": "1", "HF_TOKEN": "hf_" + "x" * 30})
+    assert config.storage.max_input_bytes == 2 * 1024**3
+    assert (config.selection.shard.index, config.selection.shard.count) == (1, 3)
+    assert dict(config.pipeline.align.per_language) == {"en": "WAV2VEC2_ASR_BASE_960H", "fr": "some/model"}
+    assert config.pipeline.hub.offline and config.pipeline.hub.token_source == "HF_TOKEN"
+    assert "hf_" not in repr(config)  # the token's value never shows
+    assert config.pipeline.diarize.num_speakers == 2

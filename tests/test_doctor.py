@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
-import batch.doctor as doctor
-from batch.doctor import CUDNN_OPS_LIBRARY, GpuFacts, advice_for, device_checks
+import batch.doctor.device as doctor_device
+import batch.doctor.models as doctor_models
+from batch.doctor.advice import advice_for
+from batch.doctor.device import CUDNN_OPS_LIBRARY, GpuFacts, device_checks
 from tests.conftest import ENGLISH, speak
 
 H100 = GpuFacts(
@@ -85,9 +87,9 @@ def test_a_gpu_whose_cudnn_ctranslate2_cannot_find_fails_with_the_exact_fix(
     cli, tiny_en: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # This machine's real cuDNN failure (PyTorch's wheel keeps cuDNN off the loader's path), on a faked GPU.
-    real = doctor.probe_gpu()
+    real = doctor_device.probe_gpu()
     assert real.cudnn_error is not None and CUDNN_OPS_LIBRARY in real.cudnn_error
-    monkeypatch.setattr(doctor, "probe_gpu", lambda: dataclasses.replace(H100, cudnn_error=real.cudnn_error))
+    monkeypatch.setattr(doctor_device, "probe_gpu", lambda: dataclasses.replace(H100, cudnn_error=real.cudnn_error))
 
     result = cli("doctor", "--model", tiny_en, "--no-align")
     assert result.exit_code == 3
@@ -102,7 +104,7 @@ def test_a_gpu_whose_cudnn_ctranslate2_cannot_find_fails_with_the_exact_fix(
 
 
 def test_a_healthy_gpu_machine_is_ready(cli, tiny_en: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(doctor, "probe_gpu", lambda: H100)
+    monkeypatch.setattr(doctor_device, "probe_gpu", lambda: H100)
     result = cli("doctor", "--model", tiny_en, "--no-align", "--json")
     assert result.exit_code == 0
     document = json.loads(result.stdout)
@@ -180,7 +182,7 @@ def test_a_gated_diarization_model_says_accept_its_conditions(
         asked.append((repo_id, token))
         return f"GatedRepoError: 403 Client Error. Cannot access gated repo. Access to model {repo_id} is restricted."
 
-    monkeypatch.setattr(doctor, "hub_access", gated)
+    monkeypatch.setattr(doctor_models, "hub_access", gated)
     token = "hf_" + "T" * 34
     env = {"HF_HUB_OFFLINE": "0", "HF_TOKEN": token, "WHISPERX_BATCH_DIARIZE": "true", "HF_HOME": str(tmp_path)}
     result = cli("doctor", "--model", tiny_en, "--device", "cpu", "--no-align", env=env)

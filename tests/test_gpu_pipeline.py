@@ -1,19 +1,21 @@
-"""The GPU memory controller inside the real pipeline and runner (real model, real audio); the fault and the
+"""The GPU memory controller inside the real engine and runner (real model, real audio); the fault and the
 free-memory probe are the injected seams, since this machine has no GPU."""
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
+from batch.asr import Chunk, Recognized
+from batch.batching import BatchSizer
 from batch.config import load_settings
-from batch.gpu import BatchSizer
-from batch.pipeline import Pipeline, RuntimeOptions
-from batch.runner import Runner
-from batch.storage import LocalDest, LocalSource
+from batch.engine import WhisperxPipeline
+from batch.job import Job
 
 GIB = 1024**3
 
@@ -29,35 +31,16 @@ class FakeProbe:
         return self.total - self.free
 
 
-class OutOfMemoryFirst:
-    """Wraps the real ASR pipeline; its first `failures` calls at a batch size above 1 run out of memory."""
-
-    def __init__(self, real, failures: int):
-        self.real, self.failures, self.sizes = real, failures, []
-
-    def __call__(self, pieces, batch_size: int, num_workers: int):
-        self.sizes.append(batch_size)
-        if self.failures and batch_size > 1:
-            self.failures -= 1
-            raise RuntimeError("CUDA failed with error out of memory")
-        return self.real(pieces, batch_size=batch_size, num_workers=num_workers)
-
-    def __getattr__(self, name: str):
-        return getattr(self.real, name)
-
-    def __setattr__(self, name: str, value: object) -> None:  # the pipeline sets the tokenizer per file
-        if name in ("real", "failures", "sizes"):
-            object.__setattr__(self, name, value)
-        else:
-            setattr(self.real, name, value)
-
-
-def make_runner(source: Path, out: Path, model: str, batch_size: int = 16) -> Runner:
-    settings = load_settings({"model": model, "align": False, "batch_size": batch_size}, environ={})
-    runtime = RuntimeOptions(device="cpu", compute_type="int8", threads=2, batch_size=batch_size)
-    pipeline = Pipeline(settings, runtime)
-    pipeline.load()
-    return Runner(settings, LocalSource(source), LocalDest(out), pipeline, runtime)
+def make_job(source: Path, out: Path, model: str, batch_size: int = 16) -> tuple[Job, WhisperxPipeline]:
+    """A real job whose engine is loaded, so a test can put a seam in place before the run."""
+    settings = load_settings({"source": str(source), "out": str(out), "model": model, "align": False,
+                              "batch_size": batch_size, "device": "cpu"}, environ={})  # fmt: skip
+    job = Job(settings, environ={})
+    engine = job._real_pipeline()
+    assert isinstance(engine, WhisperxPipeline)
+    engine.load()
+    job._pipeline = engine
+    return job, engine
 
 
 @pytest.fixture
@@ -69,70 +52,83 @@ def calls(tmp_path: Path, sample_wav: Path) -> Path:
     return source
 
 
-def test_out_of_memory_halves_the_batch_and_retries_the_same_file(calls: Path, tmp_path: Path, tiny_en: str) -> None:
-    runner = make_runner(calls, tmp_path / "out", tiny_en)
-    fault = OutOfMemoryFirst(runner.pipeline._asr, failures=2)
-    runner.pipeline._asr = fault
-    report = runner.run()
-    assert report.failed == [] and report.succeeded == ["a.wav", "b.wav"]
-    assert fault.sizes[:3] == [16, 8, 4]
-    first = json.loads((tmp_path / "out/a.wav.manifest.json").read_text())
-    assert first["gpu"]["asr"]["batch_size_requested"] == 16
-    assert first["gpu"]["asr"]["batch_size_used"] == 4 and first["gpu"]["asr"]["oom_retries"] == 2
-    second = json.loads((tmp_path / "out/b.wav.manifest.json").read_text())
-    assert second["gpu"]["asr"]["batch_size_used"] == 4  # the lowered size is remembered for the next file
-    summary = json.loads(next((tmp_path / "out/_runs").glob("*.json")).read_text())["gpu"]["asr"]
-    assert summary["oom_retries"] == 2 and summary["runs"] == 2
+def read(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def test_out_of_memory_halves_a_shared_batch_and_the_lowered_size_is_kept(
+    tmp_path: Path, tiny_en: str, sample_wav: Path
+) -> None:
+    source = tmp_path / "in"
+    source.mkdir()
+    for index in range(8):  # one 30 s chunk each: one shared batch of 8
+        shutil.copy(sample_wav, source / f"call{index}.wav")
+    job, engine = make_job(source, tmp_path / "out", tiny_en, batch_size=8)
+    real, sizes = engine.recognizer.recognize, []  # type: ignore[union-attr]
+
+    def out_of_memory_above_two(chunks: Sequence[Chunk]) -> list[Recognized]:
+        sizes.append(len(chunks))
+        if len(chunks) > 2:
+            raise RuntimeError("CUDA failed with error out of memory")
+        return real(chunks)
+
+    engine.recognizer.recognize = out_of_memory_above_two  # type: ignore[union-attr]
+    report = job.run()
+    assert report.failed == [] and len(report.succeeded) == 8
+    assert sizes[:3] == [8, 4, 2] and max(sizes[3:]) <= 2 and sum(sizes[2:]) == 8  # no chunk read twice
+    first = read(tmp_path / "out/call0.wav.manifest.json")["gpu"]["asr"]
+    assert first["batch_size_requested"] == 8 and first["batch_size_used"] == 2 and first["oom_retries"] == 2
+    summary = read(next((tmp_path / "out/_runs").glob("*.json")))["gpu"]["asr"]
+    assert summary["oom_retries"] == 2
 
 
 def test_a_file_that_does_not_fit_even_at_one_fails_alone(calls: Path, tmp_path: Path, tiny_en: str) -> None:
-    runner = make_runner(calls, tmp_path / "out", tiny_en, batch_size=2)
+    job, engine = make_job(calls, tmp_path / "out", tiny_en, batch_size=2)
+    real, calls_made = engine.recognizer.recognize, []  # type: ignore[union-attr]
+    first_file = {}
 
-    class AlwaysOutOfMemory(OutOfMemoryFirst):
-        def __call__(self, pieces, batch_size: int, num_workers: int):
-            self.sizes.append(batch_size)
-            if len(self.sizes) <= 2:  # the first file: at 2, then at 1
-                raise RuntimeError("CUDA failed with error out of memory")
-            return self.real(pieces, batch_size=batch_size, num_workers=num_workers)
+    def never_fits_for_the_first_file(chunks: Sequence[Chunk]) -> list[Recognized]:
+        calls_made.append(len(chunks))
+        first_file.setdefault("audio", chunks[0].audio.base)
+        if any(chunk.audio.base is first_file["audio"] for chunk in chunks):
+            raise RuntimeError("CUDA failed with error out of memory")
+        return real(chunks)
 
-    runner.pipeline._asr = AlwaysOutOfMemory(runner.pipeline._asr, failures=0)
-    report = runner.run()
-    assert [f["key"] for f in report.failed] == ["a.wav"] and report.succeeded == ["b.wav"]
-    error = json.loads((tmp_path / "out/a.wav.manifest.json").read_text())["error"]
-    assert error["type"] == "GpuOutOfMemory"
+    engine.recognizer.recognize = never_fits_for_the_first_file  # type: ignore[union-attr]
+    report = job.run()
+    assert [f.key for f in report.failed] == ["a.wav"] and report.succeeded == ["b.wav"]
+    error = read(tmp_path / "out/a.wav.manifest.json")["error"]
+    assert error["type"] in ("GpuOutOfMemory", "BatchOutOfMemory")
     assert error["message"].startswith("out of GPU memory at batch size 1 in stage asr")
 
 
 def test_batch_size_follows_free_memory_under_the_ceiling(calls: Path, tmp_path: Path, tiny_en: str) -> None:
-    runner = make_runner(calls, tmp_path / "out", tiny_en)
+    job, engine = make_job(calls, tmp_path / "out", tiny_en)
     probe = FakeProbe(free=GIB + 300 * 1024**2)  # 300 MiB above the 1 GiB reserve
-    runner.pipeline.sizer = BatchSizer.for_model(16, tiny_en, "int8", probe, reserve_bytes=GIB)
-    runner.run()
-    record = json.loads((tmp_path / "out/a.wav.manifest.json").read_text())["gpu"]["asr"]
-    per_item = runner.pipeline.sizer.item_bytes("asr")
+    engine.sizer = BatchSizer.for_model(16, tiny_en, "int8", probe, reserve_bytes=GIB)
+    job.run()
+    record = read(tmp_path / "out/a.wav.manifest.json")["gpu"]["asr"]
+    per_item = engine.sizer.item_bytes("asr")
     assert 1 <= record["batch_size_used"] < 16
     assert record["batch_size_used"] == max(1, min(16, (300 * 1024**2) // per_item))
     assert record["free_bytes"] == probe.free
 
 
-def test_the_same_unexpected_failure_in_a_row_stops_the_run_as_an_environment_error(
+def test_the_same_device_fault_in_a_row_stops_the_run_as_an_environment_error(
     tmp_path: Path, tiny_en: str, sample_wav: Path
 ) -> None:
-    from batch.errors import EnvironmentProblem
-
     source = tmp_path / "in"
     source.mkdir()
     for index in range(6):
         shutil.copy(sample_wav, source / f"call{index}.wav")
-    runner = make_runner(source, tmp_path / "out", tiny_en)
+    job, engine = make_job(source, tmp_path / "out", tiny_en, batch_size=4)
 
-    class BrokenDevice(OutOfMemoryFirst):
-        """The real pipeline, whose every batch hits a fault that sticks to the device."""
+    def broken_device(chunks: Sequence[Chunk]) -> list[Recognized]:
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
 
-        def __call__(self, pieces, batch_size: int, num_workers: int):
-            raise RuntimeError("CUDA error: an illegal memory access was encountered")
-
-    runner.pipeline._asr = BrokenDevice(runner.pipeline._asr, failures=0)
-    with pytest.raises(EnvironmentProblem, match="3 files in a row failed with RuntimeError"):
-        runner.run()
-    assert 3 <= len(runner.report.failed) < 6 and runner.report.error["type"] == "EnvironmentProblem"
+    engine.recognizer.recognize = broken_device  # type: ignore[union-attr]
+    report = job.run()
+    assert report.exit_code == 3 and report.error is not None and report.error.type == "EnvironmentProblem"
+    # Files of one shared batch fail together, so the count may pass 3 before the check runs; it says how many.
+    assert re.match(r"[3-5] files in a row failed with RuntimeError", report.error.message)
+    assert 3 <= len(report.failed) < 6

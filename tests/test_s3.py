@@ -16,7 +16,8 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
-from batch.s3 import S3Dest, S3Source, make_client
+from batch.storage import open_job_stores, open_store
+from batch.storage.s3 import make_client
 from tests.conftest import ENGLISH, speak
 
 
@@ -68,12 +69,36 @@ def test_listing_is_paginated_and_streamed(bucket: str) -> None:
     client.put_object(Bucket=bucket, Key="in/.hidden.wav", Body=b"x")
     calls = []
     client.meta.events.register("after-call.s3.ListObjectsV2", lambda **_: calls.append(1))
-    listing = S3Source(f"s3://{bucket}/in", client).list()
+    listing = open_store(f"s3://{bucket}/in", client=client).list()
     first = next(listing)
     assert first.key == "calls/00000.wav" and len(calls) == 1  # work can start after one page
     rest = [item.key for item in listing]
     assert len(calls) == 2 and len(rest) == 1204 and rest == sorted(rest)
     assert first.size == 1 and first.version  # the ETag
+
+
+def test_list_names_and_dest_inside_source_on_s3(bucket: str) -> None:
+    for key in (
+        "in/a.mp3",
+        "in/a.mp3.manifest.json",
+        "in/.a.mp3.manifest.json",
+        "in/_runs/r1.json",
+        "in/_runs/old/r0.json",
+        "in/_runsx.json",
+        "in/out/b.mp3",
+        "in/out/b.mp3.manifest.json",
+        "other/c.mp3",
+    ):
+        put(bucket, key, b"x")
+    store = open_store(f"s3://{bucket}/in/")
+    assert list(store.list_names(suffix=".manifest.json")) == ["a.mp3.manifest.json", "out/b.mp3.manifest.json"]
+    assert list(store.list_names("_runs", ".json")) == ["_runs/old/r0.json", "_runs/r1.json"]
+    source, dest = open_job_stores(f"s3://{bucket}/in", f"s3://{bucket}/in/out", endpoint_url=None, spool_dir=None,
+                                   max_input_bytes=None)  # fmt: skip
+    assert [item.key for item in source.list()] == ["a.mp3"]  # DEST inside SOURCE is never listed
+    assert list(dest.list_names()) == ["b.mp3", "b.mp3.manifest.json"]
+    dest.check_writable()
+    assert keys_in(bucket, "in/out/") == ["in/out/b.mp3", "in/out/b.mp3.manifest.json"]  # the probe is gone
 
 
 def test_s3_to_local_with_hostile_keys_never_writes_outside_dest(
@@ -87,7 +112,7 @@ def test_s3_to_local_with_hostile_keys_never_writes_outside_dest(
     assert result.exit_code == 0, result.stderr
     written = [p for p in (tmp_path / "dest").rglob("*") if p.is_file()]
     assert all(p.resolve().is_relative_to(out.resolve()) for p in written)
-    for key, name in zip(hostile, ["%2E%2E/x.mp3", "a/%2F/b.mp3", "%2F/lead.mp3", "ü ñ/é 1+&=%.mp3"], strict=True):
+    for key, name in zip(hostile, ["%2E%2E/x.mp3", "a/%2F/b.mp3", "%2F/lead.mp3", "ü ñ/é 1+&=%25.mp3"], strict=True):
         manifest = json.loads((out / f"{name}.manifest.json").read_text())
         assert manifest["status"] == "succeeded" and manifest["input"]["key"] == key
         assert manifest["input"]["fingerprint"].startswith("etag:")
@@ -99,7 +124,7 @@ def test_s3_to_local_with_hostile_keys_never_writes_outside_dest(
     outside = [k for k in stored if not k.startswith(("in/", "out/"))]
     written = [k for k in stored if k.startswith("out/")]
     assert not outside and not [k for k in written if "/../" in k or "//" in k or "/./" in k]
-    for name in ["%2E%2E/x.mp3", "a/%2F/b.mp3", "%2F/lead.mp3", "ü ñ/é 1+&=%.mp3"]:
+    for name in ["%2E%2E/x.mp3", "a/%2F/b.mp3", "%2F/lead.mp3", "ü ñ/é 1+&=%25.mp3"]:
         assert f"out/{name}.manifest.json" in stored
 
 
@@ -131,7 +156,7 @@ def test_local_to_s3_then_s3_to_s3_with_reruns(cli, bucket: str, speech: bytes, 
 
 
 def test_large_outputs_upload_in_parts(bucket: str) -> None:
-    dest = S3Dest(f"s3://{bucket}/out", make_client())
+    dest = open_store(f"s3://{bucket}/out")
     payload = os.urandom(9 * 1024 * 1024)
     dest.write_bytes("big.json", payload)
     head = boto3.client("s3").head_object(Bucket=bucket, Key="out/big.json")
@@ -244,7 +269,7 @@ def test_spool_is_cleaned_after_each_download(bucket: str, speech: bytes, tmp_pa
     put(bucket, "in/memo.mp3", speech)
     spool = tmp_path / "spool"
     spool.mkdir()
-    source = S3Source(f"s3://{bucket}/in", make_client(), spool_dir=str(spool))
+    source = open_store(f"s3://{bucket}/in", spool_dir=str(spool))
     item = next(source.list())
     with source.open(item.key, item.size) as stream:
         assert stream.read() == speech
@@ -279,7 +304,7 @@ def test_expired_claims_are_taken_over_by_exactly_one_worker(bucket: str) -> Non
     from batch.claims import Claims
 
     now = [1000.0]
-    dest = S3Dest(f"s3://{bucket}/out", make_client())
+    dest = open_store(f"s3://{bucket}/out")
     first, second, third = (Claims(dest, run, ttl_seconds=60, clock=lambda: now[0]) for run in ("r1", "r2", "r3"))
     assert first.claim("a.wav") and not second.claim("a.wav")
     now[0] += 61  # the first worker crashed: its claim expired

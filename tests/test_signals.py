@@ -15,8 +15,9 @@ import pytest
 
 
 def start_run(source: Path, out: Path, model: str, *extra: str) -> subprocess.Popen[str]:
+    # Batches of 2 chunks: with batches shared across files, a batch of 16 would read all five files at once.
     command = [sys.executable, "-m", "batch", "run", str(source), "--out", str(out), "--model", model, "--no-align",
-               "--prefetch", "1", *extra]  # fmt: skip
+               "--prefetch", "1", "--batch-size", "2", *extra]  # fmt: skip
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -37,7 +38,7 @@ def calls(tmp_path: Path, sample_wav: Path) -> Path:
 
 
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_a_signal_finishes_the_current_file_then_stops(
+def test_a_signal_writes_the_files_already_read_then_stops(
     calls: Path, tmp_path: Path, tiny_en: str, signum: int, code: int
 ) -> None:
     out = tmp_path / "out"

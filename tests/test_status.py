@@ -14,10 +14,19 @@ import pytest
 from tests.conftest import ENGLISH, speak
 
 
+def manifest_document(key: str, status: str, **fields: object) -> dict[str, Any]:
+    """A manifest in the shape the runner writes (batch.manifest.Manifest)."""
+    document = {
+        "manifest_version": 1, "status": status, "input": {"key": key, "size": 1, "version": "1"},
+        "settings_hash": "sha256:0", "settings": {}, "timings": {}, "batch_size": 8, "model": "tiny.en",
+        "device": "cpu", "compute_type": "int8", "threads": 2, "versions": {}, "run_id": "r",
+        "started_at": "2026-01-01T00:00:00.000Z", "finished_at": "2026-01-01T00:00:01.000Z",
+    }  # fmt: skip
+    return document | fields
+
+
 def write_manifest(dest: Path, key: str, status: str, **fields: object) -> None:
-    """A manifest in the shape the runner writes (README, "Manifest")."""
-    document = {"manifest_version": 1, "status": status, "input": {"key": key, "size": 1, "version": "1"}}
-    document.update(fields)
+    document = manifest_document(key, status, **fields)
     path = dest / f"{key}.manifest.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(document))
@@ -55,7 +64,9 @@ def test_only_manifests_count_not_reports_temp_files_or_hidden_folders(cli, tmp_
     write_manifest(dest, "sub/_runs/c.wav", "failed", error={"type": "AudioDecodeError", "message": "empty file"})
     # What status must not read as files: run reports, a write in progress, hidden things.
     (dest / "_runs").mkdir()
-    (dest / "_runs" / "20260101T000000Z-aaaaaa.json").write_text(json.dumps({"run_id": "x", "counts": {}}))
+    (dest / "_runs" / "20260101T000000Z-aaaaaa.json").write_text(
+        json.dumps({"run_id": "x", "started_at": "2026-01-01T00:00:00.000Z", "counts": {}})
+    )
     (dest / "_runs" / "stray.manifest.json").write_text(json.dumps({"status": "failed"}))
     (dest / ".a.wav.manifest.json.k2j3.tmp").write_text("{")
     (dest / ".hidden.wav.manifest.json").write_text(json.dumps({"status": "failed"}))
@@ -89,18 +100,19 @@ def test_last_run_is_the_newest_report_and_a_stopped_run_says_why(cli, tmp_path:
         "run_id": "20260102T000000Z-bbbbbb",
         "started_at": "2026-01-02T00:00:00.000Z",
         "finished_at": "2026-01-02T00:01:00.000Z",
-        "counts": {"succeeded": 0, "skipped": 4, "failed": 0, "claimed_elsewhere": 2, "other": 0},
-        "exit_code": None,
+        "skipped": ["a.wav", "b.wav", "c.wav", "d.wav"],
+        "claimed_elsewhere": ["e.wav", "f.wav"],
+        "exit_code": 3,
         "error": {"type": "EnvironmentProblem", "message": "DEST is not writable: /out"},
     }
     (runs / "b.json").write_text(json.dumps(newer))
     (runs / "a.json").write_text(json.dumps(older))
 
     result = cli("status", dest)
-    assert result.exit_code == 0
+    assert result.exit_code == 1  # no file failed, but the latest run did not finish: a cron job must hear of it
     assert (
         "last run 20260102T000000Z-bbbbbb (2 in all), finished 2026-01-02T00:01:00.000Z: "
-        "0 succeeded, 4 skipped, 0 failed, 2 claimed elsewhere; stopped: DEST is not writable: /out"
+        "0 succeeded, 4 skipped, 0 failed, 2 claimed elsewhere; exit 3: DEST is not writable: /out"
     ) in result.stdout
 
 
@@ -181,12 +193,12 @@ def test_status_of_an_s3_dest(cli, s3: Any) -> None:
         body = document if isinstance(document, str) else json.dumps(document)
         s3.put_object(Bucket="jobs", Key=f"calls/out/{key}", Body=body.encode())
 
-    put("a.wav.manifest.json", {"status": "succeeded", "audio_seconds": 7200.0, "input": {"key": "a.wav"}})
-    put(
-        "2026/b.mp3.manifest.json", {"status": "failed", "error": {"type": "AudioDecodeError", "message": "empty file"}}
-    )
+    put("a.wav.manifest.json", manifest_document("a.wav", "succeeded", audio_seconds=7200.0))
+    failure = {"type": "AudioDecodeError", "message": "empty file"}
+    put("2026/b.mp3.manifest.json", manifest_document("2026/b.mp3", "failed", error=failure))
     put("2026/.b.mp3.manifest.json.tmp", "{")
-    put("_runs/20260101T000000Z-aaaaaa.json", {"run_id": "20260101T000000Z-aaaaaa", "exit_code": 1})
+    put("_runs/20260101T000000Z-aaaaaa.json",
+        {"run_id": "20260101T000000Z-aaaaaa", "started_at": "2026-01-01T00:00:00.000Z", "exit_code": 1})
     put("a.wav.json", "{}")
     s3.put_object(Bucket="jobs", Key="calls/elsewhere.manifest.json", Body=b'{"status": "failed"}')
 

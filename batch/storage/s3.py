@@ -1,8 +1,9 @@
-"""S3 (and S3-compatible stores) as SOURCE and DEST, behind the same interface as local folders.
+"""An S3 prefix (AWS S3, or MinIO, Ceph, R2) as a store: keys relative to the prefix are data, never paths.
 
 Credentials and region come from boto3's standard chain (environment, shared config and profile, web
-identity as on EKS, instance role); `AWS_ENDPOINT_URL` or `--s3-endpoint-url` reach MinIO, Ceph, R2.
-Retries use botocore's "standard" mode; connect and read timeouts are set.
+identity as on EKS, instance role); `AWS_ENDPOINT_URL` or `--s3-endpoint-url` reach other stores. Retries use
+botocore's "standard" mode; connect and read timeouts are set. Each object is written whole (S3 puts are
+atomic); claims use conditional puts (`If-None-Match`, `If-Match`).
 """
 
 from __future__ import annotations
@@ -20,14 +21,13 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from batch.errors import EnvironmentProblem, FileFailure, redact
-from batch.storage import InputFile, is_selected
+from batch.storage import InputFile
+from batch.storage.names import is_hidden, is_selected
 
 # One request per object part above this size; transcripts are small, so this mostly serves large outputs.
 MULTIPART_THRESHOLD = 8 * 1024 * 1024
-
-
-def is_s3_url(location: str) -> bool:
-    return location.startswith("s3://")
+_MISSING = ("NoSuchKey", "404", "NotFound")
+_CONDITION_FAILED = ("PreconditionFailed", "ConditionalRequestConflict", "412", "409", "NoSuchKey")
 
 
 def split_url(url: str) -> tuple[str, str]:
@@ -56,8 +56,12 @@ def describe_s3_error(exc: BaseException) -> str:
     return redact(str(exc))
 
 
-class S3Source:
-    """Objects under s3://bucket/prefix; keys are relative to the prefix and are data, never paths."""
+def _error_code(exc: ClientError) -> str | None:
+    return exc.response.get("Error", {}).get("Code")
+
+
+class S3Store:
+    """Objects under s3://bucket/prefix. Hidden keys (a component starting with a dot) are never listed."""
 
     def __init__(
         self,
@@ -67,37 +71,53 @@ class S3Source:
         spool_dir: str | None = None,
         max_bytes: int | None = None,
     ):
-        self.url = url
+        self.url = self.location = url
         self.bucket, self.prefix = split_url(url)
         self.client = client
         self.spool_dir = spool_dir
         self.max_bytes = max_bytes
-        self._skip_prefix = None
-        if skip_url is not None and is_s3_url(skip_url):
-            bucket, prefix = split_url(skip_url)
-            if bucket == self.bucket and prefix.startswith(self.prefix):
-                self._skip_prefix = prefix
+        self._skip_prefix = self._inner_prefix(skip_url) if skip_url is not None else None
+        self._transfer = TransferConfig(
+            multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_THRESHOLD
+        )
 
-    def check_readable(self) -> None:
+    def _inner_prefix(self, url: str) -> str | None:
+        bucket, prefix = split_url(url)
+        return prefix if bucket == self.bucket and prefix.startswith(self.prefix) else None
+
+    # --- reading recordings ------------------------------------------------------------------------------
+
+    def check_readable(self, role: str = "SOURCE") -> None:
         try:
             self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1)
         except (BotoCoreError, ClientError) as exc:
-            raise EnvironmentProblem(f"SOURCE {self.url} is not readable: {describe_s3_error(exc)}") from None
+            raise EnvironmentProblem(f"{role} {self.url} cannot be listed: {describe_s3_error(exc)}") from None
 
     def list(self, include: Iterable[str] = (), exclude: Iterable[str] = ()) -> Iterator[InputFile]:
         """Stream the selected objects page by page (never the whole listing in memory), in key order."""
         include, exclude = tuple(include), tuple(exclude)
-        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix)
+        for key, obj in self._objects(self.prefix):
+            if is_selected(key, include, exclude):
+                yield InputFile(key=key, size=obj["Size"], version=obj["ETag"].strip('"'))
+
+    def list_names(self, prefix: str = "", suffix: str = "") -> Iterator[str]:
+        """Every name in the folder `prefix` (all of the store when empty) and below, ending with `suffix`."""
+        folder = prefix.strip("/")
+        for key, _ in self._objects(self.prefix + (folder + "/" if folder else "")):
+            if key.endswith(suffix):
+                yield key
+
+    def _objects(self, full_prefix: str) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(key relative to the store, listing entry) of each object under `full_prefix`, hidden ones left out."""
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full_prefix)
         for page in pages:
             for obj in page.get("Contents", []):
                 full = obj["Key"]
                 if full.endswith("/") or (self._skip_prefix and full.startswith(self._skip_prefix)):
                     continue
                 key = full[len(self.prefix) :]
-                if any(part.startswith(".") and part not in (".", "..") for part in key.split("/")):
-                    continue  # hidden, as in local folders
-                if is_selected(key, include, exclude):
-                    yield InputFile(key=key, size=obj["Size"], version=obj["ETag"].strip('"'))
+                if not is_hidden(key):
+                    yield key, obj
 
     def open(self, key: str, size: int | None = None) -> BinaryIO:
         """The object spooled to local disk (deleted when closed); over the size cap, the file fails clearly."""
@@ -118,42 +138,29 @@ class S3Source:
         """ETag and size: S3 already knows when content changed, so nothing is downloaded to tell."""
         return f"etag:{item.version}:size:{item.size}"
 
+    # --- writing and reading named objects ---------------------------------------------------------------
 
-class S3Dest:
-    """Outputs under s3://bucket/prefix. Each object is written whole (S3 puts are atomic)."""
-
-    def __init__(self, url: str, client: Any):
-        self.url = url
-        self.bucket, self.prefix = split_url(url)
-        self.client = client
-        self._transfer = TransferConfig(
-            multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_THRESHOLD
-        )
-
-    def check_writable(self) -> None:
+    def check_writable(self, role: str = "DEST") -> None:
+        """Write and delete a hidden probe object."""
         probe = f"{self.prefix}.write-check-{os.getpid()}-{os.urandom(4).hex()}"
         try:
             self.client.put_object(Bucket=self.bucket, Key=probe, Body=b"")
             self.client.delete_object(Bucket=self.bucket, Key=probe)
         except (BotoCoreError, ClientError) as exc:
-            raise EnvironmentProblem(f"DEST {self.url} is not writable: {describe_s3_error(exc)}") from None
+            raise EnvironmentProblem(f"{role} {self.url} is not writable: {describe_s3_error(exc)}") from None
 
     def write_bytes(self, name: str, data: bytes) -> None:
         self.client.upload_fileobj(io.BytesIO(data), self.bucket, self.prefix + name, Config=self._transfer)
 
     def read_bytes(self, name: str) -> bytes | None:
-        try:
-            return self.client.get_object(Bucket=self.bucket, Key=self.prefix + name)["Body"].read()
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-                return None
-            raise
+        found = self.read_with_version(name)
+        return None if found is None else found[0]
 
     def exists(self, name: str) -> bool:
         try:
             self.client.head_object(Bucket=self.bucket, Key=self.prefix + name)
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            if _error_code(exc) in _MISSING:
                 return False
             raise
         return True
@@ -165,25 +172,24 @@ class S3Dest:
         """Write only if nothing is there (If-None-Match: *); False when another writer was first."""
         return self._conditional_put(name, data, IfNoneMatch="*")
 
-    def replace_if_version(self, name: str, data: bytes, version: str) -> bool:
-        """Overwrite only if the object is still the one read (If-Match on its ETag)."""
-        return self._conditional_put(name, data, IfMatch=version)
-
     def read_with_version(self, name: str) -> tuple[bytes, str] | None:
         try:
             response = self.client.get_object(Bucket=self.bucket, Key=self.prefix + name)
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            if _error_code(exc) in _MISSING:
                 return None
             raise
         return response["Body"].read(), response["ETag"]
+
+    def replace_if_version(self, name: str, data: bytes, version: str) -> bool:
+        """Overwrite only if the object is still the one read (If-Match on its ETag)."""
+        return self._conditional_put(name, data, IfMatch=version)
 
     def _conditional_put(self, name: str, data: bytes, **condition: str) -> bool:
         try:
             self.client.put_object(Bucket=self.bucket, Key=self.prefix + name, Body=data, **condition)
         except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code")
-            if code in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409", "NoSuchKey"):
+            if _error_code(exc) in _CONDITION_FAILED:
                 return False
             raise
         return True

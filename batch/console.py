@@ -1,0 +1,105 @@
+"""What `whisperx-batch run` adds around a Job: the dry run's listing, signals, the progress bar, the summary."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from typing import Any, TextIO
+
+from batch.config import Settings
+from batch.errors import EXIT_OK
+from batch.job import Job
+from batch.tally import FileEvent
+
+log = logging.getLogger(__name__)
+
+
+def run_from_command_line(settings: Settings, stdout: TextIO | None = None) -> int:
+    """Everything `whisperx-batch run` does once its settings are valid; returns the exit code."""
+    progress = _Progress(settings)
+    job = Job(settings, on_file=progress.update)
+    if settings.dry_run:
+        print_keys(job, stdout or sys.stdout)
+        return EXIT_OK
+    with progress, graceful_stop(job, settings.grace_seconds):
+        report = job.run()
+    print(report.summary(), file=sys.stderr, flush=True)
+    if report.error is not None:
+        print(f"whisperx-batch: error: {report.error.message}", file=sys.stderr, flush=True)
+    assert report.exit_code is not None
+    return report.exit_code
+
+
+def print_keys(job: Job, out: TextIO) -> None:
+    """The keys a run would take, one a line: a key that is not valid UTF-8 as its original bytes."""
+    for item in job.pending():
+        out.flush()
+        out.buffer.write(item.key.encode("utf-8", "surrogateescape") + b"\n")
+        out.buffer.flush()
+
+
+@contextlib.contextmanager
+def graceful_stop(job: Job, grace_seconds: float) -> Iterator[None]:
+    """SIGTERM and SIGINT stop taking new files; files already read by the models may finish within the grace
+    period. Past it (or on a second signal) the run is abandoned at once: files in progress have no manifest,
+    so nothing half-written counts as done, and a rerun redoes exactly those files.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def abandon(signum: int) -> None:
+        log.error("grace period over: abandoning the file in progress (a rerun redoes it)")
+        report, runner = job.report, job.runner
+        if report is not None and runner is not None:
+            report.stopped_by_signal, report.exit_code = signum, 128 + signum
+            runner.write_report()  # best effort: the outcome so far, for `status` and the logs
+            print(report.summary(), file=sys.stderr, flush=True)
+        logging.shutdown()
+        os._exit(128 + signum)
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        if job.report is not None and job.report.stopped_by_signal is not None:
+            abandon(signum)
+        job.request_stop(signum)
+        log.warning("signal %d: finishing the current file (up to %.0f s), then stopping", signum, grace_seconds)
+        timer = threading.Timer(grace_seconds, abandon, args=(signum,))
+        timer.daemon = True
+        timer.start()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+class _Progress:
+    """A tqdm bar over files on a terminal; nothing (plain log lines) otherwise."""
+
+    def __init__(self, settings: Settings):
+        self.enabled = not (settings.quiet or settings.log_format == "json" or not sys.stderr.isatty())
+        self._bar: Any = None
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> _Progress:
+        if self.enabled:
+            from tqdm import tqdm
+            from tqdm.contrib.logging import logging_redirect_tqdm
+
+            self._stack.enter_context(logging_redirect_tqdm())
+            self._bar = self._stack.enter_context(tqdm(unit="file", desc="transcribing", dynamic_ncols=True))
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stack.close()
+
+    def update(self, event: FileEvent) -> None:
+        if self._bar is not None and event.status in ("succeeded", "failed"):
+            self._bar.update(1)

@@ -1,0 +1,226 @@
+"""The WhisperX pipeline: files stream through VAD, into ASR batches shared across files, then alignment and
+diarization, each file handed back as soon as its last chunk is read.
+
+  files --VAD (+ language)--> chunk queue --ASR batch (any files, any languages)--> finish (align, diarize)
+
+The queue is kept at least a batch deep by taking in more files, so every ASR batch is full unless the input
+has run out: forty voicemails of five seconds make five batches of eight, not forty batches of one. A
+file's chunks are read in order and its transcript is the same as when it is read alone (see asr.py).
+
+On a GPU, the VAD of the next files and the finishing of done ones run on threads of their own while an ASR
+batch runs. On the CPU they run in turn on the caller's thread: the ASR already uses every core, and
+sharing them would slow it down more than it gains.
+"""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from batch.asr import WINDOW_SAMPLES, Recognized, WhisperRecognizer
+from batch.audio import SAMPLE_RATE
+from batch.chunks import ChunkQueue, FileInFlight
+from batch.concurrency import ordered_map
+from batch.errors import BatchError, ConfigError
+from batch.pipeline import DecodedFile, FileOutcome, PipelineStats
+from batch.sections import PipelineConfig
+from batch.vad import SpeechChunk
+
+log = logging.getLogger(__name__)
+
+VAD_AHEAD = 2  # files whose speech is found ahead of the ASR, on a GPU
+
+
+class WhisperxPipeline:
+    """Whisper ASR with VAD, word alignment and diarization; models load once and serve every file."""
+
+    def __init__(self, config: PipelineConfig, clock: Callable[[], float] = time.perf_counter):
+        self.config = config
+        self.clock = clock
+        self.overlap = config.runtime.device == "cuda"
+        self.recognizer: WhisperRecognizer | None = None
+        self.vad: Any = None
+        self.sizer: Any = None
+        self._finisher: Any = None
+        self._stats = PipelineStats(batch_size=config.runtime.batch_size)
+
+    # --- loading ---------------------------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Load the VAD and ASR models (once); refuse a language the model cannot read before any file."""
+        if self.recognizer is not None:
+            return
+        import torch
+
+        from batch.asr import load_recognizer
+        from batch.batching import BatchSizer
+        from batch.finish import Finisher
+        from batch.logs import adopt_library_loggers
+        from batch.models import asr_load_failure
+        from batch.nvml import probe_for_device
+        from batch.vad import load_vad
+
+        started = time.perf_counter()
+        runtime, asr, hub = self.config.runtime, self.config.asr, self.config.hub
+        try:
+            vad = load_vad(self.config.vad, runtime.device)
+            recognizer = load_recognizer(
+                asr.model, runtime.device, runtime.compute_type, runtime.threads, hub.cache_dir, hub.offline
+            )
+        except BatchError:
+            raise
+        except Exception as exc:
+            raise asr_load_failure(asr.model, exc, hub.offline) from exc
+        if not recognizer.multilingual and asr.language not in ("auto", "en"):
+            raise ConfigError("language", f"the model {asr.model} is English-only; use en or auto")
+        self.vad, self.recognizer = vad, recognizer
+        adopt_library_loggers()  # the imports above gave some libraries log handlers of their own
+        torch.set_num_threads(runtime.threads)  # the VAD's and the features' pool: the CPUs this process may use
+        # The models are millions of long-lived objects; the decoder runs gc.collect() per file (a PyAV leak
+        # workaround), which would otherwise walk them all every time.
+        gc.freeze()
+        self.sizer = BatchSizer.for_model(
+            runtime.batch_size, asr.model, runtime.compute_type, probe_for_device(runtime.device),
+            reserve_bytes=runtime.gpu_memory_reserve,
+        )  # fmt: skip
+        self._finisher = Finisher(self.config, self.sizer)
+        self._stats.load_seconds = round(time.perf_counter() - started, 3)
+        log.info("models loaded in %.1f s", self._stats.load_seconds)
+
+    def stats(self) -> PipelineStats:
+        if self._finisher is not None:
+            self._stats.alignment_models_loaded = self._finisher.alignment_models_loaded()
+        return self._stats
+
+    # --- the stream --------------------------------------------------------------------------------------------
+
+    def process(self, files: Iterable[DecodedFile], should_stop: Callable[[], bool]) -> Iterator[FileOutcome]:
+        files = iter(files)
+        first = next(files, None)
+        if first is None:
+            return  # nothing to do: no model is loaded
+        self.load()
+        heard = ordered_map(self._find_speech, itertools.chain([first], files), workers=1,
+                            ahead=VAD_AHEAD if self.overlap else 0)  # fmt: skip
+        queue = ChunkQueue(self.recognizer, self.sizer, self._stats, self.clock)
+        finishing: deque[Future[FileOutcome]] = deque()
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="finish") if self.overlap else None
+        started, waited, exhausted = self.clock(), 0.0, False
+        try:
+            while True:
+                while not exhausted and len(queue) < self.sizer.size_for("asr") and not should_stop():
+                    wait_start = self.clock()
+                    entry = next(heard, None)
+                    waited += self.clock() - wait_start
+                    if entry is None:
+                        exhausted = True
+                        break
+                    file, speech = entry
+                    admitted = self._admit(file, speech)
+                    if isinstance(admitted, FileOutcome):
+                        yield admitted
+                    else:
+                        queue.add(admitted)
+                if should_stop() or (exhausted and not queue):
+                    break
+                for done in queue.read_batch():
+                    finishing.append(self._start_finish(done, pool))
+                while finishing and finishing[0].done():
+                    yield finishing.popleft().result()
+            while finishing:  # files whose every chunk is read are written, even when stopping
+                yield finishing.popleft().result()
+        finally:
+            self._stats.busy_seconds += self.clock() - started - waited
+            heard.close()
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+
+    def _find_speech(self, file: DecodedFile) -> list[SpeechChunk]:
+        if file.audio is None:
+            return []
+        with file.stopwatch.stage("vad"):
+            return self.vad.speech_chunks(file.audio)
+
+    def _admit(self, file: DecodedFile, speech: Future[list[SpeechChunk]]) -> FileInFlight | FileOutcome:
+        """A file with speech joins the queue; one that failed or holds no speech is done at once."""
+        if file.error is not None:
+            return FileOutcome(file, error=file.error)
+        try:
+            chunks = speech.result()
+            language, probability = self._language(file, chunks)
+        except BatchError:
+            raise
+        except Exception as exc:
+            return FileOutcome(file, error=exc)
+        if not chunks:
+            return FileOutcome(file, transcribed=True, language=language, language_probability=probability)
+        return FileInFlight(file, chunks, language, probability)
+
+    def _language(self, file: DecodedFile, chunks: list[SpeechChunk]) -> tuple[str | None, float | None]:
+        """The configured language, English for an English-only model, else detected on this file alone
+        (on the first 30 s from where its speech starts)."""
+        assert self.recognizer is not None and file.audio is not None
+        requested = self.config.asr.language
+        if not self.recognizer.multilingual:
+            return "en", None
+        if requested != "auto":
+            return requested, None
+        if not chunks:
+            return None, None
+        start = int(chunks[0].start * SAMPLE_RATE)
+        with file.stopwatch.stage("language"):
+            return self.recognizer.detect_language(file.audio[start : start + WINDOW_SAMPLES])
+
+    # --- after the ASR --------------------------------------------------------------------------------------
+
+    def _start_finish(self, state: FileInFlight, pool: ThreadPoolExecutor | None) -> Future[FileOutcome]:
+        if pool is not None:
+            return pool.submit(self._finish, state)
+        future: Future[FileOutcome] = Future()
+        try:
+            future.set_result(self._finish(state))
+        except BaseException as exc:
+            future.set_exception(exc)
+        return future
+
+    def _finish(self, state: FileInFlight) -> FileOutcome:
+        from batch.oom import merge_records
+
+        outcome = FileOutcome(state.file, language=state.language, language_probability=state.probability)
+        if state.asr_records:
+            outcome.gpu["asr"] = merge_records(state.asr_records)
+        if state.error is not None:
+            outcome.error = state.error
+            return outcome
+        outcome.transcribed = True
+        outcome.segments = segments_of(state.chunks, state.texts)
+        try:
+            self._finisher.finish(outcome)
+        except BatchError:
+            raise
+        except Exception as exc:  # alignment or diarization broke on this file: it fails alone, unwritten
+            outcome.transcribed, outcome.error = False, exc
+        self._stats.gpu_records.extend(record for stage, record in outcome.gpu.items() if stage != "asr")
+        return outcome
+
+
+def segments_of(chunks: list[SpeechChunk], texts: list[Recognized | None]) -> list[dict[str, Any]]:
+    """One segment per chunk that Whisper read something in, timed by the VAD."""
+    segments = []
+    for chunk, recognized in zip(chunks, texts, strict=True):
+        if recognized is not None and recognized.text.strip():
+            segments.append(
+                {
+                    "start": round(chunk.start, 3),
+                    "end": round(chunk.end, 3),
+                    "text": recognized.text.strip(),
+                    "avg_logprob": recognized.avg_logprob,
+                }
+            )
+    return segments

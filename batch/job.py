@@ -1,0 +1,142 @@
+"""The Python API: a job assembled from its settings, run in-process, returning a typed run report.
+
+    from batch import Job, load_settings
+    report = Job(load_settings({"source": "calls/", "out": "transcripts/", "model": "small"})).run()
+    print(report.succeeded, report.failed, report.exit_code)
+
+Nothing here prints or installs a signal handler: the command line does those around it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from batch.config import Settings
+from batch.errors import ConfigError
+from batch.logs import run_id_var
+from batch.pipeline import Pipeline
+from batch.report import RunReport, new_run_id
+from batch.runner import Runner
+from batch.sections import JobConfig, RuntimeOptions, build_config
+from batch.storage import InputFile, open_job_stores
+from batch.tally import FileEvent
+
+log = logging.getLogger(__name__)
+
+
+class Job:
+    """One run over SOURCE into DEST. Build it, then `run()` it (once), or list `pending()` for a dry run.
+
+    `pipeline` replaces the WhisperX pipeline (tests pass a fake one); `on_file` hears of every file counted.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        environ: Mapping[str, str] | None = None,
+        pipeline: Pipeline | None = None,
+        on_file: Callable[[FileEvent], None] = lambda event: None,
+    ):
+        environ = os.environ if environ is None else environ
+        for key in ("source", "out"):
+            if not getattr(settings, key):
+                raise ConfigError(key, "missing: give it on the command line, in the config file, or by environment "
+                                  "variable")  # fmt: skip
+        _require_token(settings, environ)
+        self.config: JobConfig = build_config(settings, environ, _runtime(settings))
+        storage = self.config.storage
+        self.source, self.dest = open_job_stores(
+            storage.source, storage.out, endpoint_url=storage.endpoint_url, spool_dir=storage.spool_dir,
+            max_input_bytes=storage.max_input_bytes,
+        )  # fmt: skip
+        self.run_id = new_run_id()
+        run_id_var.set(self.run_id)
+        self._pipeline = pipeline
+        self._on_file = on_file
+        self.runner: Runner | None = None
+
+    def pending(self) -> Iterator[InputFile]:
+        """The files a run would take (listing, shard and skip check only; no model is loaded)."""
+        return self._runner().pending()
+
+    def run(self) -> RunReport:
+        """Transcribe every pending file. Problems that stop the run are in the report (`error`, `exit_code`)."""
+        self._check_places()
+        runner = self._runner()
+        runtime = self.config.pipeline.runtime
+        log.info("run %s: %s -> %s, model %s on %s (%s, %d threads)", self.run_id, self.config.storage.source,
+                 self.config.storage.out, self.config.pipeline.asr.model, runtime.device, runtime.compute_type,
+                 runtime.threads)  # fmt: skip
+        return runner.run()
+
+    def request_stop(self, signum: int | None = None) -> None:
+        """Take no new file; what is fully read is written. Safe to call from a signal handler or a thread."""
+        if self.runner is not None:
+            self.runner.request_stop(signum)
+
+    @property
+    def report(self) -> RunReport | None:
+        """The report so far (the run updates it as it goes)."""
+        return self.runner.report if self.runner is not None else None
+
+    def _runner(self) -> Runner:
+        if self.runner is None:
+            from batch.runtime import package_versions
+
+            self.runner = Runner(self.config, self.source, self.dest, self._pipeline or self._real_pipeline(),
+                                 run_id=self.run_id, on_file=self._on_file, versions=package_versions(),
+                                 claims=self._claims())  # fmt: skip
+        return self.runner
+
+    def _real_pipeline(self) -> Pipeline:
+        from batch.engine import WhisperxPipeline
+
+        return WhisperxPipeline(self.config.pipeline)
+
+    def _claims(self) -> Any:
+        if not self.config.selection.claim:
+            return None
+        from batch.claims import Claims
+
+        return Claims(self.dest, self.run_id, self.config.selection.claim_ttl)
+
+    def _check_places(self) -> None:
+        from batch.errors import EnvironmentProblem
+        from batch.models import is_local
+
+        model = self.config.pipeline.asr.model
+        if self._pipeline is None and is_local(model) and not os.path.isdir(model):
+            raise EnvironmentProblem(f"model folder not found: {model}")
+        self.source.check_readable()
+        self.dest.check_writable()
+
+
+def run_job(settings: Settings, **options: Any) -> RunReport:
+    """Build and run a job in one call: see `Job`."""
+    return Job(settings, **options).run()
+
+
+def _runtime(settings: Settings) -> RuntimeOptions:
+    """The device, compute type and threads this machine runs with (the compute type shapes the transcript,
+    so a dry run resolves them too, to skip what a run would skip)."""
+    from batch.runtime import available_cpus, default_compute_type, resolve_device
+    from batch.units import parse_bytes
+
+    device = resolve_device(settings.device)
+    return RuntimeOptions(
+        device=device,
+        compute_type=settings.compute_type or default_compute_type(device),
+        threads=settings.threads or available_cpus(),
+        batch_size=settings.batch_size,
+        gpu_memory_reserve=parse_bytes(settings.gpu_memory_reserve),
+    )
+
+
+def _require_token(settings: Settings, environ: Mapping[str, str]) -> None:
+    from batch.models import require_diarization_token
+
+    require_diarization_token(settings, environ)

@@ -1,0 +1,99 @@
+"""Writing a file's outputs, then its manifest last, on a thread of their own so the models go on meanwhile."""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+from batch.errors import describe
+from batch.manifest import ErrorRecord, Manifest, manifest_name, output_name, utc_now
+from batch.pipeline import Stopwatch
+from batch.storage import Store
+from batch.transcript import Transcript, render
+
+
+class OutputWriteFailure(Exception):
+    """The transcript was made but could not be stored."""
+
+
+@dataclass
+class Written:
+    """A file's manifest as written, or why it could not be written."""
+
+    key: str
+    manifest: Manifest | None
+    error: BaseException | None = None
+
+
+def write_outputs(dest: Store, key: str, transcript: Transcript, formats: tuple[str, ...]) -> list[str]:
+    names = []
+    for fmt in formats:
+        name = output_name(key, fmt)
+        dest.write_bytes(name, render(transcript, fmt, key))
+        names.append(name)
+    return names
+
+
+def write_file(
+    dest: Store,
+    manifest: Manifest,
+    stopwatch: Stopwatch,
+    transcript: Transcript | None,
+    formats: tuple[str, ...],
+    error: Exception | None,
+) -> Manifest:
+    """Write one file's outputs, then its manifest, which says succeeded only when everything is in place."""
+    key = manifest.input.key
+    if transcript is not None:
+        try:
+            with stopwatch.stage("write"):
+                manifest.outputs = write_outputs(dest, key, transcript, formats)
+        except Exception as exc:
+            error = error or OutputWriteFailure(f"writing the outputs failed: {describe(exc)['message']}")
+    manifest.status = "failed" if error is not None else "succeeded"
+    manifest.error = ErrorRecord(**describe(error)) if error is not None else None
+    manifest.timings, manifest.finished_at = stopwatch.timings, utc_now()
+    dest.write_bytes(manifest_name(key), manifest.encode())
+    return manifest
+
+
+class OutputWriter:
+    """Writes files one at a time on a background thread; `done()` hands back what was written, in order."""
+
+    def __init__(self, after_write: Callable[[str], None] = lambda key: None):
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="writer")
+        self._pending: list[tuple[str, Future[Manifest]]] = []
+        self._after_write = after_write
+
+    def submit(self, key: str, write: Callable[[], Manifest]) -> None:
+        """Start writing a file once the previous one is written: one write in flight, so the count of files
+        done (and the broken-run check) is never more than one file behind the models."""
+        if self._pending:
+            self._pending[-1][1].exception()  # waits; the outcome is read by done()
+
+        def job() -> Manifest:
+            try:
+                return write()
+            finally:
+                self._after_write(key)
+
+        self._pending.append((key, self._pool.submit(contextvars.copy_context().run, job)))
+
+    def done(self, wait: bool = False) -> list[Written]:
+        """The files whose writing has ended (all of them when `wait`), in the order they were submitted."""
+        written = []
+        while self._pending and (wait or self._pending[0][1].done()):
+            key, future = self._pending.pop(0)
+            try:
+                written.append(Written(key, future.result()))
+            except Exception as exc:
+                written.append(Written(key, None, exc))
+        return written
+
+    def close(self) -> list[Written]:
+        """Wait for every file handed over (a file the models finished is never dropped); idempotent."""
+        written = self.done(wait=True)
+        self._pool.shutdown(wait=True)
+        return written

@@ -1,0 +1,190 @@
+"""The run's configuration in sections with parsed values, built once from the settings and the environment.
+
+`batch.config.Settings` is what the user wrote (flags, WHISPERX_BATCH_* variables, a TOML file: one flat
+set of names). `JobConfig` is what the components read: sizes in bytes, a `Shard`, alignment models as a
+mapping, offline mode and the token resolved, the device and compute type decided. The environment is read
+here and nowhere else in a run; each component is handed only its own section.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from batch.config import TRANSCRIPT_SCHEMA_VERSION, Settings
+from batch.errors import ConfigError
+from batch.shard import Shard, resolve_shard
+from batch.units import parse_bytes
+from batch.vad import VadOptions
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    source: str
+    out: str
+    endpoint_url: str | None = None
+    spool_dir: str | None = None
+    max_input_bytes: int = 20 * 1024**3
+
+
+@dataclass(frozen=True)
+class SelectionConfig:
+    """Which files of SOURCE this worker takes, and whether done ones are redone."""
+
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    shard: Shard | None = None
+    claim: bool = False
+    claim_ttl: float = 7200.0
+    force: bool = False
+
+
+@dataclass(frozen=True)
+class HubConfig:
+    """Where models come from. The token's value is never shown (repr) and never recorded."""
+
+    cache_dir: str | None = None
+    offline: bool = False
+    token: str | None = field(default=None, repr=False)
+    token_source: str | None = None  # hf_token_file, HF_TOKEN, ...: said in messages instead of the value
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """How the models run on this machine (does not change what they say)."""
+
+    device: str
+    compute_type: str
+    threads: int
+    batch_size: int
+    gpu_memory_reserve: int = 1024**3
+
+
+@dataclass(frozen=True)
+class AsrConfig:
+    model: str = "large-v3"
+    language: str = "auto"  # an ISO code, or auto: detected per file
+
+
+@dataclass(frozen=True)
+class AlignConfig:
+    enabled: bool = True
+    model: str | None = None  # for every language, when given
+    per_language: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DiarizeConfig:
+    enabled: bool = False
+    model: str = "pyannote/speaker-diarization-community-1"
+    num_speakers: int | None = None
+    min_speakers: int | None = None
+    max_speakers: int | None = None
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Everything the models need: what the pipeline is built from."""
+
+    asr: AsrConfig
+    vad: VadOptions
+    align: AlignConfig
+    diarize: DiarizeConfig
+    hub: HubConfig
+    runtime: RuntimeOptions
+
+
+@dataclass(frozen=True)
+class RunControl:
+    prefetch: int = 2
+    grace_seconds: float = 25.0
+    dry_run: bool = False
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    storage: StorageConfig
+    selection: SelectionConfig
+    pipeline: PipelineConfig
+    formats: tuple[str, ...]
+    control: RunControl
+    shaping: Mapping[str, Any]  # the settings that shape a transcript, as recorded in each manifest
+
+    @property
+    def settings_hash(self) -> str:
+        """A stable hash of everything that shapes a transcript: a change redoes the files done before it."""
+        blob = json.dumps(dict(self.shaping), sort_keys=True, separators=(",", ":"), default=list)
+        return "sha256:" + hashlib.sha256(blob.encode()).hexdigest()
+
+
+def build_config(
+    settings: Settings, environ: Mapping[str, str] | None = None, runtime: RuntimeOptions | None = None
+) -> JobConfig:
+    """The sections of a run from its settings. `runtime` is the resolved device (see batch.runtime); given
+    by the caller because finding it may import CUDA libraries, which a dry run must not."""
+    environ = os.environ if environ is None else environ
+    runtime = runtime or RuntimeOptions("cpu", settings.compute_type or "int8", settings.threads or 1,
+                                        settings.batch_size)  # fmt: skip
+    default_align, per_language = settings.align_models()
+    vad = VadOptions(
+        method=settings.vad_method,
+        onset=settings.vad_onset,
+        offset=settings.vad_offset,
+        chunk_size=settings.chunk_size,
+        **({"step": settings.vad_step} if settings.vad_step is not None else {}),
+    )
+    pipeline = PipelineConfig(
+        asr=AsrConfig(model=settings.model, language=settings.language),
+        vad=vad,
+        align=AlignConfig(settings.align, default_align, per_language),
+        diarize=DiarizeConfig(
+            settings.diarize, settings.diarize_model, settings.num_speakers, settings.min_speakers,
+            settings.max_speakers,
+        ),  # fmt: skip
+        hub=hub_config(settings, environ),
+        runtime=runtime,
+    )
+    return JobConfig(
+        storage=StorageConfig(
+            settings.source or "", settings.out or "", settings.s3_endpoint_url, settings.spool_dir,
+            parse_bytes(settings.max_input_size),
+        ),  # fmt: skip
+        selection=SelectionConfig(
+            settings.include, settings.exclude, _shard(settings, environ), settings.claim, settings.claim_ttl,
+            settings.force,
+        ),  # fmt: skip
+        pipeline=pipeline,
+        formats=settings.formats,
+        control=RunControl(settings.prefetch, settings.grace_seconds, settings.dry_run),
+        shaping=shaping_settings(settings, vad, runtime.compute_type),
+    )
+
+
+def shaping_settings(settings: Settings, vad: VadOptions, compute_type: str) -> dict[str, Any]:
+    """What changes what a transcript says (and so redoes a done file); device, batch size, threads do not."""
+    from batch.config import OUTPUT_SHAPING
+
+    shaping = {name: getattr(settings, name) for name in OUTPUT_SHAPING}
+    if vad.method == "pyannote":
+        shaping["vad_step"] = vad.step
+    return shaping | {"compute_type": compute_type, "schema_version": TRANSCRIPT_SCHEMA_VERSION}
+
+
+def hub_config(settings: Settings, environ: Mapping[str, str]) -> HubConfig:
+    from batch.models import hf_token
+
+    offline = environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    token, source = hf_token(settings, environ) if settings.diarize else (None, None)
+    return HubConfig(settings.model_dir, offline, token, source)
+
+
+def _shard(settings: Settings, environ: Mapping[str, str]) -> Shard | None:
+    """--shard, else the batch engine's worker index (Kubernetes, AWS Batch); a bad combination is exit 2."""
+    try:
+        return resolve_shard(settings.shard, environ)
+    except ValueError as exc:
+        raise ConfigError("shard", str(exc)) from None

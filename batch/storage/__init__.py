@@ -1,0 +1,149 @@
+"""Where recordings come from and where outputs go: a local folder or an S3 prefix, behind one `Store`.
+
+A store is one location. It lists and reads recordings (as SOURCE) and writes, reads and deletes named
+objects (as DEST: outputs, manifests, run reports, claims). Names and keys are relative to the location, in
+POSIX form; `batch.storage.names` says which keys are taken and what their outputs are called.
+
+`open_store` is the one place that picks a folder or S3 from a location; `open_job_stores` opens SOURCE and
+DEST of a job together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol
+
+from batch.errors import ConfigError
+
+S3_SCHEME = "s3://"
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """One recording to transcribe. `version` changes whenever the content may have (mtime, ETag)."""
+
+    key: str
+    size: int
+    version: str
+
+
+class Store(Protocol):
+    """One location, a folder (`batch.storage.local.LocalStore`) or an S3 prefix (`batch.storage.s3.S3Store`).
+
+    `location` is the folder or URL as people read it. The `role` of a check ("SOURCE", "DEST") starts its
+    error message; a failed check raises EnvironmentProblem.
+    """
+
+    location: str
+
+    # Reading recordings (SOURCE)
+    def list(self, include: Iterable[str] = (), exclude: Iterable[str] = ()) -> Iterator[InputFile]: ...
+    def open(self, key: str, size: int | None = None) -> BinaryIO: ...
+    def fingerprint(self, item: InputFile) -> str: ...
+    def check_readable(self, role: str = "SOURCE") -> None: ...
+
+    # Names of any kind (manifests, run reports), hidden ones left out, in a stable order
+    def list_names(self, prefix: str = "", suffix: str = "") -> Iterator[str]: ...
+
+    # Writing and reading named objects (DEST)
+    def check_writable(self, role: str = "DEST") -> None: ...
+    def write_bytes(self, name: str, data: bytes) -> None: ...
+    def read_bytes(self, name: str) -> bytes | None: ...
+    def exists(self, name: str) -> bool: ...
+    def delete(self, name: str) -> None: ...
+    def create_exclusive(self, name: str, data: bytes) -> bool: ...
+    def read_with_version(self, name: str) -> tuple[bytes, str] | None: ...
+    def replace_if_version(self, name: str, data: bytes, version: str) -> bool: ...
+
+
+def is_s3_url(location: str) -> bool:
+    return location.startswith(S3_SCHEME)
+
+
+def open_store(
+    url: str,
+    *,
+    endpoint_url: str | None = None,
+    spool_dir: str | None = None,
+    max_input_bytes: int | None = None,
+    client: Any = None,
+    skip: str | None = None,
+) -> Store:
+    """The store at `url`: an S3 prefix for `s3://bucket/prefix`, a local folder for anything else.
+
+    `skip` is a location that listing never enters when it lies inside this one (DEST inside SOURCE). S3
+    stores share `client` when given, else make their own (`endpoint_url`); they spool downloads into
+    `spool_dir` and refuse recordings over `max_input_bytes`. Nothing is checked or created here: ValueError
+    for a malformed S3 URL only.
+    """
+    if skip is not None and is_s3_url(skip) != is_s3_url(url):
+        skip = None  # a folder never lies inside an S3 prefix, nor the other way round
+    if is_s3_url(url):
+        from batch.storage.s3 import S3Store, make_client
+
+        return S3Store(
+            url,
+            client if client is not None else make_client(endpoint_url),
+            skip_url=skip,
+            spool_dir=spool_dir,
+            max_bytes=max_input_bytes,
+        )
+    from batch.storage.local import LocalStore
+
+    return LocalStore(url, skip=skip)
+
+
+def open_job_stores(
+    source_url: str,
+    dest_url: str,
+    *,
+    endpoint_url: str | None,
+    spool_dir: str | None,
+    max_input_bytes: int | None,
+) -> tuple[Store, Store]:
+    """SOURCE and DEST of a job, in any mix of folders and S3 prefixes.
+
+    S3 stores share one client. The source never lists DEST when DEST lies inside it. A local SOURCE that is
+    not a readable folder is an EnvironmentProblem here; a bad location, or DEST being SOURCE itself, a
+    ConfigError that names `source` or `out`.
+    """
+    client = None
+    if is_s3_url(source_url) or is_s3_url(dest_url):
+        from batch.storage.s3 import make_client
+
+        client = make_client(endpoint_url)
+    try:
+        dest = open_store(dest_url, endpoint_url=endpoint_url, client=client)
+    except ValueError as exc:
+        raise ConfigError("out", str(exc)) from None
+    try:
+        source = open_store(
+            source_url,
+            endpoint_url=endpoint_url,
+            spool_dir=spool_dir,
+            max_input_bytes=max_input_bytes,
+            client=client,
+            skip=dest_url,
+        )
+    except ValueError as exc:
+        raise ConfigError("source", str(exc)) from None
+    if not is_s3_url(source_url):
+        source.check_readable("SOURCE")  # cheap for a folder: a missing one stops the job before anything else
+    if _same_place(source_url, dest_url):
+        raise ConfigError("out", "DEST is SOURCE itself: give a folder or prefix of its own (it may lie inside SOURCE)")
+    return source, dest
+
+
+def _same_place(source_url: str, dest_url: str) -> bool:
+    if is_s3_url(source_url) != is_s3_url(dest_url):
+        return False
+    if is_s3_url(source_url):
+        from batch.storage.s3 import split_url
+
+        return split_url(source_url) == split_url(dest_url)
+    return Path(source_url).resolve() == Path(dest_url).resolve()
+
+
+__all__ = ["InputFile", "Store", "is_s3_url", "open_job_stores", "open_store"]

@@ -1,0 +1,158 @@
+"""A local folder as a store: recordings scanned recursively, outputs written atomically.
+
+Every write is atomic: a temporary file in the same folder (hidden: `.NAME.XXXX.tmp`), flushed to disk,
+then renamed over the target, so nothing half-written ever stands in place of a real file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO
+
+from batch.errors import EnvironmentProblem
+from batch.storage import InputFile
+from batch.storage.names import is_selected, safe_relative
+
+# Read once, at import, while the process is single-threaded (os.umask can only be read by setting it).
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+class LocalStore:
+    """A folder. Hidden files and folders, links that lead outside it, and `skip` are never listed."""
+
+    def __init__(self, root: str | os.PathLike[str], skip: str | os.PathLike[str] | None = None):
+        self.root = Path(root)
+        self.location = str(self.root)
+        self._skip = Path(skip).resolve() if skip is not None else None
+
+    # --- reading recordings ------------------------------------------------------------------------------
+
+    def check_readable(self, role: str = "SOURCE") -> None:
+        if not self.root.is_dir() or not os.access(self.root, os.R_OK | os.X_OK):
+            raise EnvironmentProblem(f"{role} is not a readable folder: {self.root}")
+
+    def list(self, include: Iterable[str] = (), exclude: Iterable[str] = ()) -> Iterator[InputFile]:
+        """Yield the selected files, streaming, in a stable sorted order."""
+        include, exclude = tuple(include), tuple(exclude)
+        for relative in self._walk_from(PurePosixPath()):
+            key = relative.as_posix()
+            if not is_selected(key, include, exclude):
+                continue
+            stat = (self.root / relative).stat()
+            yield InputFile(key=key, size=stat.st_size, version=str(stat.st_mtime_ns))
+
+    def list_names(self, prefix: str = "", suffix: str = "") -> Iterator[str]:
+        """Every file name in the folder `prefix` (all of the store when empty) and below, ending with `suffix`."""
+        folder = prefix.strip("/")
+        start = safe_relative(folder) if folder else PurePosixPath()
+        for relative in self._walk_from(start):
+            if relative.name.endswith(suffix):
+                yield relative.as_posix()
+
+    def open(self, key: str, size: int | None = None) -> BinaryIO:
+        return self.path(key).open("rb")
+
+    def fingerprint(self, item: InputFile) -> str:
+        """A content hash: the same bytes give the same fingerprint wherever the file moved."""
+        with self.open(item.key) as handle:
+            return "sha256:" + hashlib.file_digest(handle, "sha256").hexdigest()
+
+    def _walk_from(self, start: PurePosixPath) -> Iterator[PurePosixPath]:
+        real_root = self.root.resolve()
+        yield from self._walk(self.root / start, start, real_root, set())
+
+    def _walk(self, folder: Path, relative: PurePosixPath, real_root: Path, seen: set[Path]) -> Iterator[PurePosixPath]:
+        real = folder.resolve()
+        if real in seen or (self._skip is not None and real == self._skip):
+            return
+        seen = seen | {real}
+        try:
+            entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+        except OSError:
+            return
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            path = Path(entry.path)
+            if entry.is_symlink() and not path.resolve().is_relative_to(real_root):
+                continue
+            if entry.is_dir():
+                yield from self._walk(path, relative / entry.name, real_root, seen)
+            elif entry.is_file():
+                yield relative / entry.name
+
+    # --- writing and reading named files -----------------------------------------------------------------
+
+    def path(self, name: str) -> Path:
+        return self.root / safe_relative(name)
+
+    def check_writable(self, role: str = "DEST") -> None:
+        """Create the folder if needed and prove a file can be written there."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=self.root, prefix=".write-check-"):
+                pass
+        except OSError as exc:
+            raise EnvironmentProblem(f"{role} is not writable: {self.root} ({exc.strerror or exc})") from None
+
+    def write_bytes(self, name: str, data: bytes) -> None:
+        target = self.path(name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        try:
+            os.fchmod(handle, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual permissions
+            with os.fdopen(handle, "wb") as stream:
+                stream.write(data)
+                stream.flush()
+                os.fsync(stream.fileno())
+            os.replace(temporary, target)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+
+    def read_bytes(self, name: str) -> bytes | None:
+        try:
+            return self.path(name).read_bytes()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def exists(self, name: str) -> bool:
+        return self.path(name).is_file()
+
+    def delete(self, name: str) -> None:
+        self.path(name).unlink(missing_ok=True)
+
+    def create_exclusive(self, name: str, data: bytes) -> bool:
+        """Create the file only if it does not exist; False when another writer was first."""
+        target = self.path(name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # Written whole first, then linked into place: link() fails if the name exists, and nobody ever
+        # reads a half-written claim.
+        handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(handle, "wb") as stream:
+                stream.write(data)
+            os.link(temporary, target)
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(temporary)
+        return True
+
+    def read_with_version(self, name: str) -> tuple[bytes, str] | None:
+        data = self.read_bytes(name)
+        return None if data is None else (data, hashlib.sha256(data).hexdigest())
+
+    def replace_if_version(self, name: str, data: bytes, version: str) -> bool:
+        """Replace the file if its content is still the one read. Not atomic across machines, unlike S3's If-Match:
+        two workers taking over the same expired claim at the same instant may both win (and both do the file)."""
+        current = self.read_with_version(name)
+        if current is None or current[1] != version:
+            return False
+        self.write_bytes(name, data)
+        return True

@@ -1,0 +1,77 @@
+"""Names: which keys are selected, which keys are safe paths, and what outputs of a key are called.
+
+A key is an input's name relative to SOURCE, in POSIX form (`calls/2024/a.wav`); on S3 any string can be
+one, `../x.wav` and `a//b.wav` included. Outputs of a key are named `output_base(key)` + a suffix under DEST.
+
+The output base of a key is the key, component by component (split on `/`), with two rules applied in order:
+
+1. every `%` is written `%25`;
+2. then a component that is empty or all dots and means something to a file system is respelled:
+   "" -> `%2F`, "." -> `%2E`, ".." -> `%2E%2E`.
+
+Every other character (spaces, unicode, `+&=`, a non-UTF-8 name's surrogate escapes) is kept as it is, so
+`calls/été 1.wav` is written as `calls/été 1.wav.json`.
+
+Why this can never write outside DEST: no output component is empty, `.` or `..`, so a folder or an S3
+prefix (where some stores and proxies collapse dot segments) sees only plain names below DEST.
+
+Why two different keys never share outputs (the rule is injective): after rule 1 every `%` in a component
+is followed by `25`, while each respelling of rule 2 holds a `%` followed by `2F` or `2E`; so a respelled
+component can never equal an escaped one, and the respellings differ from each other. Rule 1 alone is
+undone by reading `%25` back as `%`. No component gains or loses a `/`, so the components of a key are
+found again by splitting its output base on `/`. Hence `../x.wav` -> `%2E%2E/x.wav` and
+`%2E%2E/x.wav` -> `%252E%252E/x.wav`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable
+from pathlib import PurePosixPath
+
+# Containers and codecs people record or export calls, interviews, podcasts and meetings in.
+MEDIA_EXTENSIONS = frozenset(
+    """
+    wav wave mp3 m4a m4b aac flac ogg oga opus spx webm weba mp4 m4v mkv mka mov avi wmv wma
+    aif aiff aifc amr 3gp 3g2 caf wv ac3 mpg mpeg mp2 ts mts m2ts vob flv
+    """.split()
+)
+
+_ESCAPE = ("%", "%25")
+_COMPONENT_SPELLINGS = {"": "%2F", ".": "%2E", "..": "%2E%2E"}
+
+
+def output_base(key: str) -> str:
+    """The name the outputs of `key` are written under (see the module's docstring for the rule)."""
+    return "/".join(_spell(part) for part in key.split("/"))
+
+
+def _spell(component: str) -> str:
+    escaped = component.replace(*_ESCAPE)
+    return _COMPONENT_SPELLINGS.get(escaped, escaped)
+
+
+def safe_relative(key: str) -> PurePosixPath:
+    """A key as a relative path that cannot climb out of its root; refuses anything else (ValueError)."""
+    parts = [part for part in key.split("/") if part not in ("", ".")]
+    if not parts or any(part == ".." for part in parts) or "\x00" in key:
+        raise ValueError(f"unsafe key {key!r}")
+    return PurePosixPath(*parts)
+
+
+def is_hidden(name: str) -> bool:
+    """A name with a component that starts with a dot (`.cache/a.wav`, `.a.json.k2j3.tmp`); `.` and `..` are not."""
+    return any(part.startswith(".") and part not in (".", "..") for part in name.split("/"))
+
+
+def is_selected(key: str, include: Iterable[str] = (), exclude: Iterable[str] = ()) -> bool:
+    """Whether a key is taken: by media extension, or by --include globs when given; never if excluded.
+
+    Globs follow fnmatch, matched against the whole key, so `*` also crosses folders.
+    """
+    include, exclude = tuple(include), tuple(exclude)
+    if include:
+        chosen = any(fnmatch.fnmatchcase(key, pattern) for pattern in include)
+    else:
+        chosen = PurePosixPath(key).suffix.lower().lstrip(".") in MEDIA_EXTENSIONS
+    return chosen and not any(fnmatch.fnmatchcase(key, pattern) for pattern in exclude)

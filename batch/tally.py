@@ -1,0 +1,80 @@
+"""Counting written files into the run report, and telling a broken machine from a folder of broken files."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from batch.errors import EnvironmentProblem, describe
+from batch.logs import file_context
+from batch.manifest import ErrorRecord
+from batch.outputs import Written
+from batch.report import FailedFile, RunReport
+
+log = logging.getLogger(__name__)
+
+# This many files in a row failing with the same unexpected error type stops the run (exit 3).
+BROKEN_AFTER_FAILURES = 3
+# Failures that belong to a file, however many in a row (a folder of broken files is possible).
+FILE_PROBLEMS = {"AudioDecodeError", "AlignmentUnavailable", "GpuOutOfMemory", "BatchOutOfMemory", "FileFailure"}
+
+
+@dataclass(frozen=True)
+class FileEvent:
+    """One file counted in the report: what progress bars and log lines are made of."""
+
+    key: str
+    status: str  # succeeded | failed | skipped | claimed_elsewhere
+    audio_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    error_type: str | None = None
+
+
+class Tally:
+    """Counts each written file once, in the order written; raises EnvironmentProblem when the same unexpected
+    error has failed several files in a row (the run stops, exit 3, so the scheduler retries elsewhere)."""
+
+    def __init__(self, report: RunReport, on_file: Callable[[FileEvent], None]):
+        self.report, self.on_file = report, on_file
+        self.in_a_row = 0
+        self.last_failure: str | None = None
+
+    def count(self, written: list[Written], check: bool = True) -> None:
+        for item in written:
+            with file_context(item.key):
+                self._count_one(item)
+        if check:
+            self.check_for_broken_environment()
+
+    def _count_one(self, item: Written) -> None:
+        manifest = item.manifest
+        if manifest is not None and manifest.status == "succeeded":
+            self.in_a_row, self.last_failure = 0, None
+            self.report.succeeded.append(item.key)
+            audio_seconds, wall = manifest.audio_seconds or 0.0, sum(manifest.timings.values())
+            self.report.audio_seconds += audio_seconds
+            log.info("succeeded: %.1f s of audio in %.1f s (%s)", audio_seconds, wall, manifest.language or "no speech")
+            self.on_file(FileEvent(item.key, "succeeded", audio_seconds, wall))
+            return
+        if manifest is None:
+            error = ErrorRecord(**describe(item.error or RuntimeError("unknown")))
+            error.message = f"the manifest could not be written: {error.message}"
+        else:
+            assert manifest.error is not None
+            error = manifest.error
+        self.in_a_row = self.in_a_row + 1 if error.type == self.last_failure else 1
+        self.last_failure = error.type
+        self.report.failed.append(FailedFile(key=item.key, error=error))
+        log.warning("failed: %s: %s", error.type, error.message)
+        seconds = (manifest.audio_seconds or 0.0, sum(manifest.timings.values())) if manifest else (0.0, 0.0)
+        self.on_file(FileEvent(item.key, "failed", *seconds, error_type=error.type))
+
+    def check_for_broken_environment(self) -> None:
+        """The same unexpected error on several files in a row is the machine's, not the files'."""
+        if self.in_a_row < BROKEN_AFTER_FAILURES or self.last_failure in FILE_PROBLEMS:
+            return
+        raise EnvironmentProblem(
+            f"{self.in_a_row} files in a row failed with {self.last_failure}; "
+            "stopping: the fault looks like the machine's (device, DEST), not the files'"
+        )

