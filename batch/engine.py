@@ -14,6 +14,7 @@ sharing them would slow it down more than it gains.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import itertools
 import logging
@@ -48,6 +49,7 @@ class WhisperxPipeline:
         self.vad: Any = None
         self.sizer: Any = None
         self._finisher: Any = None
+        self._input_wait = 0.0  # seconds spent waiting for the next decoded file
         self._stats = PipelineStats(batch_size=config.runtime.batch_size)
 
     # --- loading ---------------------------------------------------------------------------------------------
@@ -81,7 +83,10 @@ class WhisperxPipeline:
             raise ConfigError("language", f"the model {asr.model} is English-only; use en or auto")
         self.vad, self.recognizer = vad, recognizer
         adopt_library_loggers()  # the imports above gave some libraries log handlers of their own
-        torch.set_num_threads(runtime.threads)  # the VAD's and the features' pool: the CPUs this process may use
+        # PyTorch runs only the small VAD model and the log-Mel features here. On the CPU one thread does that
+        # best: two OpenMP threads spinning on 2 busy cores made the VAD 10-30x slower (measured; see README,
+        # "How it runs"), and CTranslate2 keeps every core for the ASR.
+        torch.set_num_threads(1 if runtime.device == "cpu" else runtime.threads)
         # The models are millions of long-lived objects; the decoder runs gc.collect() per file (a PyAV leak
         # workaround), which would otherwise walk them all every time.
         gc.freeze()
@@ -106,40 +111,61 @@ class WhisperxPipeline:
         if first is None:
             return  # nothing to do: no model is loaded
         self.load()
-        heard = ordered_map(self._find_speech, itertools.chain([first], files), workers=1,
+        heard = ordered_map(self._find_speech, itertools.chain([first], self._timed_input(files)), workers=1,
                             ahead=VAD_AHEAD if self.overlap else 0)  # fmt: skip
         queue = ChunkQueue(self.recognizer, self.sizer, self._stats, self.clock)
         finishing: deque[Future[FileOutcome]] = deque()
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="finish") if self.overlap else None
-        started, waited, exhausted = self.clock(), 0.0, False
+        exhausted = False
         try:
             while True:
                 while not exhausted and len(queue) < self.sizer.size_for("asr") and not should_stop():
-                    wait_start = self.clock()
-                    entry = next(heard, None)
-                    waited += self.clock() - wait_start
+                    with self._working():  # VAD on the caller's thread (CPU), or waiting for the VAD thread (GPU)
+                        entry = next(heard, None)
                     if entry is None:
                         exhausted = True
                         break
                     file, speech = entry
-                    admitted = self._admit(file, speech)
+                    with self._working():
+                        admitted = self._admit(file, speech)
                     if isinstance(admitted, FileOutcome):
                         yield admitted
                     else:
                         queue.add(admitted)
                 if should_stop() or (exhausted and not queue):
                     break
-                for done in queue.read_batch():
-                    finishing.append(self._start_finish(done, pool))
+                with self._working():
+                    done_files = queue.read_batch()
+                    finishing.extend(self._start_finish(done, pool) for done in done_files)
                 while finishing and finishing[0].done():
                     yield finishing.popleft().result()
             while finishing:  # files whose every chunk is read are written, even when stopping
-                yield finishing.popleft().result()
+                with self._working():
+                    outcome = finishing.popleft().result()
+                yield outcome
         finally:
-            self._stats.busy_seconds += self.clock() - started - waited
             heard.close()
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
+
+    @contextlib.contextmanager
+    def _working(self) -> Iterator[None]:
+        """Time the models spend on files; the time they wait for input (fetch, decode, model loading, which
+        the caller does inside `next(files)`) is taken out, and so is the caller's time between outcomes."""
+        started, before = self.clock(), self._input_wait
+        try:
+            yield
+        finally:
+            self._stats.busy_seconds += self.clock() - started - (self._input_wait - before)
+
+    def _timed_input(self, files: Iterator[DecodedFile]) -> Iterator[DecodedFile]:
+        while True:
+            started = self.clock()
+            file = next(files, None)
+            self._input_wait += self.clock() - started
+            if file is None:
+                return
+            yield file
 
     def _find_speech(self, file: DecodedFile) -> list[SpeechChunk]:
         if file.audio is None:

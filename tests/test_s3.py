@@ -104,7 +104,9 @@ def test_list_names_and_dest_inside_source_on_s3(bucket: str) -> None:
 def test_s3_to_local_with_hostile_keys_never_writes_outside_dest(
     cli, bucket: str, speech: bytes, tmp_path: Path, tiny_en: str
 ) -> None:
-    hostile = ["../x.mp3", "a//b.mp3", "/lead.mp3", "ü ñ/é 1+&=%.mp3"]
+    # `%2E%2E/x.mp3` is a key of its own, not `../x.mp3` respelled: the two never share their outputs.
+    hostile = ["../x.mp3", "a//b.mp3", "/lead.mp3", "ü ñ/é 1+&=%.mp3", "%2E%2E/x.mp3"]
+    names = ["%2E%2E/x.mp3", "a/%2F/b.mp3", "%2F/lead.mp3", "ü ñ/é 1+&=%25.mp3", "%252E%252E/x.mp3"]
     for key in hostile:
         put(bucket, "in/" + key, speech)
     out = tmp_path / "dest" / "out"
@@ -112,11 +114,13 @@ def test_s3_to_local_with_hostile_keys_never_writes_outside_dest(
     assert result.exit_code == 0, result.stderr
     written = [p for p in (tmp_path / "dest").rglob("*") if p.is_file()]
     assert all(p.resolve().is_relative_to(out.resolve()) for p in written)
-    for key, name in zip(hostile, ["%2E%2E/x.mp3", "a/%2F/b.mp3", "%2F/lead.mp3", "ü ñ/é 1+&=%25.mp3"], strict=True):
+    for key, name in zip(hostile, names, strict=True):
         manifest = json.loads((out / f"{name}.manifest.json").read_text())
         assert manifest["status"] == "succeeded" and manifest["input"]["key"] == key
         assert manifest["input"]["fingerprint"].startswith("etag:")
         assert "meeting" in json.loads((out / f"{name}.json").read_text())["segments"][0]["text"].lower()
+    rerun = cli("run", f"s3://{bucket}/in", "--out", out, "--model", tiny_en, "--no-align")
+    assert "0 succeeded, 5 skipped" in rerun.stderr  # no key redoes another's outputs
 
     to_s3 = cli("run", f"s3://{bucket}/in", "--out", f"s3://{bucket}/out", "--model", tiny_en, "--no-align")
     assert to_s3.exit_code == 0, to_s3.stderr
@@ -124,7 +128,7 @@ def test_s3_to_local_with_hostile_keys_never_writes_outside_dest(
     outside = [k for k in stored if not k.startswith(("in/", "out/"))]
     written = [k for k in stored if k.startswith("out/")]
     assert not outside and not [k for k in written if "/../" in k or "//" in k or "/./" in k]
-    for name in ["%2E%2E/x.mp3", "a/%2F/b.mp3", "%2F/lead.mp3", "ü ñ/é 1+&=%25.mp3"]:
+    for name in names:
         assert f"out/{name}.manifest.json" in stored
 
 
