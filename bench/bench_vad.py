@@ -116,7 +116,7 @@ def corpus(folder: Path) -> list[Recording]:
     noise = folder / "noise.wav"
     noisy = folder / "noisy-75s.wav"
     seconds = subprocess.run(["soxi", "-D", str(made["long-75s"][0])], capture_output=True, text=True, check=True)
-    sox("-n", "-r", "16000", "-c", "1", str(noise), "synth", seconds.stdout.strip(), "pinknoise", "vol", "0.08")
+    sox("-R", "-n", "-r", "16000", "-c", "1", str(noise), "synth", seconds.stdout.strip(), "pinknoise", "vol", "0.08")
     sox("-m", str(made["long-75s"][0]), str(noise), str(noisy))
     made["noisy-75s"] = (noisy, made["long-75s"][1])
 
@@ -265,13 +265,14 @@ def main() -> None:
             f"{label:9} {own[0]:6.1f} {own[1]:9.1f} {own[0] / own[1]:6.2f} {same:>5}/{len(recordings):<5} "
             f"{bound:17.3f} {coverage:15.2f} {count:6} {wer}"
         )
-    print("\nrecordings whose chunks differ from step 0.5:")
+    print("\nrecordings whose chunks differ from step 0.5 (with the WER % of that recording):")
     for label in configs:
         for r in recordings:
             if results[label].chunks[r.name] != baseline.chunks[r.name]:
-                ours = [(round(c.start, 2), round(c.end, 2)) for c in results[label].chunks[r.name]]
-                theirs = [(round(c.start, 2), round(c.end, 2)) for c in baseline.chunks[r.name]]
-                print(f"  {label:9} {r.name:11} {ours}\n  {'step 0.5':9} {'':11} {theirs}")
+                for name, chunks in ((label, results[label].chunks), (BASELINE, baseline.chunks)):
+                    spans = [(round(c.start, 2), round(c.end, 2)) for c in chunks[r.name]]
+                    wer = f"{word_error_rate([r], chunks, transcribe) * 100:6.2f}" if transcribe else ""
+                    print(f"  {name:9} {r.name:11} {wer} {spans}")
 
 
 if __name__ == "__main__":
