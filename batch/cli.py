@@ -310,7 +310,8 @@ def status_command(
 ) -> None:
     """Counts of succeeded and failed files, audio hours, and each failure's reason, from DEST's manifests.
 
-    Exit codes: 0 no file failed; 1 some files failed; 2 usage or config error; 3 DEST not readable.
+    Exit codes: 0 no file failed and the latest run ended cleanly; 1 some files failed, or the latest run was
+    stopped (by an error or a signal); 2 usage or config error; 3 DEST not readable.
     """
 
     def report() -> int:

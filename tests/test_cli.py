@@ -277,6 +277,8 @@ def test_a_killed_run_leaves_nothing_taken_for_done(
         tiny_en,
         "--no-align",
         "--quiet",
+        "--batch-size",  # one chunk a batch, so files finish one at a time (a shared batch finishes them together)
+        "1",
     ]
     process = subprocess.Popen(command, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
