@@ -82,7 +82,7 @@ class PipelineStats:
     asr_items: int = 0
     batch_size: int = 0  # the configured ceiling
     alignment_models_loaded: list[str] = field(default_factory=list)
-    gpu_records: list[Any] = field(default_factory=list)  # every file's oom.StageMemoryRecord
+    gpu_records: list[Any] = field(default_factory=list)  # oom.StageMemoryRecord: one per ASR batch, per diarized file
 
     @property
     def batch_fill(self) -> float | None:
