@@ -4,15 +4,42 @@ pyannote slides its 5 s window every 0.5 s. For each coarser step (and for Siler
 step 0.5 on the same recordings: the VAD time (measured A-B-B-A with step 0.5, so a noisy shared machine
 hits both alike; the ratio is the number to trust), on how many recordings the merged chunks are identical,
 the largest chunk-boundary difference, how much speech coverage differs, and the word error rate of
-Whisper tiny.en (int8, CPU) run on the chunks against the text that was spoken.
+Whisper tiny.en (int8, CPU, beam 5) run on the chunks against the text that was spoken.
 
-Recordings: espeak-ng speech turned into 16 kHz WAV by sox: three short ones (3-15 s), a 75 s and a 150 s
-one made of sentences with pauses of 0.3-2.5 s (two voices, two rates), the 75 s one again under pink noise,
-and pyannote's sample.wav (30 s, two speakers on a phone line).
-Usage: python -m bench.bench_vad [--no-wer] [--no-timing] [--chunk-size 30] [--threads 2]
+Recordings (espeak-ng speech made 16 kHz WAV by sox; 458 s in all): three short ones (5, 8.5, 14 s with the
+lead-in), a 86 s and a 182 s one of sentences with pauses of 0.3-2.5 s (two voices, two rates), the 86 s one
+again under pink noise, 47 s of run-on talk with no pause (so whisperx has to cut inside speech), and
+pyannote's sample.wav (30 s, two speakers on a phone line).
+Usage: python -m bench.bench_vad [--no-wer] [--no-timing] [--chunk-size 30] [--threads 2]   (~15 min)
 
-Measured on 2 shared CPU cores (torch threads = 2), whisperx 3.8.6, pyannote.audio 4.0.7:
-<table: see the final run below>
+Measured on 2 shared CPU cores (torch threads 2), whisperx 3.8.6, pyannote.audio 4.0.7, chunk_size 30.
+VAD seconds are over 144 s of the corpus (the short ones, the 86 s one and sample.wav), two passes each:
+
+config     VAD s step0.5 s  ratio same chunks max bound. diff s coverage diff s chunks  WER %
+step 0.5    14.4      14.4   1.00     8/8                 0.000            0.00     19   9.36
+step 1      16.0      25.5   0.63     4/8                 8.269            0.08     19   9.79
+step 1.5     3.9      12.4   0.32     2/8                 4.421            0.16     19   9.53
+step 2       3.9      12.8   0.30     1/8                 5.417            0.17     19   9.62
+step 2.5     3.1      13.1   0.23     2/8                 5.417            0.22     19   9.62
+step 3       2.5      11.4   0.22     0/8                 4.421            0.31     19   9.10
+silero       0.6      11.1   0.05     0/8                 5.558            7.09     19  17.50
+
+(step 1's ratio was taken while the machine was busiest; the model runs once per window, 5/step windows
+per second of audio, so the expected ratio is 0.5 / step: 0.2 at 2.5.) What changes, recording by recording:
+- Boundaries that lie in pauses move by at most 0.034 s (two ~17 ms score frames) at every step up to 3;
+  no chunk is added, dropped or split. On those recordings the WER is unchanged, except long-182s
+  (10.21 % at step 0.5; 10.45 at 1 and 1.5, 9.74 at 2 and 2.5, 9.26 at 3) and sample.wav at steps 1.5 and 3
+  (16.05 -> 13.58, its first chunk starts 0.02 s later); at step 2.5 sample.wav's chunks are identical.
+- The large "max boundary diff" is talk-47s alone: whisperx's min-cut splits speech longer than chunk_size
+  at the lowest score in the second half of the region, a near-tie, and every step other than 0.5 picks
+  another point (25.44 s at step 0.5; 17.18 at 1, 21.02 at 1.5 and 3, 20.03 at 2 and 2.5). Its WER goes
+  from 14.56 % to 16.5-17.7 % at every coarser step, step 1 included: where the cut lands, not how coarse.
+- Silero (faster-whisper's ONNX model) costs 1/20 of step 0.5 but loses speech under noise (7 s less
+  coverage on noisy-86s), misses sample.wav's first "Hello?" and cut talk-47s at 30.99 s (WER 70 %).
+Default chosen: 2.5 s, half the window, the coarsest step at which every frame is still scored by two
+windows; VAD costs a quarter to a fifth of pyannote's default, with the same chunks up to 0.034 s wherever
+the speech pauses. Step 3 was as good here but saves little more (0.22 vs 0.23) and scores some frames
+with one window only.
 """
 
 from __future__ import annotations
@@ -36,7 +63,7 @@ from bench.corpus import SENTENCES as MEETING_SENTENCES
 
 STEPS = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0)
 BASELINE = "step 0.5"
-TIMING_LEFT_OUT = ("long-150s", "noisy-75s", "talk-47s")  # timed on the rest, to keep the A-B-B-A rounds short
+TIMING_LEFT_OUT = ("long-182s", "noisy-86s", "talk-47s")  # timed on the rest, to keep the A-B-B-A rounds short
 SENTENCES = [
     *MEETING_SENTENCES,
     "The budget for the spring campaign is still under discussion.",
@@ -108,17 +135,17 @@ def corpus(folder: Path) -> list[Recording]:
         "short-3s": (spoken(folder, "short-3s", cycle(0, 1), "en-us", 160, False), cycle(0, 1)),
         "short-7s": (spoken(folder, "short-7s", cycle(3, 2), "en", 170, True), cycle(3, 2)),
         "short-13s": (spoken(folder, "short-13s", cycle(6, 4), "en-us", 190, True), cycle(6, 4)),
-        "long-75s": (spoken(folder, "long-75s", cycle(1, 22), "en-us", 175, True), cycle(1, 22)),
-        "long-150s": (spoken(folder, "long-150s", cycle(5, 44), "en", 160, True), cycle(5, 44)),
+        "long-86s": (spoken(folder, "long-86s", cycle(1, 22), "en-us", 175, True), cycle(1, 22)),
+        "long-182s": (spoken(folder, "long-182s", cycle(5, 44), "en", 160, True), cycle(5, 44)),
         # 47 s of talk without a pause: chunks end where whisperx's min-cut splits the speech, not in a gap
         "talk-47s": (spoken(folder, "talk-47s", [run_on(cycle(2, 16))], "en-us", 185, False), cycle(2, 16)),
     }
     noise = folder / "noise.wav"
-    noisy = folder / "noisy-75s.wav"
-    seconds = subprocess.run(["soxi", "-D", str(made["long-75s"][0])], capture_output=True, text=True, check=True)
+    noisy = folder / "noisy-86s.wav"
+    seconds = subprocess.run(["soxi", "-D", str(made["long-86s"][0])], capture_output=True, text=True, check=True)
     sox("-R", "-n", "-r", "16000", "-c", "1", str(noise), "synth", seconds.stdout.strip(), "pinknoise", "vol", "0.08")
-    sox("-m", str(made["long-75s"][0]), str(noise), str(noisy))
-    made["noisy-75s"] = (noisy, made["long-75s"][1])
+    sox("-m", str(made["long-86s"][0]), str(noise), str(noisy))
+    made["noisy-86s"] = (noisy, made["long-86s"][1])
 
     sample = Path(pyannote.audio.__file__).parent / "sample"
     stm = [line.split(maxsplit=5) for line in (sample / "sample.stm").read_text().splitlines()]
