@@ -155,7 +155,8 @@ class Runner:
                     self.report.claimed_elsewhere.append(item.key)
                     self.on_file(FileEvent(item.key, "claimed_elsewhere"))
                     continue
-                self.pipeline.load()
+                if self.claims is not None:
+                    self.pipeline.load()
                 if self.stopping():
                     return
                 # A stale "succeeded" must not survive while this file is redone: deleted only now that the
