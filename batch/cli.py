@@ -208,6 +208,9 @@ def _guarded(command: Callable[[], int]) -> int:
     except KeyboardInterrupt:
         print("whisperx-batch: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a defect or an unforeseen environment fault: one line, never a traceback
+        print(f"whisperx-batch: error: unexpected {type(exc).__name__}: {redact(str(exc))}", file=sys.stderr)
+        return EXIT_ENVIRONMENT
 
 
 models_app = typer.Typer(help="Manage the model cache.", no_args_is_help=True)

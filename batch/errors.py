@@ -48,6 +48,15 @@ class AudioDecodeError(FileFailure):
     """The input holds no decodable audio (empty, truncated, not audio, no audio track)."""
 
 
+class DestPathBlocked(FileFailure):
+    """DEST cannot hold this file's manifest: a directory in the way, or no permission on that one path."""
+
+    def __init__(self, name: str, cause: OSError):
+        reason = {IsADirectoryError: "a directory is in the way", NotADirectoryError: "a file is in the way of "
+                  "its folder", PermissionError: "permission denied"}.get(type(cause), cause.strerror or str(cause))
+        super().__init__(f"its manifest cannot be written at {name}: {reason}; move that away and rerun")
+
+
 # Environment variables whose values must never reach a log, a manifest or an error message.
 SECRET_ENV_VARS = (
     "HF_TOKEN",

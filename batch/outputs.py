@@ -7,7 +7,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
-from batch.errors import describe
+from batch.errors import DestPathBlocked, describe
 from batch.manifest import ErrorRecord, Manifest, manifest_name, output_name, utc_now
 from batch.pipeline import Stopwatch
 from batch.storage import Store
@@ -46,6 +46,8 @@ def write_file(
 ) -> Manifest:
     """Write one file's outputs, then its manifest, which says succeeded only when everything is in place."""
     key = manifest.input.key
+    if isinstance(error, DestPathBlocked):
+        raise error  # there is no place for its manifest: the run report holds the reason
     if transcript is not None:
         try:
             with stopwatch.stage("write"):

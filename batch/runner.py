@@ -17,7 +17,7 @@ from typing import Any
 from batch.audio import SAMPLE_RATE, decode
 from batch.claims import HeldClaims
 from batch.concurrency import ordered_map
-from batch.errors import BatchError, describe
+from batch.errors import BatchError, DestPathBlocked, describe
 from batch.logs import file_context
 from batch.manifest import ErrorRecord, InputRecord, Manifest, is_done, manifest_name, read_manifest, utc_now
 from batch.outputs import OutputWriter, write_file
@@ -74,6 +74,7 @@ class Runner:
         self.tally = Tally(self.report, on_file)
         self._stop = threading.Event()
         self._prepared: dict[str, _Prepared] = {}
+        self._blocked: dict[str, OSError] = {}  # files whose manifest path DEST cannot hold
 
     # --- control ------------------------------------------------------------------------------------------
 
@@ -106,9 +107,16 @@ class Runner:
                 yield item
 
     def _is_done(self, item: InputFile) -> bool:
+        try:
+            manifest = read_manifest(self.dest, item.key)
+        except (IsADirectoryError, NotADirectoryError, PermissionError) as exc:
+            # Something in the way of this one file's manifest (a directory at its path): the file fails
+            # alone, without wasting the models on it, and the run goes on.
+            self._blocked[item.key] = exc
+            return False
         if self.config.selection.force:
             return False
-        return is_done(read_manifest(self.dest, item.key), item, self.settings_hash, self.source.fingerprint, self.dest)
+        return is_done(manifest, item, self.settings_hash, self.source.fingerprint, self.dest)
 
     # --- the run ------------------------------------------------------------------------------------------
 
@@ -161,7 +169,8 @@ class Runner:
                     return
                 # A stale "succeeded" must not survive while this file is redone: deleted only now that the
                 # pipeline takes the file, not when it was fetched ahead.
-                self.dest.delete(manifest_name(item.key))
+                if item.key not in self._blocked:
+                    self.dest.delete(manifest_name(item.key))
                 self._prepared[item.key] = ready
                 yield ready.file
         finally:
@@ -181,6 +190,8 @@ class Runner:
             stopwatch = Stopwatch(self.clock)
             ready = _Prepared(manifest, started=self.clock())
             try:
+                if item.key in self._blocked:
+                    raise DestPathBlocked(manifest_name(item.key), self._blocked[item.key])
                 if self.claims is not None and not self.claims.take(item):
                     return ready
                 with stopwatch.stage("fingerprint"):

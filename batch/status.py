@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from batch.errors import EXIT_FILES_FAILED, EXIT_OK, BatchError, ConfigError, EnvironmentProblem, redact
-from batch.manifest import MANIFEST_SUFFIX, RUNS_FOLDER, Manifest
+from batch.manifest import MANIFEST_SUFFIX, RUNS_FOLDER, Manifest, manifest_name
 from batch.report import RunReport
 from batch.storage import Store, open_store
 
@@ -32,6 +32,14 @@ class Failure:
     run_id: str | None = None
 
 
+@dataclass(frozen=True)
+class Inconsistent:
+    """A manifest that reads but that a run would not take as done: the run redoes its file."""
+
+    manifest: str
+    reason: str
+
+
 @dataclass
 class DestStatus:
     """Counts, audio hours and failures of one DEST, plus its latest run report."""
@@ -42,6 +50,7 @@ class DestStatus:
     audio_seconds: float = 0.0
     failures: list[Failure] = field(default_factory=list)
     unreadable: list[str] = field(default_factory=list)
+    inconsistent: list[Inconsistent] = field(default_factory=list)
     last_run: dict[str, Any] | None = None
     runs: int = 0
 
@@ -60,6 +69,7 @@ class DestStatus:
             "failures_by_type": dict(Counter(failure.type for failure in self.failures).most_common()),
             "failures": [asdict(failure) for failure in self.failures],
             "unreadable_manifests": self.unreadable,
+            "inconsistent_manifests": [asdict(item) for item in self.inconsistent],
             "runs": self.runs,
             "last_run": self.last_run,
         }
@@ -77,7 +87,7 @@ def collect_status(dest: str | os.PathLike[str] | None, s3_endpoint_url: str | N
     store.check_readable("DEST")
     status = DestStatus(dest=store.location)
     for name in _listed(store, manifest_names):
-        _count(status, name, Manifest.decode(_read(store, name)))
+        _count(status, name, *_inspect(store, name))
     reports = [report for report in (RunReport.decode(_read(store, name)) for name in _listed(store, report_names))
                if report is not None]  # fmt: skip
     reports.sort(key=lambda report: (report.started_at, report.run_id))
@@ -112,9 +122,26 @@ def _read(store: Store, name: str) -> bytes | None:
         return None
 
 
-def _count(status: DestStatus, name: str, manifest: Manifest | None) -> None:
+def _inspect(store: Store, name: str) -> tuple[Manifest | None, str | None]:
+    """The manifest at `name` (None: unreadable or not a manifest), and why a run would not take it as done."""
+    manifest = Manifest.decode(_read(store, name))
+    if manifest is None:
+        return None, None
+    if manifest_name(manifest.input.key) != name:
+        return manifest, f"written for another file ({manifest.input.key})"
+    if manifest.status == "succeeded":
+        missing = [output for output in manifest.outputs if not store.exists(output)]
+        if not manifest.outputs or missing:
+            return manifest, "succeeded, but its outputs are missing: " + (", ".join(missing) or "none listed")
+    return manifest, None
+
+
+def _count(status: DestStatus, name: str, manifest: Manifest | None, problem: str | None) -> None:
     if manifest is None:
         status.unreadable.append(name)
+        return
+    if problem is not None:
+        status.inconsistent.append(Inconsistent(name, problem))
         return
     if manifest.status == "succeeded":
         status.succeeded += 1
@@ -147,10 +174,12 @@ def _summarize_run(report: RunReport) -> dict[str, Any]:
 
 
 def status_exit_code(status: DestStatus) -> int:
-    """As for `run`: 1 when some files failed, and also when the latest run did not end cleanly (stopped by an
-    error or a signal), so a scheduler that alerts on it hears of a job that dies every night."""
+    """As for `run`: 1 when some files failed, and also when some manifests are damaged (unreadable or
+    inconsistent) or the latest run did not end cleanly (stopped by an error or a signal), so a scheduler that
+    alerts on it hears of a job that dies every night."""
     last_exit = status.last_run["exit_code"] if status.last_run else EXIT_OK
-    return EXIT_FILES_FAILED if status.failed or last_exit not in (EXIT_OK, EXIT_FILES_FAILED) else EXIT_OK
+    damaged = status.unreadable or status.inconsistent
+    return EXIT_FILES_FAILED if status.failed or damaged or last_exit not in (EXIT_OK, EXIT_FILES_FAILED) else EXIT_OK
 
 
 def to_json(status: DestStatus) -> str:
@@ -166,7 +195,11 @@ def format_status(status: DestStatus) -> str:
     if status.last_run:
         lines.append(_format_run(status.last_run, status.runs))
     if status.unreadable:
-        lines.append(f"unreadable manifests ({len(status.unreadable)}): " + ", ".join(status.unreadable))
+        lines.append(f"unreadable manifests, redone by the next run ({len(status.unreadable)}): "
+                     + ", ".join(status.unreadable))  # fmt: skip
+    if status.inconsistent:
+        lines.append(f"inconsistent manifests, redone by the next run ({len(status.inconsistent)}):")
+        lines += [f"  {item.manifest}: {item.reason}" for item in status.inconsistent]
     if status.failures:
         lines.append(f"failed ({status.failed}):")
         lines += [f"  {f.key}: {f.type}: {f.message}" for f in status.failures]

@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from batch.errors import EnvironmentProblem, describe
+from batch.errors import DestPathBlocked, EnvironmentProblem, describe
 from batch.logs import file_context
 from batch.manifest import ErrorRecord
 from batch.outputs import Written
@@ -59,7 +59,8 @@ class Tally:
             return
         if manifest is None:
             error = ErrorRecord(**describe(item.error or RuntimeError("unknown")))
-            error.message = f"the manifest could not be written: {error.message}"
+            if not isinstance(item.error, DestPathBlocked):
+                error.message = f"the manifest could not be written: {error.message}"
         else:
             assert manifest.error is not None
             error = manifest.error

@@ -26,10 +26,15 @@ def manifest_document(key: str, status: str, **fields: object) -> dict[str, Any]
 
 
 def write_manifest(dest: Path, key: str, status: str, **fields: object) -> None:
+    """A manifest, and for a succeeded one the transcript it lists (status checks that the outputs exist)."""
+    if status == "succeeded":
+        fields.setdefault("outputs", [f"{key}.json"])
     document = manifest_document(key, status, **fields)
     path = dest / f"{key}.manifest.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(document))
+    for output in document.get("outputs", []):
+        (dest / output).write_text("{}")
 
 
 def test_status_of_a_real_run_with_a_failure(cli, tmp_path: Path, tiny_en: str) -> None:
@@ -71,7 +76,6 @@ def test_only_manifests_count_not_reports_temp_files_or_hidden_folders(cli, tmp_
     (dest / ".a.wav.manifest.json.k2j3.tmp").write_text("{")
     (dest / ".hidden.wav.manifest.json").write_text(json.dumps({"status": "failed"}))
     write_manifest(dest / ".trash", "old.wav", "failed")
-    (dest / "a.wav.json").write_text("{}")
 
     result = json.loads(cli("status", dest, "--json").stdout)
     assert (result["succeeded"], result["failed"], result["audio_hours"]) == (2, 1, 1.0)
@@ -86,9 +90,11 @@ def test_unreadable_manifests_are_listed_not_counted(cli, tmp_path: Path) -> Non
     (dest / "odd.wav.manifest.json").write_text(json.dumps({"status": "maybe"}))
 
     result = cli("status", dest)
-    assert result.exit_code == 0
+    assert result.exit_code == 1  # damaged manifests need a look (and the next run redoes their files)
     assert "1 files: 1 succeeded, 0 failed" in result.stdout
-    assert "unreadable manifests (2): cut.wav.manifest.json, odd.wav.manifest.json" in result.stdout
+    assert "unreadable manifests, redone by the next run (2): cut.wav.manifest.json, odd.wav.manifest.json" in (
+        result.stdout
+    )
 
 
 def test_last_run_is_the_newest_report_and_a_stopped_run_says_why(cli, tmp_path: Path) -> None:
@@ -193,7 +199,8 @@ def test_status_of_an_s3_dest(cli, s3: Any) -> None:
         body = document if isinstance(document, str) else json.dumps(document)
         s3.put_object(Bucket="jobs", Key=f"calls/out/{key}", Body=body.encode())
 
-    put("a.wav.manifest.json", manifest_document("a.wav", "succeeded", audio_seconds=7200.0))
+    put("a.wav.manifest.json", manifest_document("a.wav", "succeeded", audio_seconds=7200.0, outputs=["a.wav.json"]))
+    put("gone.wav.manifest.json", manifest_document("gone.wav", "succeeded", outputs=["gone.wav.json"]))
     failure = {"type": "AudioDecodeError", "message": "empty file"}
     put("2026/b.mp3.manifest.json", manifest_document("2026/b.mp3", "failed", error=failure))
     put("2026/.b.mp3.manifest.json.tmp", "{")
@@ -207,6 +214,9 @@ def test_status_of_an_s3_dest(cli, s3: Any) -> None:
     document = json.loads(result.stdout)
     assert (document["dest"], document["succeeded"], document["failed"]) == ("s3://jobs/calls/out", 1, 1)
     assert document["audio_hours"] == 2.0 and document["runs"] == 1
+    assert document["inconsistent_manifests"] == [
+        {"manifest": "gone.wav.manifest.json", "reason": "succeeded, but its outputs are missing: gone.wav.json"}
+    ]
     assert document["failures"][0]["key"] == "2026/b.mp3" and document["unreadable_manifests"] == []
 
     missing = cli("status", "s3://no-such-bucket/out")

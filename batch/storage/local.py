@@ -47,10 +47,13 @@ class LocalStore:
             yield InputFile(key=key, size=stat.st_size, version=str(stat.st_mtime_ns))
 
     def list_names(self, prefix: str = "", suffix: str = "") -> Iterator[str]:
-        """Every file name in the folder `prefix` (all of the store when empty) and below, ending with `suffix`."""
+        """Every file name in the folder `prefix` (all of the store when empty) and below, ending with `suffix`.
+
+        A directory whose name ends with `suffix` is listed too: it stands where such a file belongs, and
+        whoever reads it must hear of it (reading it raises IsADirectoryError)."""
         folder = prefix.strip("/")
         start = safe_relative(folder) if folder else PurePosixPath()
-        for relative in self._walk_from(start):
+        for relative in self._walk_from(start, with_dirs=bool(suffix)):
             if relative.name.endswith(suffix):
                 yield relative.as_posix()
 
@@ -62,11 +65,13 @@ class LocalStore:
         with self.open(item.key) as handle:
             return "sha256:" + hashlib.file_digest(handle, "sha256").hexdigest()
 
-    def _walk_from(self, start: PurePosixPath) -> Iterator[PurePosixPath]:
+    def _walk_from(self, start: PurePosixPath, with_dirs: bool = False) -> Iterator[PurePosixPath]:
         real_root = self.root.resolve()
-        yield from self._walk(self.root / start, start, real_root, set())
+        yield from self._walk(self.root / start, start, real_root, set(), with_dirs)
 
-    def _walk(self, folder: Path, relative: PurePosixPath, real_root: Path, seen: set[Path]) -> Iterator[PurePosixPath]:
+    def _walk(
+        self, folder: Path, relative: PurePosixPath, real_root: Path, seen: set[Path], with_dirs: bool = False
+    ) -> Iterator[PurePosixPath]:
         real = folder.resolve()
         if real in seen or (self._skip is not None and real == self._skip):
             return
@@ -82,7 +87,9 @@ class LocalStore:
             if entry.is_symlink() and not path.resolve().is_relative_to(real_root):
                 continue
             if entry.is_dir():
-                yield from self._walk(path, relative / entry.name, real_root, seen)
+                if with_dirs:
+                    yield relative / entry.name
+                yield from self._walk(path, relative / entry.name, real_root, seen, with_dirs)
             elif entry.is_file():
                 yield relative / entry.name
 
