@@ -203,14 +203,27 @@ def _guarded(command: Callable[[], int]) -> int:
     try:
         return command()
     except BatchError as exc:
-        print(f"whisperx-batch: error: {redact(str(exc))}", file=sys.stderr)
+        _error(redact(str(exc)), type(exc).__name__)
         return exc.exit_code
     except KeyboardInterrupt:
         print("whisperx-batch: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # a defect or an unforeseen environment fault: one line, never a traceback
-        print(f"whisperx-batch: error: unexpected {type(exc).__name__}: {redact(str(exc))}", file=sys.stderr)
+        _error(f"unexpected {type(exc).__name__}: {redact(str(exc))}", type(exc).__name__)
         return EXIT_ENVIRONMENT
+
+
+def _error(message: str, error_type: str) -> None:
+    """The one line that says why a command stopped: JSON when the log is JSON, so an alert can read it."""
+    from batch.logs import json_logging
+
+    if json_logging():
+        import logging
+
+        fields = {"event": "error", "error_type": error_type}
+        logging.getLogger("batch.cli").error("%s", message, extra={"fields": fields})
+    else:
+        print(f"whisperx-batch: error: {message}", file=sys.stderr)
 
 
 models_app = typer.Typer(help="Manage the model cache.", no_args_is_help=True)
@@ -246,12 +259,14 @@ def models_pull_command(
 
     def pull_all() -> int:
         from batch.config import normalize_language
+        from batch.logs import prints_to_log
         from batch.models import pull
 
         settings = load_settings(flags, config_path=config, logging_setup=True)
         default = settings.language if settings.language != "auto" else "en"
         languages = tuple(normalize_language(x) for x in (align_languages or default).split(",") if x.strip())
-        results = pull(settings, languages if settings.align else ())
+        with prints_to_log():
+            results = pull(settings, languages if settings.align else ())
         for item in results:
             detail = f"  {item.detail}" if item.detail else ""
             print(f"{item.status:6} {item.kind:8} {item.name}{detail}")
@@ -294,9 +309,12 @@ def doctor_command(
 
     def diagnose() -> int:
         from batch.doctor import checks_json, exit_code, format_checks, run_doctor
+        from batch.logs import prints_to_log
 
-        checks = run_doctor(load_settings(flags, config_path=config, logging_setup=True))
-        print(checks_json(checks) if json_output else format_checks(checks))
+        settings = load_settings(flags, config_path=config, logging_setup=True)
+        with prints_to_log() as stdout:
+            checks = run_doctor(settings)
+        print(checks_json(checks) if json_output else format_checks(checks), file=stdout)
         return exit_code(checks)
 
     raise typer.Exit(_guarded(diagnose))

@@ -14,6 +14,8 @@ from typing import Any, TextIO
 from batch.config import Settings
 from batch.errors import EXIT_OK
 from batch.job import Job
+from batch.logs import prints_to_log
+from batch.report import RunReport
 from batch.tally import FileEvent
 
 log = logging.getLogger(__name__)
@@ -22,17 +24,34 @@ log = logging.getLogger(__name__)
 def run_from_command_line(settings: Settings, stdout: TextIO | None = None) -> int:
     """Everything `whisperx-batch run` does once its settings are valid; returns the exit code."""
     progress = _Progress(settings)
-    job = Job(settings, on_file=progress.update)
-    if settings.dry_run:
-        print_keys(job, stdout or sys.stdout)
-        return EXIT_OK
-    with progress, graceful_stop(job, settings.grace_seconds):
-        report = job.run()
+    with prints_to_log() as real_stdout:
+        job = Job(settings, on_file=progress.update)
+        if settings.dry_run:
+            print_keys(job, stdout or real_stdout)
+            return EXIT_OK
+        with progress, graceful_stop(job, settings.grace_seconds, settings.log_format):
+            report = job.run()
+    announce(report, settings.log_format)
+    assert report.exit_code is not None
+    return report.exit_code
+
+
+def announce(report: RunReport, log_format: str) -> None:
+    """The run's summary on stderr: lines for a person, or one JSON record a log system can alert on."""
+    if log_format == "json":
+        fields = {"event": "run", "counts": report.counts, "audio_seconds": round(report.audio_seconds, 3),
+                  "wall_seconds": report.wall_seconds, "realtime_factor": report.realtime_factor,
+                  "exit_code": report.exit_code,
+                  "error_type": report.error.type if report.error else None}  # fmt: skip
+        message = report.summary().splitlines()[0]
+        if report.error is not None:
+            log.error("%s; error: %s", message, report.error.message, extra={"fields": fields})
+        else:
+            log.info("%s", message, extra={"fields": fields})
+        return
     print(report.summary(), file=sys.stderr, flush=True)
     if report.error is not None:
         print(f"whisperx-batch: error: {report.error.message}", file=sys.stderr, flush=True)
-    assert report.exit_code is not None
-    return report.exit_code
 
 
 def print_keys(job: Job, out: TextIO) -> None:
@@ -44,7 +63,7 @@ def print_keys(job: Job, out: TextIO) -> None:
 
 
 @contextlib.contextmanager
-def graceful_stop(job: Job, grace_seconds: float) -> Iterator[None]:
+def graceful_stop(job: Job, grace_seconds: float, log_format: str = "text") -> Iterator[None]:
     """SIGTERM and SIGINT stop taking new files; files already read by the models may finish within the grace
     period. Past it (or on a second signal) the run is abandoned at once: files in progress have no manifest,
     so nothing half-written counts as done, and a rerun redoes exactly those files.
@@ -59,7 +78,7 @@ def graceful_stop(job: Job, grace_seconds: float) -> Iterator[None]:
         if report is not None and runner is not None:
             report.stopped_by_signal, report.exit_code = signum, 128 + signum
             runner.write_report()  # best effort: the outcome so far, for `status` and the logs
-            print(report.summary(), file=sys.stderr, flush=True)
+            announce(report, log_format)
         logging.shutdown()
         os._exit(128 + signum)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 from typing import Any
 
@@ -39,9 +41,14 @@ def load_diarization(model: str, device: str, token: str | None, cache_dir: str 
     """whisperx's DiarizationPipeline, with pyannote's failures turned into what to do about them."""
     from whisperx.diarize import DiarizationPipeline
 
+    printed = io.StringIO()
     try:
-        return DiarizationPipeline(model_name=model, token=token, device=device, cache_dir=cache_dir)
+        # pyannote prints its download failure (with a `token='hf_....'` example) on every attempt; the
+        # message raised below says what to do, once.
+        with contextlib.redirect_stdout(printed):
+            return DiarizationPipeline(model_name=model, token=token, device=device, cache_dir=cache_dir)
     except Exception as exc:
+        log.debug("pyannote printed: %s", printed.getvalue().strip())
         raise EnvironmentProblem(diarization_failure_message(model, exc, offline)) from exc
 
 

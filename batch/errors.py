@@ -5,8 +5,12 @@ Exit codes are decided here and nowhere else.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+
+# Write errors that no later file escapes: no space, over quota, a read-only file system.
+DEST_UNUSABLE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 
 EXIT_OK = 0
 EXIT_FILES_FAILED = 1

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import datetime
+import io
 import json
 import logging
 import sys
 from collections.abc import Iterator
+from typing import TextIO
 
 from batch.errors import redact
 
@@ -41,18 +44,23 @@ def file_context(key: str) -> Iterator[None]:
         key_var.reset(token)
 
 
+def utc_stamp(record: logging.LogRecord) -> str:
+    """ISO 8601 in UTC with milliseconds and the zone: what log systems parse without guessing."""
+    moment = datetime.datetime.fromtimestamp(record.created, tz=datetime.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{int(record.msecs):03d}Z"
+
+
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         key = key_var.get()
         prefix = f"{key}: " if key else ""
-        stamp = self.formatTime(record, "%Y-%m-%dT%H:%M:%S")
-        return redact(f"{stamp} {record.levelname:<7} {prefix}{record.getMessage()}")
+        return redact(f"{utc_stamp(record)} {record.levelname:<7} {prefix}{record.getMessage()}")
 
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "time": utc_stamp(record),
             "level": record.levelname.lower(),
             "logger": record.name,
             "run_id": run_id_var.get(),
@@ -88,6 +96,11 @@ def setup_logging(log_format: str = "text", quiet: bool = False) -> None:
     logging.captureWarnings(True)
 
 
+def json_logging() -> bool:
+    """Whether setup_logging chose JSON lines."""
+    return any(isinstance(handler.formatter, JsonFormatter) for handler in logging.getLogger().handlers)
+
+
 def adopt_library_loggers() -> None:
     """Take back loggers that libraries give their own handlers on import (whisperx prints to stdout)."""
     for name in NOISY_LOGGERS:
@@ -95,3 +108,37 @@ def adopt_library_loggers() -> None:
         library.handlers[:] = [logging.NullHandler()]
         library.propagate = True
         library.setLevel(logging.WARNING)
+
+
+class _PrintsToLog(io.TextIOBase):
+    """Stands in for stdout while models load and run: what a library prints (pyannote's download banner)
+    becomes one log record per print, so stdout carries only what the command itself writes there."""
+
+    def __init__(self, logger: logging.Logger):
+        self._logger, self._pending = logger, ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self._pending += text
+        if self._pending.endswith("\n"):
+            self.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        text, self._pending = self._pending.strip(), ""
+        if text:
+            self._logger.warning("%s", text)
+
+
+@contextlib.contextmanager
+def prints_to_log() -> Iterator[TextIO]:
+    """Send library prints to the log; yields the real stdout for the command's own output."""
+    real = sys.stdout
+    stand_in = _PrintsToLog(logging.getLogger("library.stdout"))
+    with contextlib.redirect_stdout(stand_in):  # type: ignore[type-var]
+        try:
+            yield real
+        finally:
+            stand_in.flush()

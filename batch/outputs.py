@@ -7,7 +7,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
-from batch.errors import DestPathBlocked, describe
+from batch.errors import DEST_UNUSABLE_ERRNOS, DestPathBlocked, describe
 from batch.manifest import ErrorRecord, Manifest, manifest_name, output_name, utc_now
 from batch.pipeline import Stopwatch
 from batch.storage import Store
@@ -53,6 +53,8 @@ def write_file(
             with stopwatch.stage("write"):
                 manifest.outputs = write_outputs(dest, key, transcript, formats)
         except Exception as exc:
+            if isinstance(exc, OSError) and exc.errno in DEST_UNUSABLE_ERRNOS:
+                raise  # no manifest either: the run stops, and the next one redoes this file
             error = error or OutputWriteFailure(f"writing the outputs failed: {describe(exc)['message']}")
     manifest.status = "failed" if error is not None else "succeeded"
     manifest.error = ErrorRecord(**describe(error)) if error is not None else None

@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from batch.errors import DestPathBlocked, EnvironmentProblem, describe
+from batch.errors import DEST_UNUSABLE_ERRNOS, DestPathBlocked, EnvironmentProblem, describe
 from batch.logs import file_context
 from batch.manifest import ErrorRecord
 from batch.outputs import Written
@@ -30,6 +30,13 @@ class FileEvent:
     wall_seconds: float = 0.0
     error_type: str | None = None
 
+    def fields(self) -> dict[str, object]:
+        """The event as a JSON log line's fields, for a log system to count and alert on."""
+        realtime = round(self.audio_seconds / self.wall_seconds, 3) if self.wall_seconds else None
+        return {"event": "file", "status": self.status, "audio_seconds": round(self.audio_seconds, 3),
+                "wall_seconds": round(self.wall_seconds, 3), "realtime_factor": realtime, "error_type": self.error_type}
+        # fmt: skip
+
 
 class Tally:
     """Counts each written file once, in the order written; raises EnvironmentProblem when the same unexpected
@@ -39,6 +46,8 @@ class Tally:
         self.report, self.on_file = report, on_file
         self.in_a_row = 0
         self.last_failure: str | None = None
+        self.last_message = ""
+        self.dest_unusable: str | None = None  # DEST full or read-only: no later file could be written either
 
     def count(self, written: list[Written], check: bool = True) -> None:
         for item in written:
@@ -54,8 +63,10 @@ class Tally:
             self.report.succeeded.append(item.key)
             audio_seconds, wall = manifest.audio_seconds or 0.0, sum(manifest.timings.values())
             self.report.audio_seconds += audio_seconds
-            log.info("succeeded: %.1f s of audio in %.1f s (%s)", audio_seconds, wall, manifest.language or "no speech")
-            self.on_file(FileEvent(item.key, "succeeded", audio_seconds, wall))
+            event = FileEvent(item.key, "succeeded", audio_seconds, wall)
+            log.info("succeeded: %.1f s of audio in %.1f s (%s)", audio_seconds, wall, manifest.language or "no speech",
+                     extra={"fields": event.fields()})  # fmt: skip
+            self.on_file(event)
             return
         if manifest is None:
             error = ErrorRecord(**describe(item.error or RuntimeError("unknown")))
@@ -65,17 +76,24 @@ class Tally:
             assert manifest.error is not None
             error = manifest.error
         self.in_a_row = self.in_a_row + 1 if error.type == self.last_failure else 1
-        self.last_failure = error.type
+        self.last_failure, self.last_message = error.type, error.message
+        if isinstance(item.error, OSError) and item.error.errno in DEST_UNUSABLE_ERRNOS:
+            self.dest_unusable = item.error.strerror or error.message
         self.report.failed.append(FailedFile(key=item.key, error=error))
-        log.warning("failed: %s: %s", error.type, error.message)
         seconds = (manifest.audio_seconds or 0.0, sum(manifest.timings.values())) if manifest else (0.0, 0.0)
-        self.on_file(FileEvent(item.key, "failed", *seconds, error_type=error.type))
+        event = FileEvent(item.key, "failed", *seconds, error_type=error.type)
+        log.warning("failed: %s: %s", error.type, error.message, extra={"fields": event.fields()})
+        self.on_file(event)
 
     def check_for_broken_environment(self) -> None:
-        """The same unexpected error on several files in a row is the machine's, not the files'."""
+        """The same unexpected error on several files in a row is the machine's, not the files'; a DEST that
+        is full or read-only stops the run at the first file it refuses."""
+        if self.dest_unusable is not None:
+            raise EnvironmentProblem(f"DEST cannot take the outputs: {self.dest_unusable}; files not written are "
+                                     "redone by the next run")  # fmt: skip
         if self.in_a_row < BROKEN_AFTER_FAILURES or self.last_failure in FILE_PROBLEMS:
             return
         raise EnvironmentProblem(
-            f"{self.in_a_row} files in a row failed with {self.last_failure}; "
+            f"the last {self.in_a_row} files failed with {self.last_failure} ({self.last_message}); "
             "stopping: the fault looks like the machine's (device, DEST), not the files'"
         )

@@ -130,5 +130,5 @@ def test_the_same_device_fault_in_a_row_stops_the_run_as_an_environment_error(
     report = job.run()
     assert report.exit_code == 3 and report.error is not None and report.error.type == "EnvironmentProblem"
     # Files of one shared batch fail together, so the count may pass 3 before the check runs; it says how many.
-    assert re.match(r"[3-5] files in a row failed with RuntimeError", report.error.message)
+    assert re.match(r"the last [3-5] files failed with RuntimeError", report.error.message)
     assert 3 <= len(report.failed) < 6

@@ -91,7 +91,7 @@ def test_the_same_unexpected_error_three_times_in_a_row_stops_the_run(source: Pa
     fault = {key: RuntimeError("CUDA error: an illegal memory access") for key in ("a.wav", "b.wav", "c/d.flac")}
     report = job(source, out, FakePipeline(errors=fault)).run()
     assert report.exit_code == 3 and report.error is not None and report.error.type == "EnvironmentProblem"
-    assert "3 files in a row failed with RuntimeError" in report.error.message
+    assert "the last 3 files failed with RuntimeError" in report.error.message
     assert "f.wav" not in report.succeeded
     stored = RunReport.decode(next((out / "_runs").glob("*.json")).read_bytes())
     assert stored is not None and stored.exit_code == 3 and stored.error == report.error
