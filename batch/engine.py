@@ -30,6 +30,7 @@ from batch.chunks import ChunkQueue, FileInFlight
 from batch.concurrency import ordered_map
 from batch.errors import BatchError, ConfigError
 from batch.pipeline import DecodedFile, FileOutcome, PipelineStats
+from batch.runtime import limit_thread_pools
 from batch.sections import PipelineConfig
 from batch.vad import SpeechChunk
 
@@ -86,6 +87,7 @@ class WhisperxPipeline:
         # PyTorch runs only the small VAD model and the log-Mel features here. On the CPU one thread does that
         # best: two OpenMP threads spinning on 2 busy cores made the VAD 10-30x slower (measured; see README,
         # "How it runs"), and CTranslate2 keeps every core for the ASR.
+        limit_thread_pools(runtime.threads)
         torch.set_num_threads(1 if runtime.device == "cpu" else runtime.threads)
         # The models are millions of long-lived objects; the decoder runs gc.collect() per file (a PyAV leak
         # workaround), which would otherwise walk them all every time.

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from batch.errors import describe, redact, register_secret
 from batch.runtime import available_cpus, default_compute_type, package_versions
+from tests.conftest import ENGLISH, speak
 
 
 def test_cpus_follow_affinity_when_no_quota(tmp_path: Path) -> None:
@@ -56,3 +60,27 @@ def test_redaction_covers_environment_registered_and_shaped_secrets(monkeypatch:
     ):
         assert secret not in cleaned
     assert describe(RuntimeError(text))["message"] == cleaned
+
+
+def test_thread_pools_stay_within_the_cpus_the_process_may_use(tmp_path: Path, tiny_en: str) -> None:
+    """Given one thread (as a container whose CPU quota is one core, on a host with more), a real run keeps every
+    pool at one thread: CTranslate2, torch, and the BLAS/OpenMP pools numpy and torch load (read back with
+    threadpoolctl), whatever cores the host shows."""
+    speak(ENGLISH, tmp_path / "in" / "a.wav")
+    script = f"""
+import os, json
+from batch import Job, load_settings
+settings = load_settings({{"source": {str(tmp_path / "in")!r}, "out": {str(tmp_path / "out")!r},
+                          "model": {tiny_en!r}, "device": "cpu", "align": False, "threads": 1}})
+report = Job(settings).run()
+import torch, threadpoolctl
+pools = [pool["num_threads"] for pool in threadpoolctl.threadpool_info()]
+print(json.dumps({{"threads": report.threads, "torch": torch.get_num_threads(), "pools": pools,
+                  "succeeded": report.succeeded}}))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600,
+                          env={key: value for key, value in os.environ.items() if not key.endswith("_NUM_THREADS")})
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(done.stdout.splitlines()[-1])
+    assert figures["succeeded"] == ["a.wav"] and figures["threads"] == 1 and figures["torch"] == 1
+    assert figures["pools"] and max(figures["pools"]) == 1
