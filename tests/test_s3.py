@@ -318,3 +318,44 @@ def test_expired_claims_are_taken_over_by_exactly_one_worker(bucket: str) -> Non
     assert not third.claim("a.wav")
     second.release("a.wav")
     assert third.claim("a.wav")
+
+
+def test_an_s3_server_that_dies_mid_run_ends_it_with_exit_3_and_no_traceback(
+    speech: bytes, tiny_en: str, tmp_path: Path
+) -> None:
+    """SOURCE local, DEST on an S3 server of its own that is stopped once the first file is written: the run
+    stops (exit 3) with one line, what was written stays done, and nothing half-written is taken for done."""
+    import subprocess
+    import sys
+    import time
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    url = f"http://{host}:{port}"
+    client = boto3.client("s3", endpoint_url=url)
+    client.create_bucket(Bucket="dying")
+    for index in range(8):
+        (tmp_path / "in" / f"call{index}.mp3").parent.mkdir(exist_ok=True)
+        (tmp_path / "in" / f"call{index}.mp3").write_bytes(speech)
+    command = [sys.executable, "-m", "batch", "run", tmp_path / "in", "--out", "s3://dying/out", "--model", tiny_en,
+               "--no-align", "--batch-size", "1", "--prefetch", "1", "--s3-endpoint-url", url]  # fmt: skip
+    worker = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "AWS_MAX_ATTEMPTS": "2"})  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while not any(key.endswith(".manifest.json") for key in _keys(client, "dying")):
+            assert worker.poll() is None and time.monotonic() < deadline, worker.communicate()
+            time.sleep(0.2)
+        written = {key for key in _keys(client, "dying") if key.endswith(".manifest.json")}
+    finally:
+        server.stop()
+    stdout, stderr = worker.communicate(timeout=300)
+    assert worker.returncode == 3, stderr
+    assert "Traceback" not in stderr and stdout == ""
+    assert "whisperx-batch: error: " in stderr and "testing-secret-value" not in stderr
+    assert written  # at least the first file was done before the server went away
+
+
+def _keys(client, bucket: str) -> list[str]:  # noqa: ANN001
+    return [obj["Key"] for obj in client.list_objects_v2(Bucket=bucket).get("Contents", [])]
