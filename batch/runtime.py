@@ -65,31 +65,27 @@ def limit_thread_pools(cpus: int) -> None:
     threadpool_limits(limits=cpus)
 
 
-def cuda_usable() -> bool:
-    """Whether both engines (CTranslate2 for ASR, PyTorch for the rest) can see a CUDA device."""
-    try:
-        import ctranslate2
-        import torch
-
-        return ctranslate2.get_cuda_device_count() > 0 and torch.cuda.is_available()
-    except Exception:  # a broken CUDA install reads as "no CUDA", which auto then avoids
-        return False
-
-
 def resolve_device(requested: str) -> str:
-    """`auto` -> cuda when usable, else cpu (said once). `cuda` without a usable GPU is an environment error."""
+    """`auto` -> cuda when CUDA and cuDNN can run the models, else cpu: with a warning and the fix when a GPU is
+    there but cannot be used (cuDNN 9 not found, a driver too old). `cuda` that cannot run is exit 3, with the fix.
+    """
     if requested == "cpu":
         return "cpu"
-    usable = cuda_usable()
-    if requested == "cuda" and not usable:
-        raise EnvironmentProblem(
-            "device cuda was asked for but no usable CUDA device was found "
-            "(check the driver, `docker run --gpus all`, CUDA_VISIBLE_DEVICES), or use --device cpu"
-        )
-    device = "cuda" if usable else "cpu"
-    if requested == "auto":
-        log.info("device auto: using %s", device if usable else "cpu (no usable CUDA device)")
-    return device
+    from batch.doctor import device as gpu
+
+    facts = gpu.probe_gpu()
+    problem = gpu.gpu_problem(facts)
+    if problem is None:
+        if requested == "auto":
+            log.info("device auto: using cuda")
+        return "cuda"
+    if requested == "cuda":
+        raise EnvironmentProblem(f"device cuda was asked for but CUDA cannot run here: {problem}")
+    if facts.gpus:
+        log.warning("device auto: a GPU is present but cannot run the models, so the CPU is used (slow): %s", problem)
+    else:
+        log.info("device auto: using cpu (no usable CUDA device)")
+    return "cpu"
 
 
 def default_compute_type(device: str) -> str:

@@ -272,3 +272,44 @@ def test_known_failures_become_one_line_of_what_to_do(error: str, says: str) -> 
 
 def test_an_unknown_failure_gets_no_made_up_advice() -> None:
     assert advice_for("ValueError: something nobody has seen") is None
+
+
+def test_a_gpu_that_cannot_run_falls_back_to_the_cpu_on_auto_and_stops_on_cuda(
+    cli, tmp_path: Path, tiny_en: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A CUDA build whose cuDNN 9 cannot be loaded (this machine's real loader error, on a faked GPU at the probe
+    seam): `auto` warns with doctor's fix and transcribes on the CPU; `cuda` stops (exit 3) before any model,
+    with the same fix."""
+    real = doctor_device.probe_gpu()
+    monkeypatch.setattr(doctor_device, "probe_gpu", lambda: dataclasses.replace(H100, cudnn_error=real.cudnn_error))
+    source = tmp_path / "in"
+    speak(ENGLISH, source / "call.wav")
+
+    auto = cli("run", source, "--out", tmp_path / "auto", "--model", tiny_en, "--no-align")
+    assert auto.exit_code == 0, auto.stderr
+    assert "device auto: a GPU is present but cannot run the models, so the CPU is used" in auto.stderr
+    assert "export LD_LIBRARY_PATH=" in auto.stderr
+    [report] = [json.loads(path.read_text()) for path in (tmp_path / "auto" / "_runs").glob("*.json")]
+    assert report["device"] == "cpu" and report["succeeded"] == ["call.wav"]
+
+    cuda = cli("run", source, "--out", tmp_path / "cuda", "--model", tiny_en, "--no-align", "--device", "cuda")
+    assert cuda.exit_code == 3
+    assert "device cuda was asked for but CUDA cannot run here: cudnn: libcudnn_ops.so.9 cannot be loaded" in (
+        cuda.stderr
+    )
+    assert "export LD_LIBRARY_PATH=" in cuda.stderr and "models loaded" not in cuda.stderr
+
+
+def test_auto_on_a_healthy_gpu_picks_cuda_and_cuda_without_a_driver_says_what_to_do(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from batch.errors import EnvironmentProblem
+    from batch.runtime import resolve_device
+
+    monkeypatch.setattr(doctor_device, "probe_gpu", lambda: H100)
+    assert resolve_device("auto") == "cuda" and resolve_device("cuda") == "cuda" and resolve_device("cpu") == "cpu"
+    monkeypatch.setattr(doctor_device, "probe_gpu", lambda: doctor_device.GpuFacts(nvml_error="NVML not found"))
+    assert resolve_device("auto") == "cpu"
+    with pytest.raises(EnvironmentProblem, match="--gpus all") as stopped:
+        resolve_device("cuda")
+    assert "cudnn" not in str(stopped.value)

@@ -136,6 +136,18 @@ def device_checks(facts: GpuFacts, requested: str) -> list[Check]:
     return checks
 
 
+def gpu_problem(facts: GpuFacts) -> str | None:
+    """Why CUDA cannot run the models here, with what to do about it; None when it can."""
+    failed = [check for check in device_checks(facts, "cuda") if check.status == "fail"]
+    if not failed:
+        return None
+    if any(check.name != "cudnn" for check in failed):  # no GPU to run on: cuDNN is beside the point
+        failed = [check for check in failed if check.name != "cudnn"]
+    fix = next((check.fix for check in failed if check.fix), None)
+    problem = "; ".join(f"{check.name}: {check.detail}" for check in failed)
+    return f"{problem}. Fix: {fix}" if fix else problem
+
+
 def _driver_check(facts: GpuFacts, missing: Status) -> Check:
     if facts.driver_version is None:
         reason = facts.nvml_error or "NVML found no driver"
