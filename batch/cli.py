@@ -128,6 +128,18 @@ def run_command(
             rich_help_panel=OUTPUT,
         ),
     ] = None,
+    max_line_width: Annotated[
+        int | None, Opt(help="SRT/VTT: characters a line (42; a CJK one counts two).", rich_help_panel=OUTPUT)
+    ] = None,
+    max_line_count: Annotated[int | None, Opt(help="SRT/VTT: lines a cue (2).", rich_help_panel=OUTPUT)] = None,
+    max_cue_duration: Annotated[
+        float | None, Opt(help="SRT/VTT: longest a cue stays on screen, s (7).", rich_help_panel=OUTPUT)
+    ] = None,
+    highlight_words: Annotated[
+        bool | None,
+        Opt("--highlight-words/--no-highlight-words", help="SRT/VTT: underline each aligned word as it is said.",
+            rich_help_panel=OUTPUT),
+    ] = None,
     include: Annotated[
         list[str] | None, Opt(help="Only keys matching this glob (repeatable).", rich_help_panel=SELECT)
     ] = None,

@@ -26,7 +26,10 @@ SHARD_COUNT_ENV_VAR = ENV_PREFIX + "SHARD_COUNT"  # read by batch.shard with the
 TRANSCRIPT_SCHEMA_VERSION = 1
 
 OUTPUT_FORMATS = ("json", "srt", "vtt", "txt", "tsv", "turns", "rttm")
-SPEAKER_FORMATS = ("turns", "rttm")  # need --diarize
+SPEAKER_FORMATS = ("rttm",)  # need --diarize
+SUBTITLE_FORMATS = ("srt", "vtt")
+# Subtitle layout defaults from Netflix's Timed Text Style Guide: 42 characters a line, 2 lines, 7 s on screen.
+LINE_WIDTH, LINE_COUNT, CUE_SECONDS = 42, 2, 7.0
 DEFAULT_DIARIZE_MODEL = "pyannote/speaker-diarization-community-1"
 COMPUTE_TYPES = (
     "default",
@@ -40,6 +43,9 @@ COMPUTE_TYPES = (
     "bfloat16",
     "float32",
 )
+
+# Settings that shape the subtitles only: a change redoes a done file only when it has subtitles.
+SUBTITLE_SHAPING = ("max_line_width", "max_line_count", "max_cue_duration", "highlight_words")
 
 # Settings that change what a transcript says. A change to any of them redoes a done file; the rest
 # (device, batch size, threads, logging) change how fast or how loudly, not what.
@@ -58,6 +64,7 @@ OUTPUT_SHAPING = (
     "min_speakers",
     "max_speakers",
     "num_speakers",
+    *SUBTITLE_SHAPING,
 )
 
 
@@ -98,6 +105,10 @@ class Settings(BaseModel):
     num_speakers: int | None = Field(None, ge=1, le=100)
     hf_token_file: str | None = None
     formats: tuple[str, ...] = ("json",)
+    max_line_width: int = Field(LINE_WIDTH, ge=10, le=1000)
+    max_line_count: int = Field(LINE_COUNT, ge=1, le=10)
+    max_cue_duration: float = Field(CUE_SECONDS, ge=1, le=60)
+    highlight_words: bool = False
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     force: bool = False
@@ -165,7 +176,9 @@ class Settings(BaseModel):
             raise ValueError("min_speakers: larger than max_speakers")
         needs_diarize = [fmt for fmt in self.formats if fmt in SPEAKER_FORMATS]
         if needs_diarize and not self.diarize:
-            raise ValueError(f"formats: {', '.join(needs_diarize)} need --diarize")
+            raise ValueError(f"formats: {', '.join(needs_diarize)} needs --diarize")
+        if self.highlight_words and not self.align:
+            raise ValueError("highlight_words: words are highlighted as they are said, which needs --align")
         return self
 
     @field_validator("shard")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextvars
+import io
+import json
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -11,7 +13,9 @@ from batch.errors import DEST_UNUSABLE_ERRNOS, DestPathBlocked, describe
 from batch.manifest import ErrorRecord, Manifest, manifest_name, output_name, utc_now
 from batch.pipeline import Stopwatch
 from batch.storage import Store
-from batch.transcript import Transcript, render
+from batch.subtitles import SubtitleOptions, subtitles
+from batch.transcript import Transcript, rttm
+from batch.turns import speaker_turns
 
 
 class OutputWriteFailure(Exception):
@@ -27,11 +31,31 @@ class Written:
     error: BaseException | None = None
 
 
-def write_outputs(dest: Store, key: str, transcript: Transcript, formats: tuple[str, ...]) -> list[str]:
+def render(transcript: Transcript, fmt: str, file_id: str = "audio", options: SubtitleOptions | None = None) -> bytes:
+    """One output format as UTF-8 bytes: json, turns, rttm, srt/vtt (batch.subtitles), txt/tsv (whisperx's)."""
+    if fmt == "json":
+        return json.dumps(transcript, ensure_ascii=False, indent=2).encode()
+    if fmt == "turns":
+        return json.dumps(speaker_turns(transcript), ensure_ascii=False, indent=2).encode()
+    if fmt == "rttm":
+        return rttm(transcript, file_id).encode("utf-8", "backslashreplace")
+    if fmt in ("srt", "vtt"):
+        return subtitles(transcript, fmt, options or SubtitleOptions()).encode()
+    from whisperx.utils import get_writer
+
+    buffer = io.StringIO()
+    result = {"segments": transcript["segments"], "language": transcript["language"] or ""}
+    get_writer(fmt, "").write_result(result, file=buffer, options={})  # txt and tsv read no options
+    return buffer.getvalue().encode()
+
+
+def write_outputs(
+    dest: Store, key: str, transcript: Transcript, formats: tuple[str, ...], options: SubtitleOptions
+) -> list[str]:
     names = []
     for fmt in formats:
         name = output_name(key, fmt)
-        dest.write_bytes(name, render(transcript, fmt, key))
+        dest.write_bytes(name, render(transcript, fmt, key, options))
         names.append(name)
     return names
 
@@ -43,6 +67,7 @@ def write_file(
     transcript: Transcript | None,
     formats: tuple[str, ...],
     error: Exception | None,
+    options: SubtitleOptions | None = None,
 ) -> Manifest:
     """Write one file's outputs, then its manifest, which says succeeded only when everything is in place."""
     key = manifest.input.key
@@ -51,7 +76,7 @@ def write_file(
     if transcript is not None:
         try:
             with stopwatch.stage("write"):
-                manifest.outputs = write_outputs(dest, key, transcript, formats)
+                manifest.outputs = write_outputs(dest, key, transcript, formats, options or SubtitleOptions())
         except Exception as exc:
             if isinstance(exc, OSError) and exc.errno in DEST_UNUSABLE_ERRNOS:
                 raise  # no manifest either: the run stops, and the next one redoes this file

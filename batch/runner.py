@@ -237,9 +237,11 @@ class Runner:
                 manifest.speakers = sorted({turn["speaker"] for turn in outcome.turns})
         if outcome.gpu:
             manifest.gpu = {stage: record.to_dict() for stage, record in outcome.gpu.items()}
-        formats, dest, stopwatch = self.config.formats, self.dest, outcome.file.stopwatch
+        formats, options = self.config.formats, self.config.subtitles
+        dest, stopwatch = self.dest, outcome.file.stopwatch
         outcome.file.audio = None  # the array is not needed any more: free it before the write
-        writer.submit(outcome.key, lambda: write_file(dest, manifest, stopwatch, transcript, formats, outcome.error))
+        writer.submit(outcome.key, lambda: write_file(dest, manifest, stopwatch, transcript, formats, outcome.error,
+                                                      options))  # fmt: skip
 
     def _finish_report(self, started: float) -> None:
         from batch.oom import sum_records

@@ -18,6 +18,7 @@ from typing import Any
 from batch.config import TRANSCRIPT_SCHEMA_VERSION, Settings
 from batch.errors import ConfigError
 from batch.shard import Shard, resolve_shard
+from batch.subtitles import SubtitleOptions
 from batch.units import parse_bytes
 from batch.vad import VadOptions
 
@@ -111,6 +112,7 @@ class JobConfig:
     selection: SelectionConfig
     pipeline: PipelineConfig
     formats: tuple[str, ...]
+    subtitles: SubtitleOptions
     control: RunControl
     shaping: Mapping[str, Any]  # the settings that shape a transcript, as recorded in each manifest
 
@@ -159,6 +161,8 @@ def build_config(
         ),  # fmt: skip
         pipeline=pipeline,
         formats=settings.formats,
+        subtitles=SubtitleOptions(settings.max_line_width, settings.max_line_count, settings.max_cue_duration,
+                                  settings.highlight_words),  # fmt: skip
         control=RunControl(settings.prefetch, settings.grace_seconds, settings.dry_run),
         shaping=shaping_settings(settings, vad, runtime.compute_type),
     )
@@ -166,9 +170,10 @@ def build_config(
 
 def shaping_settings(settings: Settings, vad: VadOptions, compute_type: str) -> dict[str, Any]:
     """What changes what a transcript says (and so redoes a done file); device, batch size, threads do not."""
-    from batch.config import OUTPUT_SHAPING
+    from batch.config import OUTPUT_SHAPING, SUBTITLE_FORMATS, SUBTITLE_SHAPING
 
-    shaping = {name: getattr(settings, name) for name in OUTPUT_SHAPING}
+    subtitled = any(fmt in SUBTITLE_FORMATS for fmt in settings.formats)
+    shaping = {name: getattr(settings, name) for name in OUTPUT_SHAPING if subtitled or name not in SUBTITLE_SHAPING}
     if vad.method == "pyannote":
         shaping["vad_step"] = vad.step
     return shaping | {"compute_type": compute_type, "schema_version": TRANSCRIPT_SCHEMA_VERSION}

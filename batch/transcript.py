@@ -1,12 +1,17 @@
-"""The transcript document (WhisperX's JSON field names) and the text formats made from it."""
+"""The transcript document (WhisperX's JSON field names), its RTTM, and how its words are joined."""
 
 from __future__ import annotations
 
-import io
-import json
-from typing import Any, NotRequired, TypedDict
+from typing import NotRequired, TypedDict
+
+from whisperx.utils import LANGUAGES_WITHOUT_SPACES as WHISPERX_UNSPACED  # light module: tables only
 
 from batch.config import TRANSCRIPT_SCHEMA_VERSION
+
+# whisperx's list (Chinese, Japanese: whisperx aligns them a character at a time), and Cantonese, written in
+# Chinese characters too. Thai, Lao, Khmer and Burmese do not space words either, but do space phrases and
+# sentences, and whisperx's alignment splits them at those spaces: their pieces are joined with a space.
+LANGUAGES_WITHOUT_SPACES = (*WHISPERX_UNSPACED, "yue")
 
 
 class Word(TypedDict):
@@ -67,36 +72,6 @@ def build_transcript(
     return transcript
 
 
-def speaker_turns(transcript: Transcript) -> list[dict[str, Any]]:
-    """The flat turn list some users already consume: consecutive words of one speaker form a turn.
-
-    Without timed words, each segment is a turn. `confidence` is the mean alignment score of its words
-    (null when no word was scored).
-    """
-    pieces: list[tuple[str, float, float, str, float | None]] = []
-    for segment in transcript["segments"]:
-        timed = [w for w in segment.get("words", []) if "start" in w]
-        if timed:
-            pieces += [(w.get("speaker", ""), w["start"], w["end"], w["word"], w.get("score")) for w in timed]
-        else:
-            pieces.append(
-                (segment.get("speaker", ""), segment["start"], segment["end"], segment["text"], segment.get("score"))
-            )
-    turns: list[dict[str, Any]] = []
-    scores: list[list[float]] = []
-    for speaker, start, end, text, score in pieces:
-        if turns and turns[-1]["speaker_id"] == speaker:
-            turns[-1]["end_time"], turns[-1]["text"] = end, f"{turns[-1]['text']} {text}"
-        else:
-            turns.append({"speaker_id": speaker, "start_time": start, "end_time": end, "text": text})
-            scores.append([])
-        if score is not None:
-            scores[-1].append(score)
-    for turn, turn_scores in zip(turns, scores, strict=True):
-        turn["confidence"] = round(sum(turn_scores) / len(turn_scores), 3) if turn_scores else None
-    return turns
-
-
 def rttm(transcript: Transcript, file_id: str) -> str:
     """Diarization turns in RTTM, for scoring with standard tools (pyannote.metrics, dscore)."""
     uri = "".join(c if c.isalnum() or c in "-_." else "_" for c in file_id)
@@ -106,21 +81,10 @@ def rttm(transcript: Transcript, file_id: str) -> str:
     )
 
 
-_WRITER_OPTIONS = {"max_line_width": None, "max_line_count": None, "highlight_words": False}
+def has_spaces(language: str | None) -> bool:
+    return language not in LANGUAGES_WITHOUT_SPACES
 
 
-def render(transcript: Transcript, fmt: str, file_id: str = "audio") -> bytes:
-    """One output format as UTF-8 bytes: json, turns, rttm, or srt/vtt/txt/tsv through whisperx's writers."""
-    if fmt == "json":
-        return json.dumps(transcript, ensure_ascii=False, indent=2).encode()
-    if fmt == "turns":
-        return json.dumps(speaker_turns(transcript), ensure_ascii=False, indent=2).encode()
-    if fmt == "rttm":
-        return rttm(transcript, file_id).encode("utf-8", "backslashreplace")
-    from whisperx.utils import WriteSRT, WriteTSV, WriteTXT, WriteVTT
-
-    writers: dict[str, Any] = {"srt": WriteSRT, "vtt": WriteVTT, "txt": WriteTXT, "tsv": WriteTSV}
-    buffer = io.StringIO()
-    result = {"segments": transcript["segments"], "language": transcript["language"] or ""}
-    writers[fmt](output_dir="").write_result(result, file=buffer, options=_WRITER_OPTIONS)
-    return buffer.getvalue().encode()
+def join_text(pieces: list[str], language: str | None) -> str:
+    """Words or sentences of one transcript as running text: with spaces between them, or without."""
+    return ("" if not has_spaces(language) else " ").join(piece.strip() for piece in pieces if piece.strip())
