@@ -45,6 +45,14 @@ def decode(stream: BinaryIO) -> np.ndarray:
     return samples
 
 
+def declared_seconds(stream: BinaryIO) -> float | None:
+    """The audio duration the file's header declares, without decoding; None when it is not said or not media."""
+    try:
+        return _probe(stream)
+    except AudioDecodeError:
+        return None
+
+
 def _probe(stream: BinaryIO) -> float | None:
     """Check the stream is media with an audio track; return the audio duration it declares, if any."""
     if _is_empty(stream):

@@ -196,6 +196,10 @@ def run_command(
         bool | None, Opt("--quiet/--no-quiet", "-q", help="Only warnings and the summary.", rich_help_panel=OUTPUT)
     ] = None,
     log_format: Annotated[str | None, Opt(help="text | json (one JSON object a line).", rich_help_panel=OUTPUT)] = None,
+    progress_interval: Annotated[
+        float | None,
+        Opt(help="Seconds between progress log lines when stderr is not a terminal (0: none).", rich_help_panel=OUTPUT),
+    ] = None,
 ) -> None:
     """Transcribe every recording under SOURCE into --out. Reruns skip what is done.
 

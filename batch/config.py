@@ -115,6 +115,7 @@ class Settings(BaseModel):
     dry_run: bool = False
     quiet: bool = False
     log_format: Literal["text", "json"] = "text"
+    progress_interval: float = Field(60.0, ge=0, le=86400)  # seconds between progress lines off a terminal; 0: none
 
     @field_validator("language")
     @classmethod

@@ -15,20 +15,21 @@ from batch.config import Settings
 from batch.errors import EXIT_OK
 from batch.job import Job
 from batch.logs import prints_to_log
+from batch.progress import Progress, for_terminal
 from batch.report import RunReport
-from batch.tally import FileEvent
 
 log = logging.getLogger(__name__)
 
 
 def run_from_command_line(settings: Settings, stdout: TextIO | None = None) -> int:
     """Everything `whisperx-batch run` does once its settings are valid; returns the exit code."""
-    progress = _Progress(settings)
+    progress = Progress(for_terminal(settings.quiet, settings.log_format), settings.progress_interval)
     with prints_to_log() as real_stdout:
         job = Job(settings, on_file=progress.update)
         if settings.dry_run:
             print_keys(job, stdout or real_stdout)
             return EXIT_OK
+        progress.watch(job.source, job.config.selection)
         with progress, graceful_stop(job, settings.grace_seconds, settings.log_format):
             report = job.run()
     announce(report, settings.log_format)
@@ -97,28 +98,3 @@ def graceful_stop(job: Job, grace_seconds: float, log_format: str = "text") -> I
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-
-
-class _Progress:
-    """A tqdm bar over files on a terminal; nothing (plain log lines) otherwise."""
-
-    def __init__(self, settings: Settings):
-        self.enabled = not (settings.quiet or settings.log_format == "json" or not sys.stderr.isatty())
-        self._bar: Any = None
-        self._stack = contextlib.ExitStack()
-
-    def __enter__(self) -> _Progress:
-        if self.enabled:
-            from tqdm import tqdm
-            from tqdm.contrib.logging import logging_redirect_tqdm
-
-            self._stack.enter_context(logging_redirect_tqdm())
-            self._bar = self._stack.enter_context(tqdm(unit="file", desc="transcribing", dynamic_ncols=True))
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stack.close()
-
-    def update(self, event: FileEvent) -> None:
-        if self._bar is not None and event.status in ("succeeded", "failed"):
-            self._bar.update(1)
