@@ -85,8 +85,8 @@ class WhisperxPipeline:
         self.vad, self.recognizer = vad, recognizer
         adopt_library_loggers()  # the imports above gave some libraries log handlers of their own
         # PyTorch runs only the small VAD model and the log-Mel features here. On the CPU one thread does that
-        # best: two OpenMP threads spinning on 2 busy cores made the VAD 10-30x slower (measured; see README,
-        # "How it runs"), and CTranslate2 keeps every core for the ASR.
+        # best: two OpenMP threads spinning on 2 busy cores made the VAD 10-30x slower (measured; see docs/
+        # how-it-runs.md), and CTranslate2 keeps every core for the ASR.
         limit_thread_pools(runtime.threads)
         torch.set_num_threads(1 if runtime.device == "cpu" else runtime.threads)
         # The models are millions of long-lived objects; the decoder runs gc.collect() per file (a PyAV leak

@@ -21,12 +21,12 @@ from batch.errors import BatchError, DestPathBlocked, describe
 from batch.logs import file_context
 from batch.manifest import ErrorRecord, InputRecord, Manifest, is_done, manifest_name, read_manifest, utc_now
 from batch.outputs import OutputWriter, write_file
-from batch.pipeline import DecodedFile, FileOutcome, Pipeline, Stopwatch
+from batch.pipeline import DecodedFile, FileOutcome, Pipeline, PipelineStats, Stopwatch
 from batch.report import AsrFigures, RunReport, UntimedWords, new_run_id, report_name
 from batch.sections import JobConfig
 from batch.storage import InputFile, Store
 from batch.tally import FileEvent, Tally
-from batch.transcript import build_transcript
+from batch.transcript import Transcript, build_transcript
 
 log = logging.getLogger(__name__)
 
@@ -178,14 +178,7 @@ class Runner:
 
     def _prepare(self, item: InputFile) -> _Prepared:
         """Claim (with --claim), fingerprint and decode one file, on a prefetch thread."""
-        runtime = self.config.pipeline.runtime
-        manifest = Manifest.model_construct(
-            status="failed", input=InputRecord(key=item.key, size=item.size, version=item.version),
-            settings_hash=self.settings_hash, settings=dict(self.config.shaping), timings={},
-            batch_size=runtime.batch_size, model=self.config.pipeline.asr.model, device=runtime.device,
-            compute_type=runtime.compute_type, threads=runtime.threads, versions=self.report.versions,
-            run_id=self.report.run_id, started_at=utc_now(), finished_at="", outputs=[],
-        )  # fmt: skip
+        manifest = new_manifest(self.config, self.report, item)
         with file_context(item.key):
             stopwatch = Stopwatch(self.clock)
             ready = _Prepared(manifest, started=self.clock())
@@ -219,47 +212,14 @@ class Runner:
     # --- outcomes -----------------------------------------------------------------------------------------
 
     def _hand_to_writer(self, outcome: FileOutcome, writer: OutputWriter) -> None:
-        prepared = self._prepared.pop(outcome.key)
-        manifest = prepared.manifest
-        transcript = None
-        if outcome.transcribed:
-            assert outcome.file.audio is not None
-            manifest.language = outcome.language
-            transcript = build_transcript(outcome.language, outcome.language_probability,
-                                          len(outcome.file.audio) / SAMPLE_RATE, outcome.segments, outcome.turns)
-            # fmt: skip
-            if outcome.alignment is not None:
-                manifest.alignment = outcome.alignment
-                if outcome.alignment["status"] in ("unavailable", "failed"):
-                    self.report.words_untimed.append(UntimedWords(key=outcome.key,
-                                                                  reason=outcome.alignment.get("reason")))
-            if outcome.turns is not None:
-                manifest.speakers = sorted({turn["speaker"] for turn in outcome.turns})
-        if outcome.gpu:
-            manifest.gpu = {stage: record.to_dict() for stage, record in outcome.gpu.items()}
-        formats, options = self.config.formats, self.config.subtitles
-        dest, stopwatch = self.dest, outcome.file.stopwatch
+        manifest = self._prepared.pop(outcome.key).manifest
+        transcript = record_outcome(outcome, manifest, self.report)
+        formats, dest, stopwatch = self.config.formats, self.dest, outcome.file.stopwatch
         outcome.file.audio = None  # the array is not needed any more: free it before the write
-        writer.submit(outcome.key, lambda: write_file(dest, manifest, stopwatch, transcript, formats, outcome.error,
-                                                      options))  # fmt: skip
+        writer.submit(outcome.key, lambda: write_file(dest, manifest, stopwatch, transcript, formats, outcome.error))
 
     def _finish_report(self, started: float) -> None:
-        from batch.oom import sum_records
-
-        report, stats = self.report, self.pipeline.stats()
-        report.finished_at = utc_now()
-        report.wall_seconds = round(self.clock() - started, 3)
-        report.audio_seconds = round(report.audio_seconds, 3)
-        report.model_load_seconds = stats.load_seconds
-        if stats.first_batch_at is not None:
-            report.startup_seconds = round(stats.first_batch_at - started, 3)
-        report.model_seconds = round(stats.busy_seconds, 3)
-        report.asr = AsrFigures(batches=stats.asr_batches, items=stats.asr_items, batch_size=stats.batch_size,
-                                batch_fill=stats.batch_fill)  # fmt: skip
-        report.alignment_models_loaded = stats.alignment_models_loaded
-        report.gpu = sum_records(stats.gpu_records)
-        if report.exit_code is None:
-            report.exit_code = 128 + report.stopped_by_signal if report.stopped_by_signal else report.outcome_code()
+        finish_report(self.report, self.pipeline.stats(), started, self.clock())
         self.write_report()
 
     def write_report(self) -> None:
@@ -267,3 +227,55 @@ class Runner:
             self.dest.write_bytes(report_name(self.report.run_id), self.report.encode())
         except Exception as exc:  # the run's outcome stands; the report is a record of it
             log.error("could not write the run report: %s", describe(exc)["message"])
+
+
+# --- one file's records, and the run's --------------------------------------------------------------------
+
+
+def new_manifest(config: JobConfig, report: RunReport, item: InputFile) -> Manifest:
+    """A file's manifest as it starts: failed until its outcome says otherwise."""
+    runtime = config.pipeline.runtime
+    return Manifest.model_construct(
+        status="failed", input=InputRecord(key=item.key, size=item.size, version=item.version),
+        settings_hash=config.settings_hash, settings=dict(config.shaping), timings={},
+        batch_size=runtime.batch_size, model=config.pipeline.asr.model, device=runtime.device,
+        compute_type=runtime.compute_type, threads=runtime.threads, versions=report.versions,
+        run_id=report.run_id, started_at=utc_now(), finished_at="", outputs=[],
+    )  # fmt: skip
+
+
+def record_outcome(outcome: FileOutcome, manifest: Manifest, report: RunReport) -> Transcript | None:
+    """Fill the manifest (and the report's untimed words) from what the pipeline did; the transcript, if any."""
+    if outcome.gpu:
+        manifest.gpu = {stage: record.to_dict() for stage, record in outcome.gpu.items()}
+    if not outcome.transcribed:
+        return None
+    assert outcome.file.audio is not None
+    manifest.language = outcome.language
+    if outcome.alignment is not None:
+        manifest.alignment = outcome.alignment
+        if outcome.alignment["status"] in ("unavailable", "failed"):
+            report.words_untimed.append(UntimedWords(key=outcome.key, reason=outcome.alignment.get("reason")))
+    if outcome.turns is not None:
+        manifest.speakers = sorted({turn["speaker"] for turn in outcome.turns})
+    return build_transcript(outcome.language, outcome.language_probability, len(outcome.file.audio) / SAMPLE_RATE,
+                            outcome.segments, outcome.turns)  # fmt: skip
+
+
+def finish_report(report: RunReport, stats: PipelineStats, started: float, now: float) -> None:
+    """The run's closing figures, from the clock and the pipeline's own account of its work."""
+    from batch.oom import sum_records
+
+    report.finished_at = utc_now()
+    report.wall_seconds = round(now - started, 3)
+    report.audio_seconds = round(report.audio_seconds, 3)
+    report.model_load_seconds = stats.load_seconds
+    if stats.first_batch_at is not None:
+        report.startup_seconds = round(stats.first_batch_at - started, 3)
+    report.model_seconds = round(stats.busy_seconds, 3)
+    report.asr = AsrFigures(batches=stats.asr_batches, items=stats.asr_items, batch_size=stats.batch_size,
+                            batch_fill=stats.batch_fill)  # fmt: skip
+    report.alignment_models_loaded = stats.alignment_models_loaded
+    report.gpu = sum_records(stats.gpu_records)
+    if report.exit_code is None:
+        report.exit_code = 128 + report.stopped_by_signal if report.stopped_by_signal else report.outcome_code()
