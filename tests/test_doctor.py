@@ -313,3 +313,10 @@ def test_auto_on_a_healthy_gpu_picks_cuda_and_cuda_without_a_driver_says_what_to
     with pytest.raises(EnvironmentProblem, match="--gpus all") as stopped:
         resolve_device("cuda")
     assert "cudnn" not in str(stopped.value)
+
+
+def test_silero_is_checked_where_the_run_loads_it_offline(cli, tiny_en: str) -> None:
+    environment = {"WHISPERX_BATCH_VAD_METHOD": "silero", "HF_HUB_OFFLINE": "1", "TORCH_HOME": "/nonexistent"}
+    result = cli("doctor", "--model", tiny_en, "--no-align", "--json", env=environment)
+    checks = {check["name"]: check for check in json.loads(result.stdout)["checks"]}
+    assert checks["vad model"]["status"] == "ok" and "bundled with faster-whisper" in checks["vad model"]["detail"]

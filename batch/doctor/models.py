@@ -19,7 +19,6 @@ from batch.models import hub_offline, is_local
 # What faster-whisper downloads for a model; model.bin is the one that matters.
 MODEL_FILE = "model.bin"
 MODEL_FILES = ["config.json", "preprocessor_config.json", "model.bin", "tokenizer.json", "vocabulary.*"]
-SILERO_HUB_FOLDER = "snakers4_silero-vad_master"
 # Ends the detail of a model row whose model a run would download (so the cache must be writable).
 DOWNLOAD_NOTE = "downloaded by the first run"
 
@@ -190,15 +189,16 @@ def vad_check(vad_method: str, offline: bool) -> Check:
 
 
 def _silero_check(offline: bool) -> Check:
-    import torch
+    """The run uses the Silero ONNX model faster-whisper ships (no torch.hub): check it loads."""
+    try:
+        from faster_whisper.vad import get_vad_model
 
-    folder = Path(torch.hub.get_dir()) / SILERO_HUB_FOLDER
-    if folder.is_dir():
-        return Check("vad model", "ok", f"silero: in the torch.hub cache ({folder})")
-    if offline:
-        fix = "use --vad-method pyannote (bundled), or run once with network so torch.hub caches silero (TORCH_HOME)"
-        return Check("vad model", "fail", f"silero is not in the torch.hub cache ({folder}) and HF_HUB_OFFLINE=1", fix)
-    return Check("vad model", "warn", f"silero is not in the torch.hub cache ({folder}): " + DOWNLOAD_NOTE)
+        get_vad_model()
+    except Exception as exc:
+        error = short_error(exc)
+        return Check("vad model", "fail", f"silero (bundled with faster-whisper) does not load: {error}",
+                     "reinstall faster-whisper, or use --vad-method pyannote")  # fmt: skip
+    return Check("vad model", "ok", "silero (ONNX, bundled with faster-whisper): loads")
 
 
 # --- token ---------------------------------------------------------------------------------------------------
