@@ -139,17 +139,28 @@ class SileroDetector:
 
     def speech_chunks(self, audio: np.ndarray) -> list[SpeechChunk]:
         from faster_whisper.vad import get_speech_timestamps
-        from whisperx.diarize import Segment
-        from whisperx.vads import Vad
 
         if audio.size == 0:
             return []
         stamps = get_speech_timestamps(audio, self._silero, sampling_rate=SAMPLE_RATE)
-        regions = [Segment(s["start"] / SAMPLE_RATE, s["end"] / SAMPLE_RATE, "UNKNOWN") for s in stamps]
-        if not regions:
-            return []
-        o = self.options
-        return _chunks(Vad.merge_chunks(regions, o.chunk_size, onset=o.onset, offset=o.offset), audio)
+        regions = [(s["start"] / SAMPLE_RATE, s["end"] / SAMPLE_RATE) for s in stamps]
+        return _chunks(merge_regions(regions, self.options.chunk_size), audio)
+
+
+def merge_regions(regions: Sequence[tuple[float, float]], chunk_size: float) -> list[dict[str, float]]:
+    """Speech regions joined into chunks of at most `chunk_size` seconds: whisperx's `Vad.merge_chunks` rule,
+    written out so that the Silero path never imports pyannote.audio and lightning (seconds of start-up)."""
+    merged: list[dict[str, float]] = []
+    if not regions:
+        return merged
+    start, end = regions[0][0], 0.0
+    for region_start, region_end in regions:
+        if region_end - start > chunk_size and end - start > 0:
+            merged.append({"start": start, "end": end})
+            start = region_start
+        end = region_end
+    merged.append({"start": start, "end": end})
+    return merged
 
 
 def _chunks(merged: Sequence[dict[str, Any]], audio: np.ndarray) -> list[SpeechChunk]:

@@ -193,3 +193,38 @@ def test_the_window_limit_is_the_model_window():
     """A step of one whole window is allowed (pyannote accepts it); the constant matches the bundled model."""
     detector = load_vad(VadOptions(step=PYANNOTE_WINDOW), "cpu")
     assert detector._pipeline._segmentation.duration == PYANNOTE_WINDOW
+
+
+def test_silero_merges_regions_by_whisperx_rule_without_importing_pyannote() -> None:
+    import random
+
+    from whisperx.diarize import Segment
+    from whisperx.vads import Vad
+
+    from batch.vad import merge_regions
+
+    generator = random.Random(7)
+    for _ in range(200):
+        regions, moment = [], 0.0
+        for _ in range(generator.randint(1, 40)):
+            moment += generator.uniform(0, 3)
+            length = generator.uniform(0.05, 45)
+            regions.append((moment, moment + length))
+            moment += length
+        chunk_size = generator.choice([5.0, 15.0, 30.0])
+        theirs = Vad.merge_chunks([Segment(a, b, "UNKNOWN") for a, b in regions], chunk_size, onset=0.5, offset=None)
+        assert merge_regions(regions, chunk_size) == [{"start": c["start"], "end": c["end"]} for c in theirs]
+
+    script = (
+        "import sys, numpy as np\n"
+        "from batch.vad import VadOptions, load_vad\n"
+        "detector = load_vad(VadOptions(method='silero'), 'cpu')\n"
+        "detector.speech_chunks(np.zeros(16000 * 3, dtype=np.float32))\n"
+        "print(sorted(name for name in sys.modules if name.split('.')[0] in ('pyannote', 'lightning')\n"
+        "             or name.startswith('whisperx.')))"
+    )
+    import subprocess
+    import sys
+
+    loaded = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "[]"
