@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 from batch.errors import DEST_UNUSABLE_ERRNOS, DestPathBlocked, EnvironmentProblem, describe
 from batch.logs import file_context
@@ -29,6 +29,7 @@ class FileEvent:
     audio_seconds: float = 0.0
     wall_seconds: float = 0.0
     error_type: str | None = None
+    timings: Mapping[str, float] = field(default_factory=dict)  # seconds per stage (decode, vad, asr, ...)
 
     def fields(self) -> dict[str, object]:
         """The event as a JSON log line's fields, for a log system to count and alert on."""
@@ -63,7 +64,7 @@ class Tally:
             self.report.succeeded.append(item.key)
             audio_seconds, wall = manifest.audio_seconds or 0.0, sum(manifest.timings.values())
             self.report.audio_seconds += audio_seconds
-            event = FileEvent(item.key, "succeeded", audio_seconds, wall)
+            event = FileEvent(item.key, "succeeded", audio_seconds, wall, timings=dict(manifest.timings))
             log.info("succeeded: %.1f s of audio in %.1f s (%s)", audio_seconds, wall, manifest.language or "no speech",
                      extra={"fields": event.fields()})  # fmt: skip
             self.on_file(event)
@@ -80,8 +81,9 @@ class Tally:
         if isinstance(item.error, OSError) and item.error.errno in DEST_UNUSABLE_ERRNOS:
             self.dest_unusable = item.error.strerror or error.message
         self.report.failed.append(FailedFile(key=item.key, error=error))
-        seconds = (manifest.audio_seconds or 0.0, sum(manifest.timings.values())) if manifest else (0.0, 0.0)
-        event = FileEvent(item.key, "failed", *seconds, error_type=error.type)
+        timings = dict(manifest.timings) if manifest else {}
+        audio_seconds = (manifest.audio_seconds or 0.0) if manifest else 0.0
+        event = FileEvent(item.key, "failed", audio_seconds, sum(timings.values()), error.type, timings)
         log.warning("failed: %s: %s", error.type, error.message, extra={"fields": event.fields()})
         self.on_file(event)
 
