@@ -26,6 +26,7 @@ MODEL = "Model"
 SELECT = "Selection"
 SPEAKERS = "Words and speakers"
 STORE = "Storage and S3"
+METRICS = "Metrics (Prometheus)"
 
 
 def _version(value: bool) -> None:
@@ -199,6 +200,20 @@ def run_command(
     progress_interval: Annotated[
         float | None,
         Opt(help="Seconds between progress log lines when stderr is not a terminal (0: none).", rich_help_panel=OUTPUT),
+    ] = None,
+    metrics_textfile: Annotated[
+        str | None,
+        Opt(help="Write Prometheus metrics to this file (*.prom, for node_exporter's textfile collector).",
+            rich_help_panel=METRICS),
+    ] = None,
+    metrics_pushgateway: Annotated[
+        str | None, Opt(help="Push Prometheus metrics to this Pushgateway URL.", rich_help_panel=METRICS)
+    ] = None,
+    metrics_job: Annotated[
+        str | None, Opt(help="The Pushgateway job name (default whisperx_batch).", rich_help_panel=METRICS)
+    ] = None,
+    metrics_interval: Annotated[
+        float | None, Opt(help="Seconds between metric updates during the run (default 30).", rich_help_panel=METRICS)
     ] = None,
 ) -> None:
     """Transcribe every recording under SOURCE into --out. Reruns skip what is done.

@@ -116,6 +116,10 @@ class Settings(BaseModel):
     quiet: bool = False
     log_format: Literal["text", "json"] = "text"
     progress_interval: float = Field(60.0, ge=0, le=86400)  # seconds between progress lines off a terminal; 0: none
+    metrics_textfile: str | None = None
+    metrics_pushgateway: str | None = None
+    metrics_job: str = Field("whisperx_batch", min_length=1, max_length=200)
+    metrics_interval: float = Field(30.0, ge=1, le=3600)
 
     @field_validator("language")
     @classmethod
@@ -145,6 +149,23 @@ class Settings(BaseModel):
         if not value.startswith(("http://", "https://")):
             raise ValueError(f"{value!r} is not an http:// or https:// URL")
         return value.strip()
+
+    @field_validator("metrics_textfile")
+    @classmethod
+    def _textfile(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        path = Path(value.strip()).expanduser().absolute()
+        if not path.parent.is_dir():  # a typo: refused before any model loads (an unwritable folder only warns)
+            raise ValueError(f"folder not found: {path.parent}")
+        return str(path)
+
+    @field_validator("metrics_pushgateway")
+    @classmethod
+    def _pushgateway(cls, value: str | None) -> str | None:
+        from batch.metrics_export import PushTarget
+
+        return None if value is None or not value.strip() else PushTarget.parse(value).full_url
 
     @field_validator("align_model", mode="before")
     @classmethod

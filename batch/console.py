@@ -79,6 +79,7 @@ def graceful_stop(job: Job, grace_seconds: float, log_format: str = "text") -> I
         if report is not None and runner is not None:
             report.stopped_by_signal, report.exit_code = signum, 128 + signum
             runner.write_report()  # best effort: the outcome so far, for `status` and the logs
+            job.flush_metrics()  # the exit code, for the alerts
             announce(report, log_format)
         logging.shutdown()
         os._exit(128 + signum)

@@ -9,14 +9,18 @@ Nothing here prints or installs a signal handler: the command line does those ar
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+from batch import __version__
 from batch.config import Settings
 from batch.errors import ConfigError
 from batch.logs import run_id_var
+from batch.metrics import RunMetrics, gpu_memory_probe
+from batch.metrics_export import FINAL_PUSH_TIMEOUT_SECONDS, MetricsExporter
 from batch.pipeline import Pipeline
 from batch.report import RunReport, new_run_id
 from batch.runner import Runner
@@ -31,6 +35,7 @@ class Job:
     """One run over SOURCE into DEST. Build it, then `run()` it (once), or list `pending()` for a dry run.
 
     `pipeline` replaces the WhisperX pipeline (tests pass a fake one); `on_file` hears of every file counted.
+    With metrics options set, `metrics` holds the run's Prometheus metrics, written and pushed as it runs.
     """
 
     def __init__(
@@ -58,6 +63,8 @@ class Job:
         self._pipeline = pipeline
         self._on_file = on_file
         self.runner: Runner | None = None
+        self.metrics = self._run_metrics() if self.config.metrics.enabled else None
+        self._exporter: MetricsExporter | None = None
 
     def pending(self) -> Iterator[InputFile]:
         """The files a run would take (listing, shard and skip check only; no model is loaded)."""
@@ -71,12 +78,18 @@ class Job:
         log.info("run %s: %s -> %s, model %s on %s (%s, %d threads)", self.run_id, self.config.storage.source,
                  self.config.storage.out, self.config.pipeline.asr.model, runtime.device, runtime.compute_type,
                  runtime.threads)  # fmt: skip
-        return runner.run()
+        with self._exporting(runner):
+            return runner.run()
 
     def request_stop(self, signum: int | None = None) -> None:
         """Take no new file; what is fully read is written. Safe to call from a signal handler or a thread."""
         if self.runner is not None:
             self.runner.request_stop(signum)
+
+    def flush_metrics(self) -> None:
+        """Write and push the metrics now, briefly (the run is being abandoned); a no-op without metrics."""
+        if self._exporter is not None:
+            self._exporter.export(timeout=FINAL_PUSH_TIMEOUT_SECONDS)
 
     @property
     def report(self) -> RunReport | None:
@@ -88,9 +101,34 @@ class Job:
             from batch.runtime import package_versions
 
             self.runner = Runner(self.config, self.source, self.dest, self._pipeline or self._real_pipeline(),
-                                 run_id=self.run_id, on_file=self._on_file, versions=package_versions(),
+                                 run_id=self.run_id, on_file=self._file_counted, versions=package_versions(),
                                  claims=self._claims())  # fmt: skip
         return self.runner
+
+    def _file_counted(self, event: FileEvent) -> None:
+        if self.metrics is not None:
+            self.metrics.on_file(event)
+        self._on_file(event)
+
+    def _run_metrics(self) -> RunMetrics:
+        shard, runtime = self.config.selection.shard, self.config.pipeline.runtime
+        return RunMetrics(
+            labels={"shard": str(shard.index)} if shard is not None else {},
+            info={"version": __version__, "model": self.config.pipeline.asr.model, "device": runtime.device,
+                  "compute_type": runtime.compute_type},
+        )  # fmt: skip
+
+    def _exporting(self, runner: Runner) -> contextlib.AbstractContextManager[Any]:
+        """While the run goes: its metrics written and pushed every few seconds, and once more at its end."""
+        if self.metrics is None:
+            return contextlib.nullcontext()
+        config = self.config.metrics
+        self.metrics.probe = gpu_memory_probe(self.config.pipeline.runtime.device)
+        self.metrics.watch(runner.report, runner.pipeline.stats)
+        self._exporter = MetricsExporter(self.metrics.registry, textfile=config.textfile,
+                                         pushgateway=config.pushgateway, job=config.job,
+                                         grouping=self.metrics.labels, interval=config.interval)  # fmt: skip
+        return self._exporter
 
     def _real_pipeline(self) -> Pipeline:
         from batch.engine import WhisperxPipeline

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from batch.config import TRANSCRIPT_SCHEMA_VERSION, Settings
-from batch.errors import ConfigError
+from batch.errors import ConfigError, register_secret
+from batch.metrics_export import PushTarget
 from batch.shard import Shard, resolve_shard
 from batch.subtitles import SubtitleOptions
 from batch.units import parse_bytes
@@ -107,6 +108,20 @@ class RunControl:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """Where the run's Prometheus metrics go (none: nowhere). Not in the settings hash: they shape no output."""
+
+    textfile: str | None = None
+    pushgateway: PushTarget | None = None
+    job: str = "whisperx_batch"
+    interval: float = 30.0
+
+    @property
+    def enabled(self) -> bool:
+        return self.textfile is not None or self.pushgateway is not None
+
+
+@dataclass(frozen=True)
 class JobConfig:
     storage: StorageConfig
     selection: SelectionConfig
@@ -115,6 +130,7 @@ class JobConfig:
     subtitles: SubtitleOptions
     control: RunControl
     shaping: Mapping[str, Any]  # the settings that shape a transcript, as recorded in each manifest
+    metrics: MetricsConfig = MetricsConfig()
 
     @property
     def settings_hash(self) -> str:
@@ -165,6 +181,7 @@ def build_config(
                                   settings.highlight_words),  # fmt: skip
         control=RunControl(settings.prefetch, settings.grace_seconds, settings.dry_run),
         shaping=shaping_settings(settings, vad, runtime.compute_type),
+        metrics=metrics_config(settings),
     )
 
 
@@ -177,6 +194,13 @@ def shaping_settings(settings: Settings, vad: VadOptions, compute_type: str) -> 
     if vad.method == "pyannote":
         shaping["vad_step"] = vad.step
     return shaping | {"compute_type": compute_type, "schema_version": TRANSCRIPT_SCHEMA_VERSION}
+
+
+def metrics_config(settings: Settings) -> MetricsConfig:
+    target = PushTarget.parse(settings.metrics_pushgateway) if settings.metrics_pushgateway else None
+    if target is not None:
+        register_secret(target.password)  # kept out of every log line and error
+    return MetricsConfig(settings.metrics_textfile, target, settings.metrics_job, settings.metrics_interval)
 
 
 def hub_config(settings: Settings, environ: Mapping[str, str]) -> HubConfig:
