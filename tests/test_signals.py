@@ -4,6 +4,7 @@ picks up exactly where the run stopped."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -64,13 +65,14 @@ def test_a_signal_writes_the_files_already_read_then_stops(
 def test_past_the_grace_period_the_file_in_progress_is_abandoned_cleanly(
     calls: Path, tmp_path: Path, tiny_en: str
 ) -> None:
-    out = tmp_path / "out"
-    process = start_run(calls, out, tiny_en, "--grace-seconds", "0")
+    out, metrics = tmp_path / "out", tmp_path / "run.prom"
+    process = start_run(calls, out, tiny_en, "--grace-seconds", "0", "--metrics-textfile", str(metrics))
     wait_for_first_manifest(out)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 143
     assert "abandoning the file in progress" in stderr
+    assert re.search(r"^whisperx_batch_run_exit_code 143\.0$", metrics.read_text(), re.MULTILINE)  # for the alerts
     done = [p for p in out.glob("*.manifest.json")]
     assert all(json.loads(p.read_text())["status"] == "succeeded" for p in done)
     rerun = subprocess.run([sys.executable, "-m", "batch", "run", str(calls), "--out", str(out), "--model", tiny_en,
