@@ -16,8 +16,9 @@ import pytest
 import yaml
 from kubernetes_validate import utils as kubernetes_validate
 
-from batch.config import CONFIG_ENV_VAR, ENV_PREFIX, FIELD_NAMES
+from batch.config import CONFIG_ENV_VAR, ENV_PREFIX, FIELD_NAMES, load_settings
 from batch.errors import EXIT_ENVIRONMENT, EXIT_FILES_FAILED, EXIT_USAGE
+from batch.sections import build_config
 from batch.shard import SHARD_COUNT_ENV_VAR, Shard, shard_from_environment
 
 K8S = Path(__file__).resolve().parent.parent / "k8s"
@@ -201,3 +202,17 @@ def test_cronjob_never_overlaps_itself() -> None:
     assert len(resource["spec"]["schedule"].split()) == 5
     # A run that reaches its deadline is stopped with SIGTERM (clean) and continued by the next one.
     assert job_spec(resource)["activeDeadlineSeconds"] < 24 * 3600
+
+
+@pytest.mark.parametrize("name", ["cronjob.yaml", "indexed-job.yaml"])
+def test_scheduled_jobs_push_their_metrics_to_a_pushgateway(name: str) -> None:
+    """The CronJob with flags, the Indexed Job with variables: both are settings the runner reads as a URL."""
+    resource = load(name)
+    args = container(resource)["args"]
+    flags = {arg.removeprefix("--").replace("-", "_"): args[index + 1] for index, arg in enumerate(args)
+             if arg.startswith("--metrics-")}  # fmt: skip
+    metrics_env = {key: value for key, value in plain_env(resource).items() if key.startswith(ENV_PREFIX + "METRICS_")}
+    assert flags or metrics_env
+    metrics = build_config(load_settings(flags, environ=metrics_env), environ={}).metrics
+    assert metrics.pushgateway is not None and metrics.pushgateway.url.startswith("http://pushgateway.")
+    assert metrics.job == "whisperx_batch"  # what the example alert rules match
