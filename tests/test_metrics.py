@@ -21,6 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from batch.config import load_settings
@@ -36,7 +37,9 @@ from tests.conftest import speak
 from tests.fakes import FakePipeline
 from tests.memory_fakes import FakeProbe
 
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "metrics.md"
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs" / "metrics.md"
+ALERTS = ROOT / "examples" / "prometheus" / "whisperx-batch-alerts.yml"
 PASSWORD = "pg-pass-" + "7f3a9c"  # built from pieces: not a real secret, and a scanner should not think so
 
 
@@ -368,6 +371,19 @@ def test_every_name_follows_prometheus_naming_and_is_documented() -> None:
     assert counters == {f"whisperx_batch_{n}" for n in ("files", "audio_seconds", "stage_seconds", "asr_batches",
                                                         "asr_chunks", "oom_retries")}  # fmt: skip
     assert sum(1 for samples in families.values() for name, _, _ in samples if name.endswith("_total")) > 10
+
+
+def test_the_example_alert_rules_read_metrics_the_run_exports_and_are_the_documented_ones() -> None:
+    """The rules' behaviour is tested by promtool (examples/prometheus/*.test.yml); here, that they match the code."""
+    (group,) = yaml.safe_load(ALERTS.read_text())["groups"]
+    exported, documented = sample_names(every_metric()), " ".join(DOCS.read_text().split())
+    assert {rule["alert"] for rule in group["rules"]} == {
+        "WhisperxBatchRunFailed", "WhisperxBatchNoSuccessIn26Hours", "WhisperxBatchRealtimeFactorDropped"
+    }  # fmt: skip
+    for rule in group["rules"]:
+        used = set(re.findall(r"whisperx_batch_[a-z0-9_]+", rule["expr"]))
+        assert used and used <= exported, f"{rule['alert']}: {used - exported}"
+        assert " ".join(rule["expr"].split()) in documented, f"{rule['alert']}: docs/metrics.md shows another expr"
 
 
 # --- settings -------------------------------------------------------------------------------------------------
