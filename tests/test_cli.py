@@ -159,7 +159,7 @@ def test_outputs_without_a_succeeded_manifest_are_not_done(cli, corpus: Path, tm
         (["--batch-size", "0"], 2, "batch_size"),
         (["--language", "klingon"], 2, "language: unknown language"),
         (["--model", "/no/such/model"], 3, "model folder not found"),
-        (["--device", "cuda"], 3, "no usable CUDA device"),
+        (["--device", "cuda"], 3, "device cuda was asked for but CUDA cannot run here"),
     ],
 )
 def test_usage_and_environment_errors_stop_before_any_work(
