@@ -25,6 +25,7 @@ OUTPUT = "Output"
 MODEL = "Model"
 SELECT = "Selection"
 SPEAKERS = "Words and speakers"
+DECODE = "Decoding (as the whisperx command line)"
 STORE = "Storage and S3"
 
 
@@ -95,6 +96,49 @@ def run_command(
     ] = None,
     chunk_size: Annotated[
         float | None, Opt(help="Longest speech chunk fed to Whisper, s (30).", rich_help_panel=MODEL)
+    ] = None,
+    languages: Annotated[
+        str | None, Opt(help="With --language auto: detect among these only (en,es,de).", rich_help_panel=MODEL)
+    ] = None,
+    task: Annotated[str | None, Opt(help="transcribe | translate (to English).", rich_help_panel=DECODE)] = None,
+    initial_prompt: Annotated[
+        str | None, Opt(help="Text given to Whisper as if said before each chunk.", rich_help_panel=DECODE)
+    ] = None,
+    hotwords: Annotated[
+        str | None, Opt(help="Names and terms to spell as given (Jaxon, PyAnnote).", rich_help_panel=DECODE)
+    ] = None,
+    beam_size: Annotated[
+        int | None, Opt(help="Beam search width at temperature 0 (5).", rich_help_panel=DECODE)
+    ] = None,
+    best_of: Annotated[
+        int | None, Opt(help="Candidates sampled at a temperature above 0 (5).", rich_help_panel=DECODE)
+    ] = None,
+    patience: Annotated[float | None, Opt(help="Beam search patience (1.0).", rich_help_panel=DECODE)] = None,
+    length_penalty: Annotated[
+        float | None, Opt(help="Length penalty exponent, 0-2 (1.0).", rich_help_panel=DECODE)
+    ] = None,
+    temperature: Annotated[
+        float | None, Opt(help="Sampling temperature, 0-1 (0: beam search).", rich_help_panel=DECODE)
+    ] = None,
+    temperature_increment_on_fallback: Annotated[
+        str | None,
+        Opt(help="Read a failing chunk again this much hotter, up to 1.0 (a number, or none: the default).",
+            rich_help_panel=DECODE),
+    ] = None,
+    compression_ratio_threshold: Annotated[
+        float | None, Opt(help="Fall back above this gzip ratio (2.4).", rich_help_panel=DECODE)
+    ] = None,
+    log_prob_threshold: Annotated[
+        float | None, Opt(help="Fall back below this average log-probability (-1.0).", rich_help_panel=DECODE)
+    ] = None,
+    no_speech_threshold: Annotated[
+        str | None, Opt(help="Drop a chunk Whisper finds silent above this probability (or none: the default).",
+                        rich_help_panel=DECODE)
+    ] = None,
+    suppress_numerals: Annotated[
+        bool | None,
+        Opt("--suppress-numerals/--no-suppress-numerals", help="Numbers as words, no digits, % or currency "
+            "symbols (they cannot be aligned).", rich_help_panel=DECODE),
     ] = None,
     align: Annotated[
         bool | None,
