@@ -29,6 +29,10 @@ DECODE = "Decoding (as the whisperx command line)"
 STORE = "Storage and S3"
 
 
+def _decoding(help_text: str, *names: str) -> typer.models.OptionInfo:
+    return Opt(*names, help=help_text, rich_help_panel=DECODE)
+
+
 def _version(value: bool) -> None:
     if value:
         print(f"whisperx-batch {__version__}")
@@ -100,45 +104,27 @@ def run_command(
     languages: Annotated[
         str | None, Opt(help="With --language auto: detect among these only (en,es,de).", rich_help_panel=MODEL)
     ] = None,
-    task: Annotated[str | None, Opt(help="transcribe | translate (to English).", rich_help_panel=DECODE)] = None,
-    initial_prompt: Annotated[
-        str | None, Opt(help="Text given to Whisper as if said before each chunk.", rich_help_panel=DECODE)
-    ] = None,
-    hotwords: Annotated[
-        str | None, Opt(help="Names and terms to spell as given (Jaxon, PyAnnote).", rich_help_panel=DECODE)
-    ] = None,
-    beam_size: Annotated[
-        int | None, Opt(help="Beam search width at temperature 0 (5).", rich_help_panel=DECODE)
-    ] = None,
-    best_of: Annotated[
-        int | None, Opt(help="Candidates sampled at a temperature above 0 (5).", rich_help_panel=DECODE)
-    ] = None,
-    patience: Annotated[float | None, Opt(help="Beam search patience (1.0).", rich_help_panel=DECODE)] = None,
-    length_penalty: Annotated[
-        float | None, Opt(help="Length penalty exponent, 0-2 (1.0).", rich_help_panel=DECODE)
-    ] = None,
-    temperature: Annotated[
-        float | None, Opt(help="Sampling temperature, 0-1 (0: beam search).", rich_help_panel=DECODE)
-    ] = None,
+    task: Annotated[str | None, _decoding("transcribe | translate (to English).")] = None,
+    initial_prompt: Annotated[str | None, _decoding("Text given to Whisper as if said before each chunk.")] = None,
+    hotwords: Annotated[str | None, _decoding("Names and terms to spell as given (Jaxon, PyAnnote).")] = None,
+    beam_size: Annotated[int | None, _decoding("Beam search width at temperature 0 (5).")] = None,
+    best_of: Annotated[int | None, _decoding("Candidates sampled at a temperature above 0 (5).")] = None,
+    patience: Annotated[float | None, _decoding("Beam search patience (1.0).")] = None,
+    length_penalty: Annotated[float | None, _decoding("Length penalty exponent, 0-2 (1.0).")] = None,
+    temperature: Annotated[float | None, _decoding("Sampling temperature, 0-1 (0: beam search).")] = None,
     temperature_increment_on_fallback: Annotated[
-        str | None,
-        Opt(help="Read a failing chunk again this much hotter, up to 1.0 (a number, or none: the default).",
-            rich_help_panel=DECODE),
+        str | None, _decoding("Read a failing chunk again this much hotter, up to 1.0 (a number, or none: default).")
     ] = None,
-    compression_ratio_threshold: Annotated[
-        float | None, Opt(help="Fall back above this gzip ratio (2.4).", rich_help_panel=DECODE)
-    ] = None,
+    compression_ratio_threshold: Annotated[float | None, _decoding("Fall back above this gzip ratio (2.4).")] = None,
     log_prob_threshold: Annotated[
-        float | None, Opt(help="Fall back below this average log-probability (-1.0).", rich_help_panel=DECODE)
+        float | None, _decoding("Fall back below this average log-probability (-1.0).")
     ] = None,
     no_speech_threshold: Annotated[
-        str | None, Opt(help="Drop a chunk Whisper finds silent above this probability (or none: the default).",
-                        rich_help_panel=DECODE)
+        str | None, _decoding("Drop a chunk Whisper finds silent above this probability (or none: default).")
     ] = None,
     suppress_numerals: Annotated[
         bool | None,
-        Opt("--suppress-numerals/--no-suppress-numerals", help="Numbers as words, no digits, % or currency "
-            "symbols (they cannot be aligned).", rich_help_panel=DECODE),
+        _decoding("Numbers as words: no digits, % or currency symbols.", "--suppress-numerals/--no-suppress-numerals"),
     ] = None,
     align: Annotated[
         bool | None,
