@@ -274,6 +274,7 @@ def test_environment_variables_set_decoding_options() -> None:
         (["--languages", "en,xx"], "languages: unknown language 'xx'"),
         (["--languages", "auto"], "languages: 'auto' is not a language"),
         (["--languages", "en,de", "--language", "fr"], "languages: a set to detect among needs language auto"),
+        (["--task", "translate", "--highlight-words"], "highlight_words: a translation is not aligned"),
     ],
 )
 def test_bad_decoding_values_exit_2_with_one_line(cli_process, tmp_path: Path, args: list[str], message: str) -> None:
