@@ -116,12 +116,8 @@ def run_command(
         str | None, _decoding("Read a failing chunk again this much hotter, up to 1.0 (a number, or none: default).")
     ] = None,
     compression_ratio_threshold: Annotated[float | None, _decoding("Fall back above this gzip ratio (2.4).")] = None,
-    log_prob_threshold: Annotated[
-        float | None, _decoding("Fall back below this average log-probability (-1.0).")
-    ] = None,
-    no_speech_threshold: Annotated[
-        str | None, _decoding("Drop a chunk Whisper finds silent above this probability (or none: default).")
-    ] = None,
+    log_prob_threshold: Annotated[float | None, _decoding("Fall back below this mean log-probability (-1.0).")] = None,
+    no_speech_threshold: Annotated[str | None, _decoding("Drop a chunk silent above this probability (none).")] = None,
     suppress_numerals: Annotated[
         bool | None,
         _decoding("Numbers as words: no digits, % or currency symbols.", "--suppress-numerals/--no-suppress-numerals"),
