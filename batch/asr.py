@@ -5,7 +5,8 @@ one file at a time, so a file with less than a batch of speech runs in a batch o
 is any list of chunks: each item carries its own prompt, which CTranslate2 accepts, so the chunks of
 many short recordings, in any languages, fill one batch. The decoding itself is whisperx's
 (`WhisperModel.generate_segment_batched`): same features (whisperx's log-Mel), same options, same average
-log-probability; only the prompt is per item.
+log-probability; only the prompt is per item. The temperature fallback whisperx's batched decoding leaves out
+is here when asked for (batch.decoding): chunks that fail it are read again together at the next temperature.
 """
 
 from __future__ import annotations
@@ -13,48 +14,31 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from batch.audio import SAMPLE_RATE
+from batch.decoding import (
+    Attempt,
+    DecodingOptions,
+    choose,
+    generation_arguments,
+    needs_fallback,
+    numeral_symbol_tokens,
+    reading,
+)
 
 log = logging.getLogger(__name__)
 
 # Whisper reads 30 s windows.
 WINDOW_SAMPLES = 30 * SAMPLE_RATE
 
-# whisperx's decoding defaults (whisperx.asr.load_model), so that a transcript here reads as the
-# whisperx command line's does with the same model.
-WHISPERX_DEFAULTS: dict[str, Any] = {
-    "beam_size": 5,
-    "best_of": 5,
-    "patience": 1,
-    "length_penalty": 1,
-    "repetition_penalty": 1,
-    "no_repeat_ngram_size": 0,
-    "temperatures": [0.0, 0.2, 0.4, 0.6, 0.8, 1.0],
-    "compression_ratio_threshold": 2.4,
-    "log_prob_threshold": -1.0,
-    "no_speech_threshold": 0.6,
-    "condition_on_previous_text": False,
-    "prompt_reset_on_temperature": 0.5,
-    "initial_prompt": None,
-    "prefix": None,
-    "suppress_blank": True,
-    "suppress_tokens": [-1],
-    "without_timestamps": True,
-    "max_initial_timestamp": 0.0,
-    "word_timestamps": False,
-    "prepend_punctuations": "\"'“¿([{-",
-    "append_punctuations": "\"'.。,，!！?？:：”)]}、",
-    "max_new_tokens": None,
-    "clip_timestamps": None,
-    "hallucination_silence_threshold": None,
-    "hotwords": None,
-}
+# What whisperx's batched decoding fixes and this tool does not expose (see batch.decoding for the rest).
+FIXED_GENERATION: dict[str, Any] = {"repetition_penalty": 1, "no_repeat_ngram_size": 0, "suppress_blank": True}
+MODEL_SUPPRESSED_TOKENS = [-1]  # CTranslate2: the model's own list of non-speech symbols
 
 
 @dataclass(frozen=True)
@@ -74,52 +58,82 @@ class Recognized:
 class WhisperRecognizer:
     """A loaded Whisper model that reads batches of chunks and guesses languages."""
 
-    def __init__(self, model: Any, options: Any, task: str = "transcribe"):
+    def __init__(self, model: Any, options: DecodingOptions | None = None):
         self.model = model  # faster_whisper.WhisperModel
-        self.options = options  # faster_whisper.transcribe.TranscriptionOptions
-        self.task = task
+        self.options = options or DecodingOptions()
         self._tokenizers: dict[str | None, Any] = {}
+        self._prompts: dict[str | None, list[int]] = {}
         self._n_mels = model.feat_kwargs.get("feature_size") or 80
+        self._eot = model.hf_tokenizer.token_to_id("<|endoftext|>")
+        self._suppressed = MODEL_SUPPRESSED_TOKENS + (
+            numeral_symbol_tokens(model.hf_tokenizer) if self.options.suppress_numerals else []
+        )
 
     @property
     def multilingual(self) -> bool:
         return bool(self.model.model.is_multilingual)
 
-    def detect_language(self, window: np.ndarray) -> tuple[str, float]:
-        """Whisper's language guess for one window of up to 30 s, with its probability."""
+    def knows_language(self, code: str) -> bool:
+        return self.model.hf_tokenizer.token_to_id(f"<|{code}|>") is not None
+
+    def prompt_tokens(self) -> int:
+        """How many tokens the initial prompt and the hotwords add to every prompt."""
+        tokenizer = self._tokenizer("en" if self.multilingual else None)
+        texts = (self.options.initial_prompt, self.options.hotwords)
+        return sum(len(tokenizer.encode(" " + text)) for text in texts if text)
+
+    def detect_language(self, window: np.ndarray, among: Collection[str] = ()) -> tuple[str, float]:
+        """Whisper's language guess for one window of up to 30 s, with its probability; with `among`, the
+        likeliest of those languages (its probability still Whisper's, over every language)."""
         features = self._features(window[:WINDOW_SAMPLES])
-        results = self.model.model.detect_language(self.model.encode(features))
-        token, probability = results[0][0]
-        return token[2:-2], round(float(probability), 4)
+        guesses = [(token[2:-2], probability) for token, probability in
+                   self.model.model.detect_language(self.model.encode(features))[0]]  # fmt: skip
+        language, probability = next(guess for guess in guesses if not among or guess[0] in among)
+        return language, round(float(probability), 4)
 
     def recognize(self, chunks: Sequence[Chunk]) -> list[Recognized]:
-        """Read one batch of chunks (any mix of files and languages); results in the chunks' order."""
+        """Read one batch of chunks (any mix of files and languages); results in the chunks' order.
+
+        Chunks whose reading fails the thresholds are read again, together, at the next temperature."""
         if not chunks:
             return []
         features = np.stack([self._features(chunk.audio) for chunk in chunks])
         prompts = [self._prompt(chunk.language) for chunk in chunks]
+        attempts: list[list[Attempt]] = [[] for _ in chunks]
+        pending = list(range(len(chunks)))
+        for temperature in self.options.temperatures:
+            subset = features if len(pending) == len(chunks) else features[pending]
+            read = self._read(subset, [prompts[index] for index in pending], temperature)
+            for index, attempt in zip(pending, read, strict=True):
+                attempts[index].append(attempt)
+            pending = [index for index in pending if needs_fallback(self.options, attempts[index][-1])]
+            if not pending:
+                break
+        chosen = [choose(self.options, tries) for tries in attempts]
+        return [Recognized(attempt.text, round(attempt.avg_logprob, 4)) for attempt in chosen]
+
+    def _read(self, features: np.ndarray, prompts: list[list[int]], temperature: float) -> list[Attempt]:
         options = self.options
+        no_speech = {"return_no_speech_prob": True} if options.wants_no_speech_probability else {}
         results = self.model.model.generate(
             self.model.encode(features),
             prompts,
-            beam_size=options.beam_size,
-            patience=options.patience,
             length_penalty=options.length_penalty,
             max_length=self.model.max_length,
-            suppress_blank=options.suppress_blank,
-            suppress_tokens=options.suppress_tokens,
-            no_repeat_ngram_size=options.no_repeat_ngram_size,
-            repetition_penalty=options.repetition_penalty,
+            suppress_tokens=self._suppressed,
             return_scores=True,
+            **FIXED_GENERATION,
+            **generation_arguments(options, temperature),
+            **no_speech,
         )
-        tokenizer = self._tokenizer(chunks[0].language)
-        texts = tokenizer.tokenizer.decode_batch(
-            [[token for token in result.sequences_ids[0] if token < tokenizer.eot] for result in results]
+        texts = self.model.hf_tokenizer.decode_batch(
+            [[token for token in result.sequences_ids[0] if token < self._eot] for result in results]
         )
         return [
-            Recognized(text, _average_logprob(result, options.length_penalty))
+            reading(text, _average_logprob(result, options.length_penalty),
+                    result.no_speech_prob if no_speech else None)
             for text, result in zip(texts, results, strict=True)
-        ]
+        ]  # fmt: skip
 
     def _features(self, audio: np.ndarray) -> np.ndarray:
         from whisperx.audio import log_mel_spectrogram
@@ -128,24 +142,21 @@ class WhisperRecognizer:
         return log_mel_spectrogram(audio, n_mels=self._n_mels, padding=padding).numpy()
 
     def _prompt(self, language: str | None) -> list[int]:
-        options, tokenizer = self.options, self._tokenizer(language)
-        previous: list[int] = []
-        if options.initial_prompt is not None:
-            previous = tokenizer.encode(" " + options.initial_prompt.strip())
-        return self.model.get_prompt(
-            tokenizer,
-            previous,
-            without_timestamps=options.without_timestamps,
-            prefix=options.prefix,
-            hotwords=options.hotwords,
-        )
+        """whisperx's prompt: the initial prompt as previous text, the hotwords, the task and language."""
+        if language not in self._prompts:
+            options, tokenizer = self.options, self._tokenizer(language)
+            previous = tokenizer.encode(" " + options.initial_prompt.strip()) if options.initial_prompt else []
+            self._prompts[language] = self.model.get_prompt(
+                tokenizer, previous, without_timestamps=True, prefix=None, hotwords=options.hotwords
+            )
+        return self._prompts[language]
 
     def _tokenizer(self, language: str | None) -> Any:
         if language not in self._tokenizers:
             from faster_whisper.tokenizer import Tokenizer
 
             self._tokenizers[language] = Tokenizer(
-                self.model.hf_tokenizer, self.multilingual, task=self.task, language=language
+                self.model.hf_tokenizer, self.multilingual, task=self.options.task, language=language
             )
         return self._tokenizers[language]
 
@@ -153,7 +164,7 @@ class WhisperRecognizer:
 def _average_logprob(result: Any, length_penalty: float) -> float:
     """whisperx's figure: the sequence score undone of its length penalty, over the tokens and the end token."""
     length = len(result.sequences_ids[0])
-    return round(float(result.scores[0] * (length**length_penalty) / (length + 1)), 4)
+    return float(result.scores[0] * (length**length_penalty) / (length + 1))
 
 
 def load_recognizer(
@@ -163,15 +174,14 @@ def load_recognizer(
     threads: int,
     model_dir: str | None,
     offline: bool,
-    options: dict[str, Any] | None = None,
+    options: DecodingOptions | None = None,
 ) -> WhisperRecognizer:
-    """Load a Whisper model (name, hub id or CTranslate2 folder) with whisperx's decoding defaults.
+    """Load a Whisper model (name, hub id or CTranslate2 folder) to decode with `options` (whisperx's defaults).
 
     faster-whisper's model class is used as it is: whisperx's subclass adds only its one-prompt batch method,
     and importing whisperx.asr would pull in the transformers pipeline machinery (seconds of start-up).
     """
     from faster_whisper import WhisperModel
-    from faster_whisper.transcribe import TranscriptionOptions
 
     # faster-whisper prints nothing, but stdout belongs to --dry-run output: keep it clean whatever it does.
     with contextlib.redirect_stdout(io.StringIO()):
@@ -183,5 +193,4 @@ def load_recognizer(
             local_files_only=offline,
             cpu_threads=threads,
         )
-    values = WHISPERX_DEFAULTS | (options or {}) | {"multilingual": whisper.model.is_multilingual}
-    return WhisperRecognizer(whisper, TranscriptionOptions(**values))
+    return WhisperRecognizer(whisper, options)

@@ -25,8 +25,13 @@ OUTPUT = "Output"
 MODEL = "Model"
 SELECT = "Selection"
 SPEAKERS = "Words and speakers"
+DECODE = "Decoding (as the whisperx command line)"
 STORE = "Storage and S3"
 METRICS = "Metrics (Prometheus)"
+
+
+def _decoding(help_text: str, *names: str) -> typer.models.OptionInfo:
+    return Opt(*names, help=help_text, rich_help_panel=DECODE)
 
 
 def _version(value: bool) -> None:
@@ -96,6 +101,27 @@ def run_command(
     ] = None,
     chunk_size: Annotated[
         float | None, Opt(help="Longest speech chunk fed to Whisper, s (30).", rich_help_panel=MODEL)
+    ] = None,
+    languages: Annotated[
+        str | None, Opt(help="With --language auto: detect among these only (en,es,de).", rich_help_panel=MODEL)
+    ] = None,
+    task: Annotated[str | None, _decoding("transcribe | translate (to English).")] = None,
+    initial_prompt: Annotated[str | None, _decoding("Text given to Whisper as if said before each chunk.")] = None,
+    hotwords: Annotated[str | None, _decoding("Names and terms to spell as given (Jaxon, PyAnnote).")] = None,
+    beam_size: Annotated[int | None, _decoding("Beam search width at temperature 0 (5).")] = None,
+    best_of: Annotated[int | None, _decoding("Candidates sampled at a temperature above 0 (5).")] = None,
+    patience: Annotated[float | None, _decoding("Beam search patience (1.0).")] = None,
+    length_penalty: Annotated[float | None, _decoding("Length penalty exponent, 0-2 (1.0).")] = None,
+    temperature: Annotated[float | None, _decoding("Sampling temperature, 0-1 (0: beam search).")] = None,
+    temperature_increment_on_fallback: Annotated[
+        str | None, _decoding("Read a failing chunk again this much hotter, up to 1.0 (a number, or none: default).")
+    ] = None,
+    compression_ratio_threshold: Annotated[float | None, _decoding("Fall back above this gzip ratio (2.4).")] = None,
+    log_prob_threshold: Annotated[float | None, _decoding("Fall back below this mean log-probability (-1.0).")] = None,
+    no_speech_threshold: Annotated[str | None, _decoding("Drop a chunk silent above this probability (none).")] = None,
+    suppress_numerals: Annotated[
+        bool | None,
+        _decoding("Numbers as words: no digits, % or currency symbols.", "--suppress-numerals/--no-suppress-numerals"),
     ] = None,
     align: Annotated[
         bool | None,

@@ -66,6 +66,13 @@ OUTPUT_SHAPING = (
     "num_speakers",
     *SUBTITLE_SHAPING,
 )
+# Decoding settings shape a transcript too. Each is recorded (and hashed) only when it is not at its default,
+# so a run made before these settings existed keeps its settings hash and its done files.
+DECODING_SHAPING = (
+    "task", "languages", "initial_prompt", "hotwords", "beam_size", "best_of", "patience", "length_penalty",
+    "temperature", "temperature_increment_on_fallback", "compression_ratio_threshold", "log_prob_threshold",
+    "no_speech_threshold", "suppress_numerals",
+)  # fmt: skip
 
 
 class Settings(BaseModel):
@@ -96,6 +103,20 @@ class Settings(BaseModel):
     vad_offset: float = Field(0.363, gt=0, lt=1)
     vad_step: float | None = Field(None, gt=0, le=5)  # None: batch.vad's measured default
     chunk_size: float = Field(30.0, gt=0, le=30)
+    task: Literal["transcribe", "translate"] = "transcribe"
+    languages: tuple[str, ...] = ()  # with language auto: detect among these only
+    initial_prompt: str | None = None
+    hotwords: str | None = None
+    beam_size: int = Field(5, ge=1, le=64)
+    best_of: int = Field(5, ge=1, le=64)
+    patience: float = Field(1.0, gt=0, le=10)
+    length_penalty: float = Field(1.0, ge=0, le=2)
+    temperature: float = Field(0.0, ge=0, le=1)
+    temperature_increment_on_fallback: float | None = Field(None, gt=0, le=1)  # None: no fallback
+    compression_ratio_threshold: float = Field(2.4, gt=0)
+    log_prob_threshold: float = Field(-1.0, le=0)
+    no_speech_threshold: float | None = Field(None, gt=0, lt=1)  # None: no chunk is dropped as silence
+    suppress_numerals: bool = False
     align: bool = True
     align_model: tuple[str, ...] = ()
     diarize: bool = False
@@ -125,6 +146,31 @@ class Settings(BaseModel):
     @classmethod
     def _known_language(cls, value: str) -> str:
         return normalize_language(value)
+
+    @field_validator("languages", mode="before")
+    @classmethod
+    def _language_set(cls, value: Any) -> tuple[str, ...]:
+        items = [value] if isinstance(value, str) else _as_list(value)
+        codes = {normalize_language(part) for item in items for part in str(item).split(",") if part.strip()}
+        if "auto" in codes:
+            raise ValueError("'auto' is not a language: list languages such as en,es,de")
+        return tuple(sorted(codes))  # sorted: the settings hash does not depend on the order given
+
+    @field_validator("initial_prompt", "hotwords")
+    @classmethod
+    def _text_or_none(cls, value: str | None) -> str | None:
+        return (value.strip() or None) if value is not None else None
+
+    @field_validator("temperature_increment_on_fallback", "no_speech_threshold", mode="before")
+    @classmethod
+    def _off_is_none(cls, value: Any) -> Any:
+        """whisperx's command line takes "None" to turn these off; so do the flag, the variable and the file."""
+        return None if isinstance(value, str) and value.strip().lower() in ("none", "off", "") else value
+
+    def temperatures(self) -> tuple[float, ...]:
+        from batch.decoding import temperature_schedule
+
+        return temperature_schedule(self.temperature, self.temperature_increment_on_fallback)
 
     @field_validator("model")
     @classmethod
@@ -191,7 +237,7 @@ class Settings(BaseModel):
         return default, by_language
 
     @model_validator(mode="after")
-    def _consistent_speakers(self) -> Settings:
+    def _consistent(self) -> Settings:
         if self.num_speakers is not None and (self.min_speakers is not None or self.max_speakers is not None):
             raise ValueError("num_speakers: give either num_speakers or min_speakers/max_speakers, not both")
         if self.min_speakers is not None and self.max_speakers is not None and self.min_speakers > self.max_speakers:
@@ -201,6 +247,10 @@ class Settings(BaseModel):
             raise ValueError(f"formats: {', '.join(needs_diarize)} needs --diarize")
         if self.highlight_words and not self.align:
             raise ValueError("highlight_words: words are highlighted as they are said, which needs --align")
+        if self.highlight_words and self.task == "translate":
+            raise ValueError("highlight_words: a translation is not aligned, so its words cannot be highlighted")
+        if self.languages and self.language != "auto":
+            raise ValueError(f"languages: a set to detect among needs language auto, not {self.language!r}")
         return self
 
     @field_validator("shard")
@@ -346,7 +396,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
     return values
 
 
-_LIST_FIELDS = {"formats", "include", "exclude", "align_model"}
+_LIST_FIELDS = {"formats", "include", "exclude", "align_model", "languages"}
 
 
 def read_environment(environ: Mapping[str, str]) -> dict[str, Any]:

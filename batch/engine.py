@@ -73,15 +73,13 @@ class WhisperxPipeline:
         runtime, asr, hub = self.config.runtime, self.config.asr, self.config.hub
         try:
             vad = load_vad(self.config.vad, runtime.device)
-            recognizer = load_recognizer(
-                asr.model, runtime.device, runtime.compute_type, runtime.threads, hub.cache_dir, hub.offline
-            )
+            recognizer = load_recognizer(asr.model, runtime.device, runtime.compute_type, runtime.threads,
+                                         hub.cache_dir, hub.offline, asr.decoding)  # fmt: skip
         except BatchError:
             raise
         except Exception as exc:
             raise asr_load_failure(asr.model, exc, hub.offline) from exc
-        if not recognizer.multilingual and asr.language not in ("auto", "en"):
-            raise ConfigError("language", f"the model {asr.model} is English-only; use en or auto")
+        refuse_what_the_model_cannot_do(recognizer, self.config)
         self.vad, self.recognizer = vad, recognizer
         adopt_library_loggers()  # the imports above gave some libraries log handlers of their own
         # PyTorch runs only the small VAD model and the log-Mel features here. On the CPU one thread does that
@@ -203,7 +201,8 @@ class WhisperxPipeline:
             return None, None
         start = int(chunks[0].start * SAMPLE_RATE)
         with file.stopwatch.stage("language"):
-            return self.recognizer.detect_language(file.audio[start : start + WINDOW_SAMPLES])
+            return self.recognizer.detect_language(file.audio[start : start + WINDOW_SAMPLES],
+                                                   among=self.config.asr.languages)  # fmt: skip
 
     # --- after the ASR --------------------------------------------------------------------------------------
 
@@ -236,6 +235,22 @@ class WhisperxPipeline:
             outcome.transcribed, outcome.error = False, exc
         self._stats.gpu_records.extend(record for stage, record in outcome.gpu.items() if stage != "asr")
         return outcome
+
+
+def refuse_what_the_model_cannot_do(recognizer: WhisperRecognizer, config: PipelineConfig) -> None:
+    """A language, a detection set, a task or a prompt the loaded model cannot take is a config error, found
+    before any file is read."""
+    asr = config.asr
+    problem = None if recognizer.multilingual else asr.english_only_problem()
+    if problem is not None:
+        raise ConfigError(*problem)
+    unknown = [code for code in asr.languages if recognizer.multilingual and not recognizer.knows_language(code)]
+    if unknown:
+        raise ConfigError("languages", f"the model {asr.model} does not know {', '.join(unknown)}")
+    prompt, room = recognizer.prompt_tokens(), recognizer.model.max_length // 2 - 1
+    if prompt > room:
+        raise ConfigError("initial_prompt", f"the prompt and hotwords take {prompt} tokens; at most {room} fit "
+                          "(Whisper keeps the other half of its context for the transcript)")  # fmt: skip
 
 
 def segments_of(chunks: list[SpeechChunk], texts: list[Recognized | None]) -> list[dict[str, Any]]:

@@ -53,6 +53,7 @@ class Job:
                                   "variable")  # fmt: skip
         _require_token(settings, environ)
         self.config: JobConfig = build_config(settings, environ, _runtime(settings))
+        _refuse_what_an_english_only_model_cannot_do(self.config)
         storage = self.config.storage
         self.source, self.dest = open_job_stores(
             storage.source, storage.out, endpoint_url=storage.endpoint_url, spool_dir=storage.spool_dir,
@@ -172,6 +173,16 @@ def _runtime(settings: Settings) -> RuntimeOptions:
         batch_size=settings.batch_size,
         gpu_memory_reserve=parse_bytes(settings.gpu_memory_reserve),
     )
+
+
+def _refuse_what_an_english_only_model_cannot_do(config: JobConfig) -> None:
+    """Before any model loads, where the model's name or folder tells (else the engine does, once loaded)."""
+    from batch.models import english_only
+
+    asr = config.pipeline.asr
+    problem = asr.english_only_problem() if english_only(asr.model) else None
+    if problem is not None:
+        raise ConfigError(*problem)
 
 
 def _require_token(settings: Settings, environ: Mapping[str, str]) -> None:

@@ -7,6 +7,7 @@ or an air-gapped machine runs with no network.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Mapping
@@ -74,6 +75,28 @@ def require_diarization_token(settings: Settings, environ: Mapping[str, str] | N
             "the token, e.g. a mounted secret). The token is never printed or recorded.",
         )
     return token
+
+
+# CTranslate2 reads a Whisper model as multilingual when its vocabulary has at least this many tokens.
+MULTILINGUAL_VOCABULARY = 51865
+
+
+def english_only(model: str) -> bool | None:
+    """Whether a Whisper model reads English only, told without loading it: from a name (`tiny.en`,
+    `Systran/faster-whisper-small.en`) or a local folder's vocabulary; None when it cannot be told."""
+    if not is_local(model):
+        from faster_whisper.utils import available_models
+
+        return True if model.endswith(".en") else (False if model in available_models() else None)
+    folder = Path(model)
+    try:
+        if (folder / "vocabulary.json").is_file():
+            size = len(json.loads((folder / "vocabulary.json").read_text(encoding="utf-8")))
+        else:
+            size = len((folder / "vocabulary.txt").read_text(encoding="utf-8").splitlines())
+    except (OSError, ValueError):
+        return None
+    return size < MULTILINGUAL_VOCABULARY
 
 
 def asr_load_failure(model: str, exc: BaseException, offline: bool) -> EnvironmentProblem:

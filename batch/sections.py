@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from batch.config import TRANSCRIPT_SCHEMA_VERSION, Settings
+from batch.decoding import DecodingOptions
 from batch.errors import ConfigError, register_secret
 from batch.metrics_export import PushTarget
 from batch.shard import Shard, resolve_shard
@@ -70,6 +71,18 @@ class RuntimeOptions:
 class AsrConfig:
     model: str = "large-v3"
     language: str = "auto"  # an ISO code, or auto: detected per file
+    languages: tuple[str, ...] = ()  # with auto: detected among these only
+    decoding: DecodingOptions = field(default_factory=DecodingOptions)
+
+    def english_only_problem(self) -> tuple[str, str] | None:
+        """(key, message) when an English-only model cannot do what is asked of it."""
+        if self.language not in ("auto", "en"):
+            return "language", f"the model {self.model} is English-only; use en or auto"
+        if self.languages and "en" not in self.languages:
+            return "languages", f"the model {self.model} is English-only: it detects only en"
+        if self.decoding.task == "translate":
+            return "task", f"the model {self.model} is English-only: it cannot translate; use a multilingual model"
+        return None
 
 
 @dataclass(frozen=True)
@@ -156,9 +169,10 @@ def build_config(
         **({"step": settings.vad_step} if settings.vad_step is not None else {}),
     )
     pipeline = PipelineConfig(
-        asr=AsrConfig(model=settings.model, language=settings.language),
+        asr=AsrConfig(settings.model, settings.language, settings.languages, decoding_options(settings)),
         vad=vad,
-        align=AlignConfig(settings.align, default_align, per_language),
+        # As whisperx: a translation is not aligned (the wav2vec2 models time words of the spoken language).
+        align=AlignConfig(settings.align and settings.task == "transcribe", default_align, per_language),
         diarize=DiarizeConfig(
             settings.diarize, settings.diarize_model, settings.num_speakers, settings.min_speakers,
             settings.max_speakers,
@@ -185,14 +199,28 @@ def build_config(
     )
 
 
+def decoding_options(settings: Settings) -> DecodingOptions:
+    return DecodingOptions(
+        task=settings.task, initial_prompt=settings.initial_prompt, hotwords=settings.hotwords,
+        beam_size=settings.beam_size, best_of=settings.best_of, patience=settings.patience,
+        length_penalty=settings.length_penalty, temperatures=settings.temperatures(),
+        compression_ratio_threshold=settings.compression_ratio_threshold,
+        log_prob_threshold=settings.log_prob_threshold, no_speech_threshold=settings.no_speech_threshold,
+        suppress_numerals=settings.suppress_numerals,
+    )  # fmt: skip
+
+
 def shaping_settings(settings: Settings, vad: VadOptions, compute_type: str) -> dict[str, Any]:
     """What changes what a transcript says (and so redoes a done file); device, batch size, threads do not."""
-    from batch.config import OUTPUT_SHAPING, SUBTITLE_FORMATS, SUBTITLE_SHAPING
+    from batch.config import DECODING_SHAPING, OUTPUT_SHAPING, SUBTITLE_FORMATS, SUBTITLE_SHAPING
 
     subtitled = any(fmt in SUBTITLE_FORMATS for fmt in settings.formats)
     shaping = {name: getattr(settings, name) for name in OUTPUT_SHAPING if subtitled or name not in SUBTITLE_SHAPING}
     if vad.method == "pyannote":
         shaping["vad_step"] = vad.step
+    defaults = Settings.model_fields
+    shaping |= {name: getattr(settings, name) for name in DECODING_SHAPING
+                if getattr(settings, name) != defaults[name].get_default()}  # fmt: skip
     return shaping | {"compute_type": compute_type, "schema_version": TRANSCRIPT_SCHEMA_VERSION}
 
 
