@@ -15,7 +15,6 @@ sharing them would slow it down more than it gains.
 from __future__ import annotations
 
 import contextlib
-import gc
 import itertools
 import logging
 import time
@@ -28,9 +27,9 @@ from batch.asr import WINDOW_SAMPLES, Recognized, WhisperRecognizer
 from batch.audio import SAMPLE_RATE
 from batch.chunks import ChunkQueue, FileInFlight
 from batch.concurrency import ordered_map
-from batch.errors import BatchError, ConfigError
+from batch.errors import BatchError
+from batch.loading import load_models
 from batch.pipeline import DecodedFile, FileOutcome, PipelineStats
-from batch.runtime import limit_thread_pools
 from batch.sections import PipelineConfig
 from batch.vad import SpeechChunk
 
@@ -56,47 +55,14 @@ class WhisperxPipeline:
     # --- loading ---------------------------------------------------------------------------------------------
 
     def load(self) -> None:
-        """Load the VAD and ASR models (once); refuse a language the model cannot read before any file."""
+        """Load the models (once); refuse a language or task the model cannot do before any file."""
         if self.recognizer is not None:
             return
-        import torch
-
-        from batch.asr import load_recognizer
-        from batch.batching import BatchSizer
-        from batch.finish import Finisher
-        from batch.logs import adopt_library_loggers
-        from batch.models import asr_load_failure
-        from batch.nvml import probe_for_device
-        from batch.vad import load_vad
-
-        started = time.perf_counter()
-        runtime, asr, hub = self.config.runtime, self.config.asr, self.config.hub
-        try:
-            vad = load_vad(self.config.vad, runtime.device)
-            recognizer = load_recognizer(asr.model, runtime.device, runtime.compute_type, runtime.threads,
-                                         hub.cache_dir, hub.offline, asr.decoding)  # fmt: skip
-        except BatchError:
-            raise
-        except Exception as exc:
-            raise asr_load_failure(asr.model, exc, hub.offline) from exc
-        refuse_what_the_model_cannot_do(recognizer, self.config)
-        self.vad, self.recognizer = vad, recognizer
-        adopt_library_loggers()  # the imports above gave some libraries log handlers of their own
-        # PyTorch runs only the small VAD model and the log-Mel features here. On the CPU one thread does that
-        # best: two OpenMP threads spinning on 2 busy cores made the VAD 10-30x slower (measured; see docs/
-        # how-it-runs.md), and CTranslate2 keeps every core for the ASR.
-        limit_thread_pools(runtime.threads)
-        torch.set_num_threads(1 if runtime.device == "cpu" else runtime.threads)
-        # The models are millions of long-lived objects; the decoder runs gc.collect() per file (a PyAV leak
-        # workaround), which would otherwise walk them all every time.
-        gc.freeze()
-        self.sizer = BatchSizer.for_model(
-            runtime.batch_size, asr.model, runtime.compute_type, probe_for_device(runtime.device),
-            reserve_bytes=runtime.gpu_memory_reserve,
-        )  # fmt: skip
-        self._finisher = Finisher(self.config, self.sizer)
-        self._stats.load_seconds = round(time.perf_counter() - started, 3)
-        log.info("models loaded in %.1f s", self._stats.load_seconds)
+        models = load_models(self.config)
+        self.vad, self.recognizer = models.vad, models.recognizer
+        self.sizer, self._finisher = models.sizer, models.finisher
+        self._stats.load_seconds = models.seconds
+        log.info("models loaded in %.1f s", models.seconds)
 
     def stats(self) -> PipelineStats:
         if self._finisher is not None:
@@ -235,22 +201,6 @@ class WhisperxPipeline:
             outcome.transcribed, outcome.error = False, exc
         self._stats.gpu_records.extend(record for stage, record in outcome.gpu.items() if stage != "asr")
         return outcome
-
-
-def refuse_what_the_model_cannot_do(recognizer: WhisperRecognizer, config: PipelineConfig) -> None:
-    """A language, a detection set, a task or a prompt the loaded model cannot take is a config error, found
-    before any file is read."""
-    asr = config.asr
-    problem = None if recognizer.multilingual else asr.english_only_problem()
-    if problem is not None:
-        raise ConfigError(*problem)
-    unknown = [code for code in asr.languages if recognizer.multilingual and not recognizer.knows_language(code)]
-    if unknown:
-        raise ConfigError("languages", f"the model {asr.model} does not know {', '.join(unknown)}")
-    prompt, room = recognizer.prompt_tokens(), recognizer.model.max_length // 2 - 1
-    if prompt > room:
-        raise ConfigError("initial_prompt", f"the prompt and hotwords take {prompt} tokens; at most {room} fit "
-                          "(Whisper keeps the other half of its context for the transcript)")  # fmt: skip
 
 
 def segments_of(chunks: list[SpeechChunk], texts: list[Recognized | None]) -> list[dict[str, Any]]:
