@@ -1,4 +1,5 @@
-"""Decode any container or codec FFmpeg reads into one 16 kHz mono float32 array.
+"""Decode any container or codec FFmpeg reads into 16 kHz float32 audio: one mono array, or (with
+`--channels split`) one row per channel.
 
 Decoding runs in-process through PyAV (FFmpeg's libraries), from a stream rather than a path, and
 turns FFmpeg's failures into reasons a person can act on.
@@ -6,7 +7,9 @@ turns FFmpeg's failures into reasons a person can act on.
 
 from __future__ import annotations
 
+import gc
 import wave
+from collections.abc import Iterator
 from typing import BinaryIO
 
 import av
@@ -24,19 +27,23 @@ MIN_DECODED_SHARE = 0.9
 DURATION_SLACK_SECONDS = 1.0
 
 
-def decode(stream: BinaryIO) -> np.ndarray:
-    """The whole audio of `stream` as float32 samples in [-1, 1] at 16 kHz, mono.
+def decode(stream: BinaryIO, split_channels: bool = False) -> np.ndarray:
+    """The whole audio of `stream` as float32 samples in [-1, 1] at 16 kHz: mono, shape (samples,), or with
+    `split_channels` one row per channel of the audio track, shape (channels, samples), in the file's order.
 
     Raises AudioDecodeError when the stream is empty, not media, has no audio track, or is truncated.
     """
-    declared_seconds = _probe(stream)
+    declared_seconds, layout = _probe(stream)
     stream.seek(0)
     try:
-        samples = decode_audio(stream, sampling_rate=SAMPLE_RATE)
+        if split_channels:
+            samples = _decode_channels(stream, layout)
+        else:
+            samples = decode_audio(stream, sampling_rate=SAMPLE_RATE)
     except av.error.FFmpegError as exc:
         raise AudioDecodeError(f"cannot decode audio: {_reason(exc)}") from None
-    decoded_seconds = len(samples) / SAMPLE_RATE
-    if len(samples) == 0:
+    decoded_seconds = samples.shape[-1] / SAMPLE_RATE
+    if samples.shape[-1] == 0:
         raise AudioDecodeError("no audio samples could be decoded (empty or truncated audio track)")
     if declared_seconds and decoded_seconds < declared_seconds * MIN_DECODED_SHARE - DURATION_SLACK_SECONDS:
         raise AudioDecodeError(
@@ -48,13 +55,50 @@ def decode(stream: BinaryIO) -> np.ndarray:
 def declared_seconds(stream: BinaryIO) -> float | None:
     """The audio duration the file's header declares, without decoding; None when it is not said or not media."""
     try:
-        return _probe(stream)
+        return _probe(stream)[0]
     except AudioDecodeError:
         return None
 
 
-def _probe(stream: BinaryIO) -> float | None:
-    """Check the stream is media with an audio track; return the audio duration it declares, if any."""
+def _decode_channels(stream: BinaryIO, layout: av.AudioLayout) -> np.ndarray:
+    """Every channel of the first audio track at 16 kHz, shape (channels, samples).
+
+    faster-whisper's decode_audio does the same for mono and for exactly two channels (`split_stereo`, which
+    also turns a mono file into two copies of it); this keeps the track's own layout, whatever its count.
+    """
+    resampler = av.AudioResampler(format="fltp", layout=layout, rate=SAMPLE_RATE)
+    pieces = []
+    with av.open(stream, mode="r", metadata_errors="ignore") as container:
+        fifo = av.AudioFifo()
+        for frame in _valid_frames(container.decode(audio=0)):
+            frame.pts = None  # as decode_audio: no timestamp check between frames
+            fifo.write(frame)
+            if fifo.samples >= 500_000:  # resample in large pieces, as decode_audio does
+                pieces += [piece.to_ndarray() for piece in resampler.resample(fifo.read())]
+        if fifo.samples:
+            pieces += [piece.to_ndarray() for piece in resampler.resample(fifo.read())]
+        pieces += [piece.to_ndarray() for piece in resampler.resample(None)]  # flush
+    del resampler
+    gc.collect()  # PyAV's resampler leaks until collected (faster-whisper issue 390)
+    if not pieces:
+        return np.zeros((layout.nb_channels, 0), dtype=np.float32)
+    return np.ascontiguousarray(np.concatenate(pieces, axis=1), dtype=np.float32)
+
+
+def _valid_frames(frames: Iterator[av.AudioFrame]) -> Iterator[av.AudioFrame]:
+    """The frames that decode; a damaged frame is skipped, as decode_audio skips it."""
+    while True:
+        try:
+            yield next(frames)
+        except StopIteration:
+            return
+        except av.error.InvalidDataError:
+            continue
+
+
+def _probe(stream: BinaryIO) -> tuple[float | None, av.AudioLayout]:
+    """Check the stream is media with an audio track; return the audio duration it declares (if any) and the
+    track's channel layout."""
     if _is_empty(stream):
         raise AudioDecodeError("empty file")
     try:
@@ -63,13 +107,14 @@ def _probe(stream: BinaryIO) -> float | None:
                 kinds = sorted({s.type for s in container.streams}) or ["no streams"]
                 raise AudioDecodeError(f"no audio track (the file holds: {', '.join(kinds)})")
             audio = container.streams.audio[0]
+            layout = audio.layout
             if "wav" in container.format.name.split(","):
-                return _wav_header_seconds(stream)
+                return _wav_header_seconds(stream), layout
             if audio.duration is not None and audio.time_base is not None:
-                return float(audio.duration * audio.time_base)
+                return float(audio.duration * audio.time_base), layout
             if container.duration is not None:
-                return container.duration / av.time_base
-            return None
+                return container.duration / av.time_base, layout
+            return None, layout
     except av.error.FFmpegError as exc:
         raise AudioDecodeError(f"not a readable audio or video file: {_reason(exc)}") from None
 

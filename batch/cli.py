@@ -148,6 +148,12 @@ def run_command(
     hf_token_file: Annotated[
         str | None, Opt(help="File holding the Hugging Face token (else HF_TOKEN).", rich_help_panel=SPEAKERS)
     ] = None,
+    channels: Annotated[
+        str | None, Opt(help="mix (default): one mono track | split: a speaker per channel.", rich_help_panel=SPEAKERS)
+    ] = None,
+    channel_speakers: Annotated[
+        str | None, Opt(help="Split channels' speakers: agent,customer (CHANNEL_0, ...).", rich_help_panel=SPEAKERS)
+    ] = None,
     formats: Annotated[
         list[str] | None,
         Opt(

@@ -26,7 +26,7 @@ SHARD_COUNT_ENV_VAR = ENV_PREFIX + "SHARD_COUNT"  # read by batch.shard with the
 TRANSCRIPT_SCHEMA_VERSION = 1
 
 OUTPUT_FORMATS = ("json", "srt", "vtt", "txt", "tsv", "turns", "rttm")
-SPEAKER_FORMATS = ("rttm",)  # need --diarize
+SPEAKER_FORMATS = ("rttm",)  # need speakers: --diarize, or --channels split
 SUBTITLE_FORMATS = ("srt", "vtt")
 # Subtitle layout defaults from Netflix's Timed Text Style Guide: 42 characters a line, 2 lines, 7 s on screen.
 LINE_WIDTH, LINE_COUNT, CUE_SECONDS = 42, 2, 7.0
@@ -47,6 +47,10 @@ COMPUTE_TYPES = (
 # Settings that shape the subtitles only: a change redoes a done file only when it has subtitles.
 SUBTITLE_SHAPING = ("max_line_width", "max_line_count", "max_cue_duration", "highlight_words")
 
+# Settings of --channels split: part of the hash only when channels are split, so that the default (mix) leaves
+# the hash of every file done before these settings existed as it was.
+CHANNEL_SHAPING = ("channels", "channel_speakers")
+
 # Settings that change what a transcript says. A change to any of them redoes a done file; the rest
 # (device, batch size, threads, logging) change how fast or how loudly, not what.
 OUTPUT_SHAPING = (
@@ -64,6 +68,7 @@ OUTPUT_SHAPING = (
     "min_speakers",
     "max_speakers",
     "num_speakers",
+    *CHANNEL_SHAPING,
     *SUBTITLE_SHAPING,
 )
 # Decoding settings shape a transcript too. Each is recorded (and hashed) only when it is not at its default,
@@ -125,6 +130,8 @@ class Settings(BaseModel):
     max_speakers: int | None = Field(None, ge=1, le=100)
     num_speakers: int | None = Field(None, ge=1, le=100)
     hf_token_file: str | None = None
+    channels: Literal["mix", "split"] = "mix"
+    channel_speakers: tuple[str, ...] = ()
     formats: tuple[str, ...] = ("json",)
     max_line_width: int = Field(LINE_WIDTH, ge=10, le=1000)
     max_line_count: int = Field(LINE_COUNT, ge=1, le=10)
@@ -242,9 +249,14 @@ class Settings(BaseModel):
             raise ValueError("num_speakers: give either num_speakers or min_speakers/max_speakers, not both")
         if self.min_speakers is not None and self.max_speakers is not None and self.min_speakers > self.max_speakers:
             raise ValueError("min_speakers: larger than max_speakers")
-        needs_diarize = [fmt for fmt in self.formats if fmt in SPEAKER_FORMATS]
-        if needs_diarize and not self.diarize:
-            raise ValueError(f"formats: {', '.join(needs_diarize)} needs --diarize")
+        needs_speakers = [fmt for fmt in self.formats if fmt in SPEAKER_FORMATS]
+        if needs_speakers and not self.diarize and self.channels != "split":
+            raise ValueError(f"formats: {', '.join(needs_speakers)} needs --diarize or --channels split")
+        if self.channels == "split" and self.diarize:
+            raise ValueError("channels: split labels each channel's speaker by its channel; it does not go with "
+                             "--diarize (use one or the other)")  # fmt: skip
+        if self.channel_speakers and self.channels != "split":
+            raise ValueError("channel_speakers: names the channels of --channels split, which is not set")
         if self.highlight_words and not self.align:
             raise ValueError("highlight_words: words are highlighted as they are said, which needs --align")
         if self.highlight_words and self.task == "translate":
@@ -252,6 +264,14 @@ class Settings(BaseModel):
         if self.languages and self.language != "auto":
             raise ValueError(f"languages: a set to detect among needs language auto, not {self.language!r}")
         return self
+
+    @field_validator("channel_speakers", mode="before")
+    @classmethod
+    def _channel_speakers(cls, value: Any) -> tuple[str, ...]:
+        from batch.channels import checked_speaker_names
+
+        items = [value] if isinstance(value, str) else _as_list(value or ())
+        return checked_speaker_names([part.strip() for item in items for part in str(item).split(",")])
 
     @field_validator("shard")
     @classmethod
@@ -396,7 +416,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
     return values
 
 
-_LIST_FIELDS = {"formats", "include", "exclude", "align_model", "languages"}
+_LIST_FIELDS = {"formats", "include", "exclude", "align_model", "languages", "channel_speakers"}
 
 
 def read_environment(environ: Mapping[str, str]) -> dict[str, Any]:

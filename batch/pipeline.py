@@ -36,12 +36,23 @@ class Stopwatch:
 
 @dataclass
 class DecodedFile:
-    """One input, decoded (or the reason it could not be), with the time its fetch and decode took."""
+    """One input, decoded (or the reason it could not be), with the time its fetch and decode took.
+
+    `audio` is 16 kHz mono, shape (samples,); with `--channels split` it is one row per channel, shape
+    (channels, samples), which batch.channels hands to the models a channel at a time.
+    """
 
     key: str
     audio: np.ndarray | None
     stopwatch: Stopwatch
     error: Exception | None = None
+
+    @property
+    def seconds(self) -> float:
+        from batch.audio import SAMPLE_RATE
+
+        assert self.audio is not None
+        return self.audio.shape[-1] / SAMPLE_RATE
 
 
 @dataclass
@@ -57,7 +68,8 @@ class FileOutcome:
     language: str | None = None
     language_probability: float | None = None
     segments: list[dict[str, Any]] = field(default_factory=list)
-    turns: list[dict[str, Any]] | None = None  # diarization's speaker turns, when diarized
+    turns: list[dict[str, Any]] | None = None  # speaker turns, when diarized or split by channel
+    channels: list[dict[str, Any]] | None = None  # with --channels split: each channel's speaker and language
     alignment: dict[str, Any] | None = None
     error: Exception | None = None
     gpu: dict[str, Any] = field(default_factory=dict)  # stage -> oom.StageMemoryRecord

@@ -14,7 +14,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-from batch.audio import SAMPLE_RATE, decode
+from batch.audio import decode
 from batch.claims import HeldClaims
 from batch.concurrency import ordered_map
 from batch.errors import BatchError, DestPathBlocked, describe
@@ -63,6 +63,10 @@ class Runner:
         runtime = config.pipeline.runtime
         self.config, self.source, self.dest, self.pipeline = config, source, dest, pipeline
         self.clock, self.on_file = clock, on_file
+        if config.channels.split:
+            from batch.channels import ChannelSplit
+
+            self.pipeline = ChannelSplit(pipeline, config.channels.speakers)
         self.settings_hash = config.settings_hash
         self.report = RunReport(
             run_id=run_id or new_run_id(), started_at=utc_now(), settings=dict(config.shaping),
@@ -190,12 +194,12 @@ class Runner:
                 with stopwatch.stage("fingerprint"):
                     manifest.input.fingerprint = self.source.fingerprint(item)
                 with stopwatch.stage("decode"), self.source.open(item.key, item.size) as stream:
-                    audio = decode(stream)
+                    audio = decode(stream, split_channels=self.config.channels.split)
             except Exception as exc:
                 ready.file = DecodedFile(item.key, None, stopwatch, error=exc)
                 return ready
-            manifest.audio_seconds = round(len(audio) / SAMPLE_RATE, 3)
             ready.file = DecodedFile(item.key, audio, stopwatch)
+            manifest.audio_seconds = round(ready.file.seconds, 3)
             return ready
 
     def _still_to_do(self, item: InputFile) -> bool:
@@ -258,8 +262,8 @@ def record_outcome(outcome: FileOutcome, manifest: Manifest, report: RunReport) 
             report.words_untimed.append(UntimedWords(key=outcome.key, reason=outcome.alignment.get("reason")))
     if outcome.turns is not None:
         manifest.speakers = sorted({turn["speaker"] for turn in outcome.turns})
-    return build_transcript(outcome.language, outcome.language_probability, len(outcome.file.audio) / SAMPLE_RATE,
-                            outcome.segments, outcome.turns)  # fmt: skip
+    return build_transcript(outcome.language, outcome.language_probability, outcome.file.seconds, outcome.segments,
+                            outcome.turns, outcome.channels)  # fmt: skip
 
 
 def finish_report(report: RunReport, stats: PipelineStats, started: float, now: float) -> None:

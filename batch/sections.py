@@ -102,6 +102,14 @@ class DiarizeConfig:
 
 
 @dataclass(frozen=True)
+class ChannelConfig:
+    """--channels: mix down to mono (split=False), or transcribe each channel as one speaker, named by `speakers`."""
+
+    split: bool = False
+    speakers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     """Everything the models need: what the pipeline is built from."""
 
@@ -144,6 +152,7 @@ class JobConfig:
     control: RunControl
     shaping: Mapping[str, Any]  # the settings that shape a transcript, as recorded in each manifest
     metrics: MetricsConfig = MetricsConfig()
+    channels: ChannelConfig = ChannelConfig()
 
     @property
     def settings_hash(self) -> str:
@@ -196,6 +205,7 @@ def build_config(
         control=RunControl(settings.prefetch, settings.grace_seconds, settings.dry_run),
         shaping=shaping_settings(settings, vad, runtime.compute_type),
         metrics=metrics_config(settings),
+        channels=ChannelConfig(settings.channels == "split", settings.channel_speakers),
     )
 
 
@@ -212,10 +222,11 @@ def decoding_options(settings: Settings) -> DecodingOptions:
 
 def shaping_settings(settings: Settings, vad: VadOptions, compute_type: str) -> dict[str, Any]:
     """What changes what a transcript says (and so redoes a done file); device, batch size, threads do not."""
-    from batch.config import DECODING_SHAPING, OUTPUT_SHAPING, SUBTITLE_FORMATS, SUBTITLE_SHAPING
+    from batch.config import CHANNEL_SHAPING, DECODING_SHAPING, OUTPUT_SHAPING, SUBTITLE_FORMATS, SUBTITLE_SHAPING
 
     subtitled = any(fmt in SUBTITLE_FORMATS for fmt in settings.formats)
-    shaping = {name: getattr(settings, name) for name in OUTPUT_SHAPING if subtitled or name not in SUBTITLE_SHAPING}
+    left_out = (() if subtitled else SUBTITLE_SHAPING) + (() if settings.channels == "split" else CHANNEL_SHAPING)
+    shaping = {name: getattr(settings, name) for name in OUTPUT_SHAPING if name not in left_out}
     if vad.method == "pyannote":
         shaping["vad_step"] = vad.step
     defaults = Settings.model_fields

@@ -38,6 +38,13 @@ class Turn(TypedDict):
     speaker: str
 
 
+class Channel(TypedDict):
+    channel: int  # 0-based, in the file's order
+    speaker: str
+    language: str | None
+    language_probability: float | None
+
+
 class Transcript(TypedDict):
     schema_version: int
     language: str | None
@@ -47,6 +54,7 @@ class Transcript(TypedDict):
     word_segments: list[Word]
     speakers: NotRequired[list[str]]
     speaker_turns: NotRequired[list[Turn]]
+    channels: NotRequired[list[Channel]]
 
 
 def build_transcript(
@@ -55,9 +63,11 @@ def build_transcript(
     duration: float,
     segments: list[Segment],
     turns: list[Turn] | None = None,
+    channels: list[Channel] | None = None,
 ) -> Transcript:
-    """The transcript of one file; `word_segments` lists every word that has a time, in order."""
-    words = [word for segment in segments for word in segment.get("words", []) if "start" in word]
+    """The transcript of one file; `word_segments` lists every word that has a time, in time order."""
+    timed = [word for segment in segments for word in segment.get("words", []) if "start" in word]
+    words = sorted(timed, key=lambda word: word["start"])  # stable; only channels split by speaker overlap
     transcript: Transcript = {
         "schema_version": TRANSCRIPT_SCHEMA_VERSION,
         "language": language,
@@ -69,11 +79,14 @@ def build_transcript(
     if turns is not None:
         transcript["speakers"] = sorted({s["speaker"] for s in segments if "speaker" in s})
         transcript["speaker_turns"] = turns
+    if channels is not None:
+        transcript["channels"] = channels
     return transcript
 
 
 def rttm(transcript: Transcript, file_id: str) -> str:
-    """Diarization turns in RTTM, for scoring with standard tools (pyannote.metrics, dscore)."""
+    """Speaker turns (diarization's, or the channels' segments) in RTTM, for scoring with standard tools
+    (pyannote.metrics, dscore)."""
     uri = "".join(c if c.isalnum() or c in "-_." else "_" for c in file_id)
     return "".join(
         f"SPEAKER {uri} 1 {t['start']:.3f} {t['end'] - t['start']:.3f} <NA> <NA> {t['speaker']} <NA> <NA>\n"

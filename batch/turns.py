@@ -1,8 +1,9 @@
 """The provider guide's flat format: a list of turns {speaker_id, start_time, end_time, text, confidence}.
 
-With diarization a turn is what one speaker says without interruption: consecutive words of one speaker (or
-consecutive segments, when words are not timed). Without diarization each segment is a turn, with
-`speaker_id` null: a sentence when words are aligned, a VAD chunk (up to 30 s) when they are not.
+With diarization, or with channels split by speaker (batch.channels), a turn is what one speaker says without
+interruption: consecutive words of one speaker (or consecutive segments, when words are not timed). Without
+either, each segment is a turn, with `speaker_id` null: a sentence when words are aligned, a VAD chunk (up to
+30 s) when they are not.
 
 `confidence`, in (0, 1], or null when the transcript has nothing to derive it from:
 - words aligned and scored: the mean of the words' alignment scores (whisperx's word `score`, the wav2vec2
@@ -35,6 +36,8 @@ def speaker_turns(transcript: Transcript) -> list[dict[str, Any]]:
     diarized = "speaker_turns" in transcript
     segments = transcript["segments"]
     pieces = [piece for index, segment in enumerate(segments) for piece in _pieces(index, segment, diarized)]
+    if diarized:  # in time order: the segments of channels split by speaker can overlap (crosstalk)
+        pieces.sort(key=lambda piece: piece.start)
     turns: list[list[_Piece]] = []
     for piece in pieces:
         if turns and turns[-1][-1].group == piece.group:
