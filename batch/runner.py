@@ -218,9 +218,10 @@ class Runner:
     def _hand_to_writer(self, outcome: FileOutcome, writer: OutputWriter) -> None:
         manifest = self._prepared.pop(outcome.key).manifest
         transcript = record_outcome(outcome, manifest, self.report)
-        formats, dest, stopwatch = self.config.formats, self.dest, outcome.file.stopwatch
+        formats, layout, dest, stopwatch = self.config.formats, self.config.subtitles, self.dest, outcome.file.stopwatch
         outcome.file.audio = None  # the array is not needed any more: free it before the write
-        writer.submit(outcome.key, lambda: write_file(dest, manifest, stopwatch, transcript, formats, outcome.error))
+        writer.submit(outcome.key, lambda: write_file(dest, manifest, stopwatch, transcript, formats, outcome.error,
+                                                      layout))  # fmt: skip
 
     def _finish_report(self, started: float) -> None:
         finish_report(self.report, self.pipeline.stats(), started, self.clock())
