@@ -125,6 +125,39 @@ def test_include_and_exclude_globs_apply_to_keys(tmp_path: Path) -> None:
     assert keys(source, include=("raw/*",)) == ["raw/d.pcm"]  # include can take any extension
 
 
+def test_globs_ignore_case_as_the_extension_filter_does(tmp_path: Path) -> None:
+    touch(tmp_path, "Calls/A.WAV", "calls/b.Mp3", "Drafts/c.wav")
+    source = LocalStore(tmp_path)
+    assert keys(source) == ["Calls/A.WAV", "Drafts/c.wav", "calls/b.Mp3"]
+    assert keys(source, include=("*.wav",)) == ["Calls/A.WAV", "Drafts/c.wav"]
+    assert keys(source, include=("calls/*",), exclude=("*.MP3",)) == ["Calls/A.WAV"]
+    assert keys(source, exclude=("drafts/*",)) == ["Calls/A.WAV", "calls/b.Mp3"]
+
+
+def test_listing_counts_what_it_found_and_what_it_took(tmp_path: Path) -> None:
+    from batch.storage import ListingCounts
+
+    touch(tmp_path, "a.wav", "b.txt", ".hidden.wav", "c/d.mp3")
+    counts = ListingCounts()
+    assert keys(LocalStore(tmp_path), exclude=("c/*",), counts=counts) == ["a.wav"]
+    assert (counts.listed, counts.selected) == (3, 1)
+
+
+def test_a_single_file_source_lists_that_file_alone(tmp_path: Path) -> None:
+    from batch.storage import open_source
+
+    touch(tmp_path, "calls/a.wav", "calls/b.wav", "calls/notes.dat")
+    single = open_source(str(tmp_path / "calls" / "notes.dat"))
+    single.check_readable()
+    assert keys(single) == ["notes.dat"] and single.location == str(tmp_path / "calls" / "notes.dat")
+    assert keys(single, exclude=("*.dat",)) == []
+    item = next(single.list())
+    assert single.fingerprint(item).startswith("sha256:") and single.open(item.key).read() == b"x" * 10
+    assert keys(open_source(str(tmp_path / "calls"))) == ["a.wav", "b.wav"]  # a folder is scanned as before
+    assert isinstance(open_store(str(tmp_path / "calls" / "a.wav")), LocalStore)  # DEST is never a file's folder
+    assert open_store(str(tmp_path / "calls" / "a.wav")).root == tmp_path / "calls" / "a.wav"
+
+
 def test_unicode_and_spaces_survive(tmp_path: Path) -> None:
     touch(tmp_path, "Интервью/встреча 1.wav", "été & co/a+b=c%.mp3")
     assert keys(LocalStore(tmp_path)) == ["été & co/a+b=c%.mp3", "Интервью/встреча 1.wav"]

@@ -4,8 +4,8 @@ A store is one location. It lists and reads recordings (as SOURCE) and writes, r
 objects (as DEST: outputs, manifests, run reports, claims). Names and keys are relative to the location, in
 POSIX form; `batch.storage.names` says which keys are taken and what their outputs are called.
 
-`open_store` is the one place that picks a folder or S3 from a location; `open_job_stores` opens SOURCE and
-DEST of a job together.
+`open_store` is the one place that picks a folder or S3 from a location; `open_source` also takes a single
+file or S3 object as SOURCE (its key is its name); `open_job_stores` opens SOURCE and DEST of a job together.
 """
 
 from __future__ import annotations
@@ -29,6 +29,14 @@ class InputFile:
     version: str
 
 
+@dataclass
+class ListingCounts:
+    """What a listing found: every file in SOURCE (hidden ones aside), and how many of them were selected."""
+
+    listed: int = 0
+    selected: int = 0
+
+
 class Store(Protocol):
     """One location, a folder (`batch.storage.local.LocalStore`) or an S3 prefix (`batch.storage.s3.S3Store`).
 
@@ -38,8 +46,10 @@ class Store(Protocol):
 
     location: str
 
-    # Reading recordings (SOURCE)
-    def list(self, include: Iterable[str] = (), exclude: Iterable[str] = ()) -> Iterator[InputFile]: ...
+    # Reading recordings (SOURCE); `counts`, when given, is kept up to date as the listing streams
+    def list(
+        self, include: Iterable[str] = (), exclude: Iterable[str] = (), counts: ListingCounts | None = None
+    ) -> Iterator[InputFile]: ...
     def open(self, key: str, size: int | None = None) -> BinaryIO: ...
     def fingerprint(self, item: InputFile) -> str: ...
     def check_readable(self, role: str = "SOURCE") -> None: ...
@@ -95,6 +105,32 @@ def open_store(
     return LocalStore(url, skip=skip)
 
 
+def open_source(
+    url: str,
+    *,
+    endpoint_url: str | None = None,
+    spool_dir: str | None = None,
+    max_input_bytes: int | None = None,
+    client: Any = None,
+    skip: str | None = None,
+) -> Store:
+    """SOURCE at `url`: as `open_store`, but a URL that names one file or one S3 object (checked with a stat or
+    a HEAD request) is a store of that file alone, whose key is its name."""
+    if is_s3_url(url):
+        from batch.storage.s3 import make_client, object_source
+
+        client = client if client is not None else make_client(endpoint_url)
+        single = object_source(url, client, spool_dir=spool_dir, max_bytes=max_input_bytes)
+        if single is not None:
+            return single
+    elif Path(url).is_file():
+        from batch.storage.local import LocalStore
+
+        return LocalStore(Path(url).parent, only=Path(url).name)
+    return open_store(url, endpoint_url=endpoint_url, spool_dir=spool_dir, max_input_bytes=max_input_bytes,
+                      client=client, skip=skip)  # fmt: skip
+
+
 def open_job_stores(
     source_url: str,
     dest_url: str,
@@ -119,7 +155,7 @@ def open_job_stores(
     except ValueError as exc:
         raise ConfigError("out", str(exc)) from None
     try:
-        source = open_store(
+        source = open_source(
             source_url,
             endpoint_url=endpoint_url,
             spool_dir=spool_dir,
@@ -146,4 +182,4 @@ def _same_place(source_url: str, dest_url: str) -> bool:
     return Path(source_url).resolve() == Path(dest_url).resolve()
 
 
-__all__ = ["InputFile", "Store", "is_s3_url", "open_job_stores", "open_store"]
+__all__ = ["InputFile", "ListingCounts", "Store", "is_s3_url", "open_job_stores", "open_source", "open_store"]

@@ -14,7 +14,7 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 from batch.errors import EnvironmentProblem
-from batch.storage import InputFile
+from batch.storage import InputFile, ListingCounts
 from batch.storage.names import is_selected, safe_relative
 
 # Read once, at import, while the process is single-threaded (os.umask can only be read by setting it).
@@ -23,28 +23,47 @@ os.umask(_UMASK)
 
 
 class LocalStore:
-    """A folder. Hidden files and folders, links that lead outside it, and `skip` are never listed."""
+    """A folder. Hidden files and folders, links that lead outside it, and `skip` are never listed.
 
-    def __init__(self, root: str | os.PathLike[str], skip: str | os.PathLike[str] | None = None):
+    With `only`, the store lists that one file of the folder (SOURCE given as a file), whatever its extension.
+    """
+
+    def __init__(
+        self, root: str | os.PathLike[str], skip: str | os.PathLike[str] | None = None, only: str | None = None
+    ):
         self.root = Path(root)
-        self.location = str(self.root)
+        self.only = only
+        self.location = str(self.root / only) if only else str(self.root)
         self._skip = Path(skip).resolve() if skip is not None else None
 
     # --- reading recordings ------------------------------------------------------------------------------
 
     def check_readable(self, role: str = "SOURCE") -> None:
-        if not self.root.is_dir() or not os.access(self.root, os.R_OK | os.X_OK):
+        if self.only is not None:
+            if not (self.root / self.only).is_file() or not os.access(self.root / self.only, os.R_OK):
+                raise EnvironmentProblem(f"{role} is not a readable file: {self.location}")
+        elif not self.root.is_dir() or not os.access(self.root, os.R_OK | os.X_OK):
             raise EnvironmentProblem(f"{role} is not a readable folder: {self.root}")
 
-    def list(self, include: Iterable[str] = (), exclude: Iterable[str] = ()) -> Iterator[InputFile]:
+    def list(
+        self, include: Iterable[str] = (), exclude: Iterable[str] = (), counts: ListingCounts | None = None
+    ) -> Iterator[InputFile]:
         """Yield the selected files, streaming, in a stable sorted order."""
-        include, exclude = tuple(include), tuple(exclude)
-        for relative in self._walk_from(PurePosixPath()):
+        include, exclude, counts = tuple(include), tuple(exclude), counts or ListingCounts()
+        for relative in self._files():
             key = relative.as_posix()
-            if not is_selected(key, include, exclude):
+            counts.listed += 1
+            if not is_selected(key, include, exclude, named=self.only is not None):
                 continue
+            counts.selected += 1
             stat = (self.root / relative).stat()
             yield InputFile(key=key, size=stat.st_size, version=str(stat.st_mtime_ns))
+
+    def _files(self) -> Iterator[PurePosixPath]:
+        if self.only is None:
+            yield from self._walk_from(PurePosixPath())
+        elif (self.root / self.only).is_file():
+            yield PurePosixPath(self.only)
 
     def list_names(self, prefix: str = "", suffix: str = "") -> Iterator[str]:
         """Every file name in the folder `prefix` (all of the store when empty) and below, ending with `suffix`.

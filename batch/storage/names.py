@@ -64,14 +64,20 @@ def is_hidden(name: str) -> bool:
     return any(part.startswith(".") and part not in (".", "..") for part in name.split("/"))
 
 
-def is_selected(key: str, include: Iterable[str] = (), exclude: Iterable[str] = ()) -> bool:
+def is_selected(key: str, include: Iterable[str] = (), exclude: Iterable[str] = (), named: bool = False) -> bool:
     """Whether a key is taken: by media extension, or by --include globs when given; never if excluded.
 
-    Globs follow fnmatch, matched against the whole key, so `*` also crosses folders.
+    Globs follow fnmatch, matched against the whole key, so `*` also crosses folders, and ignore case as the
+    extension filter does (`*.wav` takes `CALL.WAV`). A `named` key (SOURCE is that one file) needs no media
+    extension.
     """
     include, exclude = tuple(include), tuple(exclude)
     if include:
-        chosen = any(fnmatch.fnmatchcase(key, pattern) for pattern in include)
+        chosen = any(_matches(key, pattern) for pattern in include)
     else:
-        chosen = PurePosixPath(key).suffix.lower().lstrip(".") in MEDIA_EXTENSIONS
-    return chosen and not any(fnmatch.fnmatchcase(key, pattern) for pattern in exclude)
+        chosen = named or PurePosixPath(key).suffix.lower().lstrip(".") in MEDIA_EXTENSIONS
+    return chosen and not any(_matches(key, pattern) for pattern in exclude)
+
+
+def _matches(key: str, pattern: str) -> bool:
+    return fnmatch.fnmatchcase(key.lower(), pattern.lower())

@@ -21,7 +21,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from batch.errors import EnvironmentProblem, FileFailure, redact
-from batch.storage import InputFile
+from batch.storage import InputFile, ListingCounts
 from batch.storage.names import is_hidden, is_selected
 
 # One request per object part above this size; transcripts are small, so this mostly serves large outputs.
@@ -60,8 +60,28 @@ def _error_code(exc: ClientError) -> str | None:
     return exc.response.get("Error", {}).get("Code")
 
 
+def object_source(url: str, client: Any, **options: Any) -> S3Store | None:
+    """The store of the one object `url` names (s3://bucket/calls/a.wav, key `a.wav`), or None when no object has
+    that exact key (a prefix, or a HEAD this client may not make: the listing then tells)."""
+    bucket, prefix = split_url(url)
+    full_key = prefix.rstrip("/")
+    if not full_key or url.endswith("/"):
+        return None
+    try:
+        client.head_object(Bucket=bucket, Key=full_key)
+    except (BotoCoreError, ClientError):
+        return None
+    folder, _, name = full_key.rpartition("/")
+    store = S3Store(f"s3://{bucket}/{folder}", client, only=name, **options)
+    store.location = url
+    return store
+
+
 class S3Store:
-    """Objects under s3://bucket/prefix. Hidden keys (a component starting with a dot) are never listed."""
+    """Objects under s3://bucket/prefix. Hidden keys (a component starting with a dot) are never listed.
+
+    With `only`, the store lists that one object under the prefix (SOURCE given as an object).
+    """
 
     def __init__(
         self,
@@ -70,8 +90,10 @@ class S3Store:
         skip_url: str | None = None,
         spool_dir: str | None = None,
         max_bytes: int | None = None,
+        only: str | None = None,
     ):
         self.url = self.location = url
+        self.only = only
         self.bucket, self.prefix = split_url(url)
         self.client = client
         self.spool_dir = spool_dir
@@ -93,11 +115,17 @@ class S3Store:
         except (BotoCoreError, ClientError) as exc:
             raise EnvironmentProblem(f"{role} {self.url} cannot be listed: {describe_s3_error(exc)}") from None
 
-    def list(self, include: Iterable[str] = (), exclude: Iterable[str] = ()) -> Iterator[InputFile]:
+    def list(
+        self, include: Iterable[str] = (), exclude: Iterable[str] = (), counts: ListingCounts | None = None
+    ) -> Iterator[InputFile]:
         """Stream the selected objects page by page (never the whole listing in memory), in key order."""
-        include, exclude = tuple(include), tuple(exclude)
-        for key, obj in self._objects(self.prefix):
-            if is_selected(key, include, exclude):
+        include, exclude, counts = tuple(include), tuple(exclude), counts or ListingCounts()
+        for key, obj in self._objects(self.prefix + (self.only or "")):
+            if self.only is not None and key != self.only:
+                continue  # a.wav2 and a.wav/x.wav share the prefix of a.wav
+            counts.listed += 1
+            if is_selected(key, include, exclude, named=self.only is not None):
+                counts.selected += 1
                 yield InputFile(key=key, size=obj["Size"], version=obj["ETag"].strip('"'))
 
     def list_names(self, prefix: str = "", suffix: str = "") -> Iterator[str]:
