@@ -58,7 +58,8 @@ def _root(
 @app.command("run")
 def run_command(
     source: Annotated[
-        str | None, typer.Argument(help="Folder of recordings (scanned recursively), or s3://bucket/prefix.")
+        str | None,
+        typer.Argument(help="Folder of recordings (scanned recursively), one file, s3://bucket/prefix, or one object."),
     ] = None,
     out: Annotated[
         str | None, Opt("--out", "-o", help="Folder or s3://bucket/prefix for transcripts, manifests, reports.")
@@ -157,7 +158,7 @@ def run_command(
     formats: Annotated[
         list[str] | None,
         Opt(
-            help="Extra formats: srt, vtt, txt, tsv, turns, rttm (comma list or repeated); json always.",
+            help="Extra formats: srt, vtt, txt, tsv, turns, rttm, or all (comma list or repeated); json always.",
             rich_help_panel=OUTPUT,
         ),
     ] = None,
@@ -178,6 +179,14 @@ def run_command(
     ] = None,
     exclude: Annotated[
         list[str] | None, Opt(help="Skip keys matching this glob (repeatable).", rich_help_panel=SELECT)
+    ] = None,
+    allow_empty: Annotated[
+        bool | None,
+        Opt(
+            "--allow-empty/--no-allow-empty",
+            help="Exit 0 when SOURCE has nothing selected (a drop folder); else that is exit 2.",
+            rich_help_panel=SELECT,
+        ),
     ] = None,
     prefetch: Annotated[
         int | None, Opt(help="Files fetched and decoded ahead of the model (0-8, default 2).", rich_help_panel=STORE)
@@ -247,11 +256,15 @@ def run_command(
     metrics_interval: Annotated[
         float | None, Opt(help="Seconds between metric updates during the run (default 30).", rich_help_panel=METRICS)
     ] = None,
+    keep_run_reports: Annotated[
+        int | None,
+        Opt(help="Run reports kept in DEST/_runs/, newest first (default 50; 0 keeps all).", rich_help_panel=OUTPUT),
+    ] = None,
 ) -> None:
     """Transcribe every recording under SOURCE into --out. Reruns skip what is done.
 
-    Exit codes: 0 all succeeded or skipped; 1 some files failed; 2 usage or config error;
-    3 environment error (model missing, device unusable, DEST not writable).
+    Exit codes: 0 all succeeded or skipped; 1 some files failed; 2 usage or config error (also: nothing selected
+    in SOURCE, unless --allow-empty); 3 environment error (model missing, device unusable, DEST not writable).
     """
     flags = {key: value for key, value in locals().items() if key != "config" and value is not None}
     for key in ("formats", "include", "exclude", "align_model"):

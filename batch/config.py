@@ -9,18 +9,31 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-from batch.errors import ConfigError
+from batch.config_sources import (
+    CONFIG_ENV_VAR,
+    ENV_PREFIX,
+    SHARD_COUNT_ENV_VAR,
+    env_name,
+    read_config_file,
+    read_environment,
+)
+from batch.errors import ConfigError, raise_config_problems
 
-ENV_PREFIX = "WHISPERX_BATCH_"
-CONFIG_ENV_VAR = ENV_PREFIX + "CONFIG"
-SHARD_COUNT_ENV_VAR = ENV_PREFIX + "SHARD_COUNT"  # read by batch.shard with the engine's worker index
+__all__ = ["CONFIG_ENV_VAR", "ENV_PREFIX", "SHARD_COUNT_ENV_VAR", "Settings", "env_name", "load_settings"]
 
 # Bump when the transcript JSON changes shape: outputs made under another version are redone.
 TRANSCRIPT_SCHEMA_VERSION = 1
@@ -139,6 +152,7 @@ class Settings(BaseModel):
     highlight_words: bool = False
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
+    allow_empty: bool = False  # a SOURCE with nothing selected is an error (exit 2) unless this is set
     force: bool = False
     dry_run: bool = False
     quiet: bool = False
@@ -148,6 +162,7 @@ class Settings(BaseModel):
     metrics_pushgateway: str | None = None
     metrics_job: str = Field("whisperx_batch", min_length=1, max_length=200)
     metrics_interval: float = Field(30.0, ge=1, le=3600)
+    keep_run_reports: int = Field(50, ge=0, le=1_000_000)  # 0 keeps every report
 
     @field_validator("language")
     @classmethod
@@ -291,12 +306,16 @@ class Settings(BaseModel):
 
     @field_validator("formats", mode="before")
     @classmethod
-    def _known_formats(cls, value: Any) -> tuple[str, ...]:
+    def _known_formats(cls, value: Any, info: ValidationInfo) -> tuple[str, ...]:
         names = [value] if isinstance(value, str) else _as_list(value)
         wanted = {name.strip().lower() for item in names for name in str(item).split(",") if name.strip()}
+        if "all" in wanted:  # every format the run can write: the speaker ones only with diarize or split channels
+            with_speakers = bool(info.data.get("diarize")) or info.data.get("channels") == "split"
+            wanted = (wanted - {"all"}) | {fmt for fmt in OUTPUT_FORMATS if with_speakers or fmt not in SPEAKER_FORMATS}
         unknown = sorted(wanted - set(OUTPUT_FORMATS))
         if unknown:
-            raise ValueError(f"unknown format {', '.join(unknown)}; choose from {', '.join(OUTPUT_FORMATS)}")
+            choices = ", ".join(OUTPUT_FORMATS)
+            raise ValueError(f"unknown format {', '.join(unknown)}; choose from {choices}, or all")
         # json is always written; keep a stable order so the settings hash does not depend on it.
         return tuple(name for name in OUTPUT_FORMATS if name in wanted or name == "json")
 
@@ -361,10 +380,6 @@ def flag_name(key: str) -> str:
     return "--" + key.replace("_", "-")
 
 
-def env_name(key: str) -> str:
-    return ENV_PREFIX + key.upper()
-
-
 def load_settings(
     flags: Mapping[str, Any],
     environ: Mapping[str, str] | None = None,
@@ -378,58 +393,36 @@ def load_settings(
     config_path = config_path or environ.get(CONFIG_ENV_VAR) or None
     values: dict[str, Any] = {}
     origin: dict[str, str] = {}
+    problems: list[ConfigError] = []
     if config_path:
-        for key, value in read_config_file(Path(config_path)).items():
-            values[key], origin[key] = value, f"config file {config_path}"
-    for key, value in read_environment(environ).items():
-        values[key], origin[key] = value, env_name(key)
+        in_file = read_config_file(Path(config_path), FIELD_NAMES)
+        values |= in_file.values
+        origin |= {key: f"config file {config_path}" + (f", as {name}" if name != key else "")
+                   for key, name in in_file.names.items()}  # fmt: skip
+        problems += in_file.problems
+    in_environment = read_environment(environ, FIELD_NAMES)
+    values |= in_environment.values
+    origin |= in_environment.names
+    problems += in_environment.problems
     for key, value in flags.items():
         if value is not None:
             values[key], origin[key] = value, flag_name(key)
     try:
-        return Settings(**values)
+        settings = Settings(**values)
     except ValidationError as exc:
-        error = exc.errors()[0]
+        problems += _validation_problems(exc, origin)
+    raise_config_problems(problems)
+    return settings
+
+
+def _validation_problems(exc: ValidationError, origin: Mapping[str, str]) -> list[ConfigError]:
+    """One ConfigError per setting pydantic found wrong (the first message of each), in the order found."""
+    problems: dict[str, ConfigError] = {}
+    for error in exc.errors():
         message = error["msg"].removeprefix("Value error, ")
         if error["loc"]:
             key = str(error["loc"][0])
         else:  # a check across keys names its key first: "key: message"
             key, _, message = message.partition(": ")
-        raise ConfigError(key, message, origin.get(key)) from None
-
-
-def read_config_file(path: Path) -> dict[str, Any]:
-    """The keys of a TOML config file; an unknown key is an error that names it."""
-    try:
-        with path.open("rb") as handle:
-            data = tomllib.load(handle)
-    except FileNotFoundError:
-        raise ConfigError("config", f"file not found: {path}") from None
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError("config", f"cannot read {path}: {exc}") from None
-    values = {}
-    for raw_key, value in data.items():
-        key = raw_key.replace("-", "_")
-        if key not in FIELD_NAMES:
-            raise ConfigError(raw_key, "unknown config key", f"config file {path}")
-        values[key] = value
-    return values
-
-
-_LIST_FIELDS = {"formats", "include", "exclude", "align_model", "languages", "channel_speakers"}
-
-
-def read_environment(environ: Mapping[str, str]) -> dict[str, Any]:
-    """Settings given as WHISPERX_BATCH_* variables; an unknown one is an error, not a silent typo."""
-    values: dict[str, Any] = {}
-    for name, raw in environ.items():
-        if not name.startswith(ENV_PREFIX) or name in (CONFIG_ENV_VAR, SHARD_COUNT_ENV_VAR):
-            continue
-        key = name.removeprefix(ENV_PREFIX).lower()
-        if key not in FIELD_NAMES:
-            raise ConfigError(name, "unknown environment variable")
-        if key in _LIST_FIELDS:
-            values[key] = tuple(part.strip() for part in raw.split(",") if part.strip())
-        else:
-            values[key] = raw
-    return values
+        problems.setdefault(key, ConfigError(key, message, origin.get(key)))
+    return list(problems.values())

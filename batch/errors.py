@@ -38,6 +38,24 @@ class ConfigError(BatchError):
         super().__init__(f"{key}: {message}{where}")
 
 
+class ConfigErrors(ConfigError):
+    """Several config problems found together (a file with two bad keys): all listed, one a line."""
+
+    def __init__(self, problems: list[ConfigError]):
+        self.problems = problems
+        self.key, self.source = problems[0].key, problems[0].source
+        lines = "".join(f"\n  {problem}" for problem in problems)
+        BatchError.__init__(self, f"{len(problems)} problems in the settings:{lines}")
+
+
+def raise_config_problems(problems: list[ConfigError]) -> None:
+    """Raise nothing, the one problem, or all of them at once."""
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        raise ConfigErrors(problems)
+
+
 class EnvironmentProblem(BatchError):
     """The machine cannot run the job: model missing, device unusable, DEST not writable."""
 

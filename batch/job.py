@@ -166,6 +166,8 @@ def _runtime(settings: Settings) -> RuntimeOptions:
     from batch.units import parse_bytes
 
     device = resolve_device(settings.device)
+    if settings.compute_type is not None:
+        _refuse_a_compute_type_the_device_cannot_run(settings, device)
     return RuntimeOptions(
         device=device,
         compute_type=settings.compute_type or default_compute_type(device),
@@ -176,13 +178,29 @@ def _runtime(settings: Settings) -> RuntimeOptions:
 
 
 def _refuse_what_an_english_only_model_cannot_do(config: JobConfig) -> None:
-    """Before any model loads, where the model's name or folder tells (else the engine does, once loaded)."""
-    from batch.models import english_only
+    """Before any model loads, where the model's name or folder tells, or the files of a hub model already in the
+    cache (else the engine does, once loaded, still before any file)."""
+    from batch.models import cached_english_only, english_only
 
     asr = config.pipeline.asr
-    problem = asr.english_only_problem() if english_only(asr.model) else None
+    known = english_only(asr.model)
+    if known is None and asr.english_only_problem() is not None:  # only then is the cache looked into
+        known = cached_english_only(asr.model, config.pipeline.hub.cache_dir)
+    problem = asr.english_only_problem() if known else None
     if problem is not None:
         raise ConfigError(*problem)
+
+
+def _refuse_a_compute_type_the_device_cannot_run(settings: Settings, device: str) -> None:
+    """float16 on the CPU is a configuration error found now, not after the model has loaded (exit 2)."""
+    from batch.runtime import compute_type_problem
+
+    assert settings.compute_type is not None
+    problem = compute_type_problem(settings.compute_type, device)
+    if problem is not None:
+        if settings.device == "auto" and device == "cpu":
+            problem += "; device auto found no usable GPU"
+        raise ConfigError("compute_type", problem)
 
 
 def _require_token(settings: Settings, environ: Mapping[str, str]) -> None:

@@ -99,6 +99,24 @@ def english_only(model: str) -> bool | None:
     return size < MULTILINGUAL_VOCABULARY
 
 
+def cached_english_only(model: str, cache_dir: str | None) -> bool | None:
+    """For a hub model already in the cache, what its files say (no network); None when it is not there."""
+    try:
+        from faster_whisper.utils import download_model
+
+        folder = download_model(model, local_files_only=True, cache_dir=cache_dir)
+    except Exception:  # not in the cache: the loaded model tells
+        return None
+    return english_only(str(Path(folder).absolute()))
+
+
+def resolved_language(language: str, model: str) -> str:
+    """The language a transcript is read in, as far as the settings tell: `auto` on an English-only model is `en`.
+    Told from the name or local folder only (never the cache), so that the settings hash built on it does not
+    change with what happens to be cached."""
+    return "en" if language == "auto" and english_only(model) else language
+
+
 def asr_load_failure(model: str, exc: BaseException, offline: bool) -> EnvironmentProblem:
     if offline and not is_local(model):
         return EnvironmentProblem(

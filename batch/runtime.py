@@ -100,3 +100,24 @@ def package_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             continue
     return versions
+
+
+# CTranslate2 picks a compute type the device supports for these.
+ANY_DEVICE_COMPUTE_TYPES = ("default", "auto")
+
+
+def compute_type_problem(compute_type: str, device: str) -> str | None:
+    """Why CTranslate2 cannot run `compute_type` on `device` here, naming what it can; None when it can (or when
+    CTranslate2 cannot tell: the device check then says what is wrong)."""
+    if compute_type in ANY_DEVICE_COMPUTE_TYPES:
+        return None
+    try:
+        import ctranslate2
+
+        supported = sorted(ctranslate2.get_supported_compute_types(device))
+    except Exception:
+        return None
+    if compute_type in supported:
+        return None
+    where = "the CPU" if device == "cpu" else "this GPU"
+    return f"{compute_type} cannot run on {where}; supported here: {', '.join(supported)} (or default)"

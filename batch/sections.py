@@ -40,6 +40,7 @@ class SelectionConfig:
 
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
+    allow_empty: bool = False  # a SOURCE with nothing selected is not an error
     shard: Shard | None = None
     claim: bool = False
     claim_ttl: float = 7200.0
@@ -126,6 +127,7 @@ class RunControl:
     prefetch: int = 2
     grace_seconds: float = 25.0
     dry_run: bool = False
+    keep_run_reports: int = 50  # the newest reports kept in DEST/_runs/; 0 keeps all
 
 
 @dataclass(frozen=True)
@@ -195,14 +197,15 @@ def build_config(
             parse_bytes(settings.max_input_size),
         ),  # fmt: skip
         selection=SelectionConfig(
-            settings.include, settings.exclude, _shard(settings, environ), settings.claim, settings.claim_ttl,
-            settings.force,
+            settings.include, settings.exclude, settings.allow_empty, _shard(settings, environ), settings.claim,
+            settings.claim_ttl, settings.force,
         ),  # fmt: skip
         pipeline=pipeline,
         formats=settings.formats,
         subtitles=SubtitleOptions(settings.max_line_width, settings.max_line_count, settings.max_cue_duration,
                                   settings.highlight_words),  # fmt: skip
-        control=RunControl(settings.prefetch, settings.grace_seconds, settings.dry_run),
+        control=RunControl(settings.prefetch, settings.grace_seconds, settings.dry_run,
+                           settings.keep_run_reports),
         shaping=shaping_settings(settings, vad, runtime.compute_type),
         metrics=metrics_config(settings),
         channels=ChannelConfig(settings.channels == "split", settings.channel_speakers),
@@ -223,10 +226,13 @@ def decoding_options(settings: Settings) -> DecodingOptions:
 def shaping_settings(settings: Settings, vad: VadOptions, compute_type: str) -> dict[str, Any]:
     """What changes what a transcript says (and so redoes a done file); device, batch size, threads do not."""
     from batch.config import CHANNEL_SHAPING, DECODING_SHAPING, OUTPUT_SHAPING, SUBTITLE_FORMATS, SUBTITLE_SHAPING
+    from batch.models import resolved_language
 
     subtitled = any(fmt in SUBTITLE_FORMATS for fmt in settings.formats)
     left_out = (() if subtitled else SUBTITLE_SHAPING) + (() if settings.channels == "split" else CHANNEL_SHAPING)
     shaping = {name: getattr(settings, name) for name in OUTPUT_SHAPING if name not in left_out}
+    # `auto` on an English-only model reads English as `en` does: the same transcript, the same hash.
+    shaping["language"] = resolved_language(settings.language, settings.model)
     if vad.method == "pyannote":
         shaping["vad_step"] = vad.step
     defaults = Settings.model_fields

@@ -152,3 +152,50 @@ def test_sections_hold_parsed_values() -> None:
     assert config.pipeline.hub.offline and config.pipeline.hub.token_source == "HF_TOKEN"
     assert "hf_" not in repr(config)  # the token's value never shows
     assert config.pipeline.diarize.num_speakers == 2
+
+
+def test_auto_and_en_are_one_setting_on_an_english_only_model_only(tiny_en: str, base_multilingual: str) -> None:
+    for english_only in (tiny_en, "tiny.en", "Systran/faster-whisper-small.en"):
+        auto = load_settings({"model": english_only, "language": "auto"}, environ={})
+        english = load_settings({"model": english_only, "language": "English"}, environ={})
+        assert settings_hash(auto, "int8") == settings_hash(english, "int8")
+    auto = load_settings({"model": base_multilingual, "language": "auto"}, environ={})
+    english = load_settings({"model": base_multilingual, "language": "en"}, environ={})
+    assert settings_hash(auto, "int8") != settings_hash(english, "int8")  # there auto detects
+
+
+def test_english_only_is_told_from_the_files_as_ctranslate2_tells_it(tiny_en: str, base_multilingual: str) -> None:
+    import ctranslate2
+
+    from batch.models import english_only
+
+    for folder in (tiny_en, base_multilingual):
+        model = ctranslate2.models.Whisper(folder, device="cpu", compute_type="int8")
+        assert english_only(folder) is (not model.is_multilingual)
+    assert english_only(tiny_en) is True and english_only("large-v3") is False
+    assert english_only("someone/whisper-ct2") is None  # neither its name nor a local folder tells
+
+
+def test_formats_all_is_every_format_the_run_can_write() -> None:
+    assert load_settings({"formats": ("all",)}, environ={}).formats == ("json", "srt", "vtt", "txt", "tsv")
+    with_speakers = load_settings({}, environ={"WHISPERX_BATCH_FORMATS": "all", "WHISPERX_BATCH_DIARIZE": "1"})
+    assert with_speakers.formats == ("json", "srt", "vtt", "txt", "tsv", "turns", "rttm")
+    with pytest.raises(ConfigError, match="formats: unknown format every; choose from .*, or all"):
+        load_settings({"formats": ("every",)}, environ={})
+
+
+def test_keep_run_reports_is_a_count(tmp_path: Path) -> None:
+    assert load_settings({}, environ={}).keep_run_reports == 50
+    assert load_settings({}, environ={"WHISPERX_BATCH_KEEP_RUN_REPORTS": "0"}).keep_run_reports == 0
+    with pytest.raises(ConfigError, match="keep_run_reports"):
+        load_settings({}, environ={}, config_path=write_config(tmp_path, "keep_run_reports = -1\n"))
+
+
+def test_problems_from_the_file_and_the_environment_are_reported_together(tmp_path: Path) -> None:
+    from batch.errors import ConfigErrors
+
+    config = write_config(tmp_path, "batch_size = 0\nthreds = 2\n")
+    with pytest.raises(ConfigErrors) as caught:
+        load_settings({}, environ={"WHISPERX_BATCH_QUIETT": "1"}, config_path=config)
+    assert [problem.key for problem in caught.value.problems] == ["threds", "WHISPERX_BATCH_QUIETT", "batch_size"]
+    assert caught.value.exit_code == EXIT_USAGE
