@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import secrets
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, computed_field
 
 from batch.errors import EXIT_FILES_FAILED, EXIT_OK
 from batch.manifest import RUNS_FOLDER, ErrorRecord, Record, encode
+
+if TYPE_CHECKING:
+    from batch.storage import Store
 
 REPORT_VERSION = 1
 
@@ -23,6 +26,23 @@ def new_run_id() -> str:
 
 def report_name(run_id: str) -> str:
     return f"{RUNS_FOLDER}/{run_id}.json"
+
+
+def report_names(store: Store) -> list[str]:
+    """The run reports in DEST (RUNS_FOLDER/RUN_ID.json, not in folders below it), oldest first: a run id starts
+    with the UTC time its run started."""
+    return sorted(name for name in store.list_names(RUNS_FOLDER, ".json") if name.count("/") == 1)
+
+
+def prune_reports(store: Store, keep: int) -> list[str]:
+    """Delete all but the newest `keep` run reports (0 keeps every one); the names deleted, oldest first."""
+    if keep <= 0:
+        return []
+    names = report_names(store)
+    old = names[: max(0, len(names) - keep)]
+    for name in old:
+        store.delete(name)
+    return old
 
 
 class FailedFile(BaseModel):
@@ -113,6 +133,7 @@ class RunReport(Record):
         return EXIT_FILES_FAILED if self.failed else EXIT_OK
 
     def summary(self) -> str:
+        """Counts, hours and speed, then each failed file; what stopped the run is `error`, said on its own."""
         speed = f", {self.realtime_factor:.1f}x realtime" if self.realtime_factor else ""
         lines = [
             f"whisperx-batch run {self.run_id}: {len(self.succeeded)} succeeded, {len(self.skipped)} skipped, "
@@ -122,8 +143,6 @@ class RunReport(Record):
         lines += [f"  words not timed in {w.key}: {w.reason}" for w in self.words_untimed]
         if self.claimed_elsewhere:
             lines.append(f"  {len(self.claimed_elsewhere)} files were claimed by other workers")
-        if self.error:
-            lines.append(f"  stopped: {self.error.message}")
         return "\n".join(lines)
 
     @classmethod

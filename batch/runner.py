@@ -17,14 +17,14 @@ from typing import Any
 from batch.audio import decode
 from batch.claims import HeldClaims
 from batch.concurrency import ordered_map
-from batch.errors import BatchError, DestPathBlocked, describe
+from batch.errors import BatchError, ConfigError, DestPathBlocked, describe
 from batch.logs import file_context
 from batch.manifest import ErrorRecord, InputRecord, Manifest, is_done, manifest_name, read_manifest, utc_now
 from batch.outputs import OutputWriter, write_file
 from batch.pipeline import DecodedFile, FileOutcome, Pipeline, PipelineStats, Stopwatch
-from batch.report import AsrFigures, RunReport, UntimedWords, new_run_id, report_name
-from batch.sections import JobConfig
-from batch.storage import InputFile, Store
+from batch.report import AsrFigures, RunReport, UntimedWords, new_run_id, prune_reports, report_name
+from batch.sections import JobConfig, SelectionConfig
+from batch.storage import InputFile, ListingCounts, Store
 from batch.tally import FileEvent, Tally
 from batch.transcript import Transcript, build_transcript
 
@@ -100,7 +100,8 @@ class Runner:
         bounded number ahead, since on S3 each is a request.
         """
         selection = self.config.selection
-        listing = self.source.list(selection.include, selection.exclude)
+        counts = ListingCounts()
+        listing = self.source.list(selection.include, selection.exclude, counts)
         if selection.shard is not None:
             listing = (item for item in listing if selection.shard.owns(item.key))
         for item, done in ordered_map(self._is_done, listing, workers=SKIP_CHECK_WORKERS, ahead=SKIP_CHECK_AHEAD):
@@ -109,6 +110,9 @@ class Runner:
                 self.on_file(FileEvent(item.key, "skipped"))
             else:
                 yield item
+        log.info("%s: %d files listed, %d selected", self.source.location, counts.listed, counts.selected)
+        if counts.selected == 0 and not selection.allow_empty:
+            raise nothing_selected(self.source.location, counts, selection)
 
     def _is_done(self, item: InputFile) -> bool:
         try:
@@ -143,8 +147,7 @@ class Runner:
             self.tally.count(writer.close())
         except BatchError as exc:
             self.report.error = ErrorRecord(**describe(exc))
-            self.report.exit_code = exc.exit_code
-            log.error("the run stopped: %s", self.report.error.message)
+            self.report.exit_code = exc.exit_code  # said once, by whoever reads the report (the command line)
         finally:
             self.tally.count(writer.close(), check=False)  # a file the models finished is never dropped
             if self.claims is not None:
@@ -226,12 +229,24 @@ class Runner:
     def _finish_report(self, started: float) -> None:
         finish_report(self.report, self.pipeline.stats(), started, self.clock())
         self.write_report()
+        self.prune_reports()
 
     def write_report(self) -> None:
         try:
             self.dest.write_bytes(report_name(self.report.run_id), self.report.encode())
         except Exception as exc:  # the run's outcome stands; the report is a record of it
             log.error("could not write the run report: %s", describe(exc)["message"])
+
+    def prune_reports(self) -> None:
+        """Keep the newest `keep_run_reports` reports in DEST/_runs/ (this run's among them)."""
+        try:
+            pruned = prune_reports(self.dest, self.config.control.keep_run_reports)
+        except Exception as exc:  # a record kept too long harms nothing: say so and go on
+            log.warning("could not delete old run reports: %s", describe(exc)["message"])
+            return
+        if pruned:
+            log.info("deleted %d old run reports (keep_run_reports = %d)", len(pruned),
+                     self.config.control.keep_run_reports)  # fmt: skip
 
 
 # --- one file's records, and the run's --------------------------------------------------------------------
@@ -284,3 +299,15 @@ def finish_report(report: RunReport, stats: PipelineStats, started: float, now: 
     report.gpu = sum_records(stats.gpu_records)
     if report.exit_code is None:
         report.exit_code = 128 + report.stopped_by_signal if report.stopped_by_signal else report.outcome_code()
+
+
+def nothing_selected(location: str, counts: ListingCounts, selection: SelectionConfig) -> ConfigError:
+    """The error of a SOURCE where nothing was selected: an unmounted volume, or a filter that takes nothing."""
+    advice = "give --allow-empty (allow_empty = true) where an empty SOURCE is expected, as in a drop folder"
+    if counts.listed == 0:
+        return ConfigError("source", f"{location} holds no files (is it mounted?); {advice}")
+    filters = [f"--include {' '.join(selection.include)}"] if selection.include else ["the media extensions"]
+    filters += [f"--exclude {' '.join(selection.exclude)}"] if selection.exclude else []
+    key = "include" if selection.include else "exclude" if selection.exclude else "source"
+    return ConfigError(key, f"{location}: {counts.listed} files listed, 0 selected by {' and '.join(filters)}; "
+                            f"globs match the path under SOURCE, ignoring case; {advice}")  # fmt: skip

@@ -10,14 +10,22 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
+from batch.concurrency import ordered_map
 from batch.errors import EXIT_FILES_FAILED, EXIT_OK, BatchError, ConfigError, EnvironmentProblem, redact
 from batch.manifest import MANIFEST_SUFFIX, RUNS_FOLDER, Manifest, manifest_name
-from batch.report import RunReport
+from batch.report import RunReport, report_names
 from batch.storage import Store, open_store
+
+# Manifests and reports are read this many at once (on S3 each read is a request), this many ahead of the count.
+READ_WORKERS = 16
+READ_AHEAD = 64
+
+Result = TypeVar("Result")
 
 # The counts of a run report that the summary line always shows; any other non-zero count follows them.
 _MAIN_COUNTS = ("succeeded", "skipped", "failed")
@@ -86,10 +94,10 @@ def collect_status(dest: str | os.PathLike[str] | None, s3_endpoint_url: str | N
         raise ConfigError("out", str(exc)) from None
     store.check_readable("DEST")
     status = DestStatus(dest=store.location)
-    for name in _listed(store, manifest_names):
-        _count(status, name, *_inspect(store, name))
-    reports = [report for report in (RunReport.decode(_read(store, name)) for name in _listed(store, report_names))
-               if report is not None]  # fmt: skip
+    for name, inspected in _each(partial(_inspect, store), _listed(store, manifest_names)):
+        _count(status, name, *inspected)
+    stored = _each(partial(_read, store), _listed(store, report_names))
+    reports = [report for report in (RunReport.decode(raw) for _, raw in stored) if report is not None]
     reports.sort(key=lambda report: (report.started_at, report.run_id))
     status.runs = len(reports)
     status.last_run = _summarize_run(reports[-1]) if reports else None
@@ -101,11 +109,6 @@ def manifest_names(store: Store) -> list[str]:
     return sorted(name for name in store.list_names(suffix=MANIFEST_SUFFIX) if not name.startswith(f"{RUNS_FOLDER}/"))
 
 
-def report_names(store: Store) -> list[str]:
-    """The run reports: RUNS_FOLDER/RUN_ID.json, not in folders below it."""
-    return [name for name in store.list_names(RUNS_FOLDER, ".json") if name.count("/") == 1]
-
-
 def _listed(store: Store, names: Callable[[Store], list[str]]) -> list[str]:
     try:
         return names(store)
@@ -113,6 +116,12 @@ def _listed(store: Store, names: Callable[[Store], list[str]]) -> list[str]:
         raise
     except Exception as exc:  # botocore's errors past the first page: credentials, network
         raise EnvironmentProblem(f"DEST {store.location} cannot be listed: {redact(str(exc))}") from None
+
+
+def _each(read: Callable[[str], Result], names: list[str]) -> Iterator[tuple[str, Result]]:
+    """(name, read(name)) for each name, in the order given; READ_WORKERS at once (each is a request on S3)."""
+    for name, future in ordered_map(read, names, workers=READ_WORKERS, ahead=READ_AHEAD):
+        yield name, future.result()
 
 
 def _read(store: Store, name: str) -> bytes | None:

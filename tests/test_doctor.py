@@ -229,8 +229,17 @@ def test_source_and_dest_problems(cli, tiny_en: str, tmp_path: Path) -> None:
     assert table["source"] == ("fail", f"{tmp_path / 'missing'} is not a folder")
     assert table["dest"][0] == "fail" and "not writable" in table["dest"][1]
 
-    nothing = cli("doctor", empty, "--out", empty / "out", "--model", tiny_en, "--no-align", "--device", "cpu")
-    assert nothing.exit_code == 0 and rows(nothing.stdout)["source"][0] == "warn"
+    # An empty SOURCE would stop a run (exit 2): a problem, unless the job allows it (a drop folder).
+    common = ("--out", empty / "out", "--model", tiny_en, "--no-align", "--device", "cpu")
+    nothing = cli("doctor", empty, *common)
+    assert nothing.exit_code == 3 and rows(nothing.stdout)["source"][0] == "fail"
+    assert "no recording is selected there (0 files listed)" in rows(nothing.stdout)["source"][1]
+    assert "--allow-empty" in nothing.stdout
+    allowed = cli("doctor", empty, *common, env={"WHISPERX_BATCH_ALLOW_EMPTY": "true"})
+    assert allowed.exit_code == 0 and rows(allowed.stdout)["source"][0] == "warn"
+
+    one_file = cli("doctor", a_file, *common)  # SOURCE may be one file, whatever its extension
+    assert rows(one_file.stdout)["source"] == ("ok", f"{a_file}: readable, 1 recordings (0.0 MiB)")
 
 
 def test_a_bad_setting_is_a_usage_error(cli) -> None:

@@ -9,6 +9,7 @@ import logging
 import os
 import shutil
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from moto.server import ThreadedMotoServer
 from batch.storage import open_job_stores, open_store
 from batch.storage.s3 import make_client
 from tests.conftest import ENGLISH, speak
+from tests.test_status import manifest_document
 
 
 @pytest.fixture(scope="module")
@@ -359,3 +361,67 @@ def test_an_s3_server_that_dies_mid_run_ends_it_with_exit_3_and_no_traceback(
 
 def _keys(client, bucket: str) -> list[str]:  # noqa: ANN001
     return [obj["Key"] for obj in client.list_objects_v2(Bucket=bucket).get("Contents", [])]
+
+
+def test_one_object_as_source_an_empty_prefix_and_pruned_reports(
+    cli, bucket: str, speech: bytes, tiny_en: str
+) -> None:
+    for key in ("in/calls/x.mp3", "in/calls/x.mp3.old.mp3", "in/calls/y.mp3"):
+        put(bucket, key, speech)
+    for index in range(3):
+        run_id = f"20200101T00000{index}Z-aaaaaa"
+        put(bucket, f"out/_runs/{run_id}.json", json.dumps({"run_id": run_id, "started_at": "2020"}).encode())
+    args = ("--out", f"s3://{bucket}/out", "--model", tiny_en, "--device", "cpu", "--no-align")
+
+    single = cli("run", f"s3://{bucket}/in/calls/x.mp3", *args, "--formats", "all")
+    assert single.exit_code == 0, single.stderr
+    written = {key for key in keys_in(bucket, "out/") if not key.startswith("out/_runs/")}
+    assert written == {f"out/x.mp3.{ext}" for ext in ("json", "srt", "vtt", "txt", "tsv", "manifest.json")}
+
+    empty = cli("run", f"s3://{bucket}/in/none", *args)  # no such object: a prefix, with nothing under it
+    assert empty.exit_code == 2 and "Traceback" not in empty.stderr
+    assert empty.stderr.count(f"source: s3://{bucket}/in/none holds no files (is it mounted?)") == 1
+
+    allowed = cli("run", f"s3://{bucket}/in/none", *args, "--allow-empty", "--keep-run-reports", "2")
+    assert allowed.exit_code == 0, allowed.stderr
+    reports = keys_in(bucket, "out/_runs/")
+    assert len(reports) == 2 and not any(key.startswith("out/_runs/2020") for key in reports)
+
+
+class SlowProxy(FlakyProxy):
+    """Forwards every request after a short wait, and counts how many were in flight at once."""
+
+    def __init__(self, upstream: str, delay: float):
+        super().__init__(upstream, every=1 << 30)
+        self.delay, self.in_flight, self.most_in_flight = delay, 0, 0
+
+    def fault_now(self) -> int:
+        with self.lock:
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        time.sleep(self.delay)
+        with self.lock:
+            self.in_flight -= 1
+        return 0
+
+
+def test_status_reads_manifests_concurrently_in_a_stable_order(cli, bucket: str, moto_url: str) -> None:
+    keys = [f"calls/{index:02d}.wav" for index in range(40)]
+    for index, key in enumerate(keys):
+        status, error = ("failed", {"type": "AudioDecodeError", "message": "empty file"}) if index % 3 else (
+            "succeeded", None)  # fmt: skip
+        document = manifest_document(key, status, error=error, audio_seconds=1.0)
+        put(bucket, f"out/{key}.manifest.json", json.dumps(document).encode())
+    proxy = SlowProxy(moto_url, delay=0.05)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        env = {"WHISPERX_BATCH_S3_ENDPOINT_URL": f"http://127.0.0.1:{proxy.server_port}"}
+        result = cli("status", f"s3://{bucket}/out", "--json", env=env)
+    finally:
+        proxy.shutdown()
+    assert result.exit_code == 1, result.stderr
+    document = json.loads(result.stdout)
+    failed = [key for index, key in enumerate(keys) if index % 3]
+    assert (document["succeeded"], document["failed"]) == (40 - len(failed), len(failed))
+    assert [failure["key"] for failure in document["failures"]] == failed  # listing order, whatever came back first
+    assert proxy.most_in_flight >= 8

@@ -23,26 +23,30 @@ def source_check(settings: Settings) -> Check:
     """SOURCE can be listed, and how many recordings a run would take there (DEST inside it left out)."""
     if not settings.source:
         return Check("source", "skip", "not given")
-    from batch.storage import open_store
+    from batch.storage import ListingCounts, open_source
     from batch.storage.local import LocalStore
 
     try:
-        store = open_store(settings.source, endpoint_url=settings.s3_endpoint_url, skip=settings.out)
+        store = open_source(settings.source, endpoint_url=settings.s3_endpoint_url, skip=settings.out)
     except ValueError as exc:  # a malformed s3:// URL
         return Check("source", "fail", str(exc), S3_FIX)
     local = isinstance(store, LocalStore)
-    if local and (problem := _local_source_problem(store.root)):
+    if local and store.only is None and (problem := _local_source_problem(store.root)):
         return problem
+    counts, size = ListingCounts(), 0
     try:
         store.check_readable("SOURCE")
-        count = size = 0
-        for item in store.list(settings.include, settings.exclude):
-            count, size = count + 1, size + item.size
+        for item in store.list(settings.include, settings.exclude, counts):
+            size += item.size
     except Exception as exc:  # EnvironmentProblem, or botocore's own errors while listing
         return Check("source", "fail", short_error(exc).split(": ", 1)[-1], None if local else S3_FIX)
-    if count == 0:
-        return Check("source", "warn", f"{store.location}: readable, but no recording is selected there", None)
-    return Check("source", "ok", f"{store.location}: readable, {count} recordings ({size / 2**20:.1f} MiB)")
+    if counts.selected == 0:
+        detail = f"{store.location}: readable, but no recording is selected there ({counts.listed} files listed)"
+        if settings.allow_empty:
+            return Check("source", "warn", detail + "; allowed (allow_empty)", None)
+        fix = "check the mount and --include/--exclude; give --allow-empty where an empty SOURCE is expected"
+        return Check("source", "fail", detail + ": a run stops with exit 2", fix)
+    return Check("source", "ok", f"{store.location}: readable, {counts.selected} recordings ({size / 2**20:.1f} MiB)")
 
 
 def _local_source_problem(root: Path) -> Check | None:
