@@ -177,7 +177,7 @@ def test_english_only_is_told_from_the_files_as_ctranslate2_tells_it(tiny_en: st
 
 
 def test_formats_all_is_every_format_the_run_can_write() -> None:
-    assert load_settings({"formats": ("all",)}, environ={}).formats == ("json", "srt", "vtt", "txt", "tsv")
+    assert load_settings({"formats": ("all",)}, environ={}).formats == ("json", "srt", "vtt", "txt", "tsv", "turns")
     with_speakers = load_settings({}, environ={"WHISPERX_BATCH_FORMATS": "all", "WHISPERX_BATCH_DIARIZE": "1"})
     assert with_speakers.formats == ("json", "srt", "vtt", "txt", "tsv", "turns", "rttm")
     with pytest.raises(ConfigError, match="formats: unknown format every; choose from .*, or all"):

@@ -170,11 +170,11 @@ def test_a_compute_type_the_cpu_cannot_run_is_a_config_error_found_before_loadin
 def test_device_auto_without_a_gpu_refuses_float16_and_says_why(
     cli, one_file_source: Path, tmp_path: Path, tiny_en: str
 ) -> None:
-    from batch.runtime import cuda_usable
+    from batch.runtime import resolve_device
 
     args = ("--out", tmp_path / "out", "--model", tiny_en, "--device", "auto", "--compute-type", "float16")
     result = cli("run", one_file_source, *args, "--dry-run")
-    if cuda_usable():  # on a GPU machine, auto is cuda, where float16 runs
+    if resolve_device("auto") == "cuda":  # on a GPU machine, auto is cuda, where float16 runs
         assert result.exit_code == 0, result.stderr
     else:
         assert result.exit_code == 2 and clean(result)
@@ -220,7 +220,7 @@ def test_enable_diarization_is_read_as_diarize(cli, one_file_source: Path, tmp_p
     from_file = cli("run", one_file_source, *common, "--config", config)
     assert from_file.exit_code == 0, from_file.stderr
     assert from_file.stdout.splitlines() == ["memo.wav"]
-    from_environment = cli("run", one_file_source, *common, "--formats", "turns",
+    from_environment = cli("run", one_file_source, *common, "--formats", "rttm",
                            env={"WHISPERX_BATCH_ENABLE_DIARIZATION": "true"})  # fmt: skip
     assert from_environment.exit_code == 0, from_environment.stderr
 
@@ -273,9 +273,9 @@ def test_a_single_file_is_a_source_and_all_formats_are_written(cli, tmp_path: Pa
     args = ("--out", out, "--model", tiny_en, "--device", "cpu", "--no-align")
     result = cli("run", recording, *args, "--formats", "all")
     assert result.exit_code == 0, result.stderr
-    for ext in ("json", "srt", "vtt", "txt", "tsv"):
+    for ext in ("json", "srt", "vtt", "txt", "tsv", "turns.json"):
         assert (out / f"memo.wav.{ext}").stat().st_size > 0
-    assert not (out / "memo.wav.rttm").exists() and not (out / "memo.wav.turns.json").exists()  # need --diarize
+    assert not (out / "memo.wav.rttm").exists()  # needs --diarize
     assert read(out / "memo.wav.manifest.json")["input"]["key"] == "memo.wav"
     assert "meeting on friday" in (out / "memo.wav.txt").read_text().lower()
     assert not (out / "other.wav.json").exists()

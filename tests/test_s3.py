@@ -376,7 +376,8 @@ def test_one_object_as_source_an_empty_prefix_and_pruned_reports(
     single = cli("run", f"s3://{bucket}/in/calls/x.mp3", *args, "--formats", "all")
     assert single.exit_code == 0, single.stderr
     written = {key for key in keys_in(bucket, "out/") if not key.startswith("out/_runs/")}
-    assert written == {f"out/x.mp3.{ext}" for ext in ("json", "srt", "vtt", "txt", "tsv", "manifest.json")}
+    formats = ("json", "srt", "vtt", "txt", "tsv", "turns.json", "manifest.json")
+    assert written == {f"out/x.mp3.{ext}" for ext in formats}
 
     empty = cli("run", f"s3://{bucket}/in/none", *args)  # no such object: a prefix, with nothing under it
     assert empty.exit_code == 2 and "Traceback" not in empty.stderr
@@ -408,9 +409,11 @@ class SlowProxy(FlakyProxy):
 def test_status_reads_manifests_concurrently_in_a_stable_order(cli, bucket: str, moto_url: str) -> None:
     keys = [f"calls/{index:02d}.wav" for index in range(40)]
     for index, key in enumerate(keys):
-        status, error = ("failed", {"type": "AudioDecodeError", "message": "empty file"}) if index % 3 else (
-            "succeeded", None)  # fmt: skip
-        document = manifest_document(key, status, error=error, audio_seconds=1.0)
+        if index % 3:
+            document = manifest_document(key, "failed", error={"type": "AudioDecodeError", "message": "empty file"})
+        else:  # a succeeded manifest counts when its outputs are there
+            document = manifest_document(key, "succeeded", outputs=[f"{key}.json"], audio_seconds=1.0)
+            put(bucket, f"out/{key}.json", b"{}")
         put(bucket, f"out/{key}.manifest.json", json.dumps(document).encode())
     proxy = SlowProxy(moto_url, delay=0.05)
     threading.Thread(target=proxy.serve_forever, daemon=True).start()
