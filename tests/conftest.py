@@ -63,6 +63,13 @@ def sample_reference() -> str:
     return " ".join(line.split(maxsplit=5)[5] for line in lines if len(line.split(maxsplit=5)) == 6)
 
 
+def tone(path: Path, seconds: float = 1.0) -> Path:
+    """A real (if wordless) recording: sox's sine wave, any container sox writes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["sox", "-n", "-r", "16000", "-c", "1", str(path), "synth", str(seconds), "sine", "440"], check=True)
+    return path
+
+
 def speak(text: str, target: Path, voice: str = "en-us") -> Path:
     """Real speech from espeak-ng, converted by real FFmpeg into whatever container `target` names."""
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,6 @@ import base64
 import logging
 import re
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -33,7 +32,7 @@ from batch.pipeline import PipelineStats
 from batch.report import RunReport
 from batch.sections import build_config
 from batch.tally import FileEvent
-from tests.conftest import speak
+from tests.conftest import speak, tone
 from tests.fakes import FakePipeline
 from tests.memory_fakes import FakeProbe
 
@@ -41,12 +40,6 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs" / "metrics.md"
 ALERTS = ROOT / "examples" / "prometheus" / "whisperx-batch-alerts.yml"
 PASSWORD = "pg-pass-" + "7f3a9c"  # built from pieces: not a real secret, and a scanner should not think so
-
-
-def tone(path: Path, seconds: float = 1.0) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["sox", "-n", "-r", "16000", "-c", "1", str(path), "synth", str(seconds), "sine", "440"], check=True)
-    return path
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ so they are tested here without one; tests/test_engine.py runs the real models.
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -17,14 +16,8 @@ from batch.errors import ConfigError
 from batch.job import Job
 from batch.manifest import Manifest
 from batch.report import RunReport
+from tests.conftest import tone
 from tests.fakes import FakePipeline
-
-
-def tone(path: Path, seconds: float = 1.0) -> Path:
-    """A real (if wordless) recording: sox's sine wave, any container sox writes."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["sox", "-n", "-r", "16000", "-c", "1", str(path), "synth", str(seconds), "sine", "440"], check=True)
-    return path
 
 
 @pytest.fixture
