@@ -114,7 +114,12 @@ def is_done(
         return False
     if recorded.version != item.version and recorded.fingerprint != fingerprint(item):
         return False
-    return bool(manifest.outputs) and all(dest.exists(name) for name in manifest.outputs)
+    return bool(manifest.outputs) and not absent_outputs(manifest, dest)
+
+
+def absent_outputs(manifest: Manifest, dest: Store) -> list[str]:
+    """The outputs the manifest lists that DEST no longer holds."""
+    return [name for name in manifest.outputs if not dest.exists(name)]
 
 
 def encode(document: dict[str, Any]) -> bytes:

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from batch.concurrency import ordered_map
 from batch.errors import EXIT_FILES_FAILED, EXIT_OK, BatchError, ConfigError, EnvironmentProblem, redact
-from batch.manifest import MANIFEST_SUFFIX, RUNS_FOLDER, Manifest, manifest_name
+from batch.manifest import MANIFEST_SUFFIX, RUNS_FOLDER, Manifest, absent_outputs, manifest_name
 from batch.report import RunReport, report_names
 from batch.storage import Store, open_store
 
@@ -139,7 +139,7 @@ def _inspect(store: Store, name: str) -> tuple[Manifest | None, str | None]:
     if manifest_name(manifest.input.key) != name:
         return manifest, f"written for another file ({manifest.input.key})"
     if manifest.status == "succeeded":
-        missing = [output for output in manifest.outputs if not store.exists(output)]
+        missing = absent_outputs(manifest, store)
         if not manifest.outputs or missing:
             return manifest, "succeeded, but its outputs are missing: " + (", ".join(missing) or "none listed")
     return manifest, None
