@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import sys
-from collections.abc import Callable
 from typing import Annotated
 
 import typer
 
 from batch import __version__
-from batch.errors import EXIT_ENVIRONMENT, BatchError, redact
+from batch.cli_shared import guarded, load_settings
+from batch.cli_tools import doctor_command, models_app, status_command
 
 app = typer.Typer(
     name="whisperx-batch",
@@ -97,8 +96,10 @@ def run_command(
     vad_offset: Annotated[float | None, Opt(help="VAD offset threshold (0.363).", rich_help_panel=MODEL)] = None,
     vad_step: Annotated[
         float | None,
-        Opt(help="pyannote VAD window step, s: smaller is slower, rarely different (default 2.5).",
-            rich_help_panel=MODEL),
+        Opt(
+            help="pyannote VAD window step, s: smaller is slower, rarely different (default 2.5).",
+            rich_help_panel=MODEL,
+        ),
     ] = None,
     chunk_size: Annotated[
         float | None, Opt(help="Longest speech chunk fed to Whisper, s (30).", rich_help_panel=MODEL)
@@ -171,8 +172,11 @@ def run_command(
     ] = None,
     highlight_words: Annotated[
         bool | None,
-        Opt("--highlight-words/--no-highlight-words", help="SRT/VTT: underline each aligned word as it is said.",
-            rich_help_panel=OUTPUT),
+        Opt(
+            "--highlight-words/--no-highlight-words",
+            help="SRT/VTT: underline each aligned word as it is said.",
+            rich_help_panel=OUTPUT,
+        ),
     ] = None,
     include: Annotated[
         list[str] | None, Opt(help="Only keys matching this glob (repeatable).", rich_help_panel=SELECT)
@@ -244,8 +248,10 @@ def run_command(
     ] = None,
     metrics_textfile: Annotated[
         str | None,
-        Opt(help="Write Prometheus metrics to this file (*.prom, for node_exporter's textfile collector).",
-            rich_help_panel=METRICS),
+        Opt(
+            help="Write Prometheus metrics to this file (*.prom, for node_exporter's textfile collector).",
+            rich_help_panel=METRICS,
+        ),
     ] = None,
     metrics_pushgateway: Annotated[
         str | None, Opt(help="Push Prometheus metrics to this Pushgateway URL.", rich_help_panel=METRICS)
@@ -276,155 +282,12 @@ def run_command(
 
         return run_from_command_line(load_settings(flags, config_path=config, logging_setup=True))
 
-    raise typer.Exit(_guarded(job))
+    raise typer.Exit(guarded(job))
 
 
-def _guarded(command: Callable[[], int]) -> int:
-    """Run a command body; a BatchError becomes its message on stderr and its exit code."""
-    try:
-        return command()
-    except BatchError as exc:
-        _error(redact(str(exc)), type(exc).__name__)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("whisperx-batch: interrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:  # a defect or an unforeseen environment fault: one line, never a traceback
-        _error(f"unexpected {type(exc).__name__}: {redact(str(exc))}", type(exc).__name__)
-        return EXIT_ENVIRONMENT
-
-
-def _error(message: str, error_type: str) -> None:
-    """The one line that says why a command stopped: JSON when the log is JSON, so an alert can read it."""
-    from batch.logs import json_logging
-
-    if json_logging():
-        import logging
-
-        fields = {"event": "error", "error_type": error_type}
-        logging.getLogger("batch.cli").error("%s", message, extra={"fields": fields})
-    else:
-        print(f"whisperx-batch: error: {message}", file=sys.stderr)
-
-
-models_app = typer.Typer(help="Manage the model cache.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
-
-
-@models_app.command("pull")
-def models_pull_command(
-    config: Annotated[str | None, Opt("--config", "-c", help="TOML config file (the job's own).")] = None,
-    model: Annotated[str | None, Opt(help="ASR model to cache.")] = None,
-    model_dir: Annotated[str | None, Opt(help="Cache folder (default: HF_HOME).")] = None,
-    align_languages: Annotated[
-        str | None,
-        Opt(help="Comma list of languages whose alignment models to cache (default: the job's language, or en)."),
-    ] = None,
-    align_model: Annotated[
-        list[str] | None, Opt(help="Alignment model(s) to cache instead of the defaults (as for run).")
-    ] = None,
-    align: Annotated[bool | None, Opt("--align/--no-align", help="Cache alignment models (default on).")] = None,
-    diarize: Annotated[bool | None, Opt("--diarize/--no-diarize", help="Also cache the diarization model.")] = None,
-    diarize_model: Annotated[str | None, Opt(help="Diarization pipeline to cache.")] = None,
-    hf_token_file: Annotated[str | None, Opt(help="File holding the Hugging Face token (else HF_TOKEN).")] = None,
-) -> None:
-    """Download the ASR, alignment and diarization models into the cache ahead of time, with the sentence data
-    alignment needs, so a container or an air-gapped machine can run with HF_HUB_OFFLINE=1.
-
-    Exit codes: 0 every model is cached; 2 usage or config error; 3 some model could not be fetched.
-    """
-    flags = {key: value for key, value in locals().items() if key not in ("config", "align_languages")}
-    flags = {key: value for key, value in flags.items() if value is not None}
-    if "align_model" in flags:
-        flags["align_model"] = tuple(flags["align_model"])
-
-    def pull_all() -> int:
-        from batch.config import normalize_language
-        from batch.logs import prints_to_log
-        from batch.models import pull
-
-        settings = load_settings(flags, config_path=config, logging_setup=True)
-        default = settings.language if settings.language != "auto" else "en"
-        languages = tuple(normalize_language(x) for x in (align_languages or default).split(",") if x.strip())
-        with prints_to_log():
-            results = pull(settings, languages if settings.align else ())
-        for item in results:
-            detail = f"  {item.detail}" if item.detail else ""
-            print(f"{item.status:6} {item.kind:8} {item.name}{detail}")
-        return EXIT_ENVIRONMENT if any(item.status != "ok" for item in results) else 0
-
-    raise typer.Exit(_guarded(pull_all))
-
-
-def load_settings(flags: dict, config_path: str | None, logging_setup: bool = False):  # noqa: ANN201
-    from batch.config import load_settings as load
-    from batch.logs import setup_logging
-
-    settings = load(flags, config_path=config_path)
-    if logging_setup:
-        setup_logging(settings.log_format, settings.quiet)
-    return settings
-
-
-@app.command("doctor")
-def doctor_command(
-    source: Annotated[str | None, typer.Argument(help="Folder of recordings to check (optional).")] = None,
-    out: Annotated[str | None, Opt("--out", "-o", help="Output folder to check (optional).")] = None,
-    config: Annotated[str | None, Opt("--config", "-c", help="TOML config file (the job's own).")] = None,
-    model: Annotated[str | None, Opt(help="Whisper name, HF repo id, or local CTranslate2 folder.")] = None,
-    model_dir: Annotated[str | None, Opt(help="Where downloaded models are cached.")] = None,
-    device: Annotated[str | None, Opt(help="auto | cuda | cpu: what the device checks judge by.")] = None,
-    language: Annotated[str | None, Opt(help="The job's language (auto: the English aligner is checked).")] = None,
-    align: Annotated[bool | None, Opt("--align/--no-align", help="Check the alignment model (default on).")] = None,
-    diarize: Annotated[bool | None, Opt("--diarize/--no-diarize", help="Check the diarization model.")] = None,
-    hf_token_file: Annotated[str | None, Opt(help="File holding the Hugging Face token (else HF_TOKEN).")] = None,
-    json_output: Annotated[bool, Opt("--json", help="One JSON document instead of the table.")] = False,
-) -> None:
-    """Check that this machine can run the job: device, ffmpeg, models, token, SOURCE, DEST.
-
-    Reads the job's settings as `run` does (flags, WHISPERX_BATCH_* variables, config file).
-    Exit codes: 0 ready (warnings allowed); 2 usage or config error; 3 something would stop a run.
-    """
-    flags = {key: value for key, value in locals().items() if key not in ("config", "json_output")}
-    flags = {key: value for key, value in flags.items() if value is not None}
-
-    def diagnose() -> int:
-        from batch.doctor import checks_json, exit_code, format_checks, run_doctor
-        from batch.logs import prints_to_log
-
-        settings = load_settings(flags, config_path=config, logging_setup=True)
-        with prints_to_log() as stdout:
-            checks = run_doctor(settings)
-        print(checks_json(checks) if json_output else format_checks(checks), file=stdout)
-        return exit_code(checks)
-
-    raise typer.Exit(_guarded(diagnose))
-
-
-@app.command("status")
-def status_command(
-    dest: Annotated[
-        str | None,
-        typer.Argument(help="The job's output folder or s3:// prefix (default: `out` of the config or environment)."),
-    ] = None,
-    config: Annotated[str | None, Opt("--config", "-c", help="TOML config file (the job's own).")] = None,
-    json_output: Annotated[bool, Opt("--json", help="One JSON document for machines.")] = False,
-) -> None:
-    """Counts of succeeded and failed files, audio hours, and each failure's reason, from DEST's manifests.
-
-    Exit codes: 0 no file failed and the latest run ended cleanly; 1 some files failed, or the latest run was
-    stopped (by an error or a signal); 2 usage or config error; 3 DEST not readable.
-    """
-
-    def report() -> int:
-        from batch.status import collect_status, format_status, status_exit_code, to_json
-
-        settings = load_settings({}, config_path=config)
-        status = collect_status(dest or settings.out, s3_endpoint_url=settings.s3_endpoint_url)
-        print(to_json(status) if json_output else format_status(status))
-        return status_exit_code(status)
-
-    raise typer.Exit(_guarded(report))
+app.command("doctor")(doctor_command)
+app.command("status")(status_command)
 
 
 def main() -> None:

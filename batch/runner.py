@@ -17,22 +17,19 @@ from typing import Any
 from batch.audio import decode
 from batch.claims import HeldClaims
 from batch.concurrency import ordered_map
-from batch.errors import BatchError, ConfigError, DestPathBlocked, describe
+from batch.errors import BatchError, DestPathBlocked, describe
 from batch.logs import file_context
-from batch.manifest import ErrorRecord, InputRecord, Manifest, is_done, manifest_name, read_manifest, utc_now
+from batch.manifest import ErrorRecord, InputRecord, Manifest, manifest_name, utc_now
 from batch.outputs import OutputWriter, write_file
 from batch.pipeline import DecodedFile, FileOutcome, Pipeline, PipelineStats, Stopwatch
 from batch.report import AsrFigures, RunReport, UntimedWords, new_run_id, prune_reports, report_name
-from batch.sections import JobConfig, SelectionConfig
-from batch.storage import InputFile, ListingCounts, Store
+from batch.sections import JobConfig
+from batch.storage import InputFile, Store
 from batch.tally import FileEvent, Tally
+from batch.to_do import ToDo
 from batch.transcript import Transcript, build_transcript
 
 log = logging.getLogger(__name__)
-
-# Skip checks on S3 are requests: run this many at once, this many listing entries ahead.
-SKIP_CHECK_WORKERS = 16
-SKIP_CHECK_AHEAD = 64
 
 
 @dataclass
@@ -74,11 +71,11 @@ class Runner:
             threads=runtime.threads, batch_size=runtime.batch_size, versions=versions or {},
             shard=str(config.selection.shard) if config.selection.shard else None,
         )  # fmt: skip
+        self.to_do = ToDo(config.selection, self.settings_hash, source, dest)
         self.claims = HeldClaims(claims, self._still_to_do) if claims is not None else None
         self.tally = Tally(self.report, on_file)
         self._stop = threading.Event()
         self._prepared: dict[str, _Prepared] = {}
-        self._blocked: dict[str, OSError] = {}  # files whose manifest path DEST cannot hold
 
     # --- control ------------------------------------------------------------------------------------------
 
@@ -91,40 +88,16 @@ class Runner:
     def stopping(self) -> bool:
         return self._stop.is_set()
 
-    # --- listing ------------------------------------------------------------------------------------------
-
     def pending(self) -> Iterator[InputFile]:
-        """Files that need work, streamed in listing order; done files are counted as skipped.
+        """Files that need work, in listing order; done files are counted as skipped."""
+        return self.to_do.pending(on_skipped=self._skipped)
 
-        The skip checks (a manifest read, and output checks when it says succeeded) run in parallel, a
-        bounded number ahead, since on S3 each is a request.
-        """
-        selection = self.config.selection
-        counts = ListingCounts()
-        listing = self.source.list(selection.include, selection.exclude, counts)
-        if selection.shard is not None:
-            listing = (item for item in listing if selection.shard.owns(item.key))
-        for item, done in ordered_map(self._is_done, listing, workers=SKIP_CHECK_WORKERS, ahead=SKIP_CHECK_AHEAD):
-            if done.result():
-                self.report.skipped.append(item.key)
-                self.on_file(FileEvent(item.key, "skipped"))
-            else:
-                yield item
-        log.info("%s: %d files listed, %d selected", self.source.location, counts.listed, counts.selected)
-        if counts.selected == 0 and not selection.allow_empty:
-            raise nothing_selected(self.source.location, counts, selection)
+    def _skipped(self, key: str) -> None:
+        self.report.skipped.append(key)
+        self.on_file(FileEvent(key, "skipped"))
 
-    def _is_done(self, item: InputFile) -> bool:
-        try:
-            manifest = read_manifest(self.dest, item.key)
-        except (IsADirectoryError, NotADirectoryError, PermissionError) as exc:
-            # Something in the way of this one file's manifest (a directory at its path): the file fails
-            # alone, without wasting the models on it, and the run goes on.
-            self._blocked[item.key] = exc
-            return False
-        if self.config.selection.force:
-            return False
-        return is_done(manifest, item, self.settings_hash, self.source.fingerprint, self.dest)
+    def _still_to_do(self, item: InputFile) -> bool:
+        return self.to_do.still_to_do(item, self.report.started_at)
 
     # --- the run ------------------------------------------------------------------------------------------
 
@@ -176,7 +149,7 @@ class Runner:
                     return
                 # A stale "succeeded" must not survive while this file is redone: deleted only now that the
                 # pipeline takes the file, not when it was fetched ahead.
-                if item.key not in self._blocked:
+                if item.key not in self.to_do.blocked:
                     self.dest.delete(manifest_name(item.key))
                 self._prepared[item.key] = ready
                 yield ready.file
@@ -190,8 +163,8 @@ class Runner:
             stopwatch = Stopwatch(self.clock)
             ready = _Prepared(manifest, started=self.clock())
             try:
-                if item.key in self._blocked:
-                    raise DestPathBlocked(manifest_name(item.key), self._blocked[item.key])
+                if item.key in self.to_do.blocked:
+                    raise DestPathBlocked(manifest_name(item.key), self.to_do.blocked[item.key])
                 if self.claims is not None and not self.claims.take(item):
                     return ready
                 with stopwatch.stage("fingerprint"):
@@ -204,17 +177,6 @@ class Runner:
             ready.file = DecodedFile(item.key, audio, stopwatch)
             manifest.audio_seconds = round(ready.file.seconds, 3)
             return ready
-
-    def _still_to_do(self, item: InputFile) -> bool:
-        """After winning a claim: not done by another worker during this run, nor done before (unless --force)."""
-        manifest = read_manifest(self.dest, item.key)
-        if manifest is None:
-            return True
-        if manifest.finished_at >= self.report.started_at:
-            return False
-        return self.config.selection.force or not is_done(
-            manifest, item, self.settings_hash, self.source.fingerprint, self.dest
-        )
 
     # --- outcomes -----------------------------------------------------------------------------------------
 
@@ -299,15 +261,3 @@ def finish_report(report: RunReport, stats: PipelineStats, started: float, now: 
     report.gpu = sum_records(stats.gpu_records)
     if report.exit_code is None:
         report.exit_code = 128 + report.stopped_by_signal if report.stopped_by_signal else report.outcome_code()
-
-
-def nothing_selected(location: str, counts: ListingCounts, selection: SelectionConfig) -> ConfigError:
-    """The error of a SOURCE where nothing was selected: an unmounted volume, or a filter that takes nothing."""
-    advice = "give --allow-empty (allow_empty = true) where an empty SOURCE is expected, as in a drop folder"
-    if counts.listed == 0:
-        return ConfigError("source", f"{location} holds no files (is it mounted?); {advice}")
-    filters = [f"--include {' '.join(selection.include)}"] if selection.include else ["the media extensions"]
-    filters += [f"--exclude {' '.join(selection.exclude)}"] if selection.exclude else []
-    key = "include" if selection.include else "exclude" if selection.exclude else "source"
-    return ConfigError(key, f"{location}: {counts.listed} files listed, 0 selected by {' and '.join(filters)}; "
-                            f"globs match the path under SOURCE, ignoring case; {advice}")  # fmt: skip
