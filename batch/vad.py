@@ -1,13 +1,13 @@
 """Voice activity detection: where a recording speaks, as chunks of at most `chunk_size` seconds for Whisper.
 
 Two detectors with one output shape, both offline:
-- pyannote: whisperx's bundled segmentation model (unpickled through the allowlist in checkpoints.py), slid
-  over the audio in 5 s windows every `step` seconds. pyannote's own step is 0.5 s, so every second of audio
-  goes through the model ten times; a coarser step costs proportionally less (bench/bench_vad.py measures how
-  coarse it can be before the chunks change).
+- pyannote: whisperx's bundled segmentation model slid over the audio in 5 s windows every `step` seconds
+  (batch.segmentation runs it as pyannote.audio and whisperx would, without importing them). pyannote's own
+  step is 0.5 s, so every second of audio goes through the model ten times; a coarser step costs
+  proportionally less (bench/bench_vad.py measures how coarse it can be before the chunks change).
 - silero: the Silero ONNX model that faster-whisper ships, on onnxruntime with one thread (no torch.hub).
-Both detectors' speech regions are merged by whisperx's own `Vad.merge_chunks`, so both feed Whisper the
-same shape of input.
+Both detectors' speech regions are merged by whisperx's `Vad.merge_chunks` rule (`merge_regions`), so both
+feed Whisper the same shape of input.
 """
 
 from __future__ import annotations
@@ -77,37 +77,29 @@ def load_vad(options: VadOptions, device: str) -> SpeechDetector:
 
 
 class PyannoteDetector:
-    """whisperx's pyannote VAD with the window step as a parameter."""
+    """whisperx's pyannote VAD, with the window step as a parameter, run by batch.segmentation (no pyannote.audio
+    import: that alone costs about 10 s of start-up)."""
 
     def __init__(self, options: VadOptions, device: str):
         import torch
-        from whisperx.vads.pyannote import VoiceActivitySegmentation
 
-        from batch.checkpoints import load_pyannote_model
-        from batch.logs import adopt_library_loggers
+        from batch.segmentation import load_segmentation
 
-        adopt_library_loggers()  # lightning gave itself a handler on import; its notices go through our log
         self.options = options
-        # The same pipeline whisperx.vads.pyannote.load_vad_model builds; extra keywords go to pyannote's
-        # Inference, whose `step` defaults to 10 % of the window.
-        self._pipeline = VoiceActivitySegmentation(
-            segmentation=load_pyannote_model(BUNDLED_VAD_CHECKPOINT), device=torch.device(device), step=options.step
-        )
-        # whisperx's pipeline returns raw frame scores and binarizes in merge_chunks; pyannote still
-        # requires its hyper-parameters to be set before the pipeline may run.
-        self._pipeline.instantiate(
-            {"onset": options.onset, "offset": options.offset, "min_duration_on": 0.1, "min_duration_off": 0.1}
-        )
+        self._model = load_segmentation(BUNDLED_VAD_CHECKPOINT).to(torch.device(device))
+        if torch.device(device).type == "cuda":
+            # As pyannote does before every inference (fix_reproducibility): TF32 changes the scores.
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.allow_tf32 = False
 
     def speech_chunks(self, audio: np.ndarray) -> list[SpeechChunk]:
-        import torch
-        from whisperx.vads import Pyannote
+        from batch.segmentation import speech_regions, speech_scores
 
         if audio.size == 0:
             return []
-        scores = self._pipeline({"waveform": torch.from_numpy(audio).unsqueeze(0), "sample_rate": SAMPLE_RATE})
         o = self.options
-        return _chunks(Pyannote.merge_chunks(scores, o.chunk_size, onset=o.onset, offset=o.offset), audio)
+        regions = speech_regions(speech_scores(self._model, audio, o.step), o.onset, o.offset, o.chunk_size)
+        return _chunks(merge_regions(regions, o.chunk_size), audio)
 
 
 class SileroDetector:
@@ -149,7 +141,7 @@ class SileroDetector:
 
 def merge_regions(regions: Sequence[tuple[float, float]], chunk_size: float) -> list[dict[str, float]]:
     """Speech regions joined into chunks of at most `chunk_size` seconds: whisperx's `Vad.merge_chunks` rule,
-    written out so that the Silero path never imports pyannote.audio and lightning (seconds of start-up)."""
+    written out so that no path imports pyannote.audio and lightning (seconds of start-up)."""
     merged: list[dict[str, float]] = []
     if not regions:
         return merged

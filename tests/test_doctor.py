@@ -141,7 +141,7 @@ def test_device_rows_follow_what_device_asks(facts: GpuFacts, device: str, statu
 
 def test_a_refused_checkpoint_says_what_to_do(cli, tiny_en: str, monkeypatch: pytest.MonkeyPatch) -> None:
     # Without the allowlist, torch.load(weights_only=True) really refuses whisperx's VAD checkpoint.
-    monkeypatch.setattr("batch.checkpoints.TRUSTED_PYANNOTE_GLOBALS", [])
+    monkeypatch.setattr("batch.segmentation._safe_globals", lambda: [])
     result = cli("doctor", "--model", tiny_en, "--device", "cpu", "--no-align")
     assert result.exit_code == 3
     assert rows(result.stdout)["vad model"][0] == "fail"

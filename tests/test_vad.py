@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -111,23 +113,50 @@ def test_chunks_are_ordered_inside_the_audio_and_no_longer_than_chunk_size(sampl
         assert len(detector.speech_chunks(sample)) >= 5
 
 
-def test_pyannote_at_step_half_a_second_gives_whisperx_own_chunks(sample):
-    """The 0.5 s step is pyannote's default; then the chunks are exactly what whisperx's own VAD path gives."""
+@pytest.mark.parametrize("step", [0.5, 2.5, 1.7])
+def test_pyannote_vad_gives_pyannote_scores_and_whisperx_chunks_exactly(sample, espeak, step):
+    """batch.segmentation runs the VAD without pyannote.audio: its scores are pyannote's own, bit for bit, and
+    its chunks whisperx's, at pyannote's step and coarser ones, on lengths around the window's edge cases."""
     from whisperx.vads import Pyannote
     from whisperx.vads.pyannote import VoiceActivitySegmentation
 
-    from batch.checkpoints import load_pyannote_model
+    from batch.segmentation import load_segmentation, speech_scores
     from batch.vad import BUNDLED_VAD_CHECKPOINT
+    from tests.tiny_models import load_pyannote_model
 
-    whisperx_vad = VoiceActivitySegmentation(
-        segmentation=load_pyannote_model(BUNDLED_VAD_CHECKPOINT), device=torch.device("cpu")
+    reference = VoiceActivitySegmentation(
+        segmentation=load_pyannote_model(BUNDLED_VAD_CHECKPOINT), device=torch.device("cpu"), step=step
     )
-    whisperx_vad.instantiate({"onset": 0.5, "offset": 0.363, "min_duration_on": 0.1, "min_duration_off": 0.1})
-    scores = whisperx_vad({"waveform": torch.from_numpy(sample).unsqueeze(0), "sample_rate": 16_000})
-    for chunk_size in (30.0, 5.0):
-        expected = Pyannote.merge_chunks(scores, chunk_size, onset=0.5, offset=0.363)
-        ours = load_vad(VadOptions(step=0.5, chunk_size=chunk_size), "cpu").speech_chunks(sample)
-        assert [(c.start, c.end) for c in ours] == [(e["start"], min(e["end"], 30.0)) for e in expected]
+    reference.instantiate({"onset": 0.5, "offset": 0.363, "min_duration_on": 0.1, "min_duration_off": 0.1})
+    ours = load_segmentation(BUNDLED_VAD_CHECKPOINT)
+    window, hop = 80_000, int(step * 16_000)
+    clips = {"sample.wav": sample, "espeak": espeak, "shorter than a window": sample[int(8.9 * 16_000) :][:40_000],
+             "one window": sample[:window], "windows that fit": sample[: window + 3 * hop],
+             "one sample past": sample[: window + 3 * hop + 1]}  # fmt: skip
+    for name, audio in clips.items():
+        expected = reference({"waveform": torch.from_numpy(audio).unsqueeze(0), "sample_rate": 16_000})
+        scores = speech_scores(ours, audio, step)
+        assert np.array_equal(scores.data, expected.data), name
+        for chunk_size in (30.0, 5.0):
+            merged = Pyannote.merge_chunks(expected, chunk_size, onset=0.5, offset=0.363)
+            end = len(audio) / 16_000
+            chunks = load_vad(VadOptions(step=step, chunk_size=chunk_size), "cpu").speech_chunks(audio)
+            assert [(c.start, c.end) for c in chunks] == [(m["start"], min(m["end"], end)) for m in merged], name
+
+
+def test_the_pyannote_vad_imports_neither_pyannote_audio_nor_lightning(espeak, tmp_path):
+    """Importing them costs about 10 s of every run's start-up."""
+    audio = tmp_path / "speech.npy"
+    np.save(audio, espeak)
+    script = (
+        "import sys, numpy; from batch.vad import load_vad, VadOptions; "
+        f"assert load_vad(VadOptions(), 'cpu').speech_chunks(numpy.load({str(audio)!r})); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning', 'torchmetrics')"
+        " or m.startswith('pyannote.audio')))"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
 
 
 # bench/bench_vad.py: steps up to 3 s move the chunk boundaries that lie in pauses by at most 0.034 s (two
@@ -192,7 +221,8 @@ def test_bad_options_are_refused(options):
 def test_the_window_limit_is_the_model_window():
     """A step of one whole window is allowed (pyannote accepts it); the constant matches the bundled model."""
     detector = load_vad(VadOptions(step=PYANNOTE_WINDOW), "cpu")
-    assert detector._pipeline._segmentation.duration == PYANNOTE_WINDOW
+    assert detector._model.window_seconds == PYANNOTE_WINDOW
+    assert detector.speech_chunks(np.zeros(16_000 * 12, dtype=np.float32)) == []  # windows at 0, 5 and a padded 10
 
 
 def test_silero_merges_regions_by_whisperx_rule_without_importing_pyannote() -> None:

@@ -280,10 +280,8 @@ def copy_whisperx_segmentation(path: PathLike) -> Path:
     Loads with Model.from_pretrained like the original."""
     import torch
 
-    # The allowlisted safe unpickler, as the runner uses; map_location: its tensors were saved on CUDA.
-    from batch.checkpoints import TRUSTED_PYANNOTE_GLOBALS
-
-    with torch.serialization.safe_globals(TRUSTED_PYANNOTE_GLOBALS):
+    # The allowlisted safe unpickler; map_location: its tensors were saved on CUDA.
+    with torch.serialization.safe_globals(pyannote_checkpoint_globals()):
         ck = torch.load(whisperx_segmentation_checkpoint(), map_location="cpu", weights_only=True)
     import lightning
 
@@ -399,3 +397,30 @@ def build_tiny_diarization_pipeline(
     }
     (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     return out
+
+
+def pyannote_checkpoint_globals() -> list:
+    """The classes pyannote checkpoints are made of (the real ones), for torch.load(weights_only=True)."""
+    import collections
+    import typing
+
+    from omegaconf.base import ContainerMetadata, Metadata
+    from omegaconf.listconfig import ListConfig
+    from omegaconf.nodes import AnyNode
+    from pyannote.audio.core.model import Introspection
+    from pyannote.audio.core.task import Problem, Resolution, Specifications
+    from torch.torch_version import TorchVersion
+
+    return [Problem, Resolution, Specifications, Introspection, TorchVersion, ListConfig, ContainerMetadata,
+            Metadata, AnyNode, typing.Any, collections.defaultdict, dict, list, int]  # fmt: skip
+
+
+def load_pyannote_model(path: PathLike):  # noqa: ANN201
+    """A pyannote.audio Model from a checkpoint, as pyannote.audio itself builds it (the reference for
+    batch.segmentation), unpickled safely."""
+    import torch
+    from pyannote.audio.models.segmentation import PyanNet
+
+    with torch.serialization.safe_globals(pyannote_checkpoint_globals()):
+        model = PyanNet.load_from_checkpoint(path, map_location="cpu", strict=False, weights_only=True)
+    return model.eval()

@@ -13,7 +13,6 @@ from batch.config import Settings
 from batch.doctor.advice import Check, Status, advice_for, short_error
 from batch.doctor.places import cache_check
 from batch.errors import redact
-from batch.logs import adopt_library_loggers
 from batch.models import hub_offline, is_local
 
 # What faster-whisper downloads for a model; model.bin is the one that matters.
@@ -177,11 +176,10 @@ def vad_check(vad_method: str, offline: bool) -> Check:
     if vad_method == "silero":
         return _silero_check(offline)
     try:
-        from batch.checkpoints import load_pyannote_model
+        from batch.segmentation import load_segmentation
         from batch.vad import BUNDLED_VAD_CHECKPOINT
 
-        adopt_library_loggers()  # lightning gave itself a handler on import; its notices stay out of the table
-        load_pyannote_model(BUNDLED_VAD_CHECKPOINT)
+        load_segmentation(BUNDLED_VAD_CHECKPOINT)
     except Exception as exc:
         error = short_error(exc)
         return Check("vad model", "fail", f"the bundled pyannote VAD does not load: {error}", advice_for(error))
