@@ -7,14 +7,13 @@ turns FFmpeg's failures into reasons a person can act on.
 
 from __future__ import annotations
 
-import gc
+import io
 import wave
 from collections.abc import Iterator
 from typing import BinaryIO
 
 import av
 import numpy as np
-from faster_whisper.audio import decode_audio
 
 from batch.errors import AudioDecodeError
 
@@ -36,10 +35,7 @@ def decode(stream: BinaryIO, split_channels: bool = False) -> np.ndarray:
     declared_seconds, layout = _probe(stream)
     stream.seek(0)
     try:
-        if split_channels:
-            samples = _decode_channels(stream, layout)
-        else:
-            samples = decode_audio(stream, sampling_rate=SAMPLE_RATE)
+        samples = _decode_channels(stream, layout) if split_channels else _decode_mono(stream)
     except av.error.FFmpegError as exc:
         raise AudioDecodeError(f"cannot decode audio: {_reason(exc)}") from None
     decoded_seconds = samples.shape[-1] / SAMPLE_RATE
@@ -60,6 +56,18 @@ def declared_seconds(stream: BinaryIO) -> float | None:
         return None
 
 
+def _decode_mono(stream: BinaryIO) -> np.ndarray:
+    """The first audio track down-mixed to mono at 16 kHz, as faster-whisper's `decode_audio` gives it (16-bit
+    samples as float32), the same samples, without the full garbage collection it runs after every file: with
+    the models loaded that takes ~0.15 s, with the interpreter lock held, and the PyAV releases this project
+    supports free their resampler without it (tests/test_audio.py checks both)."""
+    resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+    samples = io.BytesIO()
+    for piece in _resampled(stream, resampler):
+        samples.write(piece.to_ndarray())
+    return np.frombuffer(samples.getbuffer(), dtype=np.int16).astype(np.float32) / 32768.0
+
+
 def _decode_channels(stream: BinaryIO, layout: av.AudioLayout) -> np.ndarray:
     """Every channel of the first audio track at 16 kHz, shape (channels, samples).
 
@@ -67,22 +75,24 @@ def _decode_channels(stream: BinaryIO, layout: av.AudioLayout) -> np.ndarray:
     also turns a mono file into two copies of it); this keeps the track's own layout, whatever its count.
     """
     resampler = av.AudioResampler(format="fltp", layout=layout, rate=SAMPLE_RATE)
-    pieces = []
-    with av.open(stream, mode="r", metadata_errors="ignore") as container:
-        fifo = av.AudioFifo()
-        for frame in _valid_frames(container.decode(audio=0)):
-            frame.pts = None  # as decode_audio: no timestamp check between frames
-            fifo.write(frame)
-            if fifo.samples >= 500_000:  # resample in large pieces, as decode_audio does
-                pieces += [piece.to_ndarray() for piece in resampler.resample(fifo.read())]
-        if fifo.samples:
-            pieces += [piece.to_ndarray() for piece in resampler.resample(fifo.read())]
-        pieces += [piece.to_ndarray() for piece in resampler.resample(None)]  # flush
-    del resampler
-    gc.collect()  # PyAV's resampler leaks until collected (faster-whisper issue 390)
+    pieces = [piece.to_ndarray() for piece in _resampled(stream, resampler)]
     if not pieces:
         return np.zeros((layout.nb_channels, 0), dtype=np.float32)
     return np.ascontiguousarray(np.concatenate(pieces, axis=1), dtype=np.float32)
+
+
+def _resampled(stream: BinaryIO, resampler: av.AudioResampler) -> Iterator[av.AudioFrame]:
+    """The first audio track through `resampler`, resampled in large pieces as faster-whisper does."""
+    with av.open(stream, mode="r", metadata_errors="ignore") as container:
+        fifo = av.AudioFifo()
+        for frame in _valid_frames(container.decode(audio=0)):
+            frame.pts = None  # no timestamp check between frames, as decode_audio
+            fifo.write(frame)
+            if fifo.samples >= 500_000:
+                yield from resampler.resample(fifo.read())
+        if fifo.samples:
+            yield from resampler.resample(fifo.read())
+        yield from resampler.resample(None)  # flush
 
 
 def _valid_frames(frames: Iterator[av.AudioFrame]) -> Iterator[av.AudioFrame]:

@@ -1,8 +1,8 @@
 """whisperx's pyannote VAD without importing pyannote.audio: the same network, weights and arithmetic.
 
 Importing pyannote.audio costs about 10 s on every run (it brings in Lightning, which imports torchmetrics,
-torchvision, sympy...), more than the VAD of an hour of audio at a coarse step, and more than a run of a
-few voicemails. What whisperx's VAD needs from it is small, and is written out here:
+torchvision, sympy...): about as long as the VAD of a quarter of an hour of audio at the default step, and
+longer than a whole run over a few voicemails. What whisperx's VAD needs from it is small, and is written out here:
 - the network: pyannote's PyanNet (SincNet from asteroid-filterbanks, LSTM, linear layers, sigmoid), its
   weights read from whisperx's bundled checkpoint by torch's safe unpickler (`load_segmentation`);
 - the sliding window: pyannote's `Inference.slide` and `Inference.aggregate` (5 s windows every `step`
