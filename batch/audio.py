@@ -57,10 +57,10 @@ def declared_seconds(stream: BinaryIO) -> float | None:
 
 
 def _decode_mono(stream: BinaryIO) -> np.ndarray:
-    """The first audio track down-mixed to mono at 16 kHz, as faster-whisper's `decode_audio` gives it (16-bit
-    samples as float32), the same samples, without the full garbage collection it runs after every file: with
-    the models loaded that takes ~0.15 s, with the interpreter lock held, and the PyAV releases this project
-    supports free their resampler without it (tests/test_audio.py checks both)."""
+    """The first audio track down-mixed to mono at 16 kHz, the samples faster-whisper's `decode_audio` gives
+    (16-bit, as float32), without the full garbage collection it runs after every file for old PyAV releases'
+    resamplers (tests/test_audio.py checks that decoding leaves nothing for it): ~0.15 s a file, holding the
+    interpreter lock, in a process whose heap is not frozen as the runner's is (see batch.loading)."""
     resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
     samples = io.BytesIO()
     for piece in _resampled(stream, resampler):

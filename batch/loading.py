@@ -25,23 +25,27 @@ class LoadedModels:
 
 
 def load_models(config: PipelineConfig) -> LoadedModels:
-    """The run's models; a model the config asks too much of is a ConfigError, raised before any file."""
-    import torch
+    """The run's models; a model the config asks too much of is a ConfigError, raised before any file.
 
+    The seconds counted include importing the libraries (PyTorch alone takes seconds): start-up, not work.
+    """
+    started = time.perf_counter()
+    runtime = config.runtime
+    # CTranslate2 reads its weights without the GIL while importing PyTorch (for the VAD) holds it: the two
+    # overlap, and the larger the Whisper model the more that saves.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="asr-load") as pool:
+        asr_load = pool.submit(_load_recognizer, config)
+        import torch
+
+        from batch.vad import load_vad
+
+        vad = load_vad(config.vad, runtime.device)
+        recognizer = asr_load.result()
     from batch.batching import BatchSizer
     from batch.finish import Finisher
     from batch.logs import adopt_library_loggers
     from batch.nvml import probe_for_device
-    from batch.vad import load_vad
 
-    started = time.perf_counter()
-    runtime = config.runtime
-    # CTranslate2 reads its weights without the GIL while the VAD's imports (pyannote, lightning) hold it: the
-    # two loads overlap, and the larger the Whisper model the more that saves.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="asr-load") as pool:
-        asr_load = pool.submit(_load_recognizer, config)
-        vad = load_vad(config.vad, runtime.device)
-        recognizer = asr_load.result()
     refuse_what_the_model_cannot_do(recognizer, config)
     adopt_library_loggers()  # the imports above gave some libraries log handlers of their own
     # PyTorch runs only the small VAD model and the log-Mel features here. On the CPU one thread does that
@@ -49,8 +53,8 @@ def load_models(config: PipelineConfig) -> LoadedModels:
     # how-it-runs.md), and CTranslate2 keeps every core for the ASR.
     limit_thread_pools(runtime.threads)
     torch.set_num_threads(1 if runtime.device == "cpu" else runtime.threads)
-    # The models are millions of long-lived objects; the decoder runs gc.collect() per file (a PyAV leak
-    # workaround), which would otherwise walk them all every time.
+    # The models are millions of long-lived objects: out of the garbage collector's way, so that its full
+    # collections (automatic, and any a library runs) do not walk them all every time.
     gc.freeze()
     sizer = BatchSizer.for_model(
         runtime.batch_size, config.asr.model, runtime.compute_type, probe_for_device(runtime.device),
