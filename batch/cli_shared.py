@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from batch.errors import EXIT_ENVIRONMENT, BatchError, redact
+
+if TYPE_CHECKING:  # pydantic and the settings load only when a command runs, not for --help
+    from batch.config import Settings
 
 
 def guarded(command: Callable[[], int]) -> int:
@@ -36,7 +40,8 @@ def report_error(message: str, error_type: str) -> None:
         print(f"whisperx-batch: error: {message}", file=sys.stderr)
 
 
-def load_settings(flags: dict, config_path: str | None, logging_setup: bool = False):  # noqa: ANN201
+def load_settings(flags: dict, config_path: str | None, logging_setup: bool = False) -> Settings:
+    """The settings from flags, environment and config file; with `logging_setup`, the log set up by them."""
     from batch.config import load_settings as load
     from batch.logs import setup_logging
 
