@@ -43,7 +43,7 @@ def models_pull_command(
         flags["align_model"] = tuple(flags["align_model"])
 
     def pull_all() -> int:
-        from batch.config import normalize_language
+        from batch.config_values import normalize_language
         from batch.logs import prints_to_log
         from batch.models import pull
 
