@@ -46,7 +46,7 @@ from batch.config_values import (
     ShardSpec,
     Text,
     TextfilePath,
-    as_list,
+    listed,
 )
 from batch.errors import ConfigError, raise_config_problems
 
@@ -216,8 +216,7 @@ class Settings(BaseModel):
     @field_validator("formats", mode="before")
     @classmethod
     def _known_formats(cls, value: Any, info: ValidationInfo) -> tuple[str, ...]:
-        names = [value] if isinstance(value, str) else as_list(value)
-        wanted = {name.strip().lower() for item in names for name in str(item).split(",") if name.strip()}
+        wanted = {name.lower() for name in listed(value)}
         if "all" in wanted:  # every format the run can write: the speaker ones only with diarize or split channels
             with_speakers = bool(info.data.get("diarize")) or info.data.get("channels") == "split"
             wanted = (wanted - {"all"}) | {fmt for fmt in OUTPUT_FORMATS if with_speakers or fmt not in SPEAKER_FORMATS}

@@ -21,6 +21,12 @@ def as_list(value: Any) -> list[Any]:
     return list(value)
 
 
+def listed(value: Any) -> list[str]:
+    """A comma-separated string, or a list of them, as its items: stripped, empty ones left out."""
+    items = [value] if isinstance(value, str) else as_list(value)
+    return [part.strip() for item in items for part in str(item).split(",") if part.strip()]
+
+
 def absolute_if_local(value: str | None) -> str | None:
     """Local paths made absolute, so the settings hash does not depend on the working folder."""
     if value is None or not value.strip():
@@ -69,8 +75,7 @@ def normalize_model(value: str) -> str:
 
 
 def language_set(value: Any) -> tuple[str, ...]:
-    items = [value] if isinstance(value, str) else as_list(value)
-    codes = {normalize_language(part) for item in items for part in str(item).split(",") if part.strip()}
+    codes = {normalize_language(part) for part in listed(value)}
     if "auto" in codes:
         raise ValueError("'auto' is not a language: list languages such as en,es,de")
     return tuple(sorted(codes))  # sorted: the settings hash does not depend on the order given
@@ -110,9 +115,8 @@ def pushgateway_url(value: str | None) -> str | None:
 
 def align_model_entries(value: Any) -> tuple[str, ...]:
     """`NAME|DIR` for every language, and/or `LANG=NAME|DIR` entries (comma list or repeated)."""
-    items = [value] if isinstance(value, str) else as_list(value or ())
     entries, default_seen = [], False
-    for item in (part.strip() for raw in items for part in str(raw).split(",") if part.strip()):
+    for item in listed(value or ()):
         language, sep, model = item.partition("=")
         if sep:
             entries.append(f"{normalize_language(language)}={absolute_if_local(model)}")

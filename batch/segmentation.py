@@ -90,7 +90,8 @@ class PyanNet(nn.Module):
         super().__init__()
         if not lstm.get("monolithic", True):
             raise ValueError("only a monolithic LSTM is supported (whisperx's checkpoint has one)")
-        self.sincnet = SincNet(stride=int(sincnet.get("stride", 10)))
+        self.stride = int(sincnet.get("stride", 10))
+        self.sincnet = SincNet(self.stride)
         lstm_options = {
             key: lstm[key] for key in ("hidden_size", "num_layers", "bidirectional", "dropout") if key in lstm
         }
@@ -99,7 +100,6 @@ class PyanNet(nn.Module):
         sizes = [width] + [linear["hidden_size"]] * linear["num_layers"]
         self.linear = nn.ModuleList([nn.Linear(a, b) for a, b in zip(sizes, sizes[1:], strict=False)])
         self.classifier = nn.Linear(sizes[-1], num_classes)
-        self.stride = int(sincnet.get("stride", 10))
 
     def forward(self, waveforms: torch.Tensor) -> torch.Tensor:
         outputs, _ = self.lstm(self.sincnet(waveforms).transpose(1, 2))
@@ -151,8 +151,8 @@ class _Resolution(enum.Enum):
     CHUNK = 2
 
 
-def _safe_globals() -> list[Any]:
-    """What pyannote checkpoints are made of, the pyannote classes by stand-ins under their own names."""
+def container_globals() -> list[Any]:
+    """The containers and value types a pyannote checkpoint is made of, beside pyannote's own classes."""
     import collections
     import typing
 
@@ -161,14 +161,19 @@ def _safe_globals() -> list[Any]:
     from omegaconf.nodes import AnyNode
     from torch.torch_version import TorchVersion
 
+    return [TorchVersion, ListConfig, ContainerMetadata, Metadata, AnyNode, typing.Any, collections.defaultdict,
+            dict, list, int]  # fmt: skip
+
+
+def _safe_globals() -> list[Any]:
+    """What pyannote checkpoints are made of, the pyannote classes by stand-ins under their own names."""
     return [
         (_Problem, "pyannote.audio.core.task.Problem"),
         (_Resolution, "pyannote.audio.core.task.Resolution"),
         (_Specifications, "pyannote.audio.core.task.Specifications"),
         (_Introspection, "pyannote.audio.core.model.Introspection"),
-        TorchVersion, ListConfig, ContainerMetadata, Metadata, AnyNode, typing.Any,
-        collections.defaultdict, dict, list, int,
-    ]  # fmt: skip
+        *container_globals(),
+    ]
 
 
 @dataclass

@@ -86,8 +86,9 @@ class PyannoteDetector:
         from batch.segmentation import load_segmentation
 
         self.options = options
-        self._model = load_segmentation(BUNDLED_VAD_CHECKPOINT).to(torch.device(device))
-        if torch.device(device).type == "cuda":
+        place = torch.device(device)
+        self._model = load_segmentation(BUNDLED_VAD_CHECKPOINT).to(place)
+        if place.type == "cuda":
             # As pyannote does before every inference (fix_reproducibility): TF32 changes the scores.
             torch.backends.cuda.matmul.allow_tf32 = False
             torch.backends.cudnn.allow_tf32 = False

@@ -400,19 +400,13 @@ def build_tiny_diarization_pipeline(
 
 
 def pyannote_checkpoint_globals() -> list:
-    """The classes pyannote checkpoints are made of (the real ones), for torch.load(weights_only=True)."""
-    import collections
-    import typing
-
-    from omegaconf.base import ContainerMetadata, Metadata
-    from omegaconf.listconfig import ListConfig
-    from omegaconf.nodes import AnyNode
+    """The classes pyannote checkpoints are made of (pyannote's real ones), for torch.load(weights_only=True)."""
     from pyannote.audio.core.model import Introspection
     from pyannote.audio.core.task import Problem, Resolution, Specifications
-    from torch.torch_version import TorchVersion
 
-    return [Problem, Resolution, Specifications, Introspection, TorchVersion, ListConfig, ContainerMetadata,
-            Metadata, AnyNode, typing.Any, collections.defaultdict, dict, list, int]  # fmt: skip
+    from batch.segmentation import container_globals
+
+    return [Problem, Resolution, Specifications, Introspection, *container_globals()]
 
 
 def load_pyannote_model(path: PathLike):  # noqa: ANN201
