@@ -48,10 +48,11 @@ def _root(
     # job over people's recordings should not phone home. A user can still opt in by setting it to 1.
     os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "0")
     # Before numpy and torch load: their thread pools are sized then (see batch.runtime.limit_thread_pools).
-    from batch.runtime import THREAD_POOL_ENV_VARS, available_cpus
+    from batch.runtime import THREAD_POOL_ENV_VARS, available_cpus, reuse_freed_memory
 
     for name in THREAD_POOL_ENV_VARS:
         os.environ.setdefault(name, str(available_cpus()))
+    reuse_freed_memory()  # before any thread allocates
 
 
 @app.command("run")

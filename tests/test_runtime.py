@@ -84,3 +84,67 @@ print(json.dumps({{"threads": report.threads, "torch": torch.get_num_threads(), 
     figures = json.loads(done.stdout.splitlines()[-1])
     assert figures["succeeded"] == ["a.wav"] and figures["threads"] == 1 and figures["torch"] == 1
     assert figures["pools"] and max(figures["pools"]) == 1
+
+
+# In a fresh process: how `how` sets malloc up, then, on a new thread (as CTranslate2's worker allocates), a
+# 256 MiB block allocated, written and freed twice; printed: the page faults of the second time.
+REUSE_CHILD = """
+import ctypes, json, resource, sys, threading
+how, folder = sys.argv[1], sys.argv[2]
+tuned = None
+if how == "call":
+    from batch.runtime import reuse_freed_memory
+    tuned = reuse_freed_memory()
+elif how == "cli":
+    from batch.cli import app
+    app(["status", folder], standalone_mode=False)
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes, libc.memset.argtypes = [ctypes.c_void_p], [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
+SIZE, faults = 256 << 20, []
+def allocate_twice():
+    for _ in range(2):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        block = libc.malloc(SIZE)
+        libc.memset(block, 1, SIZE)
+        libc.free(block)
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+worker = threading.Thread(target=allocate_twice)
+worker.start()
+worker.join()
+print(json.dumps({"tuned": tuned, "pages": SIZE // resource.getpagesize(), "faults": faults[1]}))
+"""
+
+
+def _reallocation_faults(how: str, folder: Path, **environ: str) -> dict:
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("MALLOC_", "GLIBC_TUNABLES"))}
+    done = subprocess.run([sys.executable, "-c", REUSE_CHILD, how, str(folder)], capture_output=True, text=True,
+                          timeout=120, env={**env, **environ})  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def _huge_pages_always() -> bool:
+    path = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    return path.exists() and "[always]" in path.read_text()
+
+
+def test_freed_memory_is_reused_not_faulted_in_again(tmp_path: Path) -> None:
+    """A large buffer freed by a worker thread and allocated again costs no page faults once malloc is set up,
+    by the call and by the command line (whatever command); left as glibc has it, every page faults again."""
+    untouched = _reallocation_faults("none", tmp_path)
+    if not _huge_pages_always():  # with transparent huge pages always on, a fresh mapping faults per 2 MiB
+        assert untouched["faults"] > 0.9 * untouched["pages"]
+    called = _reallocation_faults("call", tmp_path)
+    assert called["tuned"] is True
+    assert called["faults"] < 0.05 * called["pages"]
+    from_the_cli = _reallocation_faults("cli", tmp_path)
+    assert from_the_cli["faults"] < 0.05 * from_the_cli["pages"]
+
+
+def test_malloc_tuned_by_the_user_is_left_alone(tmp_path: Path) -> None:
+    for environ in ({"MALLOC_ARENA_MAX": "4"}, {"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=1048576"}):
+        mine = _reallocation_faults("call", tmp_path, **environ)
+        assert mine["tuned"] is False
+        if not _huge_pages_always():
+            assert mine["faults"] > 0.9 * mine["pages"]
