@@ -48,11 +48,10 @@ def _root(
     # job over people's recordings should not phone home. A user can still opt in by setting it to 1.
     os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "0")
     # Before numpy and torch load: their thread pools are sized then (see batch.runtime.limit_thread_pools).
-    from batch.runtime import THREAD_POOL_ENV_VARS, available_cpus, reuse_freed_memory
+    from batch.runtime import THREAD_POOL_ENV_VARS, available_cpus
 
     for name in THREAD_POOL_ENV_VARS:
         os.environ.setdefault(name, str(available_cpus()))
-    reuse_freed_memory()  # before any thread allocates
 
 
 @app.command("run")
@@ -292,4 +291,10 @@ app.command("status")(status_command)
 
 
 def main() -> None:
+    """The `whisperx-batch` program (also `python -m batch`)."""
+    # Process-wide and before any thread; here, not in the app, so that a program running the app in-process
+    # (the tests) keeps its own malloc.
+    from batch.runtime import reuse_freed_memory
+
+    reuse_freed_memory()
     app()

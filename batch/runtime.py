@@ -70,7 +70,9 @@ def limit_thread_pools(cpus: int) -> None:
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_MAX, M_ARENA_MAX = -1, -2, -4, -8
 MALLOC_ENV_VARS = ("MALLOC_ARENA_MAX", "MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_",
                    "MALLOC_TOP_PAD_")  # fmt: skip
-HEAP_GROWTH_BYTES = 64 << 20
+# One arena, no separate mappings, trimming only past the largest threshold a C int holds (2 GiB), and the heap
+# grown 64 MiB at a time.
+REUSE_SETTINGS = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, 2**31 - 1), (M_TOP_PAD, 64 << 20))
 
 
 def reuse_freed_memory(environ: Mapping[str, str] = os.environ) -> bool:
@@ -80,13 +82,16 @@ def reuse_freed_memory(environ: Mapping[str, str] = os.environ) -> bool:
     scores alone are 432 MB per layer for tiny.en at batch 8. glibc maps blocks that large on their own and
     unmaps them when freed, so every page of every buffer faults and is zeroed by the kernel, again and again:
     on 2 cores a batch's encoding took 4.7 s that way and 2.7 s with the memory reused (docs/how-it-runs.md).
-    With one arena (so that the worker thread allocates from the main heap), no separate mappings and no
-    trimming, freed buffers are reused. The cost: the heap stays at its peak size until the process exits.
+    With one arena (so that later threads allocate from the main heap), no separate mappings and trimming only
+    past 2 GiB free, freed buffers are reused. The cost: the heap stays near its peak size until the process exits.
 
-    Process-wide, and it must come before any other thread allocates: the command line calls it first thing.
-    Left alone (False) off glibc, or when the user tunes malloc through the environment.
+    Process-wide, and only effective before any other thread has allocated (a thread's arena outlives it): the
+    command line's entry point calls it first thing. Left alone (False) when other threads are running, off
+    glibc, or when the user tunes malloc through the environment.
     """
     if any(name in environ for name in MALLOC_ENV_VARS) or "glibc.malloc." in environ.get("GLIBC_TUNABLES", ""):
+        return False
+    if _other_threads_running():
         return False
     try:
         if not os.confstr("CS_GNU_LIBC_VERSION"):
@@ -96,8 +101,17 @@ def reuse_freed_memory(environ: Mapping[str, str] = os.environ) -> bool:
         mallopt = ctypes.CDLL(None).mallopt
     except (AttributeError, OSError, ValueError):
         return False
-    settings = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, 2**31 - 1), (M_TOP_PAD, HEAP_GROWTH_BYTES))
-    return all(mallopt(parameter, value) == 1 for parameter, value in settings)
+    accepted = [mallopt(parameter, value) == 1 for parameter, value in REUSE_SETTINGS]
+    return all(accepted)
+
+
+def _other_threads_running() -> bool:
+    try:
+        return len(os.listdir("/proc/self/task")) > 1
+    except OSError:
+        import threading
+
+        return threading.active_count() > 1
 
 
 def resolve_device(requested: str) -> str:

@@ -86,29 +86,40 @@ print(json.dumps({{"threads": report.threads, "torch": torch.get_num_threads(), 
     assert figures["pools"] and max(figures["pools"]) == 1
 
 
-# In a fresh process: how `how` sets malloc up, then, on a new thread (as CTranslate2's worker allocates), a
-# 256 MiB block allocated, written and freed twice; printed: the page faults of the second time.
+# In a fresh process: malloc set up as `how` says, then, on a new thread (as CTranslate2's worker allocates), a
+# 256 MiB block allocated, written and freed twice; printed: that thread's page faults the second time.
 REUSE_CHILD = """
 import ctypes, json, resource, sys, threading
 how, folder = sys.argv[1], sys.argv[2]
 tuned = None
-if how == "call":
+if how in ("call", "after-a-thread"):
     from batch.runtime import reuse_freed_memory
+    running = threading.Event()
+    if how == "after-a-thread":
+        threading.Thread(target=running.wait, daemon=True).start()
     tuned = reuse_freed_memory()
-elif how == "cli":
+    running.set()
+elif how == "app":
     from batch.cli import app
     app(["status", folder], standalone_mode=False)
+elif how == "cli":
+    from batch.cli import main
+    sys.argv = ["whisperx-batch", "status", folder]
+    try:
+        main()
+    except SystemExit as exit:
+        assert exit.code in (0, None), exit.code
 libc = ctypes.CDLL(None)
 libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
 libc.free.argtypes, libc.memset.argtypes = [ctypes.c_void_p], [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
 SIZE, faults = 256 << 20, []
 def allocate_twice():
     for _ in range(2):
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        before = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
         block = libc.malloc(SIZE)
         libc.memset(block, 1, SIZE)
         libc.free(block)
-        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+        faults.append(resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - before)
 worker = threading.Thread(target=allocate_twice)
 worker.start()
 worker.join()
@@ -124,17 +135,19 @@ def _reallocation_faults(how: str, folder: Path, **environ: str) -> dict:
     return json.loads(done.stdout.splitlines()[-1])
 
 
-def _huge_pages_always() -> bool:
+def _faults_every_page(figures: dict) -> bool:
+    """As glibc does by default: a fresh mapping, every page faulted in (with transparent huge pages always on,
+    a mapping faults per 2 MiB instead, so only the setting that was made can be told)."""
     path = Path("/sys/kernel/mm/transparent_hugepage/enabled")
-    return path.exists() and "[always]" in path.read_text()
+    if path.exists() and "[always]" in path.read_text():
+        return True
+    return figures["faults"] > 0.9 * figures["pages"]
 
 
 def test_freed_memory_is_reused_not_faulted_in_again(tmp_path: Path) -> None:
     """A large buffer freed by a worker thread and allocated again costs no page faults once malloc is set up,
-    by the call and by the command line (whatever command); left as glibc has it, every page faults again."""
-    untouched = _reallocation_faults("none", tmp_path)
-    if not _huge_pages_always():  # with transparent huge pages always on, a fresh mapping faults per 2 MiB
-        assert untouched["faults"] > 0.9 * untouched["pages"]
+    by the call and by the command line's entry point; left as glibc has it, every page faults again."""
+    assert _faults_every_page(_reallocation_faults("none", tmp_path))
     called = _reallocation_faults("call", tmp_path)
     assert called["tuned"] is True
     assert called["faults"] < 0.05 * called["pages"]
@@ -142,9 +155,17 @@ def test_freed_memory_is_reused_not_faulted_in_again(tmp_path: Path) -> None:
     assert from_the_cli["faults"] < 0.05 * from_the_cli["pages"]
 
 
-def test_malloc_tuned_by_the_user_is_left_alone(tmp_path: Path) -> None:
+def test_malloc_is_left_alone_when_tuned_by_the_user_or_too_late(tmp_path: Path) -> None:
+    """Left alone, and said so: with the user's own malloc settings, and once another thread runs (its arena
+    would keep taking the large blocks the tuning is for)."""
     for environ in ({"MALLOC_ARENA_MAX": "4"}, {"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=1048576"}):
         mine = _reallocation_faults("call", tmp_path, **environ)
-        assert mine["tuned"] is False
-        if not _huge_pages_always():
-            assert mine["faults"] > 0.9 * mine["pages"]
+        assert mine["tuned"] is False and _faults_every_page(mine)
+    late = _reallocation_faults("after-a-thread", tmp_path)
+    assert late["tuned"] is False and _faults_every_page(late)
+
+
+def test_the_app_run_in_process_keeps_the_callers_malloc(tmp_path: Path) -> None:
+    """The tuning is the program's (main), not the app's: a program that runs the app in-process, as these tests
+    do, keeps its malloc."""
+    assert _faults_every_page(_reallocation_faults("app", tmp_path))
