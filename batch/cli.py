@@ -44,9 +44,9 @@ def _root(
     version: Annotated[bool, Opt("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
 ) -> None:
     """whisperx-batch: a batch job runner for WhisperX."""
-    # pyannote.audio 4 sends usage telemetry on every model load and run unless told not to; an unattended
-    # job over people's recordings should not phone home. A user can still opt in by setting it to 1.
-    os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "0")
+    from batch.diarize import pyannote_telemetry_off_unless_asked
+
+    pyannote_telemetry_off_unless_asked()
     # Before numpy and torch load: their thread pools are sized then (see batch.runtime.limit_thread_pools).
     from batch.runtime import THREAD_POOL_ENV_VARS, available_cpus
 

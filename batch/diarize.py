@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 from typing import Any
 
 import numpy as np
@@ -12,6 +13,14 @@ import numpy as np
 from batch.errors import EnvironmentProblem, redact
 
 log = logging.getLogger(__name__)
+
+def pyannote_telemetry_off_unless_asked() -> None:
+    """pyannote.audio 4 sends usage telemetry on every model load and run unless told not to; an unattended job
+    over people's recordings should not phone home. A user can still opt in: PYANNOTE_METRICS_ENABLED=1 wins.
+    Before pyannote.audio is imported (it reads the variable then), by the program and by every path here that
+    imports it, so that the Python API is covered too."""
+    os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "0")
+
 
 # When diarization finds no speaker turn at all in a file that has speech, its segments are labelled so.
 UNKNOWN_SPEAKER = "UNKNOWN"
@@ -39,6 +48,7 @@ class Diarizer:
 
 def load_diarization(model: str, device: str, token: str | None, cache_dir: str | None, offline: bool) -> Any:
     """whisperx's DiarizationPipeline, with pyannote's failures turned into what to do about them."""
+    pyannote_telemetry_off_unless_asked()
     from whisperx.diarize import DiarizationPipeline
 
     printed = io.StringIO()
@@ -81,6 +91,8 @@ def assign_speakers(segments: list[dict[str, Any]], turns: list[dict[str, Any]])
                     word["speaker"] = UNKNOWN_SPEAKER
         return segments
     import pandas as pd
+
+    pyannote_telemetry_off_unless_asked()
     from whisperx.diarize import assign_word_speakers
 
     frame = pd.DataFrame(turns)

@@ -21,6 +21,10 @@ for name in list(os.environ):
     if name.startswith("WHISPERX_BATCH_"):
         del os.environ[name]
 
+# Nor send pyannote's telemetry (read when pyannote.audio is imported, just below): its exporter thread would also
+# leave garbage behind while other tests count what a collection frees.
+os.environ["PYANNOTE_METRICS_ENABLED"] = "0"
+
 SITE = Path(__import__("pyannote.audio").audio.__file__).parent
 
 

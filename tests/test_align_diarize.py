@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from batch.diarize import diarization_failure_message
+from batch.diarize import diarization_failure_message, load_diarization
+from batch.errors import EnvironmentProblem
 from tests.conftest import ENGLISH, SPANISH, speak
 from tests.tiny_models import build_tiny_align_model, build_tiny_diarization_pipeline
 
@@ -256,6 +257,21 @@ def test_refused_token_message_says_what_to_do() -> None:
     refused = RuntimeError("401 Client Error: Cannot access gated repo for url https://huggingface.co/x")
     message = diarization_failure_message("pyannote/speaker-diarization-community-1", refused, offline=False)
     assert "Accept the model's terms at https://hf.co/pyannote/speaker-diarization-community-1" in message
+
+
+def test_pyannote_telemetry_is_off_for_the_python_api_too(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Loading the diarization pipeline (as a Job does, no command line involved) turns pyannote's telemetry off,
+    as pyannote itself reads it, unless the user opted in."""
+    from pyannote.audio.telemetry.metrics import is_metrics_enabled
+
+    for opted_in, expected in ((None, False), ("1", True)):
+        if opted_in is None:
+            monkeypatch.delenv("PYANNOTE_METRICS_ENABLED", raising=False)
+        else:
+            monkeypatch.setenv("PYANNOTE_METRICS_ENABLED", opted_in)
+        with pytest.raises(EnvironmentProblem, match="not in the model cache"):
+            load_diarization("pyannote/no-such-pipeline", "cpu", None, str(tmp_path), offline=True)
+        assert is_metrics_enabled() is expected
 
 
 def test_models_pull_caches_everything_named_and_reports_failures(
