@@ -6,13 +6,18 @@ import contextlib
 import io
 import logging
 import os
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from batch.errors import EnvironmentProblem, redact
 
+if TYPE_CHECKING:  # numpy only in a signature: the command line imports this module before every command
+    import numpy as np
+
 log = logging.getLogger(__name__)
+
+# When diarization finds no speaker turn at all in a file that has speech, its segments are labelled so.
+UNKNOWN_SPEAKER = "UNKNOWN"
+
 
 def pyannote_telemetry_off_unless_asked() -> None:
     """pyannote.audio 4 sends usage telemetry on every model load and run unless told not to; an unattended job
@@ -20,10 +25,6 @@ def pyannote_telemetry_off_unless_asked() -> None:
     Before pyannote.audio is imported (it reads the variable then), by the program and by every path here that
     imports it, so that the Python API is covered too."""
     os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "0")
-
-
-# When diarization finds no speaker turn at all in a file that has speech, its segments are labelled so.
-UNKNOWN_SPEAKER = "UNKNOWN"
 
 
 class Diarizer:
