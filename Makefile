@@ -35,8 +35,11 @@ system-deps:
 test: $(STAMP) system-deps
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
 
+# ruff's rules and its formatting, and the rooms' import direction (pyproject.toml: tool.importlinter).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 # This runner against the whisperx command line on two cached corpora (about 20 min on 2 idle cores); tables in
 # out/bench/results.md. Quicker, smaller: make bench BENCH_ARGS="--short-scale 0.3 --mixed-scale 0.3 --runs 1"

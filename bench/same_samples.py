@@ -49,11 +49,15 @@ def main() -> None:
     for index, recording in enumerate(corpus.recordings):
         reference = [references[index]]
         same = normalise(runner_on_cli_samples[index]) == normalise(cli[index])
-        print(f"{recording.name:<18} {wer_percent(reference, [runner[index]]):7.1f} "
-              f"{wer_percent(reference, [runner_on_cli_samples[index]]):20.1f} "
-              f"{wer_percent(reference, [cli[index]]):7.1f}  {'yes' if same else 'NO'}")  # fmt: skip
-    print(f"{'all':<18} {wer_percent(references, runner):7.1f} {wer_percent(references, runner_on_cli_samples):20.1f} "
-          f"{wer_percent(references, cli):7.1f}")  # fmt: skip
+        print(
+            f"{recording.name:<18} {wer_percent(reference, [runner[index]]):7.1f} "
+            f"{wer_percent(reference, [runner_on_cli_samples[index]]):20.1f} "
+            f"{wer_percent(reference, [cli[index]]):7.1f}  {'yes' if same else 'NO'}"
+        )
+    print(
+        f"{'all':<18} {wer_percent(references, runner):7.1f} {wer_percent(references, runner_on_cli_samples):20.1f} "
+        f"{wer_percent(references, cli):7.1f}"
+    )
 
 
 def samples_as_the_command_line_reads(corpus: Corpus, folder: Path) -> Corpus:

@@ -61,24 +61,86 @@ def command(tool: str, setup: Setup, corpus: Corpus, out: Path, files: list[Path
     if tool == "runner":
         source = str(corpus.folder if files is None else Path(paths[0]).parent)
         threads = ["--threads", str(setup.threads)] if setup.threads else []
-        return [str(BIN / "whisperx-batch"), "run", source, "--out", str(out), "--model", setup.model,
-                "--device", setup.device, "--compute-type", setup.compute_type, *threads,
-                "--batch-size", str(setup.batch_size), "--language", setup.language, "--no-align",
-                "--vad-method", "pyannote", "--vad-onset", str(VAD_ONSET), "--vad-offset", str(VAD_OFFSET),
-                "--formats", "json"]  # fmt: skip
+        return [
+            str(BIN / "whisperx-batch"),
+            "run",
+            source,
+            "--out",
+            str(out),
+            "--model",
+            setup.model,
+            "--device",
+            setup.device,
+            "--compute-type",
+            setup.compute_type,
+            *threads,
+            "--batch-size",
+            str(setup.batch_size),
+            "--language",
+            setup.language,
+            "--no-align",
+            "--vad-method",
+            "pyannote",
+            "--vad-onset",
+            str(VAD_ONSET),
+            "--vad-offset",
+            str(VAD_OFFSET),
+            "--formats",
+            "json",
+        ]
     if tool == "cli":
         threads = ["--threads", str(setup.threads)] if setup.threads else []
-        return [str(BIN / "whisperx"), *paths, "--model", setup.model, "--device", setup.device,
-                "--compute_type", setup.compute_type, *threads, "--batch_size", str(setup.batch_size),
-                "--language", setup.language, "--no_align", "--vad_method", "pyannote",
-                "--vad_onset", str(VAD_ONSET), "--vad_offset", str(VAD_OFFSET),
-                "--output_format", "json", "--output_dir", str(out)]  # fmt: skip
+        return [
+            str(BIN / "whisperx"),
+            *paths,
+            "--model",
+            setup.model,
+            "--device",
+            setup.device,
+            "--compute_type",
+            setup.compute_type,
+            *threads,
+            "--batch_size",
+            str(setup.batch_size),
+            "--language",
+            setup.language,
+            "--no_align",
+            "--vad_method",
+            "pyannote",
+            "--vad_onset",
+            str(VAD_ONSET),
+            "--vad_offset",
+            str(VAD_OFFSET),
+            "--output_format",
+            "json",
+            "--output_dir",
+            str(out),
+        ]
     if tool == "ceiling":
         threads = ["--threads", str(setup.threads)] if setup.threads else []
-        return [sys.executable, "-m", "bench.ceiling", *paths, "--model", setup.model, "--device", setup.device,
-                "--compute-type", setup.compute_type, *threads, "--batch-size", str(setup.batch_size),
-                "--language", setup.language, "--vad-onset", str(VAD_ONSET), "--vad-offset", str(VAD_OFFSET),
-                "--out", str(out)]  # fmt: skip
+        return [
+            sys.executable,
+            "-m",
+            "bench.ceiling",
+            *paths,
+            "--model",
+            setup.model,
+            "--device",
+            setup.device,
+            "--compute-type",
+            setup.compute_type,
+            *threads,
+            "--batch-size",
+            str(setup.batch_size),
+            "--language",
+            setup.language,
+            "--vad-onset",
+            str(VAD_ONSET),
+            "--vad-offset",
+            str(VAD_OFFSET),
+            "--out",
+            str(out),
+        ]
     raise ValueError(tool)
 
 

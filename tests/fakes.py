@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
-from batch.audio import SAMPLE_RATE
-from batch.pipeline import DecodedFile, FileOutcome, PipelineStats
+from batch.engine.audio import SAMPLE_RATE
+from batch.engine.pipeline import DecodedFile, FileOutcome, PipelineStats
 
 
 @dataclass

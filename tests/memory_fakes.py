@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from batch.batching import BatchSizer
-from batch.units import GiB, MiB
+from batch.common.units import GiB, MiB
+from batch.engine.batching import BatchSizer
 
 
 class FakeProbe:

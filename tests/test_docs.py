@@ -10,7 +10,7 @@ import pytest
 import typer
 
 from batch.cli import app
-from batch.config import FIELD_NAMES, env_name
+from batch.settings.options import FIELD_NAMES, env_name
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "k8s" / "README.md"]

@@ -16,10 +16,10 @@ import pytest
 import yaml
 from kubernetes_validate import utils as kubernetes_validate
 
-from batch.config import CONFIG_ENV_VAR, ENV_PREFIX, FIELD_NAMES, load_settings
-from batch.errors import EXIT_ENVIRONMENT, EXIT_FILES_FAILED, EXIT_USAGE
-from batch.sections import build_config
-from batch.shard import SHARD_COUNT_ENV_VAR, Shard, shard_from_environment
+from batch.common.errors import EXIT_ENVIRONMENT, EXIT_FILES_FAILED, EXIT_USAGE
+from batch.settings.options import CONFIG_ENV_VAR, ENV_PREFIX, FIELD_NAMES, load_settings
+from batch.settings.shard import SHARD_COUNT_ENV_VAR, Shard, shard_from_environment
+from tests.conftest import sections
 
 K8S = Path(__file__).resolve().parent.parent / "k8s"
 MANIFESTS = ("job.yaml", "indexed-job.yaml", "cronjob.yaml")
@@ -209,10 +209,13 @@ def test_scheduled_jobs_push_their_metrics_to_a_pushgateway(name: str) -> None:
     """The CronJob with flags, the Indexed Job with variables: both are settings the runner reads as a URL."""
     resource = load(name)
     args = container(resource)["args"]
-    flags = {arg.removeprefix("--").replace("-", "_"): args[index + 1] for index, arg in enumerate(args)
-             if arg.startswith("--metrics-")}  # fmt: skip
+    flags = {
+        arg.removeprefix("--").replace("-", "_"): args[index + 1]
+        for index, arg in enumerate(args)
+        if arg.startswith("--metrics-")
+    }
     metrics_env = {key: value for key, value in plain_env(resource).items() if key.startswith(ENV_PREFIX + "METRICS_")}
     assert flags or metrics_env
-    metrics = build_config(load_settings(flags, environ=metrics_env), environ={}).metrics
+    metrics = sections(load_settings(flags, environ=metrics_env), environ={}).metrics
     assert metrics.pushgateway is not None and metrics.pushgateway.url.startswith("http://pushgateway.")
     assert metrics.job == "whisperx_batch"  # what the example alert rules match

@@ -6,6 +6,8 @@ POSIX form; `batch.storage.names` says which keys are taken and what their outpu
 
 `open_store` is the one place that picks a folder or S3 from a location; `open_source` also takes a single
 file or S3 object as SOURCE (its key is its name); `open_job_stores` opens SOURCE and DEST of a job together.
+
+May import: common. Knows nothing of transcripts, manifests or settings.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
-from batch.errors import ConfigError
+from batch.common.errors import ConfigError
 
 S3_SCHEME = "s3://"
 
@@ -127,8 +129,9 @@ def open_source(
         from batch.storage.local import LocalStore
 
         return LocalStore(Path(url).parent, only=Path(url).name)
-    return open_store(url, endpoint_url=endpoint_url, spool_dir=spool_dir, max_input_bytes=max_input_bytes,
-                      client=client, skip=skip)  # fmt: skip
+    return open_store(
+        url, endpoint_url=endpoint_url, spool_dir=spool_dir, max_input_bytes=max_input_bytes, client=client, skip=skip
+    )
 
 
 def open_job_stores(

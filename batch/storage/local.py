@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
-from batch.errors import EnvironmentProblem
+from batch.common.errors import EnvironmentProblem
 from batch.storage import InputFile, ListingCounts
 from batch.storage.names import is_selected, safe_relative
 

@@ -20,7 +20,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from batch.errors import EnvironmentProblem, FileFailure, redact
+from batch.common.errors import EnvironmentProblem, FileFailure, redact
 from batch.storage import InputFile, ListingCounts
 from batch.storage.names import is_hidden, is_selected
 

@@ -1,0 +1,34 @@
+"""How the program ends on SIGTERM and SIGINT outside a run's own handling (`batch.cli.console.graceful_stop`):
+always with an exit code that docs/reruns-and-exit-codes.md lists. Light on imports: the entry point loads it."""
+
+from __future__ import annotations
+
+import signal
+from typing import Any
+
+# The run's exit code once all its work is written: what a signal that comes after it exits with.
+_exit_code_when_over: int | None = None
+
+
+def exit_cleanly_on_signals() -> None:
+    """For the whole life of the program (its entry point calls this first): SIGTERM, and SIGINT once the run is
+    over, end the process with an exit code that docs/reruns-and-exit-codes.md lists, never by the signal itself
+    (a parent would see -15). Before a run: 143 (SIGINT stays Python's KeyboardInterrupt, said as 130). During a
+    run, `graceful_stop` handles them. After it, with all work written: the run's own code, the one its summary
+    says. Process-wide, so not for a program that runs the app in-process."""
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        if _exit_code_when_over is not None:
+            raise SystemExit(_exit_code_when_over)
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise SystemExit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
+
+
+def run_over(exit_code: int) -> None:
+    """All of the run's work is written: from now on a signal ends the process with the run's own exit code."""
+    global _exit_code_when_over
+    _exit_code_when_over = exit_code

@@ -1,0 +1,122 @@
+"""The row every doctor check returns (Check), and known failure modes turned into what to do.
+
+Known failure modes (cuDNN not found, no CUDA device, torch.load weights_only refusals, gated models, an
+offline cache without the model) are turned into one line that says what to do, by `advice_for`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from batch.common.errors import redact
+
+Status = Literal["ok", "warn", "fail", "skip"]
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: Status
+    detail: str
+    fix: str | None = None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Known failure modes -> what to do
+
+
+def _cudnn_fix() -> str:
+    folders = [str(path) for path in _pip_nvidia_lib_dirs()]
+    where = (
+        f"export LD_LIBRARY_PATH={':'.join(folders)}:$LD_LIBRARY_PATH"
+        if folders
+        else "pip install 'nvidia-cudnn-cu12==9.*' and add its lib folder to LD_LIBRARY_PATH"
+    )
+    return (
+        "cuDNN 9 libraries not found by CTranslate2: use the image built from this project's Dockerfile "
+        f"(CUDA 12.8 + cuDNN 9), or {where}"
+    )
+
+
+NO_DRIVER_FIX = (
+    "no NVIDIA driver is visible: on the host, check `nvidia-smi`; in Docker, install the NVIDIA Container "
+    "Toolkit and run with `--gpus all`; in Kubernetes, request `nvidia.com/gpu`; or run with --device cpu"
+)
+KNOWN_FAILURES: tuple[tuple[re.Pattern[str], str | None], ...] = (
+    (re.compile(r"libcudnn|cudnn.*(not found|cannot open|unable to load)|cudnnCreate", re.I), None),
+    (
+        re.compile(r"NVML Shared Library Not Found|libnvidia-ml|Found no NVIDIA driver|NVIDIA driver on your", re.I),
+        NO_DRIVER_FIX,
+    ),
+    (
+        re.compile(r"driver version is insufficient|CUDA driver version|driver.*too old", re.I),
+        "the NVIDIA driver is too old for CUDA 12.8: update it (R570 or newer), or build the image on an older "
+        "CUDA 12 base with --build-arg BASE_IMAGE=...",
+    ),
+    (
+        re.compile(r"no CUDA-capable device|cudaErrorNoDevice|CUDA_VISIBLE_DEVICES|no usable CUDA device", re.I),
+        "no CUDA device is visible to this process: check CUDA_VISIBLE_DEVICES and `nvidia-smi`; in Docker run "
+        "with `--gpus all`; or run with --device cpu",
+    ),
+    (
+        re.compile(r"weights_only|Weights only load failed|WeightsUnpickler|Unsupported global", re.I),
+        "torch.load refused a checkpoint (PyTorch 2.6+ loads weights only by default): use the versions this "
+        "project pins (reinstall whisperx-batch, or use its image), which load the bundled VAD through an "
+        "allowlist; do not set TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 unless you trust every checkpoint",
+    ),
+    (
+        re.compile(r"GatedRepoError|gated repo|is restricted|awaiting a review|must have access", re.I),
+        "the model is gated on Hugging Face: sign in with the account that owns your token, open the model's "
+        "page on huggingface.co and accept its conditions; give the token as HF_TOKEN or in a file named by "
+        "--hf-token-file (WHISPERX_BATCH_HF_TOKEN_FILE)",
+    ),
+    (
+        re.compile(r"\b401\b|Invalid (user )?token|Unauthorized|RepositoryNotFoundError", re.I),
+        "the Hub refused the request: check the model name, and that the token (HF_TOKEN or --hf-token-file) is "
+        "a valid read token (huggingface.co/settings/tokens)",
+    ),
+    (
+        re.compile(r"LocalEntryNotFoundError|outgoing traffic has been disabled|appropriate cached snapshot", re.I),
+        "the model is not in the cache and downloads are off (HF_HUB_OFFLINE=1): run `whisperx-batch models "
+        "pull` where the Hub is reachable and mount that cache at HF_HOME (/models in the image), or give a "
+        "local model folder with --model",
+    ),
+    (
+        re.compile(r"Failed to resolve|Name or service not known|Max retries exceeded|ConnectionError|timed out", re.I),
+        "the Hugging Face Hub cannot be reached from here: pull the models where it can be (`whisperx-batch "
+        "models pull`), mount that cache at HF_HOME, and set HF_HUB_OFFLINE=1",
+    ),
+    (
+        re.compile(r"CUDA out of memory|OutOfMemoryError|CUBLAS_STATUS_ALLOC_FAILED", re.I),
+        "the GPU ran out of memory: lower --batch-size, use --compute-type int8_float16, or a smaller model",
+    ),
+)
+
+
+def advice_for(error: str) -> str | None:
+    """One line that says what to do about a known failure, from its error text; None when unknown."""
+    for pattern, fix in KNOWN_FAILURES:
+        if pattern.search(error):
+            return fix if fix is not None else _cudnn_fix()
+    return None
+
+
+def _pip_nvidia_lib_dirs() -> list[Path]:
+    """The lib folders of the nvidia-cudnn-cu12 and nvidia-cublas-cu12 wheels that PyTorch brought, if any."""
+    import sysconfig
+
+    root = Path(sysconfig.get_path("purelib")) / "nvidia"
+    return [root / name / "lib" for name in ("cudnn", "cublas") if (root / name / "lib").is_dir()]
+
+
+def short_error(exc: BaseException) -> str:
+    """`Type: first line`, secrets removed; a connection failure in a few words, not urllib3's whole chain."""
+    text = str(exc)
+    if re.search(r"Max retries exceeded|Failed to resolve|Name or service not known|Connection refused", text):
+        host = re.search(r"host=\\?'([^'\\]+)", text)
+        return f"{type(exc).__name__}: cannot connect to {host.group(1) if host else 'the Hub'}"
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return redact(f"{type(exc).__name__}: {first[:300]}")

@@ -1,0 +1,119 @@
+"""Error types, the exit codes they map to, and secret redaction.
+
+Exit codes are decided here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+
+# Write errors that no later file escapes: no space, over quota, a read-only file system.
+DEST_UNUSABLE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+
+EXIT_OK = 0
+EXIT_FILES_FAILED = 1
+EXIT_USAGE = 2
+EXIT_ENVIRONMENT = 3
+EXIT_SIGINT = 130  # 128 + the signal number, as shells and Kubernetes report it
+EXIT_SIGTERM = 143
+
+
+class BatchError(Exception):
+    """Base class: an error that stops the whole run with a given exit code."""
+
+    exit_code = EXIT_ENVIRONMENT
+
+
+class ConfigError(BatchError):
+    """A bad option, config key or value: the run stops before any model loads."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, key: str, message: str, source: str | None = None):
+        self.key = key
+        self.source = source
+        where = f" (from {source})" if source else ""
+        super().__init__(f"{key}: {message}{where}")
+
+
+class ConfigErrors(ConfigError):
+    """Several config problems found together (a file with two bad keys): all listed, one a line."""
+
+    def __init__(self, problems: list[ConfigError]):
+        self.problems = problems
+        self.key, self.source = problems[0].key, problems[0].source
+        lines = "".join(f"\n  {problem}" for problem in problems)
+        BatchError.__init__(self, f"{len(problems)} problems in the settings:{lines}")
+
+
+def raise_config_problems(problems: list[ConfigError]) -> None:
+    """Raise nothing, the one problem, or all of them at once."""
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        raise ConfigErrors(problems)
+
+
+class EnvironmentProblem(BatchError):
+    """The machine cannot run the job: model missing, device unusable, DEST not writable."""
+
+    exit_code = EXIT_ENVIRONMENT
+
+
+class FileFailure(Exception):
+    """One input cannot be processed; it fails alone and the run goes on."""
+
+
+class AudioDecodeError(FileFailure):
+    """The input holds no decodable audio (empty, truncated, not audio, no audio track)."""
+
+
+class DestPathBlocked(FileFailure):
+    """DEST cannot hold this file's manifest: a directory in the way, or no permission on that one path."""
+
+    def __init__(self, name: str, cause: OSError):
+        reason = {
+            IsADirectoryError: "a directory is in the way",
+            NotADirectoryError: "a file is in the way of its folder",
+            PermissionError: "permission denied",
+        }.get(type(cause), cause.strerror or str(cause))
+        super().__init__(f"its manifest cannot be written at {name}: {reason}; move that away and rerun")
+
+
+# Environment variables whose values must never reach a log, a manifest or an error message.
+SECRET_ENV_VARS = (
+    "HF_TOKEN",
+    "HUGGING_FACE_HUB_TOKEN",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_ACCESS_KEY_ID",
+)
+_SECRET_PATTERNS = (
+    re.compile(r"hf_[A-Za-z0-9]{20,}"),
+    re.compile(r"(?<![A-Z0-9])(?:AKIA|ASIA)[0-9A-Z]{16}(?![A-Z0-9])"),
+)
+_extra_secrets: set[str] = set()
+
+
+def register_secret(value: str | None) -> None:
+    """Remember a secret read from somewhere other than the environment (a token file)."""
+    if value and len(value) >= 6:
+        _extra_secrets.add(value)
+
+
+def redact(text: str) -> str:
+    """Replace every known secret value, and anything shaped like a token or key, with ***."""
+    secrets = {os.environ.get(name) for name in SECRET_ENV_VARS} | _extra_secrets
+    for secret in sorted((s for s in secrets if s and len(s) >= 6), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    for pattern in _SECRET_PATTERNS:
+        text = pattern.sub("***", text)
+    return text
+
+
+def describe(exc: BaseException) -> dict[str, str]:
+    """The {type, message} record of an exception, with secrets removed."""
+    message = str(exc).strip() or repr(exc)
+    return {"type": type(exc).__name__, "message": redact(message)}

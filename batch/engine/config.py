@@ -1,0 +1,79 @@
+"""What the engine is built from: the models, how they run on this machine, and where they come from.
+
+`batch.run.config.configure` makes these from the user's settings; the engine reads nothing else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from batch.engine.decoding import DecodingOptions
+from batch.engine.vad import VadOptions
+
+
+@dataclass(frozen=True)
+class HubConfig:
+    """Where models come from. The token's value is never shown (repr) and never recorded."""
+
+    cache_dir: str | None = None
+    offline: bool = False
+    token: str | None = field(default=None, repr=False)
+    token_source: str | None = None  # hf_token_file, HF_TOKEN, ...: said in messages instead of the value
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """How the models run on this machine (does not change what they say)."""
+
+    device: str
+    compute_type: str
+    threads: int
+    batch_size: int
+    gpu_memory_reserve: int = 1024**3
+
+
+@dataclass(frozen=True)
+class AsrConfig:
+    model: str = "large-v3"
+    language: str = "auto"  # an ISO code, or auto: detected per file
+    languages: tuple[str, ...] = ()  # with auto: detected among these only
+    decoding: DecodingOptions = field(default_factory=DecodingOptions)
+
+    def english_only_problem(self) -> tuple[str, str] | None:
+        """(key, message) when an English-only model cannot do what is asked of it."""
+        if self.language not in ("auto", "en"):
+            return "language", f"the model {self.model} is English-only; use en or auto"
+        if self.languages and "en" not in self.languages:
+            return "languages", f"the model {self.model} is English-only: it detects only en"
+        if self.decoding.task == "translate":
+            return "task", f"the model {self.model} is English-only: it cannot translate; use a multilingual model"
+        return None
+
+
+@dataclass(frozen=True)
+class AlignConfig:
+    enabled: bool = True
+    model: str | None = None  # for every language, when given
+    per_language: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DiarizeConfig:
+    enabled: bool = False
+    model: str = "pyannote/speaker-diarization-community-1"
+    num_speakers: int | None = None
+    min_speakers: int | None = None
+    max_speakers: int | None = None
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Everything the models need: what the pipeline is built from."""
+
+    asr: AsrConfig
+    vad: VadOptions
+    align: AlignConfig
+    diarize: DiarizeConfig
+    hub: HubConfig
+    runtime: RuntimeOptions

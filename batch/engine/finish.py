@@ -1,0 +1,83 @@
+"""After the ASR: time every word (wav2vec2) and label speakers (pyannote), each model loaded on first use."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from batch.engine.config import PipelineConfig
+from batch.engine.pipeline import FileOutcome
+
+
+class Finisher:
+    """Aligns and diarizes one transcribed file at a time; models load when the first file needs them."""
+
+    def __init__(self, config: PipelineConfig, sizer: Any):
+        self.config = config
+        self.sizer = sizer
+        self._aligner: Any = None
+        self._diarizer: Any = None
+        self._lock = threading.Lock()  # one file at a time, whichever thread finishes it
+
+    def alignment_models_loaded(self) -> list[str]:
+        return list(self._aligner.loads) if self._aligner is not None else []
+
+    def finish(self, outcome: FileOutcome) -> None:
+        with self._lock:
+            stopwatch = outcome.file.stopwatch
+            if self.config.align.enabled:
+                with stopwatch.stage("align"):
+                    self._align(outcome)
+            if self.config.diarize.enabled:
+                with stopwatch.stage("diarize"):
+                    self._diarize(outcome)
+
+    def _align(self, outcome: FileOutcome) -> None:
+        """Time every word; when that cannot be done the segment timings stay and the reason is recorded."""
+        from batch.engine.align import AlignmentOutcome, AlignmentUnavailable
+
+        if not outcome.segments or outcome.language is None:
+            outcome.alignment = AlignmentOutcome("no_speech").to_dict()
+            return
+        aligner = self._load_aligner()
+        assert outcome.file.audio is not None
+        try:
+            outcome.segments, result = aligner.align(outcome.segments, outcome.file.audio, outcome.language)
+        except AlignmentUnavailable as problem:
+            model = aligner.model_for(outcome.language)
+            result, outcome.error = AlignmentOutcome("failed", model=model, reason=str(problem)), problem
+        outcome.alignment = result.to_dict()
+
+    def _diarize(self, outcome: FileOutcome) -> None:
+        from batch.engine.diarize import assign_speakers
+        from batch.engine.oom import GpuOutOfMemory, run_with_oom_backoff
+
+        diarizer, settings, audio = self._load_diarizer(), self.config.diarize, outcome.file.audio
+
+        def turns(batch_size: int) -> list[dict[str, Any]]:
+            return diarizer.turns(
+                audio, settings.num_speakers, settings.min_speakers, settings.max_speakers, batch_size
+            )
+
+        try:
+            outcome.turns, outcome.gpu["diarize"] = run_with_oom_backoff("diarize", self.sizer, turns)
+        except GpuOutOfMemory as exc:
+            outcome.gpu["diarize"] = exc.record
+            raise
+        outcome.segments = assign_speakers(outcome.segments, outcome.turns)
+
+    def _load_aligner(self) -> Any:
+        if self._aligner is None:
+            from batch.engine.align import Aligner
+
+            align, runtime, hub = self.config.align, self.config.runtime, self.config.hub
+            self._aligner = Aligner(runtime.device, hub.cache_dir, hub.offline, align.model, dict(align.per_language))
+        return self._aligner
+
+    def _load_diarizer(self) -> Any:
+        if self._diarizer is None:
+            from batch.engine.diarize import Diarizer
+
+            diarize, runtime, hub = self.config.diarize, self.config.runtime, self.config.hub
+            self._diarizer = Diarizer(diarize.model, runtime.device, hub.token, hub.cache_dir, hub.offline)
+        return self._diarizer

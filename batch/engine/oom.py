@@ -1,0 +1,331 @@
+"""GPU out-of-memory back-off, and the memory records of what ran (for the manifests and the run report).
+
+`run_with_oom_backoff` runs one stage of one file: on out-of-memory it frees caches, halves the batch size and
+runs the stage again, down to 1; only then does the file fail (`GpuOutOfMemory`). The lowered size is kept
+for the next files and grows back when memory allows. `map_in_batches` runs a list of items (of one file or
+several) through a stage batch by batch, each batch under that guard, so an out-of-memory splits the batch
+instead of redoing the whole list.
+
+The batch sizes come from `batch.engine.batching.BatchSizer`: with no GPU or no NVML it gives the configured size,
+and the out-of-memory back-off still works.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import sys
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Generic, TypeVar
+
+from batch.common.errors import FileFailure
+from batch.common.units import format_bytes
+from batch.engine.batching import BatchSizer
+from batch.engine.nvml import MemoryProbe
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+ItemT = TypeVar("ItemT")
+OutT = TypeVar("OutT")
+
+# Substrings (lower case) of the messages of out-of-memory errors that arrive as plain RuntimeErrors:
+# CTranslate2 ("CUDA failed with error out of memory"), torch without its own class, the driver API, cuBLAS.
+_OOM_MARKERS = ("out of memory", "cuda_error_out_of_memory", "cublas_status_alloc_failed")
+
+
+# --- Running a stage under out-of-memory back-off ------------------------------------------------------------
+
+
+class GpuOutOfMemory(FileFailure):
+    """A stage ran out of GPU memory even at batch size 1: this file fails, the run goes on.
+
+    `record` is the stage's memory record (failed, with its retries), for the failed file's manifest.
+    """
+
+    def __init__(self, message: str, record: StageMemoryRecord):
+        super().__init__(message)
+        self.record = record
+
+
+@dataclass
+class StageMemoryRecord:
+    """What one stage of one file asked for, got and went through; `to_dict` is its manifest entry."""
+
+    stage: str
+    batch_size_requested: int  # the configured size (the ceiling)
+    batch_size_planned: int  # what free memory allowed before the first try
+    batch_size_used: int  # what finally ran
+    oom_retries: int = 0
+    free_bytes: int | None = None  # free memory before the first try (NVML), None without a probe
+    total_bytes: int | None = None
+    peak_growth_bytes: int | None = None  # NVML used memory at peak minus before, on the try that ran
+    failed: bool = False  # out of memory even at batch size 1
+
+    def to_dict(self) -> dict[str, Any]:
+        record = asdict(self)
+        del record["stage"]  # the manifest keys records by stage
+        return record
+
+
+@dataclass
+class StageTotals:
+    """One stage's records summed over a run, for the run report."""
+
+    runs: int = 0
+    oom_retries: int = 0
+    batch_size_used_min: int | None = None
+    batch_size_used_max: int | None = None
+    free_bytes_min: int | None = None
+    failed: int = 0
+
+    def add(self, record: StageMemoryRecord) -> None:
+        self.runs += 1
+        self.oom_retries += record.oom_retries
+        self.batch_size_used_min = _least(self.batch_size_used_min, record.batch_size_used)
+        self.batch_size_used_max = max(self.batch_size_used_max or 0, record.batch_size_used)
+        self.free_bytes_min = _least(self.free_bytes_min, record.free_bytes)
+        self.failed += record.failed
+
+
+def _least(current: int | None, new: int | None) -> int | None:
+    if new is None:
+        return current
+    return new if current is None else min(current, new)
+
+
+def sum_records(records: Iterable[StageMemoryRecord]) -> dict[str, dict[str, Any]]:
+    """Per stage: runs, out-of-memory retries, smallest and largest batch size used, least free memory seen,
+    and how many runs failed for want of memory."""
+    totals: dict[str, StageTotals] = {}
+    for record in records:
+        totals.setdefault(record.stage, StageTotals()).add(record)
+    return {stage: asdict(total) for stage, total in totals.items()}
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether `exc`, or an exception it was raised from, is a GPU out-of-memory (torch's or CTranslate2's)."""
+    torch = sys.modules.get("torch")  # a torch error can only exist if torch was imported
+    out_of_memory_type = getattr(torch, "OutOfMemoryError", None) if torch is not None else None
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if out_of_memory_type is not None and isinstance(current, out_of_memory_type):
+            return True
+        message = str(current).lower()
+        if any(marker in message for marker in _OOM_MARKERS):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def free_gpu_caches() -> None:
+    """Drop unreachable tensors and hand PyTorch's cached GPU blocks back to the driver; a no-op without CUDA."""
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
+class _PeakSampler:
+    """Samples the probe's used memory from a thread while a batch runs: NVML keeps no peak of its own."""
+
+    def __init__(self, probe: MemoryProbe | None, interval: float):
+        self.probe = probe
+        self.interval = interval
+        self.before: int | None = None
+        self.peak: int | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> _PeakSampler:
+        if self.probe is None:
+            return self
+        self.before = self.peak = self.probe.used()
+        self._thread = threading.Thread(target=self._sample_until_stopped, name="gpu-memory-sampler", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._thread is None:
+            return
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    def _sample_until_stopped(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def _sample(self) -> None:
+        used = self.probe.used() if self.probe is not None else None
+        if used is not None:
+            self.peak = used if self.peak is None else max(self.peak, used)
+
+
+def run_with_oom_backoff(
+    stage: str,
+    sizer: BatchSizer,
+    call: Callable[[int], T],
+    free_caches: Callable[[], None] = free_gpu_caches,
+    items: int | None = None,
+    sample_interval: float = 0.01,
+    max_size: int | None = None,
+    free_first: bool = True,
+) -> tuple[T, StageMemoryRecord]:
+    """Run `call(batch_size)` for one stage of one file, halving the batch size on out-of-memory down to 1.
+
+    `call` must do the whole stage and return its result, consuming any lazy generator itself (wrap the
+    pipeline in `list(...)`): an out-of-memory raised later, while a caller iterates, would escape this
+    guard. It must also build its inputs afresh on every call, since a retry runs it again from the start.
+    `items` is how many items the stage has (speech chunks, segments), which makes the measured need per
+    item exact when the file has fewer than a batch. Raises GpuOutOfMemory when even size 1 does not fit;
+    any other error propagates unchanged.
+
+    For a caller that runs many batches in a row (`map_in_batches`): `max_size` caps the first size tried
+    (the items left), so that an out-of-memory halves the size that really ran, not a larger planned one;
+    `free_first=False` skips freeing caches before reading the free memory (after an out-of-memory they are
+    still freed). The defaults change nothing.
+    """
+    if sizer.probe is not None and free_first:
+        free_caches()  # so that the free memory read next, and the growth measured, are not skewed by caches
+    plan = sizer.plan(stage)
+    size = plan.size if max_size is None else max(1, min(plan.size, max_size))
+    record = StageMemoryRecord(stage, sizer.ceiling(stage), size, size, 0, plan.free_bytes, plan.total_bytes)
+    while True:
+        try:
+            with _PeakSampler(sizer.probe, sample_interval) as sampler:
+                result = call(size)
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            smaller = sizer.on_oom(stage, size)
+            if smaller is None:
+                record.batch_size_used, record.failed = size, True
+                raise GpuOutOfMemory(
+                    f"out of GPU memory at batch size 1 in stage {stage} "
+                    f"(free {format_bytes(plan.free_bytes)} of {format_bytes(plan.total_bytes)} before the stage)",
+                    record,
+                ) from exc
+            log.warning("out of GPU memory in stage %s at batch size %d: retrying at %d", stage, size, smaller)
+        else:
+            record.batch_size_used = size
+            if sampler.before is not None and sampler.peak is not None:
+                record.peak_growth_bytes = sampler.peak - sampler.before
+            sizer.observe(stage, min(size, items) if items else size, sampler.before, sampler.peak)
+            sizer.on_success(stage)
+            return result, record
+        # Freed here, outside the except block: until it ends, the traceback keeps the failed batch's
+        # tensors alive, and emptying the cache then would release nothing.
+        free_caches()
+        record.oom_retries += 1
+        size = smaller
+
+
+# --- Many batches in a row, each under the back-off ----------------------------------------------------------
+
+
+@dataclass
+class BatchedStage(Generic[OutT]):
+    """What `map_in_batches` did: one output per item, in the items' order, and a record per batch that ran."""
+
+    outputs: list[OutT]
+    batches: list[StageMemoryRecord]  # in order; each one's batch_size_used is the number of items it ran
+
+    @property
+    def batch_sizes(self) -> list[int]:
+        """The number of items in each batch that ran, in order (they add up to the items done)."""
+        return [record.batch_size_used for record in self.batches]
+
+    @property
+    def record(self) -> StageMemoryRecord | None:
+        """The batches' records as one (see `merge_records`); None when no batch ran (no items)."""
+        return merge_records(self.batches) if self.batches else None
+
+
+class BatchOutOfMemory(GpuOutOfMemory):
+    """One item ran out of GPU memory alone (batch size 1) in `map_in_batches`: that item fails, not the others.
+
+    `index` is the item's position in the list given; `done` holds what ran before it (the outputs of the items
+    before `index` and their batches' records). `record` is those records and the failed batch's merged
+    (failed). The items after `index` have not run: a caller fails the item's owner and maps the rest again.
+    """
+
+    def __init__(self, message: str, index: int, done: BatchedStage[Any], failed: StageMemoryRecord):
+        super().__init__(message, merge_records([*done.batches, failed]))
+        self.index = index
+        self.done = done
+
+
+def merge_records(records: Sequence[StageMemoryRecord]) -> StageMemoryRecord:
+    """One record for a stage that ran as several batches (at least one), for the manifest of each file in them.
+
+    Requested, planned, free and total memory are the first batch's (before the stage); used is the largest
+    batch that ran; retries add up; the peak growth is the largest measured; failed if any batch failed.
+    """
+    first = records[0]
+    growths = [record.peak_growth_bytes for record in records if record.peak_growth_bytes is not None]
+    return StageMemoryRecord(
+        first.stage,
+        first.batch_size_requested,
+        first.batch_size_planned,
+        max(record.batch_size_used for record in records),
+        sum(record.oom_retries for record in records),
+        first.free_bytes,
+        first.total_bytes,
+        max(growths) if growths else None,
+        any(record.failed for record in records),
+    )
+
+
+def map_in_batches(
+    stage: str,
+    sizer: BatchSizer,
+    items: Sequence[ItemT],
+    run_batch: Callable[[Sequence[ItemT]], Sequence[OutT]],
+    free_caches: Callable[[], None] = free_gpu_caches,
+    sample_interval: float = 0.01,
+) -> BatchedStage[OutT]:
+    """Run `run_batch` over `items` in consecutive batches, each as large as `sizer` allows for `stage` now.
+
+    Each batch runs under `run_with_oom_backoff`: on out-of-memory it is retried at half its size, and the
+    items it did not take go into the next batches, which the sizer keeps at the lowered size (until it grows
+    back). Work already done is never redone. Caches are freed before the first batch (with a probe) and after
+    each out-of-memory, not between clean batches.
+
+    `run_batch(batch)` must return one output per item of `batch`, in its order, consuming any lazy generator
+    itself and building its inputs afresh on every call (a retry calls it again with fewer items). Raises
+    BatchOutOfMemory (a GpuOutOfMemory) when an item does not fit even alone, saying which; any other error,
+    and a wrong number of outputs (ValueError), propagates unchanged.
+    """
+    done: BatchedStage[OutT] = BatchedStage([], [])
+    position = 0
+    while position < len(items):
+        start = position
+
+        def call(size: int, start: int = start) -> Sequence[OutT]:
+            batch = items[start : start + size]
+            outputs = run_batch(batch)
+            if len(outputs) != len(batch):
+                raise ValueError(f"run_batch gave {len(outputs)} outputs for a batch of {len(batch)} items")
+            return outputs
+
+        try:
+            outputs, record = run_with_oom_backoff(
+                stage,
+                sizer,
+                call,
+                free_caches=free_caches,
+                sample_interval=sample_interval,
+                max_size=len(items) - position,
+                free_first=not done.batches,
+            )
+        except GpuOutOfMemory as exc:
+            raise BatchOutOfMemory(str(exc), position, done, exc.record) from exc.__cause__
+        done.outputs.extend(outputs)
+        done.batches.append(record)
+        position += record.batch_size_used
+    return done

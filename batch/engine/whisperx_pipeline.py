@@ -1,0 +1,224 @@
+"""The WhisperX pipeline: files stream through VAD, into ASR batches shared across files, then alignment and
+diarization, each file handed back as soon as its last chunk is read.
+
+  files --VAD (+ language)--> chunk queue --ASR batch (any files, any languages)--> finish (align, diarize)
+
+The queue is kept at least a batch deep by taking in more files, so every ASR batch is full unless the input
+has run out: forty voicemails of five seconds make five batches of eight, not forty batches of one. A
+file's chunks are read in order and its transcript is the same as when it is read alone (see asr.py).
+
+On a GPU, the VAD of the next files and the finishing of done ones run on threads of their own while an ASR
+batch runs. On the CPU they run in turn on the caller's thread: the ASR already uses every core, and
+sharing them would slow it down more than it gains.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from batch.common.concurrency import ordered_map
+from batch.common.errors import BatchError
+from batch.engine.asr import WINDOW_SAMPLES, Recognized, WhisperRecognizer
+from batch.engine.audio import SAMPLE_RATE
+from batch.engine.chunks import ChunkQueue, FileInFlight
+from batch.engine.config import PipelineConfig
+from batch.engine.loading import load_models
+from batch.engine.pipeline import DecodedFile, FileOutcome, PipelineStats
+from batch.engine.vad import SpeechChunk
+
+log = logging.getLogger(__name__)
+
+VAD_AHEAD = 2  # files whose speech is found ahead of the ASR, on a GPU
+
+
+class WhisperxPipeline:
+    """Whisper ASR with VAD, word alignment and diarization; models load once and serve every file."""
+
+    def __init__(self, config: PipelineConfig, clock: Callable[[], float] = time.perf_counter):
+        self.config = config
+        self.clock = clock
+        self.overlap = config.runtime.device == "cuda"
+        self.recognizer: WhisperRecognizer | None = None
+        self.vad: Any = None
+        self.sizer: Any = None
+        self._finisher: Any = None
+        self._input_wait = 0.0  # seconds spent waiting for the next decoded file
+        self._stats = PipelineStats(batch_size=config.runtime.batch_size)
+
+    # --- loading ---------------------------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Load the models (once); refuse a language or task the model cannot do before any file."""
+        if self.recognizer is not None:
+            return
+        models = load_models(self.config)
+        self.vad, self.recognizer = models.vad, models.recognizer
+        self.sizer, self._finisher = models.sizer, models.finisher
+        self._stats.load_seconds = models.seconds
+        log.info("models loaded in %.1f s", models.seconds)
+
+    def stats(self) -> PipelineStats:
+        if self._finisher is not None:
+            self._stats.alignment_models_loaded = self._finisher.alignment_models_loaded()
+        return self._stats
+
+    # --- the stream --------------------------------------------------------------------------------------------
+
+    def process(self, files: Iterable[DecodedFile], should_stop: Callable[[], bool]) -> Iterator[FileOutcome]:
+        files = iter(files)
+        first = next(files, None)
+        if first is None:
+            return  # nothing to do: no model is loaded
+        self.load()
+        heard = ordered_map(
+            self._find_speech,
+            itertools.chain([first], self._timed_input(files)),
+            workers=1,
+            ahead=VAD_AHEAD if self.overlap else 0,
+        )
+        queue = ChunkQueue(self.recognizer, self.sizer, self._stats, self.clock)
+        finishing: deque[Future[FileOutcome]] = deque()
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="finish") if self.overlap else None
+        exhausted = False
+        try:
+            while True:
+                while not exhausted and len(queue) < self.sizer.size_for("asr") and not should_stop():
+                    with self._working():  # VAD on the caller's thread (CPU), or waiting for the VAD thread (GPU)
+                        entry = next(heard, None)
+                    if entry is None:
+                        exhausted = True
+                        break
+                    file, speech = entry
+                    with self._working():
+                        admitted = self._admit(file, speech)
+                    if isinstance(admitted, FileOutcome):
+                        yield admitted
+                    else:
+                        queue.add(admitted)
+                if should_stop() or (exhausted and not queue):
+                    break
+                with self._working():
+                    done_files = queue.read_batch()
+                    finishing.extend(self._start_finish(done, pool) for done in done_files)
+                while finishing and finishing[0].done():
+                    yield finishing.popleft().result()
+            while finishing:  # files whose every chunk is read are written, even when stopping
+                with self._working():
+                    outcome = finishing.popleft().result()
+                yield outcome
+        finally:
+            heard.close()
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+
+    @contextlib.contextmanager
+    def _working(self) -> Iterator[None]:
+        """Time the models spend on files; the time they wait for input (fetch, decode, model loading, which
+        the caller does inside `next(files)`) is taken out, and so is the caller's time between outcomes."""
+        started, before = self.clock(), self._input_wait
+        try:
+            yield
+        finally:
+            self._stats.busy_seconds += self.clock() - started - (self._input_wait - before)
+
+    def _timed_input(self, files: Iterator[DecodedFile]) -> Iterator[DecodedFile]:
+        while True:
+            started = self.clock()
+            file = next(files, None)
+            self._input_wait += self.clock() - started
+            if file is None:
+                return
+            yield file
+
+    def _find_speech(self, file: DecodedFile) -> list[SpeechChunk]:
+        if file.audio is None:
+            return []
+        with file.stopwatch.stage("vad"):
+            return self.vad.speech_chunks(file.audio)
+
+    def _admit(self, file: DecodedFile, speech: Future[list[SpeechChunk]]) -> FileInFlight | FileOutcome:
+        """A file with speech joins the queue; one that failed or holds no speech is done at once."""
+        if file.error is not None:
+            return FileOutcome(file, error=file.error)
+        try:
+            chunks = speech.result()
+            language, probability = self._language(file, chunks)
+        except BatchError:
+            raise
+        except Exception as exc:
+            return FileOutcome(file, error=exc)
+        if not chunks:
+            return FileOutcome(file, transcribed=True, language=language, language_probability=probability)
+        return FileInFlight(file, chunks, language, probability)
+
+    def _language(self, file: DecodedFile, chunks: list[SpeechChunk]) -> tuple[str | None, float | None]:
+        """The configured language, English for an English-only model, else detected on this file alone
+        (on the first 30 s from where its speech starts)."""
+        assert self.recognizer is not None and file.audio is not None
+        requested = self.config.asr.language
+        if not self.recognizer.multilingual:
+            return "en", None
+        if requested != "auto":
+            return requested, None
+        if not chunks:
+            return None, None
+        start = int(chunks[0].start * SAMPLE_RATE)
+        with file.stopwatch.stage("language"):
+            return self.recognizer.detect_language(
+                file.audio[start : start + WINDOW_SAMPLES], among=self.config.asr.languages
+            )
+
+    # --- after the ASR --------------------------------------------------------------------------------------
+
+    def _start_finish(self, state: FileInFlight, pool: ThreadPoolExecutor | None) -> Future[FileOutcome]:
+        if pool is not None:
+            return pool.submit(self._finish, state)
+        future: Future[FileOutcome] = Future()
+        try:
+            future.set_result(self._finish(state))
+        except BaseException as exc:
+            future.set_exception(exc)
+        return future
+
+    def _finish(self, state: FileInFlight) -> FileOutcome:
+        from batch.engine.oom import merge_records
+
+        outcome = FileOutcome(state.file, language=state.language, language_probability=state.probability)
+        if state.asr_records:
+            outcome.gpu["asr"] = merge_records(state.asr_records)
+        if state.error is not None:
+            outcome.error = state.error
+            return outcome
+        outcome.transcribed = True
+        outcome.segments = segments_of(state.chunks, state.texts)
+        try:
+            self._finisher.finish(outcome)
+        except BatchError:
+            raise
+        except Exception as exc:  # alignment or diarization broke on this file: it fails alone, unwritten
+            outcome.transcribed, outcome.error = False, exc
+        self._stats.gpu_records.extend(record for stage, record in outcome.gpu.items() if stage != "asr")
+        return outcome
+
+
+def segments_of(chunks: list[SpeechChunk], texts: list[Recognized | None]) -> list[dict[str, Any]]:
+    """One segment per chunk that Whisper read something in, timed by the VAD."""
+    segments = []
+    for chunk, recognized in zip(chunks, texts, strict=True):
+        if recognized is not None and recognized.text.strip():
+            segments.append(
+                {
+                    "start": round(chunk.start, 3),
+                    "end": round(chunk.end, 3),
+                    "text": recognized.text.strip(),
+                    "avg_logprob": recognized.avg_logprob,
+                }
+            )
+    return segments

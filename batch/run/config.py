@@ -1,0 +1,275 @@
+"""The run's configuration: the user's settings made into the sections each part reads, in one pass.
+
+`batch.settings.options.Settings` is what the user wrote (flags, WHISPERX_BATCH_* variables, a TOML file: one flat
+set of names). `configure` turns it into a `JobConfig`: sizes in bytes, a `Shard`, alignment models as a mapping,
+the token and offline mode resolved, the device and compute type decided, and every refusal that settings alone
+cannot make (a token that is missing, a compute type the device cannot run, a language an English-only model
+cannot read) made here, before any model loads. The environment is read here and nowhere else in a run; each
+part is handed only its own section (the engine: `PipelineConfig`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from batch.common.errors import ConfigError, register_secret
+from batch.common.runtime import available_cpus
+from batch.common.units import parse_bytes
+from batch.engine.config import AlignConfig, AsrConfig, DiarizeConfig, HubConfig, PipelineConfig, RuntimeOptions
+from batch.engine.decoding import DecodingOptions
+from batch.engine.device import compute_type_problem, default_compute_type, resolve_device
+from batch.engine.models import (
+    cached_english_only,
+    english_only,
+    hub_offline,
+    require_diarization_token,
+    resolved_language,
+)
+from batch.engine.vad import VadOptions
+from batch.formats.subtitles import SubtitleOptions
+from batch.formats.transcript import TRANSCRIPT_SCHEMA_VERSION
+from batch.settings.options import (
+    CHANNEL_SHAPING,
+    DECODING_SHAPING,
+    OUTPUT_SHAPING,
+    SUBTITLE_FORMATS,
+    SUBTITLE_SHAPING,
+    Settings,
+)
+from batch.settings.shard import Shard, resolve_shard
+from batch.settings.values import PushTarget
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    source: str
+    out: str
+    endpoint_url: str | None = None
+    spool_dir: str | None = None
+    max_input_bytes: int = 20 * 1024**3
+
+
+@dataclass(frozen=True)
+class SelectionConfig:
+    """Which files of SOURCE this worker takes, and whether done ones are redone."""
+
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    allow_empty: bool = False  # a SOURCE with nothing selected is not an error
+    shard: Shard | None = None
+    claim: bool = False
+    claim_ttl: float = 7200.0
+    force: bool = False
+
+
+@dataclass(frozen=True)
+class ChannelConfig:
+    """--channels: mix down to mono (split=False), or transcribe each channel as one speaker, named by `speakers`."""
+
+    split: bool = False
+    speakers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RunControl:
+    prefetch: int = 2
+    grace_seconds: float = 25.0
+    dry_run: bool = False
+    keep_run_reports: int = 50  # the newest reports kept in DEST/_runs/; 0 keeps all
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """Where the run's Prometheus metrics go (none: nowhere). Not in the settings hash: they shape no output."""
+
+    textfile: str | None = None
+    pushgateway: PushTarget | None = None
+    job: str = "whisperx_batch"
+    interval: float = 30.0
+
+    @property
+    def enabled(self) -> bool:
+        return self.textfile is not None or self.pushgateway is not None
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    storage: StorageConfig
+    selection: SelectionConfig
+    pipeline: PipelineConfig
+    formats: tuple[str, ...]
+    subtitles: SubtitleOptions
+    control: RunControl
+    shaping: Mapping[str, Any]  # the settings that shape a transcript, as recorded in each manifest
+    metrics: MetricsConfig = MetricsConfig()
+    channels: ChannelConfig = ChannelConfig()
+
+    @property
+    def settings_hash(self) -> str:
+        """A stable hash of everything that shapes a transcript: a change redoes the files done before it."""
+        blob = json.dumps(dict(self.shaping), sort_keys=True, separators=(",", ":"), default=list)
+        return "sha256:" + hashlib.sha256(blob.encode()).hexdigest()
+
+
+def configure(
+    settings: Settings, environ: Mapping[str, str] | None = None, runtime: RuntimeOptions | None = None
+) -> JobConfig:
+    """The run's sections from its settings, or the ConfigError (exit 2) or EnvironmentProblem (exit 3) that
+    stops it before any model loads. `runtime` is the device to run on when the caller has decided it (a test;
+    a worker handed one GPU); otherwise it is found here (which may import CUDA libraries)."""
+    environ = os.environ if environ is None else environ
+    for key in ("source", "out"):
+        if not getattr(settings, key):
+            raise ConfigError(
+                key, "missing: give it on the command line, in the config file, or by environment variable"
+            )
+    hub = hub_config(settings, environ)
+    runtime = runtime or runtime_options(settings)
+    vad = vad_options(settings)
+    default_align, per_language = settings.align_models()
+    pipeline = PipelineConfig(
+        asr=AsrConfig(settings.model, settings.language, settings.languages, decoding_options(settings)),
+        vad=vad,
+        # As whisperx: a translation is not aligned (the wav2vec2 models time words of the spoken language).
+        align=AlignConfig(settings.align and settings.task == "transcribe", default_align, per_language),
+        diarize=DiarizeConfig(
+            settings.diarize,
+            settings.diarize_model,
+            settings.num_speakers,
+            settings.min_speakers,
+            settings.max_speakers,
+        ),
+        hub=hub,
+        runtime=runtime,
+    )
+    refuse_what_an_english_only_model_cannot_do(pipeline)
+    return JobConfig(
+        storage=StorageConfig(
+            settings.source or "",
+            settings.out or "",
+            settings.s3_endpoint_url,
+            settings.spool_dir,
+            parse_bytes(settings.max_input_size),
+        ),
+        selection=SelectionConfig(
+            settings.include,
+            settings.exclude,
+            settings.allow_empty,
+            _shard(settings, environ),
+            settings.claim,
+            settings.claim_ttl,
+            settings.force,
+        ),
+        pipeline=pipeline,
+        formats=settings.formats,
+        subtitles=SubtitleOptions(
+            settings.max_line_width, settings.max_line_count, settings.max_cue_duration, settings.highlight_words
+        ),
+        control=RunControl(settings.prefetch, settings.grace_seconds, settings.dry_run, settings.keep_run_reports),
+        shaping=shaping_settings(settings, vad, runtime.compute_type),
+        metrics=metrics_config(settings),
+        channels=ChannelConfig(settings.channels == "split", settings.channel_speakers),
+    )
+
+
+def runtime_options(settings: Settings) -> RuntimeOptions:
+    """The device, compute type and threads this machine runs with. The compute type shapes the transcript, so
+    a dry run resolves them too, to skip what a run would skip."""
+    device = resolve_device(settings.device)
+    if settings.compute_type is not None:
+        refuse_a_compute_type_the_device_cannot_run(settings, device)
+    return RuntimeOptions(
+        device=device,
+        compute_type=settings.compute_type or default_compute_type(device),
+        threads=settings.threads or available_cpus(),
+        batch_size=settings.batch_size,
+        gpu_memory_reserve=parse_bytes(settings.gpu_memory_reserve),
+    )
+
+
+def vad_options(settings: Settings) -> VadOptions:
+    step = {"step": settings.vad_step} if settings.vad_step is not None else {}
+    return VadOptions(settings.vad_method, settings.vad_onset, settings.vad_offset, settings.chunk_size, **step)
+
+
+def decoding_options(settings: Settings) -> DecodingOptions:
+    return DecodingOptions(
+        task=settings.task,
+        initial_prompt=settings.initial_prompt,
+        hotwords=settings.hotwords,
+        beam_size=settings.beam_size,
+        best_of=settings.best_of,
+        patience=settings.patience,
+        length_penalty=settings.length_penalty,
+        temperatures=settings.temperatures(),
+        compression_ratio_threshold=settings.compression_ratio_threshold,
+        log_prob_threshold=settings.log_prob_threshold,
+        no_speech_threshold=settings.no_speech_threshold,
+        suppress_numerals=settings.suppress_numerals,
+    )
+
+
+def shaping_settings(settings: Settings, vad: VadOptions, compute_type: str) -> dict[str, Any]:
+    """What changes what a transcript says (and so redoes a done file); device, batch size, threads do not."""
+    subtitled = any(fmt in SUBTITLE_FORMATS for fmt in settings.formats)
+    left_out = (() if subtitled else SUBTITLE_SHAPING) + (() if settings.channels == "split" else CHANNEL_SHAPING)
+    shaping = {name: getattr(settings, name) for name in OUTPUT_SHAPING if name not in left_out}
+    # `auto` on an English-only model reads English as `en` does: the same transcript, the same hash.
+    shaping["language"] = resolved_language(settings.language, settings.model)
+    if vad.method == "pyannote":
+        shaping["vad_step"] = vad.step
+    defaults = Settings.model_fields
+    shaping |= {
+        name: getattr(settings, name)
+        for name in DECODING_SHAPING
+        if getattr(settings, name) != defaults[name].get_default()
+    }
+    return shaping | {"compute_type": compute_type, "schema_version": TRANSCRIPT_SCHEMA_VERSION}
+
+
+def metrics_config(settings: Settings) -> MetricsConfig:
+    target = PushTarget.parse(settings.metrics_pushgateway) if settings.metrics_pushgateway else None
+    if target is not None:
+        register_secret(target.password)  # kept out of every log line and error
+    return MetricsConfig(settings.metrics_textfile, target, settings.metrics_job, settings.metrics_interval)
+
+
+def hub_config(settings: Settings, environ: Mapping[str, str]) -> HubConfig:
+    """Where models come from, with the token (resolved once) when diarization needs one."""
+    token, source = require_diarization_token(settings, environ)
+    return HubConfig(settings.model_dir, hub_offline(environ), token, source)
+
+
+def refuse_what_an_english_only_model_cannot_do(pipeline: PipelineConfig) -> None:
+    """Before any model loads, where the model's name or folder tells, or the files of a hub model already in the
+    cache (else the engine does, once loaded, still before any file)."""
+    asr = pipeline.asr
+    known = english_only(asr.model)
+    if known is None and asr.english_only_problem() is not None:  # only then is the cache looked into
+        known = cached_english_only(asr.model, pipeline.hub.cache_dir)
+    problem = asr.english_only_problem() if known else None
+    if problem is not None:
+        raise ConfigError(*problem)
+
+
+def refuse_a_compute_type_the_device_cannot_run(settings: Settings, device: str) -> None:
+    """float16 on the CPU is a configuration error found now, not after the model has loaded (exit 2)."""
+    assert settings.compute_type is not None
+    problem = compute_type_problem(settings.compute_type, device)
+    if problem is not None:
+        if settings.device == "auto" and device == "cpu":
+            problem += "; device auto found no usable GPU"
+        raise ConfigError("compute_type", problem)
+
+
+def _shard(settings: Settings, environ: Mapping[str, str]) -> Shard | None:
+    """--shard, else the batch engine's worker index (Kubernetes, AWS Batch); a bad combination is exit 2."""
+    try:
+        return resolve_shard(settings.shard, environ)
+    except ValueError as exc:
+        raise ConfigError("shard", str(exc)) from None

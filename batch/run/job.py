@@ -1,0 +1,185 @@
+"""The Python API: a job assembled from its settings, run in-process, returning a typed run report.
+
+    from batch import Job, load_settings
+    report = Job(load_settings({"source": "calls/", "out": "transcripts/", "model": "small"})).run()
+    print(report.succeeded, report.failed, report.exit_code)
+
+Nothing here prints or installs a signal handler: the command line does those around it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from batch import __version__
+from batch.common.logs import run_id_var
+from batch.engine.pipeline import Pipeline
+from batch.run.config import JobConfig, configure
+from batch.run.metrics import RunMetrics, gpu_memory_probe
+from batch.run.metrics_export import FINAL_PUSH_TIMEOUT_SECONDS, MetricsExporter
+from batch.run.report import RunReport, new_run_id
+from batch.run.runner import Runner
+from batch.run.tally import FileEvent
+from batch.run.to_do import ListingWatcher
+from batch.settings.options import Settings
+from batch.storage import InputFile, open_job_stores
+
+log = logging.getLogger(__name__)
+
+
+class Job:
+    """One run over SOURCE into DEST. Build it, then `run()` it (once), or list `pending()` for a dry run.
+
+    `pipeline` replaces the WhisperX pipeline (tests pass a fake one); `on_file` hears of every file counted.
+    With metrics options set, `metrics` holds the run's Prometheus metrics, written and pushed as it runs.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        environ: Mapping[str, str] | None = None,
+        pipeline: Pipeline | None = None,
+        on_file: Callable[[FileEvent], None] = lambda event: None,
+    ):
+        self.config: JobConfig = configure(settings, environ)
+        storage = self.config.storage
+        self.source, self.dest = open_job_stores(
+            storage.source,
+            storage.out,
+            endpoint_url=storage.endpoint_url,
+            spool_dir=storage.spool_dir,
+            max_input_bytes=storage.max_input_bytes,
+        )
+        self.run_id = new_run_id()
+        run_id_var.set(self.run_id)
+        self._pipeline = pipeline
+        self._on_file = on_file
+        self.runner: Runner | None = None
+        self._listing_watchers: list[ListingWatcher] = []
+        self.metrics = self._run_metrics() if self.config.metrics.enabled else None
+        self._exporter: MetricsExporter | None = None
+
+    def pending(self) -> Iterator[InputFile]:
+        """The files a run would take (listing, shard and skip check only; no model is loaded)."""
+        return self._runner().pending()
+
+    def watch_listing(self, watcher: ListingWatcher) -> None:
+        """`watcher` hears of every file selected in SOURCE as the run lists it (the progress census). Before
+        `run()` or `pending()`."""
+        self._listing_watchers.append(watcher)
+
+    def run(self) -> RunReport:
+        """Transcribe every pending file. Problems that stop the run are in the report (`error`, `exit_code`)."""
+        self._check_places()
+        runner = self._runner()
+        runtime = self.config.pipeline.runtime
+        log.info(
+            "run %s: %s -> %s, model %s on %s (%s, %d threads)",
+            self.run_id,
+            self.config.storage.source,
+            self.config.storage.out,
+            self.config.pipeline.asr.model,
+            runtime.device,
+            runtime.compute_type,
+            runtime.threads,
+        )
+        with self._exporting(runner):
+            return runner.run()
+
+    def request_stop(self, signum: int | None = None) -> None:
+        """Take no new file; what is fully read is written. Safe to call from a signal handler or a thread."""
+        if self.runner is not None:
+            self.runner.request_stop(signum)
+
+    def flush_metrics(self) -> None:
+        """Write and push the metrics now, briefly (the run is being abandoned); a no-op without metrics."""
+        if self._exporter is not None:
+            self._exporter.export(timeout=FINAL_PUSH_TIMEOUT_SECONDS)
+
+    @property
+    def report(self) -> RunReport | None:
+        """The report so far (the run updates it as it goes)."""
+        return self.runner.report if self.runner is not None else None
+
+    def _runner(self) -> Runner:
+        if self.runner is None:
+            from batch.common.runtime import package_versions
+
+            self.runner = Runner(
+                self.config,
+                self.source,
+                self.dest,
+                self._pipeline or self._real_pipeline(),
+                run_id=self.run_id,
+                on_file=self._file_counted,
+                versions=package_versions(),
+                claims=self._claims(),
+                listing_watchers=self._listing_watchers,
+            )
+        return self.runner
+
+    def _file_counted(self, event: FileEvent) -> None:
+        if self.metrics is not None:
+            self.metrics.on_file(event)
+        self._on_file(event)
+
+    def _run_metrics(self) -> RunMetrics:
+        shard, runtime = self.config.selection.shard, self.config.pipeline.runtime
+        return RunMetrics(
+            labels={"shard": str(shard.index)} if shard is not None else {},
+            info={
+                "version": __version__,
+                "model": self.config.pipeline.asr.model,
+                "device": runtime.device,
+                "compute_type": runtime.compute_type,
+            },
+        )
+
+    def _exporting(self, runner: Runner) -> contextlib.AbstractContextManager[Any]:
+        """While the run goes: its metrics written and pushed every few seconds, and once more at its end."""
+        if self.metrics is None:
+            return contextlib.nullcontext()
+        config = self.config.metrics
+        self.metrics.probe = gpu_memory_probe(self.config.pipeline.runtime.device)
+        self.metrics.watch(runner.report, runner.pipeline.stats)
+        self._exporter = MetricsExporter(
+            self.metrics.registry,
+            textfile=config.textfile,
+            pushgateway=config.pushgateway,
+            job=config.job,
+            grouping=self.metrics.labels,
+            interval=config.interval,
+        )
+        return self._exporter
+
+    def _real_pipeline(self) -> Pipeline:
+        from batch.engine.whisperx_pipeline import WhisperxPipeline
+
+        return WhisperxPipeline(self.config.pipeline)
+
+    def _claims(self) -> Any:
+        if not self.config.selection.claim:
+            return None
+        from batch.run.claims import Claims
+
+        return Claims(self.dest, self.run_id, self.config.selection.claim_ttl)
+
+    def _check_places(self) -> None:
+        from batch.common.errors import EnvironmentProblem
+        from batch.engine.models import is_local
+
+        model = self.config.pipeline.asr.model
+        if self._pipeline is None and is_local(model) and not os.path.isdir(model):
+            raise EnvironmentProblem(f"model folder not found: {model}")
+        self.source.check_readable()
+        self.dest.check_writable()
+
+
+def run_job(settings: Settings, **options: Any) -> RunReport:
+    """Build and run a job in one call: see `Job`."""
+    return Job(settings, **options).run()

@@ -1,0 +1,128 @@
+"""Writing a file's outputs, then its manifest last, on a thread of their own so the models go on meanwhile."""
+
+from __future__ import annotations
+
+import contextvars
+import io
+import json
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+from batch.common.errors import DEST_UNUSABLE_ERRNOS, DestPathBlocked, describe
+from batch.engine.pipeline import Stopwatch
+from batch.formats.subtitles import SubtitleOptions, subtitles
+from batch.formats.transcript import Transcript, rttm
+from batch.formats.turns import speaker_turns
+from batch.run.manifest import ErrorRecord, Manifest, manifest_name, output_name, utc_now
+from batch.storage import Store
+
+
+class OutputWriteFailure(Exception):
+    """The transcript was made but could not be stored."""
+
+
+@dataclass
+class Written:
+    """A file's manifest as written, or why it could not be written."""
+
+    key: str
+    manifest: Manifest | None
+    error: BaseException | None = None
+
+
+def render(transcript: Transcript, fmt: str, file_id: str = "audio", options: SubtitleOptions | None = None) -> bytes:
+    """One output format as UTF-8 bytes: json, turns, rttm, srt/vtt (batch.formats.subtitles), txt/tsv (whisperx's)."""
+    if fmt == "json":
+        return json.dumps(transcript, ensure_ascii=False, indent=2).encode()
+    if fmt == "turns":
+        return json.dumps(speaker_turns(transcript), ensure_ascii=False, indent=2).encode()
+    if fmt == "rttm":
+        return rttm(transcript, file_id).encode("utf-8", "backslashreplace")
+    if fmt in ("srt", "vtt"):
+        return subtitles(transcript, fmt, options or SubtitleOptions()).encode()
+    from whisperx.utils import get_writer
+
+    buffer = io.StringIO()
+    result = {"segments": transcript["segments"], "language": transcript["language"] or ""}
+    get_writer(fmt, "").write_result(result, file=buffer, options={})  # txt and tsv read no options
+    return buffer.getvalue().encode()
+
+
+def write_outputs(
+    dest: Store, key: str, transcript: Transcript, formats: tuple[str, ...], options: SubtitleOptions
+) -> list[str]:
+    names = []
+    for fmt in formats:
+        name = output_name(key, fmt)
+        dest.write_bytes(name, render(transcript, fmt, key, options))
+        names.append(name)
+    return names
+
+
+def write_file(
+    dest: Store,
+    manifest: Manifest,
+    stopwatch: Stopwatch,
+    transcript: Transcript | None,
+    formats: tuple[str, ...],
+    error: Exception | None,
+    options: SubtitleOptions | None = None,
+) -> Manifest:
+    """Write one file's outputs, then its manifest, which says succeeded only when everything is in place."""
+    key = manifest.input.key
+    if isinstance(error, DestPathBlocked):
+        raise error  # there is no place for its manifest: the run report holds the reason
+    if transcript is not None:
+        try:
+            with stopwatch.stage("write"):
+                manifest.outputs = write_outputs(dest, key, transcript, formats, options or SubtitleOptions())
+        except Exception as exc:
+            if isinstance(exc, OSError) and exc.errno in DEST_UNUSABLE_ERRNOS:
+                raise  # no manifest either: the run stops, and the next one redoes this file
+            error = error or OutputWriteFailure(f"writing the outputs failed: {describe(exc)['message']}")
+    manifest.status = "failed" if error is not None else "succeeded"
+    manifest.error = ErrorRecord(**describe(error)) if error is not None else None
+    manifest.timings, manifest.finished_at = stopwatch.timings, utc_now()
+    dest.write_bytes(manifest_name(key), manifest.encode())
+    return manifest
+
+
+class OutputWriter:
+    """Writes files one at a time on a background thread; `done()` hands back what was written, in order."""
+
+    def __init__(self, after_write: Callable[[str], None] = lambda key: None):
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="writer")
+        self._pending: list[tuple[str, Future[Manifest]]] = []
+        self._after_write = after_write
+
+    def submit(self, key: str, write: Callable[[], Manifest]) -> None:
+        """Start writing a file once the previous one is written: one write in flight, so the count of files
+        done (and the broken-run check) is never more than one file behind the models."""
+        if self._pending:
+            self._pending[-1][1].exception()  # waits; the outcome is read by done()
+
+        def job() -> Manifest:
+            try:
+                return write()
+            finally:
+                self._after_write(key)
+
+        self._pending.append((key, self._pool.submit(contextvars.copy_context().run, job)))
+
+    def done(self, wait: bool = False) -> list[Written]:
+        """The files whose writing has ended (all of them when `wait`), in the order they were submitted."""
+        written = []
+        while self._pending and (wait or self._pending[0][1].done()):
+            key, future = self._pending.pop(0)
+            try:
+                written.append(Written(key, future.result()))
+            except Exception as exc:
+                written.append(Written(key, None, exc))
+        return written
+
+    def close(self) -> list[Written]:
+        """Wait for every file handed over (a file the models finished is never dropped); idempotent."""
+        written = self.done(wait=True)
+        self._pool.shutdown(wait=True)
+        return written

@@ -1,0 +1,163 @@
+"""The run report: what one run did, written to DEST/_runs/RUN_ID.json and summed up for people.
+
+Realtime is one figure everywhere: audio seconds per wall second (`realtime_factor` 4.0 reads "4x realtime").
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, computed_field
+
+from batch.common.errors import EXIT_FILES_FAILED, EXIT_OK
+from batch.run.manifest import RUNS_FOLDER, ErrorRecord, Record, encode
+
+if TYPE_CHECKING:
+    from batch.storage import Store
+
+REPORT_VERSION = 1
+
+
+def new_run_id() -> str:
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ-") + secrets.token_hex(3)
+
+
+def report_name(run_id: str) -> str:
+    return f"{RUNS_FOLDER}/{run_id}.json"
+
+
+def report_names(store: Store) -> list[str]:
+    """The run reports in DEST (RUNS_FOLDER/RUN_ID.json, not in folders below it), oldest first: a run id starts
+    with the UTC time its run started."""
+    return sorted(name for name in store.list_names(RUNS_FOLDER, ".json") if name.count("/") == 1)
+
+
+def prune_reports(store: Store, keep: int) -> list[str]:
+    """Delete all but the newest `keep` run reports (0 keeps every one); the names deleted, oldest first."""
+    if keep <= 0:
+        return []
+    names = report_names(store)
+    old = names[: max(0, len(names) - keep)]
+    for name in old:
+        store.delete(name)
+    return old
+
+
+class FailedFile(BaseModel):
+    key: str
+    error: ErrorRecord
+
+
+class UntimedWords(BaseModel):
+    key: str
+    reason: str | None = None
+
+
+class AsrFigures(BaseModel):
+    """How full the ASR batches were: `batch_fill` is the mean number of speech chunks per batch."""
+
+    batches: int = 0
+    items: int = 0
+    batch_size: int = 0
+    batch_fill: float | None = None
+
+
+class RunReport(Record):
+    report_version: int = REPORT_VERSION
+    run_id: str
+    started_at: str
+    finished_at: str | None = None
+    settings: dict[str, Any] = {}
+    settings_hash: str | None = None
+    device: str | None = None
+    compute_type: str | None = None
+    threads: int | None = None
+    batch_size: int | None = None
+    versions: dict[str, str] = {}
+    shard: str | None = None
+    succeeded: list[str] = []
+    skipped: list[str] = []
+    claimed_elsewhere: list[str] = []  # with --claim: files other workers took
+    failed: list[FailedFile] = []
+    audio_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    model_load_seconds: float | None = None
+    startup_seconds: float | None = None  # from the run's start to its first ASR batch (listing, decode, loading)
+    model_seconds: float = 0.0  # time the models worked; the rest of the run they waited for input or output
+    asr: AsrFigures | None = None
+    words_untimed: list[UntimedWords] = []
+    alignment_models_loaded: list[str] = []
+    gpu: dict[str, Any] = {}
+    error: ErrorRecord | None = None  # what stopped the run before its end
+    stopped_by_signal: int | None = None
+    exit_code: int | None = None  # set when the run ends, whatever ended it
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def counts(self) -> dict[str, int]:
+        return {
+            "succeeded": len(self.succeeded),
+            "skipped": len(self.skipped),
+            "failed": len(self.failed),
+            "claimed_elsewhere": len(self.claimed_elsewhere),
+        }
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def audio_hours(self) -> float:
+        return round(self.audio_seconds / 3600, 4)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def realtime_factor(self) -> float | None:
+        """Audio seconds transcribed per wall second."""
+        return round(self.audio_seconds / self.wall_seconds, 3) if self.audio_seconds and self.wall_seconds else None
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def model_busy_share(self) -> float | None:
+        """The share of the wall time after start-up (model loading) that the models were working."""
+        working_time = self.wall_seconds - (self.model_load_seconds or 0.0)
+        if not self.model_seconds or working_time <= 0:
+            return None
+        return round(min(1.0, self.model_seconds / working_time), 4)
+
+    def encode(self) -> bytes:
+        """The report as JSON; figures not known (no model loaded, no exit yet) are written as null."""
+        return encode(self.model_dump(mode="json"))
+
+    def outcome_code(self) -> int:
+        """The exit code of a run that went to its end."""
+        return EXIT_FILES_FAILED if self.failed else EXIT_OK
+
+    def summary(self) -> str:
+        """Counts, hours and speed, then each failed file; what stopped the run is `error`, said on its own."""
+        speed = f", {self.realtime_factor:.1f}x realtime" if self.realtime_factor else ""
+        lines = [
+            f"whisperx-batch run {self.run_id}: {len(self.succeeded)} succeeded, {len(self.skipped)} skipped, "
+            f"{len(self.failed)} failed; {self.audio_hours:.3f} audio hours in {self.wall_seconds:.1f} s{speed}"
+        ]
+        lines += [f"  failed {f.key}: {f.error.type}: {f.error.message}" for f in self.failed]
+        lines += [f"  words not timed in {w.key}: {w.reason}" for w in self.words_untimed]
+        if self.claimed_elsewhere:
+            lines.append(f"  {len(self.claimed_elsewhere)} files were claimed by other workers")
+        return "\n".join(lines)
+
+    @classmethod
+    def decode(cls, raw: bytes | None) -> RunReport | None:
+        import json
+
+        from pydantic import ValidationError
+
+        if raw is None:
+            return None
+        try:
+            document = json.loads(raw)
+            if isinstance(document, dict):  # computed figures are derived again, never read
+                for name in ("counts", "audio_hours", "realtime_factor", "model_busy_share"):
+                    document.pop(name, None)
+            return cls.model_validate(document)
+        except (ValidationError, ValueError):
+            return None

@@ -1,0 +1,112 @@
+"""Counting written files into the run report, and telling a broken machine from a folder of broken files."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from batch.common.errors import DEST_UNUSABLE_ERRNOS, DestPathBlocked, EnvironmentProblem, describe
+from batch.common.logs import file_context
+from batch.run.manifest import ErrorRecord
+from batch.run.outputs import Written
+from batch.run.report import FailedFile, RunReport
+
+log = logging.getLogger(__name__)
+
+# This many files in a row failing with the same unexpected error type stops the run (exit 3).
+BROKEN_AFTER_FAILURES = 3
+# Failures that belong to a file, however many in a row (a folder of broken files is possible).
+FILE_PROBLEMS = {"AudioDecodeError", "AlignmentUnavailable", "GpuOutOfMemory", "BatchOutOfMemory", "FileFailure"}
+
+
+@dataclass(frozen=True)
+class FileEvent:
+    """One file counted in the report: what progress bars and log lines are made of."""
+
+    key: str
+    status: str  # succeeded | failed | skipped | claimed_elsewhere
+    audio_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    error_type: str | None = None
+    timings: Mapping[str, float] = field(default_factory=dict)  # seconds per stage (decode, vad, asr, ...)
+
+    def fields(self) -> dict[str, object]:
+        """The event as a JSON log line's fields, for a log system to count and alert on."""
+        realtime = round(self.audio_seconds / self.wall_seconds, 3) if self.wall_seconds else None
+        return {
+            "event": "file",
+            "status": self.status,
+            "audio_seconds": round(self.audio_seconds, 3),
+            "wall_seconds": round(self.wall_seconds, 3),
+            "realtime_factor": realtime,
+            "error_type": self.error_type,
+        }
+
+
+class Tally:
+    """Counts each written file once, in the order written; raises EnvironmentProblem when the same unexpected
+    error has failed several files in a row (the run stops, exit 3, so the scheduler retries elsewhere)."""
+
+    def __init__(self, report: RunReport, on_file: Callable[[FileEvent], None]):
+        self.report, self.on_file = report, on_file
+        self.in_a_row = 0
+        self.last_failure: str | None = None
+        self.last_message = ""
+        self.dest_unusable: str | None = None  # DEST full or read-only: no later file could be written either
+
+    def count(self, written: list[Written], check: bool = True) -> None:
+        for item in written:
+            with file_context(item.key):
+                self._count_one(item)
+        if check:
+            self.check_for_broken_environment()
+
+    def _count_one(self, item: Written) -> None:
+        manifest = item.manifest
+        if manifest is not None and manifest.status == "succeeded":
+            self.in_a_row, self.last_failure = 0, None
+            self.report.succeeded.append(item.key)
+            audio_seconds, wall = manifest.audio_seconds or 0.0, sum(manifest.timings.values())
+            self.report.audio_seconds += audio_seconds
+            event = FileEvent(item.key, "succeeded", audio_seconds, wall, timings=dict(manifest.timings))
+            log.info(
+                "succeeded: %.1f s of audio in %.1f s (%s)",
+                audio_seconds,
+                wall,
+                manifest.language or "no speech",
+                extra={"fields": event.fields()},
+            )
+            self.on_file(event)
+            return
+        if manifest is None:
+            error = ErrorRecord(**describe(item.error or RuntimeError("unknown")))
+            if not isinstance(item.error, DestPathBlocked):
+                error.message = f"the manifest could not be written: {error.message}"
+        else:
+            assert manifest.error is not None
+            error = manifest.error
+        self.in_a_row = self.in_a_row + 1 if error.type == self.last_failure else 1
+        self.last_failure, self.last_message = error.type, error.message
+        if isinstance(item.error, OSError) and item.error.errno in DEST_UNUSABLE_ERRNOS:
+            self.dest_unusable = item.error.strerror or error.message
+        self.report.failed.append(FailedFile(key=item.key, error=error))
+        timings = dict(manifest.timings) if manifest else {}
+        audio_seconds = (manifest.audio_seconds or 0.0) if manifest else 0.0
+        event = FileEvent(item.key, "failed", audio_seconds, sum(timings.values()), error.type, timings)
+        log.warning("failed: %s: %s", error.type, error.message, extra={"fields": event.fields()})
+        self.on_file(event)
+
+    def check_for_broken_environment(self) -> None:
+        """The same unexpected error on several files in a row is the machine's, not the files'; a DEST that
+        is full or read-only stops the run at the first file it refuses."""
+        if self.dest_unusable is not None:
+            raise EnvironmentProblem(
+                f"DEST cannot take the outputs: {self.dest_unusable}; files not written are redone by the next run"
+            )
+        if self.in_a_row < BROKEN_AFTER_FAILURES or self.last_failure in FILE_PROBLEMS:
+            return
+        raise EnvironmentProblem(
+            f"the last {self.in_a_row} files failed with {self.last_failure} ({self.last_message}); "
+            "stopping: the fault looks like the machine's (device, DEST), not the files'"
+        )

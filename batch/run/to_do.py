@@ -1,0 +1,163 @@
+"""Which files of SOURCE still need work: listed, selected (filters, shard), and not already done.
+
+A file is done when its manifest says it succeeded with these settings, on this version of the input,
+and its outputs are all in DEST (see batch.run.manifest.is_done).
+
+SOURCE is listed once per run, on a thread of its own that reads the listing to its end while the run takes
+the files at its own pace: watchers (the progress census) hear of every file selected as soon as it is listed,
+so totals are known early without a second listing (on S3, a second round of requests).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from typing import Protocol
+
+from batch.common.concurrency import ordered_map
+from batch.common.errors import ConfigError, DestPathBlocked
+from batch.run.config import SelectionConfig
+from batch.run.manifest import is_done, manifest_name, read_manifest
+from batch.storage import InputFile, ListingCounts, Store
+
+log = logging.getLogger(__name__)
+
+# Skip checks on S3 are requests: run this many at once, this many listing entries ahead.
+SKIP_CHECK_WORKERS = 16
+SKIP_CHECK_AHEAD = 64
+
+
+class ListingWatcher(Protocol):
+    """Hears of SOURCE's listing as the run reads it, on the listing's thread: it must not block."""
+
+    def listed(self, item: InputFile) -> None: ...
+    def listing_done(self) -> None: ...
+
+
+class ToDo:
+    """The files a run must do, found by reading DEST's manifests beside SOURCE's listing."""
+
+    def __init__(
+        self,
+        selection: SelectionConfig,
+        settings_hash: str,
+        source: Store,
+        dest: Store,
+        watchers: Sequence[ListingWatcher] = (),
+    ):
+        self.selection, self.settings_hash, self.source, self.dest = selection, settings_hash, source, dest
+        self.watchers = watchers
+        self._blocked: dict[str, OSError] = {}  # files whose manifest path DEST cannot hold
+
+    def pending(self, on_skipped: Callable[[str], None]) -> Iterator[InputFile]:
+        """Files that need work, streamed in listing order; `on_skipped` hears of each file already done.
+
+        The skip checks (a manifest read, and output checks when it says succeeded) run in parallel, a
+        bounded number ahead, since on S3 each is a request.
+        """
+        listing = ReadAhead(self.source, self.selection, self.watchers)
+        try:
+            checks = ordered_map(self._is_done, listing, workers=SKIP_CHECK_WORKERS, ahead=SKIP_CHECK_AHEAD)
+            for item, done in checks:
+                if done.result():
+                    on_skipped(item.key)
+                else:
+                    yield item
+        finally:
+            listing.close()
+        counts = listing.counts
+        log.info("%s: %d files listed, %d selected", self.source.location, counts.listed, counts.selected)
+        if counts.selected == 0 and not self.selection.allow_empty:
+            raise nothing_selected(self.source.location, counts, self.selection)
+
+    def blocked(self, key: str) -> DestPathBlocked | None:
+        """Why DEST cannot hold this file's manifest (it then fails alone, with this error), or None."""
+        reason = self._blocked.get(key)
+        return DestPathBlocked(manifest_name(key), reason) if reason is not None else None
+
+    def _is_done(self, item: InputFile) -> bool:
+        try:
+            manifest = read_manifest(self.dest, item.key)
+        except (IsADirectoryError, NotADirectoryError, PermissionError) as exc:
+            # Something in the way of this one file's manifest (a directory at its path): the file fails
+            # alone, without wasting the models on it, and the run goes on.
+            self._blocked[item.key] = exc
+            return False
+        if self.selection.force:
+            return False
+        return is_done(manifest, item, self.settings_hash, self.source.fingerprint, self.dest)
+
+    def still_to_do(self, item: InputFile, run_started_at: str) -> bool:
+        """After winning a claim: not done by another worker during this run, nor done before (unless --force)."""
+        manifest = read_manifest(self.dest, item.key)
+        if manifest is None:
+            return True
+        if manifest.finished_at >= run_started_at:
+            return False
+        return self.selection.force or not is_done(
+            manifest, item, self.settings_hash, self.source.fingerprint, self.dest
+        )
+
+
+def nothing_selected(location: str, counts: ListingCounts, selection: SelectionConfig) -> ConfigError:
+    """The error of a SOURCE where nothing was selected: an unmounted volume, or a filter that takes nothing."""
+    advice = "give --allow-empty (allow_empty = true) where an empty SOURCE is expected, as in a drop folder"
+    if counts.listed == 0:
+        return ConfigError("source", f"{location} holds no files (is it mounted?); {advice}")
+    filters = [f"--include {' '.join(selection.include)}"] if selection.include else ["the media extensions"]
+    filters += [f"--exclude {' '.join(selection.exclude)}"] if selection.exclude else []
+    key = "include" if selection.include else "exclude" if selection.exclude else "source"
+    return ConfigError(
+        key,
+        f"{location}: {counts.listed} files listed, 0 selected by {' and '.join(filters)}; "
+        f"globs match the path under SOURCE, ignoring case; {advice}",
+    )
+
+
+_END = object()
+
+
+class ReadAhead:
+    """SOURCE's selected files (filters, shard), listed to the end on a daemon thread and taken in listing order
+    by iterating. Watchers hear of each file as it is listed; the files not yet taken wait in memory. A listing
+    error is raised where the files are taken. `close` stops the listing early (a run that stops)."""
+
+    def __init__(self, source: Store, selection: SelectionConfig, watchers: Sequence[ListingWatcher] = ()):
+        self.source, self.selection, self.watchers = source, selection, watchers
+        self.counts = ListingCounts()
+        self._items: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._list, name="listing", daemon=True)
+        self._thread.start()
+
+    def __iter__(self) -> Iterator[InputFile]:
+        while (got := self._items.get()) is not _END:
+            if isinstance(got, BaseException):
+                raise got
+            yield got  # type: ignore[misc]
+
+    def close(self) -> None:
+        self._closed.set()
+
+    def _list(self) -> None:
+        shard = self.selection.shard
+        try:
+            for item in self.source.list(self.selection.include, self.selection.exclude, self.counts):
+                if self._closed.is_set():
+                    return
+                if shard is None or shard.owns(item.key):
+                    self._tell_watchers(lambda watcher, item=item: watcher.listed(item))
+                    self._items.put(item)
+            self._tell_watchers(lambda watcher: watcher.listing_done())
+            self._items.put(_END)
+        except BaseException as exc:  # handed to the run, which stops with it as it did when listing itself
+            self._items.put(exc)
+
+    def _tell_watchers(self, tell: Callable[[ListingWatcher], None]) -> None:
+        for watcher in self.watchers:
+            try:
+                tell(watcher)
+            except Exception as exc:  # a watcher is a courtesy (progress): it never stops the run
+                log.debug("listing watcher failed: %s", exc)

@@ -1,0 +1,331 @@
+"""`whisperx-batch doctor`: real checks on this machine (no GPU), a GPU machine faked only at the probe seam."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import batch.cli.doctor.models as doctor_models
+import batch.engine.device as device
+from batch.common.advice import advice_for
+from batch.engine.device import CUDNN_OPS_LIBRARY, GpuFacts, device_checks
+from tests.conftest import ENGLISH, speak
+
+H100 = GpuFacts(
+    driver_version="570.124.06",
+    driver_cuda="12.8",
+    gpus=("NVIDIA H100 80GB HBM3 (80 GiB)",),
+    torch_cuda_build="12.8",
+    torch_devices=1,
+    ctranslate2_devices=1,
+    cudnn_version="9.10.2",
+)
+
+
+def rows(stdout: str) -> dict[str, tuple[str, str]]:
+    """{check name: (status, detail)} from the table."""
+    table = {}
+    for line in stdout.splitlines()[1:]:
+        name, _, rest = line.partition("  ")
+        if name.strip() and not line.startswith(" ") and not line.startswith("doctor:"):
+            status, _, detail = rest.strip().partition(" ")
+            table[name.strip()] = (status, detail.strip())
+    return table
+
+
+@pytest.fixture
+def job(tmp_path: Path) -> tuple[Path, Path]:
+    source = tmp_path / "in"
+    speak(ENGLISH, source / "a.wav")
+    return source, tmp_path / "out"
+
+
+def test_this_cpu_machine_is_ready_for_a_cpu_run(cli, job: tuple[Path, Path], tiny_en: str, tmp_path: Path) -> None:
+    source, out = job
+    env = {"TORCH_HOME": str(tmp_path / "torch")}  # an empty torch.hub cache: no wav2vec2 there
+    result = cli("doctor", source, "--out", out, "--model", tiny_en, "--device", "cpu", env=env)
+    assert result.exit_code == 0, result.stdout
+    table = rows(result.stdout)
+    assert table["nvidia driver"][0] == "skip" and table["cuda"][0] == "skip" and table["cudnn"][0] == "skip"
+    assert table["decoder"][0] == "ok" and "PyAV" in table["decoder"][1]
+    assert table["ffmpeg"][0] == "ok"
+    assert table["asr model"] == ("ok", f"{tiny_en} (local folder)")
+    assert table["vad model"][0] == "ok" and "weights_only=True" in table["vad model"][1]
+    # Offline and no wav2vec2 cached: with language auto, only English files would lose their word timings.
+    assert table["align model (en)"][0] == "warn" and "HF_HUB_OFFLINE=1" in table["align model (en)"][1]
+    assert table["source"][0] == "ok" and f"{source}: readable, 1 recordings" in table["source"][1]
+    assert table["dest"][0] == "ok" and "will be created" in table["dest"][1]
+    assert not out.exists()  # doctor looks, it does not create
+    assert result.stdout.splitlines()[-1].startswith("doctor: ready to run")
+
+
+def test_asking_for_cuda_without_a_gpu_stops_with_what_to_do(cli, job: tuple[Path, Path], tiny_en: str) -> None:
+    source, out = job
+    result = cli("doctor", source, "--out", out, "--model", tiny_en, "--device", "cuda", "--no-align")
+    assert result.exit_code == 3
+    table = rows(result.stdout)
+    assert table["nvidia driver"][0] == "fail" and table["cuda"][0] == "fail"
+    assert "--gpus all" in result.stdout and "--device cpu" in result.stdout
+    assert result.stdout.splitlines()[-1] == "doctor: 3 problem(s) would stop a run (exit 3)"
+
+
+def test_auto_on_a_cpu_machine_warns_and_still_passes(cli, tiny_en: str) -> None:
+    result = cli("doctor", "--model", tiny_en, "--no-align")
+    assert result.exit_code == 0
+    table = rows(result.stdout)
+    assert table["cuda"][0] == "warn" and "the run uses the CPU" in table["cuda"][1]
+    assert table["source"] == ("skip", "not given") and table["dest"] == ("skip", "not given")
+
+
+def test_a_gpu_whose_cudnn_ctranslate2_cannot_find_fails_with_the_exact_fix(
+    cli, tiny_en: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # This machine's real cuDNN failure (PyTorch's wheel keeps cuDNN off the loader's path), on a faked GPU.
+    real = device.probe_gpu()
+    assert real.cudnn_error is not None and CUDNN_OPS_LIBRARY in real.cudnn_error
+    monkeypatch.setattr(device, "probe_gpu", lambda: dataclasses.replace(H100, cudnn_error=real.cudnn_error))
+
+    result = cli("doctor", "--model", tiny_en, "--no-align")
+    assert result.exit_code == 3
+    assert rows(result.stdout)["cudnn"][0] == "fail"
+    fix = next(line for line in result.stdout.splitlines() if "export LD_LIBRARY_PATH=" in line)
+    library_path = fix.split("export LD_LIBRARY_PATH=")[1].split(":$LD_LIBRARY_PATH")[0]
+
+    # The advice works: with it, the library loads in a fresh process.
+    load = f"import torch, ctypes; ctypes.CDLL({CUDNN_OPS_LIBRARY!r})"
+    env = {**os.environ, "LD_LIBRARY_PATH": library_path}
+    assert subprocess.run([sys.executable, "-c", load], env=env, capture_output=True).returncode == 0
+
+
+def test_a_healthy_gpu_machine_is_ready(cli, tiny_en: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(device, "probe_gpu", lambda: H100)
+    result = cli("doctor", "--model", tiny_en, "--no-align", "--json")
+    assert result.exit_code == 0
+    document = json.loads(result.stdout)
+    assert document["ready"] is True and document["exit_code"] == 0
+    checks = {check["name"]: check for check in document["checks"]}
+    assert checks["nvidia driver"]["detail"] == "570.124.06 (CUDA 12.8), 1 GPU: NVIDIA H100 80GB HBM3 (80 GiB)"
+    assert checks["cuda"]["status"] == "ok" and "the run uses cuda" in checks["cuda"]["detail"]
+    assert checks["cudnn"] == {
+        "name": "cudnn",
+        "status": "ok",
+        "detail": "cuDNN 9.10.2: libcudnn_ops.so.9 loads",
+        "fix": None,
+    }
+
+
+@pytest.mark.parametrize(
+    ("facts", "device", "statuses"),
+    [
+        (dataclasses.replace(H100, driver_cuda="11.8"), "auto", ("warn", "ok", "ok")),
+        (dataclasses.replace(H100, driver_cuda="11.8"), "cuda", ("fail", "ok", "ok")),
+        (dataclasses.replace(H100, driver_cuda="12.4"), "cuda", ("warn", "ok", "ok")),
+        (
+            GpuFacts(nvml_error="NVML Shared Library Not Found", torch_cuda_build="12.8", cudnn_error="x"),
+            "cpu",
+            ("skip",) * 3,
+        ),
+        (GpuFacts(torch_cuda_build=None, cudnn_error="x"), "cuda", ("fail", "fail", "fail")),
+        (dataclasses.replace(H100, ctranslate2_devices=0, torch_error=None), "auto", ("ok", "warn", "ok")),
+    ],
+)
+def test_device_rows_follow_what_device_asks(facts: GpuFacts, device: str, statuses: tuple[str, ...]) -> None:
+    assert tuple(check.status for check in device_checks(facts, device)) == statuses
+
+
+def test_a_refused_checkpoint_says_what_to_do(cli, tiny_en: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Without the allowlist, torch.load(weights_only=True) really refuses whisperx's VAD checkpoint.
+    monkeypatch.setattr("batch.engine.segmentation._safe_globals", lambda: [])
+    result = cli("doctor", "--model", tiny_en, "--device", "cpu", "--no-align")
+    assert result.exit_code == 3
+    assert rows(result.stdout)["vad model"][0] == "fail"
+    assert "torch.load refused a checkpoint" in result.stdout and "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD" in result.stdout
+
+
+def test_a_model_missing_from_an_offline_cache(cli, tmp_path: Path) -> None:
+    result = cli("doctor", "--model", "tiny", "--model-dir", tmp_path / "cache", "--device", "cpu", "--no-align")
+    assert result.exit_code == 3
+    status, detail = rows(result.stdout)["asr model"]
+    assert status == "fail" and "tiny (Systran/faster-whisper-tiny) is not in the cache" in detail
+    assert "whisperx-batch models pull" in result.stdout
+
+
+def test_a_cached_hub_model_is_found_offline(cli, tmp_path: Path, tiny_en: str) -> None:
+    # The Hub cache layout faster-whisper downloads into: models--ORG--NAME/{refs/main, snapshots/REV/...}.
+    repo = tmp_path / "cache" / "models--Systran--faster-whisper-tiny.en"
+    snapshot = repo / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    for item in Path(tiny_en).iterdir():
+        (snapshot / item.name).symlink_to(item)
+    result = cli("doctor", "--model", "tiny.en", "--model-dir", tmp_path / "cache", "--device", "cpu", "--no-align")
+    assert result.exit_code == 0, result.stdout
+    assert rows(result.stdout)["asr model"] == (
+        "ok",
+        f"tiny.en (Systran/faster-whisper-tiny.en): in the cache ({snapshot})",
+    )
+
+
+def test_a_gated_diarization_model_says_accept_its_conditions(
+    cli, tiny_en: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked = []
+
+    def gated(repo_id: str, token: str | None) -> str:
+        asked.append((repo_id, token))
+        return f"GatedRepoError: 403 Client Error. Cannot access gated repo. Access to model {repo_id} is restricted."
+
+    monkeypatch.setattr(doctor_models, "hub_access", gated)
+    token = "hf_" + "T" * 34
+    env = {"HF_HUB_OFFLINE": "0", "HF_TOKEN": token, "WHISPERX_BATCH_DIARIZE": "true", "HF_HOME": str(tmp_path)}
+    result = cli("doctor", "--model", tiny_en, "--device", "cpu", "--no-align", env=env)
+    assert result.exit_code == 3
+    assert asked == [("pyannote/speaker-diarization-community-1", token)]
+    assert rows(result.stdout)["diarize model"][0] == "fail"
+    assert "accept its conditions" in result.stdout
+    assert rows(result.stdout)["hf token"] == ("ok", "present (from HF_TOKEN)")
+    assert token not in result.stdout
+
+
+def test_diarization_without_a_token_is_caught_before_the_run(cli, tiny_en: str, tmp_path: Path) -> None:
+    env = {"HF_HUB_OFFLINE": "0", "HF_TOKEN": "", "HUGGING_FACE_HUB_TOKEN": "", "HF_HOME": str(tmp_path)}
+    result = cli("doctor", "--model", tiny_en, "--device", "cpu", "--no-align", "--diarize", env=env)
+    assert result.exit_code == 3
+    assert rows(result.stdout)["diarize model"][0] == "fail" and "HF_TOKEN" in result.stdout
+
+
+def test_the_token_is_said_present_never_shown(cli, tiny_en: str, tmp_path: Path) -> None:
+    secret = tmp_path / "hf-token"
+    token = "hf_" + "S" * 34
+    secret.write_text(token + "\n")
+    for output in ([], ["--json"]):
+        result = cli("doctor", "--model", tiny_en, "--device", "cpu", "--no-align", "--hf-token-file", secret, *output)
+        assert result.exit_code == 0
+        assert f"present (from --hf-token-file {secret})" in result.stdout
+        assert token not in result.stdout + result.stderr and "S" * 20 not in result.stdout
+
+
+def test_an_unreadable_token_file_is_a_problem(cli, tiny_en: str, tmp_path: Path) -> None:
+    args = ["doctor", "--model", tiny_en, "--device", "cpu", "--no-align", "--hf-token-file", tmp_path / "none"]
+    result = cli(*args)
+    assert result.exit_code == 3 and rows(result.stdout)["hf token"][0] == "fail"
+
+
+def test_source_and_dest_problems(cli, tiny_en: str, tmp_path: Path) -> None:
+    a_file = tmp_path / "file"
+    a_file.write_text("not a folder")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = cli("doctor", tmp_path / "missing", "--out", a_file / "out", "--model", tiny_en, "--no-align")
+    assert result.exit_code == 3
+    table = rows(result.stdout)
+    assert table["source"] == ("fail", f"{tmp_path / 'missing'} is not a folder")
+    assert table["dest"][0] == "fail" and "not writable" in table["dest"][1]
+
+    # An empty SOURCE would stop a run (exit 2): a problem, unless the job allows it (a drop folder).
+    common = ("--out", empty / "out", "--model", tiny_en, "--no-align", "--device", "cpu")
+    nothing = cli("doctor", empty, *common)
+    assert nothing.exit_code == 3 and rows(nothing.stdout)["source"][0] == "fail"
+    assert "no recording is selected there (0 files listed)" in rows(nothing.stdout)["source"][1]
+    assert "--allow-empty" in nothing.stdout
+    allowed = cli("doctor", empty, *common, env={"WHISPERX_BATCH_ALLOW_EMPTY": "true"})
+    assert allowed.exit_code == 0 and rows(allowed.stdout)["source"][0] == "warn"
+
+    one_file = cli("doctor", a_file, *common)  # SOURCE may be one file, whatever its extension
+    assert rows(one_file.stdout)["source"] == ("ok", f"{a_file}: readable, 1 recordings (0.0 MiB)")
+
+
+def test_a_bad_setting_is_a_usage_error(cli) -> None:
+    result = cli("doctor", "--device", "tpu")
+    assert result.exit_code == 2 and "device" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("error", "says"),
+    [
+        (
+            "RuntimeError: Unable to load any of {libcudnn_ops.so.9.1.0, libcudnn_ops.so.9.1, libcudnn_ops.so.9, "
+            "libcudnn_ops.so}",
+            "LD_LIBRARY_PATH",
+        ),
+        ("Could not load library libcudnn_cnn_infer.so.8. Error: cannot open shared object file", "cuDNN 9"),
+        ("RuntimeError: CUDA failed with error no CUDA-capable device is detected", "CUDA_VISIBLE_DEVICES"),
+        ("RuntimeError: Found no NVIDIA driver on your system", "--gpus all"),
+        ("NVMLError_LibraryNotFound: NVML Shared Library Not Found", "nvidia-smi"),
+        ("CUDA driver version is insufficient for CUDA runtime version", "R570"),
+        (
+            "_pickle.UnpicklingError: Weights only load failed. ... WeightsUnpickler error: Unsupported global: "
+            "GLOBAL omegaconf.listconfig.ListConfig was not an allowed global by default.",
+            "weights only by default",
+        ),
+        (
+            "GatedRepoError: 403 Client Error. Cannot access gated repo for url https://huggingface.co/api/models/"
+            "pyannote/speaker-diarization-3.1. Access to model pyannote/speaker-diarization-3.1 is restricted",
+            "accept its conditions",
+        ),
+        ("LocalEntryNotFoundError: Cannot find an appropriate cached snapshot folder", "models pull"),
+        ("CUDA out of memory. Tried to allocate 2.00 GiB", "--batch-size"),
+    ],
+)
+def test_known_failures_become_one_line_of_what_to_do(error: str, says: str) -> None:
+    advice = advice_for(error)
+    assert advice is not None and says in advice and "\n" not in advice
+
+
+def test_an_unknown_failure_gets_no_made_up_advice() -> None:
+    assert advice_for("ValueError: something nobody has seen") is None
+
+
+def test_a_gpu_that_cannot_run_falls_back_to_the_cpu_on_auto_and_stops_on_cuda(
+    cli, tmp_path: Path, tiny_en: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A CUDA build whose cuDNN 9 cannot be loaded (this machine's real loader error, on a faked GPU at the probe
+    seam): `auto` warns with doctor's fix and transcribes on the CPU; `cuda` stops (exit 3) before any model,
+    with the same fix."""
+    real = device.probe_gpu()
+    monkeypatch.setattr(device, "probe_gpu", lambda: dataclasses.replace(H100, cudnn_error=real.cudnn_error))
+    source = tmp_path / "in"
+    speak(ENGLISH, source / "call.wav")
+
+    auto = cli("run", source, "--out", tmp_path / "auto", "--model", tiny_en, "--no-align")
+    assert auto.exit_code == 0, auto.stderr
+    assert "device auto: a GPU is present but cannot run the models, so the CPU is used" in auto.stderr
+    assert "export LD_LIBRARY_PATH=" in auto.stderr
+    [report] = [json.loads(path.read_text()) for path in (tmp_path / "auto" / "_runs").glob("*.json")]
+    assert report["device"] == "cpu" and report["succeeded"] == ["call.wav"]
+
+    cuda = cli("run", source, "--out", tmp_path / "cuda", "--model", tiny_en, "--no-align", "--device", "cuda")
+    assert cuda.exit_code == 3
+    assert "device cuda was asked for but CUDA cannot run here: cudnn: libcudnn_ops.so.9 cannot be loaded" in (
+        cuda.stderr
+    )
+    assert "export LD_LIBRARY_PATH=" in cuda.stderr and "models loaded" not in cuda.stderr
+
+
+def test_auto_on_a_healthy_gpu_picks_cuda_and_cuda_without_a_driver_says_what_to_do(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from batch.common.errors import EnvironmentProblem
+    from batch.engine.device import resolve_device
+
+    monkeypatch.setattr(device, "probe_gpu", lambda: H100)
+    assert resolve_device("auto") == "cuda" and resolve_device("cuda") == "cuda" and resolve_device("cpu") == "cpu"
+    monkeypatch.setattr(device, "probe_gpu", lambda: device.GpuFacts(nvml_error="NVML not found"))
+    assert resolve_device("auto") == "cpu"
+    with pytest.raises(EnvironmentProblem, match="--gpus all") as stopped:
+        resolve_device("cuda")
+    assert "cudnn" not in str(stopped.value)
+
+
+def test_silero_is_checked_where_the_run_loads_it_offline(cli, tiny_en: str) -> None:
+    environment = {"WHISPERX_BATCH_VAD_METHOD": "silero", "HF_HUB_OFFLINE": "1", "TORCH_HOME": "/nonexistent"}
+    result = cli("doctor", "--model", tiny_en, "--no-align", "--json", env=environment)
+    checks = {check["name"]: check for check in json.loads(result.stdout)["checks"]}
+    assert checks["vad model"]["status"] == "ok" and "bundled with faster-whisper" in checks["vad model"]["detail"]

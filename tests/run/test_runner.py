@@ -1,0 +1,141 @@
+"""The runner's behaviour with a fake pipeline at the seam: real files, real decoding, real manifests.
+
+Resume, failure isolation, claims, stop requests and the broken-run stop do not depend on what a model says,
+so they are tested here without one; tests/engine/test_engine.py runs the real models.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from batch.common.errors import ConfigError
+from batch.run.job import Job
+from batch.run.manifest import Manifest
+from batch.run.report import RunReport
+from batch.settings.options import load_settings
+from tests.conftest import tone
+from tests.fakes import FakePipeline
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> Path:
+    folder = tmp_path / "in"
+    for name in ("a.wav", "b.wav", "c/d.flac", "e.wav", "f.wav"):
+        tone(folder / name)
+    return folder
+
+
+def job(source: Path, out: Path, pipeline: FakePipeline, **flags: object) -> Job:
+    settings = load_settings({"source": str(source), "out": str(out), "device": "cpu", **flags}, environ={})
+    return Job(settings, environ={}, pipeline=pipeline)
+
+
+def manifest(out: Path, key: str) -> Manifest:
+    found = Manifest.decode((out / f"{key}.manifest.json").read_bytes())
+    assert found is not None
+    return found
+
+
+def test_every_file_is_written_and_a_rerun_skips_it(source: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    report = job(source, out, FakePipeline()).run()
+    assert sorted(report.succeeded) == ["a.wav", "b.wav", "c/d.flac", "e.wav", "f.wav"] and report.exit_code == 0
+    written = manifest(out, "c/d.flac")
+    assert written.status == "succeeded" and written.audio_seconds == 1.0
+    assert json.loads((out / "c/d.flac.json").read_text())["segments"][0]["text"] == "hello c/d.flac"
+    assert set(written.timings) >= {"fingerprint", "decode", "asr", "write"}
+    stored = RunReport.decode(next((out / "_runs").glob("*.json")).read_bytes())
+    assert stored is not None and stored.counts["succeeded"] == 5 and stored.asr is not None
+    assert stored.asr.batches == 3 and stored.asr.batch_fill == pytest.approx(5 / 3, abs=0.001)
+
+    again = FakePipeline()
+    rerun = job(source, out, again).run()
+    assert rerun.succeeded == [] and len(rerun.skipped) == 5 and again.pulled == [] and again.loads == 0
+
+
+def test_a_changed_setting_redoes_done_files(source: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    job(source, out, FakePipeline()).run()
+    rerun = job(source, out, FakePipeline(), formats="srt").run()
+    assert len(rerun.succeeded) == 5 and (out / "a.wav.srt").is_file()
+
+
+def test_failures_stay_with_their_file(source: Path, tmp_path: Path) -> None:
+    (source / "broken.wav").write_bytes(b"RIFF....not audio at all")
+    out = tmp_path / "out"
+    pipeline = FakePipeline(errors={"b.wav": RuntimeError("a fault in this file's batch")})
+    report = job(source, out, pipeline).run()
+    failed = {item.key: item.error.type for item in report.failed}
+    assert failed == {"b.wav": "RuntimeError", "broken.wav": "AudioDecodeError"} and report.exit_code == 1
+    assert len(report.succeeded) == 4
+    assert manifest(out, "b.wav").error.message == "a fault in this file's batch"
+    assert not (out / "b.wav.json").exists()
+    # A rerun retries exactly the failed files.
+    again = FakePipeline()
+    job(source, out, again).run()
+    assert sorted(again.pulled) == ["b.wav", "broken.wav"]
+
+
+def test_the_same_unexpected_error_three_times_in_a_row_stops_the_run(source: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    fault = {key: RuntimeError("CUDA error: an illegal memory access") for key in ("a.wav", "b.wav", "c/d.flac")}
+    report = job(source, out, FakePipeline(errors=fault)).run()
+    assert report.exit_code == 3 and report.error is not None and report.error.type == "EnvironmentProblem"
+    assert "the last 3 files failed with RuntimeError" in report.error.message
+    assert "f.wav" not in report.succeeded
+    stored = RunReport.decode(next((out / "_runs").glob("*.json")).read_bytes())
+    assert stored is not None and stored.exit_code == 3 and stored.error == report.error
+
+
+def test_a_run_stopping_error_is_recorded_with_its_exit_code(source: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    refused = ConfigError("language", "the model is English-only; use en or auto")
+    report = job(source, out, FakePipeline(load_error=refused)).run()
+    assert report.exit_code == 2 and report.error is not None and report.error.type == "ConfigError"
+    assert not list(out.glob("*.manifest.json"))
+
+
+def test_a_stop_request_writes_what_is_done_and_a_rerun_does_the_rest_once(source: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    runs: list[Job] = []
+
+    def stop_after_first_batch(keys: list[str]) -> None:
+        if keys == ["a.wav", "b.wav"]:
+            runs[0].request_stop(15)
+
+    first = job(source, out, FakePipeline(on_batch=stop_after_first_batch), prefetch=3)
+    runs.append(first)
+    report = first.run()
+    assert report.succeeded == ["a.wav", "b.wav"] and report.exit_code == 128 + 15
+    again = FakePipeline()
+    rerun = job(source, out, again).run()
+    assert sorted(again.pulled) == ["c/d.flac", "e.wav", "f.wav"] and len(rerun.skipped) == 2
+
+
+def test_claims_of_files_never_written_are_released_once_prefetch_has_stopped(source: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    runs: list[Job] = []
+    first = job(source, out, FakePipeline(on_batch=lambda keys: runs[0].request_stop()), claim=True, prefetch=4)
+    runs.append(first)
+    report = first.run()
+    assert report.succeeded == ["a.wav", "b.wav"]
+    # Files claimed and decoded ahead (c/d.flac, e.wav, f.wav) were given back: nothing is held until its TTL.
+    assert not list((out / "_claims").rglob("*.claim"))
+    rerun = job(source, out, FakePipeline(), claim=True).run()
+    assert sorted(rerun.succeeded) == ["c/d.flac", "e.wav", "f.wav"] and rerun.claimed_elsewhere == []
+
+
+def test_a_worker_whose_files_are_all_claimed_loads_no_model(source: Path, tmp_path: Path) -> None:
+    from batch.run.claims import Claims
+    from batch.storage import open_store
+
+    out = tmp_path / "out"
+    other = Claims(open_store(str(out)), "another-run", 3600)
+    for key in ("a.wav", "b.wav", "c/d.flac", "e.wav", "f.wav"):
+        assert other.claim(key)
+    pipeline = FakePipeline()
+    report = job(source, out, pipeline, claim=True).run()
+    assert len(report.claimed_elsewhere) == 5 and pipeline.loads == 0 and report.exit_code == 0

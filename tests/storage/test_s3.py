@@ -1,0 +1,474 @@
+"""S3 sources and destinations against a real S3 HTTP server (moto's server mode on 127.0.0.1) with real boto3."""
+
+from __future__ import annotations
+
+import http.client
+import http.server
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+from moto.server import ThreadedMotoServer
+
+from batch.storage import open_job_stores, open_store
+from batch.storage.s3 import make_client
+from tests.cli.test_status import manifest_document
+from tests.conftest import ENGLISH, speak
+
+
+@pytest.fixture(scope="module")
+def moto_url() -> Iterator[str]:
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # the server logs every request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture(autouse=True)
+def aws_environment(monkeypatch: pytest.MonkeyPatch, moto_url: str) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing-secret-value")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_url)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+
+
+@pytest.fixture
+def bucket(moto_url: str, request: pytest.FixtureRequest) -> str:
+    name = "b-" + request.node.name.lower().replace("_", "-")[:40].strip("-")
+    boto3.client("s3", endpoint_url=moto_url).create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture(scope="module")
+def speech(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    return speak(ENGLISH, tmp_path_factory.mktemp("speech") / "memo.mp3").read_bytes()
+
+
+def put(bucket: str, key: str, body: bytes) -> None:
+    boto3.client("s3").put_object(Bucket=bucket, Key=key, Body=body)
+
+
+def keys_in(bucket: str, prefix: str = "") -> list[str]:
+    pages = boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
+
+
+def test_listing_is_paginated_and_streamed(bucket: str) -> None:
+    client = make_client()
+    for index in range(1205):
+        client.put_object(Bucket=bucket, Key=f"in/calls/{index:05d}.wav", Body=b"x")
+    client.put_object(Bucket=bucket, Key="in/notes.txt", Body=b"x")
+    client.put_object(Bucket=bucket, Key="in/.hidden.wav", Body=b"x")
+    calls = []
+    client.meta.events.register("after-call.s3.ListObjectsV2", lambda **_: calls.append(1))
+    listing = open_store(f"s3://{bucket}/in", client=client).list()
+    first = next(listing)
+    assert first.key == "calls/00000.wav" and len(calls) == 1  # work can start after one page
+    rest = [item.key for item in listing]
+    assert len(calls) == 2 and len(rest) == 1204 and rest == sorted(rest)
+    assert first.size == 1 and first.version  # the ETag
+
+
+def test_list_names_and_dest_inside_source_on_s3(bucket: str) -> None:
+    for key in (
+        "in/a.mp3",
+        "in/a.mp3.manifest.json",
+        "in/.a.mp3.manifest.json",
+        "in/_runs/r1.json",
+        "in/_runs/old/r0.json",
+        "in/_runsx.json",
+        "in/out/b.mp3",
+        "in/out/b.mp3.manifest.json",
+        "other/c.mp3",
+    ):
+        put(bucket, key, b"x")
+    store = open_store(f"s3://{bucket}/in/")
+    assert list(store.list_names(suffix=".manifest.json")) == ["a.mp3.manifest.json", "out/b.mp3.manifest.json"]
+    assert list(store.list_names("_runs", ".json")) == ["_runs/old/r0.json", "_runs/r1.json"]
+    source, dest = open_job_stores(
+        f"s3://{bucket}/in", f"s3://{bucket}/in/out", endpoint_url=None, spool_dir=None, max_input_bytes=None
+    )
+    assert [item.key for item in source.list()] == ["a.mp3"]  # DEST inside SOURCE is never listed
+    assert list(dest.list_names()) == ["b.mp3", "b.mp3.manifest.json"]
+    dest.check_writable()
+    assert keys_in(bucket, "in/out/") == ["in/out/b.mp3", "in/out/b.mp3.manifest.json"]  # the probe is gone
+
+
+def test_s3_to_local_with_hostile_keys_never_writes_outside_dest(
+    cli, bucket: str, speech: bytes, tmp_path: Path, tiny_en: str
+) -> None:
+    # `%2E%2E/x.mp3` is a key of its own, not `../x.mp3` respelled: the two never share their outputs.
+    hostile = ["../x.mp3", "a//b.mp3", "/lead.mp3", "ü ñ/é 1+&=%.mp3", "%2E%2E/x.mp3"]
+    names = ["%2E%2E/x.mp3", "a/%2F/b.mp3", "%2F/lead.mp3", "ü ñ/é 1+&=%25.mp3", "%252E%252E/x.mp3"]
+    for key in hostile:
+        put(bucket, "in/" + key, speech)
+    out = tmp_path / "dest" / "out"
+    result = cli("run", f"s3://{bucket}/in", "--out", out, "--model", tiny_en, "--no-align")
+    assert result.exit_code == 0, result.stderr
+    written = [p for p in (tmp_path / "dest").rglob("*") if p.is_file()]
+    assert all(p.resolve().is_relative_to(out.resolve()) for p in written)
+    for key, name in zip(hostile, names, strict=True):
+        manifest = json.loads((out / f"{name}.manifest.json").read_text())
+        assert manifest["status"] == "succeeded" and manifest["input"]["key"] == key
+        assert manifest["input"]["fingerprint"].startswith("etag:")
+        assert "meeting" in json.loads((out / f"{name}.json").read_text())["segments"][0]["text"].lower()
+    rerun = cli("run", f"s3://{bucket}/in", "--out", out, "--model", tiny_en, "--no-align")
+    assert "0 succeeded, 5 skipped" in rerun.stderr  # no key redoes another's outputs
+
+    to_s3 = cli("run", f"s3://{bucket}/in", "--out", f"s3://{bucket}/out", "--model", tiny_en, "--no-align")
+    assert to_s3.exit_code == 0, to_s3.stderr
+    stored = keys_in(bucket, "")
+    outside = [k for k in stored if not k.startswith(("in/", "out/"))]
+    written = [k for k in stored if k.startswith("out/")]
+    assert not outside and not [k for k in written if "/../" in k or "//" in k or "/./" in k]
+    for name in names:
+        assert f"out/{name}.manifest.json" in stored
+
+
+def test_local_to_s3_then_s3_to_s3_with_reruns(cli, bucket: str, speech: bytes, tmp_path: Path, tiny_en: str) -> None:
+    source = tmp_path / "in"
+    for key in ("a/one.mp3", "b/two words.mp3"):
+        (source / key).parent.mkdir(parents=True, exist_ok=True)
+        (source / key).write_bytes(speech)
+    args = ["--model", tiny_en, "--no-align", "--formats", "srt"]
+    first = cli("run", source, "--out", f"s3://{bucket}/local-out", *args)
+    assert first.exit_code == 0, first.stderr
+    stored = keys_in(bucket, "local-out/")
+    for key in ("a/one.mp3", "b/two words.mp3"):
+        assert {f"local-out/{key}.json", f"local-out/{key}.srt", f"local-out/{key}.manifest.json"} <= set(stored)
+    assert any(k.startswith("local-out/_runs/") for k in stored)
+    again = cli("run", source, "--out", f"s3://{bucket}/local-out", *args)
+    assert "0 succeeded, 2 skipped" in again.stderr and "models loaded" not in again.stderr
+
+    for key in ("calls/x.mp3", "calls/y.mp3"):
+        put(bucket, "in/" + key, speech)
+    s3_to_s3 = cli("run", f"s3://{bucket}/in", "--out", f"s3://{bucket}/in/out", *args)  # DEST inside SOURCE
+    assert s3_to_s3.exit_code == 0, s3_to_s3.stderr
+    assert "2 succeeded" in s3_to_s3.stderr
+    rerun = cli("run", f"s3://{bucket}/in", "--out", f"s3://{bucket}/in/out", *args)
+    assert "0 succeeded, 2 skipped, 0 failed" in rerun.stderr
+    put(bucket, "in/calls/y.mp3", speech + b"\0" * 10)  # a changed object (new ETag) is redone
+    changed = cli("run", f"s3://{bucket}/in", "--out", f"s3://{bucket}/in/out", *args)
+    assert "1 succeeded, 1 skipped" in changed.stderr
+
+
+def test_large_outputs_upload_in_parts(bucket: str) -> None:
+    dest = open_store(f"s3://{bucket}/out")
+    payload = os.urandom(9 * 1024 * 1024)
+    dest.write_bytes("big.json", payload)
+    head = boto3.client("s3").head_object(Bucket=bucket, Key="out/big.json")
+    assert head["ETag"].strip('"').endswith("-2")  # a multipart upload of two parts
+    assert dest.read_bytes("big.json") == payload and dest.read_bytes("missing.json") is None
+    assert dest.exists("big.json") and not dest.exists("missing.json")
+
+
+def test_download_cap_fails_the_file_clearly(cli, bucket: str, speech: bytes, tmp_path: Path, tiny_en: str) -> None:
+    put(bucket, "in/memo.mp3", speech)
+    out = tmp_path / "out"
+    result = cli("run", f"s3://{bucket}/in", "--out", out, "--model", tiny_en, "--no-align", "--max-input-size", "1KiB")
+    assert result.exit_code == 1
+    error = json.loads((out / "memo.mp3.manifest.json").read_text())["error"]
+    assert "over the download cap of 1,024 bytes" in error["message"]
+
+
+def test_unreachable_endpoint_is_an_environment_error_before_any_model(
+    cli, tmp_path: Path, tiny_en: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
+    source = tmp_path / "in"
+    source.mkdir()
+    result = cli(
+        "run", source, "--out", "s3://nowhere/out", "--model", tiny_en, "--s3-endpoint-url", "http://127.0.0.1:9"
+    )
+    assert result.exit_code == 3
+    assert "DEST s3://nowhere/out is not writable" in result.stderr
+    assert "models loaded" not in result.stderr and "testing-secret-value" not in result.stderr
+
+
+class FlakyProxy(http.server.ThreadingHTTPServer):
+    """Forwards to the S3 server, but answers 503 SlowDown or drops the connection on some requests."""
+
+    def __init__(self, upstream: str, every: int):
+        self.upstream = upstream.removeprefix("http://")
+        self.every, self.count, self.faults, self.lock = every, 0, 0, threading.Lock()
+        super().__init__(("127.0.0.1", 0), FlakyHandler)
+
+    def fault_now(self) -> int:
+        with self.lock:
+            self.count += 1
+            if self.count % self.every:
+                return 0
+            self.faults += 1
+            return 1 + self.faults % 2  # alternate: 1 = 503, 2 = drop
+
+
+class FlakyHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _forward(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else None
+        fault = self.server.fault_now()
+        if fault == 2:
+            self.close_connection = True
+            self.connection.close()
+            return
+        if fault == 1:
+            payload = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
+            self.send_response(503)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+            return
+        upstream = http.client.HTTPConnection(self.server.upstream, timeout=30)
+        upstream.request(self.command, self.path, body=body, headers=dict(self.headers))
+        response = upstream.getresponse()
+        data = response.read()
+        self.send_response(response.status)
+        for name, value in response.getheaders():
+            if name.lower() not in ("content-length", "transfer-encoding", "connection"):
+                self.send_header(name, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+        upstream.close()
+
+    do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _forward
+
+
+def test_transient_faults_are_ridden_out_with_nothing_lost(
+    cli, bucket: str, speech: bytes, moto_url: str, tiny_en: str
+) -> None:
+    for index in range(3):
+        put(bucket, f"in/call{index}.mp3", speech)
+    proxy = FlakyProxy(moto_url, every=4)
+    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
+    thread.start()
+    try:
+        result = cli(
+            "run",
+            f"s3://{bucket}/in",
+            "--out",
+            f"s3://{bucket}/out",
+            "--model",
+            tiny_en,
+            "--no-align",
+            "--formats",
+            "srt",
+            "--s3-endpoint-url",
+            f"http://127.0.0.1:{proxy.server_port}",
+        )
+    finally:
+        proxy.shutdown()
+    assert result.exit_code == 0, result.stderr
+    assert proxy.faults >= 3
+    stored = set(keys_in(bucket, "out/"))
+    for index in range(3):
+        assert {f"out/call{index}.mp3.json", f"out/call{index}.mp3.srt", f"out/call{index}.mp3.manifest.json"} <= stored
+        manifest = json.loads(
+            boto3.client("s3").get_object(Bucket=bucket, Key=f"out/call{index}.mp3.manifest.json")["Body"].read()
+        )
+        assert manifest["status"] == "succeeded"
+
+
+def test_spool_is_cleaned_after_each_download(bucket: str, speech: bytes, tmp_path: Path) -> None:
+    put(bucket, "in/memo.mp3", speech)
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    source = open_store(f"s3://{bucket}/in", spool_dir=str(spool))
+    item = next(source.list())
+    with source.open(item.key, item.size) as stream:
+        assert stream.read() == speech
+    assert not list(spool.iterdir())
+    shutil.rmtree(spool)
+
+
+def test_two_workers_with_claims_do_every_file_exactly_once(
+    bucket: str, speech: bytes, moto_url: str, tiny_en: str
+) -> None:
+    import subprocess
+    import sys
+
+    for index in range(6):
+        put(bucket, f"in/call{index}.mp3", speech)
+    command = [
+        sys.executable,
+        "-m",
+        "batch",
+        "run",
+        f"s3://{bucket}/in",
+        "--out",
+        f"s3://{bucket}/out",
+        "--model",
+        tiny_en,
+        "--no-align",
+        "--claim",
+        "--prefetch",
+        "1",
+        "--threads",
+        "1",
+    ]
+    workers = [subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in "ab"]
+    outputs = [worker.communicate(timeout=600)[1] for worker in workers]
+    assert [worker.returncode for worker in workers] == [0, 0], outputs
+    client = boto3.client("s3")
+    reports = [
+        json.loads(client.get_object(Bucket=bucket, Key=k)["Body"].read()) for k in keys_in(bucket, "out/_runs/")
+    ]
+    done = [key for report in reports for key in report["succeeded"]]
+    assert sorted(done) == [f"call{index}.mp3" for index in range(6)]  # each file once, by one worker
+    assert sum(r["counts"]["claimed_elsewhere"] + r["counts"]["skipped"] for r in reports) == 6
+    assert not keys_in(bucket, "out/_claims/")  # released after each manifest
+
+
+def test_expired_claims_are_taken_over_by_exactly_one_worker(bucket: str) -> None:
+    from batch.run.claims import Claims
+
+    now = [1000.0]
+    dest = open_store(f"s3://{bucket}/out")
+    first, second, third = (Claims(dest, run, ttl_seconds=60, clock=lambda: now[0]) for run in ("r1", "r2", "r3"))
+    assert first.claim("a.wav") and not second.claim("a.wav")
+    now[0] += 61  # the first worker crashed: its claim expired
+    stale = dest.read_with_version("_claims/a.wav.claim")
+    assert second.claim("a.wav")
+    assert not dest.replace_if_version("_claims/a.wav.claim", b"{}", stale[1])  # a late taker loses
+    assert not third.claim("a.wav")
+    second.release("a.wav")
+    assert third.claim("a.wav")
+
+
+def test_an_s3_server_that_dies_mid_run_ends_it_with_exit_3_and_no_traceback(
+    speech: bytes, tiny_en: str, tmp_path: Path
+) -> None:
+    """SOURCE local, DEST on an S3 server of its own that is stopped once the first file is written: the run
+    stops (exit 3) with one line, what was written stays done, and nothing half-written is taken for done."""
+    import subprocess
+    import sys
+    import time
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    url = f"http://{host}:{port}"
+    client = boto3.client("s3", endpoint_url=url)
+    client.create_bucket(Bucket="dying")
+    for index in range(8):
+        (tmp_path / "in" / f"call{index}.mp3").parent.mkdir(exist_ok=True)
+        (tmp_path / "in" / f"call{index}.mp3").write_bytes(speech)
+    command = [
+        sys.executable,
+        "-m",
+        "batch",
+        "run",
+        tmp_path / "in",
+        "--out",
+        "s3://dying/out",
+        "--model",
+        tiny_en,
+        "--no-align",
+        "--batch-size",
+        "1",
+        "--prefetch",
+        "1",
+        "--s3-endpoint-url",
+        url,
+    ]
+    worker = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "AWS_MAX_ATTEMPTS": "2"}
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not any(key.endswith(".manifest.json") for key in _keys(client, "dying")):
+            assert worker.poll() is None and time.monotonic() < deadline, worker.communicate()
+            time.sleep(0.2)
+        written = {key for key in _keys(client, "dying") if key.endswith(".manifest.json")}
+    finally:
+        server.stop()
+    stdout, stderr = worker.communicate(timeout=300)
+    assert worker.returncode == 3, stderr
+    assert "Traceback" not in stderr and stdout == ""
+    assert "whisperx-batch: error: " in stderr and "testing-secret-value" not in stderr
+    assert written  # at least the first file was done before the server went away
+
+
+def _keys(client, bucket: str) -> list[str]:  # noqa: ANN001
+    return [obj["Key"] for obj in client.list_objects_v2(Bucket=bucket).get("Contents", [])]
+
+
+def test_one_object_as_source_an_empty_prefix_and_pruned_reports(cli, bucket: str, speech: bytes, tiny_en: str) -> None:
+    for key in ("in/calls/x.mp3", "in/calls/x.mp3.old.mp3", "in/calls/y.mp3"):
+        put(bucket, key, speech)
+    for index in range(3):
+        run_id = f"20200101T00000{index}Z-aaaaaa"
+        put(bucket, f"out/_runs/{run_id}.json", json.dumps({"run_id": run_id, "started_at": "2020"}).encode())
+    args = ("--out", f"s3://{bucket}/out", "--model", tiny_en, "--device", "cpu", "--no-align")
+
+    single = cli("run", f"s3://{bucket}/in/calls/x.mp3", *args, "--formats", "all")
+    assert single.exit_code == 0, single.stderr
+    written = {key for key in keys_in(bucket, "out/") if not key.startswith("out/_runs/")}
+    formats = ("json", "srt", "vtt", "txt", "tsv", "turns.json", "manifest.json")
+    assert written == {f"out/x.mp3.{ext}" for ext in formats}
+
+    empty = cli("run", f"s3://{bucket}/in/none", *args)  # no such object: a prefix, with nothing under it
+    assert empty.exit_code == 2 and "Traceback" not in empty.stderr
+    assert empty.stderr.count(f"source: s3://{bucket}/in/none holds no files (is it mounted?)") == 1
+
+    allowed = cli("run", f"s3://{bucket}/in/none", *args, "--allow-empty", "--keep-run-reports", "2")
+    assert allowed.exit_code == 0, allowed.stderr
+    reports = keys_in(bucket, "out/_runs/")
+    assert len(reports) == 2 and not any(key.startswith("out/_runs/2020") for key in reports)
+
+
+class SlowProxy(FlakyProxy):
+    """Forwards every request after a short wait, and counts how many were in flight at once."""
+
+    def __init__(self, upstream: str, delay: float):
+        super().__init__(upstream, every=1 << 30)
+        self.delay, self.in_flight, self.most_in_flight = delay, 0, 0
+
+    def fault_now(self) -> int:
+        with self.lock:
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        time.sleep(self.delay)
+        with self.lock:
+            self.in_flight -= 1
+        return 0
+
+
+def test_status_reads_manifests_concurrently_in_a_stable_order(cli, bucket: str, moto_url: str) -> None:
+    keys = [f"calls/{index:02d}.wav" for index in range(40)]
+    for index, key in enumerate(keys):
+        if index % 3:
+            document = manifest_document(key, "failed", error={"type": "AudioDecodeError", "message": "empty file"})
+        else:  # a succeeded manifest counts when its outputs are there
+            document = manifest_document(key, "succeeded", outputs=[f"{key}.json"], audio_seconds=1.0)
+            put(bucket, f"out/{key}.json", b"{}")
+        put(bucket, f"out/{key}.manifest.json", json.dumps(document).encode())
+    proxy = SlowProxy(moto_url, delay=0.05)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        env = {"WHISPERX_BATCH_S3_ENDPOINT_URL": f"http://127.0.0.1:{proxy.server_port}"}
+        result = cli("status", f"s3://{bucket}/out", "--json", env=env)
+    finally:
+        proxy.shutdown()
+    assert result.exit_code == 1, result.stderr
+    document = json.loads(result.stdout)
+    failed = [key for index, key in enumerate(keys) if index % 3]
+    assert (document["succeeded"], document["failed"]) == (40 - len(failed), len(failed))
+    assert [failure["key"] for failure in document["failures"]] == failed  # listing order, whatever came back first
+    assert proxy.most_in_flight >= 8

@@ -1,0 +1,364 @@
+"""Stores: choosing one, scanning SOURCE, writing DEST (selection, order, links, atomic writes), and output names."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from batch.common.errors import ConfigError, EnvironmentProblem
+from batch.storage import open_job_stores, open_store
+from batch.storage.local import LocalStore
+from batch.storage.names import is_selected, output_base, safe_relative
+
+
+def touch(root: Path, *names: str) -> None:
+    for name in names:
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x" * 10)
+
+
+def keys(source: LocalStore, **kwargs: tuple[str, ...]) -> list[str]:
+    return [item.key for item in source.list(**kwargs)]
+
+
+# --- choosing a store ---------------------------------------------------------------------------------------
+
+
+def test_open_store_picks_a_folder_or_s3_from_the_location(tmp_path: Path) -> None:
+    from batch.storage.s3 import S3Store
+
+    folder = open_store(str(tmp_path / "out"))
+    assert isinstance(folder, LocalStore) and folder.location == str(tmp_path / "out")
+    assert not (tmp_path / "out").exists()  # opening creates nothing
+    bucket = open_store("s3://bucket/some/prefix/", endpoint_url="http://127.0.0.1:9")
+    assert isinstance(bucket, S3Store) and (bucket.bucket, bucket.prefix) == ("bucket", "some/prefix/")
+    assert bucket.location == "s3://bucket/some/prefix/"
+    assert open_store("s3://bucket", client=object()).prefix == ""  # the whole bucket
+    assert isinstance(open_store("s3-not-a-scheme/x"), LocalStore)  # only s3:// means S3
+    with pytest.raises(ValueError, match="not an S3 URL"):
+        open_store("s3:///no-bucket")
+
+
+def test_open_job_stores_shares_one_client_and_names_the_bad_setting(tmp_path: Path) -> None:
+    source, dest = open_job_stores(
+        "s3://b/in", "s3://b/in/out", endpoint_url="http://127.0.0.1:9", spool_dir=None, max_input_bytes=1024
+    )
+    assert source.client is dest.client and source.max_bytes == 1024 and source._skip_prefix == "in/out/"
+    with pytest.raises(ConfigError, match="^out: not an S3 URL"):
+        open_job_stores(str(tmp_path), "s3://", endpoint_url=None, spool_dir=None, max_input_bytes=None)
+    with pytest.raises(ConfigError, match="^source: not an S3 URL"):
+        open_job_stores("s3://", str(tmp_path), endpoint_url=None, spool_dir=None, max_input_bytes=None)
+
+
+@pytest.mark.parametrize(
+    ("source", "dest"),
+    [("in", "in"), ("in", "in/"), ("in", "in/sub/.."), ("s3://b/in", "s3://b/in/"), ("s3://b/in", "s3://b//in")],
+)
+def test_dest_that_is_source_itself_is_refused(tmp_path: Path, source: str, dest: str) -> None:
+    (tmp_path / "in" / "sub").mkdir(parents=True)
+    if not source.startswith("s3://"):
+        source, dest = str(tmp_path / source), str(tmp_path / dest)
+    with pytest.raises(ConfigError, match="out: DEST is SOURCE itself"):
+        open_job_stores(source, dest, endpoint_url="http://127.0.0.1:9", spool_dir=None, max_input_bytes=None)
+
+
+def test_a_missing_local_source_stops_the_job_when_opened(tmp_path: Path) -> None:
+    with pytest.raises(EnvironmentProblem, match="SOURCE is not a readable folder"):
+        open_job_stores(
+            str(tmp_path / "nope"), str(tmp_path / "out"), endpoint_url=None, spool_dir=None, max_input_bytes=None
+        )
+
+
+def test_a_local_source_skips_a_local_dest_inside_it_only(tmp_path: Path) -> None:
+    touch(tmp_path, "a.wav", "out/a.wav.json", "out/old.wav")
+    source, _ = open_job_stores(
+        str(tmp_path), str(tmp_path / "out"), endpoint_url=None, spool_dir=None, max_input_bytes=None
+    )
+    assert keys(source) == ["a.wav"]
+    elsewhere = open_store(str(tmp_path), skip="s3://b/out")  # another kind of place is never inside a folder
+    assert keys(elsewhere) == ["a.wav", "out/old.wav"]
+
+
+# --- scanning a folder --------------------------------------------------------------------------------------
+
+
+def test_scan_is_recursive_sorted_and_by_media_extension(tmp_path: Path) -> None:
+    touch(tmp_path, "b/x.wav", "a/x.wav", "a/x.mp3", "a/clip.MP4", "notes.txt", "c/d/e.opus", "talk.webm", "z.mkv")
+    assert keys(LocalStore(tmp_path)) == [
+        "a/clip.MP4",
+        "a/x.mp3",
+        "a/x.wav",
+        "b/x.wav",
+        "c/d/e.opus",
+        "talk.webm",
+        "z.mkv",
+    ]
+
+
+def test_hidden_files_and_folders_are_never_taken(tmp_path: Path) -> None:
+    touch(tmp_path, ".hidden.wav", ".cache/a.wav", "ok.wav", "sub/.partial.mp3")
+    assert keys(LocalStore(tmp_path)) == ["ok.wav"]
+
+
+def test_links_leaving_source_are_not_followed(tmp_path: Path) -> None:
+    source, outside = tmp_path / "in", tmp_path / "outside"
+    touch(source, "real.wav")
+    touch(outside, "secret.wav", "dir/deep.wav")
+    (source / "escape.wav").symlink_to(outside / "secret.wav")
+    (source / "escape_dir").symlink_to(outside / "dir")
+    (source / "inner.wav").symlink_to(source / "real.wav")
+    (source / "loop").symlink_to(source)
+    assert keys(LocalStore(source)) == ["inner.wav", "real.wav"]
+
+
+def test_dest_inside_source_is_skipped(tmp_path: Path) -> None:
+    touch(tmp_path, "a.wav", "out/a.wav.json", "out/old.wav")
+    assert keys(LocalStore(tmp_path, skip=tmp_path / "out")) == ["a.wav"]
+
+
+def test_include_and_exclude_globs_apply_to_keys(tmp_path: Path) -> None:
+    touch(tmp_path, "calls/2024/a.wav", "calls/2024/b.mp3", "drafts/c.wav", "raw/d.pcm")
+    source = LocalStore(tmp_path)
+    assert keys(source, include=("*.wav",)) == ["calls/2024/a.wav", "drafts/c.wav"]
+    assert keys(source, exclude=("drafts/*",)) == ["calls/2024/a.wav", "calls/2024/b.mp3"]
+    assert keys(source, include=("raw/*",)) == ["raw/d.pcm"]  # include can take any extension
+
+
+def test_globs_ignore_case_as_the_extension_filter_does(tmp_path: Path) -> None:
+    touch(tmp_path, "Calls/A.WAV", "calls/b.Mp3", "Drafts/c.wav")
+    source = LocalStore(tmp_path)
+    assert keys(source) == ["Calls/A.WAV", "Drafts/c.wav", "calls/b.Mp3"]
+    assert keys(source, include=("*.wav",)) == ["Calls/A.WAV", "Drafts/c.wav"]
+    assert keys(source, include=("calls/*",), exclude=("*.MP3",)) == ["Calls/A.WAV"]
+    assert keys(source, exclude=("drafts/*",)) == ["Calls/A.WAV", "calls/b.Mp3"]
+
+
+def test_listing_counts_what_it_found_and_what_it_took(tmp_path: Path) -> None:
+    from batch.storage import ListingCounts
+
+    touch(tmp_path, "a.wav", "b.txt", ".hidden.wav", "c/d.mp3")
+    counts = ListingCounts()
+    assert keys(LocalStore(tmp_path), exclude=("c/*",), counts=counts) == ["a.wav"]
+    assert (counts.listed, counts.selected) == (3, 1)
+
+
+def test_a_single_file_source_lists_that_file_alone(tmp_path: Path) -> None:
+    from batch.storage import open_source
+
+    touch(tmp_path, "calls/a.wav", "calls/b.wav", "calls/notes.dat")
+    single = open_source(str(tmp_path / "calls" / "notes.dat"))
+    single.check_readable()
+    assert keys(single) == ["notes.dat"] and single.location == str(tmp_path / "calls" / "notes.dat")
+    assert keys(single, exclude=("*.dat",)) == []
+    item = next(single.list())
+    assert single.fingerprint(item).startswith("sha256:") and single.open(item.key).read() == b"x" * 10
+    assert keys(open_source(str(tmp_path / "calls"))) == ["a.wav", "b.wav"]  # a folder is scanned as before
+    assert isinstance(open_store(str(tmp_path / "calls" / "a.wav")), LocalStore)  # DEST is never a file's folder
+    assert open_store(str(tmp_path / "calls" / "a.wav")).root == tmp_path / "calls" / "a.wav"
+
+
+def test_unicode_and_spaces_survive(tmp_path: Path) -> None:
+    touch(tmp_path, "Интервью/встреча 1.wav", "été & co/a+b=c%.mp3")
+    assert keys(LocalStore(tmp_path)) == ["été & co/a+b=c%.mp3", "Интервью/встреча 1.wav"]
+    assert is_selected("été & co/a+b=c%.mp3")
+
+
+def test_missing_source_is_an_environment_error(tmp_path: Path) -> None:
+    with pytest.raises(EnvironmentProblem, match="SOURCE is not a readable folder"):
+        LocalStore(tmp_path / "nope").check_readable()
+    with pytest.raises(EnvironmentProblem, match="DEST is not a readable folder"):
+        LocalStore(tmp_path / "nope").check_readable("DEST")
+
+
+def test_list_names_gives_any_name_below_a_folder_but_hidden_ones(tmp_path: Path) -> None:
+    touch(
+        tmp_path,
+        "a.wav.manifest.json",
+        "a.wav.json",
+        "deep/b.mp3.manifest.json",
+        "_runs/r1.json",
+        "_runsx.json",
+        "_runs/old/r0.json",
+        ".a.wav.manifest.json.k2j3.tmp",
+        ".trash/c.wav.manifest.json",
+    )
+    store = LocalStore(tmp_path)
+    assert list(store.list_names(suffix=".manifest.json")) == ["a.wav.manifest.json", "deep/b.mp3.manifest.json"]
+    assert list(store.list_names("_runs", ".json")) == ["_runs/old/r0.json", "_runs/r1.json"]
+    assert list(store.list_names("_runs/")) == ["_runs/old/r0.json", "_runs/r1.json"]
+    assert list(store.list_names("nothing-here")) == []
+    assert list(LocalStore(tmp_path / "missing").list_names()) == []
+
+
+# --- writing a folder ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", ["../x.wav", "a/../../x.wav", "", "/", "a/\x00.wav"])
+def test_unsafe_keys_are_refused(key: str) -> None:
+    with pytest.raises(ValueError):
+        safe_relative(key)
+
+
+def test_odd_but_safe_keys_stay_inside(tmp_path: Path) -> None:
+    dest = LocalStore(tmp_path)
+    assert dest.path("a//b.wav") == tmp_path / "a" / "b.wav"
+    assert dest.path("/lead.wav") == tmp_path / "lead.wav"
+
+
+def test_atomic_write_replaces_whole_and_leaves_no_temporary(tmp_path: Path) -> None:
+    dest = LocalStore(tmp_path)
+    dest.write_bytes("a/b.wav.json", b"first")
+    dest.write_bytes("a/b.wav.json", b"second")
+    assert (tmp_path / "a" / "b.wav.json").read_bytes() == b"second"
+    assert os.listdir(tmp_path / "a") == ["b.wav.json"]
+
+
+def test_failed_write_keeps_the_old_file_and_no_temporary(tmp_path: Path) -> None:
+    dest = LocalStore(tmp_path)
+    dest.write_bytes("x.json", b"old")
+
+    class Boom:
+        def __len__(self) -> int:
+            raise RuntimeError("disk on fire")
+
+    with pytest.raises(TypeError):
+        dest.write_bytes("x.json", Boom())  # type: ignore[arg-type]
+    assert (tmp_path / "x.json").read_bytes() == b"old"
+    assert os.listdir(tmp_path) == ["x.json"]
+
+
+def test_unwritable_dest_is_an_environment_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(EnvironmentProblem, match="DEST is not writable"):
+        LocalStore(blocker / "out").check_writable()
+
+
+def test_read_exists_delete_and_exclusive_create(tmp_path: Path) -> None:
+    dest = LocalStore(tmp_path)
+    assert dest.read_bytes("a/b.json") is None and not dest.exists("a/b.json")
+    assert dest.create_exclusive("a/b.json", b"one") and not dest.create_exclusive("a/b.json", b"two")
+    data, version = dest.read_with_version("a/b.json")
+    assert data == b"one" and dest.exists("a/b.json")
+    assert not dest.replace_if_version("a/b.json", b"three", "stale")
+    assert dest.replace_if_version("a/b.json", b"three", version) and dest.read_bytes("a/b.json") == b"three"
+    dest.delete("a/b.json")
+    dest.delete("a/b.json")  # deleting what is gone is fine
+    assert not dest.exists("a/b.json") and os.listdir(tmp_path / "a") == []
+
+
+def test_fingerprint_follows_content_not_name_or_time(tmp_path: Path) -> None:
+    touch(tmp_path, "a.wav", "b.wav")
+    source = LocalStore(tmp_path)
+    first, second = list(source.list())
+    assert source.fingerprint(first) == source.fingerprint(second)
+    (tmp_path / "b.wav").write_bytes(b"y" * 10)
+    assert source.fingerprint(first) != source.fingerprint(list(source.list())[1])
+
+
+def test_outputs_get_the_usual_permissions_not_mkstemps_0600(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        LocalStore(tmp_path).write_bytes("a.json", b"{}")
+    finally:
+        os.umask(old)
+    from batch.storage.local import _UMASK
+
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o666 & ~_UMASK
+
+
+# --- output names -------------------------------------------------------------------------------------------
+
+# Keys that meet the spelling rules, and keys that look like what another key is spelled as.
+TRICKY_KEYS = [
+    "x.wav",
+    "a/x.wav",
+    "../x.wav",
+    "%2E%2E/x.wav",
+    "%252E%252E/x.wav",
+    "./x.wav",
+    "%2E/x.wav",
+    "%2F/x.wav",
+    "/x.wav",
+    "//x.wav",
+    "a//b.wav",
+    "a/%2F/b.wav",
+    "a/%2F%2F/b.wav",
+    "a/./b.wav",
+    "a/../b.wav",
+    "a/%2E%2E/b.wav",
+    "x.wav/",
+    "x.wav/.",
+    "x.wav/..",
+    "...",
+    ".../x.wav",
+    "%",
+    "%%",
+    "%25",
+    "%2",
+    "%2E",
+    "%2e",
+    "%2F",
+    "a%/b",
+    "a%2F/b",
+    "a/%",
+    ".",
+    "..",
+    "",
+    "/",
+    "//",
+    "100% done.wav",
+    "%7E.wav",
+    "~.wav",
+    "ü ñ/é 1+&=%.mp3",
+    "Интервью/встреча 1.wav",
+    "日本語/会議.m4a",
+    "emoji 🎙️.wav",
+    "e\u0301.wav",
+    "\u00e9.wav",
+    "tab\t.wav",
+    "line\nbreak.wav",
+    "back\\slash.wav",
+    os.fsdecode(b"caf\xe9 old share.mp3"),
+    os.fsdecode(b"%2E\xff/x.wav"),
+    os.fsdecode(b"\xe9\xe9/%25.wav"),
+]
+
+
+def test_output_names_are_injective_over_tricky_keys() -> None:
+    bases = {key: output_base(key) for key in TRICKY_KEYS}
+    assert len(set(TRICKY_KEYS)) == len(TRICKY_KEYS)
+    assert len(set(bases.values())) == len(bases), {b: [k for k in bases if bases[k] == b] for b in bases.values()}
+
+
+def test_output_names_are_injective_over_every_short_key_of_tricky_pieces() -> None:
+    pieces = ["", ".", "..", "%", "%2E", "%2F", "%25", "a", "/"]
+    seen: dict[str, str] = {}
+    for first in pieces:
+        for second in pieces:
+            for third in pieces:
+                key = first + second + third
+                base = output_base(key)
+                assert seen.setdefault(base, key) == key, f"{key!r} and {seen[base]!r} share {base!r}"
+
+
+@pytest.mark.parametrize("key", TRICKY_KEYS)
+def test_output_names_never_leave_dest_and_keep_other_characters(tmp_path: Path, key: str) -> None:
+    base = output_base(key)
+    assert all(part not in ("", ".", "..") for part in base.split("/")) and base.count("/") == key.count("/")
+    assert safe_relative(base).as_posix() == base  # a plain relative path: written exactly there, inside DEST
+    assert (tmp_path / base).resolve().is_relative_to(tmp_path.resolve())
+    plain = [part.replace("%", "%25") for part in key.split("/") if part not in ("", ".", "..")]
+    assert plain == [part for part in base.split("/") if part not in ("%2F", "%2E", "%2E%2E")]
+
+
+def test_output_names_spell_only_percent_and_dot_or_empty_components() -> None:
+    assert output_base("calls/été 1+&=.wav") == "calls/été 1+&=.wav"
+    assert output_base("../x.wav") == "%2E%2E/x.wav"
+    assert output_base("%2E%2E/x.wav") == "%252E%252E/x.wav"
+    assert output_base("a//b.wav") == "a/%2F/b.wav" and output_base("/lead.wav") == "%2F/lead.wav"
+    assert output_base("./x.wav") == "%2E/x.wav" and output_base("100% done.wav") == "100%25 done.wav"
+    assert output_base("...") == "..."  # not a dot segment
