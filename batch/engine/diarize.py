@@ -31,6 +31,7 @@ class Diarizer:
     def __init__(self, model: str, device: str, token: str | None, cache_dir: str | None, offline: bool):
         self.model_name = model
         self._pipeline = load_diarization(model, device, token, cache_dir, offline)
+        self.shared_trunk = share_the_embedding_trunk(self._pipeline.model)
 
     def turns(
         self, audio: np.ndarray, num: int | None, low: int | None, high: int | None, batch_size: int | None = None
@@ -61,6 +62,20 @@ def load_diarization(model: str, device: str, token: str | None, cache_dir: str 
     except Exception as exc:
         log.debug("pyannote printed: %s", printed.getvalue().strip())
         raise EnvironmentProblem(diarization_failure_message(model, exc, offline)) from exc
+
+
+def share_the_embedding_trunk(pipeline: Any) -> bool:
+    """One pass of the speaker-embedding network per window instead of one per local speaker (community-1 has
+    three): the same turns for a third of the embedding work (batch.engine.speaker_embeddings). Pipelines whose
+    embedding model is not a WeSpeaker ResNet keep pyannote's own method."""
+    from pyannote.audio.pipelines.speaker_diarization import SpeakerDiarization
+
+    from batch.engine.speaker_embeddings import supports_shared_trunk, use_shared_trunk_embeddings
+
+    if not isinstance(pipeline, SpeakerDiarization) or not supports_shared_trunk(pipeline):
+        return False
+    use_shared_trunk_embeddings(pipeline)
+    return True
 
 
 def diarization_failure_message(model: str, exc: BaseException, offline: bool) -> str:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 from batch.engine.config import PipelineConfig
@@ -23,7 +25,7 @@ class Finisher:
         return list(self._aligner.loads) if self._aligner is not None else []
 
     def finish(self, outcome: FileOutcome) -> None:
-        with self._lock:
+        with self._lock, self._torch_threads():
             stopwatch = outcome.file.stopwatch
             if self.config.align.enabled:
                 with stopwatch.stage("align"):
@@ -31,6 +33,24 @@ class Finisher:
             if self.config.diarize.enabled:
                 with stopwatch.stage("diarize"):
                     self._diarize(outcome)
+
+    @contextlib.contextmanager
+    def _torch_threads(self) -> Iterator[None]:
+        """Every core for wav2vec2 and pyannote. On the CPU torch is held to one thread for the VAD (batch.engine.
+        loading), and the stages run in turn on one thread: while a file is finished nothing else runs, so the
+        finishing stages take every core the ASR would, and hand them back after."""
+        runtime = self.config.runtime
+        if runtime.device != "cpu" or runtime.threads <= 1:
+            yield
+            return
+        import torch
+
+        held = torch.get_num_threads()
+        torch.set_num_threads(runtime.threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(held)
 
     def _align(self, outcome: FileOutcome) -> None:
         """Time every word; when that cannot be done the segment timings stay and the reason is recorded."""

@@ -108,6 +108,13 @@ class RunMetrics(Collector):
             yield self._gauge(
                 "run_duration_seconds", "Wall seconds of the run so far (of the whole run once it has ended).", wall
             )
+            if wall:
+                yield self._family(
+                    GaugeMetricFamily,
+                    "stage_busy_share",
+                    "Each stage's seconds over the run's wall seconds so far (stages side by side add up past 1).",
+                    [({"stage": stage}, seconds / wall) for stage, seconds in stage_seconds.items()],
+                )
             if audio and wall:
                 yield self._gauge("realtime_factor", "Audio seconds transcribed per wall second.", audio / wall)
 

@@ -6,6 +6,7 @@ Realtime is one figure everywhere: audio seconds per wall second (`realtime_fact
 from __future__ import annotations
 
 import secrets
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -86,6 +87,7 @@ class RunReport(Record):
     model_load_seconds: float | None = None
     startup_seconds: float | None = None  # from the run's start to its first ASR batch (listing, decode, loading)
     model_seconds: float = 0.0  # time the models worked; the rest of the run they waited for input or output
+    stage_seconds: dict[str, float] = {}  # per stage (decode, vad, asr, align, diarize, write...), summed over files
     asr: AsrFigures | None = None
     words_untimed: list[UntimedWords] = []
     alignment_models_loaded: list[str] = []
@@ -103,6 +105,19 @@ class RunReport(Record):
             "failed": len(self.failed),
             "claimed_elsewhere": len(self.claimed_elsewhere),
         }
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def stage_busy_share(self) -> dict[str, float]:
+        """Each stage's seconds over the run's wall seconds: which stage the run spends its time in. Stages that
+        run side by side (decoding ahead, on a GPU the VAD and finishing beside the ASR) can add up to more than 1."""
+        if not self.wall_seconds:
+            return {}
+        return {stage: round(seconds / self.wall_seconds, 4) for stage, seconds in self.stage_seconds.items()}
+
+    def add_stage_seconds(self, timings: Mapping[str, float]) -> None:
+        for stage, seconds in timings.items():
+            self.stage_seconds[stage] = round(self.stage_seconds.get(stage, 0.0) + seconds, 4)
 
     @computed_field  # type: ignore[prop-decorator]
     @property

@@ -70,6 +70,7 @@ class Tally:
             audio_seconds, wall = manifest.audio_seconds or 0.0, sum(manifest.timings.values())
             self.report.audio_seconds += audio_seconds
             event = FileEvent(item.key, "succeeded", audio_seconds, wall, timings=dict(manifest.timings))
+            self.report.add_stage_seconds(manifest.timings)
             log.info(
                 "succeeded: %.1f s of audio in %.1f s (%s)",
                 audio_seconds,
@@ -94,6 +95,7 @@ class Tally:
         timings = dict(manifest.timings) if manifest else {}
         audio_seconds = (manifest.audio_seconds or 0.0) if manifest else 0.0
         event = FileEvent(item.key, "failed", audio_seconds, sum(timings.values()), error.type, timings)
+        self.report.add_stage_seconds(timings)
         log.warning("failed: %s: %s", error.type, error.message, extra={"fields": event.fields()})
         self.on_file(event)
 

@@ -342,3 +342,34 @@ def test_models_pull_caches_everything_named_and_reports_failures(
     missing = cli("models", "pull", "--model", "large-v3", "--model-dir", cache, "--no-align")
     assert missing.exit_code == 3
     assert "ASR model 'large-v3' is not in the model cache" in missing.stdout
+
+
+def test_on_the_cpu_words_and_speakers_get_every_core_and_the_vad_one(
+    cli, call_folder: Path, tmp_path: Path, tiny_en: str, align_en: str, diarization: str, monkeypatch
+) -> None:
+    """torch is held to one thread on the CPU for the VAD; wav2vec2 and pyannote run while nothing else does, on
+    every thread the run has (the whisperx command line gives them every core too)."""
+    import torch
+
+    from batch.engine.align import Aligner
+    from batch.engine.diarize import Diarizer
+    from batch.engine.vad import PyannoteDetector
+
+    seen: dict[str, set[int]] = {"align": set(), "diarize": set(), "vad": set()}
+
+    def spy(cls: type, method: str, stage: str) -> None:
+        real = getattr(cls, method)
+
+        def counted(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            seen[stage].add(torch.get_num_threads())
+            return real(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, method, counted)
+
+    spy(Aligner, "align", "align")
+    spy(Diarizer, "turns", "diarize")
+    spy(PyannoteDetector, "speech_chunks", "vad")
+    args = ("--model", tiny_en, "--align-model", align_en, "--diarize", "--diarize-model", diarization)
+    result = cli("run", call_folder, "--out", tmp_path / "out", *args, "--device", "cpu", "--threads", "2")
+    assert result.exit_code == 0, result.stderr
+    assert seen == {"align": {2}, "diarize": {2}, "vad": {1}}

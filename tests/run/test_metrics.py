@@ -158,6 +158,8 @@ def test_the_textfile_holds_the_runs_figures_and_a_rerun_its_skips(source: Path,
     assert value(families, "whisperx_batch_stage_seconds_total", stage="decode") > 0
     assert value(families, "whisperx_batch_stage_seconds_total", stage="asr") == pytest.approx(0.03)  # 0.01 a file
     assert value(families, "whisperx_batch_stage_seconds_total", stage="diarize") == 0  # listed though not run
+    assert value(families, "whisperx_batch_stage_busy_share", stage="asr") == pytest.approx(0.03 / report.wall_seconds)
+    assert value(families, "whisperx_batch_stage_busy_share", stage="diarize") == 0
     assert value(families, "whisperx_batch_asr_batches_total") == pipeline.stats().asr_batches == 2
     assert value(families, "whisperx_batch_asr_batch_fill") == 1.5
     assert value(families, "whisperx_batch_run_exit_code") == 0
@@ -357,6 +359,7 @@ def test_the_gpu_figures_come_from_the_pipeline_records_and_nvml() -> None:
     assert value(families, "whisperx_batch_model_load_seconds") == 4.5
     assert value(families, "whisperx_batch_asr_chunks_total") == 40
     assert value(families, "whisperx_batch_stage_seconds_total", stage="decode") == pytest.approx(0.6)
+    assert value(families, "whisperx_batch_stage_busy_share", stage="decode") == pytest.approx(0.6 / 60)
     assert value(families, "whisperx_batch_realtime_factor") == 2.0  # 120 s of audio in 60 s
     assert value(families, "whisperx_batch_run_end_timestamp_seconds") - value(
         families, "whisperx_batch_run_start_timestamp_seconds"

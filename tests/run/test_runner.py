@@ -50,6 +50,12 @@ def test_every_file_is_written_and_a_rerun_skips_it(source: Path, tmp_path: Path
     stored = RunReport.decode(next((out / "_runs").glob("*.json")).read_bytes())
     assert stored is not None and stored.counts["succeeded"] == 5 and stored.asr is not None
     assert stored.asr.batches == 3 and stored.asr.batch_fill == pytest.approx(5 / 3, abs=0.001)
+    # each stage's seconds summed over the files' manifests, and its share of the run's wall time
+    manifests = [manifest(out, key) for key in report.succeeded]
+    for stage in ("decode", "asr", "write"):
+        assert stored.stage_seconds[stage] == pytest.approx(sum(m.timings[stage] for m in manifests), abs=1e-3)
+    assert stored.stage_seconds["asr"] == pytest.approx(0.05, abs=1e-3)  # the fake's 0.01 s a file
+    assert stored.stage_busy_share["asr"] == pytest.approx(0.05 / stored.wall_seconds, rel=0.01)
 
     again = FakePipeline()
     rerun = job(source, out, again).run()
