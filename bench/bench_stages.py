@@ -51,9 +51,9 @@ def main() -> None:
 
     import torch
 
-    torch.set_num_threads(args.threads)
     corpus = ensure_corpus(args.corpus, DEFAULT_ROOT, args.scale)
     inputs = transcribed(corpus)
+    torch.set_num_threads(args.threads)  # after the ASR: loading it held torch to one thread for its VAD
     stages = args.stage or ["align", "diarize"]
     if "align" in stages:
         compare_alignment(inputs, corpus, args.runs, args.threads)

@@ -16,9 +16,10 @@ machine's speed hits every tool alike: runner, CLI, ceiling, ceiling, CLI, runne
 
 Per corpus it prints a table (markdown, also written to out/bench/results.md; raw figures in results.json):
 wall seconds of each run and their mean, realtime factor (audio seconds per wall second), CLI mean / tool mean,
-WER against the references (bench/score.py), and for the runner the batch fill (report["asr"]["batch_fill"],
-mean items per ASR batch) and the model-busy share (report["model_busy_share"]) from its run report, "n/a" when
-the report lacks them. Then the targets beside the figures: runner >= 1.8x the CLI on MIXED and >= 2x on SHORT,
+WER against the references (bench/score.py), the largest peak resident memory of the tool's runs (the kernel's
+count for the process, from wait4), and for the runner the batch fill (report["asr"]["batch_fill"], mean items
+per ASR batch) and the model-busy share (report["model_busy_share"]) from its run report, "n/a" when the report
+lacks them. Then the targets beside the figures: runner >= 1.8x the CLI on MIXED and >= 2x on SHORT,
 WER within 0.5 points of the CLI's, batch fill >= 90 % of the batch size on SHORT, model busy >= 95 %.
 
 With `--pipeline align`, `diarize` or `both` (repeatable; `asr` is the default), each tool also times words and/or
@@ -61,6 +62,7 @@ from bench.tools import (
     ceiling_timings,
     command,
     report_figures,
+    run_measured,
     run_report,
     run_timed,
     texts,
@@ -176,12 +178,14 @@ def measure(corpus: Corpus, order: list[str], setup: Setup, folder: Path, timeou
         out = folder / f"{tool}{number}"
         load_before = os.getloadavg()[0]
         try:
-            wall = run_timed(command(tool, setup, corpus, out), folder / f"{tool}{number}.log", out, timeout)
+            measured = run_measured(command(tool, setup, corpus, out), folder / f"{tool}{number}.log", out, timeout)
         except RunFailed as exc:
             sys.exit(f"{corpus.name}: {TOOL_NAMES[tool]} run {number} failed: {exc}")
+        wall = measured.seconds
         hypotheses = texts(tool, corpus, out)
         record: dict[str, Any] = {
             "wall_seconds": round(wall, 2),
+            "peak_rss_bytes": measured.peak_rss_bytes,
             "seconds": round(wall, 2),  # the figure compared: process wall, or model time for the ceiling
             "wer_percent": round(wer_percent(references, hypotheses), 2),
             "missing_transcripts": sum(1 for text in hypotheses if not text),
@@ -243,8 +247,8 @@ def render_corpus(corpus: Corpus, result: dict[str, Any], stages: str = "asr") -
         "| tool | "
         + " | ".join(f"run {i + 1} s" for i in range(count))
         + (" | mean s" if count > 1 else "")
-        + " | x realtime | CLI / tool | WER % | batch fill | model busy |",
-        "|---|" + "---:|" * (count + (1 if count > 1 else 0) + 5),
+        + " | x realtime | CLI / tool | WER % | peak RSS | batch fill | model busy |",
+        "|---|" + "---:|" * (count + (1 if count > 1 else 0) + 6),
     ]
     for tool, records in runs.items():
         cells = [f"{r['seconds']:.1f}" for r in records] + [""] * (count - len(records))
@@ -252,6 +256,8 @@ def render_corpus(corpus: Corpus, result: dict[str, Any], stages: str = "asr") -
             cells.append(f"{means[tool]:.1f}")
         ratio = means["cli"] / means[tool] if "cli" in means and means[tool] else None
         cells += [f"{audio / means[tool]:.1f}", fmt(ratio, "{:.2f}x"), fmt(wers[tool], "{:.1f}")]
+        peak = max((r.get("peak_rss_bytes") or 0 for r in records), default=0)
+        cells.append(f"{peak / 2**30:.2f} GiB" if peak else "n/a")
         if tool == "runner":
             fill, size = mean([r["batch_fill"] for r in records]), mean([r["batch_size"] for r in records])
             busy = mean([r["model_busy_share"] for r in records])

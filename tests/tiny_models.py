@@ -47,8 +47,12 @@ def build_tiny_align_model(
     conv_kernel: tuple = (10, 8, 4),
     conv_stride: tuple = (5, 8, 8),
     seed: int = 0,
+    feat_extract_norm: str = "group",
 ) -> Path:
     """Write a random-init ``Wav2Vec2ForCTC`` + ``Wav2Vec2Processor`` folder.
+
+    ``feat_extract_norm``: "group" as wav2vec2-base (the first conv layer normalises each channel over the whole
+    input), or "layer" as the XLSR models (every conv layer normalises each frame; stable layer norm).
 
     Vocab: ``<pad>``=0 (CTC blank; whisperx picks the id of '<pad>'/'[pad]'
     as blank), ``<s>``, ``</s>``, ``<unk>``, ``|`` (word delimiter), then
@@ -105,8 +109,8 @@ def build_tiny_align_model(
         conv_stride=tuple(conv_stride),
         num_conv_pos_embeddings=16,
         num_conv_pos_embedding_groups=min(16, hidden_size),
-        feat_extract_norm="group",
-        do_stable_layer_norm=False,
+        feat_extract_norm=feat_extract_norm,
+        do_stable_layer_norm=feat_extract_norm == "layer",
         apply_spec_augment=False,
         pad_token_id=vocab["<pad>"],
         bos_token_id=vocab["<s>"],

@@ -1,9 +1,13 @@
 """How the program ends on SIGTERM and SIGINT outside a run's own handling (`batch.cli.console.graceful_stop`):
-always with an exit code that docs/reruns-and-exit-codes.md lists. Light on imports: the entry point loads it."""
+always with an exit code that docs/reruns-and-exit-codes.md lists, and at once, as the signal's default would."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 import signal
+import sys
 from typing import Any
 
 # The run's exit code once all its work is written: what a signal that comes after it exits with.
@@ -12,17 +16,22 @@ _exit_code_when_over: int | None = None
 
 def exit_cleanly_on_signals() -> None:
     """For the whole life of the program (its entry point calls this first): SIGTERM, and SIGINT once the run is
-    over, end the process with an exit code that docs/reruns-and-exit-codes.md lists, never by the signal itself
-    (a parent would see -15). Before a run: 143 (SIGINT stays Python's KeyboardInterrupt, said as 130). During a
-    run, `graceful_stop` handles them. After it, with all work written: the run's own code, the one its summary
-    says. Process-wide, so not for a program that runs the app in-process."""
+    over, end the process at once with an exit code that docs/reruns-and-exit-codes.md lists, never by the signal
+    itself (a parent would see -15). Before a run: 143 (SIGINT stays Python's KeyboardInterrupt, said as 130).
+    During a run, `graceful_stop` handles them. After it, with all work written: the run's own code, the one its
+    summary says. The process ends without waiting for library threads (a model download's workers would hold a
+    SystemExit until they finish), as the default action did, its output flushed first. Process-wide, so not for
+    a program that runs the app in-process."""
 
     def on_signal(signum: int, _frame: Any) -> None:
-        if _exit_code_when_over is not None:
-            raise SystemExit(_exit_code_when_over)
-        if signum == signal.SIGINT:
+        if _exit_code_when_over is None and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        raise SystemExit(128 + signum)
+        code = _exit_code_when_over if _exit_code_when_over is not None else 128 + signum
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing more can be said there anyway
+                stream.flush()
+        os._exit(code)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)

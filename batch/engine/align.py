@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from batch.common.errors import FileFailure, redact
+from batch.engine.oom import is_out_of_memory
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +70,10 @@ class Aligner:
         return self.per_language.get(language) or self.model_name or default_align_model(language)
 
     def align(
-        self, segments: list[dict[str, Any]], audio: np.ndarray, language: str
+        self, segments: list[dict[str, Any]], audio: np.ndarray, language: str, batch_size: int = 1
     ) -> tuple[list[dict[str, Any]], AlignmentOutcome]:
+        """Every word of `segments` timed (segments kept as they are, with the reason, when that cannot be done);
+        `batch_size` segments per forward where that leaves the emissions as they are (word_timing)."""
         name = self.model_for(language)
         if name is None:
             reason = f"no alignment model for language '{language}' (give one with --align-model)"
@@ -81,8 +84,10 @@ class Aligner:
 
         try:
             ensure_punkt(language, punkt_root(self.cache_dir))
-            result = align(segments, model, metadata, audio, self.device, return_char_alignments=False)
+            result = align(segments, model, metadata, audio, self.device, batch_size=batch_size)
         except Exception as exc:
+            if is_out_of_memory(exc):
+                raise  # the caller backs off to a smaller batch
             raise AlignmentUnavailable(f"alignment with {name} failed: {redact(str(exc))}") from exc
         return tidy_segments(result["segments"]), AlignmentOutcome("aligned", model=name)
 

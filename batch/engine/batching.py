@@ -121,8 +121,7 @@ class _StageState:
 class BatchSizer:
     """Chooses each stage's batch size from free GPU memory; remembers out-of-memory lowerings across files.
 
-    `ceiling` (the configured batch size) caps every stage but those given their own in `ceilings`; a stage
-    that cannot batch (whisperx aligns one segment at a time) gets 1, so its guard fails at once, clearly.
+    `ceiling` (the configured batch size) caps every stage but those given their own in `ceilings`.
 
     A lowered size grows back (doubles, up to the ceiling) once the stage has run `regrow_after_successes`
     times and `regrow_after_seconds` have passed since the last change, and only when the doubled size's
@@ -167,8 +166,8 @@ class BatchSizer:
         reserve_bytes: int = DEFAULT_RESERVE_BYTES,
         clock: Callable[[], float] = time.monotonic,
     ) -> BatchSizer:
-        """A sizer seeded from the table for this Whisper model and compute type; alignment capped at 1."""
-        return cls(ceiling, seed_item_bytes(model, compute_type), probe, reserve_bytes, clock, ceilings={"align": 1})
+        """A sizer seeded from the table for this Whisper model and compute type."""
+        return cls(ceiling, seed_item_bytes(model, compute_type), probe, reserve_bytes, clock)
 
     def plan(self, stage: str) -> BatchPlan:
         """The batch size for `stage` now: the largest, up to the ceiling and any lowering, that fits; at least 1."""

@@ -72,9 +72,13 @@ def share_the_embedding_trunk(pipeline: Any) -> bool:
 
     from batch.engine.speaker_embeddings import supports_shared_trunk, use_shared_trunk_embeddings
 
-    if not isinstance(pipeline, SpeakerDiarization) or not supports_shared_trunk(pipeline):
+    try:
+        if not isinstance(pipeline, SpeakerDiarization) or not supports_shared_trunk(pipeline):
+            return False
+        use_shared_trunk_embeddings(pipeline)
+    except Exception as exc:  # a speed-up only (it reads pyannote internals): never the reason a file fails
+        log.warning("speaker embeddings: pyannote's own method is used (%s: %s)", type(exc).__name__, exc)
         return False
-    use_shared_trunk_embeddings(pipeline)
     return True
 
 

@@ -36,33 +36,50 @@ class Finisher:
 
     @contextlib.contextmanager
     def _torch_threads(self) -> Iterator[None]:
-        """Every core for wav2vec2 and pyannote. On the CPU torch is held to one thread for the VAD (batch.engine.
-        loading), and the stages run in turn on one thread: while a file is finished nothing else runs, so the
-        finishing stages take every core the ASR would, and hand them back after."""
+        """Every core for wav2vec2 and pyannote, and their large blocks handed back to the kernel when freed. On the
+        CPU torch is held to one thread for the VAD (batch.engine.loading), and the stages run in turn on one
+        thread: while a file is finished nothing else runs, so the finishing stages take every core the ASR would,
+        and hand them back after (see batch.common.runtime.large_blocks_mapped for the memory)."""
         runtime = self.config.runtime
-        if runtime.device != "cpu" or runtime.threads <= 1:
+        if runtime.device != "cpu":
             yield
             return
         import torch
 
+        from batch.common.runtime import large_blocks_mapped
+
         held = torch.get_num_threads()
         torch.set_num_threads(runtime.threads)
         try:
-            yield
+            with large_blocks_mapped():
+                yield
         finally:
             torch.set_num_threads(held)
 
     def _align(self, outcome: FileOutcome) -> None:
         """Time every word; when that cannot be done the segment timings stay and the reason is recorded."""
         from batch.engine.align import AlignmentOutcome, AlignmentUnavailable
+        from batch.engine.oom import GpuOutOfMemory, run_with_oom_backoff
 
         if not outcome.segments or outcome.language is None:
             outcome.alignment = AlignmentOutcome("no_speech").to_dict()
             return
         aligner = self._load_aligner()
-        assert outcome.file.audio is not None
+        audio, segments, language = outcome.file.audio, outcome.segments, outcome.language
+        assert audio is not None
         try:
-            outcome.segments, result = aligner.align(outcome.segments, outcome.file.audio, outcome.language)
+            if self.config.runtime.device == "cpu":  # one segment a forward: it keeps the cores busy, bit for bit
+                outcome.segments, result = aligner.align(segments, audio, language)
+            else:
+                (outcome.segments, result), outcome.gpu["align"] = run_with_oom_backoff(
+                    "align",
+                    self.sizer,
+                    lambda size: aligner.align(segments, audio, language, size),
+                    items=len(segments),
+                )
+        except GpuOutOfMemory as exc:
+            outcome.gpu["align"] = exc.record
+            raise
         except AlignmentUnavailable as problem:
             model = aligner.model_for(outcome.language)
             result, outcome.error = AlignmentOutcome("failed", model=model, reason=str(problem)), problem

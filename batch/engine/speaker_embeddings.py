@@ -75,7 +75,12 @@ def pooling_masks(
     As in ``SpeakerDiarization.get_embeddings``: with ``exclude_overlap``, overlapped frames are zeroed unless
     fewer than ``min_num_frames`` clean frames would be left; NaN (partial stitching) becomes 0.
     """
-    data = binary_segmentations.data
+    return window_masks(binary_segmentations.data, exclude_overlap, min_num_frames)
+
+
+def window_masks(data: np.ndarray, exclude_overlap: bool, min_num_frames: int) -> np.ndarray:
+    """`pooling_masks` of windows given as an array (chunks, frames, speakers): one window at a time keeps a long
+    file's masks from being copied whole several times over."""
     if exclude_overlap:
         clean = data * (1.0 * (np.sum(data, axis=2, keepdims=True) < 2))
     else:
@@ -95,32 +100,23 @@ def _min_num_frames(pipeline: SpeakerDiarization, binary_segmentations: SlidingW
     return math.ceil(num_frames * embedding.min_num_samples / num_samples)
 
 
-def _item_masks(
-    pipeline: SpeakerDiarization,
-    items: Sequence[tuple[AudioFile, SlidingWindowFeature]],
-    exclude_overlap: bool,
-) -> list[np.ndarray]:
-    masks = []
-    for _, segmentations in items:
-        min_num_frames = _min_num_frames(pipeline, segmentations) if exclude_overlap else -1
-        masks.append(pooling_masks(segmentations, exclude_overlap, min_num_frames))
-    return masks
-
-
-def _active_chunks(masks: np.ndarray) -> np.ndarray:
-    """Windows where some local speaker is active; the others need no trunk (see _silent_embedding)."""
-    return np.flatnonzero(masks.any(axis=(1, 2)))
+def _active_chunks(segmentations: SlidingWindowFeature) -> np.ndarray:
+    """Windows where some local speaker is active (their pooling weights are not all zero: the clean mask is used
+    only when it keeps frames); the others need no trunk (see _silent_embedding)."""
+    return np.flatnonzero((segmentations.data > 0).any(axis=(1, 2)))
 
 
 def _windows(
     pipeline: SpeakerDiarization,
     items: Sequence[tuple[AudioFile, SlidingWindowFeature]],
-    item_masks: Sequence[np.ndarray],
+    exclude_overlap: bool,
 ) -> Iterator[_Window]:
-    for item, ((file, segmentations), masks) in enumerate(zip(items, item_masks, strict=True)):
-        for chunk in _active_chunks(masks):
+    for item, (file, segmentations) in enumerate(items):
+        min_num_frames = _min_num_frames(pipeline, segmentations) if exclude_overlap else -1
+        for chunk in _active_chunks(segmentations):
             waveform, _ = pipeline._audio.crop(file, segmentations.sliding_window[chunk], mode="pad")
-            yield _Window(item, int(chunk), waveform, masks[chunk])
+            masks = window_masks(segmentations.data[chunk : chunk + 1], exclude_overlap, min_num_frames)[0]
+            yield _Window(item, int(chunk), waveform, masks)
 
 
 def _batches(windows: Iterator[_Window], batch_size: int) -> Iterator[list[_Window]]:
@@ -183,14 +179,14 @@ def shared_trunk_embeddings_many(
     fix_reproducibility(pipeline._embedding.device)  # TF32 off on CUDA, as pyannote's Pipeline.__call__ does
     batch_size = max(1, window_batch_size or pipeline.embedding_batch_size)
 
-    item_masks = _item_masks(pipeline, items, exclude_overlap)
     silent = _silent_embedding(model)
-    outputs = [np.tile(silent, (*masks.shape[:2], 1)) for masks in item_masks]
-    total = math.ceil(sum(len(_active_chunks(masks)) for masks in item_masks) / batch_size)
+    shapes = [(len(segmentations.data), segmentations.data.shape[2]) for _, segmentations in items]
+    outputs = [np.tile(silent, (*shape, 1)) for shape in shapes]
+    total = math.ceil(sum(len(_active_chunks(segmentations)) for _, segmentations in items) / batch_size)
     if hook is not None:
         hook("embeddings", None, total=total, completed=0)
 
-    for completed, batch in enumerate(_batches(_windows(pipeline, items, item_masks), batch_size), 1):
+    for completed, batch in enumerate(_batches(_windows(pipeline, items, exclude_overlap), batch_size), 1):
         waveforms = torch.stack([window.waveform for window in batch])
         masks = torch.from_numpy(np.stack([window.masks for window in batch]))
         embeddings = embed_windows(model, waveforms, masks)
@@ -219,23 +215,6 @@ def shared_trunk_embeddings(
     return shared_trunk_embeddings_many(pipeline, items, exclude_overlap, hook, window_batch_size=window_batch_size)[0]
 
 
-def _get_embeddings(
-    pipeline: SpeakerDiarization,
-    file: AudioFile,
-    binary_segmentations: SlidingWindowFeature,
-    exclude_overlap: bool = False,
-    hook: Hook | None = None,
-    *,
-    window_batch_size: int | None = None,
-) -> np.ndarray:
-    # Hyper-parameter tuning (training mode) reuses embeddings across trials: pyannote's method owns that cache.
-    if pipeline.training or not supports_shared_trunk(pipeline):
-        return SpeakerDiarization.get_embeddings(pipeline, file, binary_segmentations, exclude_overlap, hook)
-    return shared_trunk_embeddings(
-        pipeline, file, binary_segmentations, exclude_overlap, hook, window_batch_size=window_batch_size
-    )
-
-
 def use_shared_trunk_embeddings(
     pipeline: SpeakerDiarization, window_batch_size: int | None = None
 ) -> SpeakerDiarization:
@@ -257,7 +236,10 @@ def use_shared_trunk_embeddings(
         exclude_overlap: bool = False,
         hook: Hook | None = None,
     ) -> np.ndarray:
-        return _get_embeddings(
+        # Hyper-parameter tuning (training mode) reuses embeddings across trials: pyannote's method owns that cache.
+        if self.training:
+            return SpeakerDiarization.get_embeddings(self, file, binary_segmentations, exclude_overlap, hook)
+        return shared_trunk_embeddings(
             self, file, binary_segmentations, exclude_overlap, hook, window_batch_size=window_batch_size
         )
 

@@ -164,6 +164,81 @@ def segment_emission(
     return emissions[0].cpu().detach().numpy()
 
 
+def segment_emissions(
+    model: torch.nn.Module,
+    model_type: str,
+    audio: torch.Tensor,
+    plans: Sequence[SegmentPlan],
+    device: str,
+    batch_size: int = 1,
+) -> list[np.ndarray | None]:
+    """Step (b) for every alignable segment (None for the others). At `batch_size` 1, whisperx's forward, one
+    segment at a time. Larger batches are formed only where each segment's frames stay what its own forward
+    computes, up to float rounding: a Hugging Face model whose feature encoder normalises each frame (layer norm:
+    the XLSR models most languages use) reads a padded batch with an attention mask; one that normalises each
+    channel over the whole input (group norm: wav2vec2-base, whisperx's English default) would see the padding,
+    so only segments of the same length share its batches; torchaudio models run one segment at a time."""
+    emissions: list[np.ndarray | None] = [None] * len(plans)
+    alignable = [i for i, plan in enumerate(plans) if plan.samples is not None]
+    for group in forward_groups(model, model_type, plans, alignable, batch_size, audio.shape[-1]):
+        if len(group) == 1:
+            emissions[group[0]] = segment_emission(model, model_type, *segment_waveform(audio, plans[group[0]]), device)
+            continue
+        for i, emission in zip(group, batched_emissions(model, audio, [plans[i] for i in group], device), strict=True):
+            emissions[i] = emission
+    return emissions
+
+
+def frame_normalised(model: torch.nn.Module) -> bool:
+    """Whether a Hugging Face wav2vec2 model's feature encoder normalises per frame (and so takes a padded batch)."""
+    return getattr(getattr(model, "config", None), "feat_extract_norm", None) == "layer"
+
+
+def forward_groups(
+    model: torch.nn.Module,
+    model_type: str,
+    plans: Sequence[SegmentPlan],
+    alignable: list[int],
+    batch_size: int,
+    num_samples: int,
+) -> list[list[int]]:
+    """Segments (indices into `plans`) run together: longest first, so that a batch pads little."""
+    if batch_size <= 1 or model_type != "huggingface":
+        return [[i] for i in alignable]
+
+    def length(i: int) -> int:
+        """The model input's length: the slice as the audio holds it (a segment may end past it), padded to 400."""
+        f1, f2 = plans[i].samples  # type: ignore[misc]
+        return max(min(f2, num_samples) - f1, MIN_INPUT_SAMPLES)
+
+    ordered = sorted(alignable, key=length, reverse=True)
+    if frame_normalised(model):
+        return [ordered[start : start + batch_size] for start in range(0, len(ordered), batch_size)]
+    groups: list[list[int]] = []
+    for _, same in itertools.groupby(ordered, key=length):
+        members = list(same)
+        groups += [members[start : start + batch_size] for start in range(0, len(members), batch_size)]
+    return groups
+
+
+def batched_emissions(
+    model: torch.nn.Module, audio: torch.Tensor, plans: Sequence[SegmentPlan], device: str
+) -> list[np.ndarray]:
+    """One padded forward of a Hugging Face model over several segments; each segment's own frames back."""
+    waveforms = [segment_waveform(audio, plan)[0][0] for plan in plans]
+    lengths = torch.as_tensor([waveform.shape[-1] for waveform in waveforms])
+    batch = torch.zeros(len(waveforms), int(lengths.max()), dtype=waveforms[0].dtype)
+    mask = torch.zeros(batch.shape, dtype=torch.long)
+    for row, waveform in enumerate(waveforms):
+        batch[row, : waveform.shape[-1]] = waveform
+        mask[row, : waveform.shape[-1]] = 1
+    with torch.inference_mode():
+        attention = {"attention_mask": mask.to(device)} if frame_normalised(model) else {}
+        log_probs = torch.log_softmax(model(batch.to(device), **attention).logits, dim=-1).cpu()
+    frames = model._get_feat_extract_output_lengths(lengths)
+    return [log_probs[row, : int(frames[row])].numpy() for row in range(len(waveforms))]
+
+
 # --------------------------------------------------------------------------------------------------
 # (c) Alignment from emissions, and assembly of words and sentences
 # --------------------------------------------------------------------------------------------------
@@ -445,15 +520,13 @@ def align(
     print_progress: bool = False,
     combined_progress: bool = False,
     progress_callback: ProgressCallback = None,
+    batch_size: int = 1,
 ) -> dict[str, list[dict[str, Any]]]:
-    """Drop-in for whisperx.align: same arguments, same result."""
+    """Drop-in for whisperx.align: same arguments, same result; `batch_size` above 1 batches the forwards where
+    that leaves the emissions as they are (`segment_emissions`)."""
     audio = audio_tensor(audio)
     plans = prepare_alignment(transcript, align_model_metadata, audio.shape[1], print_progress, combined_progress)
-    model_type = align_model_metadata["type"]
-    emissions = [
-        None if plan.samples is None else segment_emission(model, model_type, *segment_waveform(audio, plan), device)
-        for plan in plans
-    ]
+    emissions = segment_emissions(model, align_model_metadata["type"], audio, plans, device, batch_size)
     return align_segments(
         transcript,
         plans,

@@ -147,8 +147,7 @@ def configure(
         hub=hub,
         runtime=runtime,
     )
-    refuse_what_an_english_only_model_cannot_do(pipeline)
-    return JobConfig(
+    config = JobConfig(
         storage=StorageConfig(
             settings.source or "",
             settings.out or "",
@@ -175,6 +174,8 @@ def configure(
         metrics=metrics_config(settings),
         channels=ChannelConfig(settings.channels == "split", settings.channel_speakers),
     )
+    refuse_what_an_english_only_model_cannot_do(pipeline)
+    return config
 
 
 def runtime_options(settings: Settings) -> RuntimeOptions:

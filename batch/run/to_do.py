@@ -3,13 +3,14 @@
 A file is done when its manifest says it succeeded with these settings, on this version of the input,
 and its outputs are all in DEST (see batch.run.manifest.is_done).
 
-SOURCE is listed once per run, on a thread of its own that reads the listing to its end while the run takes
-the files at its own pace: watchers (the progress census) hear of every file selected as soon as it is listed,
-so totals are known early without a second listing (on S3, a second round of requests).
+SOURCE is listed once per run, on a thread of its own that reads ahead of the run (up to LISTED_AHEAD files) while
+the run takes the files at its own pace: watchers (the progress census) hear of every file selected as soon as it
+is listed, so totals are known early without a second listing (on S3, a second round of requests).
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import queue
 import threading
@@ -49,6 +50,7 @@ class ToDo:
     ):
         self.selection, self.settings_hash, self.source, self.dest = selection, settings_hash, source, dest
         self.watchers = watchers
+        self._listed = False
         self._blocked: dict[str, OSError] = {}  # files whose manifest path DEST cannot hold
 
     def pending(self, on_skipped: Callable[[str], None]) -> Iterator[InputFile]:
@@ -57,7 +59,9 @@ class ToDo:
         The skip checks (a manifest read, and output checks when it says succeeded) run in parallel, a
         bounded number ahead, since on S3 each is a request.
         """
-        listing = ReadAhead(self.source, self.selection, self.watchers)
+        # Watchers count the run's files: they hear the first listing only (a dry run's `pending()`, then `run()`).
+        listing = ReadAhead(self.source, self.selection, () if self._listed else self.watchers)
+        self._listed = True
         try:
             checks = ordered_map(self._is_done, listing, workers=SKIP_CHECK_WORKERS, ahead=SKIP_CHECK_AHEAD)
             for item, done in checks:
@@ -118,18 +122,30 @@ def nothing_selected(location: str, counts: ListingCounts, selection: SelectionC
 
 _END = object()
 
+# Files listed ahead of the run at most (a few hundred bytes each): the census's totals come from the listing as
+# far as it has gone, and the memory a listing of millions of objects holds stays bounded.
+LISTED_AHEAD = 100_000
+
 
 class ReadAhead:
-    """SOURCE's selected files (filters, shard), listed to the end on a daemon thread and taken in listing order
-    by iterating. Watchers hear of each file as it is listed; the files not yet taken wait in memory. A listing
-    error is raised where the files are taken. `close` stops the listing early (a run that stops)."""
+    """SOURCE's selected files (filters, shard), listed on a daemon thread up to LISTED_AHEAD files ahead of the
+    run, and taken in listing order by iterating. Watchers hear of each file as it is listed. A listing error is
+    raised where the files are taken. `close` stops the listing (a run that stops early)."""
 
-    def __init__(self, source: Store, selection: SelectionConfig, watchers: Sequence[ListingWatcher] = ()):
+    def __init__(
+        self,
+        source: Store,
+        selection: SelectionConfig,
+        watchers: Sequence[ListingWatcher] = (),
+        ahead: int = LISTED_AHEAD,
+    ):
         self.source, self.selection, self.watchers = source, selection, watchers
         self.counts = ListingCounts()
-        self._items: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._items: queue.Queue[object] = queue.Queue(maxsize=ahead)
         self._closed = threading.Event()
-        self._thread = threading.Thread(target=self._list, name="listing", daemon=True)
+        # The caller's context (the run id in every log line) goes with the thread, as ordered_map's workers do.
+        context = contextvars.copy_context()
+        self._thread = threading.Thread(target=context.run, args=(self._list,), name="listing", daemon=True)
         self._thread.start()
 
     def __iter__(self) -> Iterator[InputFile]:
@@ -145,15 +161,24 @@ class ReadAhead:
         shard = self.selection.shard
         try:
             for item in self.source.list(self.selection.include, self.selection.exclude, self.counts):
-                if self._closed.is_set():
-                    return
                 if shard is None or shard.owns(item.key):
                     self._tell_watchers(lambda watcher, item=item: watcher.listed(item))
-                    self._items.put(item)
+                    if not self._put(item):
+                        return
             self._tell_watchers(lambda watcher: watcher.listing_done())
-            self._items.put(_END)
+            self._put(_END)
         except BaseException as exc:  # handed to the run, which stops with it as it did when listing itself
-            self._items.put(exc)
+            self._put(exc)
+
+    def _put(self, entry: object) -> bool:
+        """Hand an entry to the run, waiting while it is LISTED_AHEAD behind; False once the run has stopped."""
+        while not self._closed.is_set():
+            try:
+                self._items.put(entry, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
 
     def _tell_watchers(self, tell: Callable[[ListingWatcher], None]) -> None:
         for watcher in self.watchers:

@@ -144,3 +144,17 @@ def test_the_program_keeps_its_signal_handlers_until_it_exits() -> None:
     result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
     handler = "exit_cleanly_on_signals.<locals>.on_signal"
     assert result.stdout.split()[-2:] == [handler, handler], result.stderr
+
+
+def test_the_command_line_marks_the_run_over_once_its_work_is_written(
+    cli, tmp_path: Path, tiny_en: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a late signal exits with is the code the run's summary gives (here 0), set before the summary."""
+    from batch.cli import signals
+    from tests.conftest import tone
+
+    monkeypatch.setattr(signals, "_exit_code_when_over", None)
+    tone(tmp_path / "in" / "beep.wav")
+    result = cli("run", tmp_path / "in", "--out", tmp_path / "out", "--model", tiny_en, "--device", "cpu", "--no-align")
+    assert result.exit_code == 0, result.stderr
+    assert signals._exit_code_when_over == 0

@@ -180,3 +180,44 @@ def test_the_app_run_in_process_keeps_the_callers_malloc(tmp_path: Path) -> None
     """The tuning is the program's (main), not the app's: a program that runs the app in-process, as these tests
     do, keeps its malloc."""
     assert _faults_every_page(_reallocation_faults("app", tmp_path))
+
+
+FREED_BLOCK_RSS = """
+import ctypes, json, sys
+from batch.common.runtime import large_blocks_mapped, reuse_freed_memory
+
+def rss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+
+def kept_after_free(size=256 << 20):
+    block = libc.malloc(size)
+    ctypes.memset(block, 1, size)  # every page touched
+    before = rss()
+    libc.free(block)
+    return (rss() - before + size) / size  # 1.0: all of it still resident; 0.0: all handed back
+
+reused = reuse_freed_memory() if sys.argv[1] == "reuse" else False
+outside = kept_after_free()
+with large_blocks_mapped():  # larger than the 256 MiB now free in the heap (that would be reused first)
+    inside = kept_after_free(512 << 20)
+print(json.dumps({"reused": reused, "outside": outside, "inside": inside}))
+"""
+
+
+@pytest.mark.parametrize("malloc", ["reuse", "glibc"])
+def test_pytorch_stages_hand_large_blocks_back_while_the_asr_keeps_its_own(malloc: str) -> None:
+    """In a fresh process: under the reuse settings a freed 256 MiB block stays resident (the ASR's buffers,
+    reused batch after batch); within large_blocks_mapped a block the free heap cannot hold (wav2vec2's and
+    pyannote's activations) gets a mapping of its own and goes back to the kernel when freed, instead of growing
+    the heap for good; without the settings both are glibc's, handed back."""
+    result = subprocess.run([sys.executable, "-c", FREED_BLOCK_RSS, malloc], capture_output=True, text=True, timeout=60)
+    figures = json.loads(result.stdout)
+    assert figures["reused"] is (malloc == "reuse")
+    assert figures["inside"] < 0.1
+    assert (figures["outside"] > 0.9) if malloc == "reuse" else (figures["outside"] < 0.1)
