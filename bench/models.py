@@ -139,13 +139,13 @@ def align_config(preset: str = ALIGN_BASE, vocab_size: int = len(ALIGN_VOCAB)) -
     )
 
 
-def write_align_processor(folder: Path) -> None:
-    """Save a Wav2Vec2Processor like wav2vec2-base-960h's: a CTC tokenizer over `ALIGN_VOCAB` (blank = <pad>,
-    word delimiter = |, upper case; whisperx lower-cases the vocabulary) and a normalising feature extractor."""
+def write_align_processor(folder: Path, vocabulary: Sequence[str] = ALIGN_VOCAB) -> None:
+    """Save a Wav2Vec2Processor like wav2vec2-base-960h's: a CTC tokenizer over `vocabulary` (blank = <pad>,
+    word delimiter = |; upper case by default, and whisperx lower-cases it) and a normalising feature extractor."""
     from transformers import Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor, Wav2Vec2Processor
 
     vocab_file = folder / "vocab.json"
-    vocab_file.write_text(json.dumps({token: index for index, token in enumerate(ALIGN_VOCAB)}))
+    vocab_file.write_text(json.dumps({token: index for index, token in enumerate(vocabulary)}, ensure_ascii=False))
     tokenizer = Wav2Vec2CTCTokenizer(
         str(vocab_file),
         unk_token="<unk>",

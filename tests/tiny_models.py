@@ -13,7 +13,6 @@ Timings and speaker labels from random weights are structurally valid, not meani
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -62,41 +61,17 @@ def build_tiny_align_model(
     (~100 kB total).  Returns ``out_dir``.
     """
     import torch
-    from transformers import (
-        Wav2Vec2Config,
-        Wav2Vec2CTCTokenizer,
-        Wav2Vec2FeatureExtractor,
-        Wav2Vec2ForCTC,
-        Wav2Vec2Processor,
-    )
+    from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
+
+    from bench.models import write_align_processor
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-
     vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "|": 4}
     for c in chars:
         if c not in vocab:
             vocab[c] = len(vocab)
-    vocab_file = out / "vocab.json"
-    vocab_file.write_text(json.dumps(vocab, ensure_ascii=False))
-
-    tokenizer = Wav2Vec2CTCTokenizer(
-        str(vocab_file),
-        unk_token="<unk>",
-        pad_token="<pad>",
-        bos_token="<s>",
-        eos_token="</s>",
-        word_delimiter_token="|",
-        do_lower_case=False,
-    )
-    feature_extractor = Wav2Vec2FeatureExtractor(
-        feature_size=1,
-        sampling_rate=16000,
-        padding_value=0.0,
-        do_normalize=True,
-        return_attention_mask=False,
-    )
-    Wav2Vec2Processor(feature_extractor=feature_extractor, tokenizer=tokenizer).save_pretrained(str(out))
+    write_align_processor(out, list(vocab))
 
     config = Wav2Vec2Config(
         vocab_size=len(vocab),
