@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import signal
 import sys
 import threading
@@ -12,7 +11,7 @@ from collections.abc import Iterator
 from typing import Any, TextIO
 
 from batch.cli.progress import Progress, for_terminal
-from batch.cli.signals import run_over
+from batch.cli.signals import exit_at_once, run_over
 from batch.common.errors import EXIT_OK
 from batch.common.logs import prints_to_log
 from batch.run.job import Job
@@ -88,8 +87,7 @@ def graceful_stop(job: Job, grace_seconds: float, log_format: str = "text") -> I
             runner.write_report()  # best effort: the outcome so far, for `status` and the logs
             job.flush_metrics()  # the exit code, for the alerts
             announce(report, log_format)
-        logging.shutdown()
-        os._exit(128 + signum)
+        exit_at_once(128 + signum)
 
     def on_signal(signum: int, _frame: Any) -> None:
         if job.report is not None and job.report.stopped_by_signal is not None:

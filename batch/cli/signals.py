@@ -26,15 +26,19 @@ def exit_cleanly_on_signals() -> None:
     def on_signal(signum: int, _frame: Any) -> None:
         if _exit_code_when_over is None and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        code = _exit_code_when_over if _exit_code_when_over is not None else 128 + signum
-        logging.shutdown()
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing more can be said there anyway
-                stream.flush()
-        os._exit(code)
+        exit_at_once(_exit_code_when_over if _exit_code_when_over is not None else 128 + signum)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
+
+
+def exit_at_once(code: int) -> None:
+    """End the process now with `code`, its log and output flushed, without waiting for any other thread."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing more can be said there anyway
+            stream.flush()
+    os._exit(code)
 
 
 def run_over(exit_code: int) -> None:

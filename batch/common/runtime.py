@@ -1,4 +1,4 @@
-"""Facts about the machine the run is on: usable CPUs, the device, package versions."""
+"""Facts about the machine the run is on and how the process uses it: usable CPUs, thread pools, malloc, versions."""
 
 from __future__ import annotations
 

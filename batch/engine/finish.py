@@ -25,43 +25,38 @@ class Finisher:
         return list(self._aligner.loads) if self._aligner is not None else []
 
     def finish(self, outcome: FileOutcome) -> None:
-        with self._lock, self._torch_threads():
+        with self._lock, self._on_the_cpu():
             stopwatch = outcome.file.stopwatch
             if self.config.align.enabled:
-                with stopwatch.stage("align"), self._large_blocks_mapped():
+                with stopwatch.stage("align"):
                     self._align(outcome)
             if self.config.diarize.enabled:
-                with stopwatch.stage("diarize"), self._large_blocks_mapped():
+                with stopwatch.stage("diarize"):
                     self._diarize(outcome)
 
     @contextlib.contextmanager
-    def _torch_threads(self) -> Iterator[None]:
-        """Every core for wav2vec2 and pyannote. On the CPU torch is held to one thread for the VAD (batch.engine.
-        loading), and the stages run in turn on one thread: while a file is finished nothing else runs, so the
-        finishing stages take every core the ASR would, and hand them back after."""
-        runtime = self.config.runtime
-        if runtime.device != "cpu":
+    def _on_the_cpu(self) -> Iterator[None]:
+        """On the CPU the stages run in turn on one thread, so while a file is finished nothing else runs:
+        - wav2vec2 and pyannote get every core the ASR would (torch is held to one thread for the VAD: batch.engine.
+          loading), and hand them back after;
+        - their large activations go back to the kernel when freed, where the malloc setting would keep them in the
+          heap (batch.common.runtime.large_blocks_mapped). Measured on MIXED at 0.3 with alignment and diarization:
+          peak RSS 4.2-4.3 GiB kept, 3.2 GiB handed back (the command line's 3.7 GiB); the cost is diarization's,
+          mapped afresh for every batch of windows: 37 s -> 49 s (alignment's is none)."""
+        if self.config.runtime.device != "cpu":
             yield
             return
         import torch
 
-        held = torch.get_num_threads()
-        torch.set_num_threads(runtime.threads)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(held)
-
-    def _large_blocks_mapped(self) -> contextlib.AbstractContextManager[None]:
-        """PyTorch's large activations handed back to the kernel when freed, on the CPU, where the malloc setting
-        would keep them in the heap (batch.common.runtime.large_blocks_mapped). Measured on MIXED at 0.3 with
-        alignment and diarization: peak RSS 4.2-4.3 GiB kept, 3.2 GiB handed back (the command line's 3.7 GiB); the
-        cost is diarization's, mapped afresh for every batch of windows: 37 s -> 49 s (alignment's is none)."""
-        if self.config.runtime.device != "cpu":
-            return contextlib.nullcontext()
         from batch.common.runtime import large_blocks_mapped
 
-        return large_blocks_mapped()
+        held = torch.get_num_threads()
+        torch.set_num_threads(self.config.runtime.threads)
+        try:
+            with large_blocks_mapped():
+                yield
+        finally:
+            torch.set_num_threads(held)
 
     def _align(self, outcome: FileOutcome) -> None:
         """Time every word; when that cannot be done the segment timings stay and the reason is recorded."""

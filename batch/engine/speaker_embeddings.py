@@ -109,11 +109,13 @@ def _active_chunks(segmentations: SlidingWindowFeature) -> np.ndarray:
 def _windows(
     pipeline: SpeakerDiarization,
     items: Sequence[tuple[AudioFile, SlidingWindowFeature]],
+    active: Sequence[np.ndarray],
     exclude_overlap: bool,
 ) -> Iterator[_Window]:
-    for item, (file, segmentations) in enumerate(items):
+    """The active windows of every item (`active`: each item's _active_chunks), with their pooling masks."""
+    for item, ((file, segmentations), chunks) in enumerate(zip(items, active, strict=True)):
         min_num_frames = _min_num_frames(pipeline, segmentations) if exclude_overlap else -1
-        for chunk in _active_chunks(segmentations):
+        for chunk in chunks:
             waveform, _ = pipeline._audio.crop(file, segmentations.sliding_window[chunk], mode="pad")
             masks = window_masks(segmentations.data[chunk : chunk + 1], exclude_overlap, min_num_frames)[0]
             yield _Window(item, int(chunk), waveform, masks)
@@ -182,11 +184,12 @@ def shared_trunk_embeddings_many(
     silent = _silent_embedding(model)
     shapes = [(len(segmentations.data), segmentations.data.shape[2]) for _, segmentations in items]
     outputs = [np.tile(silent, (*shape, 1)) for shape in shapes]
-    total = math.ceil(sum(len(_active_chunks(segmentations)) for _, segmentations in items) / batch_size)
+    active = [_active_chunks(segmentations) for _, segmentations in items]
+    total = math.ceil(sum(len(chunks) for chunks in active) / batch_size)
     if hook is not None:
         hook("embeddings", None, total=total, completed=0)
 
-    for completed, batch in enumerate(_batches(_windows(pipeline, items, exclude_overlap), batch_size), 1):
+    for completed, batch in enumerate(_batches(_windows(pipeline, items, active, exclude_overlap), batch_size), 1):
         waveforms = torch.stack([window.waveform for window in batch])
         masks = torch.from_numpy(np.stack([window.masks for window in batch]))
         embeddings = embed_windows(model, waveforms, masks)
