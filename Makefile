@@ -41,7 +41,8 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
 
-# This runner against the whisperx command line on two cached corpora (about 20 min on 2 idle cores); tables in
+# This runner against the whisperx command line on two cached corpora, then its 1 worker x 2 threads against
+# 2 workers x 1 thread (bench/bench_workers.py; --no-workers leaves it out): about 26 min on 2 idle cores; tables in
 # out/bench/results.md. Quicker, smaller: make bench BENCH_ARGS="--short-scale 0.3 --mixed-scale 0.3 --runs 1"
 bench: $(STAMP) system-deps
 	HF_HUB_OFFLINE=1 $(PY) -m bench.compare $(BENCH_ARGS)

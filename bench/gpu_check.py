@@ -9,6 +9,11 @@ used memory above its level before the run, and the absolute peak), WER against 
 runner the batch fill and model-busy share from its run report. Each tool first runs once, untimed, on one
 small file. Under 8 minutes with tiny.en on one GPU; a large model takes longer (--runs 1 is the default).
 
+On a machine with several GPUs the runner gets `--gpus all` (one worker process per GPU; the whisperx command
+line still uses one GPU): NVML then samples every GPU the runner uses (mean utilisation, used memory summed),
+and each worker's files and busy share (its busy seconds over the run's wall time after model loading, from the
+run report) are reported under each table. `--gpus one` keeps the runner to one pipeline on the first GPU.
+
 Without a CUDA device (or NVML) it stops at once with a message and exit code 3.
 
 The corpora need espeak-ng and ffmpeg to build; build them on any machine and carry the folder:
@@ -19,21 +24,27 @@ Options: --model (CTranslate2 folder or a name in the local cache; default tiny.
 --compute-type float16, --batch-size 16, --threads N (default: each tool's own), --runs 2 (A-B-B-A),
 --only short|mixed, --out out/bench/gpu (runs, logs, gpu_results.md and .json), --pipeline align|diarize|both
 (words and/or speakers too, with bench/models.py's full-size random models, built offline under --models; the
-runner's seconds per stage from its run report are added under each table).
+runner's seconds per stage from its run report are added under each table), --gpus all|N|0,2|one (the runner's
+--gpus; default all with more than one GPU, else one).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from batch.engine.gpus import GpusUnavailable, VisibleGpu, select_gpus, visible_gpus
+from batch.settings.values import GpuSelection
 from bench.compare import PIPELINES, pipeline_setup, render_stage_seconds
 from bench.corpus import DEFAULT_ROOT, REPO, Corpus, ensure_corpus, load_corpus
 from bench.score import wer_percent
@@ -41,6 +52,7 @@ from bench.tools import TOOL_NAMES, RunFailed, Setup, command, report_figures, r
 
 EXIT_NO_GPU = 3
 SAMPLE_SECONDS = 0.2
+ONE_PIPELINE = "one"  # --gpus one: the runner without --gpus, one pipeline on CUDA device 0
 CUDA_PROBE = """
 import json, torch
 if not torch.cuda.is_available():
@@ -70,11 +82,18 @@ def main() -> None:
         help="asr (default), align, diarize or both: with the full-size random models of bench/models.py",
     )
     parser.add_argument("--models", type=Path, help="where bench/models.py builds its models (default OUT/models)")
+    parser.add_argument(
+        "--gpus",
+        type=gpus_option,
+        help="the runner's --gpus (all, 2, 0,2), or one: one pipeline on the first GPU (default: all with more "
+        "than one GPU, else one)",
+    )
     args = parser.parse_args()
     began = time.perf_counter()
 
     gpu = cuda_device()
     sampler_factory = nvml_sampler(gpu)
+    gpus, used = runner_gpus(args.gpus)
     model = args.model or default_model()
     setup = Setup(
         model=model, device="cuda", compute_type=args.compute_type, threads=args.threads, batch_size=args.batch_size
@@ -83,8 +102,14 @@ def main() -> None:
     corpora = [find_corpus(name, args.corpora) for name in args.only or ["short", "mixed"]]
     order = ["runner", "cli"] + (["cli", "runner"] if args.runs == 2 else [])
     print(f"GPU check on {gpu['name']} ({gpu['memory'] / 2**30:.0f} GiB, {gpu['count']} visible): {setup.describe()}")
+    if used:
+        print(f"  whisperx-batch --gpus {gpus}: {worker_count(used)} on " + ", ".join(g.describe() for g in used))
     for corpus in corpora:
         print(f"  {corpus.describe()}")
+
+    def tool_command(tool: str, corpus: Corpus, out: Path, files: list[Path] | None = None) -> list[str]:
+        argv = command(tool, setup, corpus, out, files)
+        return argv + ["--gpus", gpus] if tool == "runner" and gpus else argv
 
     def timed(argv: list[str], out: Path) -> float:
         try:
@@ -99,7 +124,7 @@ def main() -> None:
     (source / smallest.name).write_bytes((warm.folder / smallest.name).read_bytes())
     for tool in ("runner", "cli"):
         out = args.out / "warmup" / tool
-        seconds = timed(command(tool, setup, warm, out, [source / smallest.name]), out)
+        seconds = timed(tool_command(tool, warm, out, [source / smallest.name]), out)
         print(f"warm-up {TOOL_NAMES[tool]}: {seconds:.1f} s (untimed)", flush=True)
 
     results: dict[str, Any] = {}
@@ -108,15 +133,16 @@ def main() -> None:
         for tool in order:
             number = len(runs[tool]) + 1
             out = args.out / "runs" / corpus.name / f"{tool}{number}"
-            sampler = sampler_factory()
+            sampler = sampler_factory([g.uuid for g in used] if tool == "runner" else [])
             with sampler:
-                wall = timed(command(tool, setup, corpus, out), out)
+                wall = timed(tool_command(tool, corpus, out), out)
             record = {"wall_seconds": round(wall, 2), **sampler.figures()}
             record["wer_percent"] = round(wer_percent([r.text for r in corpus.recordings], texts(tool, corpus, out)), 2)
             if tool == "runner":
                 report = run_report(out)
                 record.update(report_figures(report))
                 record["stage_seconds"] = report.get("stage_seconds") or {}
+                record["workers"] = worker_shares(report)
             runs[tool].append(record)
             print(
                 f"{corpus.name}: {TOOL_NAMES[tool]} run {number}: {wall:.1f} s, GPU busy "
@@ -124,13 +150,18 @@ def main() -> None:
                 f"peak +{gib(record['peak_growth_bytes'])}",
                 flush=True,
             )
+            for w in record.get("workers", []):
+                print(f"  {w['name']} ({w['detail']}): {w['files']} files, busy {pct(w['busy_share'])}", flush=True)
         results[corpus.name] = {"audio_seconds": corpus.audio_seconds, "runs": runs}
 
-    markdown = render(gpu, setup, corpora, results, time.perf_counter() - began)
+    markdown = render(gpu, setup, corpora, results, time.perf_counter() - began, gpus, used)
     print("\n" + markdown)
     (args.out / "gpu_results.md").write_text(markdown)
     (args.out / "gpu_results.json").write_text(
-        json.dumps({"gpu": gpu, "setup": vars(setup), "results": results}, indent=1) + "\n"
+        json.dumps(
+            {"gpu": gpu, "runner_gpus": [asdict(g) for g in used], "setup": vars(setup), "results": results}, indent=1
+        )
+        + "\n"
     )
     print(f"written: {args.out / 'gpu_results.md'} ({(time.perf_counter() - began) / 60:.1f} min in all)")
 
@@ -156,20 +187,25 @@ def cuda_device() -> dict[str, Any]:
 
 
 class Sampler:
-    """NVML utilisation and used memory of one device every 0.2 s while a run lasts (a `with` block)."""
+    """NVML utilisation and used memory of the devices a run uses every 0.2 s while it lasts (a `with` block):
+    with several, their mean utilisation and their used memory summed."""
 
-    def __init__(self, nvml: Any, handle: Any):
-        self.nvml, self.handle = nvml, handle
+    def __init__(self, nvml: Any, handles: Sequence[Any]):
+        self.nvml, self.handles = nvml, list(handles)
         self.samples: list[tuple[float, int | None, int]] = []  # (seconds since start, utilisation %, used bytes)
         self.stop = threading.Event()
         self.baseline = 0
 
     def read(self) -> tuple[int | None, int]:
+        shares = [share for share in map(self._utilisation, self.handles) if share is not None]
+        used = sum(int(self.nvml.nvmlDeviceGetMemoryInfo(handle).used) for handle in self.handles)
+        return (round(statistics.fmean(shares)) if shares else None), used
+
+    def _utilisation(self, handle: Any) -> int | None:
         try:
-            utilisation: int | None = int(self.nvml.nvmlDeviceGetUtilizationRates(self.handle).gpu)
+            return int(self.nvml.nvmlDeviceGetUtilizationRates(handle).gpu)
         except self.nvml.NVMLError:  # a MIG instance has no utilisation of its own
-            utilisation = None
-        return utilisation, int(self.nvml.nvmlDeviceGetMemoryInfo(self.handle).used)
+            return None
 
     def __enter__(self) -> Sampler:
         self.baseline = self.read()[1]
@@ -201,8 +237,9 @@ class Sampler:
         }
 
 
-def nvml_sampler(gpu: dict[str, Any]) -> Any:
-    """A factory of Samplers on the NVML device that CUDA calls device 0 (matched by UUID, else NVML's first)."""
+def nvml_sampler(gpu: dict[str, Any]) -> Callable[[Sequence[str]], Sampler]:
+    """A factory of Samplers on the NVML devices of the UUIDs given; with none, on the one that CUDA calls device 0
+    (matched by UUID, else NVML's first)."""
     try:
         import pynvml
 
@@ -222,7 +259,57 @@ def nvml_sampler(gpu: dict[str, Any]) -> Any:
         pynvml.nvmlDeviceGetMemoryInfo(handle)
     except Exception as exc:  # no nvidia-ml-py, no NVML library, no device
         fail(f"NVML cannot read the GPU ({type(exc).__name__}: {exc}); install nvidia-ml-py and the NVIDIA driver")
-    return lambda: Sampler(pynvml, handle)
+
+    def sampler(uuids: Sequence[str]) -> Sampler:
+        return Sampler(pynvml, [pynvml.nvmlDeviceGetHandleByUUID(uuid) for uuid in uuids] or [handle])
+
+    return sampler
+
+
+def gpus_option(text: str) -> str:
+    """--gpus: `one`, or a selection the runner's --gpus takes (checked as the runner checks it)."""
+    if text.strip().lower() == ONE_PIPELINE:
+        return ONE_PIPELINE
+    try:
+        return str(GpuSelection.parse(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def runner_gpus(option: str | None) -> tuple[str | None, list[VisibleGpu]]:
+    """The runner's --gpus (None: one pipeline, no workers) and the GPUs its workers get, chosen as it chooses."""
+    try:
+        visible = visible_gpus(os.environ.get("CUDA_VISIBLE_DEVICES"))
+    except GpusUnavailable as exc:
+        fail(f"cannot list the GPUs: {exc}")
+        raise
+    if option is None and len(visible) < 2:
+        print("one GPU on this machine: whisperx-batch runs one pipeline on it (no --gpus)")
+    option = option or ("all" if len(visible) > 1 else ONE_PIPELINE)
+    if option == ONE_PIPELINE:
+        return None, []
+    selection = GpuSelection.parse(option)
+    try:
+        return option, select_gpus(selection.every, selection.count, selection.devices, visible)
+    except GpusUnavailable as exc:
+        fail(f"--gpus {option}: {exc}")
+        raise
+
+
+def worker_shares(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each worker of a run with --gpus: its files, and its busy seconds as a share of the run's wall time after
+    model loading. [] for a run without workers."""
+    working = (report.get("wall_seconds") or 0.0) - (report.get("model_load_seconds") or 0.0)
+    return [
+        {
+            "name": worker["name"],
+            "detail": worker["detail"],
+            "files": worker["files"],
+            "busy_seconds": worker["busy_seconds"],
+            "busy_share": round(worker["busy_seconds"] / working, 4) if working > 0 else None,
+        }
+        for worker in report.get("workers") or []
+    ]
 
 
 def default_model() -> str:
@@ -247,11 +334,23 @@ def pct(share: float | None) -> str:
     return "n/a" if share is None else f"{share * 100:.0f} %"
 
 
+def worker_count(used: Sequence[VisibleGpu]) -> str:
+    return f"{len(used)} worker{'s' if len(used) > 1 else ''}"
+
+
 def gib(count: float | None) -> str:
     return "n/a" if count is None else f"{count / 2**30:.2f} GiB"
 
 
-def render(gpu: dict[str, Any], setup: Setup, corpora: list[Corpus], results: dict[str, Any], took: float) -> str:
+def render(
+    gpu: dict[str, Any],
+    setup: Setup,
+    corpora: list[Corpus],
+    results: dict[str, Any],
+    took: float,
+    gpus: str | None = None,
+    used: Sequence[VisibleGpu] = (),
+) -> str:
     lines = [
         "# GPU check: whisperx-batch vs the whisperx command line",
         "",
@@ -259,6 +358,14 @@ def render(gpu: dict[str, Any], setup: Setup, corpora: list[Corpus], results: di
         "over the whole process (and from its first busy sample); memory = NVML used above the level before the "
         f"run (absolute peak). Took {took / 60:.1f} min.",
     ]
+    if used:
+        lines += [
+            "",
+            f"whisperx-batch ran with --gpus {gpus}: {worker_count(used)}, on "
+            + ", ".join(g.describe() for g in used)
+            + "; its GPU figures are over all of them (utilisation averaged, memory summed). The whisperx command "
+            "line used one GPU.",
+        ]
     for corpus in corpora:
         result = results[corpus.name]
         lines += [
@@ -281,9 +388,21 @@ def render(gpu: dict[str, Any], setup: Setup, corpora: list[Corpus], results: di
                     f"{pct(r['busy_share_active'])} | +{gib(r['peak_growth_bytes'])} ({gib(r['peak_used_bytes'])}) | "
                     f"{r['wer_percent']:.1f} | {fill} | {busy} |"
                 )
+        if any(record.get("workers") for record in result["runs"].get("runner", [])):
+            lines += ["", render_workers(result["runs"]["runner"])]
         if setup.stages != "asr" and result["runs"].get("runner"):
             lines += ["", render_stage_seconds(result["runs"]["runner"], None)]
     return "\n".join(lines) + "\n"
+
+
+def render_workers(records: list[dict[str, Any]]) -> str:
+    """whisperx-batch's workers per run: busy share = busy seconds over the run's wall time after model loading."""
+    lines = ["| run | worker | device | files | busy s | busy share |", "|---:|---|---|---:|---:|---:|"]
+    for number, record in enumerate(records, 1):
+        for w in record.get("workers", []):
+            busy = f"{w['busy_seconds']:.1f} | {pct(w['busy_share'])}"
+            lines.append(f"| {number} | {w['name']} | {w['detail']} | {w['files']} | {busy} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

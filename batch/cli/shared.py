@@ -6,7 +6,7 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from batch.common.errors import EXIT_ENVIRONMENT, BatchError, redact
+from batch.common.errors import EXIT_ENVIRONMENT, BatchError, redact, type_name
 
 if TYPE_CHECKING:  # pydantic and the settings load only when a command runs, not for --help
     from batch.settings.options import Settings
@@ -17,7 +17,7 @@ def guarded(command: Callable[[], int]) -> int:
     try:
         return command()
     except BatchError as exc:
-        report_error(redact(str(exc)), type(exc).__name__)
+        report_error(redact(str(exc)), type_name(exc))
         return exc.exit_code
     except KeyboardInterrupt:
         print("whisperx-batch: interrupted", file=sys.stderr)

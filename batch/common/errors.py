@@ -66,6 +66,27 @@ class FileFailure(Exception):
     """One input cannot be processed; it fails alone and the run goes on."""
 
 
+class WorkerDied(FileFailure):
+    """The file was in a worker process when it died, twice: it fails so that it cannot take down the rest."""
+
+
+class ForeignError(Exception):
+    """An error raised in a worker process, brought back as its type's name and its message."""
+
+    def __init__(self, type_name: str, message: str):
+        super().__init__(message)
+        self.type_name = type_name
+
+
+class ForeignBatchError(BatchError):
+    """A BatchError raised in a worker process: it stops the run with the worker's exit code."""
+
+    def __init__(self, type_name: str, message: str, exit_code: int):
+        super().__init__(message)
+        self.type_name = type_name
+        self.exit_code = exit_code
+
+
 class AudioDecodeError(FileFailure):
     """The input holds no decodable audio (empty, truncated, not audio, no audio track)."""
 
@@ -113,7 +134,12 @@ def redact(text: str) -> str:
     return text
 
 
+def type_name(exc: BaseException) -> str:
+    """The exception's type as records show it; for an error brought back from a worker, the worker's type."""
+    return getattr(exc, "type_name", None) or type(exc).__name__
+
+
 def describe(exc: BaseException) -> dict[str, str]:
     """The {type, message} record of an exception, with secrets removed."""
     message = str(exc).strip() or repr(exc)
-    return {"type": type(exc).__name__, "message": redact(message)}
+    return {"type": type_name(exc), "message": redact(message)}

@@ -83,10 +83,12 @@ class LibraryFilter(logging.Filter):
         return record.name.startswith("batch") or record.levelno >= logging.WARNING
 
 
-def setup_logging(log_format: str = "text", quiet: bool = False) -> None:
-    """Route everything (ours, libraries', warnings) through one stderr handler."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+def setup_logging(log_format: str = "text", quiet: bool = False, handler: logging.Handler | None = None) -> None:
+    """Route everything (ours, libraries', warnings) through one handler: stderr's, unless another is given (a
+    worker process hands its records to the run's main process)."""
+    if handler is None:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     handler.addFilter(LibraryFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -84,6 +84,8 @@ def merge_channels(file: DecodedFile, outcomes: list[FileOutcome], given: tuple[
     merged = FileOutcome(file, transcribed=all(outcome.transcribed for outcome in outcomes))
     merged.error = next((outcome.error for outcome in outcomes if outcome.error is not None), None)
     merged.gpu = _merged_gpu(outcomes)
+    workers = sorted({outcome.worker for outcome in outcomes if outcome.worker is not None})
+    merged.worker = "; ".join(workers) or None  # channels may go to different worker processes
     if not merged.transcribed:
         return merged
     pairs = list(zip(outcomes, names, strict=True))

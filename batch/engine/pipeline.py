@@ -73,6 +73,7 @@ class FileOutcome:
     alignment: dict[str, Any] | None = None
     error: Exception | None = None
     gpu: dict[str, Any] = field(default_factory=dict)  # stage -> oom.StageMemoryRecord
+    worker: str | None = None  # the worker process that made it, when the pipeline is a pool of them
 
     @property
     def key(self) -> str:
@@ -95,6 +96,7 @@ class PipelineStats:
     batch_size: int = 0  # the configured ceiling
     alignment_models_loaded: list[str] = field(default_factory=list)
     gpu_records: list[Any] = field(default_factory=list)  # oom.StageMemoryRecord: one per ASR batch, per diarized file
+    workers: list[Any] = field(default_factory=list)  # per worker process, when the pipeline is a pool of them
 
     @property
     def batch_fill(self) -> float | None:

@@ -33,6 +33,7 @@ from batch.engine.models import (
 from batch.engine.vad import VadOptions
 from batch.formats.subtitles import SubtitleOptions
 from batch.formats.transcript import TRANSCRIPT_SCHEMA_VERSION
+from batch.run.pool.plan import WorkerSlot, plan_workers
 from batch.settings.options import (
     CHANNEL_SHAPING,
     DECODING_SHAPING,
@@ -108,6 +109,7 @@ class JobConfig:
     shaping: Mapping[str, Any]  # the settings that shape a transcript, as recorded in each manifest
     metrics: MetricsConfig = MetricsConfig()
     channels: ChannelConfig = ChannelConfig()
+    workers: tuple[WorkerSlot, ...] = ()  # worker processes (--gpus, --workers); none: one pipeline, in-process
 
     @property
     def settings_hash(self) -> str:
@@ -173,6 +175,7 @@ def configure(
         shaping=shaping_settings(settings, vad, runtime.compute_type),
         metrics=metrics_config(settings),
         channels=ChannelConfig(settings.channels == "split", settings.channel_speakers),
+        workers=plan_workers(settings.gpus, settings.workers, runtime, environ),
     )
     refuse_what_an_english_only_model_cannot_do(pipeline)
     return config

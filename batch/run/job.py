@@ -88,6 +88,9 @@ class Job:
             runtime.compute_type,
             runtime.threads,
         )
+        if self.config.workers:
+            names = ", ".join(f"{slot.name} ({slot.detail})" for slot in self.config.workers)
+            log.info("%d workers: %s", len(self.config.workers), names)
         with self._exporting(runner):
             return runner.run()
 
@@ -145,7 +148,8 @@ class Job:
         if self.metrics is None:
             return contextlib.nullcontext()
         config = self.config.metrics
-        self.metrics.probe = gpu_memory_probe(self.config.pipeline.runtime.device)
+        if not self.config.workers:  # the parent of several workers holds no GPU of its own
+            self.metrics.probe = gpu_memory_probe(self.config.pipeline.runtime.device)
         self.metrics.watch(runner.report, runner.pipeline.stats)
         self._exporter = MetricsExporter(
             self.metrics.registry,
@@ -158,6 +162,10 @@ class Job:
         return self._exporter
 
     def _real_pipeline(self) -> Pipeline:
+        if self.config.workers:
+            from batch.run.pool.pool import WorkerPool
+
+            return WorkerPool(self.config.pipeline, self.config.workers, run_id=self.run_id)
         from batch.engine.whisperx_pipeline import WhisperxPipeline
 
         return WhisperxPipeline(self.config.pipeline)

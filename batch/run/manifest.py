@@ -79,6 +79,7 @@ class Manifest(Record):
     alignment: dict[str, Any] | None = None
     speakers: list[str] | None = None
     gpu: dict[str, dict[str, Any]] | None = None
+    worker: str | None = None  # with --gpus or --workers: the worker process that transcribed the file
 
     @classmethod
     def decode(cls, raw: bytes | None) -> Manifest | None:

@@ -80,6 +80,8 @@ class RunMetrics(Collector):
         stats = self._stats()
         if stats is not None:
             yield from self._pipeline(stats, report)
+            if stats.workers:
+                yield from self._workers(stats.workers)
         yield from self._gpu_memory()
 
     def _files_and_audio(self, report: RunReport | None) -> Iterator[Metric]:
@@ -177,6 +179,54 @@ class RunMetrics(Collector):
                 "The batch size of the stage's latest batch (lower "
                 "than configured after an out-of-memory, or when memory is short).",
                 [({"stage": s}, size) for s, size in in_use.items()],
+            )
+
+    def _workers(self, workers: list[dict]) -> Iterator[Metric]:
+        """Per worker process (--gpus, --workers), labelled by its name and device."""
+
+        def each(value: Callable[[dict], float]) -> Samples:
+            return [({"worker": w["name"], "device": w["device"]}, value(w)) for w in workers]
+
+        def per_stage(key: str) -> Samples:
+            return [
+                ({"worker": w["name"], "device": w["device"], "stage": stage}, number)
+                for w in workers
+                for stage, number in sorted(w[key].items())
+            ]
+
+        yield self._family(
+            GaugeMetricFamily,
+            "worker_up",
+            "1 while the worker is ready for files.",
+            each(lambda w: float(w["state"] == "ready")),
+        )
+        yield self._family(
+            CounterMetricFamily, "worker_files", "Files the worker handed back.", each(lambda w: w["files"])
+        )
+        yield self._family(
+            CounterMetricFamily,
+            "worker_restarts",
+            "Fresh processes started after the worker died.",
+            each(lambda w: w["restarts"]),
+        )
+        yield self._family(
+            CounterMetricFamily,
+            "worker_busy_seconds",
+            "Seconds the worker's models worked.",
+            each(lambda w: w["busy_seconds"]),
+        )
+        if any(w["batch_size"] for w in workers):
+            yield self._family(
+                GaugeMetricFamily,
+                "worker_batch_size",
+                "The batch size of the worker's latest batch, per stage.",
+                per_stage("batch_size"),
+            )
+            yield self._family(
+                CounterMetricFamily,
+                "worker_oom_retries",
+                "The worker's GPU out-of-memory retries, per stage.",
+                per_stage("oom_retries"),
             )
 
     def _gpu_memory(self) -> Iterator[Metric]:

@@ -65,6 +65,22 @@ class AsrFigures(BaseModel):
     batch_fill: float | None = None
 
 
+class WorkerRecord(BaseModel):
+    """One worker process of a run with --gpus or --workers (a slot: a fresh process replaces one that dies)."""
+
+    name: str
+    device: str
+    detail: str
+    threads: int
+    state: str  # starting | ready | exited | failed
+    files: int = 0  # outcomes it handed back
+    restarts: int = 0
+    busy_seconds: float = 0.0
+    batch_size: dict[str, int] = {}  # per stage: its latest batch's size (lower after an out-of-memory)
+    oom_retries: dict[str, int] = {}  # per stage
+    problem: str | None = None  # why it left the run
+
+
 class RunReport(Record):
     report_version: int = REPORT_VERSION
     run_id: str
@@ -92,6 +108,7 @@ class RunReport(Record):
     words_untimed: list[UntimedWords] = []
     alignment_models_loaded: list[str] = []
     gpu: dict[str, Any] = {}
+    workers: list[WorkerRecord] = []  # with --gpus or --workers
     error: ErrorRecord | None = None  # what stopped the run before its end
     stopped_by_signal: int | None = None
     exit_code: int | None = None  # set when the run ends, whatever ended it
@@ -133,8 +150,10 @@ class RunReport(Record):
     @computed_field  # type: ignore[prop-decorator]
     @property
     def model_busy_share(self) -> float | None:
-        """The share of the wall time after start-up (model loading) that the models were working."""
-        working_time = self.wall_seconds - (self.model_load_seconds or 0.0)
+        """The share of the wall time after start-up (model loading) that the models were working; with several
+        workers, their mean."""
+        started = [w for w in self.workers if not (w.problem or "").startswith("could not start")]
+        working_time = (self.wall_seconds - (self.model_load_seconds or 0.0)) * max(1, len(started))
         if not self.model_seconds or working_time <= 0:
             return None
         return round(min(1.0, self.model_seconds / working_time), 4)
@@ -158,6 +177,9 @@ class RunReport(Record):
         lines += [f"  words not timed in {w.key}: {w.reason}" for w in self.words_untimed]
         if self.claimed_elsewhere:
             lines.append(f"  {len(self.claimed_elsewhere)} files were claimed by other workers")
+        if self.workers:
+            lines.append("  workers: " + ", ".join(f"{w.name} {w.files} files" for w in self.workers))
+        lines += [f"  worker {w.name} ({w.detail}): {w.problem}" for w in self.workers if w.problem]
         return "\n".join(lines)
 
     @classmethod

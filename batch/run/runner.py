@@ -24,7 +24,15 @@ from batch.run.claims import HeldClaims
 from batch.run.config import JobConfig
 from batch.run.manifest import ErrorRecord, InputRecord, Manifest, manifest_name, utc_now
 from batch.run.outputs import OutputWriter, write_file
-from batch.run.report import AsrFigures, RunReport, UntimedWords, new_run_id, prune_reports, report_name
+from batch.run.report import (
+    AsrFigures,
+    RunReport,
+    UntimedWords,
+    WorkerRecord,
+    new_run_id,
+    prune_reports,
+    report_name,
+)
 from batch.run.tally import FileEvent, Tally
 from batch.run.to_do import ListingWatcher, ToDo
 from batch.storage import InputFile, Store
@@ -112,7 +120,7 @@ class Runner:
         """Process every pending file; a BatchError ends the run early, recorded in the report (not raised)."""
         started = self.clock()
         writer = OutputWriter(after_write=self.claims.give_back if self.claims is not None else lambda key: None)
-        ahead = self.config.control.prefetch
+        ahead = self.config.control.prefetch * max(1, len(self.config.workers))  # --prefetch is per worker
         prepared = ordered_map(self._prepare, self.pending(), workers=max(1, ahead), ahead=ahead)
         files = self._decoded(prepared)
         outcomes = self.pipeline.process(files, self.stopping)
@@ -250,6 +258,7 @@ def record_outcome(outcome: FileOutcome, manifest: Manifest, report: RunReport) 
     """Fill the manifest (and the report's untimed words) from what the pipeline did; the transcript, if any."""
     if outcome.gpu:
         manifest.gpu = {stage: record.to_dict() for stage, record in outcome.gpu.items()}
+    manifest.worker = outcome.worker
     if not outcome.transcribed:
         return None
     assert outcome.file.audio is not None
@@ -286,5 +295,6 @@ def finish_report(report: RunReport, stats: PipelineStats, started: float, now: 
     )
     report.alignment_models_loaded = stats.alignment_models_loaded
     report.gpu = sum_records(stats.gpu_records)
+    report.workers = [WorkerRecord(**figures) for figures in stats.workers]
     if report.exit_code is None:
         report.exit_code = 128 + report.stopped_by_signal if report.stopped_by_signal else report.outcome_code()

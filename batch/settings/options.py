@@ -36,6 +36,7 @@ from batch.settings.values import (
     AlignModels,
     ChannelSpeakers,
     DiarizeModel,
+    Gpus,
     HttpUrl,
     Language,
     LanguageSet,
@@ -132,6 +133,8 @@ class Settings(BaseModel):
     compute_type: Literal[COMPUTE_TYPES] | None = None  # type: ignore[valid-type]
     batch_size: int = Field(16, ge=1, le=512)
     threads: int | None = Field(None, ge=1, le=1024)
+    gpus: Gpus = None  # one worker process per GPU: all, a count, or a list
+    workers: int | None = Field(None, ge=1, le=256)  # on the CPU: worker processes sharing the threads
     gpu_memory_reserve: MemorySize = "1GiB"
     prefetch: int = Field(2, ge=0, le=8)
     grace_seconds: float = Field(25.0, ge=0, le=3600)
@@ -214,6 +217,12 @@ class Settings(BaseModel):
             )
         if self.channel_speakers and self.channels != "split":
             raise ValueError("channel_speakers: names the channels of --channels split, which is not set")
+        if self.gpus is not None and self.workers is not None:
+            raise ValueError("workers: --gpus starts one worker per GPU; --workers splits the CPU; give one of them")
+        if self.gpus is not None and self.device == "cpu":
+            raise ValueError("gpus: --gpus runs a worker on each GPU, which needs device cuda or auto, not cpu")
+        if self.workers is not None and self.device == "cuda":
+            raise ValueError("workers: --workers splits the CPU among processes; on GPUs use --gpus (one worker each)")
         if self.highlight_words and not self.align:
             raise ValueError("highlight_words: words are highlighted as they are said, which needs --align")
         if self.highlight_words and self.task == "translate":

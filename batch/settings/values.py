@@ -190,6 +190,54 @@ def shard_spec(value: str | None) -> str | None:
     return None if value is None or not value.strip() else str(Shard.parse(value))
 
 
+@dataclass(frozen=True)
+class GpuSelection:
+    """--gpus: every visible GPU (`all`), the first `count` of them, or the ones listed (numbers as `doctor` lists
+    them: nvidia-smi's order, or CUDA_VISIBLE_DEVICES' when it is set; or GPU-/MIG- UUIDs)."""
+
+    every: bool = False
+    count: int | None = None
+    devices: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, text: str) -> GpuSelection:
+        value = text.strip()
+        if value.lower() == "all":
+            return cls(every=True)
+        listed_form = value.lower().startswith(("device=", "gpu-", "mig-")) or "," in value
+        if not listed_form:
+            if value == "0":
+                raise ValueError("0 is not a number of GPUs: for GPU 0 alone, write device=0")
+            if not value.isdigit():
+                raise ValueError(f"expected all, a count (2), or GPUs listed (0,2,3 or device=2), not {text!r}")
+            return cls(count=int(value))
+        entries = [entry.strip() for entry in value.split("=", 1)[-1].split(",") if entry.strip()]
+        if not entries:
+            raise ValueError(f"no GPU listed in {text!r}")
+        for entry in entries:
+            if not (entry.isdigit() or re.fullmatch(r"(?i)(GPU|MIG)-(GPU-)?[0-9a-f][0-9a-f/-]*", entry)):
+                raise ValueError(f"{entry!r} is not a GPU index (0) or UUID (GPU-..., MIG-...)")
+        if len(set(entries)) != len(entries):
+            raise ValueError(f"a GPU is listed twice in {text!r}")
+        return cls(devices=tuple(entries))
+
+    def __str__(self) -> str:
+        if self.every:
+            return "all"
+        if self.count is not None:
+            return str(self.count)
+        return ",".join(self.devices) if len(self.devices) > 1 else f"device={self.devices[0]}"
+
+
+def gpu_selection(value: Any) -> str | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    text = ",".join(str(item) for item in value) if isinstance(value, list | tuple) else str(value)
+    if isinstance(value, list | tuple) and len(value) == 1:
+        text = f"device={text}"
+    return str(GpuSelection.parse(text))
+
+
 def memory_size(value: Any) -> str:
     text = str(value).strip()
     parse_bytes(text)  # raises ValueError with the reason
@@ -220,3 +268,4 @@ AlignModels = Annotated[tuple[str, ...], BeforeValidator(align_model_entries)]
 ChannelSpeakers = Annotated[tuple[str, ...], BeforeValidator(channel_speaker_names)]
 ShardSpec = Annotated[str | None, AfterValidator(shard_spec)]
 MemorySize = Annotated[str, BeforeValidator(memory_size)]
+Gpus = Annotated[str | None, BeforeValidator(gpu_selection)]

@@ -16,6 +16,7 @@ import batch.engine.device as device
 from batch.common.advice import advice_for
 from batch.engine.device import CUDNN_OPS_LIBRARY, GpuFacts, device_checks
 from tests.conftest import ENGLISH, speak
+from tests.nvml_fakes import FakeGpu, FakeNvml, machine, uuid
 
 H100 = GpuFacts(
     driver_version="570.124.06",
@@ -329,3 +330,117 @@ def test_silero_is_checked_where_the_run_loads_it_offline(cli, tiny_en: str) -> 
     result = cli("doctor", "--model", tiny_en, "--no-align", "--json", env=environment)
     checks = {check["name"]: check for check in json.loads(result.stdout)["checks"]}
     assert checks["vad model"]["status"] == "ok" and "bundled with faster-whisper" in checks["vad model"]["detail"]
+
+
+# --- the GPUs --gpus would use (NVML faked by tests/nvml_fakes.py; the driver's absence is this machine's own) --
+
+
+def test_no_nvidia_driver_skips_the_gpus_row_unless_the_job_asks_for_gpus(cli, tiny_en: str) -> None:
+    result = cli("doctor", "--model", tiny_en, "--no-align", "--device", "cpu")
+    assert result.exit_code == 0, result.stdout
+    status, detail = rows(result.stdout)["gpus"]
+    assert status == "skip" and detail.startswith("no GPU: NVML cannot start (no NVIDIA driver visible?): ")
+    assert detail.endswith("; --gpus cannot be used here")
+    assert not any(name.startswith("gpu0") for name in rows(result.stdout))
+
+    asked = cli("doctor", "--model", tiny_en, "--no-align", env={"WHISPERX_BATCH_GPUS": "all"})
+    assert asked.exit_code == 3
+    status, detail = rows(asked.stdout)["gpus"]
+    assert status == "fail" and detail.startswith("--gpus all: no GPU: NVML cannot start")
+    assert "or leave --gpus out" in asked.stdout
+
+
+def four_gpu_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    facts = dataclasses.replace(H100, gpus=H100.gpus * 4, torch_devices=4, ctranslate2_devices=4)
+    monkeypatch.setattr(device, "probe_gpu", lambda: facts)
+    monkeypatch.setitem(sys.modules, "pynvml", machine(4))
+
+
+def test_every_gpu_is_listed_and_what_gpus_all_would_start(cli, tiny_en: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    four_gpu_machine(monkeypatch)
+    result = cli("doctor", "--model", tiny_en, "--no-align", "--json", env={"WHISPERX_BATCH_THREADS": "16"})
+    assert result.exit_code == 0, result.stdout
+    checks = json.loads(result.stdout)["checks"]
+    names = [check["name"] for check in checks]
+    assert names[names.index("cudnn") + 1 : names.index("decoder")] == ["gpu0", "gpu1", "gpu2", "gpu3", "gpus"]
+    by_name = {check["name"]: check for check in checks}
+    assert by_name["gpu2"] == {
+        "name": "gpu2",
+        "status": "ok",
+        "detail": f"NVIDIA H100 80GB HBM3, 80.0 GiB, {uuid('GPU', '20000000')}",
+        "fix": None,
+    }
+    h100 = "(NVIDIA H100 80GB HBM3)"
+    assert by_name["gpus"]["status"] == "ok"
+    assert by_name["gpus"]["detail"] == (
+        f"--gpus all would start 4 workers, 4 CPU threads each: gpu0 {h100}, gpu1 {h100}, gpu2 {h100}, gpu3 {h100}"
+    )
+
+
+def test_the_gpus_are_numbered_as_cuda_visible_devices_lists_them(
+    cli, tiny_en: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    four_gpu_machine(monkeypatch)
+    env = {"CUDA_VISIBLE_DEVICES": "3,1", "WHISPERX_BATCH_THREADS": "3", "WHISPERX_BATCH_GPUS": "device=1"}
+    table = rows(cli("doctor", "--model", tiny_en, "--no-align", env=env).stdout)
+    assert table["gpu0"][1].endswith(uuid("GPU", "30000000")) and table["gpu1"][1].endswith(uuid("GPU", "10000000"))
+    assert "gpu2" not in table
+    started = "--gpus device=1 would start 1 worker, 3 CPU threads each: gpu1 (NVIDIA H100 80GB HBM3)"
+    assert table["gpus"] == ("ok", started)
+
+
+def test_the_jobs_gpus_naming_a_gpu_that_is_not_there_stops_the_run(
+    cli, tiny_en: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    four_gpu_machine(monkeypatch)
+    result = cli("doctor", "--model", tiny_en, "--no-align", env={"WHISPERX_BATCH_GPUS": "0,5"})
+    assert result.exit_code == 3
+    status, detail = rows(result.stdout)["gpus"]
+    assert status == "fail" and detail.startswith("--gpus 0,5: GPU 5 is not visible to this process (4 visible: GPU 0")
+    assert "gpu2 is --gpus device=2" in result.stdout
+    assert result.stdout.splitlines()[-1] == "doctor: 1 problem(s) would stop a run (exit 3)"
+
+
+@pytest.mark.parametrize(
+    ("job", "cuda_problem", "expected"),
+    [
+        ({"device": "cpu"}, None, ("skip", "2 GPU(s) not used (--device cpu); --gpus needs cuda or auto")),
+        ({}, "cudnn: libcudnn_ops.so.9 cannot be loaded", ("skip", "--gpus all cannot start workers: CUDA cannot")),
+        ({"gpus": "2"}, "cudnn: libcudnn_ops.so.9 cannot be loaded", ("fail", "--gpus 2 cannot start workers")),
+        ({"gpus": "3"}, None, ("fail", "--gpus 3: 3 GPUs asked for, 2 visible: GPU 0 (NVIDIA H100")),
+        ({"gpus": "2", "threads": 1}, None, ("ok", "--gpus 2 would start 2 workers, 1 CPU thread each: gpu0")),
+    ],
+)
+def test_the_gpus_row_judges_the_jobs_gpus_and_device(
+    job: dict[str, object], cuda_problem: str | None, expected: tuple[str, str]
+) -> None:
+    from batch.cli.doctor.gpus import gpu_checks
+    from batch.settings.options import load_settings
+
+    checks = gpu_checks(load_settings(job, environ={}), cuda_problem, environ={}, nvml=machine(2))
+    assert [check.name for check in checks] == ["gpu0", "gpu1", "gpus"]
+    status, detail = expected
+    assert checks[-1].status == status and checks[-1].detail.startswith(detail), checks[-1]
+
+
+def test_a_gpu_split_by_mig_is_listed_as_its_instances() -> None:
+    from batch.cli.doctor.gpus import gpu_checks
+    from batch.settings.options import load_settings
+
+    instances = tuple(FakeGpu(uuid("MIG", f"{slot}1111111"), "NVIDIA A100 MIG 3g.20gb", 20 * 2**30) for slot in (1, 2))
+    nvml = FakeNvml(FakeGpu(uuid("GPU", "aaaa0000"), "NVIDIA A100", 40 * 2**30, mig=instances))
+    checks = gpu_checks(load_settings({"threads": 8}, environ={}), None, environ={}, nvml=nvml)
+    assert [(check.name, check.detail) for check in checks[:2]] == [
+        ("gpu0", f"NVIDIA A100 MIG 3g.20gb, 20.0 GiB, {instances[0].uuid}"),
+        ("gpu1", f"NVIDIA A100 MIG 3g.20gb, 20.0 GiB, {instances[1].uuid}"),
+    ]
+    assert checks[2].detail.startswith("--gpus all would start 2 workers, 4 CPU threads each")
+
+
+def test_no_gpu_in_cuda_visible_devices_says_so() -> None:
+    from batch.cli.doctor.gpus import gpu_checks
+    from batch.settings.options import load_settings
+
+    [check] = gpu_checks(load_settings({}, environ={}), None, environ={"CUDA_VISIBLE_DEVICES": ""}, nvml=machine(2))
+    assert (check.name, check.status) == ("gpus", "skip")
+    assert check.detail == "no GPU: NVML lists none in CUDA_VISIBLE_DEVICES=''; --gpus cannot be used here"

@@ -74,3 +74,24 @@ def test_each_part_gets_its_own_section() -> None:
     assert config.pipeline.align.per_language == {"fr": "some/model"}
     assert config.pipeline.vad.step == 1.0 and config.shaping["vad_step"] == 1.0
     assert config.pipeline.runtime.device == "cpu" and config.control.prefetch == 3
+
+
+def test_workers_are_planned_on_the_cpu_with_the_threads_shared() -> None:
+    config = configure(settings(workers=3, threads=9), {})
+    assert [(slot.name, slot.device, slot.threads) for slot in config.workers] == [
+        ("cpu0", "cpu", 3),
+        ("cpu1", "cpu", 3),
+        ("cpu2", "cpu", 3),
+    ]
+    assert config.workers[0].environ["OMP_NUM_THREADS"] == "3" and config.pipeline.runtime.threads == 9
+    assert configure(settings(workers=1), {}).workers == () and configure(settings(), {}).workers == ()
+
+
+def test_workers_on_a_run_that_found_a_gpu_are_refused_for_gpus() -> None:
+    from batch.engine.config import RuntimeOptions
+    from batch.run.pool.plan import plan_workers
+
+    on_a_gpu = RuntimeOptions(device="cuda", compute_type="float16", threads=8, batch_size=16)
+    with pytest.raises(ConfigError, match="use --gpus for one worker per GPU, or --device cpu") as caught:
+        plan_workers(None, 2, on_a_gpu, {})
+    assert caught.value.key == "workers" and caught.value.exit_code == 2

@@ -337,6 +337,10 @@ def every_metric() -> dict:
         StageMemoryRecord("asr", 16, 16, 8, oom_retries=1),
         StageMemoryRecord("diarize", 16, 16, 16),
     ]
+    stats.workers = [  # as batch.run.pool.WorkerPool reports its workers (--gpus)
+        worker_figures("gpu0", "ready", files=5, busy_seconds=50.0, batch_size={"asr": 8}, oom_retries={"asr": 1}),
+        worker_figures("gpu1", "failed", restarts=3),
+    ]
     probe = FakeProbe(free=30 * 2**30, used=50 * 2**30)
     metrics = RunMetrics(labels={"shard": "0"}, info={"model": "tiny"}, probe=probe)
     metrics.watch(report, lambda: stats)
@@ -366,6 +370,22 @@ def test_the_gpu_figures_come_from_the_pipeline_records_and_nvml() -> None:
     ) == pytest.approx(60.0)
 
 
+def worker_figures(name: str, state: str, **figures: object) -> dict[str, object]:
+    base = {"name": name, "device": "cuda", "detail": f"GPU {name[-1]}", "threads": 4, "state": state}
+    return base | {"files": 0, "restarts": 0, "busy_seconds": 0.0, "batch_size": {}, "oom_retries": {}} | figures
+
+
+def test_each_worker_has_its_own_figures_labelled_by_name_and_device() -> None:
+    families = every_metric()
+    assert value(families, "whisperx_batch_worker_up", worker="gpu0", device="cuda") == 1
+    assert value(families, "whisperx_batch_worker_up", worker="gpu1", device="cuda") == 0
+    assert value(families, "whisperx_batch_worker_files_total", worker="gpu0", device="cuda") == 5
+    assert value(families, "whisperx_batch_worker_restarts_total", worker="gpu1", device="cuda") == 3
+    assert value(families, "whisperx_batch_worker_busy_seconds_total", worker="gpu0", device="cuda") == 50.0
+    assert value(families, "whisperx_batch_worker_batch_size", worker="gpu0", device="cuda", stage="asr") == 8
+    assert value(families, "whisperx_batch_worker_oom_retries_total", worker="gpu0", device="cuda", stage="asr") == 1
+
+
 UNIT_WORDS = {"seconds", "bytes"}
 NOT_BASE_UNITS = re.compile(r"_(milli|micro|nano)?(ms|us|ns|minutes?|hours?|days?|kb|mb|gb|kib|mib|gib|percent)(_|$)")
 
@@ -389,7 +409,10 @@ def test_every_name_follows_prometheus_naming_and_is_documented() -> None:
     counters = {f for f, samples in families.items() if any(n == f + "_total" for n, _, _ in samples)}
     assert counters == {
         f"whisperx_batch_{n}"
-        for n in ("files", "audio_seconds", "stage_seconds", "asr_batches", "asr_chunks", "oom_retries")
+        for n in (
+            *("files", "audio_seconds", "stage_seconds", "asr_batches", "asr_chunks", "oom_retries"),
+            *("worker_files", "worker_restarts", "worker_busy_seconds", "worker_oom_retries"),
+        )
     }
     assert sum(1 for samples in families.values() for name, _, _ in samples if name.endswith("_total")) > 10
 

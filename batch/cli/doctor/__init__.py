@@ -10,9 +10,11 @@ in for a GPU machine or a gated repository. No secret is ever printed: the token
 and from where, never what it is.
 
 The checks live in modules by what they look at: `batch.engine.device` (the NVIDIA driver, CUDA, cuDNN, judged
-as a run judges them; the seam `probe_gpu`), `models` (the models and the Hugging Face token; the seam
-`batch.cli.doctor.models.hub_access`), `places` (SOURCE, DEST and the model cache), `system` (versions, CPUs,
-the decoder, ffmpeg). `batch.common.advice` holds the Check row and the known failure modes (`advice_for`).
+as a run judges them; the seam `probe_gpu`), `gpus` (each GPU NVML lists, and the workers `--gpus` would start),
+`models` (the models and the Hugging Face token; the seam `batch.cli.doctor.models.hub_access`), `places` (SOURCE,
+DEST and the model cache), `system` (versions, CPUs, the decoder, ffmpeg). `batch.common.advice` holds the Check
+row and the known failure modes (`advice_for`). GPUs are listed through NVML, which tests replace with a fake
+module (tests/nvml_fakes.py).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import asdict
 
-from batch.cli.doctor import models, places, system
+from batch.cli.doctor import gpus, models, places, system
 from batch.common.advice import Check
 from batch.common.errors import EXIT_ENVIRONMENT, EXIT_OK, redact
 from batch.engine import device
@@ -38,7 +40,9 @@ def run_doctor(settings: Settings) -> list[Check]:
     """Every check, in the order a person reads them."""
     token, token_check = models.token_status(settings)
     checks = [system.versions_check(), system.cpus_check()]
-    checks += device.device_checks(device.probe_gpu(), settings.device)
+    facts = device.probe_gpu()
+    checks += device.device_checks(facts, settings.device)
+    checks += gpus.gpu_checks(settings, device.gpu_problem(facts))
     checks += [system.decoder_check(), system.ffmpeg_check()]
     checks += models.model_checks(settings, token)
     checks += [token_check, places.source_check(settings), places.dest_check(settings)]

@@ -1,0 +1,117 @@
+"""`--workers 2` with the real models, the real command line and real signals: one run, whatever its workers."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+
+class Run:
+    """`python -m batch run` in the background, its stderr read as it comes."""
+
+    def __init__(self, source: Path, out: Path, model: str, *extra: str):
+        command = [sys.executable, "-m", "batch", "run", str(source), "--out", str(out), "--model", model]
+        command += ["--no-align", "--device", "cpu", "--threads", "2", "--workers", "2", "--batch-size", "2", *extra]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.lines.append(line)
+
+    def wait_for(self, pattern: str, timeout: float = 300) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                found = re.search(pattern, line)
+                if found:
+                    return found
+            assert self.process.poll() is None, "".join(self.lines)
+            time.sleep(0.05)
+        raise AssertionError(f"no line matched {pattern!r}:\n" + "".join(self.lines))
+
+    def worker_pids(self) -> dict[str, int]:
+        found = (re.search(r"worker (\w+): starting on .* \(pid (\d+)\)", line) for line in self.lines)
+        return {match[1]: int(match[2]) for match in found if match}
+
+    def finish(self, timeout: float = 300) -> tuple[int, str]:
+        code = self.process.wait(timeout=timeout)
+        self._reader.join(10)
+        return code, "".join(self.lines)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie is gone for every purpose here
+    return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+
+
+@pytest.fixture
+def calls(tmp_path: Path, sample_wav: Path) -> Path:
+    source = tmp_path / "in"
+    source.mkdir()
+    for index in range(6):
+        shutil.copy(sample_wav, source / f"call{index}.wav")
+    return source
+
+
+def report_of(out: Path) -> dict:
+    return json.loads(sorted((out / "_runs").glob("*.json"))[-1].read_text())
+
+
+def test_sigterm_reaches_every_worker_and_a_rerun_does_exactly_the_rest(
+    calls: Path, tmp_path: Path, tiny_en: str
+) -> None:
+    out = tmp_path / "out"
+    run = Run(calls, out, tiny_en, "--grace-seconds", "120")
+    run.wait_for(r"call\d\.wav: succeeded")
+    pids = run.worker_pids()
+    run.process.send_signal(signal.SIGTERM)
+    code, stderr = run.finish()
+    assert code == 143, stderr
+    assert re.search(r"INFO +\[cpu0\] models loaded", stderr)  # the workers' lines, in the run's own log
+    assert len(pids) == 2 and not any(alive(pid) for pid in pids.values()), pids
+    done = sorted(p.name.removesuffix(".manifest.json") for p in out.glob("*.manifest.json"))
+    assert 1 <= len(done) < 6
+    assert all(json.loads((out / f"{key}.manifest.json").read_text())["status"] == "succeeded" for key in done)
+    report = report_of(out)
+    assert report["stopped_by_signal"] == signal.SIGTERM and sorted(report["succeeded"]) == done
+
+    rerun = Run(calls, out, tiny_en)
+    code, stderr = rerun.finish()
+    assert code == 0, stderr
+    assert f"{6 - len(done)} succeeded, {len(done)} skipped, 0 failed" in stderr
+
+
+def test_a_worker_killed_mid_file_has_its_files_retried_and_the_run_succeeds(
+    calls: Path, tmp_path: Path, tiny_en: str
+) -> None:
+    out = tmp_path / "out"
+    run = Run(calls, out, tiny_en)
+    run.wait_for(r"worker cpu0: ready")
+    time.sleep(1.0)  # its first file (30 s of speech) takes it a few seconds on one thread
+    os.kill(run.worker_pids()["cpu0"], signal.SIGKILL)
+    code, stderr = run.finish()
+    assert code == 0, stderr
+    assert re.search(r"worker cpu0 was killed by SIGKILL .*; [1-9]\d* file\(s\) it held go back", stderr), stderr
+    report = report_of(out)
+    assert sorted(report["succeeded"]) == [f"call{index}.wav" for index in range(6)] and not report["failed"]
+    workers = {worker["name"]: worker for worker in report["workers"]}
+    assert workers["cpu0"]["restarts"] == 1 and workers["cpu1"]["restarts"] == 0
+    assert sum(worker["files"] for worker in workers.values()) == 6
