@@ -47,6 +47,11 @@ class Feed:
         try:
             item = self._ready.get_nowait()
         except queue.Empty:
+            # A byte whose file was taken before the byte came would keep `readable` ready for nothing (the
+            # pool would spin); with nothing queued, every byte there is such a one.
+            with contextlib.suppress(BlockingIOError):
+                while self.readable.recv(4096):
+                    pass
             return None
         with contextlib.suppress(BlockingIOError):
             self.readable.recv(1)
