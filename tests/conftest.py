@@ -79,6 +79,14 @@ def sample_reference() -> str:
     return " ".join(line.split(maxsplit=5)[5] for line in lines if len(line.split(maxsplit=5)) == 6)
 
 
+def copies(recording: Path, folder: Path, count: int, name: str = "call{}.wav") -> Path:
+    """`folder` holding `count` copies of `recording`, named call0.wav, call1.wav..."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        shutil.copy(recording, folder / name.format(index))
+    return folder
+
+
 def tone(path: Path, seconds: float = 1.0) -> Path:
     """A real (if wordless) recording: sox's sine wave, any container sox writes."""
     path.parent.mkdir(parents=True, exist_ok=True)

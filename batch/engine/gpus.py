@@ -20,7 +20,13 @@ from dataclasses import dataclass
 from types import ModuleType
 
 from batch.common.units import format_bytes
-from batch.engine.nvml import NvmlDevice, list_nvml_devices, parse_visible_devices
+from batch.engine.nvml import (
+    NvmlDevice,
+    NvmlUnavailable,
+    import_pynvml,
+    list_nvml_devices,
+    parse_visible_devices,
+)
 
 
 class GpusUnavailable(Exception):
@@ -43,11 +49,10 @@ class VisibleGpu:
 
 def visible_gpus(visible: str | None, nvml: ModuleType | None = None) -> list[VisibleGpu]:
     """The devices this process may use, numbered as the user numbers them. Raises GpusUnavailable."""
-    if nvml is None:
-        try:
-            import pynvml as nvml
-        except ImportError as exc:
-            raise GpusUnavailable(f"nvidia-ml-py is not installed ({exc})") from exc
+    try:
+        nvml = nvml or import_pynvml()
+    except NvmlUnavailable as exc:
+        raise GpusUnavailable(str(exc)) from exc
     try:
         nvml.nvmlInit()
     except Exception as exc:

@@ -63,11 +63,7 @@ class NvmlProbe:
     @classmethod
     def open(cls, cuda_index: int = 0, nvml: ModuleType | None = None) -> NvmlProbe:
         """The probe for CUDA device `cuda_index` of this process. Raises NvmlUnavailable, saying why."""
-        if nvml is None:
-            try:
-                import pynvml as nvml
-            except ImportError as exc:
-                raise NvmlUnavailable(f"nvidia-ml-py is not installed ({exc})") from exc
+        nvml = nvml or import_pynvml()
         try:
             nvml.nvmlInit()
             devices = list_nvml_devices(nvml)
@@ -102,6 +98,15 @@ class NvmlProbe:
             return self._nvml.nvmlDeviceGetMemoryInfo(self._handle)
         except self._nvml.NVMLError:
             return None  # a device that stops answering reads as "unknown": the configured size is used
+
+
+def import_pynvml() -> ModuleType:
+    """nvidia-ml-py's module; NvmlUnavailable, saying so, where it is not installed."""
+    try:
+        import pynvml
+    except ImportError as exc:
+        raise NvmlUnavailable(f"nvidia-ml-py is not installed ({exc})") from exc
+    return pynvml
 
 
 def list_nvml_devices(nvml: ModuleType) -> list[NvmlDevice]:

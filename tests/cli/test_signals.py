@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -13,6 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import copies
 
 
 def start_run(source: Path, out: Path, model: str, *extra: str) -> subprocess.Popen[str]:
@@ -46,11 +47,7 @@ def wait_for_first_manifest(out: Path, timeout: float = 300) -> None:
 
 @pytest.fixture
 def calls(tmp_path: Path, sample_wav: Path) -> Path:
-    source = tmp_path / "in"
-    source.mkdir()
-    for index in range(5):
-        shutil.copy(sample_wav, source / f"call{index}.wav")
-    return source
+    return copies(sample_wav, tmp_path / "in", 5)
 
 
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import copies
 
 
 class Run:
@@ -64,11 +65,7 @@ def alive(pid: int) -> bool:
 
 @pytest.fixture
 def calls(tmp_path: Path, sample_wav: Path) -> Path:
-    source = tmp_path / "in"
-    source.mkdir()
-    for index in range(6):
-        shutil.copy(sample_wav, source / f"call{index}.wav")
-    return source
+    return copies(sample_wav, tmp_path / "in", 6)
 
 
 def report_of(out: Path) -> dict:
