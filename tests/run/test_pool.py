@@ -148,6 +148,7 @@ def test_a_batch_error_in_a_worker_stops_the_run_with_its_exit_code(calls: Path,
     assert report.exit_code == 3 and report.error is not None
     assert (report.error.type, report.error.message) == ("EnvironmentProblem", "the GPU fell off the bus")
     assert "call05.wav" not in manifests(out) and all(m.status == "succeeded" for m in manifests(out).values())
+    assert sum(w.restarts for w in report.workers) == 0  # the run ends: the worker that said so is not replaced
 
 
 def test_a_file_that_breaks_its_worker_twice_with_a_defect_fails_alone(calls: Path, tmp_path: Path) -> None:
@@ -173,3 +174,12 @@ def test_deaths_a_retried_file_is_blamed_for_do_not_take_its_device_out(calls: P
     ]
     (worker,) = report.workers
     assert worker.restarts == 3 and worker.problem is None and worker.state == "exited"
+
+
+def test_a_pipeline_that_cannot_be_built_says_why(calls: Path, tmp_path: Path) -> None:
+    settings = load_settings({"source": str(calls), "out": str(tmp_path / "out"), "device": "cpu"}, environ={})
+    slots = (WorkerSlot("cpu0", "cpu", 1, "CPU, 1 thread"),)
+    pool = WorkerPool(configure(settings, environ={}).pipeline, slots, factory="tests.nowhere:pipeline")
+    report = Job(settings, environ={}, pipeline=pool).run()
+    assert report.exit_code == 3 and report.error is not None
+    assert report.error.message == "no worker could start: cpu0: could not start: No module named 'tests.nowhere'"

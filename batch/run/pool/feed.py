@@ -48,11 +48,15 @@ class Feed:
             item = self._ready.get_nowait()
         except queue.Empty:
             # A byte whose file was taken before the byte came would keep `readable` ready for nothing (the
-            # pool would spin); with nothing queued, every byte there is such a one.
+            # pool would spin): with nothing queued, the bytes there are such ones. A file queued meanwhile is
+            # taken now, whether its byte went with them or is still to come (and goes the same way).
             with contextlib.suppress(BlockingIOError):
                 while self.readable.recv(4096):
                     pass
-            return None
+            try:
+                item = self._ready.get_nowait()
+            except queue.Empty:
+                return None
         with contextlib.suppress(BlockingIOError):
             self.readable.recv(1)
         if item is _END:
@@ -65,20 +69,17 @@ class Feed:
         return item
 
     def close(self) -> None:
-        """Stop pulling and wait for the thread (it may finish the fetch in hand), so the runner can close its
-        source after this."""
+        """Stop pulling and wait for the thread (it may finish the fetch in hand, never starts another), so the
+        runner can close its source after this."""
         self._closed.set()
-        while self._thread.is_alive():
-            with contextlib.suppress(queue.Empty):
-                self._ready.get_nowait()  # room for a put that waits
-            self._thread.join(PUT_WAIT_SECONDS)
+        self._thread.join()
         self.readable.close()
         self._writable.close()
 
     def _pull(self) -> None:
         try:
             for file in self._source:
-                if not self._put(file):
+                if not self._put(file) or self._closed.is_set():
                     return
         except BaseException as exc:
             self._put(_Failed(exc))

@@ -163,7 +163,7 @@ class WorkerPool:
                 return
             self.load()
             self._pending.append(first)
-            self._feed = Feed(source, room=len(self._slots))
+            self._feed = Feed(source, room=1)  # the runner decodes ahead (--prefetch per worker): one in hand
             while True:
                 if should_stop() and not self._stopping:
                     self._stop_all()
@@ -176,15 +176,22 @@ class WorkerPool:
                     return
                 self._refuse_to_go_on_without_workers()
         finally:
-            if self._feed is not None:
-                self._feed.close()
-            if self._started:
-                self._shut_down(gracefully=finished)
+            try:
+                if self._started:
+                    self._shut_down(gracefully=finished)  # first: a fetch in hand must not hold the GPUs
+            finally:
+                if self._feed is not None:
+                    self._feed.close()
 
     def _outcomes(self) -> Iterator[FileOutcome]:
         while self._out:
             yield self._out.popleft()
-        if self._fatal is not None:  # after the files already finished: they are written first
+        if self._fatal is not None:
+            for slot in self._live_slots():  # what the other workers finished meanwhile is written first
+                assert slot.worker is not None
+                self._drain(slot, slot.worker)
+            while self._out:
+                yield self._out.popleft()
             raise self._fatal.rebuilt()
 
     # --- starting and stopping workers -------------------------------------------------------------------------
@@ -199,7 +206,7 @@ class WorkerPool:
             list(sys.path), plan.name, _parent_reuses_freed_memory(), _parent_is_quiet(), pickle.dumps(spec)
         )
         ours, theirs = socket.socketpair()
-        process = None
+        process, conn = None, None
         try:
             with theirs:
                 process = subprocess.Popen(
@@ -212,7 +219,7 @@ class WorkerPool:
             conn = Connection(ours.detach())
             conn.send(greeting)
         except OSError as exc:  # no memory or no process left to start one (right after the OOM killer, say)
-            ours.close()
+            (conn or ours).close()
             if process is not None:
                 _end(process)
             slot.problem = f"could not start: {exc}"
@@ -231,29 +238,31 @@ class WorkerPool:
     def _shut_down(self, gracefully: bool) -> None:
         """Ready workers that hold nothing quit; the rest (still loading, or after an error) are killed."""
         self._stopping = True  # from here a worker that dies is not replaced, and what it held is left
-        for slot in self._live_slots():  # what came meanwhile: a worker that could not start says why
-            assert slot.worker is not None
-            self._drain(slot, slot.worker)
         live = [slot.worker for slot in self._live_slots() if slot.worker is not None]
-        if gracefully:
+        try:
+            for slot in self._live_slots():  # what came meanwhile: a worker that could not start says why
+                assert slot.worker is not None
+                self._drain(slot, slot.worker)
+            if gracefully:
+                for worker in live:
+                    if worker.ready and not worker.gone:
+                        self._send(worker, QUIT)
+                deadline = time.monotonic() + QUIT_WAIT_SECONDS
+                for worker in live:
+                    if worker.ready:
+                        with contextlib.suppress(subprocess.TimeoutExpired):
+                            worker.process.wait(max(0.0, deadline - time.monotonic()))
+        finally:
             for worker in live:
-                if worker.ready:
-                    self._send(worker, QUIT)
-            deadline = time.monotonic() + QUIT_WAIT_SECONDS
-            for worker in live:
-                if worker.ready:
-                    with contextlib.suppress(subprocess.TimeoutExpired):
-                        worker.process.wait(max(0.0, deadline - time.monotonic()))
-        for worker in live:
-            _end(worker.process)  # SIGKILL where still running: workers ignore SIGTERM (the parent speaks for them)
-            worker.gone = True
-            worker.conn.close()
-        atexit.unregister(self._kill_all)
+                _end(worker.process)  # SIGKILL where still running: workers ignore SIGTERM (the parent speaks)
+                worker.gone = True
+                worker.conn.close()
+            atexit.unregister(self._kill_all)
 
     def _kill_all(self) -> None:
         for slot in self._slots:
             if slot.worker is not None and slot.worker.process.poll() is None:
-                slot.worker.process.kill()
+                _kill(slot.worker.process)
 
     # --- messages --------------------------------------------------------------------------------------------
 
@@ -415,7 +424,7 @@ class WorkerPool:
             return
         held = list(worker.in_flight.values())
         worker.in_flight.clear()
-        if self._stopping or self._should_stop():
+        if self._stopping or self._fatal is not None or self._should_stop():  # the run ends: no retry, no new worker
             if held:
                 log.warning("worker %s %s while stopping; %d file(s) left to rerun", slot.plan.name, reason, len(held))
             return
@@ -492,7 +501,7 @@ class WorkerPool:
     def _figures(self, slot: _Slot) -> dict[str, Any]:
         """What the run report and the metrics say of one worker."""
         worker = slot.worker
-        state = "exited"
+        state = "exited" if worker is not None else "not started"  # not started: no file needed a model
         if slot.problem is not None:
             state = "failed"
         elif worker is not None and not worker.gone:
@@ -520,11 +529,19 @@ def _end(process: subprocess.Popen[bytes], grace: float = 0.0) -> None:
     with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(grace)
     if process.poll() is None:
-        process.kill()
+        _kill(process)
     try:
         process.wait(EXIT_WAIT_SECONDS)
     except subprocess.TimeoutExpired:
         log.error("worker process %s does not exit after SIGKILL (held by a device driver?)", process.pid)
+
+
+def _kill(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL to the worker's session (it leads one), so that a process it forked goes with it."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except OSError:
+        process.kill()
 
 
 def _death(exitcode: int | None) -> str:

@@ -65,13 +65,28 @@ def main(argv: list[str]) -> None:
         reuse_freed_memory()
     worker = Worker(conn, greeting.name)
     worker.forward_logs(greeting.quiet)
-    spec: WorkerSpec = pickle.loads(greeting.spec)  # imports the engine's modules
+    from batch.run.pool.messages import START_FAILED, ErrorInfo
+
+    try:
+        spec: WorkerSpec = pickle.loads(greeting.spec)  # imports the engine's modules
+    except Exception as exc:  # a factory that cannot be imported, a broken install: said, not lost
+        worker.send(START_FAILED, ErrorInfo.of(exc))
+        _exit(0)
     _keep_the_token_out_of_logs(spec)
     from batch.common.logs import prints_to_log, run_id_var
 
     run_id_var.set(spec.run_id)
     with prints_to_log():  # stdout is the parent's (its dry run's keys): what a library prints goes to the log
         worker.serve(spec)
+    _exit(0)
+
+
+def _exit(code: int) -> None:
+    """Exit now, without waiting for a library's threads at interpreter shutdown: all is said and sent."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _keep_the_token_out_of_logs(spec: WorkerSpec) -> None:
@@ -160,8 +175,8 @@ class Worker:
         while True:
             try:
                 message = self.conn.recv()
-            except (EOFError, OSError):
-                os._exit(1)  # the parent is gone: nothing this worker holds can be written now
+            except BaseException:  # the parent is gone (EOF), or a file could not be read in (memory): either
+                os._exit(1)  # way this worker can do nothing more; the parent retries what it held
             if message[0] == STOP:
                 self.stopping.set()
             else:
@@ -180,12 +195,14 @@ class _Forwarding(logging.Handler):
 
     def __init__(self, worker: Worker):
         super().__init__()
-        self.worker = worker
+        self.worker, self.pid = worker, os.getpid()
 
     def emit(self, record: logging.LogRecord) -> None:
         from batch.common.logs import key_var
         from batch.run.pool.messages import LOG
 
+        if os.getpid() != self.pid:  # a process a library forked must not write into this one's socket
+            return
         try:
             message = record.getMessage()
             if record.exc_info:
