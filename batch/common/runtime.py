@@ -117,6 +117,11 @@ _mallopt: Any = None
 GLIBC_MMAP_MAX = 65536  # glibc's default M_MMAP_MAX
 
 
+def freed_memory_reused() -> bool:
+    """Whether `reuse_freed_memory` has set this process's malloc up (a process it starts can do the same)."""
+    return _mallopt is not None
+
+
 @contextlib.contextmanager
 def large_blocks_mapped() -> Iterator[None]:
     """Within: blocks of 128 KiB and more get mappings of their own again, handed back to the kernel when freed.

@@ -42,9 +42,13 @@ class VisibleGpu:
     name: str = ""
     memory_total: int | None = None
 
-    def describe(self) -> str:
+    def summary(self) -> str:
+        """Its name, memory and UUID: `NVIDIA L4, 22.0 GiB, GPU-...`."""
         memory = f", {format_bytes(self.memory_total)}" if self.memory_total else ""
-        return f"GPU {self.number} ({self.name or 'unnamed'}{memory}, {self.uuid})"
+        return f"{self.name or 'unnamed'}{memory}, {self.uuid}"
+
+    def describe(self) -> str:
+        return f"GPU {self.number} ({self.summary()})"
 
 
 def visible_gpus(visible: str | None, nvml: ModuleType | None = None) -> list[VisibleGpu]:

@@ -72,7 +72,8 @@ class WorkerRecord(BaseModel):
     device: str
     detail: str
     threads: int
-    state: str  # starting | ready | exited | failed
+    state: str  # not started | starting | ready | exited | failed
+    started: bool = True  # its models loaded at least once (it took part in the run)
     files: int = 0  # outcomes it handed back
     restarts: int = 0
     busy_seconds: float = 0.0
@@ -152,8 +153,8 @@ class RunReport(Record):
     def model_busy_share(self) -> float | None:
         """The share of the wall time after start-up (model loading) that the models were working; with several
         workers, their mean."""
-        started = [w for w in self.workers if not (w.problem or "").startswith("could not start")]
-        working_time = (self.wall_seconds - (self.model_load_seconds or 0.0)) * max(1, len(started))
+        started = sum(1 for w in self.workers if w.started)
+        working_time = (self.wall_seconds - (self.model_load_seconds or 0.0)) * max(1, started)
         if not self.model_seconds or working_time <= 0:
             return None
         return round(min(1.0, self.model_seconds / working_time), 4)

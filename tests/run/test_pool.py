@@ -110,6 +110,7 @@ def test_a_worker_that_cannot_start_is_reported_and_the_others_go_on(calls: Path
     assert report.exit_code == 0 and len(report.succeeded) == 12
     broken = report.workers[1]
     assert broken.state == "failed" and broken.files == 0 and "devices are busy" in (broken.problem or "")
+    assert not broken.started and report.workers[0].started
     assert report.workers[0].files == 12
     assert "worker cpu1 (CPU, 1 thread): could not start: CUDA error" in report.summary()
 

@@ -15,7 +15,6 @@ from types import ModuleType
 from batch.common.advice import Check
 from batch.common.errors import EnvironmentProblem
 from batch.common.runtime import available_cpus
-from batch.common.units import format_bytes
 from batch.engine.config import RuntimeOptions
 from batch.engine.gpus import GpusUnavailable, VisibleGpu, visible_gpus
 from batch.run.pool.plan import gpu_workers
@@ -47,13 +46,8 @@ def gpu_checks(
         listed = environ.get("CUDA_VISIBLE_DEVICES")
         where = f" in CUDA_VISIBLE_DEVICES={listed!r}" if listed is not None else ""
         return [no_gpu_check(settings, f"NVML lists none{where}")]
-    rows = [Check(f"gpu{gpu.number}", "ok", gpu_detail(gpu)) for gpu in visible]
+    rows = [Check(f"gpu{gpu.number}", "ok", gpu.summary()) for gpu in visible]
     return [*rows, workers_check(settings, cuda_problem, visible, environ, nvml)]
-
-
-def gpu_detail(gpu: VisibleGpu) -> str:
-    memory = f", {format_bytes(gpu.memory_total)}" if gpu.memory_total else ""
-    return f"{gpu.name or 'unnamed'}{memory}, {gpu.uuid}"
 
 
 def no_gpu_check(settings: Settings, why: str) -> Check:

@@ -38,6 +38,7 @@ from typing import Any
 
 from batch.common.errors import EnvironmentProblem, WorkerDied
 from batch.common.logs import file_context
+from batch.common.runtime import freed_memory_reused
 from batch.engine.config import PipelineConfig
 from batch.engine.pipeline import DecodedFile, FileOutcome, PipelineStats
 from batch.run.pool.feed import Feed
@@ -202,9 +203,7 @@ class WorkerPool:
         to talk through."""
         plan = slot.plan
         spec = WorkerSpec(replace(self.config, runtime=plan.runtime(self.config.runtime)), self.factory, self.run_id)
-        greeting = Greeting(
-            list(sys.path), plan.name, _parent_reuses_freed_memory(), _parent_is_quiet(), pickle.dumps(spec)
-        )
+        greeting = Greeting(list(sys.path), plan.name, freed_memory_reused(), _parent_is_quiet(), pickle.dumps(spec))
         ours, theirs = socket.socketpair()
         process, conn = None, None
         try:
@@ -512,6 +511,7 @@ class WorkerPool:
             "detail": slot.plan.detail,
             "threads": slot.plan.threads,
             "state": state,
+            "started": slot.ever_ready,
             "files": slot.files,
             "restarts": slot.restarts,
             "busy_seconds": round(sum(stats.busy_seconds for stats in self._stats_of(slot)), 3),
@@ -561,12 +561,6 @@ def _death(exitcode: int | None) -> str:
         signal.SIGBUS: " (a crash in native code)",
     }.get(number, "")
     return f"was killed by {name}{why}"
-
-
-def _parent_reuses_freed_memory() -> bool:
-    from batch.common import runtime
-
-    return runtime._mallopt is not None
 
 
 def _parent_is_quiet() -> bool:
