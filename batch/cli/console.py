@@ -11,9 +11,10 @@ from collections.abc import Iterator
 from typing import Any, TextIO
 
 from batch.cli.progress import Progress, for_terminal
-from batch.cli.signals import exit_at_once, run_over
+from batch.cli.signals import run_over
 from batch.common.errors import EXIT_OK
 from batch.common.logs import prints_to_log
+from batch.common.runtime import exit_at_once
 from batch.run.job import Job
 from batch.run.report import RunReport
 from batch.settings.options import Settings

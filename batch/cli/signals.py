@@ -3,12 +3,10 @@ always with an exit code that docs/reruns-and-exit-codes.md lists, and at once, 
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import os
 import signal
-import sys
 from typing import Any
+
+from batch.common.runtime import exit_at_once
 
 # The run's exit code once all its work is written: what a signal that comes after it exits with.
 _exit_code_when_over: int | None = None
@@ -30,15 +28,6 @@ def exit_cleanly_on_signals() -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
-
-
-def exit_at_once(code: int) -> None:
-    """End the process now with `code`, its log and output flushed, without waiting for any other thread."""
-    logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing more can be said there anyway
-            stream.flush()
-    os._exit(code)
 
 
 def run_over(exit_code: int) -> None:

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import math
 import os
+import sys
 from collections.abc import Iterator, Mapping
 from importlib import metadata
 from pathlib import Path
@@ -141,6 +142,16 @@ def large_blocks_mapped() -> Iterator[None]:
         yield
     finally:
         _mallopt(M_MMAP_MAX, 0)
+
+
+def exit_at_once(code: int) -> None:
+    """End the process now with `code`, its log and output flushed, without waiting for any other thread (a
+    library's, or a model download's, would hold an ordinary exit until it finished)."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing more can be said there anyway
+            stream.flush()
+    os._exit(code)
 
 
 def _other_threads_running() -> bool:

@@ -212,10 +212,10 @@ def forward_groups(
         return max(min(f2, num_samples) - f1, MIN_INPUT_SAMPLES)
 
     ordered = sorted(alignable, key=length, reverse=True)
-    if frame_normalised(model):
-        return [ordered[start : start + batch_size] for start in range(0, len(ordered), batch_size)]
+    # A frame-normalised model takes any lengths together (padded, masked); the others only equal ones.
+    alike = (lambda i: 0) if frame_normalised(model) else length
     groups: list[list[int]] = []
-    for _, same in itertools.groupby(ordered, key=length):
+    for _, same in itertools.groupby(ordered, key=alike):
         members = list(same)
         groups += [members[start : start + batch_size] for start in range(0, len(members), batch_size)]
     return groups

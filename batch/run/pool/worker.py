@@ -59,9 +59,9 @@ def main(argv: list[str]) -> None:
     conn = Connection(fd)
     greeting: Greeting = conn.recv()
     sys.path[:] = greeting.sys_path
-    if greeting.reuse_freed_memory:  # before any library starts a thread
-        from batch.common.runtime import reuse_freed_memory
+    from batch.common.runtime import exit_at_once, reuse_freed_memory  # the standard library's imports only
 
+    if greeting.reuse_freed_memory:  # before any library starts a thread
         reuse_freed_memory()
     worker = Worker(conn, greeting.name)
     worker.forward_logs(greeting.quiet)
@@ -71,22 +71,14 @@ def main(argv: list[str]) -> None:
         spec: WorkerSpec = pickle.loads(greeting.spec)  # imports the engine's modules
     except Exception as exc:  # a factory that cannot be imported, a broken install: said, not lost
         worker.send(START_FAILED, ErrorInfo.of(exc))
-        _exit(0)
+        exit_at_once(0)
     _keep_the_token_out_of_logs(spec)
     from batch.common.logs import prints_to_log, run_id_var
 
     run_id_var.set(spec.run_id)
     with prints_to_log():  # stdout is the parent's (its dry run's keys): what a library prints goes to the log
         worker.serve(spec)
-    _exit(0)
-
-
-def _exit(code: int) -> None:
-    """Exit now, without waiting for a library's threads at interpreter shutdown: all is said and sent."""
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    exit_at_once(0)  # all is said and sent: no waiting for a library's threads at interpreter shutdown
 
 
 def _keep_the_token_out_of_logs(spec: WorkerSpec) -> None:
