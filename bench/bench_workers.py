@@ -50,7 +50,7 @@ from bench.compare import (
     warm_up_file,
 )
 from bench.corpus import Corpus
-from bench.tools import POLL_SECONDS, RunFailed, Setup, command, run_report, run_timed, tiny_en
+from bench.tools import POLL_SECONDS, RunFailed, Setup, command, run_report, run_timed, tiny_en, workers_busy
 
 FLOOR = 0.95  # 1 x N threads mean wall / 2 x N/2 threads mean wall, at least (issue 21: not a regression)
 WORKERS = (1, 2)  # A and B
@@ -135,23 +135,20 @@ def worker_figures(report: dict[str, Any]) -> list[dict[str, Any]]:
     """Per worker of the run report: files handed back, restarts, why it left (if it did), and the share of the
     wall time after model loading its model worked. A run without worker processes (--workers 1) as one worker,
     'in-process'."""
-    working = (report.get("wall_seconds") or 0.0) - (report.get("model_load_seconds") or 0.0)
-    workers = report.get("workers") or [
-        {
-            "name": "in-process",
-            "files": len(report.get("succeeded") or []),
-            "busy_seconds": report.get("model_seconds") or 0.0,
-        }
-    ]
+    in_process = {
+        "name": "in-process",
+        "files": len(report.get("succeeded") or []),
+        "busy_seconds": report.get("model_seconds") or 0.0,
+    }
     return [
         {
             "name": worker.get("name", "?"),
             "files": worker.get("files", 0),
             "restarts": worker.get("restarts", 0),
             "problem": worker.get("problem"),
-            "busy_share": round(worker.get("busy_seconds", 0.0) / working, 4) if working > 0 else None,
+            "busy_share": worker["busy_share"],
         }
-        for worker in workers
+        for worker in workers_busy({**report, "workers": report.get("workers") or [in_process]})
     ]
 
 

@@ -48,7 +48,17 @@ from batch.settings.values import GpuSelection
 from bench.compare import PIPELINES, pipeline_setup, render_stage_seconds
 from bench.corpus import DEFAULT_ROOT, REPO, Corpus, ensure_corpus, load_corpus
 from bench.score import wer_percent
-from bench.tools import TOOL_NAMES, RunFailed, Setup, command, report_figures, run_report, run_timed, texts
+from bench.tools import (
+    TOOL_NAMES,
+    RunFailed,
+    Setup,
+    command,
+    report_figures,
+    run_report,
+    run_timed,
+    texts,
+    workers_busy,
+)
 
 EXIT_NO_GPU = 3
 SAMPLE_SECONDS = 0.2
@@ -299,17 +309,8 @@ def runner_gpus(option: str | None) -> tuple[str | None, list[VisibleGpu]]:
 def worker_shares(report: dict[str, Any]) -> list[dict[str, Any]]:
     """Each worker of a run with --gpus: its files, and its busy seconds as a share of the run's wall time after
     model loading. [] for a run without workers."""
-    working = (report.get("wall_seconds") or 0.0) - (report.get("model_load_seconds") or 0.0)
-    return [
-        {
-            "name": worker["name"],
-            "detail": worker["detail"],
-            "files": worker["files"],
-            "busy_seconds": worker["busy_seconds"],
-            "busy_share": round(worker["busy_seconds"] / working, 4) if working > 0 else None,
-        }
-        for worker in report.get("workers") or []
-    ]
+    keys = ("name", "detail", "files", "busy_seconds", "busy_share")
+    return [{key: worker[key] for key in keys} for worker in workers_busy(report)]
 
 
 def default_model() -> str:

@@ -310,5 +310,15 @@ def report_figures(report: dict[str, Any]) -> dict[str, float | None]:
     }
 
 
+def workers_busy(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The run report's workers (--gpus, --workers), each with `busy_share`: its busy seconds over the run's wall
+    time after model loading (None when that is not known)."""
+    working = (report.get("wall_seconds") or 0.0) - (report.get("model_load_seconds") or 0.0)
+    return [
+        {**worker, "busy_share": round(worker.get("busy_seconds", 0.0) / working, 4) if working > 0 else None}
+        for worker in report.get("workers") or []
+    ]
+
+
 def ceiling_timings(out: Path) -> dict[str, float]:
     return json.loads((out / "_ceiling.json").read_text())
