@@ -2,7 +2,7 @@
 real classes (bench/models.py: they cost what the real ones cost, so their seconds are real though their answers
 are not):
 
-- alignment: whisperx.align against whisperx-batch's (batch.engine.word_timing), wav2vec2-base;
+- alignment: whisperx.align against whisperx-batch's (batch.engine.align.words), wav2vec2-base;
 - diarization: whisperx's DiarizationPipeline as its command line calls it (pyannote's pipeline as configured)
   against whisperx-batch's Diarizer (one embedding-trunk pass per window, the batch size it is given), a
   community-1-shaped pipeline (segmentation-3.0 PyanNet, WeSpeaker ResNet34, a synthetic PLDA).
@@ -102,7 +102,7 @@ def compare_alignment(inputs: dict[str, Any], corpus: Corpus, runs: int, threads
 def compare_diarization(inputs: dict[str, Any], runs: int, threads: int, batch_size: int, limit: float) -> None:
     from whisperx.diarize import DiarizationPipeline
 
-    from batch.engine.diarize import Diarizer
+    from batch.engine.diarize.diarizer import Diarizer
     from bench.models import DIARIZATION
 
     folder = build_all(MODELS)[DIARIZATION][0]
@@ -187,7 +187,7 @@ def transcribed(corpus: Corpus) -> dict[str, tuple[np.ndarray, list[dict[str, An
 def alignment_model() -> tuple[Any, dict[str, Any]]:
     from whisperx.alignment import load_align_model
 
-    from batch.engine.align import ensure_punkt, punkt_root
+    from batch.engine.align.aligner import ensure_punkt, punkt_root
 
     folder, _ = build_all(MODELS)[ALIGN_BASE]
     ensure_punkt("en", punkt_root(str(MODELS)))
@@ -198,7 +198,7 @@ def align_all(inputs: dict[str, Any], model: Any, metadata: dict[str, Any], refe
     if reference:
         from whisperx.alignment import align
     else:
-        from batch.engine.word_timing import align
+        from batch.engine.align.words import align
     return [align([dict(s) for s in segments], model, metadata, audio, "cpu") for audio, segments in inputs.values()]
 
 

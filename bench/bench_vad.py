@@ -58,7 +58,7 @@ import numpy as np
 
 from batch.common.logs import adopt_library_loggers
 from batch.engine.audio import decode
-from batch.engine.vad import SpeechChunk, SpeechDetector, VadOptions, load_vad
+from batch.engine.vad.speech import SpeechChunk, SpeechDetector, VadOptions, load_vad
 from bench.corpus import SENTENCES as MEETING_SENTENCES
 
 STEPS = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0)

@@ -43,7 +43,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from batch.engine.gpus import GpusUnavailable, VisibleGpu, select_gpus, visible_gpus
+from batch.engine.gpu.listing import GpusUnavailable, VisibleGpu, select_gpus, visible_gpus
 from batch.settings.values import GpuSelection
 from bench.compare import PIPELINES, pipeline_setup, render_stage_seconds
 from bench.corpus import DEFAULT_ROOT, REPO, Corpus, ensure_corpus, load_corpus

@@ -36,7 +36,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from batch.common.units import GiB, MiB, format_bytes  # noqa: E402
-from batch.engine.nvml import list_nvml_devices, probe_for_device  # noqa: E402
+from batch.engine.gpu.nvml import list_nvml_devices, probe_for_device  # noqa: E402
 from bench.corpus import ensure_corpus  # noqa: E402
 
 CREEP_LIMIT_BYTES = 256 * MiB

@@ -193,7 +193,7 @@ def checkpoint_globals() -> list[Any]:
     from pyannote.audio.core.model import Introspection
     from pyannote.audio.core.task import Problem, Resolution, Specifications
 
-    from batch.engine.segmentation import container_globals
+    from batch.engine.vad.segmentation import container_globals
 
     return [Problem, Resolution, Specifications, Introspection, *container_globals()]
 

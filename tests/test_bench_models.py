@@ -46,7 +46,7 @@ def test_alignment_model_is_wav2vec2_base_sized_and_aligns_real_speech(
 ) -> None:
     import whisperx
 
-    from batch.engine.align import ensure_punkt
+    from batch.engine.align.aligner import ensure_punkt
 
     folder, _ = built[models.ALIGN_BASE]
     model, metadata = whisperx.load_align_model(language_code="en", device="cpu", model_name=str(folder))
@@ -69,7 +69,7 @@ def test_alignment_model_is_wav2vec2_base_sized_and_aligns_real_speech(
 
 
 def test_projects_aligner_loads_it_offline(built: dict[str, tuple[Path, bool]]) -> None:
-    from batch.engine.align import Aligner
+    from batch.engine.align.aligner import Aligner
 
     folder = str(built[models.ALIGN_BASE][0])
     model, metadata = Aligner("cpu", cache_dir=None, offline=True, model_name=folder).load("en", folder)

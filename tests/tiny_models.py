@@ -471,14 +471,14 @@ def pyannote_checkpoint_globals() -> list:
     from pyannote.audio.core.model import Introspection
     from pyannote.audio.core.task import Problem, Resolution, Specifications
 
-    from batch.engine.segmentation import container_globals
+    from batch.engine.vad.segmentation import container_globals
 
     return [Problem, Resolution, Specifications, Introspection, *container_globals()]
 
 
 def load_pyannote_model(path: PathLike):  # noqa: ANN201
     """A pyannote.audio Model from a checkpoint, as pyannote.audio itself builds it (the reference for
-    batch.engine.segmentation), unpickled safely."""
+    batch.engine.vad.segmentation), unpickled safely."""
     import torch
     from pyannote.audio.models.segmentation import PyanNet
 

@@ -1,8 +1,9 @@
-"""The WhisperX pipeline, from decoded audio to timed, labelled segments: decode (audio), VAD (vad,
-segmentation), the chunk queue shared across files (chunks), ASR (asr, decoding), batch sizes and GPU memory
-(batching, oom, nvml), words (finish -> align: word_timing, trellis) and speakers (finish -> diarize:
-speaker_embeddings), channels split (channels), and the models and device they run on (config, models,
-loading, device). Its entry point is `WhisperxPipeline` behind the `Pipeline` interface (pipeline).
+"""The WhisperX pipeline, from decoded audio to timed, labelled segments, one room per stage:
+vad/ (where speech is), asr/ (Whisper over chunks of many files; the chunk queue), align/ (word timings),
+diarize/ (speakers) and gpu/ (batch sizes, out-of-memory back-off, NVML, GPU listing, device). Loose here,
+what ties them together: decode (audio), the `Pipeline` interface (pipeline) and its entry point
+`WhisperxPipeline` (whisperx_pipeline), models loaded for a run (loading, models, config), words and speakers
+after ASR (finish) and channels split (channels).
 
 Takes arrays and streams, never paths or stores. May import: settings, common. Never the run, formats, storage.
 """

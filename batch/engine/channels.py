@@ -126,7 +126,7 @@ def _merged_alignment(outcomes: list[FileOutcome]) -> dict[str, Any] | None:
 
 
 def _merged_gpu(outcomes: list[FileOutcome]) -> dict[str, Any]:
-    from batch.engine.oom import merge_records
+    from batch.engine.gpu.oom import merge_records
 
     stages: dict[str, list[Any]] = {}
     for outcome in outcomes:

@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from batch.engine.decoding import DecodingOptions
-from batch.engine.vad import VadOptions
+from batch.engine.asr.decoding import DecodingOptions
+from batch.engine.vad.speech import VadOptions
 
 
 @dataclass(frozen=True)

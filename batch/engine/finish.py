@@ -60,8 +60,8 @@ class Finisher:
 
     def _align(self, outcome: FileOutcome) -> None:
         """Time every word; when that cannot be done the segment timings stay and the reason is recorded."""
-        from batch.engine.align import AlignmentOutcome, AlignmentUnavailable
-        from batch.engine.oom import GpuOutOfMemory, run_with_oom_backoff
+        from batch.engine.align.aligner import AlignmentOutcome, AlignmentUnavailable
+        from batch.engine.gpu.oom import GpuOutOfMemory, run_with_oom_backoff
 
         if not outcome.segments or outcome.language is None:
             outcome.alignment = AlignmentOutcome("no_speech").to_dict()
@@ -88,8 +88,8 @@ class Finisher:
         outcome.alignment = result.to_dict()
 
     def _diarize(self, outcome: FileOutcome) -> None:
-        from batch.engine.diarize import assign_speakers
-        from batch.engine.oom import GpuOutOfMemory, run_with_oom_backoff
+        from batch.engine.diarize.diarizer import assign_speakers
+        from batch.engine.gpu.oom import GpuOutOfMemory, run_with_oom_backoff
 
         diarizer, settings, audio = self._load_diarizer(), self.config.diarize, outcome.file.audio
 
@@ -107,7 +107,7 @@ class Finisher:
 
     def _load_aligner(self) -> Any:
         if self._aligner is None:
-            from batch.engine.align import Aligner
+            from batch.engine.align.aligner import Aligner
 
             align, runtime, hub = self.config.align, self.config.runtime, self.config.hub
             self._aligner = Aligner(runtime.device, hub.cache_dir, hub.offline, align.model, dict(align.per_language))
@@ -115,7 +115,7 @@ class Finisher:
 
     def _load_diarizer(self) -> Any:
         if self._diarizer is None:
-            from batch.engine.diarize import Diarizer
+            from batch.engine.diarize.diarizer import Diarizer
 
             diarize, runtime, hub = self.config.diarize, self.config.runtime, self.config.hub
             self._diarizer = Diarizer(diarize.model, runtime.device, hub.token, hub.cache_dir, hub.offline)

@@ -11,7 +11,7 @@ from typing import Any
 
 from batch.common.errors import BatchError, ConfigError
 from batch.common.runtime import limit_thread_pools
-from batch.engine.asr import WhisperRecognizer
+from batch.engine.asr.recognizer import WhisperRecognizer
 from batch.engine.config import PipelineConfig
 
 
@@ -37,14 +37,14 @@ def load_models(config: PipelineConfig) -> LoadedModels:
         asr_load = pool.submit(_load_recognizer, config)
         import torch
 
-        from batch.engine.vad import load_vad
+        from batch.engine.vad.speech import load_vad
 
         vad = load_vad(config.vad, runtime.device)
         recognizer = asr_load.result()
     from batch.common.logs import adopt_library_loggers
-    from batch.engine.batching import BatchSizer
     from batch.engine.finish import Finisher
-    from batch.engine.nvml import probe_for_device
+    from batch.engine.gpu.nvml import probe_for_device
+    from batch.engine.gpu.sizing import BatchSizer
 
     refuse_what_the_model_cannot_do(recognizer, config)
     adopt_library_loggers()  # the imports above gave some libraries log handlers of their own
@@ -68,7 +68,7 @@ def load_models(config: PipelineConfig) -> LoadedModels:
 
 
 def _load_recognizer(config: PipelineConfig) -> WhisperRecognizer:
-    from batch.engine.asr import load_recognizer
+    from batch.engine.asr.recognizer import load_recognizer
     from batch.engine.models import asr_load_failure
 
     runtime, asr, hub = config.runtime, config.asr, config.hub

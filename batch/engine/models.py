@@ -162,7 +162,7 @@ def _pull_asr(settings: Settings) -> Pulled:
 
 
 def _pull_alignment(settings: Settings, language: str) -> Pulled:
-    from batch.engine.align import Aligner, AlignmentUnavailable, ensure_punkt, punkt_root
+    from batch.engine.align.aligner import Aligner, AlignmentUnavailable, ensure_punkt, punkt_root
 
     default, per_language = settings.align_models()
     aligner = Aligner("cpu", settings.model_dir, hub_offline(), default, per_language)
@@ -178,7 +178,7 @@ def _pull_alignment(settings: Settings, language: str) -> Pulled:
 
 
 def _pull_diarization(settings: Settings) -> Pulled:
-    from batch.engine.diarize import load_diarization
+    from batch.engine.diarize.diarizer import load_diarization
 
     try:
         token, _ = require_diarization_token(settings)

@@ -25,13 +25,13 @@ from typing import Any
 
 from batch.common.concurrency import ordered_map
 from batch.common.errors import BatchError
-from batch.engine.asr import WINDOW_SAMPLES, Recognized, WhisperRecognizer
+from batch.engine.asr.chunks import ChunkQueue, FileInFlight
+from batch.engine.asr.recognizer import WINDOW_SAMPLES, Recognized, WhisperRecognizer
 from batch.engine.audio import SAMPLE_RATE
-from batch.engine.chunks import ChunkQueue, FileInFlight
 from batch.engine.config import PipelineConfig
 from batch.engine.loading import load_models
 from batch.engine.pipeline import DecodedFile, FileOutcome, PipelineStats
-from batch.engine.vad import SpeechChunk
+from batch.engine.vad.speech import SpeechChunk
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +188,7 @@ class WhisperxPipeline:
         return future
 
     def _finish(self, state: FileInFlight) -> FileOutcome:
-        from batch.engine.oom import merge_records
+        from batch.engine.gpu.oom import merge_records
 
         outcome = FileOutcome(state.file, language=state.language, language_probability=state.probability)
         if state.asr_records:

@@ -20,9 +20,9 @@ from typing import Any
 from batch.common.errors import ConfigError, register_secret
 from batch.common.runtime import available_cpus
 from batch.common.units import parse_bytes
+from batch.engine.asr.decoding import DecodingOptions
 from batch.engine.config import AlignConfig, AsrConfig, DiarizeConfig, HubConfig, PipelineConfig, RuntimeOptions
-from batch.engine.decoding import DecodingOptions
-from batch.engine.device import compute_type_problem, default_compute_type, resolve_device
+from batch.engine.gpu.device import compute_type_problem, default_compute_type, resolve_device
 from batch.engine.models import (
     cached_english_only,
     english_only,
@@ -30,7 +30,7 @@ from batch.engine.models import (
     require_diarization_token,
     resolved_language,
 )
-from batch.engine.vad import VadOptions
+from batch.engine.vad.speech import VadOptions
 from batch.formats.subtitles import SubtitleOptions
 from batch.formats.transcript import TRANSCRIPT_SCHEMA_VERSION
 from batch.run.pool.plan import WorkerSlot, plan_workers

@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from batch.engine.nvml import MemoryProbe
+from batch.engine.gpu.nvml import MemoryProbe
 from batch.engine.pipeline import PipelineStats
 from batch.run.report import RunReport
 from batch.run.tally import FileEvent
@@ -271,7 +271,7 @@ def gpu_memory_probe(device: str) -> MemoryProbe | None:
     kind, _, number = device.partition(":")
     if kind != "cuda":
         return None
-    from batch.engine.nvml import NvmlProbe, NvmlUnavailable
+    from batch.engine.gpu.nvml import NvmlProbe, NvmlUnavailable
 
     try:
         return NvmlProbe.open(int(number or 0))

@@ -281,7 +281,7 @@ def record_outcome(outcome: FileOutcome, manifest: Manifest, report: RunReport) 
 
 def finish_report(report: RunReport, stats: PipelineStats, started: float, now: float) -> None:
     """The run's closing figures, from the clock and the pipeline's own account of its work."""
-    from batch.engine.oom import sum_records
+    from batch.engine.gpu.oom import sum_records
 
     report.finished_at = utc_now()
     report.wall_seconds = round(now - started, 3)

@@ -147,7 +147,7 @@ class Settings(BaseModel):
     vad_method: Literal["pyannote", "silero"] = "pyannote"
     vad_onset: float = Field(0.5, gt=0, lt=1)
     vad_offset: float = Field(0.363, gt=0, lt=1)
-    vad_step: float | None = Field(None, gt=0, le=5)  # None: batch.engine.vad's measured default
+    vad_step: float | None = Field(None, gt=0, le=5)  # None: batch.engine.vad.speech's measured default
     chunk_size: float = Field(30.0, gt=0, le=30)
     task: Literal["transcribe", "translate"] = "transcribe"
     languages: LanguageSet = ()  # with language auto: detect among these only

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 import batch.cli.doctor.models as doctor_models
-import batch.engine.device as device
+import batch.engine.gpu.device as device
 from batch.common.advice import advice_for
-from batch.engine.device import CUDNN_OPS_LIBRARY, GpuFacts, device_checks
+from batch.engine.gpu.device import CUDNN_OPS_LIBRARY, GpuFacts, device_checks
 from tests.conftest import ENGLISH, speak
 from tests.nvml_fakes import FakeGpu, FakeNvml, machine, uuid
 
@@ -142,7 +142,7 @@ def test_device_rows_follow_what_device_asks(facts: GpuFacts, device: str, statu
 
 def test_a_refused_checkpoint_says_what_to_do(cli, tiny_en: str, monkeypatch: pytest.MonkeyPatch) -> None:
     # Without the allowlist, torch.load(weights_only=True) really refuses whisperx's VAD checkpoint.
-    monkeypatch.setattr("batch.engine.segmentation._safe_globals", lambda: [])
+    monkeypatch.setattr("batch.engine.vad.segmentation._safe_globals", lambda: [])
     result = cli("doctor", "--model", tiny_en, "--device", "cpu", "--no-align")
     assert result.exit_code == 3
     assert rows(result.stdout)["vad model"][0] == "fail"
@@ -314,7 +314,7 @@ def test_auto_on_a_healthy_gpu_picks_cuda_and_cuda_without_a_driver_says_what_to
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from batch.common.errors import EnvironmentProblem
-    from batch.engine.device import resolve_device
+    from batch.engine.gpu.device import resolve_device
 
     monkeypatch.setattr(device, "probe_gpu", lambda: H100)
     assert resolve_device("auto") == "cuda" and resolve_device("cuda") == "cuda" and resolve_device("cpu") == "cpu"

@@ -12,7 +12,7 @@ import pytest
 
 from batch.common.errors import describe, redact, register_secret
 from batch.common.runtime import available_cpus, package_versions
-from batch.engine.device import default_compute_type
+from batch.engine.gpu.device import default_compute_type
 from tests.conftest import ENGLISH, speak
 
 

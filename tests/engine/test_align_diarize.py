@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from batch.common.errors import EnvironmentProblem
-from batch.engine.diarize import diarization_failure_message, load_diarization
+from batch.engine.diarize.diarizer import diarization_failure_message, load_diarization
 from tests.conftest import ENGLISH, SPANISH, speak
 from tests.tiny_models import build_tiny_align_model, build_tiny_diarization_pipeline
 
@@ -351,9 +351,9 @@ def test_on_the_cpu_words_and_speakers_get_every_core_and_the_vad_one(
     every thread the run has (the whisperx command line gives them every core too)."""
     import torch
 
-    from batch.engine.align import Aligner
-    from batch.engine.diarize import Diarizer
-    from batch.engine.vad import PyannoteDetector
+    from batch.engine.align.aligner import Aligner
+    from batch.engine.diarize.diarizer import Diarizer
+    from batch.engine.vad.speech import PyannoteDetector
 
     seen: dict[str, set[int]] = {"align": set(), "diarize": set(), "vad": set()}
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 from whisperx.alignment import load_align_model
 
-from batch.engine import word_timing
-from batch.engine.align import Aligner, ensure_punkt, punkt_root
+from batch.engine.align import words as word_timing
+from batch.engine.align.aligner import Aligner, ensure_punkt, punkt_root
 from batch.engine.audio import decode
 from batch.engine.pipeline import DecodedFile, FileOutcome, Stopwatch
 from tests.conftest import SITE
@@ -99,10 +99,10 @@ def test_on_a_gpu_an_out_of_memory_halves_the_alignment_batch(
     """The Finisher's GPU path (the device is a setting; the aligner runs on the CPU), with the fault injected at
     the model's forward: batches above 2 segments run out of memory, the stage goes on at 2, the words are the
     same as one segment at a time, and the manifest's record says so."""
-    from batch.engine.batching import BatchSizer
     from batch.engine.config import AlignConfig, AsrConfig, DiarizeConfig, HubConfig, PipelineConfig, RuntimeOptions
     from batch.engine.finish import Finisher
-    from batch.engine.vad import VadOptions
+    from batch.engine.gpu.sizing import BatchSizer
+    from batch.engine.vad.speech import VadOptions
 
     audio, segments = speech
     real, sizes = word_timing.batched_emissions, []

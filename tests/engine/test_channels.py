@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from batch.common.errors import ConfigError
-from batch.engine.align import AlignmentUnavailable
+from batch.engine.align.aligner import AlignmentUnavailable
 from batch.engine.audio import SAMPLE_RATE, decode
 from batch.engine.channels import merge_channels, speaker_names
 from batch.engine.config import RuntimeOptions

@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from batch.engine.asr import Chunk, load_recognizer
+from batch.engine.asr.decoding import DecodingOptions
+from batch.engine.asr.recognizer import Chunk, load_recognizer
 from batch.engine.config import RuntimeOptions
-from batch.engine.decoding import DecodingOptions
 from batch.settings.options import DECODING_SHAPING, load_settings
 from tests.conftest import sections, speak
 from tests.engine.test_engine import GERMAN, decoded, engine_for, load, run, text_of

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from batch.common.errors import ConfigError
-from batch.engine.asr import Chunk, Recognized
+from batch.engine.asr.recognizer import Chunk, Recognized
 from batch.engine.audio import SAMPLE_RATE, decode
 from batch.engine.config import RuntimeOptions
 from batch.engine.pipeline import DecodedFile, FileOutcome, Stopwatch

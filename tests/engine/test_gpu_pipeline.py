@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from batch.engine.asr import Chunk, Recognized
-from batch.engine.batching import BatchSizer
+from batch.engine.asr.recognizer import Chunk, Recognized
+from batch.engine.gpu.sizing import BatchSizer
 from batch.engine.whisperx_pipeline import WhisperxPipeline
 from batch.run.job import Job
 from batch.settings.options import load_settings

@@ -12,7 +12,7 @@ import pytest
 from batch.common.errors import EXIT_ENVIRONMENT, ConfigError, EnvironmentProblem
 from batch.common.runtime import THREAD_POOL_ENV_VARS
 from batch.engine.config import RuntimeOptions
-from batch.engine.gpus import GpusUnavailable, VisibleGpu, select_gpus, visible_gpus
+from batch.engine.gpu.listing import GpusUnavailable, VisibleGpu, select_gpus, visible_gpus
 from batch.run.pool.plan import cpu_workers, gpu_workers, plan_workers
 from batch.settings.options import load_settings
 from batch.settings.values import GpuSelection

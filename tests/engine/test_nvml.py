@@ -11,14 +11,14 @@ import sys
 import pynvml
 import pytest
 
-from batch.engine.batching import BatchSizer
-from batch.engine.nvml import NvmlDevice, nvml_uuid_for_cuda_index, parse_visible_devices, probe_for_device
+from batch.engine.gpu.nvml import NvmlDevice, nvml_uuid_for_cuda_index, parse_visible_devices, probe_for_device
+from batch.engine.gpu.sizing import BatchSizer
 
 # --- NVML absent ---------------------------------------------------------------------------------------------
 
 
 def gpu_log_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [record.getMessage() for record in caplog.records if record.name == "batch.engine.nvml"]
+    return [record.getMessage() for record in caplog.records if record.name == "batch.engine.gpu.nvml"]
 
 
 def test_nvml_library_missing_means_the_configured_size_said_once(
@@ -28,7 +28,7 @@ def test_nvml_library_missing_means_the_configured_size_said_once(
         raise pynvml.NVMLError(pynvml.NVML_ERROR_LIBRARY_NOT_FOUND)
 
     monkeypatch.setattr(pynvml, "nvmlInit", no_library)
-    caplog.set_level(logging.INFO, logger="batch.engine.nvml")
+    caplog.set_level(logging.INFO, logger="batch.engine.gpu.nvml")
     probe = probe_for_device("cuda")
     assert probe is None
     controller = BatchSizer.for_model(16, "large-v3", "float16", probe)
@@ -42,7 +42,7 @@ def test_nvidia_ml_py_not_installed_means_no_probe(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setitem(sys.modules, "pynvml", None)  # `import pynvml` now raises ImportError
-    caplog.set_level(logging.INFO, logger="batch.engine.nvml")
+    caplog.set_level(logging.INFO, logger="batch.engine.gpu.nvml")
     assert probe_for_device("cuda:1") is None
     assert "nvidia-ml-py is not installed" in gpu_log_lines(caplog)[0]
 
@@ -52,7 +52,7 @@ def test_cpu_needs_no_nvml(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCa
         raise AssertionError("NVML was started for a cpu run")
 
     monkeypatch.setattr(pynvml, "nvmlInit", must_not_run)
-    caplog.set_level(logging.INFO, logger="batch.engine.nvml")
+    caplog.set_level(logging.INFO, logger="batch.engine.gpu.nvml")
     assert probe_for_device("cpu") is None
     assert len(gpu_log_lines(caplog)) == 1
 

@@ -14,8 +14,7 @@ import torch
 
 from batch.common.errors import FileFailure
 from batch.common.units import GiB, MiB
-from batch.engine.batching import BatchSizer
-from batch.engine.oom import (
+from batch.engine.gpu.oom import (
     BatchOutOfMemory,
     GpuOutOfMemory,
     StageMemoryRecord,
@@ -25,6 +24,7 @@ from batch.engine.oom import (
     run_with_oom_backoff,
     sum_records,
 )
+from batch.engine.gpu.sizing import BatchSizer
 from tests.memory_fakes import FakeClock, FakeProbe, sizer
 
 
@@ -50,7 +50,7 @@ class FlakyStage:
 
 
 def test_alignment_batches_and_backs_off_like_the_other_stages() -> None:
-    """On a GPU a file's segments share wav2vec2 forwards (batch.engine.word_timing): its out-of-memory halves the
+    """On a GPU a file's segments share wav2vec2 forwards (batch.engine.align.words): its out-of-memory halves the
     batch, and the lowered size is the alignment's own."""
     controller = BatchSizer.for_model(16, "large-v3", "float16", FakeProbe(free=40 * GiB))
     stage = FlakyStage(1, RuntimeError("CUDA out of memory. Tried to allocate 1.00 GiB"))

@@ -1,4 +1,4 @@
-"""batch.engine.speaker_embeddings gives pyannote's speaker embeddings, and so pyannote's speaker turns.
+"""batch.engine.diarize.speaker_embeddings gives pyannote's speaker embeddings, and so pyannote's speaker turns.
 
 Each check compares with pyannote's own SpeakerDiarization.get_embeddings or pipeline run, offline on the CPU with one
 torch thread:
@@ -35,8 +35,8 @@ from pyannote.audio.pipelines.speaker_diarization import DiarizeOutput
 from pyannote.audio.utils.signal import binarize
 from pyannote.core import Annotation, SlidingWindow, SlidingWindowFeature
 
-from batch.engine import speaker_embeddings
-from batch.engine.speaker_embeddings import (
+from batch.engine.diarize import speaker_embeddings
+from batch.engine.diarize.speaker_embeddings import (
     shared_trunk_embeddings,
     shared_trunk_embeddings_many,
     supports_shared_trunk,
@@ -206,7 +206,7 @@ def assert_same_diarization(reference: DiarizeOutput, fast: DiarizeOutput) -> No
 
 @pytest.fixture
 def trunk_passes(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
-    """The windows of each shared-trunk pass (batch.engine.speaker_embeddings.embed_windows), as they happen."""
+    """The windows of each shared-trunk pass (batch.engine.diarize.speaker_embeddings.embed_windows), as they happen."""
     passes: list[int] = []
     embed_windows: Callable[..., np.ndarray] = speaker_embeddings.embed_windows
 
@@ -374,7 +374,7 @@ def test_full_size_model_through_whisperx(tmp_path: Path, conversation: np.ndarr
 def test_the_projects_diarizer_shares_the_trunk_and_gives_pyannotes_turns(
     sample_audio: np.ndarray, wespeaker_folder: Path, tmp_path: Path, trunk_passes: list[int]
 ) -> None:
-    from batch.engine.diarize import Diarizer
+    from batch.engine.diarize.diarizer import Diarizer
 
     shared = Diarizer(str(wespeaker_folder), "cpu", None, None, True)
     assert shared.shared_trunk is True

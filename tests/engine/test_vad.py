@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from batch.engine.audio import decode
-from batch.engine.vad import PYANNOTE_WINDOW, SpeechChunk, SpeechDetector, VadOptions, load_vad
+from batch.engine.vad.speech import PYANNOTE_WINDOW, SpeechChunk, SpeechDetector, VadOptions, load_vad
 from tests.conftest import ENGLISH, speak
 
 METHODS = ("pyannote", "silero")
@@ -115,13 +115,13 @@ def test_chunks_are_ordered_inside_the_audio_and_no_longer_than_chunk_size(sampl
 
 @pytest.mark.parametrize("step", [0.5, 2.5, 1.7])
 def test_pyannote_vad_gives_pyannote_scores_and_whisperx_chunks_exactly(sample, espeak, step):
-    """batch.engine.segmentation runs the VAD without pyannote.audio: its scores are pyannote's own, bit for bit, and
-    its chunks whisperx's, at pyannote's step and coarser ones, on lengths around the window's edge cases."""
+    """batch.engine.vad.segmentation runs the VAD without pyannote.audio: its scores are pyannote's own, bit for bit,
+    and its chunks whisperx's, at pyannote's step and coarser ones, on lengths around the window's edge cases."""
     from whisperx.vads import Pyannote
     from whisperx.vads.pyannote import VoiceActivitySegmentation
 
-    from batch.engine.segmentation import load_segmentation, speech_scores
-    from batch.engine.vad import BUNDLED_VAD_CHECKPOINT
+    from batch.engine.vad.segmentation import load_segmentation, speech_scores
+    from batch.engine.vad.speech import BUNDLED_VAD_CHECKPOINT
     from tests.tiny_models import load_pyannote_model
 
     reference = VoiceActivitySegmentation(
@@ -154,7 +154,7 @@ def test_the_pyannote_vad_imports_neither_pyannote_audio_nor_lightning(espeak, t
     audio = tmp_path / "speech.npy"
     np.save(audio, espeak)
     script = (
-        "import sys, numpy; from batch.engine.vad import load_vad, VadOptions; "
+        "import sys, numpy; from batch.engine.vad.speech import load_vad, VadOptions; "
         f"assert load_vad(VadOptions(), 'cpu').speech_chunks(numpy.load({str(audio)!r})); "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning', 'torchmetrics')"
         " or m.startswith('pyannote.audio')))"
@@ -236,7 +236,7 @@ def test_silero_merges_regions_by_whisperx_rule_without_importing_pyannote() -> 
     from whisperx.diarize import Segment
     from whisperx.vads import Vad
 
-    from batch.engine.vad import merge_regions
+    from batch.engine.vad.speech import merge_regions
 
     generator = random.Random(7)
     for _ in range(200):
@@ -252,7 +252,7 @@ def test_silero_merges_regions_by_whisperx_rule_without_importing_pyannote() -> 
 
     script = (
         "import sys, numpy as np\n"
-        "from batch.engine.vad import VadOptions, load_vad\n"
+        "from batch.engine.vad.speech import VadOptions, load_vad\n"
         "detector = load_vad(VadOptions(method='silero'), 'cpu')\n"
         "detector.speech_chunks(np.zeros(16000 * 3, dtype=np.float32))\n"
         "print(sorted(name for name in sys.modules if name.split('.')[0] in ('pyannote', 'lightning')\n"

@@ -1,4 +1,4 @@
-"""batch.engine.trellis and batch.engine.word_timing against whisperx 3.8.6's own code: trellis/backtrack bit for
+"""batch.engine.align.trellis and batch.engine.align.words against whisperx 3.8.6's own code: trellis/backtrack bit for
 bit on random emissions, and whole ``align`` results, value for value and type for type, on real speech (pyannote's
 sample call, espeak-ng) with a tiny Wav2Vec2ForCTC and a tiny torchaudio wav2vec2.
 """
@@ -16,9 +16,9 @@ import pytest
 import torch
 import whisperx.alignment as wxa
 
-import batch.engine.trellis as trellis
-import batch.engine.word_timing as word_timing
-from batch.engine.align import ensure_punkt, punkt_root
+import batch.engine.align.trellis as trellis
+import batch.engine.align.words as word_timing
+from batch.engine.align.aligner import ensure_punkt, punkt_root
 from batch.engine.audio import decode
 from tests.conftest import SITE, speak
 from tests.tiny_models import build_tiny_align_model

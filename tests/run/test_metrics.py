@@ -24,7 +24,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from batch.common.errors import ConfigError
-from batch.engine.oom import StageMemoryRecord
+from batch.engine.gpu.oom import StageMemoryRecord
 from batch.engine.pipeline import PipelineStats
 from batch.run.job import Job
 from batch.run.metrics import RunMetrics

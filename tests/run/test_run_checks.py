@@ -182,7 +182,7 @@ def test_a_compute_type_the_cpu_cannot_run_is_a_config_error_found_before_loadin
 def test_device_auto_without_a_gpu_refuses_float16_and_says_why(
     cli, one_file_source: Path, tmp_path: Path, tiny_en: str
 ) -> None:
-    from batch.engine.device import resolve_device
+    from batch.engine.gpu.device import resolve_device
 
     args = ("--out", tmp_path / "out", "--model", tiny_en, "--device", "auto", "--compute-type", "float16")
     result = cli("run", one_file_source, *args, "--dry-run")

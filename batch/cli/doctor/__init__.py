@@ -9,7 +9,7 @@ The GPU and the Hub are reached through two seams, `probe_gpu` and `hub_access`,
 in for a GPU machine or a gated repository. No secret is ever printed: the token is said to be present,
 and from where, never what it is.
 
-The checks live in modules by what they look at: `batch.engine.device` (the NVIDIA driver, CUDA, cuDNN, judged
+The checks live in modules by what they look at: `batch.engine.gpu.device` (the NVIDIA driver, CUDA, cuDNN, judged
 as a run judges them; the seam `probe_gpu`), `gpus` (each GPU NVML lists, and the workers `--gpus` would start),
 `models` (the models and the Hugging Face token; the seam `batch.cli.doctor.models.hub_access`), `places` (SOURCE,
 DEST and the model cache), `system` (versions, CPUs, the decoder, ffmpeg). `batch.common.advice` holds the Check
@@ -26,7 +26,7 @@ from dataclasses import asdict
 from batch.cli.doctor import gpus, models, places, system
 from batch.common.advice import Check
 from batch.common.errors import EXIT_ENVIRONMENT, EXIT_OK, redact
-from batch.engine import device
+from batch.engine.gpu import device
 from batch.settings.options import Settings
 
 __all__ = ["Check", "checks_json", "exit_code", "format_checks", "run_doctor"]

@@ -1,7 +1,7 @@
 """The doctor's GPU rows: every GPU this process may use, named as the run names its workers (gpu0, gpu1, ...),
 and the workers `--gpus` would start: the job's --gpus, else all of them.
 
-The GPUs are read through NVML only (batch.engine.gpus) and the workers planned by the run's own plan
+The GPUs are read through NVML only (batch.engine.gpu.listing) and the workers planned by the run's own plan
 (batch.run.pool.plan), so the rows say what a run would do. Without the NVIDIA driver there is one row that says
 so; it fails only when the job asks for --gpus.
 """
@@ -16,7 +16,7 @@ from batch.common.advice import Check
 from batch.common.errors import EnvironmentProblem
 from batch.common.runtime import available_cpus
 from batch.engine.config import RuntimeOptions
-from batch.engine.gpus import GpusUnavailable, VisibleGpu, visible_gpus
+from batch.engine.gpu.listing import GpusUnavailable, VisibleGpu, visible_gpus
 from batch.run.pool.plan import gpu_workers
 from batch.settings.options import Settings
 from batch.settings.values import GpuSelection
@@ -36,7 +36,7 @@ def gpu_checks(
     nvml: ModuleType | None = None,
 ) -> list[Check]:
     """One row per GPU, then the workers row. `cuda_problem`: why CUDA cannot run the models here
-    (batch.engine.device.gpu_problem), None when it can."""
+    (batch.engine.gpu.device.gpu_problem), None when it can."""
     environ = os.environ if environ is None else environ
     try:
         visible = visible_gpus(environ.get("CUDA_VISIBLE_DEVICES"), nvml)

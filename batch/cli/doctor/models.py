@@ -120,7 +120,7 @@ def asr_model_check(model: str, cache: Path, offline: bool, token: str | None) -
 
 def align_model_check(settings: Settings, language: str, offline: bool, token: str | None) -> Check:
     """The wav2vec2 model that times words in `language`. Missing, it fails the files (not the run)."""
-    from batch.engine.align import Aligner
+    from batch.engine.align.aligner import Aligner
 
     default, per_language = settings.align_models()
     model = Aligner("cpu", settings.model_dir, offline, default, per_language).model_for(language)
@@ -176,8 +176,8 @@ def vad_check(vad_method: str, offline: bool) -> Check:
     if vad_method == "silero":
         return _silero_check(offline)
     try:
-        from batch.engine.segmentation import load_segmentation
-        from batch.engine.vad import BUNDLED_VAD_CHECKPOINT
+        from batch.engine.vad.segmentation import load_segmentation
+        from batch.engine.vad.speech import BUNDLED_VAD_CHECKPOINT
 
         load_segmentation(BUNDLED_VAD_CHECKPOINT)
     except Exception as exc:

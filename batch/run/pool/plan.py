@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from batch.common.errors import ConfigError, EnvironmentProblem
 from batch.common.runtime import THREAD_POOL_ENV_VARS
 from batch.engine.config import RuntimeOptions
-from batch.engine.gpus import GpusUnavailable, VisibleGpu, select_gpus, visible_gpus
+from batch.engine.gpu.listing import GpusUnavailable, VisibleGpu, select_gpus, visible_gpus
 from batch.settings.values import GpuSelection
 
 log = logging.getLogger(__name__)

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from batch.common.errors import BatchError
-from batch.engine.asr import Chunk, Recognized, WhisperRecognizer
+from batch.engine.asr.recognizer import Chunk, Recognized, WhisperRecognizer
 from batch.engine.audio import SAMPLE_RATE
 from batch.engine.pipeline import DecodedFile, PipelineStats
-from batch.engine.vad import SpeechChunk
+from batch.engine.vad.speech import SpeechChunk
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ class ChunkQueue:
             owner.error = exc
 
     def _recognize(self, batch: list[_Item]) -> None:
-        from batch.engine.oom import map_in_batches
+        from batch.engine.gpu.oom import map_in_batches
 
         started = self.clock()
         if self.stats.first_batch_at is None:

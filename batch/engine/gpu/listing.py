@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from types import ModuleType
 
 from batch.common.units import format_bytes
-from batch.engine.nvml import (
+from batch.engine.gpu.nvml import (
     NvmlDevice,
     NvmlUnavailable,
     import_pynvml,

@@ -1,5 +1,5 @@
 """Word alignment with wav2vec2, one model per language, loaded once per run: whisperx.align's answers, computed
-without its Python loops (batch.engine.word_timing).
+without its Python loops (batch.engine.align.words).
 
 Policy when words cannot be timed (the transcript is always kept, with segment timings):
 - the language has no alignment model (none given, none by default): a warning; the file succeeds and its
@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from batch.common.errors import FileFailure, redact
-from batch.engine.oom import is_out_of_memory
+from batch.engine.gpu.oom import is_out_of_memory
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ class Aligner:
             log.warning("words not timed: %s", reason)
             return segments, AlignmentOutcome("unavailable", reason=reason)
         model, metadata = self.load(language, name)
-        from batch.engine.word_timing import align
+        from batch.engine.align.words import align
 
         try:
             ensure_punkt(language, punkt_root(self.cache_dir))

@@ -6,7 +6,7 @@ is any list of chunks: each item carries its own prompt, which CTranslate2 accep
 many short recordings, in any languages, fill one batch. The decoding itself is whisperx's
 (`WhisperModel.generate_segment_batched`): same features (whisperx's log-Mel), same options, same average
 log-probability; only the prompt is per item. The temperature fallback whisperx's batched decoding leaves out
-is here when asked for (batch.engine.decoding): chunks that fail it are read again together at the next temperature.
+is here when asked for (batch.engine.asr.decoding): chunks that fail it are read again together at the next temperature.
 """
 
 from __future__ import annotations
@@ -20,8 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from batch.engine.audio import SAMPLE_RATE
-from batch.engine.decoding import (
+from batch.engine.asr.decoding import (
     Attempt,
     DecodingOptions,
     choose,
@@ -30,13 +29,14 @@ from batch.engine.decoding import (
     numeral_symbol_tokens,
     reading,
 )
+from batch.engine.audio import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 
 # Whisper reads 30 s windows.
 WINDOW_SAMPLES = 30 * SAMPLE_RATE
 
-# What whisperx's batched decoding fixes and this tool does not expose (see batch.engine.decoding for the rest).
+# What whisperx's batched decoding fixes and this tool does not expose (see batch.engine.asr.decoding for the rest).
 FIXED_GENERATION: dict[str, Any] = {"repetition_penalty": 1, "no_repeat_ngram_size": 0, "suppress_blank": True}
 MODEL_SUPPRESSED_TOKENS = [-1]  # CTranslate2: the model's own list of non-speech symbols
 

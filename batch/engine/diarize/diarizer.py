@@ -66,11 +66,11 @@ def load_diarization(model: str, device: str, token: str | None, cache_dir: str 
 
 def share_the_embedding_trunk(pipeline: Any) -> bool:
     """One pass of the speaker-embedding network per window instead of one per local speaker (community-1 has
-    three): the same turns for a third of the embedding work (batch.engine.speaker_embeddings). Pipelines whose
+    three): the same turns for a third of the embedding work (batch.engine.diarize.speaker_embeddings). Pipelines whose
     embedding model is not a WeSpeaker ResNet keep pyannote's own method."""
     from pyannote.audio.pipelines.speaker_diarization import SpeakerDiarization
 
-    from batch.engine.speaker_embeddings import supports_shared_trunk, use_shared_trunk_embeddings
+    from batch.engine.diarize.speaker_embeddings import supports_shared_trunk, use_shared_trunk_embeddings
 
     try:
         if not isinstance(pipeline, SpeakerDiarization) or not supports_shared_trunk(pipeline):

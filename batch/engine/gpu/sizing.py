@@ -5,10 +5,10 @@ the configured one (the ceiling), whose estimated need fits in the free memory m
 batch item starts from a table (per model size and compute type) and is corrected by what this card shows:
 NVML's used memory sampled around each batch, since CTranslate2 allocates outside PyTorch's allocator.
 
-Running a stage under out-of-memory back-off, and the memory records of what ran: see `batch.engine.oom`.
+Running a stage under out-of-memory back-off, and the memory records of what ran: see `batch.engine.gpu.oom`.
 
 With no GPU or no NVML, the configured batch size is used (said once, when the probe is sought: see
-`batch.engine.nvml.probe_for_device`), and the out-of-memory back-off still works.
+`batch.engine.gpu.nvml.probe_for_device`), and the out-of-memory back-off still works.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from batch.common.units import GiB, MiB
-from batch.engine.nvml import MemoryProbe
+from batch.engine.gpu.nvml import MemoryProbe
 
 DEFAULT_RESERVE_BYTES = 1 * GiB
 

@@ -2,7 +2,7 @@
 
 Two detectors with one output shape, both offline:
 - pyannote: whisperx's bundled segmentation model slid over the audio in 5 s windows every `step` seconds
-  (batch.engine.segmentation runs it as pyannote.audio and whisperx would, without importing them). pyannote's own
+  (batch.engine.vad.segmentation runs it as pyannote.audio and whisperx would, without importing them). pyannote's own
   step is 0.5 s, so every second of audio goes through the model ten times; a coarser step costs
   proportionally less (bench/bench_vad.py measures how coarse it can be before the chunks change).
 - silero: the Silero ONNX model that faster-whisper ships, on onnxruntime with one thread (no torch.hub).
@@ -77,13 +77,13 @@ def load_vad(options: VadOptions, device: str) -> SpeechDetector:
 
 
 class PyannoteDetector:
-    """whisperx's pyannote VAD, with the window step as a parameter, run by batch.engine.segmentation (no pyannote.audio
-    import: that alone costs about 10 s of start-up)."""
+    """whisperx's pyannote VAD, with the window step as a parameter, run by batch.engine.vad.segmentation (no
+    pyannote.audio import: that alone costs about 10 s of start-up)."""
 
     def __init__(self, options: VadOptions, device: str):
         import torch
 
-        from batch.engine.segmentation import load_segmentation
+        from batch.engine.vad.segmentation import load_segmentation
 
         self.options = options
         place = torch.device(device)
@@ -94,7 +94,7 @@ class PyannoteDetector:
             torch.backends.cudnn.allow_tf32 = False
 
     def speech_chunks(self, audio: np.ndarray) -> list[SpeechChunk]:
-        from batch.engine.segmentation import speech_regions, speech_scores
+        from batch.engine.vad.segmentation import speech_regions, speech_scores
 
         if audio.size == 0:
             return []

@@ -6,7 +6,7 @@ for the next files and grows back when memory allows. `map_in_batches` runs a li
 several) through a stage batch by batch, each batch under that guard, so an out-of-memory splits the batch
 instead of redoing the whole list.
 
-The batch sizes come from `batch.engine.batching.BatchSizer`: with no GPU or no NVML it gives the configured size,
+The batch sizes come from `batch.engine.gpu.sizing.BatchSizer`: with no GPU or no NVML it gives the configured size,
 and the out-of-memory back-off still works.
 """
 
@@ -22,8 +22,8 @@ from typing import Any, Generic, TypeVar
 
 from batch.common.errors import FileFailure
 from batch.common.units import format_bytes
-from batch.engine.batching import BatchSizer
-from batch.engine.nvml import MemoryProbe
+from batch.engine.gpu.nvml import MemoryProbe
+from batch.engine.gpu.sizing import BatchSizer
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ shared trunk output (pyannote issue #2050).  The masks, their interpolation to t
 pooling code and the linear layer are pyannote's own, so the embeddings match pyannote's up to float
 rounding (batching changes the order of some sums).
 
-batch.engine.diarize applies it to the pipeline it loads (`use_shared_trunk_embeddings`: this instance's
+batch.engine.diarize.diarizer applies it to the pipeline it loads (`use_shared_trunk_embeddings`: this instance's
 `get_embeddings` only, no patch of pyannote's class); a pipeline whose embedding model is not a pyannote
 WeSpeaker ResNet keeps pyannote's own method. Windows in which no speaker is active skip the trunk: their slots
 get what pyannote's pooling of all-zero weights gives (the final layer's bias), as pyannote 4 keeps them for

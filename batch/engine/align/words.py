@@ -3,7 +3,7 @@
 (a) `prepare_alignment`: each segment's cleaned characters, sentence spans and audio slice;
 (b) the model forward: `segment_waveform` + `segment_emission` exactly as whisperx runs it, one segment at a
     time (the emissions, and so the timings, are then bit for bit whisperx's);
-(c) `align_segments`: the trellis and backtrack (batch.engine.trellis), then the characters, words and
+(c) `align_segments`: the trellis and backtrack (batch.engine.align.trellis), then the characters, words and
     sentences assembled as whisperx's pandas code does, without pandas.
 
 `align` chains the three and returns what `whisperx.align` returns, value for value and type for type (checked
@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from batch.engine.trellis import CharSpan, char_spans_batch
+from batch.engine.align.trellis import CharSpan, char_spans_batch
 
 log = logging.getLogger(__name__)
 

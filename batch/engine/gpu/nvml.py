@@ -1,6 +1,6 @@
 """Which physical GPU a CUDA device index is, and how much memory it has, read through NVML.
 
-The batch sizer (`batch.engine.batching`) reads the device's free and used memory through a `MemoryProbe`;
+The batch sizer (`batch.engine.gpu.sizing`) reads the device's free and used memory through a `MemoryProbe`;
 `probe_for_device` gives the run's probe: an `NvmlProbe` on the NVML device (a whole GPU or a MIG instance)
 that this process calls CUDA device i, matched by the CUDA runtime's UUID, then its PCI address, then
 CUDA_VISIBLE_DEVICES.
