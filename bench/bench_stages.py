@@ -198,7 +198,7 @@ def align_all(inputs: dict[str, Any], model: Any, metadata: dict[str, Any], refe
     if reference:
         from whisperx.alignment import align
     else:
-        from batch.engine.align.words import align
+        from batch.engine.align.aligner import time_words as align
     return [align([dict(s) for s in segments], model, metadata, audio, "cpu") for audio, segments in inputs.values()]
 
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 from whisperx.alignment import load_align_model
 
-from batch.engine.align import words as word_timing
-from batch.engine.align.aligner import Aligner, ensure_punkt, punkt_root
+from batch.engine.align import forwards, words
+from batch.engine.align.aligner import Aligner, ensure_punkt, punkt_root, time_words
 from batch.engine.audio import decode
 from batch.engine.pipeline import DecodedFile, FileOutcome, Stopwatch
 from tests.conftest import SITE
@@ -46,25 +46,25 @@ def loaded(folder: str) -> tuple[Any, dict[str, Any]]:
     return load_align_model("en", "cpu", model_name=folder)
 
 
-def words(result: dict[str, Any]) -> list[tuple[str, float | None, float | None]]:
+def timed_words(result: dict[str, Any]) -> list[tuple[str, float | None, float | None]]:
     return [(w["word"], w.get("start"), w.get("end")) for w in result["word_segments"]]
 
 
 def test_a_frame_normalised_model_reads_a_padded_batch_as_it_reads_each_segment(models, speech) -> None:
     audio, segments = speech
     model, metadata = loaded(models["layer"])
-    tensor = word_timing.audio_tensor(audio)
-    plans = word_timing.prepare_alignment(segments, metadata, tensor.shape[1])
-    alone = word_timing.segment_emissions(model, "huggingface", tensor, plans, "cpu", batch_size=1)
-    batched = word_timing.segment_emissions(model, "huggingface", tensor, plans, "cpu", batch_size=8)
-    groups = word_timing.forward_groups(model, "huggingface", plans, list(range(len(plans))), 8, tensor.shape[1])
+    tensor = forwards.audio_tensor(audio)
+    plans = words.prepare_alignment(segments, metadata, tensor.shape[1])
+    alone = forwards.segment_emissions(model, "huggingface", tensor, plans, "cpu", batch_size=1)
+    batched = forwards.segment_emissions(model, "huggingface", tensor, plans, "cpu", batch_size=8)
+    groups = forwards.forward_groups(model, "huggingface", plans, list(range(len(plans))), 8, tensor.shape[1])
     assert max(len(group) for group in groups) == 8  # segments of different lengths share batches
     for single, together in zip(alone, batched, strict=True):
         assert single.shape == together.shape
         assert np.abs(single - together).max() < 1e-4
-    one_by_one = word_timing.align(segments, model, metadata, audio, "cpu", batch_size=1)
-    in_batches = word_timing.align(segments, model, metadata, audio, "cpu", batch_size=8)
-    pairs = list(zip(words(one_by_one), words(in_batches), strict=True))
+    one_by_one = time_words(segments, model, metadata, audio, "cpu", batch_size=1)
+    in_batches = time_words(segments, model, metadata, audio, "cpu", batch_size=8)
+    pairs = list(zip(timed_words(one_by_one), timed_words(in_batches), strict=True))
     within = [abs(a[1] - b[1]) <= 0.02 and abs(a[2] - b[2]) <= 0.02 for a, b in pairs if a[1] is not None]
     assert len(within) > 50 and sum(within) / len(within) >= 0.99
 
@@ -72,25 +72,25 @@ def test_a_frame_normalised_model_reads_a_padded_batch_as_it_reads_each_segment(
 def test_a_group_norm_model_batches_only_segments_of_equal_length(models, speech) -> None:
     audio, segments = speech
     model, metadata = loaded(models["group"])
-    tensor = word_timing.audio_tensor(audio)
+    tensor = forwards.audio_tensor(audio)
     end = tensor.shape[1] / 16000
     twins = [
         {"start": 3.0, "end": 5.0, "text": "hello there"},
         {"start": 9.0, "end": 11.0, "text": "fine thanks"},
         {"start": end - 1.0, "end": end + 1.0, "text": "past the end"},  # 2 s as written, 1 s of it in the audio
     ]
-    plans = word_timing.prepare_alignment([*segments, *twins], metadata, tensor.shape[1])
-    groups = word_timing.forward_groups(model, "huggingface", plans, list(range(len(plans))), 8, tensor.shape[1])
+    plans = words.prepare_alignment([*segments, *twins], metadata, tensor.shape[1])
+    groups = forwards.forward_groups(model, "huggingface", plans, list(range(len(plans))), 8, tensor.shape[1])
     for group in groups:
         inputs = {min(plans[i].samples[1], tensor.shape[1]) - plans[i].samples[0] for i in group}  # type: ignore[index]
         assert len(inputs) == 1
     assert sorted(len(group) for group in groups)[-1] == 2  # the two 2 s segments, together
-    alone = word_timing.segment_emissions(model, "huggingface", tensor, plans, "cpu", batch_size=1)
-    batched = word_timing.segment_emissions(model, "huggingface", tensor, plans, "cpu", batch_size=8)
+    alone = forwards.segment_emissions(model, "huggingface", tensor, plans, "cpu", batch_size=1)
+    batched = forwards.segment_emissions(model, "huggingface", tensor, plans, "cpu", batch_size=8)
     for single, together in zip(alone, batched, strict=True):
         assert np.abs(single - together).max() < 1e-5
-    one_by_one = word_timing.align(segments, model, metadata, audio, "cpu", batch_size=1)
-    assert word_timing.align(segments, model, metadata, audio, "cpu", batch_size=8) == one_by_one
+    one_by_one = time_words(segments, model, metadata, audio, "cpu", batch_size=1)
+    assert time_words(segments, model, metadata, audio, "cpu", batch_size=8) == one_by_one
 
 
 def test_on_a_gpu_an_out_of_memory_halves_the_alignment_batch(
@@ -105,7 +105,7 @@ def test_on_a_gpu_an_out_of_memory_halves_the_alignment_batch(
     from batch.engine.vad.speech import VadOptions
 
     audio, segments = speech
-    real, sizes = word_timing.batched_emissions, []
+    real, sizes = forwards.batched_emissions, []
 
     def out_of_memory_above_two(model, audio, plans, device):  # type: ignore[no-untyped-def]
         sizes.append(len(plans))
@@ -113,7 +113,7 @@ def test_on_a_gpu_an_out_of_memory_halves_the_alignment_batch(
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real(model, audio, plans, device)
 
-    monkeypatch.setattr(word_timing, "batched_emissions", out_of_memory_above_two)
+    monkeypatch.setattr(forwards, "batched_emissions", out_of_memory_above_two)
     config = PipelineConfig(
         AsrConfig(), VadOptions(), AlignConfig(True, models["layer"]), DiarizeConfig(), HubConfig(str(tmp_path)),
         RuntimeOptions("cuda", "float16", 2, 8),
@@ -128,8 +128,8 @@ def test_on_a_gpu_an_out_of_memory_halves_the_alignment_batch(
     record = outcome.gpu["align"]
     assert record.batch_size_used == 2 and record.oom_retries == 2
     model, metadata = loaded(models["layer"])
-    expected = word_timing.align(segments, model, metadata, audio, "cpu", batch_size=1)
+    expected = time_words(segments, model, metadata, audio, "cpu", batch_size=1)
     timed = [(w["word"], w["start"], w["end"]) for s in outcome.segments for w in s["words"] if "start" in w]
-    reference = [(w, s, e) for w, s, e in words(expected) if s is not None]
+    reference = [(w, s, e) for w, s, e in timed_words(expected) if s is not None]
     assert [w for w, _, _ in timed] == [w for w, _, _ in reference]
     assert all(abs(a[1] - b[1]) <= 0.02 for a, b in zip(timed, reference, strict=True))

@@ -1,6 +1,7 @@
-"""batch.engine.align.trellis and batch.engine.align.words against whisperx 3.8.6's own code: trellis/backtrack bit for
-bit on random emissions, and whole ``align`` results, value for value and type for type, on real speech (pyannote's
-sample call, espeak-ng) with a tiny Wav2Vec2ForCTC and a tiny torchaudio wav2vec2.
+"""batch.engine.align (trellis, forwards, words) against whisperx 3.8.6's own code: trellis/backtrack bit for bit
+on random emissions, and whole ``align`` results, value for value and type for type, on real speech (pyannote's
+sample call, espeak-ng) with a tiny Wav2Vec2ForCTC and a tiny torchaudio wav2vec2. whisperx's interface over the
+engine's steps is tests/engine/whisperx_reference.py; the engine's own chain (`time_words`) is checked too.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ import pytest
 import torch
 import whisperx.alignment as wxa
 
+import batch.engine.align.forwards as forwards
 import batch.engine.align.trellis as trellis
 import batch.engine.align.words as word_timing
-from batch.engine.align.aligner import ensure_punkt, punkt_root
+import tests.engine.whisperx_reference as reference
+from batch.engine.align.aligner import ensure_punkt, punkt_root, time_words
 from batch.engine.audio import decode
 from tests.conftest import SITE, speak
 from tests.tiny_models import build_tiny_align_model
@@ -138,14 +141,14 @@ def random_cases() -> list[tuple[torch.Tensor, list[int], int]]:
 def test_trellis_bit_for_bit(random_cases):
     for emission, tokens, blank_id in random_cases:
         ref = wxa.get_trellis(emission, tokens, blank_id).numpy()
-        assert same_bits(ref, trellis.get_trellis(emission.numpy(), tokens, blank_id)), (tokens, blank_id)
+        assert same_bits(ref, reference.get_trellis(emission.numpy(), tokens, blank_id)), (tokens, blank_id)
 
 
 def test_paths_equal(random_cases):
     outcomes = {"aligned": 0, "failed": 0}
     for emission, tokens, blank_id in random_cases:
         ref = whisperx_path(emission, tokens, blank_id)
-        assert trellis.trellis_path(emission.numpy(), tokens, blank_id) == ref, (tokens, blank_id)
+        assert reference.trellis_path(emission.numpy(), tokens, blank_id) == ref, (tokens, blank_id)
         outcomes["failed" if ref is None else "aligned"] += 1
     assert min(outcomes.values()) > 50  # both outcomes well covered
 
@@ -153,7 +156,7 @@ def test_paths_equal(random_cases):
 def test_char_spans_equal_merge_repeats(random_cases):
     for emission, tokens, blank_id in random_cases:
         path = wxa.backtrack(wxa.get_trellis(emission, tokens, blank_id), emission, tokens, blank_id)
-        spans = trellis.char_spans(emission.numpy(), tokens, blank_id)
+        spans = reference.char_spans(emission.numpy(), tokens, blank_id)
         if path is None:
             assert spans is None
             continue
@@ -165,16 +168,16 @@ def test_char_spans_equal_merge_repeats(random_cases):
 def test_batched_equals_single(random_cases, max_cells):
     """Many trellises filled together (padded, sorted, chunked) give each one's own result."""
     blank0 = [(e, t) for e, t, b in random_cases if b == 0]
-    batched = trellis.trellis_paths([e.numpy() for e, _ in blank0], [t for _, t in blank0], 0, max_cells=max_cells)
+    batched = reference.trellis_paths([e.numpy() for e, _ in blank0], [t for _, t in blank0], 0, max_cells=max_cells)
     assert batched == [whisperx_path(e, t, 0) for e, t in blank0]
 
 
 def test_shapes_whisperx_rejects_or_fails():
     emission = log_softmax(np.random.default_rng(0).standard_normal((6, 5)))
-    assert trellis.trellis_path(emission.numpy(), [1] * 7, 0) is None  # more tokens than frames
+    assert reference.trellis_path(emission.numpy(), [1] * 7, 0) is None  # more tokens than frames
     assert whisperx_path(emission, [1] * 7, 0) is None
-    assert trellis.trellis_path(emission.numpy()[:0], [1], 0) is None  # no frame at all
-    assert trellis.trellis_path(emission.numpy(), [], 0) is None  # no token (whisperx never aligns those)
+    assert reference.trellis_path(emission.numpy()[:0], [1], 0) is None  # no frame at all
+    assert reference.trellis_path(emission.numpy(), [], 0) is None  # no token (whisperx never aligns those)
 
 
 def test_wildcard_column():
@@ -307,7 +310,9 @@ def fuzz_segments(rng: np.random.Generator, duration: float, count: int) -> list
 def both(segments, aligner, audio, **kwargs) -> tuple[dict, dict]:
     model, metadata = aligner
     ref = wxa.align(segments, model, metadata, audio, "cpu", **kwargs)
-    mine = word_timing.align(segments, model, metadata, audio, "cpu", **kwargs)
+    mine = reference.align(segments, model, metadata, audio, "cpu", **kwargs)
+    if not kwargs:  # whisperx's defaults: what the engine's own aligner runs
+        assert_same(ref, time_words([dict(s) for s in segments], model, metadata, audio, "cpu"))
     return ref, mine
 
 
@@ -371,7 +376,7 @@ def test_align_audio_forms_and_progress(aligner, sample_audio, tmp_path, capsys)
     )
     ref_out = capsys.readouterr().out
     mine_calls: list[float] = []
-    mine = word_timing.align(
+    mine = reference.align(
         segments,
         model,
         metadata,
@@ -392,7 +397,7 @@ def test_align_audio_path(aligner, sample_wav):
     path = str(sample_wav)
     segments = stm_segments()[:3]
     ref = wxa.align(segments, model, metadata, path, "cpu")
-    assert_same(ref, word_timing.align(segments, model, metadata, path, "cpu"))
+    assert_same(ref, reference.align(segments, model, metadata, path, "cpu"))
 
 
 def test_align_torchaudio_model(aligner, sample_audio):
@@ -428,14 +433,14 @@ def test_split_api_with_torch_emissions(aligner, sample_audio):
     """(a) prepare, (b) forward by the caller, (c) align_segments: what align does."""
     model, metadata = aligner
     segments = stm_segments() + edge_segments(len(sample_audio) / 16000)
-    audio = word_timing.audio_tensor(sample_audio)
+    audio = forwards.audio_tensor(sample_audio)
     plans = word_timing.prepare_alignment(segments, metadata, audio.shape[1])
     emissions = []
     for plan in plans:
         if plan.samples is None:
             emissions.append(None)
             continue
-        waveform, _ = word_timing.segment_waveform(audio, plan)
+        waveform, _ = forwards.segment_waveform(audio, plan)
         with torch.inference_mode():
             emissions.append(torch.log_softmax(model(waveform).logits, dim=-1)[0])
     result = word_timing.align_segments(segments, plans, emissions, metadata)

@@ -1,5 +1,5 @@
 """Word alignment with wav2vec2, one model per language, loaded once per run: whisperx.align's answers, computed
-without its Python loops (batch.engine.align.words).
+without its Python loops (`time_words`: batch.engine.align.words around the forwards of batch.engine.align.forwards).
 
 Policy when words cannot be timed (the transcript is always kept, with segment timings):
 - the language has no alignment model (none given, none by default): a warning; the file succeeds and its
@@ -73,18 +73,16 @@ class Aligner:
         self, segments: list[dict[str, Any]], audio: np.ndarray, language: str, batch_size: int = 1
     ) -> tuple[list[dict[str, Any]], AlignmentOutcome]:
         """Every word of `segments` timed (segments kept as they are, with the reason, when that cannot be done);
-        `batch_size` segments per forward where that leaves the emissions as they are (word_timing)."""
+        `batch_size` segments per forward where that leaves the emissions as they are (forwards)."""
         name = self.model_for(language)
         if name is None:
             reason = f"no alignment model for language '{language}' (give one with --align-model)"
             log.warning("words not timed: %s", reason)
             return segments, AlignmentOutcome("unavailable", reason=reason)
         model, metadata = self.load(language, name)
-        from batch.engine.align.words import align
-
         try:
             ensure_punkt(language, punkt_root(self.cache_dir))
-            result = align(segments, model, metadata, audio, self.device, batch_size=batch_size)
+            result = time_words(segments, model, metadata, audio, self.device, batch_size)
         except Exception as exc:
             if is_out_of_memory(exc):
                 raise  # the caller backs off to a smaller batch
@@ -122,6 +120,24 @@ class Aligner:
         self.loads.append(name)
         log.info("alignment model for '%s' loaded: %s", language, name)
         return loaded
+
+
+def time_words(
+    segments: list[dict[str, Any]],
+    model: Any,
+    metadata: dict[str, Any],
+    audio: np.ndarray,
+    device: str,
+    batch_size: int = 1,
+) -> dict[str, list[dict[str, Any]]]:
+    """What `whisperx.align(segments, model, metadata, audio, device)` returns: (a) each segment prepared, (b) the
+    forwards, `batch_size` segments together where that leaves the emissions as they are, (c) words assembled."""
+    from batch.engine.align import forwards, words
+
+    tensor = forwards.audio_tensor(audio)
+    plans = words.prepare_alignment(segments, metadata, tensor.shape[1])
+    emissions = forwards.segment_emissions(model, metadata["type"], tensor, plans, device, batch_size)
+    return words.align_segments(segments, plans, emissions, metadata)
 
 
 def _root_cause(exc: BaseException) -> str:

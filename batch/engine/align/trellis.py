@@ -7,8 +7,8 @@ loop of torch operations and walks it back frame by frame in Python; here it is 
 per frame over all tokens (and over all the segments of a batch), every element going through the same float32
 operations as torch's, so the trellis is bit-for-bit equal. The backtrack's test ("changed > stayed") is the
 fill's own comparison, kept per cell; the path is then read off per token (the latest change before the current
-frame), not per frame. tests/engine/test_word_timing.py checks paths, spans and whole alignments against
-whisperx's own functions.
+frame), not per frame. tests/engine/test_word_timing.py checks trellises, paths, spans and whole alignments
+against whisperx's own functions (through tests/engine/whisperx_reference.py, whisperx's interface on these).
 
 Only float32 emissions are reproduced exactly (what whisperx's float32 alignment models give): other dtypes are
 converted to float32 first, whereas whisperx would run its trellis on them as they are.
@@ -195,42 +195,6 @@ def _char_spans(path: _Path) -> list[CharSpan]:
         score = sum(path.probs[start - first : end - first]) / (end - start)
         spans.append(CharSpan(start, end, score))
     return spans
-
-
-def _points(path: _Path) -> list[tuple[int, int, float]]:
-    lengths = np.diff([*path.starts, path.stop])
-    token_of_frame = np.repeat(np.arange(len(path.starts)), lengths).tolist()
-    return list(zip(token_of_frame, range(path.starts[0], path.stop), path.probs, strict=True))
-
-
-def get_trellis(emission: np.ndarray, tokens: Sequence[int], blank_id: int = 0) -> np.ndarray:
-    """whisperx.alignment.get_trellis(emission, tokens, blank_id).numpy(), for a float32 emission."""
-    batch = _Batch.of([_Problem.of(emission, tokens, blank_id)])
-    batch.fill()
-    return np.ascontiguousarray(batch.trellis_of(0))
-
-
-def trellis_path(emission: np.ndarray, tokens: Sequence[int], blank_id: int = 0) -> list[tuple[int, int, float]] | None:
-    """whisperx's get_trellis + backtrack: [(token_index, time_index, score)] per frame of the path
-    (the fields of whisperx's Point, in order), or None where whisperx's backtrack fails."""
-    path = _paths([_Problem.of(emission, tokens, blank_id)])[0]
-    return None if path is None else _points(path)
-
-
-def trellis_paths(
-    emissions: Sequence[np.ndarray],
-    token_lists: Sequence[Sequence[int]],
-    blank_id: int = 0,
-    max_cells: int = MAX_BATCH_CELLS,
-) -> list[list[tuple[int, int, float]] | None]:
-    """trellis_path of many segments, their trellises filled together (same results)."""
-    problems = [_Problem.of(e, t, blank_id) for e, t in zip(emissions, token_lists, strict=True)]
-    return [None if p is None else _points(p) for p in _paths(problems, max_cells)]
-
-
-def char_spans(emission: np.ndarray, tokens: Sequence[int], blank_id: int = 0) -> list[CharSpan] | None:
-    """get_trellis + backtrack + merge_repeats: one (start, end, score) per token, or None."""
-    return char_spans_batch([emission], [tokens], blank_id)[0]
 
 
 def char_spans_batch(

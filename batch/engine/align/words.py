@@ -1,15 +1,14 @@
 """Word timings as `whisperx.align` gives them, in three steps so that the wav2vec2 forwards can be run apart:
 
 (a) `prepare_alignment`: each segment's cleaned characters, sentence spans and audio slice;
-(b) the model forward: `segment_waveform` + `segment_emission` exactly as whisperx runs it, one segment at a
-    time (the emissions, and so the timings, are then bit for bit whisperx's);
+(b) the model forward (batch.engine.align.forwards);
 (c) `align_segments`: the trellis and backtrack (batch.engine.align.trellis), then the characters, words and
     sentences assembled as whisperx's pandas code does, without pandas.
 
-`align` chains the three and returns what `whisperx.align` returns, value for value and type for type (checked
-in tests/engine/test_word_timing.py). Besides the vectorised trellis, two costs of whisperx's are gone: its
-sentence splitter is loaded once per language, not once per segment (~22 ms each), and its ~8 ms of pandas per
-segment.
+The three chained give what `whisperx.align` returns, value for value and type for type (checked from the tests'
+side: tests/engine/test_word_timing.py, through tests/engine/whisperx_reference.py). Besides the vectorised
+trellis, two costs of whisperx's are gone: its sentence splitter is loaded once per language, not once per
+segment (~22 ms each), and its ~8 ms of pandas per segment.
 """
 
 from __future__ import annotations
@@ -82,11 +81,7 @@ def _clean_chars(text: str, dictionary: dict[str, int], spaced: bool) -> tuple[l
 
 
 def prepare_alignment(
-    transcript: Sequence[dict[str, Any]],
-    metadata: dict[str, Any],
-    num_samples: int,
-    print_progress: bool = False,
-    combined_progress: bool = False,
+    transcript: Sequence[dict[str, Any]], metadata: dict[str, Any], num_samples: int
 ) -> list[SegmentPlan]:
     """Step (a): one plan per segment; `num_samples` is the audio's length at 16 kHz."""
     from whisperx.utils import PUNKT_LANGUAGES
@@ -97,11 +92,7 @@ def prepare_alignment(
     splitter = _sentence_splitter(PUNKT_LANGUAGES.get(language, "english"))
     max_duration = num_samples / SAMPLE_RATE
     plans = []
-    for sdx, segment in enumerate(transcript):
-        if print_progress:
-            base_progress = ((sdx + 1) / len(transcript)) * 100
-            percent_complete = (50 + base_progress / 2) if combined_progress else base_progress
-            print(f"Progress: {percent_complete:.2f}%...")
+    for segment in transcript:
         text = segment["text"]
         clean_char, clean_cdx = _clean_chars(text, dictionary, spaced)
         spans = list(splitter.span_tokenize(text))
@@ -117,126 +108,6 @@ def prepare_alignment(
             samples = (int(segment["start"] * SAMPLE_RATE), int(segment["end"] * SAMPLE_RATE))
         plans.append(SegmentPlan("".join(clean_char), clean_cdx, spans, samples, warning))
     return plans
-
-
-# --------------------------------------------------------------------------------------------------
-# (b) Model forward, one segment at a time, as whisperx does it
-# --------------------------------------------------------------------------------------------------
-
-
-def audio_tensor(audio: str | np.ndarray | torch.Tensor) -> torch.Tensor:
-    """[1, samples] tensor, as whisperx.align makes it (a path is decoded with whisperx's load_audio)."""
-    if not torch.is_tensor(audio):
-        if isinstance(audio, str):
-            from whisperx.audio import load_audio
-
-            audio = load_audio(audio)
-        audio = torch.from_numpy(audio)
-    if len(audio.shape) == 1:
-        audio = audio.unsqueeze(0)
-    return audio
-
-
-def segment_waveform(audio: torch.Tensor, plan: SegmentPlan) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The model input for an alignable segment: audio[:, f1:f2] zero-padded to 400 samples, and the
-    true length where it was padded (only torchaudio models take it)."""
-    assert plan.samples is not None
-    f1, f2 = plan.samples
-    waveform = audio[:, f1:f2]
-    if waveform.shape[-1] < MIN_INPUT_SAMPLES:
-        lengths = torch.as_tensor([waveform.shape[-1]])
-        return torch.nn.functional.pad(waveform, (0, MIN_INPUT_SAMPLES - waveform.shape[-1])), lengths
-    return waveform, None
-
-
-def segment_emission(
-    model: torch.nn.Module, model_type: str, waveform: torch.Tensor, lengths: torch.Tensor | None, device: str
-) -> np.ndarray:
-    """[frames, vocab] float32 log-probabilities of one segment."""
-    with torch.inference_mode():
-        if model_type == "torchaudio":
-            emissions, _ = model(waveform.to(device), lengths=None if lengths is None else lengths.to(device))
-        elif model_type == "huggingface":
-            emissions = model(waveform.to(device)).logits
-        else:
-            raise NotImplementedError(f"Align model of type {model_type} not supported.")
-        emissions = torch.log_softmax(emissions, dim=-1)
-    return emissions[0].cpu().detach().numpy()
-
-
-def segment_emissions(
-    model: torch.nn.Module,
-    model_type: str,
-    audio: torch.Tensor,
-    plans: Sequence[SegmentPlan],
-    device: str,
-    batch_size: int = 1,
-) -> list[np.ndarray | None]:
-    """Step (b) for every alignable segment (None for the others). At `batch_size` 1, whisperx's forward, one
-    segment at a time. Larger batches are formed only where each segment's frames stay what its own forward
-    computes, up to float rounding: a Hugging Face model whose feature encoder normalises each frame (layer norm:
-    the XLSR models most languages use) reads a padded batch with an attention mask; one that normalises each
-    channel over the whole input (group norm: wav2vec2-base, whisperx's English default) would see the padding,
-    so only segments of the same length share its batches; torchaudio models run one segment at a time."""
-    emissions: list[np.ndarray | None] = [None] * len(plans)
-    alignable = [i for i, plan in enumerate(plans) if plan.samples is not None]
-    for group in forward_groups(model, model_type, plans, alignable, batch_size, audio.shape[-1]):
-        if len(group) == 1:
-            emissions[group[0]] = segment_emission(model, model_type, *segment_waveform(audio, plans[group[0]]), device)
-            continue
-        for i, emission in zip(group, batched_emissions(model, audio, [plans[i] for i in group], device), strict=True):
-            emissions[i] = emission
-    return emissions
-
-
-def frame_normalised(model: torch.nn.Module) -> bool:
-    """Whether a Hugging Face wav2vec2 model's feature encoder normalises per frame (and so takes a padded batch)."""
-    return getattr(getattr(model, "config", None), "feat_extract_norm", None) == "layer"
-
-
-def forward_groups(
-    model: torch.nn.Module,
-    model_type: str,
-    plans: Sequence[SegmentPlan],
-    alignable: list[int],
-    batch_size: int,
-    num_samples: int,
-) -> list[list[int]]:
-    """Segments (indices into `plans`) run together: longest first, so that a batch pads little."""
-    if batch_size <= 1 or model_type != "huggingface":
-        return [[i] for i in alignable]
-
-    def length(i: int) -> int:
-        """The model input's length: the slice as the audio holds it (a segment may end past it), padded to 400."""
-        f1, f2 = plans[i].samples  # type: ignore[misc]
-        return max(min(f2, num_samples) - f1, MIN_INPUT_SAMPLES)
-
-    ordered = sorted(alignable, key=length, reverse=True)
-    # A frame-normalised model takes any lengths together (padded, masked); the others only equal ones.
-    alike = (lambda i: 0) if frame_normalised(model) else length
-    groups: list[list[int]] = []
-    for _, same in itertools.groupby(ordered, key=alike):
-        members = list(same)
-        groups += [members[start : start + batch_size] for start in range(0, len(members), batch_size)]
-    return groups
-
-
-def batched_emissions(
-    model: torch.nn.Module, audio: torch.Tensor, plans: Sequence[SegmentPlan], device: str
-) -> list[np.ndarray]:
-    """One padded forward of a Hugging Face model over several segments; each segment's own frames back."""
-    waveforms = [segment_waveform(audio, plan)[0][0] for plan in plans]
-    lengths = torch.as_tensor([waveform.shape[-1] for waveform in waveforms])
-    batch = torch.zeros(len(waveforms), int(lengths.max()), dtype=waveforms[0].dtype)
-    mask = torch.zeros(batch.shape, dtype=torch.long)
-    for row, waveform in enumerate(waveforms):
-        batch[row, : waveform.shape[-1]] = waveform
-        mask[row, : waveform.shape[-1]] = 1
-    with torch.inference_mode():
-        attention = {"attention_mask": mask.to(device)} if frame_normalised(model) else {}
-        log_probs = torch.log_softmax(model(batch.to(device), **attention).logits, dim=-1).cpu()
-    frames = model._get_feat_extract_output_lengths(lengths)
-    return [log_probs[row, : int(frames[row])].numpy() for row in range(len(waveforms))]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -507,32 +378,3 @@ def align_segments(
             progress_callback(((sdx + 1) / len(transcript)) * 100)
     word_segments = [word for segment in aligned for word in segment["words"]]
     return {"segments": aligned, "word_segments": word_segments}
-
-
-def align(
-    transcript: Sequence[dict[str, Any]],
-    model: torch.nn.Module,
-    align_model_metadata: dict[str, Any],
-    audio: str | np.ndarray | torch.Tensor,
-    device: str,
-    interpolate_method: str = "nearest",
-    return_char_alignments: bool = False,
-    print_progress: bool = False,
-    combined_progress: bool = False,
-    progress_callback: ProgressCallback = None,
-    batch_size: int = 1,
-) -> dict[str, list[dict[str, Any]]]:
-    """Drop-in for whisperx.align: same arguments, same result; `batch_size` above 1 batches the forwards where
-    that leaves the emissions as they are (`segment_emissions`)."""
-    audio = audio_tensor(audio)
-    plans = prepare_alignment(transcript, align_model_metadata, audio.shape[1], print_progress, combined_progress)
-    emissions = segment_emissions(model, align_model_metadata["type"], audio, plans, device, batch_size)
-    return align_segments(
-        transcript,
-        plans,
-        emissions,
-        align_model_metadata,
-        interpolate_method=interpolate_method,
-        return_char_alignments=return_char_alignments,
-        progress_callback=progress_callback,
-    )
