@@ -6,7 +6,8 @@ Realtime is one figure everywhere: audio seconds per wall second (`realtime_fact
 from __future__ import annotations
 
 import secrets
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +17,7 @@ from batch.common.errors import EXIT_FILES_FAILED, EXIT_OK
 from batch.run.manifest import RUNS_FOLDER, ErrorRecord, Record, encode
 
 if TYPE_CHECKING:
+    from batch.engine.gpu.oom import StageMemoryRecord
     from batch.storage import Store
 
 REPORT_VERSION = 1
@@ -199,3 +201,38 @@ class RunReport(Record):
             return cls.model_validate(document)
         except (ValidationError, ValueError):
             return None
+
+
+@dataclass
+class StageTotals:
+    """One stage's memory records (batch.engine.gpu.oom) summed over a run, for the report's `gpu`."""
+
+    runs: int = 0
+    oom_retries: int = 0
+    batch_size_used_min: int | None = None
+    batch_size_used_max: int | None = None
+    free_bytes_min: int | None = None
+    failed: int = 0
+
+    def add(self, record: StageMemoryRecord) -> None:
+        self.runs += 1
+        self.oom_retries += record.oom_retries
+        self.batch_size_used_min = _least(self.batch_size_used_min, record.batch_size_used)
+        self.batch_size_used_max = max(self.batch_size_used_max or 0, record.batch_size_used)
+        self.free_bytes_min = _least(self.free_bytes_min, record.free_bytes)
+        self.failed += record.failed
+
+
+def _least(current: int | None, new: int | None) -> int | None:
+    if new is None:
+        return current
+    return new if current is None else min(current, new)
+
+
+def sum_records(records: Iterable[StageMemoryRecord]) -> dict[str, dict[str, Any]]:
+    """Per stage: runs, out-of-memory retries, smallest and largest batch size used, least free memory seen,
+    and how many runs failed for want of memory."""
+    totals: dict[str, StageTotals] = {}
+    for record in records:
+        totals.setdefault(record.stage, StageTotals()).add(record)
+    return {stage: asdict(total) for stage, total in totals.items()}

@@ -32,6 +32,7 @@ from batch.run.report import (
     new_run_id,
     prune_reports,
     report_name,
+    sum_records,
 )
 from batch.run.tally import FileEvent, Tally
 from batch.run.to_do import ListingWatcher, ToDo
@@ -281,8 +282,6 @@ def record_outcome(outcome: FileOutcome, manifest: Manifest, report: RunReport) 
 
 def finish_report(report: RunReport, stats: PipelineStats, started: float, now: float) -> None:
     """The run's closing figures, from the clock and the pipeline's own account of its work."""
-    from batch.engine.gpu.oom import sum_records
-
     report.finished_at = utc_now()
     report.wall_seconds = round(now - started, 3)
     report.audio_seconds = round(report.audio_seconds, 3)

@@ -15,6 +15,7 @@ import torch
 from batch.common.errors import FileFailure
 from batch.common.units import GiB, MiB
 from batch.engine.gpu.oom import (
+    BatchedStage,
     BatchOutOfMemory,
     GpuOutOfMemory,
     StageMemoryRecord,
@@ -22,7 +23,6 @@ from batch.engine.gpu.oom import (
     map_in_batches,
     merge_records,
     run_with_oom_backoff,
-    sum_records,
 )
 from batch.engine.gpu.sizing import BatchSizer
 from tests.memory_fakes import FakeClock, FakeProbe, sizer
@@ -171,14 +171,9 @@ def test_a_file_with_fewer_items_than_the_batch_is_measured_per_real_item() -> N
     assert controller.item_bytes("asr") == 200 * MiB  # 600 MiB over 2 items, not over 16
 
 
-def test_records_for_the_manifest_and_their_sums_for_the_report() -> None:
-    records = [
-        StageMemoryRecord("asr", 16, 16, 16, 0, 30 * GiB, 80 * GiB, 3 * GiB),
-        StageMemoryRecord("asr", 16, 16, 4, 2, 5 * GiB, 80 * GiB, None),
-        StageMemoryRecord("align", 16, 8, 8, 0, None, None, None),
-        StageMemoryRecord("align", 16, 2, 1, 1, 2 * GiB, 80 * GiB, None, failed=True),
-    ]
-    assert records[1].to_dict() == {
+def test_a_stage_record_is_its_manifest_entry() -> None:
+    record = StageMemoryRecord("asr", 16, 16, 4, 2, 5 * GiB, 80 * GiB, None)
+    assert record.to_dict() == {
         "batch_size_requested": 16,
         "batch_size_planned": 16,
         "batch_size_used": 4,
@@ -188,26 +183,14 @@ def test_records_for_the_manifest_and_their_sums_for_the_report() -> None:
         "peak_growth_bytes": None,
         "failed": False,
     }
-    totals = sum_records(records)
-    assert totals["asr"] == {
-        "runs": 2,
-        "oom_retries": 2,
-        "batch_size_used_min": 4,
-        "batch_size_used_max": 16,
-        "free_bytes_min": 5 * GiB,
-        "failed": 0,
-    }
-    assert totals["align"] == {
-        "runs": 2,
-        "oom_retries": 1,
-        "batch_size_used_min": 1,
-        "batch_size_used_max": 8,
-        "free_bytes_min": 2 * GiB,
-        "failed": 1,
-    }
 
 
 # --- many batches in a row (items of several files in one batch) ---------------------------------------------
+
+
+def sizes_run(done: BatchedStage) -> list[int]:
+    """The number of items in each batch that ran, in order."""
+    return [record.batch_size_used for record in done.batches]
 
 
 class FakeAsr:
@@ -230,7 +213,7 @@ def test_items_are_mapped_in_batches_as_large_as_memory_allows_in_their_order() 
     asr = FakeAsr()
     done = map_in_batches("asr", sizer(probe, ceiling=8), list(range(8)), asr, free_caches=lambda: None)
     assert done.outputs == [item * 10 for item in range(8)]
-    assert done.batch_sizes == [3, 3, 2]  # the last batch is what is left
+    assert sizes_run(done) == [3, 3, 2]  # the last batch is what is left
     assert asr.batches == [[0, 1, 2], [3, 4, 5], [6, 7]]
     record = done.record
     assert record is not None
@@ -247,7 +230,7 @@ def test_a_batch_that_runs_out_of_memory_is_split_and_nothing_done_is_redone() -
     assert done.outputs == [item * 10 for item in items]
     assert [len(batch) for batch in asr.batches] == [8, 4, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2]  # 2 failed tries, then 2s
     assert asr.batches[2] == [0, 1]  # the failed batch's first items, then the rest of it in the next batches
-    assert done.batch_sizes == [2] * 10
+    assert sizes_run(done) == [2] * 10
     assert [record.oom_retries for record in done.batches] == [2] + [0] * 9
     record = done.record
     assert record is not None and (record.batch_size_planned, record.batch_size_used, record.oom_retries) == (8, 2, 2)
@@ -274,7 +257,7 @@ def test_an_item_that_does_not_fit_alone_fails_by_itself_and_the_rest_can_go_on(
     assert isinstance(error.__cause__, RuntimeError) and is_out_of_memory(error.__cause__)
     assert error.index == 5  # the item to fail (its file); those before it are done
     assert error.done.outputs == [0, 10, 20, 30, 40]
-    assert error.done.batch_sizes == [4, 1]  # [4..7] failed at 4 and 2, then 4 ran alone; 5 failed alone
+    assert sizes_run(error.done) == [4, 1]  # [4..7] failed at 4 and 2, then 4 ran alone; 5 failed alone
     # retried at 2 and at 1 in the batch from item 4; the failure alone at 1 is no retry
     assert (error.record.failed, error.record.oom_retries, error.record.batch_size_used) == (True, 2, 4)
     rest = map_in_batches("asr", controller, items[error.index + 1 :], asr, free_caches=lambda: None)

@@ -1,4 +1,4 @@
-"""GPU out-of-memory back-off, and the memory records of what ran (for the manifests and the run report).
+"""GPU out-of-memory back-off, and the memory records of what ran (for the manifests; the run report sums them).
 
 `run_with_oom_backoff` runs one stage of one file: on out-of-memory it frees caches, halves the batch size and
 runs the stage again, down to 1; only then does the file fail (`GpuOutOfMemory`). The lowered size is kept
@@ -16,7 +16,7 @@ import gc
 import logging
 import sys
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Generic, TypeVar
 
@@ -68,41 +68,6 @@ class StageMemoryRecord:
         record = asdict(self)
         del record["stage"]  # the manifest keys records by stage
         return record
-
-
-@dataclass
-class StageTotals:
-    """One stage's records summed over a run, for the run report."""
-
-    runs: int = 0
-    oom_retries: int = 0
-    batch_size_used_min: int | None = None
-    batch_size_used_max: int | None = None
-    free_bytes_min: int | None = None
-    failed: int = 0
-
-    def add(self, record: StageMemoryRecord) -> None:
-        self.runs += 1
-        self.oom_retries += record.oom_retries
-        self.batch_size_used_min = _least(self.batch_size_used_min, record.batch_size_used)
-        self.batch_size_used_max = max(self.batch_size_used_max or 0, record.batch_size_used)
-        self.free_bytes_min = _least(self.free_bytes_min, record.free_bytes)
-        self.failed += record.failed
-
-
-def _least(current: int | None, new: int | None) -> int | None:
-    if new is None:
-        return current
-    return new if current is None else min(current, new)
-
-
-def sum_records(records: Iterable[StageMemoryRecord]) -> dict[str, dict[str, Any]]:
-    """Per stage: runs, out-of-memory retries, smallest and largest batch size used, least free memory seen,
-    and how many runs failed for want of memory."""
-    totals: dict[str, StageTotals] = {}
-    for record in records:
-        totals.setdefault(record.stage, StageTotals()).add(record)
-    return {stage: asdict(total) for stage, total in totals.items()}
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -234,11 +199,6 @@ class BatchedStage(Generic[OutT]):
 
     outputs: list[OutT]
     batches: list[StageMemoryRecord]  # in order; each one's batch_size_used is the number of items it ran
-
-    @property
-    def batch_sizes(self) -> list[int]:
-        """The number of items in each batch that ran, in order (they add up to the items done)."""
-        return [record.batch_size_used for record in self.batches]
 
     @property
     def record(self) -> StageMemoryRecord | None:
