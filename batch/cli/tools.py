@@ -44,7 +44,7 @@ def models_pull_command(
 
     def pull_all() -> int:
         from batch.common.logs import prints_to_log
-        from batch.engine.models import pull
+        from batch.run.pull import pull
         from batch.settings.values import normalize_language
 
         settings = load_settings(flags, config_path=config, logging_setup=True)

@@ -1,7 +1,7 @@
 """What the engine is built from: the models, how they run on this machine, and where they come from.
 
-`batch.run.config.configure` makes these from the user's settings, and the pipeline reads only these; the one
-exception is `models pull` (batch.engine.models), which works from the settings before any run exists.
+`batch.run.config.configure` makes these from the user's settings, and the engine reads only these (never the
+settings themselves).
 """
 
 from __future__ import annotations

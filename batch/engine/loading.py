@@ -1,18 +1,29 @@
 """Loading the models a run needs, once: the VAD and the ASR model side by side, then the batch sizer and the
-finisher (whose alignment and diarization models load on first use)."""
+finisher (whose alignment and diarization models load on first use); and where models come from.
+
+`--model-dir` (or HF_HOME) decides where every model is cached; with HF_HUB_OFFLINE=1 every stage loads from
+there or fails naming the missing model (`whisperx-batch models pull`, batch.run.pull, fills the cache ahead of
+time). The Hugging Face token is read here (`hf_token`), and its value never shown.
+"""
 
 from __future__ import annotations
 
 import gc
+import json
+import os
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from batch.common.errors import BatchError, ConfigError
+from batch.common.errors import BatchError, ConfigError, EnvironmentProblem, redact, register_secret
 from batch.common.runtime import limit_thread_pools
-from batch.engine.asr.recognizer import WhisperRecognizer
 from batch.engine.config import PipelineConfig
+
+if TYPE_CHECKING:
+    from batch.engine.asr.recognizer import WhisperRecognizer
 
 
 @dataclass
@@ -69,7 +80,6 @@ def load_models(config: PipelineConfig) -> LoadedModels:
 
 def _load_recognizer(config: PipelineConfig) -> WhisperRecognizer:
     from batch.engine.asr.recognizer import load_recognizer
-    from batch.engine.models import asr_load_failure
 
     runtime, asr, hub = config.runtime, config.asr, config.hub
     try:
@@ -99,3 +109,99 @@ def refuse_what_the_model_cannot_do(recognizer: WhisperRecognizer, config: Pipel
             f"the prompt and hotwords take {prompt} tokens; at most {room} fit "
             "(Whisper keeps the other half of its context for the transcript)",
         )
+
+
+# --- where models come from ------------------------------------------------------------------------------------
+
+
+TOKEN_ENV_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+
+
+def hub_offline(environ: Mapping[str, str] | None = None) -> bool:
+    environ = os.environ if environ is None else environ
+    return environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def is_local(reference: str) -> bool:
+    return os.path.isabs(reference)
+
+
+def hf_token(token_file: str | None, environ: Mapping[str, str] | None = None) -> tuple[str | None, str | None]:
+    """The Hugging Face token and where it came from (never the value in any message).
+
+    Order: `token_file` (the `hf_token_file` option: a mounted Kubernetes secret), HF_TOKEN,
+    HUGGING_FACE_HUB_TOKEN, then a token stored by `hf auth login`.
+    """
+    if token_file:
+        try:
+            token = Path(token_file).read_text().strip()
+        except OSError as exc:
+            raise ConfigError("hf_token_file", f"cannot read the token file: {exc.strerror or exc}") from None
+        if not token:
+            raise ConfigError("hf_token_file", "the token file is empty")
+        register_secret(token)
+        return token, "hf_token_file"
+    environ = os.environ if environ is None else environ
+    for name in TOKEN_ENV_VARS:
+        if environ.get(name, "").strip():
+            return environ[name].strip(), name
+    try:
+        from huggingface_hub import get_token
+
+        token = get_token()
+    except Exception:
+        token = None
+    if token:
+        register_secret(token)
+        return token, "huggingface_hub login"
+    return None, None
+
+
+# CTranslate2 reads a Whisper model as multilingual when its vocabulary has at least this many tokens.
+MULTILINGUAL_VOCABULARY = 51865
+
+
+def english_only(model: str) -> bool | None:
+    """Whether a Whisper model reads English only, told without loading it: from a name (`tiny.en`,
+    `Systran/faster-whisper-small.en`) or a local folder's vocabulary; None when it cannot be told."""
+    if not is_local(model):
+        from faster_whisper.utils import available_models
+
+        return True if model.endswith(".en") else (False if model in available_models() else None)
+    folder = Path(model)
+    try:
+        if (folder / "vocabulary.json").is_file():
+            size = len(json.loads((folder / "vocabulary.json").read_text(encoding="utf-8")))
+        else:
+            size = len((folder / "vocabulary.txt").read_text(encoding="utf-8").splitlines())
+    except (OSError, ValueError):
+        return None
+    return size < MULTILINGUAL_VOCABULARY
+
+
+def cached_english_only(model: str, cache_dir: str | None) -> bool | None:
+    """For a hub model already in the cache, what its files say (no network); None when it is not there."""
+    try:
+        from faster_whisper.utils import download_model
+
+        folder = download_model(model, local_files_only=True, cache_dir=cache_dir)
+    except Exception:  # not in the cache: the loaded model tells
+        return None
+    return english_only(str(Path(folder).absolute()))
+
+
+def resolved_language(language: str, model: str) -> str:
+    """The language a transcript is read in, as far as the settings tell: `auto` on an English-only model is `en`.
+    Told from the name or local folder only (never the cache), so that the settings hash built on it does not
+    change with what happens to be cached."""
+    return "en" if language == "auto" and english_only(model) else language
+
+
+def asr_load_failure(model: str, exc: BaseException, offline: bool) -> EnvironmentProblem:
+    if offline and not is_local(model):
+        return EnvironmentProblem(
+            f"ASR model {model!r} is not in the model cache and HF_HUB_OFFLINE is set: run "
+            f"`whisperx-batch models pull --model {model}` where there is network (same --model-dir / HF_HOME)"
+        )
+    reason = redact(str(exc)).splitlines()[0] if str(exc) else type(exc).__name__
+    return EnvironmentProblem(f"cannot load the ASR model {model!r}: {reason}")

@@ -23,13 +23,7 @@ from batch.common.units import parse_bytes
 from batch.engine.asr.decoding import DecodingOptions
 from batch.engine.config import AlignConfig, AsrConfig, DiarizeConfig, HubConfig, PipelineConfig, RuntimeOptions
 from batch.engine.gpu.device import compute_type_problem, default_compute_type, resolve_device
-from batch.engine.models import (
-    cached_english_only,
-    english_only,
-    hub_offline,
-    require_diarization_token,
-    resolved_language,
-)
+from batch.engine.loading import cached_english_only, english_only, hf_token, hub_offline, is_local, resolved_language
 from batch.engine.vad.speech import VadOptions
 from batch.formats.subtitles import SubtitleOptions
 from batch.formats.transcript import TRANSCRIPT_SCHEMA_VERSION
@@ -247,6 +241,24 @@ def hub_config(settings: Settings, environ: Mapping[str, str]) -> HubConfig:
     """Where models come from, with the token (resolved once) when diarization needs one."""
     token, source = require_diarization_token(settings, environ)
     return HubConfig(settings.model_dir, hub_offline(environ), token, source)
+
+
+def require_diarization_token(
+    settings: Settings, environ: Mapping[str, str] | None = None
+) -> tuple[str | None, str | None]:
+    """The token diarization uses and where it came from, (None, None) without --diarize; a ConfigError (exit 2)
+    before any file when diarization would need a token that is not there."""
+    if not settings.diarize:
+        return None, None
+    token, source = hf_token(settings.hf_token_file, environ)
+    if token is None and not is_local(settings.diarize_model) and not hub_offline(environ):
+        raise ConfigError(
+            "hf_token",
+            f"--diarize with {settings.diarize_model} needs a Hugging Face token: accept the model's terms at "
+            f"https://hf.co/{settings.diarize_model}, then set HF_TOKEN or give --hf-token-file (a file holding "
+            "the token, e.g. a mounted secret). The token is never printed or recorded.",
+        )
+    return token, source
 
 
 def refuse_what_an_english_only_model_cannot_do(pipeline: PipelineConfig) -> None:

@@ -179,7 +179,7 @@ class Job:
 
     def _check_places(self) -> None:
         from batch.common.errors import EnvironmentProblem
-        from batch.engine.models import is_local
+        from batch.engine.loading import is_local
 
         model = self.config.pipeline.asr.model
         if self._pipeline is None and is_local(model) and not os.path.isdir(model):

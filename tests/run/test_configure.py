@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-import batch.engine.models as models
+import batch.run.config as run_config
 from batch.common.errors import ConfigError
 from batch.run.config import configure
 from batch.settings.options import load_settings
@@ -30,8 +30,8 @@ def test_a_job_needs_a_source_and_a_dest(missing: str) -> None:
 
 def test_the_token_is_resolved_once_and_never_shown(monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
-    real = models.hf_token
-    monkeypatch.setattr(models, "hf_token", lambda *args: calls.append(args) or real(*args))
+    real = run_config.hf_token
+    monkeypatch.setattr(run_config, "hf_token", lambda *args: calls.append(args) or real(*args))
     config = configure(settings(diarize=True), {"HF_TOKEN": TOKEN})
     assert len(calls) == 1
     hub = config.pipeline.hub

@@ -175,7 +175,7 @@ def test_auto_and_en_are_one_setting_on_an_english_only_model_only(tiny_en: str,
 def test_english_only_is_told_from_the_files_as_ctranslate2_tells_it(tiny_en: str, base_multilingual: str) -> None:
     import ctranslate2
 
-    from batch.engine.models import english_only
+    from batch.engine.loading import english_only
 
     for folder in (tiny_en, base_multilingual):
         model = ctranslate2.models.Whisper(folder, device="cpu", compute_type="int8")

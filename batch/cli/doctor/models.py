@@ -12,7 +12,7 @@ from pathlib import Path
 from batch.cli.doctor.places import cache_check
 from batch.common.advice import Check, Status, advice_for, short_error
 from batch.common.errors import redact
-from batch.engine.models import hub_offline, is_local
+from batch.engine.loading import hub_offline, is_local
 from batch.settings.options import Settings
 
 # What faster-whisper downloads for a model; model.bin is the one that matters.
@@ -209,10 +209,10 @@ def _silero_check(offline: bool) -> Check:
 def token_status(settings: Settings) -> tuple[str | None, Check]:
     """The Hugging Face token (for the Hub checks) and a row that says where it comes from, never what it is."""
     from batch.common.errors import ConfigError
-    from batch.engine.models import hf_token
+    from batch.engine.loading import hf_token
 
     try:
-        token, origin = hf_token(settings)
+        token, origin = hf_token(settings.hf_token_file)
     except ConfigError as exc:
         fix = "mount the secret file there, readable by this user, or give HF_TOKEN instead"
         return None, Check("hf token", "fail", redact(str(exc)), fix)
