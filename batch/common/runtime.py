@@ -1,4 +1,5 @@
-"""Facts about the machine the run is on and how the process uses it: usable CPUs, thread pools, malloc, versions."""
+"""Facts about the machine the run is on and how the process uses it: usable CPUs, thread pools, malloc, versions,
+libraries' telemetry."""
 
 from __future__ import annotations
 
@@ -48,6 +49,14 @@ def _cgroup_cpu_quota(root: Path) -> float | None:
         return None if quota_us <= 0 or period_us <= 0 else quota_us / period_us
     except (OSError, ValueError):
         return None
+
+
+def pyannote_telemetry_off_unless_asked() -> None:
+    """pyannote.audio 4 sends usage telemetry on every model load and run unless told not to; an unattended job
+    over people's recordings should not phone home. A user can still opt in: PYANNOTE_METRICS_ENABLED=1 wins.
+    Before pyannote.audio is imported (it reads the variable then): by the command line before every command,
+    and by the diarizer before each path that imports it, so that the Python API is covered too."""
+    os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "0")
 
 
 THREAD_POOL_ENV_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")

@@ -304,6 +304,19 @@ def test_pyannote_telemetry_is_off_unless_the_user_opts_in(cli, monkeypatch: pyt
     assert os.environ["PYANNOTE_METRICS_ENABLED"] == "1"
 
 
+def test_the_command_line_turns_telemetry_off_without_loading_the_diarizer() -> None:
+    """The root callback's set-up comes from batch.common: a command that stops at its settings (exit 2) has
+    loaded no module of the diarization stage."""
+    program = (
+        "import os, sys; from typer.testing import CliRunner; from batch.cli.app import app; "
+        "os.environ.pop('PYANNOTE_METRICS_ENABLED', None); code = CliRunner().invoke(app, ['run']).exit_code; "
+        "diarize = [m for m in sys.modules if m.startswith('batch.engine.diarize')]; "
+        "print(code, os.environ['PYANNOTE_METRICS_ENABLED'], diarize)"
+    )
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["2", "0", "[]"], done.stderr
+
+
 def test_odd_local_names_and_dest_equal_to_source(
     cli, tmp_path: Path, tiny_en: str, speech_formats: dict[str, Path]
 ) -> None:

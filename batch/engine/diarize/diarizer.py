@@ -5,26 +5,18 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
 from typing import TYPE_CHECKING, Any
 
 from batch.common.errors import EnvironmentProblem, redact
+from batch.common.runtime import pyannote_telemetry_off_unless_asked
 
-if TYPE_CHECKING:  # numpy only in a signature: the command line imports this module before every command
+if TYPE_CHECKING:  # numpy only in a signature
     import numpy as np
 
 log = logging.getLogger(__name__)
 
 # When diarization finds no speaker turn at all in a file that has speech, its segments are labelled so.
 UNKNOWN_SPEAKER = "UNKNOWN"
-
-
-def pyannote_telemetry_off_unless_asked() -> None:
-    """pyannote.audio 4 sends usage telemetry on every model load and run unless told not to; an unattended job
-    over people's recordings should not phone home. A user can still opt in: PYANNOTE_METRICS_ENABLED=1 wins.
-    Before pyannote.audio is imported (it reads the variable then), by the program and by every path here that
-    imports it, so that the Python API is covered too."""
-    os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "0")
 
 
 class Diarizer:
