@@ -14,7 +14,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from batch.engine.align.words import MIN_INPUT_SAMPLES, SegmentPlan
+from batch.engine.align.words import SegmentPlan
+
+MIN_INPUT_SAMPLES = 400  # wav2vec2's shortest input: whisperx zero-pads shorter slices to this
 
 
 def audio_tensor(audio: np.ndarray | torch.Tensor) -> torch.Tensor:

@@ -28,7 +28,6 @@ from batch.engine.align.trellis import CharSpan, char_spans_batch
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
-MIN_INPUT_SAMPLES = 400  # wav2vec2's shortest input: whisperx zero-pads shorter slices to this
 LANGUAGES_WITHOUT_SPACES = ("ja", "zh")
 
 Emission = np.ndarray | torch.Tensor
