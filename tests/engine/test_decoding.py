@@ -156,7 +156,8 @@ def test_suppressed_numerals_are_written_as_words(tiny_en: str, numbers: np.ndar
     text = spelled.recognize([Chunk(numbers, None)])[0].text
     assert re.search(r"[0-9%$]", plain), plain
     assert not re.search(r"[0-9%$£€¥]", text), text
-    assert {"fifty", "fifteen", "percent"} <= words(text), text
+    # "250" is heard as "two hundred fifty" or "...fifteen" depending on the CPU's int8 kernels: both are words
+    assert {"hundred", "fifteen", "percent"} <= words(text), text
 
 
 def test_no_speech_threshold_drops_what_whisper_finds_silent(tiny_en: str, noise: np.ndarray) -> None:
