@@ -38,11 +38,12 @@ def test_a_job_in_an_indexed_job_pod_is_not_sharded_unasked(pod_environment: Pat
     assert Job(load_settings(flags), environ=os.environ).config.selection.shard == Shard(index=1, count=2)
 
 
-def test_the_command_line_still_layers_the_environment(pod_environment: Path, cli_process) -> None:  # type: ignore[no-untyped-def]
+def test_the_command_line_still_layers_the_environment(pod_environment: Path, cli_process) -> None:  # type: ignore
     keys = [f"call{number:02d}.wav" for number in range(12)]
     for key in keys:
         (pod_environment / "in" / key).write_bytes(b"RIFF")
-    result = cli_process("run", pod_environment / "in", "--out", pod_environment / "out", "--dry-run", "--device", "cpu")
+    source, out = pod_environment / "in", pod_environment / "out"
+    result = cli_process("run", source, "--out", out, "--dry-run", "--device", "cpu")
     assert result.returncode == 0, result.stderr
     mine = [Path(line).name for line in result.stdout.split()]
     assert mine and set(mine) < set(keys)  # shard 1 of 2: some of the keys, not all
