@@ -15,8 +15,8 @@ import os
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from batch import __version__
 from batch.common.logs import run_id_var
+from batch.common.version import __version__
 from batch.engine.pipeline import Pipeline
 from batch.run.config import JobConfig, configure
 from batch.run.metrics import RunMetrics, gpu_memory_probe
