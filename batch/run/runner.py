@@ -1,7 +1,15 @@
 """The one loop over files: skip what is done, claim and decode the rest ahead, feed them to the pipeline,
 write each file's outcome as it comes back, and keep the run report.
 
-  SOURCE listing -> skip check -> (claim) -> fetch + decode (threads) -> pipeline -> writer thread -> report
+A file's way, each step named where it happens:
+  1. listed, and not done already            ToDo.pending (to_do.py), on the listing thread
+  2. claimed, fingerprinted, decoded         Runner._fetch, on a prefetch thread: a `Fetched`, no manifest yet
+  3. handed to the pipeline                  Runner._hand_over: the models load with the first file that needs
+                                             them, and a stale manifest of the file is deleted only now
+  4. transcribed                             the pipeline (engine), files batched together
+  5. its manifest made from what was done    file_manifest, on the run's thread, from the Fetched and the outcome
+  6. outputs written, then the manifest      write_file (outputs.py), on the writer thread: succeeded or failed
+  7. counted                                 Tally (tally.py): the run report, and the claim given back
 """
 
 from __future__ import annotations
@@ -42,12 +50,14 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class _Prepared:
-    """A file fetched and decoded ahead of the models, or the reason it could not be."""
+class Fetched:
+    """A file fetched and decoded ahead of the models (step 2), or the reason it could not be."""
 
-    manifest: Manifest
+    item: InputFile
+    started_at: str  # when its way began: the manifest's started_at
     file: DecodedFile | None = None  # None: another worker holds the file
-    started: float = 0.0
+    fingerprint: str | None = None
+    audio_seconds: float | None = None
 
 
 class Runner:
@@ -91,7 +101,7 @@ class Runner:
         self.claims = HeldClaims(claims, self._still_to_do) if claims is not None else None
         self.tally = Tally(self.report, on_file)
         self._stop = threading.Event()
-        self._prepared: dict[str, _Prepared] = {}
+        self._in_pipeline: dict[str, Fetched] = {}  # handed over, not written yet
 
     # --- control ------------------------------------------------------------------------------------------
 
@@ -122,13 +132,13 @@ class Runner:
         started = self.clock()
         writer = OutputWriter(after_write=self.claims.give_back if self.claims is not None else lambda key: None)
         ahead = self.config.control.prefetch * max(1, len(self.config.workers))  # --prefetch is per worker
-        prepared = ordered_map(self._prepare, self.pending(), workers=max(1, ahead), ahead=ahead)
-        files = self._decoded(prepared)
+        fetched = ordered_map(self._fetch, self.pending(), workers=max(1, ahead), ahead=ahead)
+        files = self._handed_over(fetched)
         outcomes = self.pipeline.process(files, self.stopping)
         try:
             try:
                 for outcome in outcomes:
-                    self._hand_to_writer(outcome, writer)
+                    self._write(outcome, writer)
                     self.tally.count(writer.done())
             finally:
                 outcomes.close()
@@ -144,67 +154,74 @@ class Runner:
             self._finish_report(started)
         return self.report
 
-    def _decoded(self, prepared: Iterator[tuple[InputFile, Future[_Prepared]]]) -> Iterator[DecodedFile]:
-        """The decoded files, in listing order, for the pipeline; files other workers claimed are counted."""
-        try:
-            for item, future in prepared:
-                if self.stopping():
-                    return
-                if self.claims is None:
-                    # Load the models while the first files decode; with claims, only once a file is ours
-                    # (a worker whose files all went to others loads nothing).
-                    self.pipeline.load()
-                ready = future.result()
-                if ready.file is None:
-                    self.report.claimed_elsewhere.append(item.key)
-                    self.on_file(FileEvent(item.key, "claimed_elsewhere"))
-                    continue
-                if self.claims is not None:
-                    self.pipeline.load()
-                if self.stopping():
-                    return
-                # A stale "succeeded" must not survive while this file is redone: deleted only now that the
-                # pipeline takes the file, not when it was fetched ahead.
-                if self.to_do.blocked(item.key) is None:
-                    self.dest.delete(manifest_name(item.key))
-                self._prepared[item.key] = ready
-                yield ready.file
-        finally:
-            prepared.close()
+    # --- a file's way ---------------------------------------------------------------------------------------
 
-    def _prepare(self, item: InputFile) -> _Prepared:
-        """Claim (with --claim), fingerprint and decode one file, on a prefetch thread."""
-        manifest = new_manifest(self.config, self.report, item)
+    def _fetch(self, item: InputFile) -> Fetched:
+        """Step 2, on a prefetch thread: claim (with --claim), fingerprint and decode one file."""
         with file_context(item.key):
             stopwatch = Stopwatch(self.clock)
-            ready = _Prepared(manifest, started=self.clock())
+            fetched = Fetched(item, utc_now())
             try:
                 blocked = self.to_do.blocked(item.key)
                 if blocked is not None:
                     raise blocked
                 if self.claims is not None and not self.claims.take(item):
-                    return ready
+                    return fetched
                 with stopwatch.stage("fingerprint"):
-                    manifest.input.fingerprint = self.source.fingerprint(item)
+                    fetched.fingerprint = self.source.fingerprint(item)
                 with stopwatch.stage("decode"), self.source.open(item.key, item.size) as stream:
                     audio = decode(stream, split_channels=self.config.channels.split)
             except Exception as exc:
-                ready.file = DecodedFile(item.key, None, stopwatch, error=exc)
-                return ready
-            ready.file = DecodedFile(item.key, audio, stopwatch)
-            manifest.audio_seconds = round(ready.file.seconds, 3)
-            return ready
+                fetched.file = DecodedFile(item.key, None, stopwatch, error=exc)
+                return fetched
+            fetched.file = DecodedFile(item.key, audio, stopwatch)
+            fetched.audio_seconds = round(fetched.file.seconds, 3)
+            return fetched
 
-    # --- outcomes -----------------------------------------------------------------------------------------
+    def _handed_over(self, fetched: Iterator[tuple[InputFile, Future[Fetched]]]) -> Iterator[DecodedFile]:
+        """The pipeline's input: each fetched file in listing order, handed over (step 3); files other workers
+        claimed are counted instead."""
+        try:
+            for item, future in fetched:
+                if self.stopping():
+                    return
+                if self.claims is None:
+                    self.pipeline.load()  # the models load while the first files decode (load is idempotent)
+                ready = future.result()
+                if ready.file is None:
+                    self._claimed_elsewhere(item)
+                    continue
+                if self.stopping():
+                    return
+                self._hand_over(ready)
+                yield ready.file
+        finally:
+            fetched.close()
 
-    def _hand_to_writer(self, outcome: FileOutcome, writer: OutputWriter) -> None:
-        manifest = self._prepared.pop(outcome.key).manifest
-        transcript = record_outcome(outcome, manifest, self.report)
+    def _hand_over(self, fetched: Fetched) -> None:
+        """Step 3: the models are loaded (with claims, only once a file is ours: a worker whose files all went to
+        others loads nothing), and a stale "succeeded" is deleted only now that the pipeline takes the file, not
+        when it was fetched ahead, so that it cannot survive while the file is redone."""
+        key = fetched.item.key
+        self.pipeline.load()
+        if self.to_do.blocked(key) is None:
+            self.dest.delete(manifest_name(key))
+        self._in_pipeline[key] = fetched
+
+    def _claimed_elsewhere(self, item: InputFile) -> None:
+        self.report.claimed_elsewhere.append(item.key)
+        self.on_file(FileEvent(item.key, "claimed_elsewhere"))
+
+    def _write(self, outcome: FileOutcome, writer: OutputWriter) -> None:
+        """Steps 5 and 6: the file's manifest from what was done, then its outputs and manifest on the writer."""
+        manifest, transcript = file_manifest(self.config, self.report, self._in_pipeline.pop(outcome.key), outcome)
         formats, layout, dest, stopwatch = self.config.formats, self.config.subtitles, self.dest, outcome.file.stopwatch
         outcome.file.audio = None  # the array is not needed any more: free it before the write
         writer.submit(
             outcome.key, lambda: write_file(dest, manifest, stopwatch, transcript, formats, outcome.error, layout)
         )
+
+    # --- the run's report ------------------------------------------------------------------------------------
 
     def _finish_report(self, started: float) -> None:
         finish_report(self.report, self.pipeline.stats(), started, self.clock())
@@ -233,12 +250,16 @@ class Runner:
 # --- one file's records, and the run's --------------------------------------------------------------------
 
 
-def new_manifest(config: JobConfig, report: RunReport, item: InputFile) -> Manifest:
-    """A file's manifest as it starts: failed until its outcome says otherwise."""
-    runtime = config.pipeline.runtime
-    return Manifest.model_construct(
+def file_manifest(
+    config: JobConfig, report: RunReport, fetched: Fetched, outcome: FileOutcome
+) -> tuple[Manifest, Transcript | None]:
+    """Step 5: a file's manifest from its fetch and the pipeline's outcome (failed until the writer says
+    otherwise: step 6 sets the status, outputs and timings), and its transcript, if any. The report hears of
+    words that could not be timed."""
+    runtime, item = config.pipeline.runtime, fetched.item
+    manifest = Manifest.model_construct(
         status="failed",
-        input=InputRecord(key=item.key, size=item.size, version=item.version),
+        input=InputRecord(key=item.key, size=item.size, version=item.version, fingerprint=fetched.fingerprint),
         settings_hash=config.settings_hash,
         settings=dict(config.shaping),
         timings={},
@@ -249,20 +270,17 @@ def new_manifest(config: JobConfig, report: RunReport, item: InputFile) -> Manif
         threads=runtime.threads,
         versions=report.versions,
         run_id=report.run_id,
-        started_at=utc_now(),
+        started_at=fetched.started_at,
         finished_at="",
         outputs=[],
     )
-
-
-def record_outcome(outcome: FileOutcome, manifest: Manifest, report: RunReport) -> Transcript | None:
-    """Fill the manifest (and the report's untimed words) from what the pipeline did; the transcript, if any."""
+    if fetched.audio_seconds is not None:
+        manifest.audio_seconds = fetched.audio_seconds
     if outcome.gpu:
         manifest.gpu = {stage: record.to_dict() for stage, record in outcome.gpu.items()}
     manifest.worker = outcome.worker
     if not outcome.transcribed:
-        return None
-    assert outcome.file.audio is not None
+        return manifest, None
     manifest.language = outcome.language
     if outcome.alignment is not None:
         manifest.alignment = outcome.alignment
@@ -270,7 +288,7 @@ def record_outcome(outcome: FileOutcome, manifest: Manifest, report: RunReport) 
             report.words_untimed.append(UntimedWords(key=outcome.key, reason=outcome.alignment.get("reason")))
     if outcome.turns is not None:
         manifest.speakers = sorted({turn["speaker"] for turn in outcome.turns})
-    return build_transcript(
+    transcript = build_transcript(
         outcome.language,
         outcome.language_probability,
         outcome.file.seconds,
@@ -278,6 +296,7 @@ def record_outcome(outcome: FileOutcome, manifest: Manifest, report: RunReport) 
         outcome.turns,
         outcome.channels,
     )
+    return manifest, transcript
 
 
 def finish_report(report: RunReport, stats: PipelineStats, started: float, now: float) -> None:
