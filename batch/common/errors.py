@@ -79,11 +79,13 @@ class WorkerDied(FileFailure):
 
 
 class ForeignError(Exception):
-    """An error raised in a worker process, brought back as its type's name and its message."""
+    """An error raised in a worker process, brought back as its type's name, its message, and whether it was the
+    file's own problem (a FileFailure there): that decides the broken-machine rule, not the name."""
 
-    def __init__(self, type_name: str, message: str):
+    def __init__(self, type_name: str, message: str, file_problem: bool = False):
         super().__init__(message)
         self.type_name = type_name
+        self.file_problem = file_problem
 
 
 class ForeignBatchError(BatchError):
@@ -140,6 +142,12 @@ def redact(text: str) -> str:
     for pattern in _SECRET_PATTERNS:
         text = pattern.sub("***", text)
     return text
+
+
+def is_file_problem(exc: BaseException | None) -> bool:
+    """Whether an error is its file's own (a FileFailure, here or in a worker process): however many files in a
+    row fail that way, the machine is not taken for broken (a folder of broken files is possible)."""
+    return isinstance(exc, FileFailure) or bool(getattr(exc, "file_problem", False))
 
 
 def type_name(exc: BaseException) -> str:

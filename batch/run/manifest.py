@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from batch.common.errors import describe, is_file_problem
 from batch.storage import InputFile, Store
 from batch.storage.names import output_base
 
@@ -47,6 +48,13 @@ class Record(BaseModel):
 class ErrorRecord(BaseModel):
     type: str
     message: str
+    # True: the file's own problem (undecodable, no alignment model, out of memory alone, a worker died on it
+    # twice...); False: unexpected, perhaps the machine's. None in manifests written before the field.
+    file_problem: bool | None = None
+
+    @classmethod
+    def of(cls, exc: BaseException) -> ErrorRecord:
+        return cls(**describe(exc), file_problem=is_file_problem(exc))
 
 
 class InputRecord(BaseModel):

@@ -82,7 +82,7 @@ def write_file(
                 raise  # no manifest either: the run stops, and the next one redoes this file
             error = error or OutputWriteFailure(f"writing the outputs failed: {describe(exc)['message']}")
     manifest.status = "failed" if error is not None else "succeeded"
-    manifest.error = ErrorRecord(**describe(error)) if error is not None else None
+    manifest.error = ErrorRecord.of(error) if error is not None else None
     manifest.timings, manifest.finished_at = stopwatch.timings, utc_now()
     dest.write_bytes(manifest_name(key), manifest.encode())
     return manifest

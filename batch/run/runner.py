@@ -145,7 +145,7 @@ class Runner:
                 files.close()  # waits for the prefetch threads: no claim can be taken after this
             self.tally.count(writer.close())
         except BatchError as exc:
-            self.report.error = ErrorRecord(**describe(exc))
+            self.report.error = ErrorRecord.of(exc)
             self.report.exit_code = exc.exit_code  # said once, by whoever reads the report (the command line)
         finally:
             self.tally.count(writer.close(), check=False)  # a file the models finished is never dropped

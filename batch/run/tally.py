@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from batch.common.errors import DEST_UNUSABLE_ERRNOS, DestPathBlocked, EnvironmentProblem, describe
+from batch.common.errors import DEST_UNUSABLE_ERRNOS, DestPathBlocked, EnvironmentProblem
 from batch.common.logs import file_context
 from batch.run.manifest import ErrorRecord
 from batch.run.outputs import Written
@@ -14,10 +14,9 @@ from batch.run.report import FailedFile, RunReport
 
 log = logging.getLogger(__name__)
 
-# This many files in a row failing with the same unexpected error type stops the run (exit 3).
+# This many files in a row failing with the same unexpected error type stops the run (exit 3). Failures that
+# are their file's own (ErrorRecord.file_problem) never do: a folder of broken files is possible.
 BROKEN_AFTER_FAILURES = 3
-# Failures that belong to a file, however many in a row (a folder of broken files is possible).
-FILE_PROBLEMS = {"AudioDecodeError", "AlignmentUnavailable", "GpuOutOfMemory", "BatchOutOfMemory", "FileFailure"}
 
 
 @dataclass(frozen=True)
@@ -53,6 +52,7 @@ class Tally:
         self.in_a_row = 0
         self.last_failure: str | None = None
         self.last_message = ""
+        self.last_was_file_problem = False
         self.dest_unusable: str | None = None  # DEST full or read-only: no later file could be written either
 
     def count(self, written: list[Written], check: bool = True) -> None:
@@ -81,7 +81,7 @@ class Tally:
             self.on_file(event)
             return
         if manifest is None:
-            error = ErrorRecord(**describe(item.error or RuntimeError("unknown")))
+            error = ErrorRecord.of(item.error or RuntimeError("unknown"))
             if not isinstance(item.error, DestPathBlocked):
                 error.message = f"the manifest could not be written: {error.message}"
         else:
@@ -89,6 +89,7 @@ class Tally:
             error = manifest.error
         self.in_a_row = self.in_a_row + 1 if error.type == self.last_failure else 1
         self.last_failure, self.last_message = error.type, error.message
+        self.last_was_file_problem = bool(error.file_problem)
         if isinstance(item.error, OSError) and item.error.errno in DEST_UNUSABLE_ERRNOS:
             self.dest_unusable = item.error.strerror or error.message
         self.report.failed.append(FailedFile(key=item.key, error=error))
@@ -106,7 +107,7 @@ class Tally:
             raise EnvironmentProblem(
                 f"DEST cannot take the outputs: {self.dest_unusable}; files not written are redone by the next run"
             )
-        if self.in_a_row < BROKEN_AFTER_FAILURES or self.last_failure in FILE_PROBLEMS:
+        if self.in_a_row < BROKEN_AFTER_FAILURES or self.last_was_file_problem:
             return
         raise EnvironmentProblem(
             f"the last {self.in_a_row} files failed with {self.last_failure} ({self.last_message}); "

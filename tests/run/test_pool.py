@@ -7,14 +7,25 @@ real models in real worker processes.
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from batch.common.errors import (
+    AudioDecodeError,
+    BatchError,
+    DestPathBlocked,
+    EnvironmentProblem,
+    WorkerDied,
+    is_file_problem,
+    type_name,
+)
 from batch.run.config import configure
 from batch.run.job import Job
 from batch.run.manifest import Manifest
+from batch.run.pool.messages import ErrorInfo
 from batch.run.pool.plan import WorkerSlot
 from batch.run.pool.pool import WorkerPool
 from batch.run.report import RunReport
@@ -184,3 +195,23 @@ def test_a_pipeline_that_cannot_be_built_says_why(calls: Path, tmp_path: Path) -
     report = Job(settings, environ={}, pipeline=pool).run()
     assert report.exit_code == 3 and report.error is not None
     assert report.error.message == "no worker could start: cpu0: could not start: No module named 'tests.nowhere'"
+
+
+@pytest.mark.parametrize(
+    ("error", "file_problem", "exit_code"),
+    [
+        (AudioDecodeError("no audio stream"), True, None),
+        (WorkerDied("a worker died on it twice"), True, None),
+        (DestPathBlocked("a.wav.manifest.json", IsADirectoryError()), True, None),
+        (RuntimeError("CUDA error: an illegal memory access"), False, None),
+        (EnvironmentProblem("DEST is not writable"), False, 3),
+    ],
+)
+def test_an_error_from_a_worker_keeps_what_it_fails(
+    error: Exception, file_problem: bool, exit_code: int | None
+) -> None:
+    info = pickle.loads(pickle.dumps(ErrorInfo.of(error)))  # as it travels from the worker
+    rebuilt = info.rebuilt()
+    assert (info.file_problem, info.exit_code) == (file_problem, exit_code)
+    assert is_file_problem(rebuilt) is file_problem and type_name(rebuilt) == type(error).__name__
+    assert isinstance(rebuilt, BatchError) is (exit_code is not None)

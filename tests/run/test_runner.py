@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from batch.common.errors import ConfigError
+from batch.common.errors import ConfigError, ForeignError, WorkerDied
 from batch.run.job import Job
 from batch.run.manifest import Manifest
 from batch.run.report import RunReport
@@ -94,6 +94,33 @@ def test_the_same_unexpected_error_three_times_in_a_row_stops_the_run(source: Pa
     assert "f.wav" not in report.succeeded
     stored = RunReport.decode(next((out / "_runs").glob("*.json")).read_bytes())
     assert stored is not None and stored.exit_code == 3 and stored.error == report.error
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        WorkerDied("the file was being transcribed when a worker died, twice"),
+        ForeignError("AudioDecodeError", "no audio stream", file_problem=True),  # a worker's FileFailure
+    ],
+    ids=["worker-died", "file-failure-from-a-worker"],
+)
+def test_files_that_fail_on_their_own_never_stop_the_run_however_many_in_a_row(
+    source: Path, tmp_path: Path, error: Exception
+) -> None:
+    out = tmp_path / "out"
+    faults = {key: error for key in ("a.wav", "b.wav", "c/d.flac", "e.wav")}
+    report = job(source, out, FakePipeline(errors=faults)).run()
+    assert report.exit_code == 1 and report.error is None
+    assert report.succeeded == ["f.wav"] and len(report.failed) == 4
+    assert manifest(out, "e.wav").error.file_problem is True
+
+
+def test_an_unexpected_error_from_a_worker_still_stops_the_run(source: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    fault = ForeignError("RuntimeError", "CUDA error: an illegal memory access", file_problem=False)
+    report = job(source, out, FakePipeline(errors=dict.fromkeys(("a.wav", "b.wav", "c/d.flac"), fault))).run()
+    assert report.exit_code == 3 and "the last 3 files failed with RuntimeError" in report.error.message
+    assert manifest(out, "a.wav").error.file_problem is False
 
 
 def test_a_run_stopping_error_is_recorded_with_its_exit_code(source: Path, tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from batch.common.errors import BatchError, ForeignBatchError, ForeignError, describe
+from batch.common.errors import BatchError, ForeignBatchError, ForeignError, describe, is_file_problem
 from batch.engine.pipeline import DecodedFile, FileOutcome, PipelineStats, Stopwatch
 
 FILE, END, STOP, QUIT = "file", "end", "stop", "quit"
@@ -27,16 +27,18 @@ class ErrorInfo:
     type_name: str
     message: str
     exit_code: int | None = None  # set for a BatchError: the run stops with it
+    file_problem: bool = False  # a FileFailure: it fails its file alone, however many in a row
 
     @classmethod
     def of(cls, exc: BaseException) -> ErrorInfo:
         record = describe(exc)  # secrets already taken out
-        return cls(record["type"], record["message"], exc.exit_code if isinstance(exc, BatchError) else None)
+        exit_code = exc.exit_code if isinstance(exc, BatchError) else None
+        return cls(record["type"], record["message"], exit_code, is_file_problem(exc))
 
     def rebuilt(self) -> Exception:
         if self.exit_code is not None:
             return ForeignBatchError(self.type_name, self.message, self.exit_code)
-        return ForeignError(self.type_name, self.message)
+        return ForeignError(self.type_name, self.message, self.file_problem)
 
 
 @dataclass
