@@ -81,7 +81,11 @@ def graceful_stop(job: Job, grace_seconds: float, log_format: str = "text") -> I
         yield
         return
 
+    timers: list[threading.Timer] = []
+
     def abandon(signum: int) -> None:
+        if job.finished.is_set():  # the run ended within its grace: its own report and exit code stand
+            return
         log.error("grace period over: abandoning the file in progress (a rerun redoes it)")
         report, runner = job.report, job.runner
         if report is not None and runner is not None:
@@ -92,12 +96,13 @@ def graceful_stop(job: Job, grace_seconds: float, log_format: str = "text") -> I
         exit_at_once(exit_code_for_signal(signum))
 
     def on_signal(signum: int, _frame: Any) -> None:
-        if job.report is not None and job.report.stopped_by_signal is not None:
+        if job.stop_signal is not None:  # a second signal: at once
             abandon(signum)
         job.request_stop(signum)
         log.warning("signal %d: finishing the current file (up to %.0f s), then stopping", signum, grace_seconds)
         timer = threading.Timer(grace_seconds, abandon, args=(signum,))
         timer.daemon = True
+        timers.append(timer)
         timer.start()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -106,3 +111,6 @@ def graceful_stop(job: Job, grace_seconds: float, log_format: str = "text") -> I
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        for timer in timers:  # the run has ended: no grace timer outlives it
+            timer.cancel()
+            timer.join()

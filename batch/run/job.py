@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -63,6 +64,9 @@ class Job:
         self._listing_watchers: list[ListingWatcher] = []
         self.metrics = self._run_metrics() if self.config.metrics.enabled else None
         self._exporter: MetricsExporter | None = None
+        self.stop_requested = False
+        self.stop_signal: int | None = None  # the first signal that asked for the stop
+        self.finished = threading.Event()  # run() has returned its report
 
     def pending(self) -> Iterator[InputFile]:
         """The files a run would take (listing, shard and skip check only; no model is loaded)."""
@@ -74,7 +78,15 @@ class Job:
         self._listing_watchers.append(watcher)
 
     def run(self) -> RunReport:
-        """Transcribe every pending file. Problems that stop the run are in the report (`error`, `exit_code`)."""
+        """Transcribe every pending file. Problems that stop the run are in the report (`error`, `exit_code`).
+        A stop asked for before the runner exists (during the start-up checks, an S3 probe say) is kept: the run
+        then takes no file."""
+        try:
+            return self._run()
+        finally:
+            self.finished.set()
+
+    def _run(self) -> RunReport:
         self._check_places()
         runner = self._runner()
         runtime = self.config.pipeline.runtime
@@ -95,7 +107,13 @@ class Job:
             return runner.run()
 
     def request_stop(self, signum: int | None = None) -> None:
-        """Take no new file; what is fully read is written. Safe to call from a signal handler or a thread."""
+        """Take no new file; what is fully read is written. Safe to call from a signal handler or a thread, and
+        before the run has started (the runner hears of it when it is made). After the run, nothing changes."""
+        if self.finished.is_set():
+            return
+        self.stop_requested = True
+        if self.stop_signal is None:
+            self.stop_signal = signum
         if self.runner is not None:
             self.runner.request_stop(signum)
 
@@ -124,6 +142,8 @@ class Job:
                 claims=self._claims(),
                 listing_watchers=self._listing_watchers,
             )
+            if self.stop_requested:
+                self.runner.request_stop(self.stop_signal)
         return self.runner
 
     def _file_counted(self, event: FileEvent) -> None:
