@@ -14,7 +14,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-from batch.common.concurrency import ordered_map
+from batch.common.concurrency import ordered_map, ordered_map_fed
 from batch.common.errors import BatchError, describe
 from batch.common.logs import file_context
 from batch.engine.audio import decode
@@ -66,6 +66,7 @@ class Runner:
         versions: dict[str, str] | None = None,
         claims: Any = None,
         listing_watchers: Sequence[ListingWatcher] = (),
+        queue: Any = None,
     ):
         runtime = config.pipeline.runtime
         self.config, self.source, self.dest, self.pipeline = config, source, dest, pipeline
@@ -87,11 +88,29 @@ class Runner:
             versions=versions or {},
             shard=str(config.selection.shard) if config.selection.shard else None,
         )
-        self.to_do = ToDo(config.selection, self.settings_hash, source, dest, listing_watchers)
+        self.to_do = self._to_do(queue, listing_watchers)
         self.claims = HeldClaims(claims, self._still_to_do) if claims is not None else None
         self.tally = Tally(self.report, on_file)
         self._stop = threading.Event()
         self._prepared: dict[str, _Prepared] = {}
+
+    def _to_do(self, queue: Any, listing_watchers: Sequence[ListingWatcher]) -> ToDo:
+        """Where the files come from: SOURCE's listing, or a queue's messages (--queue)."""
+        if queue is None or self.config.queue is None:
+            return ToDo(self.config.selection, self.settings_hash, self.source, self.dest, listing_watchers)
+        from batch.run.queue import QueueToDo
+
+        queued = QueueToDo(
+            queue,
+            self.config.queue.idle_seconds,
+            self.config.selection,
+            self.settings_hash,
+            self.source,
+            self.dest,
+            self.stopping,
+        )
+        self.report.queue = queued.counts
+        return queued
 
     # --- control ------------------------------------------------------------------------------------------
 
@@ -122,7 +141,8 @@ class Runner:
         started = self.clock()
         writer = OutputWriter(after_write=self.claims.give_back if self.claims is not None else lambda key: None)
         ahead = self.config.control.prefetch * max(1, len(self.config.workers))  # --prefetch is per worker
-        prepared = ordered_map(self._prepare, self.pending(), workers=max(1, ahead), ahead=ahead)
+        fetch_ahead = ordered_map if self.config.queue is None else ordered_map_fed  # a queue's next file may wait
+        prepared = fetch_ahead(self._prepare, self.pending(), workers=max(1, ahead), ahead=ahead)
         files = self._decoded(prepared)
         outcomes = self.pipeline.process(files, self.stopping)
         try:
@@ -139,10 +159,15 @@ class Runner:
             self.report.exit_code = exc.exit_code  # said once, by whoever reads the report (the command line)
         finally:
             self.tally.count(writer.close(), check=False)  # a file the models finished is never dropped
-            if self.claims is not None:
-                self.claims.give_back_all()
+            self.give_back()
             self._finish_report(started)
         return self.report
+
+    def give_back(self) -> None:
+        """What this run holds and has not finished goes back at once (claims, queue messages): on every exit."""
+        if self.claims is not None:
+            self.claims.give_back_all()
+        self.to_do.close()
 
     def _decoded(self, prepared: Iterator[tuple[InputFile, Future[_Prepared]]]) -> Iterator[DecodedFile]:
         """The decoded files, in listing order, for the pipeline; files other workers claimed are counted."""
@@ -175,6 +200,7 @@ class Runner:
     def _prepare(self, item: InputFile) -> _Prepared:
         """Claim (with --claim), fingerprint and decode one file, on a prefetch thread."""
         manifest = new_manifest(self.config, self.report, item)
+        manifest.receive_count = self.to_do.receive_count(item.key)
         with file_context(item.key):
             stopwatch = Stopwatch(self.clock)
             ready = _Prepared(manifest, started=self.clock())
@@ -202,9 +228,13 @@ class Runner:
         transcript = record_outcome(outcome, manifest, self.report)
         formats, layout, dest, stopwatch = self.config.formats, self.config.subtitles, self.dest, outcome.file.stopwatch
         outcome.file.audio = None  # the array is not needed any more: free it before the write
-        writer.submit(
-            outcome.key, lambda: write_file(dest, manifest, stopwatch, transcript, formats, outcome.error, layout)
-        )
+
+        def write() -> Manifest:
+            written = write_file(dest, manifest, stopwatch, transcript, formats, outcome.error, layout)
+            self.to_do.written(outcome.key)
+            return written
+
+        writer.submit(outcome.key, write)
 
     def _finish_report(self, started: float) -> None:
         finish_report(self.report, self.pipeline.stats(), started, self.clock())
