@@ -16,11 +16,11 @@ import pytest
 import yaml
 from kubernetes_validate import utils as kubernetes_validate
 
-from batch.common.errors import EXIT_ENVIRONMENT, EXIT_FILES_FAILED, EXIT_USAGE
+from batch.common.errors import EXIT_ENVIRONMENT, EXIT_FILES_FAILED, EXIT_SIGINT, EXIT_SIGTERM, EXIT_USAGE
 from batch.common.units import parse_bytes
 from batch.engine.config import RuntimeOptions
 from batch.run.pool.plan import gpu_workers
-from batch.settings.options import CONFIG_ENV_VAR, ENV_PREFIX, FIELD_NAMES, load_settings
+from batch.settings.options import CONFIG_ENV_VAR, ENV_PREFIX, FIELD_NAMES, Settings, load_settings
 from batch.settings.shard import SHARD_COUNT_ENV_VAR, Shard, shard_from_environment
 from batch.settings.values import GpuSelection
 from tests.conftest import sections
@@ -33,8 +33,7 @@ KEDA = "keda-scaledjob.yaml"
 # kubernetes-validate ships.
 KUBERNETES_VERSIONS = ("1.31", "1.37")
 CONTAINER = "whisperx-batch"
-EXIT_SIGINT, EXIT_SIGTERM = 130, 143
-RUNNER_GRACE_SECONDS = 25  # the runner's default --grace-seconds; the pod's grace period must outlast it
+RUNNER_GRACE_SECONDS = Settings.model_fields["grace_seconds"].default  # the pod's grace period must outlast it
 POLICY_ACTIONS = {"FailJob", "FailIndex", "Ignore", "Count"}
 
 

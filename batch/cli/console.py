@@ -12,7 +12,7 @@ from typing import Any, TextIO
 
 from batch.cli.progress import Progress, for_terminal
 from batch.cli.signals import run_over
-from batch.common.errors import EXIT_OK
+from batch.common.errors import EXIT_OK, exit_code_for_signal
 from batch.common.logs import prints_to_log
 from batch.common.runtime import exit_at_once
 from batch.run.job import Job
@@ -84,12 +84,12 @@ def graceful_stop(job: Job, grace_seconds: float, log_format: str = "text") -> I
         log.error("grace period over: abandoning the file in progress (a rerun redoes it)")
         report, runner = job.report, job.runner
         if report is not None and runner is not None:
-            report.stopped_by_signal, report.exit_code = signum, 128 + signum
+            report.stopped_by_signal, report.exit_code = signum, exit_code_for_signal(signum)
             job.give_back()  # claims and queue messages: for other workers now, not after their TTL or timeout
             runner.write_report()  # best effort: the outcome so far, for `status` and the logs
             job.flush_metrics()  # the exit code, for the alerts
             announce(report, log_format)
-        exit_at_once(128 + signum)
+        exit_at_once(exit_code_for_signal(signum))
 
     def on_signal(signum: int, _frame: Any) -> None:
         if job.report is not None and job.report.stopped_by_signal is not None:

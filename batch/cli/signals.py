@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 from typing import Any
 
+from batch.common.errors import exit_code_for_signal
 from batch.common.runtime import exit_at_once
 
 # The run's exit code once all its work is written: what a signal that comes after it exits with.
@@ -24,7 +25,7 @@ def exit_cleanly_on_signals() -> None:
     def on_signal(signum: int, _frame: Any) -> None:
         if _exit_code_when_over is None and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        exit_at_once(_exit_code_when_over if _exit_code_when_over is not None else 128 + signum)
+        exit_at_once(_exit_code_when_over if _exit_code_when_over is not None else exit_code_for_signal(signum))
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)

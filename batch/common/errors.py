@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import signal
 
 # Write errors that no later file escapes: no space, over quota, a read-only file system.
 DEST_UNUSABLE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
@@ -16,8 +17,15 @@ EXIT_OK = 0
 EXIT_FILES_FAILED = 1
 EXIT_USAGE = 2
 EXIT_ENVIRONMENT = 3
-EXIT_SIGINT = 130  # 128 + the signal number, as shells and Kubernetes report it
-EXIT_SIGTERM = 143
+
+
+def exit_code_for_signal(signum: int) -> int:
+    """The exit code of a run stopped by signal `signum`: 128 + its number, as shells and Kubernetes report it."""
+    return 128 + signum
+
+
+EXIT_SIGINT = exit_code_for_signal(signal.SIGINT)  # 130
+EXIT_SIGTERM = exit_code_for_signal(signal.SIGTERM)  # 143
 
 
 class BatchError(Exception):

@@ -55,6 +55,7 @@ class Job:
         self._pipeline = pipeline
         self._on_file = on_file
         self.runner: Runner | None = None
+        self.claims = self._claims()
         self._listing_watchers: list[ListingWatcher] = []
         self.metrics = self._run_metrics() if self.config.metrics.enabled else None
         self._exporter: MetricsExporter | None = None
@@ -145,7 +146,7 @@ class Job:
                 run_id=self.run_id,
                 on_file=self._file_counted,
                 versions=package_versions(),
-                claims=self._claims(),
+                claims=self.claims,
                 listing_watchers=self._listing_watchers,
                 queue=self.queue,
             )
@@ -213,6 +214,8 @@ class Job:
             self.queue.check()
         self.source.check_readable()
         self.dest.check_writable()
+        if self.claims is not None:
+            self.claims.check()
 
 
 def run_job(settings: Settings, **options: Any) -> RunReport:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from batch.common.concurrency import ordered_map, ordered_map_fed
-from batch.common.errors import BatchError, describe
+from batch.common.errors import BatchError, describe, exit_code_for_signal
 from batch.common.logs import file_context
 from batch.engine.audio import decode
 from batch.engine.pipeline import DecodedFile, FileOutcome, Pipeline, PipelineStats, Stopwatch
@@ -326,4 +326,6 @@ def finish_report(report: RunReport, stats: PipelineStats, started: float, now: 
     report.gpu = sum_records(stats.gpu_records)
     report.workers = [WorkerRecord(**figures) for figures in stats.workers]
     if report.exit_code is None:
-        report.exit_code = 128 + report.stopped_by_signal if report.stopped_by_signal else report.outcome_code()
+        report.exit_code = (
+            exit_code_for_signal(report.stopped_by_signal) if report.stopped_by_signal else report.outcome_code()
+        )
