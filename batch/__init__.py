@@ -11,10 +11,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
-
 if TYPE_CHECKING:
     from batch.common.runtime import reuse_freed_memory
+    from batch.common.version import __version__ as __version__
     from batch.engine.pipeline import DecodedFile, FileOutcome, Pipeline
     from batch.run.job import Job, run_job
     from batch.run.manifest import Manifest
@@ -48,6 +47,7 @@ _LAZY = {
     "DecodedFile": "batch.engine.pipeline",
     "FileOutcome": "batch.engine.pipeline",
     "reuse_freed_memory": "batch.common.runtime",
+    "__version__": "batch.common.version",
 }
 
 

@@ -37,7 +37,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.compare import (
+from bench.corpus import Corpus
+from bench.measure import (
     add_common_arguments,
     common_corpora,
     fmt,
@@ -49,7 +50,6 @@ from bench.compare import (
     versions,
     warm_up_file,
 )
-from bench.corpus import Corpus
 from bench.tools import POLL_SECONDS, RunFailed, Setup, command, run_report, run_timed, tiny_en, workers_busy
 
 FLOOR = 0.95  # 1 x N threads mean wall / 2 x N/2 threads mean wall, at least (issue 21: not a regression)

@@ -7,9 +7,9 @@ from typing import Annotated
 
 import typer
 
-from batch import __version__
 from batch.cli.shared import guarded, load_settings
 from batch.cli.tools import doctor_command, models_app, status_command
+from batch.common.version import __version__
 
 app = typer.Typer(
     name="whisperx-batch",

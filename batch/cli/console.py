@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import sys
 import threading
@@ -26,7 +27,7 @@ def run_from_command_line(settings: Settings, stdout: TextIO | None = None) -> i
     """Everything `whisperx-batch run` does once its settings are valid; returns the exit code."""
     progress = Progress(for_terminal(settings.quiet, settings.log_format), settings.progress_interval)
     with prints_to_log() as real_stdout:
-        job = Job(settings, on_file=progress.update)
+        job = Job(settings, environ=os.environ, on_file=progress.update)
         if settings.dry_run:
             print_keys(job, stdout or real_stdout)
             return EXIT_OK

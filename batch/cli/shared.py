@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -45,7 +46,7 @@ def load_settings(flags: dict, config_path: str | None, logging_setup: bool = Fa
     from batch.common.logs import setup_logging
     from batch.settings.options import load_settings as load
 
-    settings = load(flags, config_path=config_path)
+    settings = load(flags, environ=os.environ, config_path=config_path)
     if logging_setup:
         setup_logging(settings.log_format, settings.quiet)
     return settings

@@ -126,14 +126,20 @@ def configure(
 ) -> JobConfig:
     """The run's sections from its settings, or the ConfigError (exit 2) or EnvironmentProblem (exit 3) that
     stops it before any model loads. `runtime` is the device to run on when the caller has decided it (a test;
-    a worker handed one GPU); otherwise it is found here (which may import CUDA libraries)."""
-    environ = os.environ if environ is None else environ
+    a worker handed one GPU); otherwise it is found here (which may import CUDA libraries).
+
+    `environ` holds the variables a job takes its own settings from: the shard a scheduler assigned
+    (JOB_COMPLETION_INDEX, AWS_BATCH_JOB_ARRAY_INDEX...) and HF_TOKEN. None (the Python API's default) reads
+    none of them; the command line passes os.environ. What the libraries read from the process themselves
+    (CUDA_VISIBLE_DEVICES, HF_HUB_OFFLINE) is read from os.environ unless `environ` is given."""
+    machine = os.environ if environ is None else environ
+    environ = {} if environ is None else environ
     for key in ("out",) if settings.queue else ("source", "out"):
         if not getattr(settings, key):
             raise ConfigError(
                 key, "missing: give it on the command line, in the config file, or by environment variable"
             )
-    hub = hub_config(settings, environ)
+    hub = hub_config(settings, environ, machine)
     runtime = runtime or runtime_options(settings)
     vad = vad_options(settings)
     default_align, per_language = settings.align_models()
@@ -178,7 +184,7 @@ def configure(
         shaping=shaping_settings(settings, vad, runtime.compute_type),
         metrics=metrics_config(settings),
         channels=ChannelConfig(settings.channels == "split", settings.channel_speakers),
-        workers=plan_workers(settings.gpus, settings.workers, runtime, environ),
+        workers=plan_workers(settings.gpus, settings.workers, runtime, machine),
         queue=QueueConfig(settings.queue, settings.queue_idle) if settings.queue else None,
     )
     refuse_what_an_english_only_model_cannot_do(pipeline)
@@ -247,21 +253,22 @@ def metrics_config(settings: Settings) -> MetricsConfig:
     return MetricsConfig(settings.metrics_textfile, target, settings.metrics_job, settings.metrics_interval)
 
 
-def hub_config(settings: Settings, environ: Mapping[str, str]) -> HubConfig:
-    """Where models come from, with the token (resolved once) when diarization needs one."""
-    token, source = require_diarization_token(settings, environ)
-    return HubConfig(settings.model_dir, hub_offline(environ), token, source)
+def hub_config(settings: Settings, environ: Mapping[str, str], machine: Mapping[str, str]) -> HubConfig:
+    """Where models come from, with the token (resolved once, from `environ`) when diarization needs one."""
+    token, source = require_diarization_token(settings, environ, machine)
+    return HubConfig(settings.model_dir, hub_offline(machine), token, source)
 
 
 def require_diarization_token(
-    settings: Settings, environ: Mapping[str, str] | None = None
+    settings: Settings, environ: Mapping[str, str] | None = None, machine: Mapping[str, str] | None = None
 ) -> tuple[str | None, str | None]:
     """The token diarization uses and where it came from, (None, None) without --diarize; a ConfigError (exit 2)
-    before any file when diarization would need a token that is not there."""
+    before any file when diarization would need a token that is not there. The token comes from `environ`
+    (os.environ when None), whether the hub is offline from `machine` (`environ` when None)."""
     if not settings.diarize:
         return None, None
     token, source = hf_token(settings.hf_token_file, environ)
-    if token is None and not is_local(settings.diarize_model) and not hub_offline(environ):
+    if token is None and not is_local(settings.diarize_model) and not hub_offline(machine or environ):
         raise ConfigError(
             "hf_token",
             f"--diarize with {settings.diarize_model} needs a Hugging Face token: accept the model's terms at "

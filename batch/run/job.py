@@ -15,9 +15,9 @@ import os
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from batch import __version__
 from batch.common.errors import ConfigError
 from batch.common.logs import run_id_var
+from batch.common.version import __version__
 from batch.engine.pipeline import Pipeline
 from batch.run.config import JobConfig, configure
 from batch.run.metrics import RunMetrics, gpu_memory_probe

@@ -268,9 +268,11 @@ def load_settings(
 ) -> Settings:
     """Merge defaults < config file < environment < flags, validate, and return the settings.
 
-    `flags` holds only the options given on the command line (None means not given).
+    `flags` holds only the options given on the command line (None means not given). The environment
+    (WHISPERX_BATCH_* and the config file WHISPERX_BATCH_CONFIG names) is read only from `environ` when the
+    caller gives one (the command line gives os.environ); the config file from `config_path` or that variable.
     """
-    environ = os.environ if environ is None else environ
+    environ = {} if environ is None else environ
     config_path = config_path or environ.get(CONFIG_ENV_VAR) or None
     values: dict[str, Any] = {}
     origin: dict[str, str] = {}

@@ -102,7 +102,7 @@ def test_a_worker_killed_mid_file_has_its_files_retried_and_the_run_succeeds(
     out = tmp_path / "out"
     run = Run(calls, out, tiny_en)
     run.wait_for(r"worker cpu0: ready")
-    time.sleep(1.0)  # its first file (30 s of speech) takes it a few seconds on one thread
+    run.wait_for(r"call\d\.wav: succeeded")  # both workers are into the files (each pulls a batch ahead)
     os.kill(run.worker_pids()["cpu0"], signal.SIGKILL)
     code, stderr = run.finish()
     assert code == 0, stderr

@@ -166,3 +166,66 @@ def test_claims_are_released_by_their_owner_where_a_store_ignores_if_match_on_de
     assert keys_in(bucket, "out/_claims/") == ["out/_claims/a.wav.claim"]
     second.release("a.wav", "any version")
     assert keys_in(bucket, "out/_claims/") == []
+
+
+class ConflictOnce(StripConditions):
+    """Answers the first two conditional PUTs of each key 409 ConditionalRequestConflict, as S3 does while another
+    conditional write to that key is in flight; forwards everything else (conditions kept) to moto's server."""
+
+    def __init__(self, upstream: str):
+        super().__init__(upstream)
+        self.RequestHandlerClass = ConflictHandler
+        self.conflicted: list[str] = []
+
+
+class ConflictHandler(StripHandler):
+    def _forward(self) -> None:
+        conditional = self.command == "PUT" and "If-None-Match" in self.headers
+        if conditional and self.server.conflicted.count(self.path) < 2:
+            self.server.conflicted.append(self.path)
+            length = int(self.headers.get("Content-Length") or 0)
+            if length:
+                self.rfile.read(length)
+            payload = b"<Error><Code>ConditionalRequestConflict</Code><Message>in flight</Message></Error>"
+            self.send_response(409)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+            return
+        self._pass_on()
+
+    def _pass_on(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else None
+        upstream = http.client.HTTPConnection(self.server.upstream, timeout=30)
+        upstream.request(self.command, self.path, body=body, headers=dict(self.headers))
+        response = upstream.getresponse()
+        data = response.read()
+        self.send_response(response.status)
+        for name, value in response.getheaders():
+            if name.lower() not in ("content-length", "transfer-encoding", "connection"):
+                self.send_header(name, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+        upstream.close()
+
+    do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _forward
+
+
+def test_a_409_conditional_request_conflict_is_retried_not_taken_for_a_lost_claim(bucket: str, moto_url: str) -> None:  # noqa: F811
+    from batch.run.claims import Claims
+    from batch.storage import open_store
+    from batch.storage.s3 import make_client
+
+    proxy = ConflictOnce(moto_url)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        client = make_client(f"http://127.0.0.1:{proxy.server_address[1]}")
+        claims = Claims(open_store(f"s3://{bucket}/out", client=client), "r1", ttl_seconds=60)
+        assert claims.claim("a.wav")  # 409 twice, then won on a retry
+        assert proxy.conflicted == [f"/{bucket}/out/_claims/a.wav.claim"] * 2
+        assert not Claims(open_store(f"s3://{bucket}/out"), "r2", ttl_seconds=60).claim("a.wav")  # and held
+    finally:
+        proxy.shutdown()

@@ -203,3 +203,20 @@ def test_queue_settings_are_checked(cli, tmp_path: Path) -> None:
     assert both.exit_code == 2 and "SOURCE or --queue" in both.stderr
     idle = cli("run", str(tmp_path), "--queue-idle", "5", "--out", str(tmp_path / "out"))
     assert idle.exit_code == 2 and "queue_idle" in idle.stderr
+
+
+def test_worker_processes_share_a_queues_files_as_in_a_folder_run(bucket: str, speech: bytes, tiny_en: str) -> None:
+    queue_url, _ = make_queue("workers", visibility=2)
+    sqs = boto3.client("sqs")
+    keys = [f"in/{index}.mp3" for index in range(4)]
+    for key in keys:
+        put(bucket, key, speech)
+        sqs.send_message(QueueUrl=queue_url, MessageBody=json.dumps({"source": f"s3://{bucket}/{key}"}))
+    command = [sys.executable, "-m", "batch", "run", "--queue", queue_url, "--out", f"s3://{bucket}/out"]
+    command += ["--model", tiny_en, "--no-align", "--workers", "2", "--threads", "2", "--queue-idle", "4"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    (run,) = reports(bucket)
+    assert sorted(run["succeeded"]) == keys
+    assert sum(worker["files"] for worker in run["workers"]) == 4 and len(run["workers"]) == 2
+    assert run["queue"]["deleted"] == 4 and messages_in(queue_url) == (0, 0)

@@ -5,7 +5,6 @@ takes its files, and the listing stopped when the run stops."""
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -53,13 +52,27 @@ def test_every_selected_file_in_order_and_watchers_hear_each(folder: Path) -> No
     assert taken == census.keys == expected and census.done == 1
 
 
+class CensusUntil(Census):
+    """A census that says when it has heard of `count` files."""
+
+    def __init__(self, count: int) -> None:
+        super().__init__()
+        self.count, self.reached = count, threading.Event()
+
+    def listed(self, item: InputFile) -> None:
+        super().listed(item)
+        if len(self.keys) >= self.count:
+            self.reached.set()
+
+
 def test_the_listing_waits_while_the_run_is_its_bound_behind(folder: Path) -> None:
-    census = Census()
+    census = CensusUntil(1 + 2 + 1)  # taken, queued, and one waiting to be put
     listing = ReadAhead(open_store(str(folder)), SelectionConfig(), [census], ahead=2)
     items = iter(listing)
     first = next(items)
-    time.sleep(0.5)  # the listing thread has had time to run to its bound
-    assert first.key == NAMES[0] and len(census.keys) <= 1 + 2 + 1  # taken, queued, and one waiting to be put
+    assert census.reached.wait(10)
+    # The queue is full, so the listing can go no further until the run takes a file: it stops at its bound.
+    assert listing._items.full() and len(census.keys) == 1 + 2 + 1 and first.key == NAMES[0]
     assert [first.key] + [item.key for item in items] == NAMES and census.done == 1
 
 
@@ -89,18 +102,20 @@ def test_a_listing_error_is_raised_where_the_run_takes_its_files(folder: Path, m
 
 
 def test_a_stopped_run_stops_the_listing(folder: Path, monkeypatch) -> None:
-    real, listed = LocalStore.list, []
+    real, listed, closed = LocalStore.list, [], threading.Event()
 
-    def slow(self, *args, **kwargs) -> Iterator[InputFile]:  # type: ignore[no-untyped-def]
+    def held_until_closed(self, *args, **kwargs) -> Iterator[InputFile]:  # type: ignore[no-untyped-def]
         for item in real(self, *args, **kwargs):
             listed.append(item.key)
-            time.sleep(0.05)
+            if len(listed) > 2:
+                closed.wait(10)  # a listing still going when the run stops
             yield item
 
-    monkeypatch.setattr(LocalStore, "list", slow)
+    monkeypatch.setattr(LocalStore, "list", held_until_closed)
     listing = ReadAhead(open_store(str(folder)), SelectionConfig(), ahead=1)
     next(iter(listing))
     listing.close()
+    closed.set()
     listing._thread.join(timeout=5)
     assert not listing._thread.is_alive() and len(listed) < len(NAMES)
 

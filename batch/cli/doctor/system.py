@@ -10,8 +10,8 @@ from batch.common.advice import Check
 
 
 def versions_check() -> Check:
-    from batch import __version__
     from batch.common.runtime import package_versions
+    from batch.common.version import __version__
 
     versions = package_versions()
     parts = [
