@@ -27,7 +27,8 @@ from tests.conftest import sections
 from tests.nvml_fakes import machine
 
 K8S = Path(__file__).resolve().parent.parent / "k8s"
-MANIFESTS = ("job.yaml", "indexed-job.yaml", "cronjob.yaml", "multi-gpu-job.yaml")
+MANIFESTS = ("job.yaml", "indexed-job.yaml", "cronjob.yaml", "multi-gpu-job.yaml", "keda-scaledjob.yaml")
+KEDA = "keda-scaledjob.yaml"
 # The oldest release the manifests are written for (podFailurePolicy GA) and the newest whose schemas the pinned
 # kubernetes-validate ships.
 KUBERNETES_VERSIONS = ("1.31", "1.37")
@@ -36,10 +37,19 @@ RUNNER_GRACE_SECONDS = Settings.model_fields["grace_seconds"].default  # the pod
 POLICY_ACTIONS = {"FailJob", "FailIndex", "Ignore", "Count"}
 
 
+def documents(name: str) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all((K8S / name).read_text()) if doc]
+
+
 def load(name: str) -> dict[str, Any]:
-    documents = [doc for doc in yaml.safe_load_all((K8S / name).read_text()) if doc]
-    assert len(documents) == 1, f"{name}: one resource per file"
-    return documents[0]
+    """The file's one resource; for the KEDA ScaledJob (a CRD the Kubernetes schemas lack), the Job it starts: its
+    jobTargetRef is a Job spec, checked as any other Job's."""
+    if name == KEDA:
+        scaled = next(doc for doc in documents(name) if doc["kind"] == "ScaledJob")
+        metadata = {"name": scaled["metadata"]["name"], "labels": scaled["metadata"]["labels"]}
+        return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": scaled["spec"]["jobTargetRef"]}
+    (only,) = documents(name)  # one resource per file
+    return only
 
 
 def job_spec(resource: dict[str, Any]) -> dict[str, Any]:
@@ -252,3 +262,30 @@ def test_the_multi_gpu_job_starts_one_worker_per_gpu_each_sized_as_the_one_gpu_j
     assert all(slot.threads >= int(one["resources"]["requests"]["cpu"]) for slot in slots)
     for kind in ("requests", "limits"):
         assert memory(many["resources"][kind]["memory"]) >= gpus * memory(one["resources"][kind]["memory"])
+
+
+def test_the_keda_scaled_job_starts_a_pod_per_queue_backlog_that_exits_when_the_queue_is_empty() -> None:
+    """KEDA's fields, checked by hand (no schema for its CRDs here): the aws-sqs-queue trigger of keda.sh's docs."""
+    by_kind = {doc["kind"]: doc for doc in documents(KEDA)}
+    assert set(by_kind) == {"ScaledJob", "TriggerAuthentication"}
+    assert {doc["apiVersion"] for doc in by_kind.values()} == {"keda.sh/v1alpha1"}
+    spec = by_kind["ScaledJob"]["spec"]
+    assert set(spec) <= {
+        "jobTargetRef", "pollingInterval", "successfulJobsHistoryLimit", "failedJobsHistoryLimit",
+        "maxReplicaCount", "minReplicaCount", "scalingStrategy", "triggers", "rollout", "envSourceContainerName",
+    }  # fmt: skip
+    assert spec["scalingStrategy"]["strategy"] in ("default", "custom", "accurate", "eager")
+    (trigger,) = spec["triggers"]
+    assert trigger["type"] == "aws-sqs-queue"
+    assert set(trigger["metadata"]) <= {"queueURL", "queueLength", "awsRegion", "awsEndpoint", "scaleOnInFlight"}
+    assert int(trigger["metadata"]["queueLength"]) >= 1
+    assert trigger["metadata"]["scaleOnInFlight"] in ("true", "false")
+    assert trigger["authenticationRef"]["name"] == by_kind["TriggerAuthentication"]["metadata"]["name"]
+    assert by_kind["TriggerAuthentication"]["spec"]["podIdentity"]["provider"] == "aws"
+    args = container(load(KEDA))["args"]
+    queue_url = args[args.index("--queue") + 1]
+    assert queue_url == trigger["metadata"]["queueURL"]  # the pods read the queue KEDA watches
+    assert trigger["metadata"]["awsRegion"] in queue_url
+    assert float(args[args.index("--queue-idle") + 1]) > 0  # a pod ends once the queue is empty
+    settings = load_settings({}, environ={"WHISPERX_BATCH_QUEUE": queue_url, "WHISPERX_BATCH_OUT": "s3://b/out"})
+    assert settings.queue == queue_url

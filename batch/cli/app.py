@@ -234,6 +234,21 @@ def run_command(
         float | None,
         Opt(help="Seconds before a claim expires and may be taken over (default 7200).", rich_help_panel=SELECT),
     ] = None,
+    queue: Annotated[
+        str | None,
+        Opt(
+            help="SQS queue URL: take files from its messages (S3 event notifications or "
+            '{"source": "s3://bucket/key"}) instead of SOURCE; see docs/queue.md.',
+            rich_help_panel=SELECT,
+        ),
+    ] = None,
+    queue_idle: Annotated[
+        float | None,
+        Opt(
+            help="With --queue: exit 0 once the queue has been empty this many seconds (default: wait).",
+            rich_help_panel=SELECT,
+        ),
+    ] = None,
     grace_seconds: Annotated[
         float | None,
         Opt(

@@ -90,6 +90,7 @@ def graceful_stop(job: Job, grace_seconds: float, log_format: str = "text") -> I
         report, runner = job.report, job.runner
         if report is not None and runner is not None:
             report.stopped_by_signal, report.exit_code = signum, exit_code_for_signal(signum)
+            job.give_back()  # claims and queue messages: for other workers now, not after their TTL or timeout
             runner.write_report()  # best effort: the outcome so far, for `status` and the logs
             job.flush_metrics()  # the exit code, for the alerts
             announce(report, log_format)

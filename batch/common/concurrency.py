@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import queue
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -52,3 +54,52 @@ def ordered_map(
 
 
 _END = object()
+
+
+def ordered_map_fed(
+    func: Callable[[In], Out], items: Iterable[In], workers: int, ahead: int
+) -> Iterator[tuple[In, Future[Out]]]:
+    """As `ordered_map`, for `items` whose next one may be long in coming (a queue's long poll): they are pulled
+    on a thread of their own, so an item whose call is done is yielded at once, not after the next one comes.
+    At most `ahead` items wait beyond the one yielded (one more in the feeding thread's hands). Closing stops the
+    feeding once its current pull returns; the items it pulled after that are not called."""
+    if ahead <= 0:
+        yield from ordered_map(func, items, workers, ahead)
+        return
+    window: queue.Queue[object] = queue.Queue(maxsize=ahead)
+    closed = threading.Event()
+    pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="prefetch")
+
+    def feed() -> None:
+        try:
+            for item in items:
+                if closed.is_set():
+                    return
+                entry = (item, pool.submit(contextvars.copy_context().run, func, item))
+                while not closed.is_set():
+                    try:
+                        window.put(entry, timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+            window.put(_END)
+        except BaseException as exc:  # raised where the items are taken, as ordered_map does
+            window.put(exc)
+
+    feeder = threading.Thread(target=contextvars.copy_context().run, args=(feed,), name="feed", daemon=True)
+    feeder.start()
+    try:
+        while (entry := window.get()) is not _END:
+            if isinstance(entry, BaseException):
+                raise entry
+            yield entry  # type: ignore[misc]
+    finally:
+        closed.set()
+        while True:
+            try:
+                left = window.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(left, tuple):
+                left[1].cancel()
+        pool.shutdown(wait=True, cancel_futures=True)

@@ -3,7 +3,11 @@
 A claim is a small object DEST/_claims/KEY.claim created with a conditional write (S3 `If-None-Match: *`, or
 O_EXCL on a folder), so exactly one worker wins it. A claim expires after `claim_ttl` seconds: a crashed
 worker's files are then taken over, again by a conditional write (`If-Match` on the expired claim's ETag), so
-two workers cannot both take over the same one. A claim is released when the file's manifest is written.
+two workers cannot both take over the same one. While the file is in work its claim is renewed (the same
+conditional write, every third of the TTL), so a file that takes longer than the TTL keeps it. A claim is released
+when the file's manifest is written, and only by its owner: a delete on the claim's ETag (`If-Match`), or, where
+the store ignores that, by reading it, comparing the owner, and deleting. A store that ignores `If-None-Match`
+is refused at the start (`Claims.check`).
 """
 
 from __future__ import annotations
@@ -16,12 +20,14 @@ import threading
 import time
 from collections.abc import Callable
 
+from batch.common.errors import ConfigError
 from batch.storage import InputFile, Store
 from batch.storage.names import output_base
 
 log = logging.getLogger(__name__)
 
 CLAIMS_FOLDER = "_claims"
+IN_FLIGHT_WAIT_SECONDS = 5.0
 
 
 def claim_name(key: str) -> str:
@@ -38,12 +44,36 @@ class Claims:
         self.owner = {"worker": worker_id(), "run_id": run_id}
         self.ttl = ttl_seconds
         self.clock = clock
+        self.conditional_delete = True  # until the probe finds the store deletes whatever is there
 
-    def claim(self, key: str) -> bool:
-        """True when this worker now holds `key`: a new claim, or one taken over after it expired."""
+    def check(self) -> None:
+        """Probe DEST once: two exclusive creates of one name cannot both succeed (else --claim is refused: every
+        worker would win every claim), and whether a delete on a stale version is refused (else claims are
+        released by reading, comparing the owner, then deleting)."""
+        probe = f"{CLAIMS_FOLDER}/.probe-{os.getpid()}-{os.urandom(4).hex()}.claim"
+        first = self.dest.create_exclusive(probe, b"first")
+        second = self.dest.create_exclusive(probe, b"second") if first is not None else None
+        try:
+            if first is None or second is not None:
+                raise ConfigError(
+                    "claim",
+                    f"DEST {self.dest.location} does not keep exclusive creates exclusive: two creates of one "
+                    "name both succeeded (the store ignores If-None-Match, as older MinIO and Ceph releases do), "
+                    "so every worker would win every claim; use --shard, or a store that honours it",
+                )
+            self.conditional_delete = not self.dest.delete_if_version(probe, '"stale-version"')
+        finally:
+            self.dest.delete(probe)
+        if not self.conditional_delete:
+            log.info("DEST %s ignores If-Match on delete: claims are released by owner", self.dest.location)
+
+    def claim(self, key: str) -> str | None:
+        """The claim's version when this worker now holds `key` (a new claim, or one taken over after it
+        expired), else None."""
         name = claim_name(key)
-        if self.dest.create_exclusive(name, self._body()):
-            return True
+        version = self.dest.create_exclusive(name, self._body())
+        if version is not None:
+            return version
         current = self.dest.read_with_version(name)
         if current is None:  # released between our two requests: try once more
             return self.dest.create_exclusive(name, self._body())
@@ -53,17 +83,42 @@ class Claims:
         except (ValueError, KeyError, TypeError):
             expires_at = 0.0  # unreadable: treated as expired
         if expires_at > self.clock():
-            return False
+            return None
         taken = self.dest.replace_if_version(name, self._body(), version)
-        if taken:
+        if taken is not None:
             log.warning("took over the expired claim on %s (held by %s)", key, body[:200].decode(errors="replace"))
         return taken
 
-    def release(self, key: str) -> None:
+    def renew(self, key: str, version: str) -> str | None:
+        """The claim pushed `ttl` seconds on, if it is still the one this worker wrote: its new version, else
+        None (it expired and another worker took it over)."""
+        return self.dest.replace_if_version(claim_name(key), self._body(), version)
+
+    def release(self, key: str, version: str) -> None:
+        """Delete the claim only if it is still ours: a claim another worker took over stays theirs."""
+        name = claim_name(key)
         try:
-            self.dest.delete(claim_name(key))
+            if self.conditional_delete:
+                released = self.dest.delete_if_version(name, version)
+            else:
+                released = self._release_by_owner(name)
+            if not released:
+                log.warning("the claim on %s was another worker's by the time it was released: kept", key)
         except Exception as exc:  # it expires anyway
             log.warning("could not release the claim on %s: %s", key, exc)
+
+    def _release_by_owner(self, name: str) -> bool:
+        current = self.dest.read_with_version(name)
+        if current is None:
+            return False
+        try:
+            holder = json.loads(current[0])
+        except ValueError:
+            return False
+        if {field: holder.get(field) for field in self.owner} != self.owner:
+            return False
+        self.dest.delete(name)
+        return True
 
     def _body(self) -> bytes:
         now = self.clock()
@@ -71,38 +126,89 @@ class Claims:
 
 
 class HeldClaims:
-    """The claims this worker holds: taken before a file is decoded, given back once its manifest is written,
-    or at the end of the run for files never written (a stop, an error), so none waits for its TTL."""
+    """The claims this worker holds: taken before a file is decoded, renewed while it is in work (every third of
+    the TTL), given back once its manifest is written, or at the end of the run, whatever ended it, for files
+    never written (a stop, an error, an abandon), so none waits for its TTL."""
 
     def __init__(self, claims: Claims, still_to_do: Callable[[InputFile], bool]):
         self.claims = claims
         self.still_to_do = still_to_do  # re-checked once the claim is won (another worker may have finished it)
-        self._held: set[str] = set()
-        self._lock = threading.Lock()  # taken on prefetch threads, given back on the writer's and the caller's
+        self._held: dict[str, str] = {}  # key -> the version of its claim
+        self._lock = threading.Lock()  # taken on prefetch threads, the renewer's, the writer's and the caller's
+        self._closed = threading.Event()
+        self._renewer: threading.Thread | None = None
+        self._taking = threading.Condition()  # claims being taken right now, on prefetch threads
+        self._in_flight = 0
 
     def take(self, item: InputFile) -> bool:
         """Claim the file, unless another worker holds it or finished it since this worker's skip check.
 
         Workers write the manifest before releasing a claim, so a claim won after a release sees the manifest.
         """
-        if not self.claims.claim(item.key):
+        with self._taking:
+            if self._closed.is_set():
+                return False
+            self._in_flight += 1
+        try:
+            version = self.claims.claim(item.key)
+        finally:
+            with self._taking:
+                self._in_flight -= 1
+                self._taking.notify_all()
+        if version is None:
             return False
         with self._lock:
-            self._held.add(item.key)
+            if self._closed.is_set():  # given back while this claim was in flight (an abandon): not ours to keep
+                self.claims.release(item.key, version)
+                return False
+            self._held[item.key] = version
+            if self._renewer is None:
+                self._renewer = threading.Thread(target=self._renew, name="claims-renewal", daemon=True)
+                self._renewer.start()
         if not self.still_to_do(item):
             self.give_back(item.key)
             return False
         return True
 
     def give_back(self, key: str) -> None:
-        with self._lock:
-            if key not in self._held:
-                return
-            self._held.discard(key)
-        self.claims.release(key)
+        with self._lock:  # not while a renewal of it is in flight: the version released is the latest
+            version = self._held.pop(key, None)
+        if version is not None:
+            self.claims.release(key, version)
 
     def give_back_all(self) -> None:
+        """Every claim held, and those in flight on prefetch threads (waited for briefly: a run being abandoned
+        exits next), goes back; no claim is taken after this."""
+        with self._taking:
+            self._closed.set()
+            self._taking.wait_for(lambda: self._in_flight == 0, timeout=IN_FLIGHT_WAIT_SECONDS)
         with self._lock:
             keys = sorted(self._held)
         for key in keys:
             self.give_back(key)
+
+    def _renew(self) -> None:
+        every = max(0.2, self.claims.ttl / 3)
+        while not self._closed.wait(every):
+            with self._lock:
+                keys = list(self._held)
+            for key in keys:
+                self._renew_one(key)
+
+    def _renew_one(self, key: str) -> None:
+        with self._lock:
+            version = self._held.get(key)
+            if version is None or self._closed.is_set():
+                return
+            try:
+                renewed = self.claims.renew(key, version)
+            except Exception as exc:  # the next round tries again, within the TTL
+                log.warning("could not renew the claim on %s: %s", key, exc)
+                return
+            if renewed is None:
+                log.warning(
+                    "the claim on %s expired and was taken over before its renewal: another worker may do it too", key
+                )
+                del self._held[key]
+            else:
+                self._held[key] = renewed

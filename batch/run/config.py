@@ -71,6 +71,14 @@ class ChannelConfig:
 
 
 @dataclass(frozen=True)
+class QueueConfig:
+    """--queue: the files come from this SQS queue's messages; the run ends once it is empty `idle_seconds`."""
+
+    url: str
+    idle_seconds: float | None = None  # None: the run waits for messages until it is stopped
+
+
+@dataclass(frozen=True)
 class RunControl:
     prefetch: int = 2
     grace_seconds: float = 25.0
@@ -104,6 +112,7 @@ class JobConfig:
     metrics: MetricsConfig = MetricsConfig()
     channels: ChannelConfig = ChannelConfig()
     workers: tuple[WorkerSlot, ...] = ()  # worker processes (--gpus, --workers); none: one pipeline, in-process
+    queue: QueueConfig | None = None
 
     @property
     def settings_hash(self) -> str:
@@ -125,7 +134,7 @@ def configure(
     (CUDA_VISIBLE_DEVICES, HF_HUB_OFFLINE) is read from os.environ unless `environ` is given."""
     machine = os.environ if environ is None else environ
     environ = {} if environ is None else environ
-    for key in ("source", "out"):
+    for key in ("out",) if settings.queue else ("source", "out"):
         if not getattr(settings, key):
             raise ConfigError(
                 key, "missing: give it on the command line, in the config file, or by environment variable"
@@ -176,6 +185,7 @@ def configure(
         metrics=metrics_config(settings),
         channels=ChannelConfig(settings.channels == "split", settings.channel_speakers),
         workers=plan_workers(settings.gpus, settings.workers, runtime, machine),
+        queue=QueueConfig(settings.queue, settings.queue_idle) if settings.queue else None,
     )
     refuse_what_an_english_only_model_cannot_do(pipeline)
     return config

@@ -16,6 +16,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+from batch.common.errors import ConfigError
 from batch.common.logs import run_id_var
 from batch.common.version import __version__
 from batch.engine.pipeline import Pipeline
@@ -48,25 +49,44 @@ class Job:
         on_file: Callable[[FileEvent], None] = lambda event: None,
     ):
         self.config: JobConfig = configure(settings, environ)
-        storage = self.config.storage
-        self.source, self.dest = open_job_stores(
-            storage.source,
-            storage.out,
-            endpoint_url=storage.endpoint_url,
-            spool_dir=storage.spool_dir,
-            max_input_bytes=storage.max_input_bytes,
-        )
+        self.queue: Any = None
+        self.source, self.dest = self._stores()
         self.run_id = new_run_id()
         run_id_var.set(self.run_id)
         self._pipeline = pipeline
         self._on_file = on_file
         self.runner: Runner | None = None
+        self.claims = self._claims()
         self._listing_watchers: list[ListingWatcher] = []
         self.metrics = self._run_metrics() if self.config.metrics.enabled else None
         self._exporter: MetricsExporter | None = None
         self.stop_requested = False
         self.stop_signal: int | None = None  # the first signal that asked for the stop
         self.finished = threading.Event()  # run() has returned its report
+
+    def _stores(self) -> tuple[Any, Any]:
+        """SOURCE and DEST; in queue mode, SOURCE is the objects the queue's messages name."""
+        storage = self.config.storage
+        if self.config.queue is None:
+            return open_job_stores(
+                storage.source,
+                storage.out,
+                endpoint_url=storage.endpoint_url,
+                spool_dir=storage.spool_dir,
+                max_input_bytes=storage.max_input_bytes,
+            )
+        from batch.storage import open_store
+        from batch.storage.s3 import make_client
+        from batch.storage.sqs import QueuedObjects, SqsQueue
+
+        self.queue = SqsQueue(self.config.queue.url)
+        client = make_client(storage.endpoint_url)
+        source = QueuedObjects(client, storage.spool_dir, storage.max_input_bytes, location=self.config.queue.url)
+        try:
+            dest = open_store(storage.out, endpoint_url=storage.endpoint_url, client=client)
+        except ValueError as exc:
+            raise ConfigError("out", str(exc)) from None
+        return source, dest
 
     def pending(self) -> Iterator[InputFile]:
         """The files a run would take (listing, shard and skip check only; no model is loaded)."""
@@ -117,6 +137,11 @@ class Job:
         if self.runner is not None:
             self.runner.request_stop(signum)
 
+    def give_back(self) -> None:
+        """Claims and queue messages not finished go back at once (the run is being abandoned)."""
+        if self.runner is not None:
+            self.runner.give_back()
+
     def flush_metrics(self) -> None:
         """Write and push the metrics now, briefly (the run is being abandoned); a no-op without metrics."""
         if self._exporter is not None:
@@ -139,8 +164,9 @@ class Job:
                 run_id=self.run_id,
                 on_file=self._file_counted,
                 versions=package_versions(),
-                claims=self._claims(),
+                claims=self.claims,
                 listing_watchers=self._listing_watchers,
+                queue=self.queue,
             )
             if self.stop_requested:
                 self.runner.request_stop(self.stop_signal)
@@ -204,8 +230,12 @@ class Job:
         model = self.config.pipeline.asr.model
         if self._pipeline is None and is_local(model) and not os.path.isdir(model):
             raise EnvironmentProblem(f"model folder not found: {model}")
+        if self.queue is not None:
+            self.queue.check()
         self.source.check_readable()
         self.dest.check_writable()
+        if self.claims is not None:
+            self.claims.check()
 
 
 def run_job(settings: Settings, **options: Any) -> RunReport:

@@ -86,6 +86,7 @@ class Manifest(Record):
     outputs: list[str] = []
     alignment: dict[str, Any] | None = None
     speakers: list[str] | None = None
+    receive_count: int | None = None  # queue mode: the receives of its message, this one included
     gpu: dict[str, dict[str, Any]] | None = None
     worker: str | None = None  # with --gpus or --workers: the worker process that transcribed the file
 

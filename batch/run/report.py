@@ -84,6 +84,16 @@ class WorkerRecord(BaseModel):
     problem: str | None = None  # why it left the run
 
 
+class QueueCounts(BaseModel):
+    """Queue mode: the messages this run received, deleted (their files done), and made visible again."""
+
+    received: int = 0
+    deleted: int = 0
+    returned: int = 0  # not finished when the run ended: visible again at once
+    test_events: int = 0  # s3:TestEvent, deleted unprocessed
+    unreadable: int = 0  # naming no S3 object: left for the redrive policy
+
+
 class RunReport(Record):
     report_version: int = REPORT_VERSION
     run_id: str
@@ -115,6 +125,7 @@ class RunReport(Record):
     error: ErrorRecord | None = None  # what stopped the run before its end
     stopped_by_signal: int | None = None
     exit_code: int | None = None  # set when the run ends, whatever ended it
+    queue: QueueCounts | None = None  # queue mode (--queue)
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -180,6 +191,11 @@ class RunReport(Record):
         lines += [f"  words not timed in {w.key}: {w.reason}" for w in self.words_untimed]
         if self.claimed_elsewhere:
             lines.append(f"  {len(self.claimed_elsewhere)} files were claimed by other workers")
+        if self.queue is not None:
+            q = self.queue
+            lines.append(
+                f"  queue: {q.received} messages received, {q.deleted} deleted, {q.returned} made visible again"
+            )
         if self.workers:
             lines.append("  workers: " + ", ".join(f"{w.name} {w.files} files" for w in self.workers))
         lines += [f"  worker {w.name} ({w.detail}): {w.problem}" for w in self.workers if w.problem]

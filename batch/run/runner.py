@@ -22,7 +22,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-from batch.common.concurrency import ordered_map
+from batch.common.concurrency import ordered_map, ordered_map_fed
 from batch.common.errors import BatchError, describe, exit_code_for_signal
 from batch.common.logs import file_context
 from batch.engine.audio import decode
@@ -58,6 +58,7 @@ class Fetched:
     file: DecodedFile | None = None  # None: another worker holds the file
     fingerprint: str | None = None
     audio_seconds: float | None = None
+    receive_count: int | None = None  # a queue message's receives (--queue)
 
 
 class Runner:
@@ -76,6 +77,7 @@ class Runner:
         versions: dict[str, str] | None = None,
         claims: Any = None,
         listing_watchers: Sequence[ListingWatcher] = (),
+        queue: Any = None,
     ):
         runtime = config.pipeline.runtime
         self.config, self.source, self.dest, self.pipeline = config, source, dest, pipeline
@@ -97,11 +99,29 @@ class Runner:
             versions=versions or {},
             shard=str(config.selection.shard) if config.selection.shard else None,
         )
-        self.to_do = ToDo(config.selection, self.settings_hash, source, dest, listing_watchers)
+        self.to_do = self._to_do(queue, listing_watchers)
         self.claims = HeldClaims(claims, self._still_to_do) if claims is not None else None
         self.tally = Tally(self.report, on_file)
         self._stop = threading.Event()
         self._in_pipeline: dict[str, Fetched] = {}  # handed over, not written yet
+
+    def _to_do(self, queue: Any, listing_watchers: Sequence[ListingWatcher]) -> ToDo:
+        """Where the files come from: SOURCE's listing, or a queue's messages (--queue)."""
+        if queue is None or self.config.queue is None:
+            return ToDo(self.config.selection, self.settings_hash, self.source, self.dest, listing_watchers)
+        from batch.run.queue import QueueToDo
+
+        queued = QueueToDo(
+            queue,
+            self.config.queue.idle_seconds,
+            self.config.selection,
+            self.settings_hash,
+            self.source,
+            self.dest,
+            self.stopping,
+        )
+        self.report.queue = queued.counts
+        return queued
 
     # --- control ------------------------------------------------------------------------------------------
 
@@ -132,7 +152,8 @@ class Runner:
         started = self.clock()
         writer = OutputWriter(after_write=self.claims.give_back if self.claims is not None else lambda key: None)
         ahead = self.config.control.prefetch * max(1, len(self.config.workers))  # --prefetch is per worker
-        fetched = ordered_map(self._fetch, self.pending(), workers=max(1, ahead), ahead=ahead)
+        fetch_ahead = ordered_map if self.config.queue is None else ordered_map_fed  # a queue's next file may wait
+        fetched = fetch_ahead(self._fetch, self.pending(), workers=max(1, ahead), ahead=ahead)
         files = self._handed_over(fetched)
         outcomes = self.pipeline.process(files, self.stopping)
         try:
@@ -149,10 +170,15 @@ class Runner:
             self.report.exit_code = exc.exit_code  # said once, by whoever reads the report (the command line)
         finally:
             self.tally.count(writer.close(), check=False)  # a file the models finished is never dropped
-            if self.claims is not None:
-                self.claims.give_back_all()
+            self.give_back()
             self._finish_report(started)
         return self.report
+
+    def give_back(self) -> None:
+        """What this run holds and has not finished goes back at once (claims, queue messages): on every exit."""
+        if self.claims is not None:
+            self.claims.give_back_all()
+        self.to_do.close()
 
     # --- a file's way ---------------------------------------------------------------------------------------
 
@@ -160,7 +186,7 @@ class Runner:
         """Step 2, on a prefetch thread: claim (with --claim), fingerprint and decode one file."""
         with file_context(item.key):
             stopwatch = Stopwatch(self.clock)
-            fetched = Fetched(item, utc_now())
+            fetched = Fetched(item, utc_now(), receive_count=self.to_do.receive_count(item.key))
             try:
                 blocked = self.to_do.blocked(item.key)
                 if blocked is not None:
@@ -217,9 +243,13 @@ class Runner:
         manifest, transcript = file_manifest(self.config, self.report, self._in_pipeline.pop(outcome.key), outcome)
         formats, layout, dest, stopwatch = self.config.formats, self.config.subtitles, self.dest, outcome.file.stopwatch
         outcome.file.audio = None  # the array is not needed any more: free it before the write
-        writer.submit(
-            outcome.key, lambda: write_file(dest, manifest, stopwatch, transcript, formats, outcome.error, layout)
-        )
+
+        def write() -> Manifest:
+            written = write_file(dest, manifest, stopwatch, transcript, formats, outcome.error, layout)
+            self.to_do.written(outcome.key)
+            return written
+
+        writer.submit(outcome.key, write)
 
     # --- the run's report ------------------------------------------------------------------------------------
 
@@ -276,6 +306,7 @@ def file_manifest(
     )
     if fetched.audio_seconds is not None:
         manifest.audio_seconds = fetched.audio_seconds
+    manifest.receive_count = fetched.receive_count
     if outcome.gpu:
         manifest.gpu = {stage: record.to_dict() for stage, record in outcome.gpu.items()}
     manifest.worker = outcome.worker

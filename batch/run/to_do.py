@@ -104,6 +104,17 @@ class ToDo:
             manifest, item, self.settings_hash, self.source.fingerprint, self.dest
         )
 
+    # Where files come from a queue (batch.run.queue), what each one's message needs to hear; here, nothing.
+
+    def receive_count(self, key: str) -> int | None:
+        return None
+
+    def written(self, key: str) -> None:
+        """The file's manifest is written."""
+
+    def close(self) -> None:
+        """The run is over, whatever ended it."""
+
 
 def nothing_selected(location: str, counts: ListingCounts, selection: SelectionConfig) -> ConfigError:
     """The error of a SOURCE where nothing was selected: an unmounted volume, or a filter that takes nothing."""

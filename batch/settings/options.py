@@ -141,6 +141,8 @@ class Settings(BaseModel):
     shard: ShardSpec = None
     claim: bool = False
     claim_ttl: float = Field(7200.0, gt=0, le=7 * 24 * 3600)
+    queue: HttpUrl = None  # files from an SQS queue's messages instead of SOURCE's listing
+    queue_idle: float | None = Field(None, ge=0, le=7 * 24 * 3600)  # exit 0 once the queue is empty this long
     s3_endpoint_url: HttpUrl = None
     spool_dir: str | None = None
     max_input_size: MemorySize = "20GiB"
@@ -223,6 +225,12 @@ class Settings(BaseModel):
             raise ValueError("gpus: --gpus runs a worker on each GPU, which needs device cuda or auto, not cpu")
         if self.workers is not None and self.device == "cuda":
             raise ValueError("workers: --workers splits the CPU among processes; on GPUs use --gpus (one worker each)")
+        if self.queue is not None and self.source:
+            raise ValueError("source: --queue says which files to do; give SOURCE or --queue, not both")
+        if self.queue is not None and (self.shard or self.claim):
+            raise ValueError("queue: a queue gives each message to one consumer; it needs no --shard nor --claim")
+        if self.queue_idle is not None and self.queue is None:
+            raise ValueError("queue_idle: is how long --queue may stay empty, and --queue is not set")
         if self.highlight_words and not self.align:
             raise ValueError("highlight_words: words are highlighted as they are said, which needs --align")
         if self.highlight_words and self.task == "translate":

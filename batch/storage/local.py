@@ -153,8 +153,8 @@ class LocalStore:
     def delete(self, name: str) -> None:
         self.path(name).unlink(missing_ok=True)
 
-    def create_exclusive(self, name: str, data: bytes) -> bool:
-        """Create the file only if it does not exist; False when another writer was first."""
+    def create_exclusive(self, name: str, data: bytes) -> str | None:
+        """Create the file only if it does not exist: its version, or None when another writer was first."""
         target = self.path(name)
         target.parent.mkdir(parents=True, exist_ok=True)
         # Written whole first, then linked into place: link() fails if the name exists, and nobody ever
@@ -165,20 +165,32 @@ class LocalStore:
                 stream.write(data)
             os.link(temporary, target)
         except FileExistsError:
-            return False
+            return None
         finally:
             os.unlink(temporary)
-        return True
+        return _version(data)
 
     def read_with_version(self, name: str) -> tuple[bytes, str] | None:
         data = self.read_bytes(name)
-        return None if data is None else (data, hashlib.sha256(data).hexdigest())
+        return None if data is None else (data, _version(data))
 
-    def replace_if_version(self, name: str, data: bytes, version: str) -> bool:
+    def replace_if_version(self, name: str, data: bytes, version: str) -> str | None:
         """Replace the file if its content is still the one read. Not atomic across machines, unlike S3's If-Match:
         two workers taking over the same expired claim at the same instant may both win (and both do the file)."""
         current = self.read_with_version(name)
         if current is None or current[1] != version:
-            return False
+            return None
         self.write_bytes(name, data)
+        return _version(data)
+
+    def delete_if_version(self, name: str, version: str) -> bool:
+        """Delete the file if its content is still that version (read, compare, delete: not atomic either)."""
+        current = self.read_with_version(name)
+        if current is None or current[1] != version:
+            return False
+        self.delete(name)
         return True
+
+
+def _version(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

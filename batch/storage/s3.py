@@ -11,7 +11,8 @@ from __future__ import annotations
 import io
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, BinaryIO
 from urllib.parse import urlparse
 
@@ -27,7 +28,10 @@ from batch.storage.names import is_hidden, is_selected
 # One request per object part above this size; transcripts are small, so this mostly serves large outputs.
 MULTIPART_THRESHOLD = 8 * 1024 * 1024
 _MISSING = ("NoSuchKey", "404", "NotFound")
-_CONDITION_FAILED = ("PreconditionFailed", "ConditionalRequestConflict", "412", "409", "NoSuchKey")
+_CONDITION_FAILED = ("PreconditionFailed", "412", "NoSuchKey")
+_CONFLICT = ("ConditionalRequestConflict", "409")
+CONFLICT_RETRIES = 4
+CONFLICT_BACKOFF_SECONDS = 0.1
 
 
 def split_url(url: str) -> tuple[str, str]:
@@ -196,8 +200,9 @@ class S3Store:
     def delete(self, name: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self.prefix + name)
 
-    def create_exclusive(self, name: str, data: bytes) -> bool:
-        """Write only if nothing is there (If-None-Match: *); False when another writer was first."""
+    def create_exclusive(self, name: str, data: bytes) -> str | None:
+        """Write only if nothing is there (If-None-Match: *): the new object's ETag, or None when another writer
+        was first."""
         return self._conditional_put(name, data, IfNoneMatch="*")
 
     def read_with_version(self, name: str) -> tuple[bytes, str] | None:
@@ -209,15 +214,39 @@ class S3Store:
             raise
         return response["Body"].read(), response["ETag"]
 
-    def replace_if_version(self, name: str, data: bytes, version: str) -> bool:
-        """Overwrite only if the object is still the one read (If-Match on its ETag)."""
+    def replace_if_version(self, name: str, data: bytes, version: str) -> str | None:
+        """Overwrite only if the object is still the one read (If-Match on its ETag): the new ETag, or None."""
         return self._conditional_put(name, data, IfMatch=version)
 
-    def _conditional_put(self, name: str, data: bytes, **condition: str) -> bool:
-        try:
-            self.client.put_object(Bucket=self.bucket, Key=self.prefix + name, Body=data, **condition)
-        except ClientError as exc:
-            if _error_code(exc) in _CONDITION_FAILED:
-                return False
-            raise
-        return True
+    def delete_if_version(self, name: str, version: str) -> bool:
+        """Delete only if the object is still this version (DeleteObject with If-Match); False otherwise. A store
+        that ignores the condition deletes whatever is there: `batch.run.claims` probes for that first."""
+        return (
+            self._conditional(
+                lambda: self.client.delete_object(Bucket=self.bucket, Key=self.prefix + name, IfMatch=version)
+            )
+            is not None
+        )
+
+    def _conditional_put(self, name: str, data: bytes, **condition: str) -> str | None:
+        response = self._conditional(
+            lambda: self.client.put_object(Bucket=self.bucket, Key=self.prefix + name, Body=data, **condition)
+        )
+        return None if response is None else str(response.get("ETag") or "written")
+
+    def _conditional(self, request: Callable[[], dict[str, Any]]) -> dict[str, Any] | None:
+        """A conditional request's response, or None when its condition failed. 409 ConditionalRequestConflict
+        (another conditional write to the key in flight) is retried, as AWS asks; if it persists, the
+        condition is taken as failed (the other writer won)."""
+        for attempt in range(CONFLICT_RETRIES + 1):
+            try:
+                return request()
+            except ClientError as exc:
+                code = _error_code(exc)
+                if code in _CONFLICT and attempt < CONFLICT_RETRIES:
+                    time.sleep(CONFLICT_BACKOFF_SECONDS * 2**attempt)
+                    continue
+                if code in _CONDITION_FAILED or code in _CONFLICT:
+                    return None
+                raise
+        return None

@@ -341,13 +341,24 @@ def test_expired_claims_are_taken_over_by_exactly_one_worker(bucket: str) -> Non
     now = [1000.0]
     dest = open_store(f"s3://{bucket}/out")
     first, second, third = (Claims(dest, run, ttl_seconds=60, clock=lambda: now[0]) for run in ("r1", "r2", "r3"))
-    assert first.claim("a.wav") and not second.claim("a.wav")
-    now[0] += 61  # the first worker crashed: its claim expired
+    first.check()
+    assert first.conditional_delete  # moto honours If-Match on DeleteObject, as AWS does
+    lost = first.claim("a.wav")
+    assert lost and not second.claim("a.wav")
+    now[0] += 61  # the first worker stalled: its claim expired
     stale = dest.read_with_version("_claims/a.wav.claim")
-    assert second.claim("a.wav")
+    taken = second.claim("a.wav")
+    assert taken
     assert not dest.replace_if_version("_claims/a.wav.claim", b"{}", stale[1])  # a late taker loses
+    assert first.renew("a.wav", lost) is None  # nor can the stalled owner renew it back
+    first.release("a.wav", lost)  # the stalled worker finishes: the claim is the second's, and stays
     assert not third.claim("a.wav")
-    second.release("a.wav")
+    now[0] += 50
+    renewed = second.renew("a.wav", taken)  # renewed while in work: not expired 61 s after it was taken
+    assert renewed and renewed != taken
+    now[0] += 50
+    assert not third.claim("a.wav")
+    second.release("a.wav", renewed)
     assert third.claim("a.wav")
 
 

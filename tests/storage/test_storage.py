@@ -245,6 +245,9 @@ def test_read_exists_delete_and_exclusive_create(tmp_path: Path) -> None:
     assert data == b"one" and dest.exists("a/b.json")
     assert not dest.replace_if_version("a/b.json", b"three", "stale")
     assert dest.replace_if_version("a/b.json", b"three", version) and dest.read_bytes("a/b.json") == b"three"
+    assert not dest.delete_if_version("a/b.json", version)  # the version read before the replace: kept
+    assert dest.delete_if_version("a/b.json", dest.read_with_version("a/b.json")[1]) and not dest.exists("a/b.json")
+    assert dest.create_exclusive("a/b.json", b"four") == dest.read_with_version("a/b.json")[1]
     dest.delete("a/b.json")
     dest.delete("a/b.json")  # deleting what is gone is fine
     assert not dest.exists("a/b.json") and os.listdir(tmp_path / "a") == []
