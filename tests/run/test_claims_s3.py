@@ -47,19 +47,21 @@ def reports(bucket: str) -> list[dict]:
 
 
 def test_claims_shorter_than_a_file_are_renewed_so_no_file_is_done_twice(
-    bucket: str, long_speech: bytes, tiny_en: str
+    bucket: str, tiny_en: str, tmp_path: Path
 ) -> None:
-    # A 1 s TTL, and the second worker starting once the first holds claims: by the time it reaches them they
-    # are older than the TTL, so without renewal it would take over the files the first is working on or holds
-    # ahead, and do them again.
-    keys = [f"call{index:02d}.mp3" for index in range(16)]
+    # A 1 s TTL and files that take seconds each: the second worker starts once the first's claims are older than
+    # the TTL, so without renewal it would take over the file the first is working on and those it holds ahead,
+    # and do them again. Minutes of audio per file keep the first busy while the second loads its models.
+    slow = speak(" ".join([ENGLISH] * 16), tmp_path / "slow.mp3").read_bytes()
+    keys = [f"call{index:02d}.mp3" for index in range(12)]
     for key in keys:
-        put(bucket, f"in/{key}", long_speech)
+        put(bucket, f"in/{key}", slow)
     first = worker(bucket, tiny_en, "--claim-ttl", "1", "--prefetch", "2")
     deadline = time.monotonic() + 120
     while not keys_in(bucket, "out/_claims/"):
         assert time.monotonic() < deadline and first.poll() is None
         time.sleep(0.05)
+    time.sleep(1.5)  # the first's claims are past their first TTL
     workers = [first, worker(bucket, tiny_en, "--claim-ttl", "1", "--prefetch", "2")]
     outputs = [process.communicate(timeout=600)[1] for process in workers]
     assert [process.returncode for process in workers] == [0, 0], outputs
