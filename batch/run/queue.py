@@ -58,15 +58,23 @@ class QueueToDo(ToDo):
 
     def pending(self, on_skipped: Callable[[str], None]) -> Iterator[InputFile]:
         threading.Thread(target=self._beat, name="queue-heartbeat", daemon=True).start()
-        idle_since = self.clock()
+        # Idle is counted over polls that found nothing in a row, never over the time the run spent on files
+        # between two polls: a queue that still holds messages is not idle, however slowly the run takes them.
+        empty_since: float | None = None
         while not self.stopping() and not self._closed.is_set():
-            wait = LONG_POLL if self.idle_seconds is None else self.idle_seconds - (self.clock() - idle_since)
-            if self.idle_seconds is not None and wait <= 0:
-                log.info("%s: empty for %.0f s, stopping (--queue-idle)", self.queue.location, self.idle_seconds)
-                return
+            wait: float = LONG_POLL
+            if self.idle_seconds is not None and empty_since is not None:
+                wait = self.idle_seconds - (self.clock() - empty_since)
+                if wait <= 0:
+                    log.info("%s: empty for %.0f s, stopping (--queue-idle)", self.queue.location, self.idle_seconds)
+                    return
+            polled_at = self.clock()
             received = self.queue.receive(wait_seconds=max(1, min(LONG_POLL, int(wait + 0.999))))
+            if not received:
+                empty_since = polled_at if empty_since is None else empty_since
+                continue
+            empty_since = None
             for message in received:
-                idle_since = self.clock()
                 yield from self._files_of(message, on_skipped)
 
     def _files_of(

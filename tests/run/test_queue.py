@@ -220,3 +220,41 @@ def test_worker_processes_share_a_queues_files_as_in_a_folder_run(bucket: str, s
     assert sorted(run["succeeded"]) == keys
     assert sum(worker["files"] for worker in run["workers"]) == 4 and len(run["workers"]) == 2
     assert run["queue"]["deleted"] == 4 and messages_in(queue_url) == (0, 0)
+
+
+def test_a_queue_that_still_holds_messages_is_not_idle_however_slowly_the_run_takes_them(
+    bucket: str, tmp_path: Path
+) -> None:
+    """--queue-idle counts polls that found nothing in a row, not the time spent on files between polls: a run
+    that takes 10 s (on its clock) per file with --queue-idle 2 still takes all twelve messages."""
+    from batch.run.config import SelectionConfig
+    from batch.run.queue import QueueToDo
+    from batch.storage.local import LocalStore
+    from batch.storage.sqs import QueuedObjects, SqsQueue
+
+    queue_url, _ = make_queue("slow-run", visibility=30)
+    for index in range(12):
+        put(bucket, f"in/call{index}.wav", b"not read here")
+        body = json.dumps({"source": f"s3://{bucket}/in/call{index}.wav"})
+        boto3.client("sqs").send_message(QueueUrl=queue_url, MessageBody=body)
+    now = [0.0]
+
+    def clock() -> float:
+        now[0] += 0.5  # every look at the clock moves it on: a poll that finds nothing takes time
+        return now[0]
+
+    queue = SqsQueue(queue_url, boto3.client("sqs"))
+    queue.check()
+    dest = LocalStore(tmp_path / "out")
+    to_do = QueueToDo(
+        queue, 2, SelectionConfig(), "hash", QueuedObjects(boto3.client("s3")), dest, lambda: False, clock
+    )
+    taken = []
+    try:
+        for item in to_do.pending(on_skipped=lambda key: None):
+            taken.append(item.key)
+            now[0] += 10  # the run works on the file before it asks for the next
+    finally:
+        to_do.close()
+    assert sorted(taken) == sorted(f"in/call{index}.wav" for index in range(12))
+    assert now[0] >= 12 * 10 + 2  # it stopped only after polls found the queue empty for --queue-idle
