@@ -12,68 +12,11 @@ May import: common. Knows nothing of transcripts, manifests or settings.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any
 
 from batch.common.errors import ConfigError
-
-S3_SCHEME = "s3://"
-
-
-@dataclass(frozen=True)
-class InputFile:
-    """One recording to transcribe. `version` changes whenever the content may have (mtime, ETag)."""
-
-    key: str
-    size: int
-    version: str
-
-
-@dataclass
-class ListingCounts:
-    """What a listing found: every file in SOURCE (hidden ones aside), and how many of them were selected."""
-
-    listed: int = 0
-    selected: int = 0
-
-
-class Store(Protocol):
-    """One location, a folder (`batch.storage.local.LocalStore`) or an S3 prefix (`batch.storage.s3.S3Store`).
-
-    `location` is the folder or URL as people read it. The `role` of a check ("SOURCE", "DEST") starts its
-    error message; a failed check raises EnvironmentProblem.
-    """
-
-    location: str
-
-    # Reading recordings (SOURCE); `counts`, when given, is kept up to date as the listing streams
-    def list(
-        self, include: Iterable[str] = (), exclude: Iterable[str] = (), counts: ListingCounts | None = None
-    ) -> Iterator[InputFile]: ...
-    def open(self, key: str, size: int | None = None) -> BinaryIO: ...
-    def fingerprint(self, item: InputFile) -> str: ...
-    def check_readable(self, role: str = "SOURCE") -> None: ...
-
-    # Names of any kind (manifests, run reports), hidden ones left out, in a stable order
-    def list_names(self, prefix: str = "", suffix: str = "") -> Iterator[str]: ...
-
-    # Writing and reading named objects (DEST)
-    def check_writable(self, role: str = "DEST") -> None: ...
-    def write_bytes(self, name: str, data: bytes) -> None: ...
-    def read_bytes(self, name: str) -> bytes | None: ...
-    def exists(self, name: str) -> bool: ...
-    def delete(self, name: str) -> None: ...
-    # Conditional writes (claims): the new version when written, None when the condition failed
-    def create_exclusive(self, name: str, data: bytes) -> str | None: ...
-    def read_with_version(self, name: str) -> tuple[bytes, str] | None: ...
-    def replace_if_version(self, name: str, data: bytes, version: str) -> str | None: ...
-    def delete_if_version(self, name: str, version: str) -> bool: ...
-
-
-def is_s3_url(location: str) -> bool:
-    return location.startswith(S3_SCHEME)
+from batch.storage.base import InputFile, ListingCounts, Store, is_s3_url
 
 
 def open_store(

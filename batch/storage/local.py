@@ -14,7 +14,7 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 from batch.common.errors import EnvironmentProblem
-from batch.storage import InputFile, ListingCounts
+from batch.storage.base import InputFile, ListingCounts
 from batch.storage.names import is_selected, safe_relative
 
 # Read once, at import, while the process is single-threaded (os.umask can only be read by setting it).

@@ -22,7 +22,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from batch.common.errors import EnvironmentProblem, FileFailure, redact
-from batch.storage import InputFile, ListingCounts
+from batch.storage.base import InputFile, ListingCounts
 from batch.storage.names import is_hidden, is_selected
 
 # One request per object part above this size; transcripts are small, so this mostly serves large outputs.

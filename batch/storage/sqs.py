@@ -20,7 +20,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from batch.common.errors import EnvironmentProblem, FileFailure
-from batch.storage import InputFile, ListingCounts
+from batch.storage.base import InputFile, ListingCounts
 from batch.storage.s3 import describe_s3_error, split_url
 
 # The longest long poll SQS allows; shorter when the run must look at its stop flag or idle time sooner.
