@@ -5,9 +5,11 @@
 #   docker build -t whisperx-batch:large-v3 --build-arg PRELOAD_MODELS=large-v3 .      # models baked in
 #   docker build --build-arg BASE_IMAGE=debian:bookworm-slim .                           # any Debian/Ubuntu base
 #
-# The default base is CUDA 12.8 + cuDNN 9 on Ubuntu 24.04; PyTorch and CTranslate2 also bring their own CUDA
-# libraries from PyPI, and LD_LIBRARY_PATH below makes CTranslate2 find the same cuDNN that PyTorch loads.
-ARG BASE_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
+# The default base is NVIDIA's CUDA 12.8 `base` image (Ubuntu 24.04): the NVIDIA container settings and little
+# else. No stage uses a CUDA library of the base's own: PyTorch's wheels bring cuBLAS, cuDNN and the CUDA runtime
+# (and find them themselves), CTranslate2 loads that same cuBLAS 12 by name (LD_LIBRARY_PATH below). A `runtime`
+# or `cudnn-runtime` base would add a second cuBLAS and cuDNN (2-3 GB) that nothing loads; `devel` even more.
+ARG BASE_IMAGE=nvidia/cuda:12.8.1-base-ubuntu24.04
 FROM ${BASE_IMAGE} AS system
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
@@ -64,9 +66,17 @@ ENV PATH=/opt/venv/bin:${PATH} \
     HOME=/tmp \
     HF_HOME=/models \
     TORCH_HOME=/models/torch \
-    LD_LIBRARY_PATH=/opt/venv/site-packages/nvidia/cudnn/lib:/opt/venv/site-packages/nvidia/cublas/lib${LD_LIBRARY_PATH:+:${LD_LIBRARY_PATH}} \
+    LD_LIBRARY_PATH=/opt/venv/site-packages/nvidia/cublas/lib${LD_LIBRARY_PATH:+:${LD_LIBRARY_PATH}} \
+    CUDA_DEVICE_ORDER=PCI_BUS_ID \
     NVIDIA_VISIBLE_DEVICES=all \
-    NVIDIA_DRIVER_CAPABILITIES=compute,utility
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility \
+    NVIDIA_REQUIRE_CUDA="cuda>=12.0"
+# LD_LIBRARY_PATH: CTranslate2 loads libcublas.so.12 by name, and pip keeps PyTorch's copy off the loader's path
+# (the runner also loads it from there itself; this keeps any other CTranslate2 program in the image working).
+# CUDA_DEVICE_ORDER: CUDA numbers GPUs as NVML and nvidia-smi do (by PCI bus), so CUDA_VISIBLE_DEVICES=1 is the
+# doctor's gpu1. NVIDIA_REQUIRE_CUDA: the base asks for a driver of CUDA 12.8 or newer, but PyTorch's and
+# CTranslate2's CUDA 12 builds run on any CUDA 12 driver (R525 and newer) through CUDA's minor version
+# compatibility; the container toolkit would refuse those drivers.
 
 # Air-gapped images: bake models into /models at build time with `whisperx-batch models pull`, e.g.
 #   --build-arg PRELOAD_MODELS=large-v3,medium --build-arg PRELOAD_OPTIONS="--align-languages en,de --diarize"

@@ -79,6 +79,8 @@ def worker_pipeline(config: object) -> FakePipeline:
     FAKE_BATCH_SECONDS: each batch sleeps this long (files stay in flight);
     FAKE_ALL_READY: FOLDER:N; loading waits until N workers have loaded (a file each in FOLDER), so that every
     worker is there to take files from the start;
+    FAKE_CONTEXT_LOST_ONCE: a path; as FAKE_KILL_ONCE, but the batch raises CUDA's sticky "illegal memory
+    access" error out of `process` (the worker exits so that a fresh one takes over);
     FAKE_RAISE: KEY=environment raises an EnvironmentProblem out of `process` when KEY is reached (the run
     stops, exit 3); KEY=defect raises a RuntimeError there (a defect, not the file's own failure).
     """
@@ -96,6 +98,10 @@ def worker_pipeline(config: object) -> FakePipeline:
         if marker and not Path(marker).exists():
             Path(marker).write_text(",".join(keys))
             os.kill(os.getpid(), signal.SIGKILL)
+        lost = os.environ.get("FAKE_CONTEXT_LOST_ONCE")
+        if lost and not Path(lost).exists():
+            Path(lost).write_text(",".join(keys))
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
 
     from batch.common.errors import EnvironmentProblem
 

@@ -36,12 +36,16 @@ class FakeNvml(ModuleType):
     class NVMLError(Exception):
         pass
 
+    class NVMLError_NoPermission(NVMLError):  # noqa: N801 - pynvml's name
+        pass
+
     def __init__(self, *gpus: FakeGpu, driver: bool = True):
         super().__init__("pynvml")
         self.gpus = gpus
         self.driver = driver
         self.sessions = 0  # nvmlInit calls not yet shut down
         self.broken: set[str] = set()  # names of calls that raise NVMLError
+        self.forbidden: set[int] = set()  # indices this process may not open (NoPermission, as in a cgroup)
 
     def _call(self, name: str) -> None:
         if self.sessions < 1:
@@ -58,6 +62,14 @@ class FakeNvml(ModuleType):
         self._call("nvmlShutdown")
         self.sessions -= 1
 
+    def nvmlSystemGetDriverVersion(self) -> bytes:
+        self._call("nvmlSystemGetDriverVersion")
+        return b"570.124.06"
+
+    def nvmlSystemGetCudaDriverVersion_v2(self) -> int:
+        self._call("nvmlSystemGetCudaDriverVersion_v2")
+        return 12080
+
     def nvmlDeviceGetCount(self) -> int:
         self._call("nvmlDeviceGetCount")
         return len(self.gpus)
@@ -66,6 +78,8 @@ class FakeNvml(ModuleType):
         self._call("nvmlDeviceGetHandleByIndex")
         if not 0 <= index < len(self.gpus):
             raise self.NVMLError("Invalid Argument")
+        if index in self.forbidden:
+            raise self.NVMLError_NoPermission("Insufficient Permissions")
         return self.gpus[index]
 
     def nvmlDeviceGetHandleByUUID(self, uuid: str) -> FakeGpu:

@@ -44,9 +44,15 @@ def _root(
     version: Annotated[bool, Opt("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
 ) -> None:
     """whisperx-batch: a batch job runner for WhisperX."""
-    from batch.common.runtime import THREAD_POOL_ENV_VARS, available_cpus, pyannote_telemetry_off_unless_asked
+    from batch.common.runtime import (
+        THREAD_POOL_ENV_VARS,
+        available_cpus,
+        cuda_counts_by_pci_bus,
+        pyannote_telemetry_off_unless_asked,
+    )
 
     pyannote_telemetry_off_unless_asked()
+    cuda_counts_by_pci_bus()
     # Before numpy and torch load: their thread pools are sized then (see batch.common.runtime.limit_thread_pools).
 
     for name in THREAD_POOL_ENV_VARS:

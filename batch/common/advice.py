@@ -1,7 +1,8 @@
 """The row every doctor check returns (Check), and known failure modes turned into what to do.
 
-Known failure modes (cuDNN not found, no CUDA device, torch.load weights_only refusals, gated models, an
-offline cache without the model) are turned into one line that says what to do, by `advice_for`.
+Known failure modes (cuBLAS or cuDNN not found, out of GPU memory, no CUDA device, torch.load weights_only
+refusals, gated models, an offline cache without the model) are turned into one line that says
+what to do, by `advice_for`.
 """
 
 from __future__ import annotations
@@ -28,25 +29,46 @@ class Check:
 # Known failure modes -> what to do
 
 
-def _cudnn_fix() -> str:
-    folders = [str(path) for path in _pip_nvidia_lib_dirs()]
+def cublas_fix() -> str:
+    """What to do when CTranslate2 cannot load cuBLAS 12 (libcublas.so.12)."""
+    folders = [str(path) for path in pip_nvidia_lib_dirs("cublas")]
     where = (
         f"export LD_LIBRARY_PATH={':'.join(folders)}:$LD_LIBRARY_PATH"
         if folders
-        else "pip install 'nvidia-cudnn-cu12==9.*' and add its lib folder to LD_LIBRARY_PATH"
+        else "pip install 'nvidia-cublas-cu12==12.*' (PyTorch's CUDA 12 builds bring it)"
     )
     return (
-        "cuDNN 9 libraries not found by CTranslate2: use the image built from this project's Dockerfile "
-        f"(CUDA 12.8 + cuDNN 9), or {where}"
+        f"CTranslate2 needs cuBLAS 12 (libcublas.so.12): use the image built from this project's Dockerfile, or {where}"
     )
+
+
+def cudnn_fix() -> str:
+    """What to do when PyTorch cannot load its cuDNN 9."""
+    folders = [str(path) for path in pip_nvidia_lib_dirs("cudnn")]
+    where = (
+        f"export LD_LIBRARY_PATH={':'.join(folders)}:$LD_LIBRARY_PATH" if folders else "reinstall PyTorch's CUDA build"
+    )
+    return f"cuDNN 9 could not be loaded: use the image built from this project's Dockerfile, or {where}"
 
 
 NO_DRIVER_FIX = (
     "no NVIDIA driver is visible: on the host, check `nvidia-smi`; in Docker, install the NVIDIA Container "
     "Toolkit and run with `--gpus all`; in Kubernetes, request `nvidia.com/gpu`; or run with --device cpu"
 )
-KNOWN_FAILURES: tuple[tuple[re.Pattern[str], str | None], ...] = (
-    (re.compile(r"libcudnn|cudnn.*(not found|cannot open|unable to load)|cudnnCreate", re.I), None),
+OUT_OF_MEMORY_FIX = "the GPU ran out of memory: lower --batch-size, use --compute-type int8_float16, or a smaller model"
+# Fixes that name this machine's folders are made when asked for.
+LIBRARY_FIXES = {"cublas": cublas_fix, "cudnn": cudnn_fix}
+KNOWN_FAILURES: tuple[tuple[re.Pattern[str], str], ...] = (
+    (
+        re.compile(
+            r"CUDA out of memory|OutOfMemoryError|CUDA failed with error out of memory"
+            r"|CUBLAS_STATUS_(ALLOC_FAILED|NOT_INITIALIZED)|CUDNN_STATUS_(ALLOC_FAILED|NOT_INITIALIZED|INTERNAL_ERROR)",
+            re.I,
+        ),
+        OUT_OF_MEMORY_FIX,
+    ),
+    (re.compile(r"libcublas|cublas.*(not found|cannot open|unable to load)", re.I), "cublas"),
+    (re.compile(r"libcudnn|cudnn.*(not found|cannot open|unable to load)", re.I), "cudnn"),
     (
         re.compile(r"NVML Shared Library Not Found|libnvidia-ml|Found no NVIDIA driver|NVIDIA driver on your", re.I),
         NO_DRIVER_FIX,
@@ -89,10 +111,6 @@ KNOWN_FAILURES: tuple[tuple[re.Pattern[str], str | None], ...] = (
         "the Hugging Face Hub cannot be reached from here: pull the models where it can be (`whisperx-batch "
         "models pull`), mount that cache at HF_HOME, and set HF_HUB_OFFLINE=1",
     ),
-    (
-        re.compile(r"CUDA out of memory|OutOfMemoryError|CUBLAS_STATUS_ALLOC_FAILED", re.I),
-        "the GPU ran out of memory: lower --batch-size, use --compute-type int8_float16, or a smaller model",
-    ),
 )
 
 
@@ -100,16 +118,16 @@ def advice_for(error: str) -> str | None:
     """One line that says what to do about a known failure, from its error text; None when unknown."""
     for pattern, fix in KNOWN_FAILURES:
         if pattern.search(error):
-            return fix if fix is not None else _cudnn_fix()
+            return LIBRARY_FIXES[fix]() if fix in LIBRARY_FIXES else fix
     return None
 
 
-def _pip_nvidia_lib_dirs() -> list[Path]:
-    """The lib folders of the nvidia-cudnn-cu12 and nvidia-cublas-cu12 wheels that PyTorch brought, if any."""
+def pip_nvidia_lib_dirs(*names: str) -> list[Path]:
+    """The lib folders of NVIDIA's wheels that PyTorch brought (`cublas`, `cudnn`: nvidia-cublas-cu12, ...)."""
     import sysconfig
 
     root = Path(sysconfig.get_path("purelib")) / "nvidia"
-    return [root / name / "lib" for name in ("cudnn", "cublas") if (root / name / "lib").is_dir()]
+    return [root / name / "lib" for name in names if (root / name / "lib").is_dir()]
 
 
 def short_error(exc: BaseException) -> str:

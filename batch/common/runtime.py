@@ -8,7 +8,7 @@ import logging
 import math
 import os
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -57,6 +57,12 @@ def pyannote_telemetry_off_unless_asked() -> None:
     Before pyannote.audio is imported (it reads the variable then): by the command line before every command,
     and by the diarizer before each path that imports it, so that the Python API is covered too."""
     os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "0")
+
+
+def cuda_counts_by_pci_bus(environ: MutableMapping[str, str] = os.environ) -> None:
+    """CUDA numbers GPUs fastest first, NVML and nvidia-smi by PCI bus: with CUDA_DEVICE_ORDER=PCI_BUS_ID (unless
+    the user set another), CUDA_VISIBLE_DEVICES=1 and `doctor`'s gpu1 mean the same GPU. Before CUDA starts."""
+    environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
 
 
 THREAD_POOL_ENV_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")

@@ -64,6 +64,8 @@ def load_models(config: PipelineConfig) -> LoadedModels:
     # how-it-runs.md), and CTranslate2 keeps every core for the ASR.
     limit_thread_pools(runtime.threads)
     torch.set_num_threads(1 if runtime.device == "cpu" else runtime.threads)
+    if runtime.device.startswith("cuda"):
+        fix_gpu_numerics(torch)
     # The models are millions of long-lived objects: out of the garbage collector's way, so that its full
     # collections (automatic, and any a library runs) do not walk them all every time.
     gc.freeze()
@@ -78,10 +80,26 @@ def load_models(config: PipelineConfig) -> LoadedModels:
     return LoadedModels(vad, recognizer, sizer, finisher, round(time.perf_counter() - started, 3))
 
 
+def fix_gpu_numerics(torch: Any) -> None:
+    """TF32 off for the whole run, once: pyannote turns it off when it first runs on CUDA (its VAD and diarization
+    ask for full float32), and cuDNN's default is on, so the alignment of the files before the first diarized one
+    would differ from the files after it. Off is pyannote's choice (reproducible results, accuracy)."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+
+
 def _load_recognizer(config: PipelineConfig) -> WhisperRecognizer:
     from batch.engine.asr.recognizer import load_recognizer
 
     runtime, asr, hub = config.runtime, config.asr, config.hub
+    if runtime.device.startswith("cuda"):
+        from batch.common.advice import cublas_fix
+        from batch.engine.gpu.device import CUBLAS_LIBRARY, load_cublas
+
+        # CTranslate2 loads cuBLAS by name when it first runs; found here, from PyTorch's wheels if need be.
+        problem = load_cublas()
+        if problem is not None:
+            raise EnvironmentProblem(f"{CUBLAS_LIBRARY} cannot be loaded for the ASR: {problem}. Fix: {cublas_fix()}")
     try:
         return load_recognizer(
             asr.model, runtime.device, runtime.compute_type, runtime.threads, hub.cache_dir, hub.offline, asr.decoding

@@ -29,6 +29,7 @@ from batch.engine.asr.chunks import ChunkQueue, FileInFlight
 from batch.engine.asr.recognizer import WINDOW_SAMPLES, Recognized, WhisperRecognizer
 from batch.engine.audio import SAMPLE_RATE
 from batch.engine.config import PipelineConfig
+from batch.engine.gpu.oom import raise_if_context_lost
 from batch.engine.loading import load_models
 from batch.engine.pipeline import DecodedFile, FileOutcome, PipelineStats
 from batch.engine.vad.speech import SpeechChunk
@@ -153,6 +154,7 @@ class WhisperxPipeline:
         except BatchError:
             raise
         except Exception as exc:
+            raise_if_context_lost(exc)
             return FileOutcome(file, error=exc)
         if not chunks:
             return FileOutcome(file, transcribed=True, language=language, language_probability=probability)
@@ -203,6 +205,7 @@ class WhisperxPipeline:
         except BatchError:
             raise
         except Exception as exc:  # alignment or diarization broke on this file: it fails alone, unwritten
+            raise_if_context_lost(exc)
             outcome.transcribed, outcome.error = False, exc
         self._stats.gpu_records.extend(record for stage, record in outcome.gpu.items() if stage != "asr")
         return outcome

@@ -13,10 +13,21 @@ import pytest
 
 import batch.cli.doctor.models as doctor_models
 import batch.engine.gpu.device as device
+from batch.cli.doctor.cuda import device_checks
 from batch.common.advice import advice_for
-from batch.engine.gpu.device import CUDNN_OPS_LIBRARY, GpuFacts, device_checks
+from batch.engine.gpu.device import CUBLAS_LIBRARY, GpuFacts
 from tests.conftest import ENGLISH, speak
 from tests.nvml_fakes import FakeGpu, FakeNvml, machine, uuid
+
+
+def real_cublas_error() -> str:
+    """This machine's real loader error for cuBLAS 12 by name, in a process that has not imported PyTorch (whose
+    CUDA build loads its own copy): pip keeps it in site-packages/nvidia/cublas/lib, off the loader's path."""
+    load = f"import ctypes\ntry:\n    ctypes.CDLL({CUBLAS_LIBRARY!r})\nexcept OSError as exc:\n    print(exc)"
+    error = subprocess.run([sys.executable, "-c", load], capture_output=True, text=True, check=True).stdout.strip()
+    assert CUBLAS_LIBRARY in error, error
+    return error
+
 
 H100 = GpuFacts(
     driver_version="570.124.06",
@@ -53,7 +64,8 @@ def test_this_cpu_machine_is_ready_for_a_cpu_run(cli, job: tuple[Path, Path], ti
     result = cli("doctor", source, "--out", out, "--model", tiny_en, "--device", "cpu", env=env)
     assert result.exit_code == 0, result.stdout
     table = rows(result.stdout)
-    assert table["nvidia driver"][0] == "skip" and table["cuda"][0] == "skip" and table["cudnn"][0] == "skip"
+    assert table["nvidia driver"][0] == "skip" and table["cuda"][0] == "skip" and table["cublas"][0] == "skip"
+    assert "information only" in table["cudnn"][1]
     assert table["decoder"][0] == "ok" and "PyAV" in table["decoder"][1]
     assert table["ffmpeg"][0] == "ok"
     assert table["asr model"] == ("ok", f"{tiny_en} (local folder)")
@@ -73,7 +85,8 @@ def test_asking_for_cuda_without_a_gpu_stops_with_what_to_do(cli, job: tuple[Pat
     table = rows(result.stdout)
     assert table["nvidia driver"][0] == "fail" and table["cuda"][0] == "fail"
     assert "--gpus all" in result.stdout and "--device cpu" in result.stdout
-    assert result.stdout.splitlines()[-1] == "doctor: 3 problem(s) would stop a run (exit 3)"
+    assert table["cublas"][0] == "skip"  # without a device there is nothing to load it for
+    assert result.stdout.splitlines()[-1] == "doctor: 2 problem(s) would stop a run (exit 3)"
 
 
 def test_auto_on_a_cpu_machine_warns_and_still_passes(cli, tiny_en: str) -> None:
@@ -84,24 +97,39 @@ def test_auto_on_a_cpu_machine_warns_and_still_passes(cli, tiny_en: str) -> None
     assert table["source"] == ("skip", "not given") and table["dest"] == ("skip", "not given")
 
 
-def test_a_gpu_whose_cudnn_ctranslate2_cannot_find_fails_with_the_exact_fix(
+def test_a_gpu_whose_cublas_ctranslate2_cannot_load_fails_with_the_exact_fix(
     cli, tiny_en: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # This machine's real cuDNN failure (PyTorch's wheel keeps cuDNN off the loader's path), on a faked GPU.
-    real = device.probe_gpu()
-    assert real.cudnn_error is not None and CUDNN_OPS_LIBRARY in real.cudnn_error
-    monkeypatch.setattr(device, "probe_gpu", lambda: dataclasses.replace(H100, cudnn_error=real.cudnn_error))
+    # This machine's real loader failure for cuBLAS 12 by name, on a faked GPU.
+    error = real_cublas_error()
+    monkeypatch.setattr(device, "probe_gpu", lambda: dataclasses.replace(H100, cublas_error=error))
 
-    result = cli("doctor", "--model", tiny_en, "--no-align")
+    auto = cli("doctor", "--model", tiny_en, "--no-align")
+    assert auto.exit_code == 0 and rows(auto.stdout)["cublas"][0] == "warn"  # the run would use the CPU
+    result = cli("doctor", "--model", tiny_en, "--no-align", "--device", "cuda")
     assert result.exit_code == 3
-    assert rows(result.stdout)["cudnn"][0] == "fail"
+    assert rows(result.stdout)["cublas"][0] == "fail"
+    assert rows(result.stdout)["cudnn"][0] == "ok"  # information only: no stage loads it by name
     fix = next(line for line in result.stdout.splitlines() if "export LD_LIBRARY_PATH=" in line)
     library_path = fix.split("export LD_LIBRARY_PATH=")[1].split(":$LD_LIBRARY_PATH")[0]
 
-    # The advice works: with it, the library loads in a fresh process.
-    load = f"import torch, ctypes; ctypes.CDLL({CUDNN_OPS_LIBRARY!r})"
+    # The advice works: with it, the library loads by name in a fresh process that has not imported PyTorch.
+    load = f"import ctypes; ctypes.CDLL({CUBLAS_LIBRARY!r})"
     env = {**os.environ, "LD_LIBRARY_PATH": library_path}
     assert subprocess.run([sys.executable, "-c", load], env=env, capture_output=True).returncode == 0
+
+
+def test_cublas_is_made_loadable_by_name_for_ctranslate2_without_ld_library_path() -> None:
+    """A pip install: cuBLAS 12 is off the loader's path, yet after load_cublas CTranslate2's way of loading it
+    (by name) works, in a fresh process that has not imported PyTorch and has no LD_LIBRARY_PATH."""
+    real_cublas_error()  # by name alone it fails here
+    code = (
+        "import ctypes\nfrom batch.engine.gpu.device import load_cublas, CUBLAS_LIBRARY\n"
+        "assert load_cublas() is None\nctypes.CDLL(CUBLAS_LIBRARY)\nprint('loaded')"
+    )
+    env = {key: value for key, value in os.environ.items() if key != "LD_LIBRARY_PATH"}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == "loaded", result.stderr
 
 
 def test_a_healthy_gpu_machine_is_ready(cli, tiny_en: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -113,27 +141,30 @@ def test_a_healthy_gpu_machine_is_ready(cli, tiny_en: str, monkeypatch: pytest.M
     checks = {check["name"]: check for check in document["checks"]}
     assert checks["nvidia driver"]["detail"] == "570.124.06 (CUDA 12.8), 1 GPU: NVIDIA H100 80GB HBM3 (80 GiB)"
     assert checks["cuda"]["status"] == "ok" and "the run uses cuda" in checks["cuda"]["detail"]
-    assert checks["cudnn"] == {
-        "name": "cudnn",
+    assert checks["cublas"] == {
+        "name": "cublas",
         "status": "ok",
-        "detail": "cuDNN 9.10.2: libcudnn_ops.so.9 loads",
+        "detail": "libcublas.so.12 loads, as CTranslate2 loads it",
         "fix": None,
     }
+    assert checks["cudnn"]["status"] == "ok" and checks["cudnn"]["detail"].startswith("cuDNN 9.10.2, PyTorch's own")
 
 
 @pytest.mark.parametrize(
     ("facts", "device", "statuses"),
     [
-        (dataclasses.replace(H100, driver_cuda="11.8"), "auto", ("warn", "ok", "ok")),
-        (dataclasses.replace(H100, driver_cuda="11.8"), "cuda", ("fail", "ok", "ok")),
-        (dataclasses.replace(H100, driver_cuda="12.4"), "cuda", ("warn", "ok", "ok")),
+        (dataclasses.replace(H100, driver_cuda="11.8"), "auto", ("warn", "ok", "ok", "ok")),
+        (dataclasses.replace(H100, driver_cuda="11.8"), "cuda", ("fail", "ok", "ok", "ok")),
+        (dataclasses.replace(H100, driver_cuda="12.4"), "cuda", ("warn", "ok", "ok", "ok")),
         (
-            GpuFacts(nvml_error="NVML Shared Library Not Found", torch_cuda_build="12.8", cudnn_error="x"),
+            GpuFacts(nvml_error="NVML Shared Library Not Found", torch_cuda_build="12.8"),
             "cpu",
-            ("skip",) * 3,
+            ("skip",) * 4,
         ),
-        (GpuFacts(torch_cuda_build=None, cudnn_error="x"), "cuda", ("fail", "fail", "fail")),
-        (dataclasses.replace(H100, ctranslate2_devices=0, torch_error=None), "auto", ("ok", "warn", "ok")),
+        (GpuFacts(torch_cuda_build=None), "cuda", ("fail", "fail", "skip", "skip")),
+        (dataclasses.replace(H100, ctranslate2_devices=0, torch_error=None), "auto", ("ok", "warn", "ok", "ok")),
+        (dataclasses.replace(H100, cublas_error="cannot open"), "auto", ("ok", "ok", "warn", "ok")),
+        (dataclasses.replace(H100, cublas_error="cannot open"), "cuda", ("ok", "ok", "fail", "ok")),
     ],
 )
 def test_device_rows_follow_what_device_asks(facts: GpuFacts, device: str, statuses: tuple[str, ...]) -> None:
@@ -287,11 +318,11 @@ def test_an_unknown_failure_gets_no_made_up_advice() -> None:
 def test_a_gpu_that_cannot_run_falls_back_to_the_cpu_on_auto_and_stops_on_cuda(
     cli, tmp_path: Path, tiny_en: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A CUDA build whose cuDNN 9 cannot be loaded (this machine's real loader error, on a faked GPU at the probe
+    """A CUDA build whose cuBLAS 12 cannot be loaded (this machine's real loader error, on a faked GPU at the probe
     seam): `auto` warns with doctor's fix and transcribes on the CPU; `cuda` stops (exit 3) before any model,
     with the same fix."""
-    real = device.probe_gpu()
-    monkeypatch.setattr(device, "probe_gpu", lambda: dataclasses.replace(H100, cudnn_error=real.cudnn_error))
+    error = real_cublas_error()
+    monkeypatch.setattr(device, "probe_gpu", lambda: dataclasses.replace(H100, cublas_error=error))
     source = tmp_path / "in"
     speak(ENGLISH, source / "call.wav")
 
@@ -304,7 +335,7 @@ def test_a_gpu_that_cannot_run_falls_back_to_the_cpu_on_auto_and_stops_on_cuda(
 
     cuda = cli("run", source, "--out", tmp_path / "cuda", "--model", tiny_en, "--no-align", "--device", "cuda")
     assert cuda.exit_code == 3
-    assert "device cuda was asked for but CUDA cannot run here: cudnn: libcudnn_ops.so.9 cannot be loaded" in (
+    assert "device cuda was asked for but CUDA cannot run here: cublas: libcublas.so.12 cannot be loaded" in (
         cuda.stderr
     )
     assert "export LD_LIBRARY_PATH=" in cuda.stderr and "models loaded" not in cuda.stderr
@@ -322,7 +353,7 @@ def test_auto_on_a_healthy_gpu_picks_cuda_and_cuda_without_a_driver_says_what_to
     assert resolve_device("auto") == "cpu"
     with pytest.raises(EnvironmentProblem, match="--gpus all") as stopped:
         resolve_device("cuda")
-    assert "cudnn" not in str(stopped.value)
+    assert "cublas" not in str(stopped.value)  # no GPU to run on: the libraries are beside the point
 
 
 def test_silero_is_checked_where_the_run_loads_it_offline(cli, tiny_en: str) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from batch.common.errors import describe, redact, register_secret
-from batch.common.runtime import available_cpus, package_versions
+from batch.common.runtime import available_cpus, cuda_counts_by_pci_bus, package_versions
 from batch.engine.gpu.device import default_compute_type
 from tests.conftest import ENGLISH, speak
 
@@ -35,8 +35,42 @@ def test_cgroup_v1_quota_caps_threads(tmp_path: Path) -> None:
 
 
 def test_compute_type_defaults() -> None:
-    assert default_compute_type("cuda") == "float16"
+    assert default_compute_type("cuda") == "float16"  # CTranslate2 cannot tell without a GPU: the usual choice
     assert default_compute_type("cpu") == "int8"
+
+
+def test_the_cuda_compute_type_is_the_best_that_ctranslate2_says_this_gpu_runs() -> None:
+    """CTranslate2's list is the seam: an sm_61 card (GTX 10xx, P40) is offered no float16."""
+    volta_and_newer = {"float32", "int8", "int8_float32", "int8_float16", "float16", "bfloat16", "int8_bfloat16"}
+    assert default_compute_type("cuda", lambda device: volta_and_newer) == "float16"
+    assert default_compute_type("cuda", lambda device: {"float32", "int8", "int8_float32"}) == "int8_float32"
+    assert default_compute_type("cuda", lambda device: {"float32"}) == "float32"
+    asked = []
+    default_compute_type("cuda", lambda device: asked.append(device) or {"float16"})
+    assert asked == ["cuda"]
+
+
+def test_cuda_counts_gpus_by_pci_bus_unless_the_user_chose(monkeypatch: pytest.MonkeyPatch) -> None:
+    environ: dict[str, str] = {}
+    cuda_counts_by_pci_bus(environ)
+    assert environ == {"CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+    chosen = {"CUDA_DEVICE_ORDER": "FASTEST_FIRST"}
+    cuda_counts_by_pci_bus(chosen)
+    assert chosen == {"CUDA_DEVICE_ORDER": "FASTEST_FIRST"}
+
+
+def test_tf32_is_off_for_the_whole_run_on_cuda() -> None:
+    import torch
+
+    from batch.engine.loading import fix_gpu_numerics
+
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        fix_gpu_numerics(torch)
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def test_versions_name_the_key_packages() -> None:

@@ -176,6 +176,28 @@ def test_a_bad_file_in_a_shared_batch_fails_alone(tiny_en: str, short_calls: lis
         assert outcomes[key].transcribed and outcomes[key].error is None and text_of(outcomes[key])
 
 
+def test_a_sticky_cuda_error_stops_the_engine_rather_than_failing_every_file_after_it(
+    tiny_en: str, short_calls: list[np.ndarray]
+) -> None:
+    """An illegal memory access poisons the CUDA context: no later file could run, so the engine raises
+    CudaContextLost (a worker exits and a fresh one takes its files; an in-process run stops, nothing written)."""
+    from batch.engine.gpu.oom import CudaContextLost
+
+    engine = engine_for(tiny_en)
+    engine.load()
+    poisoned = short_calls[2]
+
+    def recognize(chunks: Sequence[Chunk]) -> list[Recognized]:
+        if any(np.shares_memory(chunk.audio, poisoned) for chunk in chunks):
+            raise RuntimeError("CUDA failed with error an illegal memory access was encountered")
+        return real(chunks)
+
+    real = engine.recognizer.recognize  # type: ignore[union-attr]
+    engine.recognizer.recognize = recognize  # type: ignore[union-attr]
+    with pytest.raises(CudaContextLost, match="illegal memory access"):
+        run(engine, [decoded(f"call{i}", audio) for i, audio in enumerate(short_calls)])
+
+
 def test_a_shared_batch_out_of_memory_is_split_not_failed(tiny_en: str, short_calls: list[np.ndarray]) -> None:
     engine = engine_for(tiny_en, batch_size=6)
     engine.load()

@@ -133,7 +133,7 @@ def test_the_same_device_fault_in_a_row_stops_the_run_as_an_environment_error(
     job, engine = make_job(source, tmp_path / "out", tiny_en, batch_size=4)
 
     def broken_device(chunks: Sequence[Chunk]) -> list[Recognized]:
-        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        raise RuntimeError("CUDA error: CUBLAS_STATUS_EXECUTION_FAILED when calling `cublasSgemm( handle, ...)`")
 
     engine.recognizer.recognize = broken_device  # type: ignore[union-attr]
     report = job.run()
@@ -141,3 +141,25 @@ def test_the_same_device_fault_in_a_row_stops_the_run_as_an_environment_error(
     # Files of one shared batch fail together, so the count may pass 3 before the check runs; it says how many.
     assert re.match(r"the last [3-5] files failed with RuntimeError", report.error.message)
     assert 3 <= len(report.failed) < 6
+
+
+def test_a_lost_cuda_context_stops_an_in_process_run_at_once_with_no_file_failed(
+    tmp_path: Path, tiny_en: str, sample_wav: Path
+) -> None:
+    """A sticky CUDA error: nothing more can run in this process, so the run stops (exit 3) without failing the
+    file in hand or any other: none has a manifest, and the rerun (or the restarted pod) does them all."""
+    source = tmp_path / "in"
+    source.mkdir()
+    for index in range(4):
+        shutil.copy(sample_wav, source / f"call{index}.wav")
+    job, engine = make_job(source, tmp_path / "out", tiny_en, batch_size=4)
+
+    def lost_context(chunks: Sequence[Chunk]) -> list[Recognized]:
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    engine.recognizer.recognize = lost_context  # type: ignore[union-attr]
+    report = job.run()
+    assert report.exit_code == 3 and report.error is not None and report.error.type == "CudaContextLost"
+    assert "illegal memory access" in report.error.message
+    assert not report.failed and not report.succeeded
+    assert not list((tmp_path / "out").glob("*.manifest.json"))

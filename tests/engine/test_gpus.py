@@ -133,6 +133,23 @@ def test_a_gpu_whose_name_cannot_be_read_is_still_listed_by_uuid() -> None:
     assert visible_gpus(None, nvml) == [VisibleGpu(0, A.uuid), VisibleGpu(1, B.uuid)]
 
 
+def test_a_gpu_this_process_may_not_open_is_left_out_not_the_end_of_the_listing() -> None:
+    nvml = FakeNvml(A, B, C)
+    nvml.forbidden.add(1)  # a cgroup-restricted host: NVML shows it, opening it is refused
+    assert [gpu.uuid for gpu in visible_gpus(None, nvml)] == [A.uuid, C.uuid]
+    assert nvml.sessions == 0
+
+
+def test_the_driver_reading_names_each_gpu_it_may_open() -> None:
+    from batch.engine.gpu.nvml import DriverReading, read_driver
+
+    nvml = FakeNvml(A, C)
+    nvml.forbidden.add(0)
+    reading = read_driver(nvml)
+    assert reading == DriverReading("570.124.06", "12.8", ("NVIDIA L4 (24 GiB)",))
+    assert nvml.sessions == 0
+
+
 def test_no_driver_no_library_or_nvml_failing_says_why() -> None:
     with pytest.raises(GpusUnavailable, match=r"NVML cannot start \(no NVIDIA driver visible\?\): NVML Shared"):
         visible_gpus(None, FakeNvml(A, driver=False))

@@ -105,6 +105,13 @@ def test_the_cuda_runtime_uuid_decides_before_cuda_visible_devices() -> None:
     assert mapped(0, "1", cuda_uuid="ffffffff-0000-0000-0000-000000000000") == B.uuid  # unknown: fall back
 
 
+def test_a_mig_instance_named_in_cuda_visible_devices_is_sized_as_itself_whatever_the_runtime_says() -> None:
+    # The runtime's identity of a MIG instance is its GPU's (the PCI address; the UUID on some drivers): the
+    # instance's own UUID in CUDA_VISIBLE_DEVICES decides, so the batch sizer reads its slice of memory.
+    visible = "MIG-22222222-0000-0000-0000-000000000000"
+    assert mapped(0, visible, cuda_uuid="dddd4444-0000-0000-0000-000000000000", cuda_pci=(0, 0x86, 0)) == M2.uuid
+
+
 def test_the_pci_address_decides_when_no_uuid_is_known_unless_mig_shares_it() -> None:
     assert mapped(0, None, cuda_pci=(0, 0x5E, 0)) == C.uuid
     assert mapped(0, "1", cuda_pci=(0, 0x86, 0)) == B.uuid  # a MIG-split GPU: ambiguous, the list decides

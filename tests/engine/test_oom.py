@@ -12,16 +12,20 @@ from collections.abc import Iterator, Sequence
 import pytest
 import torch
 
+from batch.common.advice import advice_for
 from batch.common.errors import FileFailure
 from batch.common.units import GiB, MiB
 from batch.engine.gpu.oom import (
     BatchedStage,
     BatchOutOfMemory,
+    CudaContextLost,
     GpuOutOfMemory,
     StageMemoryRecord,
+    is_context_lost,
     is_out_of_memory,
     map_in_batches,
     merge_records,
+    raise_if_context_lost,
     run_with_oom_backoff,
 )
 from batch.engine.gpu.sizing import BatchSizer
@@ -129,6 +133,51 @@ def test_out_of_memory_is_found_down_an_exception_chain() -> None:
     assert is_out_of_memory(RuntimeError("CUBLAS_STATUS_ALLOC_FAILED when calling cublasCreate(handle)"))
     assert not is_out_of_memory(RuntimeError("CUDA error: device-side assert triggered"))
     assert not is_out_of_memory(MemoryError())
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # PyTorch's wording when cublasCreate fails on a full GPU (a new thread's first matmul)
+        "CUDA error: CUBLAS_STATUS_NOT_INITIALIZED when calling `cublasCreate(handle)`",
+        "cuDNN error: CUDNN_STATUS_ALLOC_FAILED",
+        "cuDNN error: CUDNN_STATUS_NOT_INITIALIZED",
+        "cuDNN error: CUDNN_STATUS_INTERNAL_ERROR",
+        "CUDA failed with error out of memory",  # CTranslate2's
+    ],
+)
+def test_the_libraries_out_of_memory_texts_are_backed_off_from(text: str) -> None:
+    assert is_out_of_memory(RuntimeError(text))
+    assert advice_for(text) is not None and "ran out of memory" in advice_for(text)  # type: ignore[operator]
+
+    def call(size: int) -> int:
+        if size > 2:
+            raise RuntimeError(text)
+        return size
+
+    result, record = run_with_oom_backoff("asr", sizer(None, ceiling=8), call, free_caches=lambda: None)
+    assert result == 2 and record.oom_retries == 2
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "CUDA error: an illegal memory access was encountered",
+        "CUDA error: device-side assert triggered",
+        "CUDA error: unspecified launch failure",
+        "CUDA failed with error an illegal memory access was encountered",  # CTranslate2's
+        "CUDA error: misaligned address",
+    ],
+)
+def test_a_sticky_cuda_error_is_a_lost_context_found_down_the_chain(text: str) -> None:
+    wrapped = ValueError("alignment with wav2vec2 failed")
+    wrapped.__cause__ = RuntimeError(text)  # as `raise ValueError(...) from inner` leaves it
+    assert is_context_lost(wrapped) and not is_out_of_memory(wrapped)
+    with pytest.raises(CudaContextLost, match="the CUDA context is lost") as lost:
+        raise_if_context_lost(wrapped)
+    assert lost.value.exit_code == 3 and lost.value.__cause__ is wrapped
+    raise_if_context_lost(RuntimeError("CUDA out of memory"))  # not sticky: nothing raised
+    assert not is_context_lost(RuntimeError("invalid data found when processing input"))
 
 
 def test_the_peak_during_a_batch_is_measured_and_corrects_the_estimate() -> None:

@@ -101,6 +101,20 @@ def test_a_worker_killed_mid_batch_hands_its_files_to_another(calls: Path, tmp_p
     assert all(m.status == "succeeded" for m in manifests(out).values()) and len(manifests(out)) == 12
 
 
+def test_a_worker_whose_cuda_context_is_lost_exits_and_a_fresh_one_does_its_files(calls: Path, tmp_path: Path) -> None:
+    """A sticky CUDA error poisons the worker's context: it exits (not a FATAL that stops the run), the pool starts
+    a fresh worker, and the files it held are done by the workers, each once."""
+    out = tmp_path / "out"
+    marker = tmp_path / "lost"
+    environ = {"FAKE_CONTEXT_LOST_ONCE": str(marker), "FAKE_BATCH_SECONDS": "0.1"}
+    report = pool_job(calls, out, [environ, environ]).run()
+    held = marker.read_text().split(",")
+    assert held and all(key in report.succeeded for key in held)
+    assert report.exit_code == 0 and len(report.succeeded) == 12 and not report.failed
+    assert sum(w.restarts for w in report.workers) == 1
+    assert all(m.status == "succeeded" for m in manifests(out).values()) and len(manifests(out)) == 12
+
+
 def test_a_file_that_kills_two_workers_fails_alone(calls: Path, tmp_path: Path) -> None:
     tone(calls / "poison.wav")
     out = tmp_path / "out"

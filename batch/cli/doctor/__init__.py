@@ -2,19 +2,19 @@
 
 Each check returns a Check (ok, warn, fail or skip). `fail` marks what would stop a run (exit 3); `warn`
 what would let it run worse than asked (the CPU instead of a GPU, a model downloaded on first use).
-Known failure modes (cuDNN not found, no CUDA device, torch.load weights_only refusals, gated models, an
+Known failure modes (cuBLAS not found, no CUDA device, torch.load weights_only refusals, gated models, an
 offline cache without the model) are turned into one line that says what to do, by `advice_for`.
 
 The GPU and the Hub are reached through two seams, `probe_gpu` and `hub_access`, so that tests can stand
 in for a GPU machine or a gated repository. No secret is ever printed: the token is said to be present,
 and from where, never what it is.
 
-The checks live in modules by what they look at: `batch.engine.gpu.device` (the NVIDIA driver, CUDA, cuDNN, judged
-as a run judges them; the seam `probe_gpu`), `gpus` (each GPU NVML lists, and the workers `--gpus` would start),
-`models` (the models and the Hugging Face token; the seam `batch.cli.doctor.models.hub_access`), `places` (SOURCE,
-DEST and the model cache), `system` (versions, CPUs, the decoder, ffmpeg). `batch.common.advice` holds the Check
-row and the known failure modes (`advice_for`). GPUs are listed through NVML, which tests replace with a fake
-module (tests/nvml_fakes.py).
+The checks live in modules by what they look at: `cuda` (the NVIDIA driver, CUDA, cuBLAS and cuDNN, judged as
+a run judges them by `batch.engine.gpu.device`, whose `probe_gpu` is the seam), `gpus` (each GPU NVML lists, and
+the workers `--gpus` would start), `models` (the models and the Hugging Face token; the seam
+`batch.cli.doctor.models.hub_access`), `places` (SOURCE, DEST and the model cache), `system` (versions, CPUs, the
+decoder, ffmpeg). `batch.common.advice` holds the Check row and the known failure modes (`advice_for`). GPUs are
+listed through NVML, which tests replace with a fake module (tests/nvml_fakes.py).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import asdict
 
-from batch.cli.doctor import gpus, models, places, system
+from batch.cli.doctor import cuda, gpus, models, places, system
 from batch.common.advice import Check
 from batch.common.errors import EXIT_ENVIRONMENT, EXIT_OK, redact
 from batch.engine.gpu import device
@@ -41,7 +41,7 @@ def run_doctor(settings: Settings) -> list[Check]:
     token, token_check = models.token_status(settings)
     checks = [system.versions_check(), system.cpus_check()]
     facts = device.probe_gpu()
-    checks += device.device_checks(facts, settings.device)
+    checks += cuda.device_checks(facts, settings.device)
     checks += gpus.gpu_checks(settings, device.gpu_problem(facts))
     checks += [system.decoder_check(), system.ffmpeg_check()]
     checks += models.model_checks(settings, token)

@@ -17,6 +17,7 @@ from typing import Any
 from batch.common.errors import BatchError
 from batch.engine.asr.recognizer import Chunk, Recognized, WhisperRecognizer
 from batch.engine.audio import SAMPLE_RATE
+from batch.engine.gpu.oom import raise_if_context_lost
 from batch.engine.pipeline import DecodedFile, PipelineStats
 from batch.engine.vad.speech import SpeechChunk
 
@@ -85,6 +86,7 @@ class ChunkQueue:
         except BatchError:
             raise
         except Exception as exc:
+            raise_if_context_lost(exc)  # every file would fail after it: the process must go
             if len(owners) == 1:
                 owners[0].error = exc
             else:  # a bad file in a shared batch fails alone: read each file's chunks on their own
@@ -102,6 +104,7 @@ class ChunkQueue:
         except BatchError:
             raise
         except Exception as exc:
+            raise_if_context_lost(exc)
             owner.error = exc
 
     def _recognize(self, batch: list[_Item]) -> None:

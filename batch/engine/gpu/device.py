@@ -1,7 +1,14 @@
-"""Which device the models run on: the NVIDIA driver, CUDA and cuDNN, from what NVML, PyTorch and CTranslate2 say,
-judged as the run needs them (`resolve_device`) and as the doctor shows them (`device_checks`).
+"""Which device the models run on, judged by what the stages really load on CUDA.
 
-`probe_gpu` is the seam through which they see the GPU, so that tests can stand in for a GPU machine.
+PyTorch (VAD, alignment, diarization) brings its CUDA libraries and finds them itself, cuDNN included (loaded
+lazily, by path, from its own wheels). CTranslate2 (the ASR; 4.x CUDA 12 builds) links no CUDA library: when it
+first runs on CUDA it loads `libcuda.so.1` (the driver) and `libcublas.so.12` by name, and no cuDNN. A run on
+cuda therefore needs the driver, a CUDA device for PyTorch and for CTranslate2, and cuBLAS 12 where the loader
+finds it: `load_cublas` makes sure of the last, from the copy PyTorch's wheels carry when it is off the loader's
+path (pip installs it in site-packages/nvidia/cublas/lib). cuDNN is only reported (the doctor's information row).
+
+`probe_gpu` is the seam through which the run and the doctor see the GPU, so that tests can stand in for a GPU
+machine; `cuda_problems` says what stops CUDA here, each with its fix, and `resolve_device` decides.
 """
 
 from __future__ import annotations
@@ -9,13 +16,19 @@ from __future__ import annotations
 import ctypes
 import logging
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from batch.common.advice import NO_DRIVER_FIX, Check, Status, _cudnn_fix, advice_for
+from batch.common.advice import NO_DRIVER_FIX, advice_for, cublas_fix, pip_nvidia_lib_dirs
 from batch.common.errors import EnvironmentProblem
+from batch.engine.gpu.nvml import NvmlUnavailable, read_driver
 
-# The cuDNN library CTranslate2 (cuDNN 9 builds) loads by name when it first runs on CUDA.
-CUDNN_OPS_LIBRARY = "libcudnn_ops.so.9"
+# What CTranslate2 (CUDA 12 builds, 4.x) loads by name when it first runs on CUDA, besides the driver.
+CUBLAS_LIBRARY = "libcublas.so.12"
+# Reported only: PyTorch loads its cuDNN itself, and CTranslate2 4.x loads none.
+CUDNN_LIBRARY = "libcudnn_ops.so.9"
+
+CPU_TORCH_FIX = "install PyTorch's CUDA build (the default on PyPI for Linux x86_64), or use the project's image"
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +45,21 @@ class GpuFacts:
     torch_devices: int = 0
     torch_error: str | None = None
     ctranslate2_devices: int = 0
-    cudnn_version: str | None = None
-    cudnn_error: str | None = None  # why CUDNN_OPS_LIBRARY could not be loaded
+    cublas_error: str | None = None  # why CUBLAS_LIBRARY cannot be loaded as CTranslate2 loads it
+    cudnn_version: str | None = None  # the cuDNN PyTorch carries
 
     @property
     def usable(self) -> bool:
-        return self.torch_devices > 0 and self.ctranslate2_devices > 0
+        return self.torch_devices > 0 and self.ctranslate2_devices > 0 and self.cublas_error is None
+
+
+@dataclass(frozen=True)
+class CudaProblem:
+    """One thing that stops the models from running on CUDA here: which part, what is wrong, what to do."""
+
+    part: str  # "nvidia driver", "cuda" or "cublas": the doctor's row
+    detail: str
+    fix: str | None = None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -45,36 +67,22 @@ class GpuFacts:
 
 
 def probe_gpu() -> GpuFacts:
-    """Ask NVML, PyTorch and CTranslate2 about CUDA, and try loading cuDNN as CTranslate2 would."""
+    """Ask NVML, PyTorch and CTranslate2 about CUDA, and make cuBLAS 12 loadable as CTranslate2 needs it."""
     facts: dict[str, object] = {}
     facts.update(_probe_nvml())
     facts.update(_probe_torch())
     facts.update(_probe_ctranslate2())
-    facts.update(_probe_cudnn())
+    if facts.get("torch_devices"):  # without a device, CTranslate2 never loads cuBLAS
+        facts["cublas_error"] = load_cublas()
     return GpuFacts(**facts)  # type: ignore[arg-type]
 
 
 def _probe_nvml() -> dict[str, object]:
     try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        try:
-            cuda = pynvml.nvmlSystemGetCudaDriverVersion_v2()
-            gpus = []
-            for index in range(pynvml.nvmlDeviceGetCount()):
-                handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-                memory = pynvml.nvmlDeviceGetMemoryInfo(handle).total / 2**30
-                gpus.append(f"{_text(pynvml.nvmlDeviceGetName(handle))} ({memory:.0f} GiB)")
-            return {
-                "driver_version": _text(pynvml.nvmlSystemGetDriverVersion()),
-                "driver_cuda": f"{cuda // 1000}.{cuda % 1000 // 10}",
-                "gpus": tuple(gpus),
-            }
-        finally:
-            pynvml.nvmlShutdown()
-    except Exception as exc:
-        return {"nvml_error": str(exc) or type(exc).__name__}
+        driver = read_driver()
+    except NvmlUnavailable as exc:
+        return {"nvml_error": str(exc)}
+    return {"driver_version": driver.version, "driver_cuda": driver.cuda, "gpus": driver.gpus}
 
 
 def _probe_torch() -> dict[str, object]:
@@ -107,91 +115,97 @@ def _probe_ctranslate2() -> dict[str, object]:
         return {"ctranslate2_devices": 0}
 
 
-def _probe_cudnn() -> dict[str, object]:
-    # Loaded after PyTorch (as in a run), by name, the way CTranslate2 loads it.
+def load_cublas() -> str | None:
+    """Make CUBLAS_LIBRARY loadable by name, as CTranslate2 loads it; None when it is, else why not.
+
+    Tried by name first (the loader's path, or the copy PyTorch's CUDA build has already loaded), then from the
+    pip wheel's folder: a library loaded once by its full path is found by name afterwards (the loader matches
+    its soname), so CTranslate2 needs no LD_LIBRARY_PATH. Call it after PyTorch is imported, as a run does.
+    """
     try:
-        ctypes.CDLL(CUDNN_OPS_LIBRARY)
+        ctypes.CDLL(CUBLAS_LIBRARY, mode=ctypes.RTLD_GLOBAL)
+        return None
     except OSError as exc:
-        return {"cudnn_error": str(exc)}
-    return {}
-
-
-def _text(value: str | bytes) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+        by_name = str(exc)
+    for folder in pip_nvidia_lib_dirs("cublas"):
+        try:
+            ctypes.CDLL(str(folder / CUBLAS_LIBRARY), mode=ctypes.RTLD_GLOBAL)
+            return None
+        except OSError:
+            continue
+    return by_name
 
 
 # ---------------------------------------------------------------------------------------------------------
-# The checks
+# The judgement
 
 
-def device_checks(facts: GpuFacts, requested: str) -> list[Check]:
-    """NVIDIA driver, CUDA and cuDNN, judged by what --device asks: `cuda` needs them, `auto` falls back."""
-    missing: Status = {"cuda": "fail", "auto": "warn"}.get(requested, "skip")
-    uses_cuda = requested == "cuda" or (requested == "auto" and facts.usable)
-    checks = [_driver_check(facts, missing), _cuda_check(facts, requested, missing)]
-    if facts.cudnn_error is None:
-        version = f"cuDNN {facts.cudnn_version}: " if facts.cudnn_version else ""
-        checks.append(Check("cudnn", "ok", f"{version}{CUDNN_OPS_LIBRARY} loads"))
-    elif uses_cuda:
-        checks.append(
-            Check("cudnn", "fail", f"{CUDNN_OPS_LIBRARY} cannot be loaded: {facts.cudnn_error}", _cudnn_fix())
-        )
-    else:
-        checks.append(Check("cudnn", "skip", f"not needed on the CPU ({CUDNN_OPS_LIBRARY} not found: needed for CUDA)"))
-    return checks
+def cuda_problems(facts: GpuFacts) -> list[CudaProblem]:
+    """What stops the models from running on CUDA here; [] when nothing does."""
+    driver = driver_problem(facts)
+    problems = [driver] if driver is not None else []
+    if facts.torch_devices == 0:
+        problems.append(_torch_problem(facts, driver_visible=facts.driver_version is not None))
+    elif facts.ctranslate2_devices == 0:
+        problems.append(CudaProblem("cuda", "CTranslate2 sees no CUDA device (a CPU-only CTranslate2 build?)"))
+    elif facts.cublas_error is not None:
+        problems.append(CudaProblem("cublas", f"{CUBLAS_LIBRARY} cannot be loaded: {facts.cublas_error}", cublas_fix()))
+    return problems
 
 
-def gpu_problem(facts: GpuFacts) -> str | None:
-    """Why CUDA cannot run the models here, with what to do about it; None when it can."""
-    failed = [check for check in device_checks(facts, "cuda") if check.status == "fail"]
-    if not failed:
-        return None
-    if any(check.name != "cudnn" for check in failed):  # no GPU to run on: cuDNN is beside the point
-        failed = [check for check in failed if check.name != "cudnn"]
-    fix = next((check.fix for check in failed if check.fix), None)
-    problem = "; ".join(f"{check.name}: {check.detail}" for check in failed)
-    return f"{problem}. Fix: {fix}" if fix else problem
-
-
-def _driver_check(facts: GpuFacts, missing: Status) -> Check:
+def driver_problem(facts: GpuFacts) -> CudaProblem | None:
+    """The driver not visible, or of an older CUDA major than PyTorch's build (an older minor runs, through
+    CUDA's minor version compatibility: `driver_behind_minor`)."""
     if facts.driver_version is None:
-        reason = facts.nvml_error or "NVML found no driver"
-        return Check("nvidia driver", missing, f"not visible ({reason})", NO_DRIVER_FIX if missing != "skip" else None)
-    detail = f"{facts.driver_version} (CUDA {facts.driver_cuda}), {len(facts.gpus)} GPU: {', '.join(facts.gpus)}"
-    driver, built = _major_minor(facts.driver_cuda), _major_minor(facts.torch_cuda_build)
-    if driver and built and driver < built:
-        # An older minor release of the same major runs through CUDA's minor version compatibility; an older
-        # major does not run at all.
-        status: Status = missing if driver[0] < built[0] else "warn"
-        fix = advice_for("driver too old")
-        return Check("nvidia driver", status, f"{detail}; PyTorch was built for CUDA {facts.torch_cuda_build}", fix)
-    return Check("nvidia driver", "ok", detail)
+        return CudaProblem(
+            "nvidia driver", f"not visible ({facts.nvml_error or 'NVML found no driver'})", NO_DRIVER_FIX
+        )
+    driver, built = major_minor(facts.driver_cuda), major_minor(facts.torch_cuda_build)
+    if driver and built and driver[0] < built[0]:
+        detail = f"{driver_summary(facts)}; PyTorch was built for CUDA {facts.torch_cuda_build}"
+        return CudaProblem("nvidia driver", detail, advice_for("driver too old"))
+    return None
 
 
-def _cuda_check(facts: GpuFacts, requested: str, missing: Status) -> Check:
-    if facts.usable:
-        used = "the run uses cuda" if requested != "cpu" else "not used (--device cpu)"
-        detail = f"{facts.torch_devices} device(s) for PyTorch (CUDA {facts.torch_cuda_build}), "
-        return Check("cuda", "ok", detail + f"{facts.ctranslate2_devices} for CTranslate2; {used}")
+def driver_behind_minor(facts: GpuFacts) -> bool:
+    driver, built = major_minor(facts.driver_cuda), major_minor(facts.torch_cuda_build)
+    return bool(driver and built and driver[0] == built[0] and driver < built)
+
+
+def driver_summary(facts: GpuFacts) -> str:
+    return f"{facts.driver_version} (CUDA {facts.driver_cuda}), {len(facts.gpus)} GPU: {', '.join(facts.gpus)}"
+
+
+def _torch_problem(facts: GpuFacts, driver_visible: bool) -> CudaProblem:
     if facts.torch_cuda_build is None:
         reason = facts.torch_error or "PyTorch is a CPU-only build"
-        fix = "install PyTorch's CUDA build (the default on PyPI for Linux x86_64), or use the project's image"
+        fix: str | None = (
+            "install PyTorch's CUDA build (the default on PyPI for Linux x86_64), or use the project's image"
+        )
     else:
         reason = facts.torch_error or "no usable CUDA device"
-        # When the driver is not even visible, the driver row already says what to do.
-        fix = None if facts.driver_version is None else advice_for(reason) or advice_for("no usable CUDA device")
-    fallback = {"auto": "; the run uses the CPU (slow with large models)", "cpu": " (--device cpu)"}.get(requested, "")
-    detail = f"no usable device: {reason}; CTranslate2 sees {facts.ctranslate2_devices}{fallback}"
-    return Check("cuda", missing, detail, fix if missing != "skip" else None)
+        # When the driver is not even visible, the driver's problem already says what to do.
+        fix = (advice_for(reason) or advice_for("no usable CUDA device")) if driver_visible else None
+    return CudaProblem("cuda", f"no usable device: {reason}", fix)
 
 
-def _major_minor(version: str | None) -> tuple[int, ...]:
+def major_minor(version: str | None) -> tuple[int, ...]:
     return tuple(int(part) for part in re.findall(r"\d+", version or "")[:2])
 
 
+def gpu_problem(facts: GpuFacts) -> str | None:
+    """Why CUDA cannot run the models here, with what to do about it, in one line; None when it can."""
+    problems = cuda_problems(facts)
+    if not problems:
+        return None
+    fix = next((problem.fix for problem in problems if problem.fix), None)
+    text = "; ".join(f"{problem.part}: {problem.detail}" for problem in problems)
+    return f"{text}. Fix: {fix}" if fix else text
+
+
 def resolve_device(requested: str) -> str:
-    """`auto` -> cuda when CUDA and cuDNN can run the models, else cpu: with a warning and the fix when a GPU is
-    there but cannot be used (cuDNN 9 not found, a driver too old). `cuda` that cannot run is exit 3, with the fix.
+    """`auto` -> cuda when CUDA can run the models, else cpu: with a warning and the fix when a GPU is there but
+    cannot be used (cuBLAS 12 not found, a driver too old). `cuda` that cannot run is exit 3, with the fix.
     """
     if requested == "cpu":
         return "cpu"
@@ -211,8 +225,24 @@ def resolve_device(requested: str) -> str:
     return "cpu"
 
 
-def default_compute_type(device: str) -> str:
-    return "float16" if device == "cuda" else "int8"
+# On CUDA, the first of these that CTranslate2 says this GPU runs: float16 needs compute capability 5.3 (and is
+# refused on 6.1, whose float16 is slow); int8_float32 runs wherever int8 does; float32 everywhere.
+CUDA_COMPUTE_TYPES = ("float16", "int8_float16", "int8_float32", "float32")
+
+
+def default_compute_type(device: str, supported: Callable[[str], Iterable[str]] | None = None) -> str:
+    """int8 on the CPU; on CUDA the best type this GPU runs (`supported`: CTranslate2's list, the seam)."""
+    if not device.startswith("cuda"):
+        return "int8"
+    try:
+        if supported is None:
+            import ctranslate2
+
+            supported = ctranslate2.get_supported_compute_types
+        available = set(supported("cuda"))
+    except Exception:  # CTranslate2 cannot tell: the device check has said what is wrong
+        return "float16"
+    return next((kind for kind in CUDA_COMPUTE_TYPES if kind in available), "float32")
 
 
 # CTranslate2 picks a compute type the device supports for these.

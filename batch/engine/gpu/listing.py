@@ -25,6 +25,7 @@ from batch.engine.gpu.nvml import (
     NvmlUnavailable,
     import_pynvml,
     list_nvml_devices,
+    name_and_memory,
     parse_visible_devices,
 )
 
@@ -95,13 +96,8 @@ def _usable(devices: Sequence[NvmlDevice], listed: list[int] | list[str] | None)
 
 
 def _described(nvml: ModuleType, number: int, device: NvmlDevice) -> VisibleGpu:
-    try:
-        handle = nvml.nvmlDeviceGetHandleByUUID(device.uuid)
-        name = nvml.nvmlDeviceGetName(handle)
-        memory = int(nvml.nvmlDeviceGetMemoryInfo(handle).total)
-    except nvml.NVMLError:
-        return VisibleGpu(number, device.uuid)
-    return VisibleGpu(number, device.uuid, name.decode() if isinstance(name, bytes) else name, memory)
+    name, memory = name_and_memory(nvml, device.uuid)
+    return VisibleGpu(number, device.uuid, name, memory)
 
 
 def select_gpus(

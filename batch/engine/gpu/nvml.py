@@ -1,5 +1,8 @@
 """Which physical GPU a CUDA device index is, and how much memory it has, read through NVML.
 
+The one module that reads NVML: the driver and its GPUs (`read_driver`, for the device check and the doctor),
+every device with its identity (`list_nvml_devices`, for `--gpus`), and one device's memory.
+
 The batch sizer (`batch.engine.gpu.sizing`) reads the device's free and used memory through a `MemoryProbe`;
 `probe_for_device` gives the run's probe: an `NvmlProbe` on the NVML device (a whole GPU or a MIG instance)
 that this process calls CUDA device i, matched by the CUDA runtime's UUID, then its PCI address, then
@@ -11,6 +14,7 @@ sought), and the out-of-memory back-off still works.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -110,15 +114,64 @@ def import_pynvml() -> ModuleType:
 
 
 def list_nvml_devices(nvml: ModuleType) -> list[NvmlDevice]:
-    """Every GPU NVML sees, in NVML's order, each followed by its MIG instances when MIG is on."""
+    """Every GPU NVML sees, in NVML's order, each followed by its MIG instances when MIG is on.
+
+    A GPU this process may not open (NVML's NoPermission, on a host whose cgroup hides it from the container) is
+    left out, as CUDA leaves it out, rather than ending the listing; any other NVML error ends it."""
     devices = []
     for index in range(nvml.nvmlDeviceGetCount()):
-        handle = nvml.nvmlDeviceGetHandleByIndex(index)
-        pci_info = nvml.nvmlDeviceGetPciInfo(handle)
+        try:
+            handle = nvml.nvmlDeviceGetHandleByIndex(index)
+            pci_info = nvml.nvmlDeviceGetPciInfo(handle)
+            uuid = nvml_text(nvml.nvmlDeviceGetUUID(handle))
+        except getattr(nvml, "NVMLError_NoPermission", ()) as exc:
+            log.info("NVML device %d left out: %s", index, exc)
+            continue
         pci = (int(pci_info.domain), int(pci_info.bus), int(pci_info.device))
-        devices.append(NvmlDevice(_text(nvml.nvmlDeviceGetUUID(handle)), index, pci))
+        devices.append(NvmlDevice(uuid, index, pci))
         devices += [NvmlDevice(uuid, None, pci) for uuid in _mig_uuids(nvml, handle)]
     return devices
+
+
+def name_and_memory(nvml: ModuleType, uuid: str) -> tuple[str, int | None]:
+    """A device's name and total memory ("", None where NVML cannot tell)."""
+    try:
+        handle = nvml.nvmlDeviceGetHandleByUUID(uuid)
+        return nvml_text(nvml.nvmlDeviceGetName(handle)), int(nvml.nvmlDeviceGetMemoryInfo(handle).total)
+    except nvml.NVMLError:
+        return "", None
+
+
+@dataclass(frozen=True)
+class DriverReading:
+    """What NVML says of the driver and the GPUs it shows this process."""
+
+    version: str
+    cuda: str  # the newest CUDA the driver supports: "12.8"
+    gpus: tuple[str, ...]  # "NVIDIA H100 80GB HBM3 (80 GiB)"
+
+
+def read_driver(nvml: ModuleType | None = None) -> DriverReading:
+    """The driver's version, its CUDA and its GPUs. Raises NvmlUnavailable, saying why."""
+    nvml = nvml or import_pynvml()
+    try:
+        nvml.nvmlInit()
+    except Exception as exc:
+        raise NvmlUnavailable(str(exc) or type(exc).__name__) from exc
+    try:
+        cuda = nvml.nvmlSystemGetCudaDriverVersion_v2()
+        gpus = []
+        for device in (device for device in list_nvml_devices(nvml) if device.index is not None):
+            name, memory = name_and_memory(nvml, device.uuid)
+            size = f" ({memory / 2**30:.0f} GiB)" if memory else ""
+            gpus.append(f"{name or device.uuid}{size}")
+        version = nvml_text(nvml.nvmlSystemGetDriverVersion())
+        return DriverReading(version, f"{cuda // 1000}.{cuda % 1000 // 10}", tuple(gpus))
+    except nvml.NVMLError as exc:
+        raise NvmlUnavailable(str(exc) or type(exc).__name__) from exc
+    finally:
+        with contextlib.suppress(Exception):
+            nvml.nvmlShutdown()
 
 
 def _mig_uuids(nvml: ModuleType, handle: Any) -> list[str]:
@@ -131,13 +184,14 @@ def _mig_uuids(nvml: ModuleType, handle: Any) -> list[str]:
     uuids = []
     for slot in range(slots):
         try:
-            uuids.append(_text(nvml.nvmlDeviceGetUUID(nvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, slot))))
+            uuids.append(nvml_text(nvml.nvmlDeviceGetUUID(nvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, slot))))
         except nvml.NVMLError:  # an empty slot
             continue
     return uuids
 
 
-def _text(value: str | bytes) -> str:
+def nvml_text(value: str | bytes) -> str:
+    """NVML's strings: bytes from older nvidia-ml-py releases, str from newer ones."""
     return value.decode() if isinstance(value, bytes) else value
 
 
@@ -208,6 +262,11 @@ def nvml_uuid_for_cuda_index(
     which is CUDA's order only under CUDA_DEVICE_ORDER=PCI_BUS_ID or on identical GPUs: the reason the first
     two come first.
     """
+    listed = parse_visible_devices(visible)
+    if listed and isinstance(listed[0], str) and listed[0].upper().startswith("MIG-"):
+        # A MIG instance, named by its own UUID: sized from its slice of memory. The runtime's UUID and PCI address
+        # cannot tell it from its GPU (the address is shared; some drivers give the GPU's UUID).
+        return _by_visible_entry(cuda_index, devices, listed)
     if cuda_uuid:
         wanted = _bare_uuid(cuda_uuid)
         matches = [device.uuid for device in devices if _bare_uuid(device.uuid) == wanted]
@@ -217,7 +276,12 @@ def nvml_uuid_for_cuda_index(
         matches = [device for device in devices if device.pci == cuda_pci]
         if len(matches) == 1:  # a GPU split by MIG shares its address with its instances
             return matches[0].uuid
-    listed = parse_visible_devices(visible)
+    return _by_visible_entry(cuda_index, devices, listed)
+
+
+def _by_visible_entry(
+    cuda_index: int, devices: Sequence[NvmlDevice], listed: list[int] | list[str] | None
+) -> str | None:
     if listed is None:
         listed = [device.index for device in devices if device.index is not None]
     if not 0 <= cuda_index < len(listed):

@@ -16,11 +16,11 @@ import gc
 import logging
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Generic, TypeVar
 
-from batch.common.errors import FileFailure
+from batch.common.errors import BatchError, FileFailure, redact
 from batch.common.units import format_bytes
 from batch.engine.gpu.nvml import MemoryProbe
 from batch.engine.gpu.sizing import BatchSizer
@@ -32,8 +32,34 @@ ItemT = TypeVar("ItemT")
 OutT = TypeVar("OutT")
 
 # Substrings (lower case) of the messages of out-of-memory errors that arrive as plain RuntimeErrors:
-# CTranslate2 ("CUDA failed with error out of memory"), torch without its own class, the driver API, cuBLAS.
-_OOM_MARKERS = ("out of memory", "cuda_error_out_of_memory", "cublas_status_alloc_failed")
+# CTranslate2 ("CUDA failed with error out of memory"), torch without its own class, the driver API, cuBLAS, and
+# cuBLAS or cuDNN failing to create their handle or workspace on a full GPU (cublasCreate on a new thread gives
+# NOT_INITIALIZED; cuDNN gives ALLOC_FAILED, NOT_INITIALIZED or INTERNAL_ERROR): after the caches are freed and
+# the batch halved, they run.
+_OOM_MARKERS = (
+    "out of memory",
+    "cuda_error_out_of_memory",
+    "cublas_status_alloc_failed",
+    "cublas_status_not_initialized",
+    "cudnn_status_alloc_failed",
+    "cudnn_status_not_initialized",
+    "cudnn_status_internal_error",
+)
+# Errors that leave the CUDA context unusable ("sticky"): every later CUDA call in the process fails too, so
+# the process must end and a fresh one take over (torch's and the runtime's wording, CTranslate2's, the driver's).
+_CONTEXT_LOST_MARKERS = (
+    "illegal memory access",
+    "illegal instruction",
+    "misaligned address",
+    "unspecified launch failure",
+    "device-side assert",
+    "uncorrectable ecc error",
+    "cuda_error_illegal_address",
+    "cuda_error_launch_failed",
+    "cudaerrorillegaladdress",
+    "cudaerrorlaunchfailure",
+    "cudaerrorassert",
+)
 
 
 # --- Running a stage under out-of-memory back-off ------------------------------------------------------------
@@ -70,21 +96,51 @@ class StageMemoryRecord:
         return record
 
 
+class CudaContextLost(BatchError):
+    """A sticky CUDA error: this process can run nothing more on the GPU. A worker process exits and the pool
+    starts a fresh one, which takes the file again (as after a worker's death); an in-process run stops (exit 3)
+    with the file unwritten, for the rerun or the restarted pod to do."""
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
     """Whether `exc`, or an exception it was raised from, is a GPU out-of-memory (torch's or CTranslate2's)."""
     torch = sys.modules.get("torch")  # a torch error can only exist if torch was imported
     out_of_memory_type = getattr(torch, "OutOfMemoryError", None) if torch is not None else None
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
+    for current in _chain(exc):
         if out_of_memory_type is not None and isinstance(current, out_of_memory_type):
             return True
         message = str(current).lower()
         if any(marker in message for marker in _OOM_MARKERS):
             return True
-        current = current.__cause__ or current.__context__
     return False
+
+
+def is_context_lost(exc: BaseException) -> bool:
+    """Whether `exc`, or an exception it was raised from, is a sticky CUDA error."""
+    return any(_lost(current) for current in _chain(exc))
+
+
+def _lost(exc: BaseException) -> bool:
+    message = str(exc).lower()
+    return isinstance(exc, CudaContextLost) or any(marker in message for marker in _CONTEXT_LOST_MARKERS)
+
+
+def raise_if_context_lost(exc: BaseException) -> None:
+    """Raise CudaContextLost from `exc` when it, or an exception it was raised from, is a sticky CUDA error."""
+    for current in _chain(exc):
+        if _lost(current):
+            first_line = (str(current).strip().splitlines() or [type(current).__name__])[0]
+            raise CudaContextLost(f"the CUDA context is lost: {redact(first_line)}") from exc
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """`exc` and the exceptions it was raised from or while handling, each once."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
 
 
 def free_gpu_caches() -> None:

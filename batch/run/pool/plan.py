@@ -79,7 +79,8 @@ def _gpu_slot(gpu: VisibleGpu, threads: int) -> WorkerSlot:
         device="cuda",
         threads=threads,
         detail=gpu.describe(),
-        environ={"CUDA_VISIBLE_DEVICES": gpu.uuid, **_thread_pools(threads)},
+        # By UUID, whatever CUDA's order; the order set too, so that the worker's cuda:0 is doctor's gpuN anyway.
+        environ={"CUDA_VISIBLE_DEVICES": gpu.uuid, "CUDA_DEVICE_ORDER": "PCI_BUS_ID", **_thread_pools(threads)},
     )
 
 
