@@ -1,0 +1,99 @@
+"""Steps `vad`, `align` and `embed`: each stage's GPU memory per batch item against the batch sizer's constant
+(batch.engine.gpu.sizing), and its throughput at several batch sizes (alignment: batch 1, as whisperx runs each
+segment, against batched forwards of equal-length segments, as the project batches wav2vec2-base)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from bench.gpu_kit.steps import StepContext, attempt
+
+
+@dataclass(frozen=True)
+class Sweep:
+    memory_sizes: tuple[int, ...]  # batch sizes for the memory per item, on items of the stage's own length
+    throughput_sizes: tuple[int, ...]
+    throughput_seconds: float  # length of one item in the throughput runs
+
+
+SWEEPS = {
+    "vad": Sweep((1, 8, 32, 128), (1, 8, 32, 128), 5.0),
+    "align": Sweep((1, 2, 4, 8), (1, 4, 16, 32), 10.0),  # memory on 30 s segments, throughput on 10 s ones
+    "embed": Sweep((1, 8, 32), (1, 8, 32, 64), 10.0),
+}
+#: the Whisper model whose sizer seeds are compared (alignment's and diarization's do not depend on it)
+SIZER_MODEL, SIZER_COMPUTE_TYPE = "large-v3", "float16"
+
+
+def sizer_constant(stage: str | None) -> int | None:
+    """The batch sizer's need per item for `stage` before anything is measured (None when it sizes no such stage)."""
+    from batch.engine.gpu.sizing import seed_item_bytes
+
+    if stage is None:
+        return None
+    return seed_item_bytes(SIZER_MODEL, SIZER_COMPUTE_TYPE).get(stage)
+
+
+def stage_figures(name: str, context: StepContext) -> dict[str, Any]:
+    import torch
+
+    from bench.gpu_kit.kit_models import STAGES, parameter_count
+    from bench.gpu_kit.measuring import CudaMeter, cuda_sync, memory_per_item, throughput
+
+    stage, sweep = STAGES[name], SWEEPS[name]
+    started = time.perf_counter()
+    model = stage.build("cuda")
+    result: dict[str, Any] = {
+        "parameters": parameter_count(model),
+        "build_seconds": round(time.perf_counter() - started, 1),
+    }
+    result["item_seconds"] = stage.item_seconds
+    result["sizer_stage"] = stage.sizer_stage
+
+    def run(size: int, seconds: float) -> None:
+        with torch.inference_mode():
+            stage.forward(model, stage.inputs(size, seconds, "cuda"))
+
+    # Throughput first: the memory sweep grows torch's cache, which would not change the speed, but a stage that
+    # runs out of time should still have its speed.
+    attempt(
+        result,
+        "throughput",
+        lambda: throughput(
+            lambda size: run(size, sweep.throughput_seconds),
+            sweep.throughput_sizes,
+            sweep.throughput_seconds,
+            cuda_sync,
+            lambda: context.left() - 8,
+        ),
+    )
+    attempt(
+        result,
+        "memory",
+        lambda: memory_per_item(
+            lambda size: run(size, stage.item_seconds),
+            sweep.memory_sizes,
+            CudaMeter(),
+            context.left,
+            sizer_constant(stage.sizer_stage),
+        ),
+    )
+    if name == "vad":
+        from batch.engine.vad.segmentation import BATCH_SIZE
+
+        result["project_batch_size"] = BATCH_SIZE  # the VAD's fixed windows per forward
+    return result
+
+
+def vad_step(context: StepContext) -> dict[str, Any]:
+    return stage_figures("vad", context)
+
+
+def align_step(context: StepContext) -> dict[str, Any]:
+    return stage_figures("align", context)
+
+
+def embed_step(context: StepContext) -> dict[str, Any]:
+    return stage_figures("embed", context)
