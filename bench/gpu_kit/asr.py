@@ -29,35 +29,45 @@ ASR_TOKENS = 64  # tokens decoded per 30 s window (a window of speech holds ~60-
 MiB = 2**20
 
 
+SYSTEM_LIBRARY_DIRS = ("/usr/local/cuda/lib64", "/usr/lib/x86_64-linux-gnu")
+
+
 def find_library(name: str) -> Path | None:
-    """`name` in pip's NVIDIA wheels (nvidia/*/lib, nvidia/cu13/lib) on sys.path."""
+    """`name` in pip's NVIDIA wheels on sys.path (nvidia/cublas/lib, nvidia/cu13/lib), else in a system CUDA."""
     for entry in sys.path:
         nvidia = Path(entry) / "nvidia"
         if nvidia.is_dir():
             for candidate in sorted(nvidia.glob(f"*/lib/{name}")):
                 return candidate
+    for folder in SYSTEM_LIBRARY_DIRS:
+        if (Path(folder) / name).exists():
+            return Path(folder) / name
     return None
 
 
 def shim_dir(where: Path) -> Path | None:
-    """A folder of CUDA 12 cuBLAS names linked to CUDA 13's libraries; None when those are not found."""
+    """A folder where CUDA 12's cuBLAS names lead to CUDA 13's libraries (CTranslate2 dlopens libcublas.so.12 and
+    looks its functions up by name); None when those are not found. The real names are linked too: cuBLAS finds
+    its cublasLt beside itself ($ORIGIN), which is this folder when it is opened through it."""
     targets = {alias: find_library(real) for alias, real in CUBLAS_NAMES.items()}
     if any(target is None for target in targets.values()):
         return None
     where.mkdir(parents=True, exist_ok=True)
-    for alias, target in targets.items():
-        link = where / alias
-        if not link.exists():
-            link.symlink_to(target)
+    links = {**targets, **{target.name: target for target in targets.values() if target is not None}}
+    for name, target in links.items():
+        link = where / name
+        if not link.exists() and target is not None:
+            link.symlink_to(target.resolve())
     return where
 
 
-def smoke_run(folder: Path, library_path: Path | None, timeout: float) -> dict[str, Any]:
-    """The tiny model decoded on CUDA by a subprocess; its exit code and the end of what it printed."""
+def smoke_run(folder: Path, library_path: Path | None, timeout: float, device: str = "cuda") -> dict[str, Any]:
+    """The tiny model decoded on `device` by a subprocess (with `library_path` first on the loader's path); its
+    exit code and the end of what it printed."""
     env = dict(os.environ)
     if library_path is not None:
         env["LD_LIBRARY_PATH"] = f"{library_path}:{env.get('LD_LIBRARY_PATH', '')}".rstrip(":")
-    command = [sys.executable, "-m", "bench.gpu_kit.whisper_ct2", "smoke", str(folder), "cuda"]
+    command = [sys.executable, "-m", "bench.gpu_kit.whisper_ct2", "smoke", str(folder), device]
     try:
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:

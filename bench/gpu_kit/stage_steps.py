@@ -5,9 +5,11 @@ segment, against batched forwards of equal-length segments, as the project batch
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from bench.gpu_kit.measuring import Meter
 from bench.gpu_kit.steps import StepContext, attempt
 
 
@@ -36,15 +38,24 @@ def sizer_constant(stage: str | None) -> int | None:
     return seed_item_bytes(SIZER_MODEL, SIZER_COMPUTE_TYPE).get(stage)
 
 
-def stage_figures(name: str, context: StepContext) -> dict[str, Any]:
+def stage_figures(
+    name: str,
+    context: StepContext,
+    device: str = "cuda",
+    meter: Meter | None = None,
+    sync: Callable[[], None] | None = None,
+    sweep: Sweep | None = None,
+) -> dict[str, Any]:
+    """Stage `name`'s network built on `device`: its throughput (`sweep.throughput_sizes`), then its memory per
+    item (`sweep.memory_sizes`) read by `meter`; the defaults are the GPU's (CudaMeter, cuda_sync, SWEEPS)."""
     import torch
 
     from bench.gpu_kit.kit_models import STAGES, parameter_count
     from bench.gpu_kit.measuring import CudaMeter, cuda_sync, memory_per_item, throughput
 
-    stage, sweep = STAGES[name], SWEEPS[name]
+    stage, sweep = STAGES[name], sweep or SWEEPS[name]
     started = time.perf_counter()
-    model = stage.build("cuda")
+    model = stage.build(device)
     result: dict[str, Any] = {
         "parameters": parameter_count(model),
         "build_seconds": round(time.perf_counter() - started, 1),
@@ -54,7 +65,7 @@ def stage_figures(name: str, context: StepContext) -> dict[str, Any]:
 
     def run(size: int, seconds: float) -> None:
         with torch.inference_mode():
-            stage.forward(model, stage.inputs(size, seconds, "cuda"))
+            stage.forward(model, stage.inputs(size, seconds, device))
 
     # Throughput first: the memory sweep grows torch's cache, which would not change the speed, but a stage that
     # runs out of time should still have its speed.
@@ -65,7 +76,7 @@ def stage_figures(name: str, context: StepContext) -> dict[str, Any]:
             lambda size: run(size, sweep.throughput_seconds),
             sweep.throughput_sizes,
             sweep.throughput_seconds,
-            cuda_sync,
+            sync or cuda_sync,
             lambda: context.left() - 8,
         ),
     )
@@ -75,7 +86,7 @@ def stage_figures(name: str, context: StepContext) -> dict[str, Any]:
         lambda: memory_per_item(
             lambda size: run(size, stage.item_seconds),
             sweep.memory_sizes,
-            CudaMeter(),
+            meter or CudaMeter(),
             context.left,
             sizer_constant(stage.sizer_stage),
         ),
