@@ -88,7 +88,7 @@ def busy_share(context: StepContext) -> dict[str, Any]:
 
     def vad() -> None:
         for batch in windows(audio, 5.0, 0.5).split(32):
-            models["vad"](batch[:, None].cuda())
+            models["vad"](batch[:, None].contiguous().cuda())
 
     def asr() -> None:
         import ctranslate2
@@ -100,11 +100,11 @@ def busy_share(context: StepContext) -> dict[str, Any]:
 
     def align() -> None:
         for batch in windows(audio, 10.0, 10.0).split(16):
-            torch.log_softmax(models["align"](batch.cuda()).logits, dim=-1).cpu()
+            torch.log_softmax(models["align"](batch.contiguous().cuda()).logits, dim=-1).cpu()
 
     def embed() -> None:
         for batch in windows(audio, 10.0, 1.0).split(32):
-            models["embed"](batch[:, None].cuda()).cpu()
+            models["embed"](batch[:, None].contiguous().cuda()).cpu()
 
     utilisation = Utilisation()
     stages: dict[str, Any] = {}

@@ -133,12 +133,13 @@ class Embedder:
 
 
 def channel_audio(batch: int, seconds: float, device: str) -> Any:
-    """(batch, 1, samples) of noise at speech level, as the VAD and pyannote take windows."""
+    """(batch, 1, samples) of noise at speech level, as the VAD and pyannote take windows; made on `device` (a
+    batch far too large for the GPU, as the oom step makes, takes no time on the CPUs)."""
     import torch
 
-    generator = torch.Generator().manual_seed(SEED)
+    generator = torch.Generator(device).manual_seed(SEED)
     samples = round(seconds * SAMPLE_RATE)
-    return (0.1 * torch.randn(batch, 1, samples, generator=generator)).to(device)
+    return 0.1 * torch.randn(batch, 1, samples, generator=generator, device=device)
 
 
 def flat_audio(batch: int, seconds: float, device: str) -> Any:

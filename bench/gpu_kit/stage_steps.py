@@ -46,8 +46,8 @@ def stage_figures(
     sync: Callable[[], None] | None = None,
     sweep: Sweep | None = None,
 ) -> dict[str, Any]:
-    """Stage `name`'s network built on `device`: its throughput (`sweep.throughput_sizes`), then its memory per
-    item (`sweep.memory_sizes`) read by `meter`; the defaults are the GPU's (CudaMeter, cuda_sync, SWEEPS)."""
+    """Stage `name`'s network built on `device`: its memory per item (`sweep.memory_sizes`) read by `meter`, then
+    its throughput (`sweep.throughput_sizes`); the defaults are the GPU's (CudaMeter, cuda_sync, SWEEPS)."""
     import torch
 
     from bench.gpu_kit.kit_models import STAGES, parameter_count
@@ -67,19 +67,8 @@ def stage_figures(
         with torch.inference_mode():
             stage.forward(model, stage.inputs(size, seconds, device))
 
-    # Throughput first: the memory sweep grows torch's cache, which would not change the speed, but a stage that
-    # runs out of time should still have its speed.
-    attempt(
-        result,
-        "throughput",
-        lambda: throughput(
-            lambda size: run(size, sweep.throughput_seconds),
-            sweep.throughput_sizes,
-            sweep.throughput_seconds,
-            sync or cuda_sync,
-            lambda: context.left() - 8,
-        ),
-    )
+    # Memory first: the throughput runs would leave torch's cache holding their largest batch, and NVML would
+    # then see no growth.
     attempt(
         result,
         "memory",
@@ -89,6 +78,17 @@ def stage_figures(
             meter or CudaMeter(),
             context.left,
             sizer_constant(stage.sizer_stage),
+        ),
+    )
+    attempt(
+        result,
+        "throughput",
+        lambda: throughput(
+            lambda size: run(size, sweep.throughput_seconds),
+            sweep.throughput_sizes,
+            sweep.throughput_seconds,
+            sync or cuda_sync,
+            lambda: context.left() - 8,
         ),
     )
     if name == "vad":
