@@ -199,6 +199,54 @@ def test_slope_needs_two_sizes() -> None:
     assert measuring.slope([(1, 5.0), (3, 9.0)]) == pytest.approx(2.0)
 
 
+#: what the lent machine lacks, beside what the kit carries (transformers brings pyyaml, requests, safetensors...)
+LACKING = (
+    "lightning", "pytorch_lightning", "lightning_fabric", "torchmetrics", "omegaconf", "pydantic", "whisperx",
+    "faster_whisper", "av", "boto3", "botocore", "prometheus_client", "nltk", "scipy", "sklearn", "matplotlib",
+    "torchcodec", "pyannote.core", "pyannote.database", "pyannote.pipeline", "pyannote.metrics", "pyannoteai",
+)  # fmt: skip
+#: imports of LACKING fail, and the availability checks of transformers (find_spec, metadata) find none of them
+WITHOUT_LACKING = """
+import importlib.abc, importlib.metadata, importlib.util, sys
+LACKING = {lacking!r}
+def lacking(name):
+    return any(name == gone or name.startswith(gone + ".") for gone in LACKING)
+class Lacking(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if lacking(name):
+            raise ModuleNotFoundError(f"the lent machine has no {{name}}")
+sys.meta_path.insert(0, Lacking())
+find_spec, version = importlib.util.find_spec, importlib.metadata.version
+importlib.util.find_spec = lambda name, *rest: None if lacking(name) else find_spec(name, *rest)
+def version_of(name):
+    if lacking(name.replace("-", "_")):
+        raise importlib.metadata.PackageNotFoundError(name)
+    return version(name)
+importlib.metadata.version = version_of
+"""
+
+
+def test_the_steps_import_nothing_the_lent_machine_lacks(tmp_path: Path) -> None:
+    script = (
+        WITHOUT_LACKING.format(lacking=LACKING)
+        + """
+import pathlib, torch
+from bench.gpu_kit import kit_models, whisper_ct2, report, probes, oom_step, busy, asr, stage_steps
+from bench.gpu_kit.steps import StepContext
+for stage in kit_models.STAGES.values():
+    with torch.inference_mode():
+        stage.forward(stage.build("cpu"), stage.inputs(1, 2.0, "cpu"))
+whisper_ct2.build(pathlib.Path(sys.argv[1]) / "w", whisper_ct2.SMOKE)
+probes.device_step(StepContext(pathlib.Path(sys.argv[1]), None, 60))
+print("ok", "pyannote.audio.core" in sys.modules)
+"""
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["ok", "False"]
+
+
 # --- the networks, CTranslate2 and the recording on the CPU -----------------------------------------------------
 
 
