@@ -1,0 +1,180 @@
+"""OUTDIR/gpu_kit.json and OUTDIR/gpu_kit.md from the steps' records (OUTDIR/steps/NAME.json) and run.sh's exit
+codes (NAME.rc): a step with no record timed out (124) or crashed, and says so with the end of its log."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from bench.gpu_kit.steps import STEPS, no_gpu_reason
+
+TIMED_OUT = (124, 137)
+
+
+def step_record(out: Path, name: str) -> dict[str, Any]:
+    steps = out / "steps"
+    path = steps / f"{name}.json"
+    if path.exists():
+        try:
+            return json.loads(path.read_text())
+        except ValueError as exc:
+            return {"step": name, "ok": False, "error": f"unreadable record: {exc}"}
+    rc_file = steps / f"{name}.rc"
+    if not rc_file.exists():
+        return {"step": name, "ok": False, "skipped": "not run (run.sh's 8 minutes were spent)"}
+    rc = int(rc_file.read_text().strip() or -1)
+    log = out / "logs" / f"{name}.log"
+    tail = log.read_text(errors="replace")[-1500:] if log.exists() else ""
+    if rc in TIMED_OUT:
+        error = f"timed out after {STEPS[name].timeout} s"
+    else:
+        error = f"the step's process ended with exit code {rc}"
+    return {"step": name, "ok": False, "error": error, "log_tail": tail}
+
+
+def status(record: dict[str, Any]) -> str:
+    if record.get("skipped"):
+        return f"skipped: {record['skipped']}"
+    if not record.get("ok"):
+        return f"failed: {record.get('error', '?')}"
+    result = record.get("result") or {}
+    if isinstance(result, dict) and result.get("skipped"):
+        return f"skipped: {result['skipped']}"
+    return "ok"
+
+
+def collect(out: Path, budget_seconds: float | None = None) -> dict[str, Any]:
+    kit_info = out / "steps" / "kit.json"
+    steps = {name: step_record(out, name) for name in STEPS}
+    cuda = steps["cuda"].get("result") or {}
+    return {
+        "kit": json.loads(kit_info.read_text()) if kit_info.exists() else None,
+        "no_gpu": no_gpu_reason(out),
+        "gpu": cuda.get("name"),
+        "budget_seconds": budget_seconds,
+        "steps": steps,
+    }
+
+
+def _cell(value: Any) -> str:
+    text = "" if value is None else str(value)
+    return text.replace("|", "\\|").replace("\n", " ")[:220]
+
+
+def table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(_cell(value) for value in row) + " |" for row in rows]
+
+
+def result_of(data: dict[str, Any], name: str) -> dict[str, Any]:
+    record = data["steps"].get(name, {})
+    result = record.get("result") if record.get("ok") else None
+    return result if isinstance(result, dict) else {}
+
+
+def memory_rows(data: dict[str, Any]) -> list[list[Any]]:
+    rows = []
+    for name in ("vad", "align", "embed", "asr"):
+        memory = result_of(data, name).get("memory")
+        if isinstance(memory, dict) and "rows" in memory:
+            rows.append(
+                [
+                    name,
+                    result_of(data, name).get("item_seconds", 30.0),
+                    memory.get("torch_mib_per_item"),
+                    memory.get("nvml_mib_per_item"),
+                    memory.get("sizer_mib_per_item"),
+                    memory.get("measured_over_sizer"),
+                ]
+            )
+    return rows
+
+
+def throughput_rows(data: dict[str, Any]) -> list[list[Any]]:
+    rows = []
+    for name in ("vad", "align", "embed", "asr"):
+        for row in result_of(data, name).get("throughput") or []:
+            if isinstance(row, dict):
+                rows.append([name, row["batch"], row["ms_per_batch"], row["items_per_s"], row["audio_x_realtime"]])
+    return rows
+
+
+def oom_rows(data: dict[str, Any]) -> list[list[Any]]:
+    trials = dict(result_of(data, "oom"))
+    asr = result_of(data, "asr").get("oom")
+    if isinstance(asr, dict):
+        trials["asr"] = asr
+    rows = []
+    for name, trial in trials.items():
+        if not isinstance(trial, dict) or "first_file" not in trial:
+            continue
+        first, following = trial["first_file"], trial["next_file"]
+        record = first.get("record") or {}
+        rows.append(
+            [
+                name,
+                " ".join(str(size) for size in first["tried"]),
+                first["recovered"],
+                record.get("batch_size_used"),
+                first["seconds"],
+                " ".join(str(size) for size in following["tried"]),
+                trial.get("left_allocated_mib"),
+                first.get("first_error"),
+            ]
+        )
+    return rows
+
+
+def markdown(data: dict[str, Any]) -> str:
+    gpu = data["gpu"] or "no GPU"
+    lines = [f"# GPU kit: {gpu}", ""]
+    if data["no_gpu"]:
+        lines += [f"**no GPU**: {data['no_gpu']}", ""]
+    lines += table(
+        ["step", "what", "status", "seconds"],
+        [[name, STEPS[name].title, status(record), record.get("seconds")] for name, record in data["steps"].items()],
+    )
+    sections = [
+        ("Memory per batch item (MiB)", ["stage", "item s", "torch", "NVML", "sizer", "measured/sizer"], memory_rows),
+        ("Throughput", ["stage", "batch", "ms/batch", "items/s", "x realtime"], throughput_rows),
+        (
+            "Out-of-memory back-off (3 GiB left free)",
+            ["stage", "sizes tried", "recovered", "size used", "s", "next file tried", "left MiB", "first error"],
+            oom_rows,
+        ),
+    ]
+    for title, header, rows_of in sections:
+        rows = rows_of(data)
+        if rows:
+            lines += ["", f"## {title}", "", *table(header, rows)]
+    device = result_of(data, "device")
+    if device:
+        auto, cuda = device.get("auto", {}), device.get("cuda", {})
+        lines += ["", "## Device selection", "", f"- `--device auto` -> {auto.get('device')}: {auto.get('log')}"]
+        lines += [
+            f"- `--device cuda` -> {cuda.get('device')} {cuda.get('error') or ''}",
+            f"- problem: {device.get('problem')}",
+        ]
+    ct2 = result_of(data, "ct2")
+    if ct2:
+        lines += ["", "## CTranslate2 on CUDA", "", f"- works: {ct2.get('works')}"]
+        for way in ("as_is", "cuda13_shim"):
+            if isinstance(ct2.get(way), dict):
+                lines.append(f"- {way}: {_cell(ct2[way].get('output'))}")
+    pipeline = result_of(data, "pipeline")
+    if pipeline.get("stages"):
+        lines += ["", f"## GPU busy share: {pipeline.get('gpu_busy_percent')} % over {pipeline.get('seconds')} s", ""]
+        lines += table(
+            ["stage", "s", "busy %"], [[k, v["seconds"], v["gpu_busy_percent"]] for k, v in pipeline["stages"].items()]
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_report(out: Path, budget_seconds: float | None = None) -> str:
+    """Write both files; returns a line saying where, and the GPU (or why there is none)."""
+    data = collect(out, budget_seconds)
+    (out / "gpu_kit.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
+    (out / "gpu_kit.md").write_text(markdown(data))
+    what = data["gpu"] or f"no GPU ({data['no_gpu']})"
+    return f"{out / 'gpu_kit.json'}, {out / 'gpu_kit.md'}: {what}"

@@ -1,0 +1,366 @@
+"""bench.gpu_kit: the kit packs within its size (real wheels from PyPI, cached between runs), its run.sh ends
+cleanly without a GPU and writes both files, and each step's measuring runs here at its seam (the back-off on
+the real torch out-of-memory class and CTranslate2's text, memory and throughput on fake meters and clocks, the
+real networks and a real CTranslate2 Whisper on the CPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import wave
+from pathlib import Path
+
+import pytest
+import torch
+
+from batch.engine.gpu.sizing import BatchSizer
+from bench.gpu_kit import asr, busy, kit_models, measuring, oom_step, pack, report, steps, whisper_ct2
+
+REPO = Path(__file__).resolve().parent.parent
+MiB = 2**20
+#: a Python whose torch is a CUDA build: what torch raises when it runs out of memory
+TORCH_OOM_TEXT = (
+    "CUDA out of memory. Tried to allocate 7.32 GiB. GPU 0 has a total capacity of 79.19 GiB of which 2.94 GiB is "
+    "free. Of the allocated memory 75.80 GiB is allocated by PyTorch"
+)
+CT2_OOM_TEXT = "CUDA failed with error out of memory"  # CTranslate2's RuntimeError
+
+
+@pytest.fixture(scope="module")
+def kit(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real kit, packed once (wheels downloaded into the user's cache the first time only)."""
+    folder = tmp_path_factory.mktemp("kit") / "kit"
+    pack.pack_kit(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def no_gpu_run(kit: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess, Path]:
+    """run.sh with CUDA hidden, as on a machine without a GPU."""
+    out = tmp_path_factory.mktemp("kit-out")
+    env = {**os.environ, "GPU_KIT_PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": ""}
+    env.pop("PYTHONPATH", None)  # the kit's own sources only
+    done = subprocess.run(["bash", str(kit / "run.sh"), str(out)], env=env, capture_output=True, text=True)
+    return done, out
+
+
+# --- pack ------------------------------------------------------------------------------------------------------
+
+
+def test_pack_holds_sources_wheels_speech_and_run_script_within_the_limit(kit: Path) -> None:
+    assert pack.folder_bytes(kit) <= pack.LIMIT_BYTES
+    wheels = sorted(path.name for path in (kit / "wheels").glob("*.whl"))
+    assert [name.split("-")[0] for name in wheels] == [
+        "asteroid_filterbanks",
+        "ctranslate2",
+        "einops",
+        "pyannote_audio",
+    ]
+    assert any("cp312" in name and "manylinux" in name for name in wheels)
+    assert (kit / "src" / "batch" / "engine" / "gpu" / "oom.py").exists()
+    assert (kit / "src" / "bench" / "gpu_kit" / "steps.py").exists()
+    assert not list((kit / "src").rglob("__pycache__"))
+    assert "@" not in (kit / "run.sh").read_text().replace("${wheels[@]", "")  # every placeholder filled
+    info = json.loads((kit / "kit.json").read_text())
+    assert set(info["wheels"]) == set(wheels) and info["steps"] == {n: s.timeout for n, s in steps.STEPS.items()}
+    with wave.open(str(kit / "speech.wav")) as recording:
+        assert recording.getframerate() == 16_000 and recording.getnframes() > 30 * 16_000
+
+
+def test_pack_fails_clearly_over_the_limit_and_replaces_only_a_kit(kit: Path, tmp_path: Path) -> None:
+    cache = pack.DEFAULT_CACHE  # filled by the kit fixture: nothing is downloaded again
+    with pytest.raises(pack.PackTooLarge, match=r"over the kit's 1 MiB"):
+        pack.pack_kit(tmp_path / "small", wheel_cache=cache, limit_bytes=MiB)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError):
+        pack.pack_kit(tmp_path / "other", wheel_cache=cache)
+    repacked = pack.pack_kit(tmp_path / "small", wheel_cache=cache)  # a kit there before is replaced
+    assert "MiB" in repacked and (tmp_path / "small" / "run.sh").exists()
+
+
+def test_the_steps_limits_fit_the_eight_minutes() -> None:
+    assert pack.steps_budget() <= steps.TOTAL_SECONDS
+
+
+# --- run.sh without a GPU --------------------------------------------------------------------------------------
+
+
+def test_run_without_gpu_says_no_gpu_writes_both_files_and_exits_0(
+    no_gpu_run: tuple[subprocess.CompletedProcess, Path],
+) -> None:
+    done, out = no_gpu_run
+    assert done.returncode == 0, done.stderr
+    assert "no GPU" in done.stdout
+    data = json.loads((out / "gpu_kit.json").read_text())
+    assert data["no_gpu"] and data["gpu"] is None
+    assert list(data["steps"]) == list(steps.STEPS)
+    assert data["steps"]["cuda"]["ok"] and data["steps"]["cuda"]["result"]["available"] is False
+    for name, step in steps.STEPS.items():
+        if step.needs_gpu:
+            assert data["steps"][name]["skipped"] == "no GPU", name
+    device = data["steps"]["device"]
+    assert device["ok"] and device["result"]["auto"]["device"] == "cpu"
+    assert "error" in device["result"]["cuda"]  # --device cuda cannot run here, and says why
+    markdown = (out / "gpu_kit.md").read_text()
+    assert markdown.startswith("# GPU kit: no GPU") and "**no GPU**" in markdown
+    assert "skipped: no GPU" in (out / "steps" / "install.txt").read_text()
+
+
+# --- oom: the back-off on real out-of-memory errors --------------------------------------------------------------
+
+
+def fits_up_to(limit: int, error: BaseException):
+    def run_batch(size: int) -> int:
+        if size > limit:
+            raise error
+        return size
+
+    return run_batch
+
+
+@pytest.mark.parametrize(
+    "error", [torch.cuda.OutOfMemoryError(TORCH_OOM_TEXT), RuntimeError(CT2_OOM_TEXT)], ids=["torch", "ctranslate2"]
+)
+def test_backoff_trial_halves_to_what_fits_and_the_next_file_starts_there(error: BaseException) -> None:
+    sizer = BatchSizer(256, {"align": oom_step.UNDERESTIMATE_BYTES}, None)
+    trial = oom_step.backoff_trial("align", sizer, fits_up_to(20, error), free_caches=lambda: None)
+    first, following = trial["first_file"], trial["next_file"]
+    assert first["tried"] == [256, 128, 64, 32, 16]
+    assert first["recovered"] and first["record"]["batch_size_used"] == 16 and first["record"]["oom_retries"] == 4
+    assert str(error).split(".")[0] in first["first_error"]
+    assert following["tried"] == [16] and following["record"]["oom_retries"] == 0
+
+
+def test_backoff_trial_records_a_stage_that_fits_not_even_one() -> None:
+    sizer = BatchSizer(4, {"vad": oom_step.UNDERESTIMATE_BYTES}, None)
+    trial = oom_step.backoff_trial("vad", sizer, fits_up_to(0, RuntimeError(CT2_OOM_TEXT)), free_caches=lambda: None)
+    assert trial["first_file"]["tried"] == [4, 2, 1] and not trial["first_file"]["recovered"]
+    assert "at batch size 1 in stage vad" in trial["first_file"]["error"]
+
+
+def test_backoff_trial_lets_other_errors_through() -> None:
+    sizer = BatchSizer(4, {"vad": 1}, None)
+    with pytest.raises(ValueError):
+        oom_step.backoff_trial("vad", sizer, fits_up_to(0, ValueError("shape")), free_caches=lambda: None)
+
+
+# --- memory per item and throughput ----------------------------------------------------------------------------
+
+
+class LinearMeter:
+    """Growth of 100 MiB plus 50 MiB an item, as torch and as NVML (NVML 10 % more: the cache's rounding)."""
+
+    def __init__(self) -> None:
+        self.size = 0
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> dict[str, int | None]:
+        growth = (100 + 50 * self.size) * MiB
+        return {"torch": growth, "nvml": round(growth * 1.1)}
+
+
+def test_memory_per_item_is_the_slope_over_batch_sizes_against_the_sizer() -> None:
+    meter = LinearMeter()
+
+    def run(size: int) -> None:
+        meter.size = size
+
+    result = measuring.memory_per_item(run, (1, 2, 4, 8), meter, lambda: 100.0, 128 * MiB)
+    assert [row["batch"] for row in result["rows"]] == [1, 2, 4, 8]
+    assert result["torch_mib_per_item"] == 50.0 and result["nvml_mib_per_item"] == 55.0
+    assert result["sizer_mib_per_item"] == 128.0 and result["measured_over_sizer"] == round(55 / 128, 2)
+
+
+def test_memory_per_item_stops_when_the_step_runs_out_of_time() -> None:
+    left = iter([10.0, 10.0, 1.0, 1.0])
+    result = measuring.memory_per_item(lambda size: None, (1, 2, 4), LinearMeter(), lambda: next(left), None)
+    assert len(result["rows"]) == 2 and "measured_over_sizer" not in result
+
+
+def test_throughput_counts_items_and_audio_per_second_on_the_clock() -> None:
+    now = [0.0]
+
+    def run(size: int) -> None:
+        now[0] += 0.01 * size  # 10 ms an item, whatever the batch
+
+    rows = measuring.throughput(run, (1, 4), 10.0, lambda: None, lambda: 100.0, clock=lambda: now[0], min_seconds=0.1)
+    assert [row["batch"] for row in rows] == [1, 4]
+    assert all(row["items_per_s"] == pytest.approx(100.0) for row in rows)
+    assert all(row["audio_x_realtime"] == pytest.approx(1000.0) for row in rows)
+
+
+def test_slope_needs_two_sizes() -> None:
+    assert measuring.slope([(1, 5.0), (1, 6.0)]) is None
+    assert measuring.slope([(1, 5.0), (3, 9.0)]) == pytest.approx(2.0)
+
+
+#: what the lent machine lacks, beside what the kit carries (transformers brings pyyaml, requests, safetensors...)
+LACKING = (
+    "lightning", "pytorch_lightning", "lightning_fabric", "torchmetrics", "omegaconf", "pydantic", "whisperx",
+    "faster_whisper", "av", "boto3", "botocore", "prometheus_client", "nltk", "scipy", "sklearn", "matplotlib",
+    "torchcodec", "pyannote.core", "pyannote.database", "pyannote.pipeline", "pyannote.metrics", "pyannoteai",
+)  # fmt: skip
+#: imports of LACKING fail, and the availability checks of transformers (find_spec, metadata) find none of them
+WITHOUT_LACKING = """
+import importlib.abc, importlib.metadata, importlib.util, sys
+LACKING = {lacking!r}
+def lacking(name):
+    return any(name == gone or name.startswith(gone + ".") for gone in LACKING)
+class Lacking(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if lacking(name):
+            raise ModuleNotFoundError(f"the lent machine has no {{name}}")
+sys.meta_path.insert(0, Lacking())
+find_spec, version = importlib.util.find_spec, importlib.metadata.version
+importlib.util.find_spec = lambda name, *rest: None if lacking(name) else find_spec(name, *rest)
+def version_of(name):
+    if lacking(name.replace("-", "_")):
+        raise importlib.metadata.PackageNotFoundError(name)
+    return version(name)
+importlib.metadata.version = version_of
+"""
+
+
+def test_the_steps_import_nothing_the_lent_machine_lacks(tmp_path: Path) -> None:
+    script = (
+        WITHOUT_LACKING.format(lacking=LACKING)
+        + """
+import pathlib, torch
+from bench.gpu_kit import kit_models, whisper_ct2, report, probes, oom_step, busy, asr, stage_steps
+from bench.gpu_kit.steps import StepContext
+for stage in kit_models.STAGES.values():
+    with torch.inference_mode():
+        stage.forward(stage.build("cpu"), stage.inputs(1, 2.0, "cpu"))
+whisper_ct2.build(pathlib.Path(sys.argv[1]) / "w", whisper_ct2.SMOKE)
+probes.device_step(StepContext(pathlib.Path(sys.argv[1]), None, 60))
+print("ok", "pyannote.audio.core" in sys.modules)
+"""
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["ok", "False"]
+
+
+# --- the networks, CTranslate2 and the recording on the CPU -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "parameters", "output"),
+    [("vad", 1_472_749, (2, 293, 3)), ("align", 94_396_320, (2, 99, 32)), ("embed", 6_634_336, (2, 256))],
+)
+def test_stage_networks_are_full_size_and_run(name: str, parameters: int, output: tuple[int, ...]) -> None:
+    stage = kit_models.STAGES[name]
+    model = stage.build("cpu")
+    assert kit_models.parameter_count(model) == parameters
+    with torch.inference_mode():
+        assert tuple(stage.forward(model, stage.inputs(2, 5.0 if name != "align" else 2.0, "cpu")).shape) == output
+
+
+def test_stage_figures_on_the_cpu_give_throughput_and_memory_rows(tmp_path: Path) -> None:
+    from bench.gpu_kit.stage_steps import Sweep, stage_figures
+
+    context = steps.StepContext(tmp_path, None, timeout=600)
+    figures = stage_figures("embed", context, "cpu", LinearMeter(), lambda: None, Sweep((1, 2), (1, 2), 2.0))
+    assert figures["parameters"] == 6_634_336 and figures["sizer_stage"] == "diarize"
+    assert [row["batch"] for row in figures["throughput"]] == [1, 2]
+    assert figures["memory"]["sizer_mib_per_item"] == 128.0  # DIARIZE_ITEM_MIB
+
+
+def test_ct2_step_without_cuda_says_what_fails_and_marks_ctranslate2_unusable(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("GPU_KIT_TMP", str(tmp_path / "tmp"))
+    context = steps.StepContext(tmp_path, None, timeout=120)
+    context.steps_dir.mkdir()
+    result = asr.ct2_step(context)
+    assert result["works"] is None and not result["as_is"]["ok"] and result["as_is"]["output"]
+    assert set(result["libraries"]) >= {"libcublas.so.12", "libcudnn_ops.so.9"}
+    reason = (context.steps_dir / asr.CT2_UNUSABLE).read_text()
+    assert reason.startswith("CTranslate2 cannot run on CUDA here: ")
+    assert asr.asr_step(context) == {"skipped": reason.strip()}
+
+
+def test_whisper_special_tokens_have_their_real_ids() -> None:
+    v3, v2 = whisper_ct2.special_ids(51866), whisper_ct2.special_ids(51865)
+    assert (v3["transcribe"], v3["notimestamps"], whisper_ct2.languages(51866)) == (50360, 50364, 100)
+    assert (v2["transcribe"], v2["notimestamps"], whisper_ct2.languages(51865)) == (50359, 50363, 99)
+
+
+def test_random_ctranslate2_whisper_builds_and_the_smoke_run_reports_each_device(tmp_path: Path) -> None:
+    folder = tmp_path / "whisper"
+    assert whisper_ct2.build(folder, whisper_ct2.SMOKE) > 0
+    assert (folder / "model.bin").exists() and (folder / "config.json").exists()
+    on_cpu = asr.smoke_run(folder, None, 120, device="cpu")
+    assert on_cpu["ok"] and "decoded" in on_cpu["output"]
+    on_cuda = asr.smoke_run(folder, None, 120, device="cuda")  # no GPU here: CTranslate2's own error, kept
+    assert not on_cuda["ok"] and on_cuda["output"]
+
+
+def test_cublas_shim_links_cuda13_libraries_under_cuda12_names(tmp_path: Path, monkeypatch) -> None:
+    lib = tmp_path / "site" / "nvidia" / "cu13" / "lib"
+    lib.mkdir(parents=True)
+    for name in ("libcublas.so.13", "libcublasLt.so.13"):
+        (lib / name).write_bytes(b"")
+    monkeypatch.setattr(sys, "path", [str(tmp_path / "site")])
+    shim = asr.shim_dir(tmp_path / "shim")
+    assert shim is not None and (shim / "libcublas.so.12").resolve() == (lib / "libcublas.so.13").resolve()
+    assert (shim / "libcublasLt.so.13").resolve() == (lib / "libcublasLt.so.13").resolve()
+    monkeypatch.setattr(sys, "path", [str(tmp_path / "nowhere")])
+    monkeypatch.setattr(asr, "SYSTEM_LIBRARY_DIRS", ())
+    assert asr.shim_dir(tmp_path / "shim2") is None
+
+
+def test_recording_reads_as_16k_float(kit: Path) -> None:
+    audio, source = busy.read_recording(kit)
+    assert audio.dtype.name == "float32" and source.startswith("speech.wav") and 0 < abs(audio).max() <= 1
+    assert busy.windows(audio, 10.0, 1.0).shape[1] == 160_000
+    noise, what = busy.read_recording(None)
+    assert noise.size == 60 * 16_000 and "noise" in what
+
+
+# --- the step runner and the report ------------------------------------------------------------------------------
+
+
+def test_a_failing_step_records_its_error_and_a_timed_out_one_is_reported(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setitem(steps.STEPS, "cuda", steps.Step("cuda", "math:nope", 5, False, "broken on purpose"))
+    assert steps.run_step("cuda", tmp_path) == 0
+    record = json.loads((tmp_path / "steps" / "cuda.json").read_text())
+    assert not record["ok"] and "AttributeError" in record["error"]
+    (tmp_path / "steps" / "asr.rc").write_text("124\n")
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "asr.log").write_text("building large-v3\n")
+    report.write_report(tmp_path)
+    data = json.loads((tmp_path / "gpu_kit.json").read_text())
+    assert data["steps"]["asr"]["error"] == f"timed out after {steps.STEPS['asr'].timeout} s"
+    assert data["steps"]["asr"]["log_tail"] == "building large-v3\n"
+    assert "not run" in data["steps"]["embed"]["skipped"]
+    assert "| asr |" in (tmp_path / "gpu_kit.md").read_text()
+
+
+def test_report_tables_from_measured_steps(tmp_path: Path) -> None:
+    (tmp_path / "steps").mkdir()
+    memory = {"rows": [], "torch_mib_per_item": 480.0, "nvml_mib_per_item": 500.0, "sizer_mib_per_item": 512.0}
+    memory["measured_over_sizer"] = 0.98
+    rate = {"batch": 16, "repeats": 3, "ms_per_batch": 40.0, "items_per_s": 400.0, "audio_x_realtime": 4000.0}
+    trial = {
+        "first_file": {"tried": [256, 128], "recovered": True, "record": {"batch_size_used": 128}, "seconds": 1.0},
+        "next_file": {"tried": [128], "recovered": True, "record": {}, "seconds": 0.5},
+        "left_allocated_mib": 0.0,
+    }
+    trial["first_file"]["first_error"] = "OutOfMemoryError: CUDA out of memory."
+    records = {
+        "cuda": {"available": True, "name": "NVIDIA H100 80GB HBM3"},
+        "align": {"item_seconds": 30.0, "memory": memory, "throughput": [rate]},
+        "oom": {"align": trial},
+    }
+    for name, result in records.items():
+        (tmp_path / "steps" / f"{name}.json").write_text(json.dumps({"step": name, "ok": True, "result": result}))
+    text = report.markdown(report.collect(tmp_path))
+    assert text.startswith("# GPU kit: NVIDIA H100 80GB HBM3")
+    assert "| align | 30.0 | 480.0 | 500.0 | 512.0 | 0.98 |" in text
+    assert "| align | 16 | 40.0 | 400.0 | 4000.0 |" in text
+    assert "| align | 256 128 | True | 128 | 1.0 | 128 | 0.0 | OutOfMemoryError: CUDA out of memory. |" in text
