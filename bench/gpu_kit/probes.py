@@ -117,7 +117,7 @@ def decide(requested: str) -> dict[str, Any]:
 
 def device_step(context: StepContext) -> dict[str, Any]:
     """The project's device choice as a pip install there would make it: the facts its probe gathers, the
-    problem it finds, the doctor's rows, and what `--device auto` and `--device cuda` become."""
+    problems it finds (the doctor's failing rows), and what `--device auto` and `--device cuda` become."""
     from batch.engine.gpu import device
 
     result: dict[str, Any] = {}
@@ -125,7 +125,7 @@ def device_step(context: StepContext) -> dict[str, Any]:
     if facts is not None:
         probed = device.GpuFacts(**facts)
         attempt(result, "problem", lambda: device.gpu_problem(probed))
-        attempt(result, "checks", lambda: [dataclasses.asdict(check) for check in device.device_checks(probed, "auto")])
+        attempt(result, "problems", lambda: [dataclasses.asdict(found) for found in device.cuda_problems(probed)])
     result["auto"] = decide("auto")
     result["cuda"] = decide("cuda")
     if hasattr(device, "default_compute_type"):
