@@ -175,12 +175,3 @@ def asr_oom(model: Any, context: StepContext) -> dict[str, Any]:
     sizer = BatchSizer(256, {"asr": UNDERESTIMATE_BYTES}, None)
     with ballast(HEADROOM_BYTES):
         return backoff_trial("asr", sizer, lambda size: decode(model, size, LARGE_V3, 8))
-
-
-def pipeline_step(context: StepContext) -> dict[str, Any]:
-    reason = unusable_reason(context)
-    if reason is not None:
-        return {"skipped": reason}
-    from bench.gpu_kit.busy import busy_share
-
-    return busy_share(context)

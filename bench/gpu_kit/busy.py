@@ -125,3 +125,10 @@ def busy_share(context: StepContext) -> dict[str, Any]:
         samples=len(utilisation.samples),
     )
     return result
+
+
+def pipeline_step(context: StepContext) -> dict[str, Any]:
+    from bench.gpu_kit.asr import unusable_reason
+
+    reason = unusable_reason(context)
+    return {"skipped": reason} if reason is not None else busy_share(context)

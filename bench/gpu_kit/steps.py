@@ -46,7 +46,7 @@ STEPS: dict[str, Step] = {
         Step("embed", "bench.gpu_kit.stage_steps:embed_step", 40, True, "speaker embeddings (WeSpeaker ResNet34)"),
         Step("ct2", "bench.gpu_kit.asr:ct2_step", 40, True, "CTranslate2 on CUDA"),
         Step("asr", "bench.gpu_kit.asr:asr_step", 120, True, "ASR (large-v3-shaped random Whisper, CTranslate2)"),
-        Step("pipeline", "bench.gpu_kit.asr:pipeline_step", 40, True, "GPU busy share over the stages on speech"),
+        Step("pipeline", "bench.gpu_kit.busy:pipeline_step", 40, True, "GPU busy share over the stages on speech"),
     )
 }
 
