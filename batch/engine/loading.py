@@ -183,7 +183,7 @@ def english_only(model: str) -> bool | None:
     """Whether a Whisper model reads English only, told without loading it: from a name (`tiny.en`,
     `Systran/faster-whisper-small.en`) or a local folder's vocabulary; None when it cannot be told."""
     if not is_local(model):
-        from faster_whisper.utils import available_models
+        from batch.common.model_names import whisper_model_names as available_models
 
         return True if model.endswith(".en") else (False if model in available_models() else None)
     folder = Path(model)

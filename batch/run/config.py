@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +22,13 @@ from batch.common.runtime import available_cpus
 from batch.common.units import parse_bytes
 from batch.engine.asr.decoding import DecodingOptions
 from batch.engine.config import AlignConfig, AsrConfig, DiarizeConfig, HubConfig, PipelineConfig, RuntimeOptions
-from batch.engine.gpu.device import compute_type_problem, default_compute_type, resolve_device
+from batch.engine.gpu.device import (
+    compute_type_problem,
+    compute_types_in_a_child,
+    default_compute_type,
+    resolve_device,
+    resolve_device_for_workers,
+)
 from batch.engine.loading import cached_english_only, english_only, hf_token, hub_offline, is_local, resolved_language
 from batch.engine.vad.speech import VadOptions
 from batch.formats.subtitles import SubtitleOptions
@@ -194,12 +200,16 @@ def configure(
 def runtime_options(settings: Settings) -> RuntimeOptions:
     """The device, compute type and threads this machine runs with. The compute type shapes the transcript, so
     a dry run resolves them too, to skip what a run would skip."""
-    device = resolve_device(settings.device)
+    # A run in worker processes: this process only hands out files and maps no model library (the workers do).
+    in_workers = settings.gpus is not None or (settings.workers or 1) > 1
+    device = resolve_device_for_workers(settings.device) if in_workers else resolve_device(settings.device)
+    supported = compute_types_in_a_child if in_workers else None
     if settings.compute_type is not None:
-        refuse_a_compute_type_the_device_cannot_run(settings, device)
+        refuse_a_compute_type_the_device_cannot_run(settings, device, supported)
+    compute_type = settings.compute_type or default_compute_type(device, supported)
     return RuntimeOptions(
         device=device,
-        compute_type=settings.compute_type or default_compute_type(device),
+        compute_type=compute_type,
         threads=settings.threads or available_cpus(),
         batch_size=settings.batch_size,
         gpu_memory_reserve=parse_bytes(settings.gpu_memory_reserve),
@@ -290,10 +300,12 @@ def refuse_what_an_english_only_model_cannot_do(pipeline: PipelineConfig) -> Non
         raise ConfigError(*problem)
 
 
-def refuse_a_compute_type_the_device_cannot_run(settings: Settings, device: str) -> None:
+def refuse_a_compute_type_the_device_cannot_run(
+    settings: Settings, device: str, supported: Callable[[str], Iterable[str]] | None = None
+) -> None:
     """float16 on the CPU is a configuration error found now, not after the model has loaded (exit 2)."""
     assert settings.compute_type is not None
-    problem = compute_type_problem(settings.compute_type, device)
+    problem = compute_type_problem(settings.compute_type, device, supported)
     if problem is not None:
         if settings.device == "auto" and device == "cpu":
             problem += "; device auto found no usable GPU"

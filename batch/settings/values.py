@@ -60,7 +60,7 @@ _HUB_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 def normalize_model(value: str) -> str:
     """A Whisper size name, a Hugging Face repo id, or a local CTranslate2 folder (made absolute)."""
-    from faster_whisper.utils import available_models
+    from batch.common.model_names import whisper_model_names as available_models
 
     text = value.strip()
     if not text:

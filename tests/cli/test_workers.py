@@ -112,3 +112,25 @@ def test_a_worker_killed_mid_file_has_its_files_retried_and_the_run_succeeds(
     workers = {worker["name"]: worker for worker in report["workers"]}
     assert workers["cpu0"]["restarts"] == 1 and workers["cpu1"]["restarts"] == 0
     assert sum(worker["files"] for worker in workers.values()) == 6
+
+
+def test_the_parent_of_workers_maps_no_model_library(tmp_path: Path, sample_wav: Path, tiny_en: str) -> None:
+    """With --workers (and --device auto, the default) the parent lists, decodes and writes; the workers load the
+    models. The parent decides the device from NVML (none here: the CPU) and imports neither PyTorch nor
+    CTranslate2 nor faster-whisper, which cost it seconds and hundreds of MB when it did."""
+    calls = copies(sample_wav, tmp_path / "in", 2)
+    out = tmp_path / "out"
+    argv = ["whisperx-batch", "run", str(calls), "--out", str(out), "--model", tiny_en, "--no-align"]
+    argv += ["--workers", "2", "--threads", "2"]
+    code = (
+        "import atexit, sys\n"
+        "libraries = ('torch', 'ctranslate2', 'faster_whisper', 'pyannote', 'transformers')\n"
+        "atexit.register(lambda: print('loaded:', [m for m in libraries if m in sys.modules]))\n"
+        f"sys.argv = {argv!r}\n"
+        "from batch.cli.app import main\n"
+        "main()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "loaded: []"
+    assert "2 succeeded" in done.stderr and re.search(r"workers: cpu0 \d files, cpu1 \d files", done.stderr)

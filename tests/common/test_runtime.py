@@ -255,3 +255,11 @@ def test_pytorch_stages_hand_large_blocks_back_while_the_asr_keeps_its_own(mallo
     assert figures["reused"] is (malloc == "reuse")
     assert figures["inside"] < 0.1
     assert (figures["outside"] > 0.9) if malloc == "reuse" else (figures["outside"] < 0.1)
+
+
+def test_compute_types_asked_in_a_child_are_ctranslate2s_own() -> None:
+    import ctranslate2
+
+    from batch.engine.gpu.device import compute_types_in_a_child
+
+    assert set(compute_types_in_a_child("cpu")) == set(ctranslate2.get_supported_compute_types("cpu"))

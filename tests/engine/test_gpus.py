@@ -313,3 +313,16 @@ def test_settings_take_gpus_and_workers_where_they_work(tmp_path: Path) -> None:
     assert load_settings({}, environ={}, config_path=config).gpus == "device=1"
     with pytest.raises(ConfigError, match=r"gpus: a GPU is listed twice .*WHISPERX_BATCH_GPUS"):
         load_settings({}, environ={"WHISPERX_BATCH_GPUS": "1,1"})
+
+
+def test_a_run_in_workers_decides_its_device_from_nvml_alone() -> None:
+    from batch.common.errors import EnvironmentProblem
+    from batch.engine.gpu.device import resolve_device_for_workers
+
+    assert resolve_device_for_workers("auto", FakeNvml(A, B)) == "cuda"
+    assert resolve_device_for_workers("cuda", FakeNvml(A)) == "cuda"
+    assert resolve_device_for_workers("cpu", FakeNvml(A)) == "cpu"
+    assert resolve_device_for_workers("auto", FakeNvml(A, driver=False)) == "cpu"
+    assert resolve_device_for_workers("auto", FakeNvml()) == "cpu"
+    with pytest.raises(EnvironmentProblem, match=r"no GPU is visible \(NVML Shared Library Not Found\)"):
+        resolve_device_for_workers("cuda", FakeNvml(A, driver=False))

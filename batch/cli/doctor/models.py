@@ -111,9 +111,9 @@ def asr_model_check(model: str, cache: Path, offline: bool, token: str | None) -
             fix = "give a CTranslate2 model folder (faster-whisper format), or a Whisper name such as large-v3"
             return Check(name, "fail", f"{model} holds no {MODEL_FILE}: not a CTranslate2 model", fix)
         return Check(name, "ok", f"{model} (local folder)")
-    from faster_whisper.utils import _MODELS  # faster-whisper's own name -> repo table
+    from batch.common.model_names import whisper_models
 
-    repo_id = _MODELS.get(model, model)
+    repo_id = whisper_models().get(model, model)  # faster-whisper's own name -> repo table
     found = find_cached_snapshot(repo_id, cache, MODEL_FILE, MODEL_FILES)
     return _hub_model_check(name, f"{model} ({repo_id})", repo_id, found, offline, token, "fail")
 

@@ -14,10 +14,14 @@ machine; `cuda_problems` says what stops CUDA here, each with its fix, and `reso
 from __future__ import annotations
 
 import ctypes
+import json
 import logging
 import re
+import subprocess
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from batch.common.advice import NO_DRIVER_FIX, advice_for, cublas_fix, pip_nvidia_lib_dirs
 from batch.common.errors import EnvironmentProblem
@@ -225,6 +229,33 @@ def resolve_device(requested: str) -> str:
     return "cpu"
 
 
+def resolve_device_for_workers(requested: str, nvml: Any = None) -> str:
+    """The device of a run whose models run in worker processes (`--gpus`, `--workers`), decided from NVML alone so
+    that this process, which only hands out files, loads no model library: `cuda` where NVML shows a GPU, else
+    cpu (`auto`) or exit 3 (`cuda`). Each worker checks CUDA in full when it loads its models; one that cannot
+    run says why, and the run stops with exit 3."""
+    if requested == "cpu":
+        return "cpu"
+    try:
+        gpus, reason = read_driver(nvml).gpus, "NVML lists none"
+    except NvmlUnavailable as exc:
+        gpus, reason = (), str(exc)
+    if gpus:
+        return "cuda"
+    if requested == "cuda":
+        raise EnvironmentProblem(f"device cuda was asked for but no GPU is visible ({reason}). Fix: {NO_DRIVER_FIX}")
+    log.info("device auto: using cpu (no GPU visible: %s)", reason)
+    return "cpu"
+
+
+def compute_types_in_a_child(device: str) -> list[str]:
+    """CTranslate2's compute types for `device`, asked in a short-lived process: for a process that must not map
+    CTranslate2 itself (the parent of worker processes)."""
+    code = f"import ctranslate2, json; print(json.dumps(sorted(ctranslate2.get_supported_compute_types({device!r}))))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    return list(json.loads(done.stdout))
+
+
 # On CUDA, the first of these that CTranslate2 says this GPU runs: float16 needs compute capability 5.3 (and is
 # refused on 6.1, whose float16 is slow); int8_float32 runs wherever int8 does; float32 everywhere.
 CUDA_COMPUTE_TYPES = ("float16", "int8_float16", "int8_float32", "float32")
@@ -249,18 +280,22 @@ def default_compute_type(device: str, supported: Callable[[str], Iterable[str]] 
 ANY_DEVICE_COMPUTE_TYPES = ("default", "auto")
 
 
-def compute_type_problem(compute_type: str, device: str) -> str | None:
+def compute_type_problem(
+    compute_type: str, device: str, supported: Callable[[str], Iterable[str]] | None = None
+) -> str | None:
     """Why CTranslate2 cannot run `compute_type` on `device` here, naming what it can; None when it can (or when
-    CTranslate2 cannot tell: the device check then says what is wrong)."""
+    CTranslate2 cannot tell: the device check then says what is wrong). `supported`: CTranslate2's list."""
     if compute_type in ANY_DEVICE_COMPUTE_TYPES:
         return None
     try:
-        import ctranslate2
+        if supported is None:
+            import ctranslate2
 
-        supported = sorted(ctranslate2.get_supported_compute_types(device))
+            supported = ctranslate2.get_supported_compute_types
+        available = sorted(supported(device))
     except Exception:
         return None
-    if compute_type in supported:
+    if compute_type in available:
         return None
     where = "the CPU" if device == "cpu" else "this GPU"
-    return f"{compute_type} cannot run on {where}; supported here: {', '.join(supported)} (or default)"
+    return f"{compute_type} cannot run on {where}; supported here: {', '.join(available)} (or default)"
