@@ -76,6 +76,8 @@ def load_models(config: PipelineConfig) -> LoadedModels:
         probe_for_device(runtime.device),
         reserve_bytes=runtime.gpu_memory_reserve,
     )
+    if hasattr(vad, "sizer"):  # pyannote's VAD runs on the GPU beside the other stages: under the same budget
+        vad.sizer = sizer
     finisher = Finisher(config, sizer)
     return LoadedModels(vad, recognizer, sizer, finisher, round(time.perf_counter() - started, 3))
 

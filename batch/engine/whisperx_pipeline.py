@@ -29,7 +29,7 @@ from batch.engine.asr.chunks import ChunkQueue, FileInFlight
 from batch.engine.asr.recognizer import WINDOW_SAMPLES, Recognized, WhisperRecognizer
 from batch.engine.audio import SAMPLE_RATE
 from batch.engine.config import PipelineConfig
-from batch.engine.gpu.oom import raise_if_context_lost
+from batch.engine.gpu.oom import raise_if_context_lost, run_with_oom_backoff
 from batch.engine.loading import load_models
 from batch.engine.pipeline import DecodedFile, FileOutcome, PipelineStats
 from batch.engine.vad.speech import SpeechChunk
@@ -172,10 +172,12 @@ class WhisperxPipeline:
         if not chunks:
             return None, None
         start = int(chunks[0].start * SAMPLE_RATE)
+        window = file.audio[start : start + WINDOW_SAMPLES]
         with file.stopwatch.stage("language"):
-            return self.recognizer.detect_language(
-                file.audio[start : start + WINDOW_SAMPLES], among=self.config.asr.languages
+            guess, _ = run_with_oom_backoff(  # on the GPU beside the other stages: under the same budget
+                "language", self.sizer, lambda size: self.recognizer.detect_language(window, self.config.asr.languages)
             )
+            return guess
 
     # --- after the ASR --------------------------------------------------------------------------------------
 

@@ -263,3 +263,28 @@ def test_silero_merges_regions_by_whisperx_rule_without_importing_pyannote() -> 
 
     loaded = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert loaded.stdout.strip() == "[]"
+
+
+def test_the_vad_under_the_gpu_budget_gives_the_same_scores_and_backs_off_on_out_of_memory(sample):
+    """The VAD's windows batched by the process's budget (as every GPU stage's): the scores are the same as with
+    pyannote's fixed batches, and an out-of-memory halves the batch instead of failing the file."""
+    from batch.common.units import MiB
+    from batch.engine.gpu.sizing import BatchSizer
+    from batch.engine.vad.segmentation import load_segmentation, speech_scores
+    from batch.engine.vad.speech import BUNDLED_VAD_CHECKPOINT
+
+    model = load_segmentation(BUNDLED_VAD_CHECKPOINT)
+    expected = speech_scores(model, sample, 0.5)
+    real_forward, sizes = model.net.forward, []
+
+    def forward_that_fits_4(batch: torch.Tensor) -> torch.Tensor:
+        sizes.append(batch.shape[0])
+        if batch.shape[0] > 4:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_forward(batch)
+
+    model.net.forward = forward_that_fits_4  # type: ignore[method-assign]
+    budget = BatchSizer(8, {"vad": 32 * MiB}, probe=None, clock=lambda: 0.0, ceilings={"vad": 32})  # no regrowth
+    scores = speech_scores(model, sample, 0.5, budget)
+    assert np.array_equal(scores.data, expected.data)
+    assert sizes[:3] == [32, 16, 8] and max(sizes[3:]) == 4 and budget.limit("vad") == 4

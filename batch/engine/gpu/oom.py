@@ -195,7 +195,6 @@ def run_with_oom_backoff(
     items: int | None = None,
     sample_interval: float = 0.01,
     max_size: int | None = None,
-    free_first: bool = True,
 ) -> tuple[T, StageMemoryRecord]:
     """Run `call(batch_size)` for one stage of one file, halving the batch size on out-of-memory down to 1.
 
@@ -207,23 +206,25 @@ def run_with_oom_backoff(
     any other error propagates unchanged.
 
     For a caller that runs many batches in a row (`map_in_batches`): `max_size` caps the first size tried
-    (the items left), so that an out-of-memory halves the size that really ran, not a larger planned one;
-    `free_first=False` skips freeing caches before reading the free memory (after an out-of-memory they are
-    still freed). The defaults change nothing.
+    (the items left), so that an out-of-memory halves the size that really ran, not a larger planned one.
+
+    The batch holds its estimated need in the sizer's budget while it runs (`BatchSizer.running`). Caches are
+    freed only after an out-of-memory: the budget counts PyTorch's cached memory as available, and emptying it
+    before every batch would stall the stages running on other threads. What the batch is seen to use corrects
+    the estimate only when it ran alone; an out-of-memory beside another stage's batch halves the retry without
+    holding the stage to the lower size afterwards.
     """
-    if sizer.probe is not None and free_first:
-        free_caches()  # so that the free memory read next, and the growth measured, are not skewed by caches
     plan = sizer.plan(stage)
     size = plan.size if max_size is None else max(1, min(plan.size, max_size))
     record = StageMemoryRecord(stage, sizer.ceiling(stage), size, size, 0, plan.free_bytes, plan.total_bytes)
     while True:
         try:
-            with _PeakSampler(sizer.probe, sample_interval) as sampler:
+            with sizer.running(stage, size) as grant, _PeakSampler(sizer.probe, sample_interval) as sampler:
                 result = call(size)
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
-            smaller = sizer.on_oom(stage, size)
+            smaller = sizer.on_oom(stage, size, shared=not grant.ran_alone)
             if smaller is None:
                 record.batch_size_used, record.failed = size, True
                 raise GpuOutOfMemory(
@@ -236,7 +237,8 @@ def run_with_oom_backoff(
             record.batch_size_used = size
             if sampler.before is not None and sampler.peak is not None:
                 record.peak_growth_bytes = sampler.peak - sampler.before
-            sizer.observe(stage, min(size, items) if items else size, sampler.before, sampler.peak)
+            if grant.ran_alone:
+                sizer.observe(stage, min(size, items) if items else size, sampler.before, sampler.peak)
             sizer.on_success(stage)
             return result, record
         # Freed here, outside the except block: until it ends, the traceback keeps the failed batch's
@@ -309,8 +311,7 @@ def map_in_batches(
 
     Each batch runs under `run_with_oom_backoff`: on out-of-memory it is retried at half its size, and the
     items it did not take go into the next batches, which the sizer keeps at the lowered size (until it grows
-    back). Work already done is never redone. Caches are freed before the first batch (with a probe) and after
-    each out-of-memory, not between clean batches.
+    back). Work already done is never redone. Caches are freed after an out-of-memory only.
 
     `run_batch(batch)` must return one output per item of `batch`, in its order, consuming any lazy generator
     itself and building its inputs afresh on every call (a retry calls it again with fewer items). Raises
@@ -337,7 +338,6 @@ def map_in_batches(
                 free_caches=free_caches,
                 sample_interval=sample_interval,
                 max_size=len(items) - position,
-                free_first=not done.batches,
             )
         except GpuOutOfMemory as exc:
             raise BatchOutOfMemory(str(exc), position, done, exc.record) from exc.__cause__

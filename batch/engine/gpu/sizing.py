@@ -1,7 +1,10 @@
 """GPU memory: batch sizes fitted to the memory really free (read through NVML).
 
-One `BatchSizer` lives for the whole run. Before each batched stage it picks the largest batch size, at most
-the configured one (the ceiling), whose estimated need fits in the free memory minus a reserve. The need per
+One `BatchSizer` lives for the whole run, and it is the process's one GPU memory budget: the VAD's thread, the
+ASR and the finishing thread (alignment, diarization) all size their batches through it. Before each batch it
+picks the largest batch size, at most the configured one (the ceiling), whose estimated need fits in the memory
+available (free on the device, plus what PyTorch holds cached but unused) minus a reserve and minus what the
+batches running on other threads have been granted and not yet shown in the reading. The need per
 batch item starts from a table (per model size and compute type) and is corrected by what this card shows:
 NVML's used memory sampled around each batch, since CTranslate2 allocates outside PyTorch's allocator.
 
@@ -13,10 +16,13 @@ With no GPU or no NVML, the configured batch size is used (said once, when the p
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
+import sys
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 from batch.common.units import GiB, MiB
@@ -25,8 +31,12 @@ from batch.engine.gpu.nvml import MemoryProbe
 DEFAULT_RESERVE_BYTES = 1 * GiB
 
 # The stages whose batch size the sizer chooses. One item is: a speech chunk of up to 30 s (asr), one
-# segment of up to 30 s (align), one 10 s window of the diarization model (diarize).
-STAGES = ("asr", "align", "diarize")
+# segment of up to 30 s (align), one 10 s window of the diarization model (diarize), one window of the VAD's
+# segmentation model (vad), a file's 30 s language window (language: one at a time, under the same budget).
+STAGES = ("asr", "align", "diarize", "vad", "language")
+# Stages with a batch size of their own, whatever --batch-size says: pyannote's VAD batch (as its Inference),
+# and language detection (one window per file).
+OWN_CEILINGS = {"vad": 32, "language": 1}
 
 # --- Estimated need per batch item --------------------------------------------------------------------------
 #
@@ -61,6 +71,9 @@ ASR_ITEM_MIB: dict[tuple[str, int], int] = {
 # Neither has been measured on a card yet; both are corrected at run time like the ASR figures.
 ALIGN_ITEM_MIB = 512
 DIARIZE_ITEM_MIB = 128
+# The VAD (pyannote's segmentation PyanNet, float32, one window): SincNet's 80 filters over the window's
+# 160,000 samples, pooled, then the LSTM: about 16 MB alive per window at most; 32 MiB to be safe until measured.
+VAD_ITEM_MIB = 32
 
 # A measured need is trusted within this factor of the seed: a reading far off the formula is more likely
 # noise (another process on a shared card, one-off workspaces) than the model's real need.
@@ -91,7 +104,13 @@ def model_family(model: str) -> str:
 def seed_item_bytes(model: str, compute_type: str) -> dict[str, int]:
     """The table's estimated need per batch item of each stage, in bytes, before anything is measured."""
     asr = ASR_ITEM_MIB[(model_family(model), activation_bytes(compute_type))]
-    return {"asr": asr * MiB, "align": ALIGN_ITEM_MIB * MiB, "diarize": DIARIZE_ITEM_MIB * MiB}
+    return {
+        "asr": asr * MiB,
+        "align": ALIGN_ITEM_MIB * MiB,
+        "diarize": DIARIZE_ITEM_MIB * MiB,
+        "vad": VAD_ITEM_MIB * MiB,
+        "language": asr * MiB,  # one ASR encoder pass
+    }
 
 
 # --- The controller -----------------------------------------------------------------------------------------
@@ -118,6 +137,30 @@ class _StageState:
     regrow_wait: float = 0.0
 
 
+def torch_cached_bytes() -> int:
+    """GPU memory PyTorch's allocator holds reserved but not allocated: free for the next PyTorch batch, though
+    NVML counts it as used. 0 before PyTorch has used CUDA."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_initialized():
+        return 0
+    return max(0, torch.cuda.memory_reserved() - torch.cuda.memory_allocated())
+
+
+@dataclass(frozen=True)
+class Grant:
+    """A batch that runs under the budget: its stage, size, the bytes it was granted, and whether another
+    stage's batch ran at some moment beside it (then the memory it saw grow, or run out, was not its own alone)."""
+
+    stage: str
+    size: int
+    bytes: int
+    shared: list[bool]  # [True] once another batch ran beside this one
+
+    @property
+    def ran_alone(self) -> bool:
+        return not self.shared[0]
+
+
 class BatchSizer:
     """Chooses each stage's batch size from free GPU memory; remembers out-of-memory lowerings across files.
 
@@ -141,6 +184,7 @@ class BatchSizer:
         regrow_after_seconds: float = 60.0,
         regrow_after_successes: int = 2,
         ceilings: Mapping[str, int] | None = None,
+        cached: Callable[[], int] = torch_cached_bytes,
     ):
         ceilings = dict(ceilings or {})
         for stage in item_bytes:
@@ -151,6 +195,9 @@ class BatchSizer:
         self.reserve_bytes = reserve_bytes
         self.clock = clock
         self.regrow_after_successes = regrow_after_successes
+        self.cached = cached
+        self._lock = threading.Lock()  # the stages plan from their own threads
+        self._running: list[Grant] = []
         self._stages = {
             stage: _StageState(seed, float(seed), ceilings[stage], regrow_wait=regrow_after_seconds)
             for stage, seed in item_bytes.items()
@@ -167,19 +214,42 @@ class BatchSizer:
         clock: Callable[[], float] = time.monotonic,
     ) -> BatchSizer:
         """A sizer seeded from the table for this Whisper model and compute type."""
-        return cls(ceiling, seed_item_bytes(model, compute_type), probe, reserve_bytes, clock)
+        return cls(ceiling, seed_item_bytes(model, compute_type), probe, reserve_bytes, clock, ceilings=OWN_CEILINGS)
 
     def plan(self, stage: str) -> BatchPlan:
-        """The batch size for `stage` now: the largest, up to the ceiling and any lowering, that fits; at least 1."""
+        """The batch size for `stage` now: the largest, up to the ceiling and any lowering, that fits; at least 1.
+
+        `free_bytes` is what the budget counts as available: the device's free memory, plus PyTorch's cached
+        memory, less what the batches running now on other threads were granted."""
+        with self._lock:
+            return self._plan(stage)
+
+    def _plan(self, stage: str) -> BatchPlan:
         state = self._state(stage)
         reading = self.probe.free_and_total() if self.probe is not None else None
-        free, total = reading if reading is not None else (None, None)
+        if reading is None:
+            self._maybe_regrow(state, None)
+            return BatchPlan(state.limit or state.ceiling, None, None)
+        free = reading[0] + self.cached() - sum(grant.bytes for grant in self._running)
         self._maybe_regrow(state, free)
         cap = state.limit or state.ceiling
-        if free is None:
-            return BatchPlan(cap, None, None)
         fitting = math.floor(max(free - self.reserve_bytes, 0) / state.item_bytes)
-        return BatchPlan(max(1, min(cap, fitting)), free, total)
+        return BatchPlan(max(1, min(cap, fitting)), free, reading[1])
+
+    @contextlib.contextmanager
+    def running(self, stage: str, size: int) -> Iterator[Grant]:
+        """Hold `size` items' estimated need of `stage` in the budget while its batch runs: batches planned on
+        other threads meanwhile do not count on that memory. The grant says whether the batch ran alone."""
+        with self._lock:
+            grant = Grant(stage, size, round(size * self._state(stage).item_bytes), [bool(self._running)])
+            for other in self._running:
+                other.shared[0] = True
+            self._running.append(grant)
+        try:
+            yield grant
+        finally:
+            with self._lock:
+                self._running.remove(grant)
 
     def size_for(self, stage: str) -> int:
         """The batch size for `stage` now (see `plan`)."""
@@ -188,10 +258,15 @@ class BatchSizer:
     def observe(self, stage: str, items: int, used_before: int | None, used_peak: int | None) -> None:
         """Correct the stage's need per item from a batch of `items` that ran: NVML's used memory before and at peak.
 
-        A growth of zero or less says nothing (the peak fell between samples, or cached memory was reused).
+        A growth of zero or less says nothing (the peak fell between samples, or cached memory was reused). Call
+        it only for a batch that ran alone: the device's growth beside another batch is both batches'.
         """
         if used_before is None or used_peak is None or items < 1 or used_peak <= used_before:
             return
+        with self._lock:
+            self._observe(stage, items, used_before, used_peak)
+
+    def _observe(self, stage: str, items: int, used_before: int, used_peak: int) -> None:
         state = self._state(stage)
         measured = (used_peak - used_before) / items
         trusted = min(
@@ -203,10 +278,19 @@ class BatchSizer:
         """Count a clean run of the stage toward growing a lowered size back."""
         self._state(stage).successes_since_change += 1
 
-    def on_oom(self, stage: str, failed_size: int) -> int | None:
-        """Remember that `failed_size` ran out of memory: the halved size to retry with, or None at size 1."""
+    def on_oom(self, stage: str, failed_size: int, shared: bool = False) -> int | None:
+        """Remember that `failed_size` ran out of memory: the halved size to retry with, or None at size 1.
+
+        `shared`: another stage's batch ran beside it, so the memory may have been that one's: the retry is
+        smaller, but the stage is not held to it for the files after (the halving is not remembered)."""
         if failed_size <= 1:
             return None
+        if shared:
+            return failed_size // 2
+        with self._lock:
+            return self._lower(stage, failed_size)
+
+    def _lower(self, stage: str, failed_size: int) -> int:
         state = self._state(stage)
         if state.grown_back:
             state.regrow_wait = min(state.regrow_wait * 2, self.MAX_REGROW_WAIT)

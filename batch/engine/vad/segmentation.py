@@ -16,15 +16,19 @@ tests/engine/test_vad.py checks that scores and chunks equal pyannote's and whis
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from asteroid_filterbanks import Encoder, ParamSincFB
 from torch import nn
+
+if TYPE_CHECKING:
+    from batch.engine.gpu.sizing import BatchSizer
 
 SAMPLE_RATE = 16_000
 SEGMENT_PRECISION = 1e-6  # pyannote.core: a segment no longer than this is empty
@@ -220,9 +224,12 @@ def load_segmentation(path: str | Path) -> Segmentation:
 # --- scores: pyannote's Inference.slide + aggregate ------------------------------------------------------
 
 
-def speech_scores(model: Segmentation, audio: np.ndarray, step: float) -> Scores:
+def speech_scores(model: Segmentation, audio: np.ndarray, step: float, sizer: BatchSizer | None = None) -> Scores:
     """Frame-level speech scores of 16 kHz mono `audio`: pyannote's sliding-window inference with whisperx's
-    hook (max over speakers), aggregated with a Hamming window and cropped to the audio, shape (frames, 1)."""
+    hook (max over speakers), aggregated with a Hamming window and cropped to the audio, shape (frames, 1).
+
+    With `sizer`, the windows' batches are sized by the process's GPU budget and backed off on out-of-memory, as
+    every GPU stage's are; without, BATCH_SIZE windows per forward. Each window's scores are the same either way."""
     device = next(model.net.parameters()).device
     waveform = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)).unsqueeze(0)
     window, step_size = round(model.window_seconds * SAMPLE_RATE), round(step * SAMPLE_RATE)
@@ -234,8 +241,16 @@ def speech_scores(model: Segmentation, audio: np.ndarray, step: float) -> Scores
     has_last_chunk = num_samples < window or (num_samples - window) % step_size > 0
     outputs = []
     with torch.inference_mode():
-        for start in range(0, num_chunks, BATCH_SIZE):
-            outputs.append(model.net(chunks[start : start + BATCH_SIZE].to(device)).cpu().numpy())
+        if sizer is not None and num_chunks:
+            from batch.engine.gpu.oom import map_in_batches
+
+            def forward(batch: Sequence[int]) -> list[np.ndarray]:
+                return list(model.net(chunks[batch[0] : batch[-1] + 1].to(device)).cpu().numpy())
+
+            outputs.append(np.stack(map_in_batches("vad", sizer, list(range(num_chunks)), forward).outputs))
+        else:
+            for start in range(0, num_chunks, BATCH_SIZE):
+                outputs.append(model.net(chunks[start : start + BATCH_SIZE].to(device)).cpu().numpy())
         if has_last_chunk:
             last = F.pad(waveform[:, num_chunks * step_size :], (0, window - (num_samples - num_chunks * step_size)))
             outputs.append(model.net(last[None].to(device)).cpu().numpy())

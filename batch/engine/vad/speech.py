@@ -86,6 +86,7 @@ class PyannoteDetector:
         from batch.engine.vad.segmentation import load_segmentation
 
         self.options = options
+        self.sizer: Any = None  # the run's GPU budget (batch.engine.gpu.sizing.BatchSizer), given once it exists
         place = torch.device(device)
         self._model = load_segmentation(BUNDLED_VAD_CHECKPOINT).to(place)
         if place.type == "cuda":
@@ -99,7 +100,8 @@ class PyannoteDetector:
         if audio.size == 0:
             return []
         o = self.options
-        regions = speech_regions(speech_scores(self._model, audio, o.step), o.onset, o.offset, o.chunk_size)
+        scores = speech_scores(self._model, audio, o.step, self.sizer)
+        regions = speech_regions(scores, o.onset, o.offset, o.chunk_size)
         return _chunks(merge_regions(regions, o.chunk_size), audio)
 
 
