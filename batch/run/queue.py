@@ -55,27 +55,47 @@ class QueueToDo(ToDo):
         self._receive_counts: dict[str, int] = {}
         self._lock = threading.Lock()
         self._closed = threading.Event()
+        self._beating = False
+        self._paused = False
+        self._empty_since: float | None = None  # when the polls that found nothing in a row began
 
     def pending(self, on_skipped: Callable[[str], None]) -> Iterator[InputFile]:
-        threading.Thread(target=self._beat, name="queue-heartbeat", daemon=True).start()
+        """The queue's files as they come. Pauses (ends, with `more_to_come`) when a poll finds the queue empty
+        while files are in work: the pipeline holds files until a batch is full, so it must hear that no more
+        are coming now, finish them and have their messages deleted; the run then asks again."""
+        if not self._beating:
+            self._beating = True
+            threading.Thread(target=self._beat, name="queue-heartbeat", daemon=True).start()
+        self._paused = False
         # Idle is counted over polls that found nothing in a row, never over the time the run spent on files
         # between two polls: a queue that still holds messages is not idle, however slowly the run takes them.
-        empty_since: float | None = None
         while not self.stopping() and not self._closed.is_set():
             wait: float = LONG_POLL
-            if self.idle_seconds is not None and empty_since is not None:
-                wait = self.idle_seconds - (self.clock() - empty_since)
+            if self.idle_seconds is not None:
+                waited = 0.0 if self._empty_since is None else self.clock() - self._empty_since
+                wait = min(LONG_POLL, self.idle_seconds - waited)
                 if wait <= 0:
                     log.info("%s: empty for %.0f s, stopping (--queue-idle)", self.queue.location, self.idle_seconds)
                     return
+            in_work = self._in_work()
             polled_at = self.clock()
-            received = self.queue.receive(wait_seconds=max(1, min(LONG_POLL, int(wait + 0.999))))
+            received = self.queue.receive(wait_seconds=0 if in_work else max(1, int(wait + 0.999)))
             if not received:
-                empty_since = polled_at if empty_since is None else empty_since
+                self._empty_since = polled_at if self._empty_since is None else self._empty_since
+                if in_work:
+                    self._paused = True
+                    return
                 continue
-            empty_since = None
+            self._empty_since = None
             for message in received:
                 yield from self._files_of(message, on_skipped)
+
+    def more_to_come(self) -> bool:
+        return self._paused and not self.stopping() and not self._closed.is_set()
+
+    def _in_work(self) -> bool:
+        with self._lock:
+            return bool(self._held)
 
     def _files_of(
         self, message: QueueMessage | tuple[str, str, int, UnreadableMessage], on_skipped: Callable[[str], None]

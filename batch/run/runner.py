@@ -153,17 +153,21 @@ class Runner:
         writer = OutputWriter(after_write=self.claims.give_back if self.claims is not None else lambda key: None)
         ahead = self.config.control.prefetch * max(1, len(self.config.workers))  # --prefetch is per worker
         fetch_ahead = ordered_map if self.config.queue is None else ordered_map_fed  # a queue's next file may wait
-        fetched = fetch_ahead(self._fetch, self.pending(), workers=max(1, ahead), ahead=ahead)
-        files = self._handed_over(fetched)
-        outcomes = self.pipeline.process(files, self.stopping)
         try:
-            try:
-                for outcome in outcomes:
-                    self._write(outcome, writer)
-                    self.tally.count(writer.done())
-            finally:
-                outcomes.close()
-                files.close()  # waits for the prefetch threads: no claim can be taken after this
+            while True:  # one pass over the listing; a queue may pause (see ToDo.more_to_come) and go on
+                fetched = fetch_ahead(self._fetch, self.pending(), workers=max(1, ahead), ahead=ahead)
+                files = self._handed_over(fetched)
+                outcomes = self.pipeline.process(files, self.stopping)
+                try:
+                    for outcome in outcomes:
+                        self._write(outcome, writer)
+                        self.tally.count(writer.done())
+                finally:
+                    outcomes.close()
+                    files.close()  # waits for the prefetch threads: no claim can be taken after this
+                self.tally.count(writer.done(wait=True))  # a paused queue deletes these messages now
+                if not self.to_do.more_to_come():
+                    break
             self.tally.count(writer.close())
         except BatchError as exc:
             self.report.error = ErrorRecord.of(exc)

@@ -112,6 +112,11 @@ class ToDo:
     def written(self, key: str) -> None:
         """The file's manifest is written."""
 
+    def more_to_come(self) -> bool:
+        """After `pending` ended: whether it paused rather than ended (a queue that went quiet while files were
+        in work, so that they are finished now), and the run should ask `pending` again. A listing ends."""
+        return False
+
     def close(self) -> None:
         """The run is over, whatever ended it."""
 

@@ -254,7 +254,45 @@ def test_a_queue_that_still_holds_messages_is_not_idle_however_slowly_the_run_ta
         for item in to_do.pending(on_skipped=lambda key: None):
             taken.append(item.key)
             now[0] += 10  # the run works on the file before it asks for the next
+        assert sorted(taken) == sorted(f"in/call{index}.wav" for index in range(12))
+        # The queue went quiet with files in work: a pause, so that the pipeline finishes what it holds.
+        assert to_do.more_to_come()
+        for key in taken:
+            to_do.written(key)  # their manifests are written: the messages are deleted
+        paused_at = now[0]
+        assert list(to_do.pending(on_skipped=lambda key: None)) == []
+        assert not to_do.more_to_come()  # nothing in work, and empty for --queue-idle: the end
+        assert now[0] - paused_at >= 2
     finally:
         to_do.close()
-    assert sorted(taken) == sorted(f"in/call{index}.wav" for index in range(12))
-    assert now[0] >= 12 * 10 + 2  # it stopped only after polls found the queue empty for --queue-idle
+    assert messages_in(queue_url) == (0, 0)
+
+
+def test_a_consumer_without_an_idle_limit_finishes_each_burst_without_waiting_for_the_next(
+    bucket: str, speech: bytes, tiny_en: str
+) -> None:
+    """A long-running consumer (no --queue-idle): three files, fewer than a batch, are finished and their messages
+    deleted once the queue goes quiet, not held until another message comes; a later burst is done the same way."""
+    queue_url, _ = make_queue("long-running", visibility=60)
+    sqs = boto3.client("sqs")
+
+    def send(names: list[str]) -> None:
+        for name in names:
+            put(bucket, f"in/{name}.mp3", speech)
+            sqs.send_message(QueueUrl=queue_url, MessageBody=json.dumps({"source": f"s3://{bucket}/in/{name}.mp3"}))
+
+    def manifests() -> set[str]:
+        return {key for key in keys_in(bucket, "out/in/") if key.endswith(".manifest.json")}
+
+    send(["a", "b", "c"])
+    process = consumer(queue_url, f"s3://{bucket}/out", tiny_en, "--batch-size", "8")
+    try:
+        wait_until(lambda: len(manifests()) == 3 and messages_in(queue_url) == (0, 0), timeout=180)
+        send(["d", "e"])
+        wait_until(lambda: len(manifests()) == 5 and messages_in(queue_url) == (0, 0), timeout=180)
+    finally:
+        process.send_signal(signal.SIGTERM)
+    code, stderr = finish(process)
+    assert code == 143, stderr
+    (run,) = reports(bucket)
+    assert sorted(run["succeeded"]) == [f"in/{name}.mp3" for name in "abcde"]
