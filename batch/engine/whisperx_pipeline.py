@@ -242,6 +242,10 @@ class WhisperxPipeline:
             raise
         except Exception as exc:  # alignment or diarization broke on this file: it fails alone, unwritten
             outcome.transcribed, outcome.error = False, exc
+        if outcome.transcribed and outcome.quality is not None and (outcome.alignment or {}).get("status") == "aligned":
+            from batch.engine.quality.guard import recheck_aligned
+
+            outcome.segments = recheck_aligned(outcome.segments, outcome.quality, self.config.quality.mode)
         self._stats.gpu_records.extend(record for stage, record in outcome.gpu.items() if stage != "asr")
         return outcome
 

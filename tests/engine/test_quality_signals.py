@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from batch.engine.quality.guard import QualityOptions, Reading, guard, merge_records
+from batch.engine.quality.guard import QualityOptions, Reading, guard, merge_records, recheck_aligned
 from batch.engine.quality.judge import SegmentSignals, judge
 from batch.engine.quality.phrases import PhraseBag, bundled_phrases, read_phrases
 from batch.engine.quality.signals import (
@@ -242,3 +242,34 @@ def test_confidence_weighs_segments_by_their_characters() -> None:
     assert confidence([]) is None
     segments = [{"text": "a" * 30, "avg_logprob": -0.1}, {"text": "b" * 10, "avg_logprob": -0.5}]
     assert confidence(segments) == pytest.approx(np.exp(-0.2), abs=1e-3)
+
+
+def aligned(start: float, end: float, text: str, score: float) -> dict:
+    return {"start": start, "end": end, "text": text, "words": [{"word": w, "score": score} for w in text.split()]}
+
+
+@pytest.mark.parametrize("mode", ["drop", "flag"])
+def test_a_doubtful_segment_that_aligns_poorly_has_two_signals_against_it(mode: str) -> None:
+    doubt = {"start": 5.0, "end": 10.0, "text": "Right. Thanks for watching.", "reasons": ["low_log_probability"]}
+    quality = {"doubtful": [doubt], "dropped": [], "flagged": []}
+    segments = [
+        aligned(0.5, 4.0, "Clear speech here.", 0.05),  # poorly aligned but not doubtful: kept (a review reason)
+        aligned(5.2, 6.0, "Right.", 0.8),
+        aligned(6.1, 9.5, "Thanks for watching.", 0.1),
+    ]
+    kept = recheck_aligned(segments, quality, mode)  # type: ignore[arg-type]
+    if mode == "drop":
+        assert [s["text"] for s in kept] == ["Clear speech here.", "Right."]
+        assert quality["dropped"] == [
+            {
+                "start": 6.1,
+                "end": 9.5,
+                "text": "Thanks for watching.",
+                "reasons": ["low_log_probability", "poorly_aligned"],
+            }
+        ]
+    else:
+        assert kept == segments and quality["flagged"][0]["text"] == "Thanks for watching."
+    assert quality["doubtful"] == [doubt]  # "Right." is still there
+    unaligned = [{"start": 6.1, "end": 9.5, "text": "Thanks for watching."}]
+    assert recheck_aligned(unaligned, {"doubtful": [doubt], "dropped": [], "flagged": []}, "drop") == unaligned

@@ -12,10 +12,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from batch.engine.quality.judge import SegmentSignals, Verdict, judge
+from batch.engine.quality.judge import ALIGNED_SCORE_WEAK, SegmentSignals, Verdict, judge
 from batch.engine.quality.phrases import PhraseBag
 from batch.engine.quality.signals import (
     VadView,
+    aligned_score,
     compression_ratio,
     cut_loop,
     find_loop,
@@ -163,6 +164,39 @@ def _act(reading: Reading, verdict: Verdict, mode: Mode, record: QualityRecord) 
         record.cut.append({**entry, "kept": shorter})
         return replace(reading, text=shorter)
     return reading
+
+
+def recheck_aligned(segments: list[dict[str, Any]], quality: dict[str, Any], mode: Mode) -> list[dict[str, Any]]:
+    """After alignment, the character scores of the words are one more signal: a sentence that aligns poorly
+    (the audio does not carry its text) inside a segment already doubtful (one signal weak or strong) has two
+    signals against it, and is dropped (`drop`) or flagged (`flag`). The segments kept; `quality` updated."""
+    doubtful = quality["doubtful"]
+    kept = []
+    for segment in segments:
+        score = aligned_score(segment.get("words", []))
+        chunk = next((entry for entry in doubtful if _within(segment, entry)), None)
+        if chunk is None or score is None or score >= ALIGNED_SCORE_WEAK:
+            kept.append(segment)
+            continue
+        entry = {
+            "start": segment["start"],
+            "end": segment["end"],
+            "text": segment["text"],
+            "reasons": [*chunk["reasons"], "poorly_aligned"],
+        }
+        if mode == "drop":
+            quality["dropped"].append(entry)
+        else:
+            quality["flagged"].append(entry)
+            kept.append(segment)
+    quality["doubtful"] = [entry for entry in doubtful if any(_within(segment, entry) for segment in kept)]
+    quality["dropped"].sort(key=lambda entry: entry["start"])
+    return kept
+
+
+def _within(segment: dict[str, Any], chunk: dict[str, Any]) -> bool:
+    """A segment (a sentence once aligned) inside a chunk's span, to the millisecond its times are rounded to."""
+    return chunk["start"] - 1e-3 <= segment["start"] and segment["end"] <= chunk["end"] + 1e-3
 
 
 def _speech_seconds(reading: Reading) -> float:

@@ -24,6 +24,8 @@ VAD_SCORE_WEAK = 0.65  # the chunk's mean frame speech score (onset 0.5): barely
 COMPRESSION_RATIO_HIGH = 2.4  # faster-whisper's fallback threshold
 NGRAM_REPETITION_HIGH, NGRAM_REPETITION_MIN_WORDS = 0.4, 12
 WORDS_PER_SECOND_HIGH, FAST_MIN_WORDS = 6.5, 6  # people rarely pass 5 words a second for long
+# After alignment: a segment whose words' mean alignment score is below this hardly fits the audio.
+ALIGNED_SCORE_WEAK = 0.2
 
 WEAK, STRONG = "weak", "strong"
 

@@ -15,7 +15,7 @@ from batch.engine.quality.signals import normalise
 PHRASES_FOLDER = Path(__file__).parent / "phrases"
 # A phrase found inside a longer segment counts from this many words, and when it is at least this share of it.
 CONTAINED_MIN_WORDS = 3
-CONTAINED_MIN_SHARE = 0.5
+CONTAINED_MIN_SHARE = 0.75
 
 
 def read_phrases(text: str) -> frozenset[str]:

@@ -11,10 +11,10 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from batch.engine.quality.judge import ALIGNED_SCORE_WEAK
 from batch.engine.quality.signals import aligned_score
 
 LOW_LANGUAGE_PROBABILITY = 0.5
-POORLY_ALIGNED = 0.2  # a segment's mean word alignment score below this: its text hardly fits the audio
 
 
 def confidence(segments: Sequence[dict[str, Any]]) -> float | None:
@@ -36,7 +36,7 @@ def summarize(
     min_speakers: int | None = None,
 ) -> dict[str, Any]:
     reasons = []
-    if segments and record["doubtful"]:
+    if record["doubtful"]:
         reasons.append("signals_disagree")
     if record["flagged"]:
         reasons.append("hallucinations_kept")
@@ -47,7 +47,7 @@ def summarize(
     if min_speakers is not None and speakers is not None and speakers < min_speakers:
         reasons.append("fewer_speakers_than_asked")
     scores = [aligned_score(segment.get("words", [])) for segment in segments]
-    if any(score is not None and score < POORLY_ALIGNED for score in scores):
+    if any(score is not None and score < ALIGNED_SCORE_WEAK for score in scores):
         reasons.append("text_poorly_aligned")
     return {
         "review": bool(reasons),
