@@ -6,8 +6,9 @@ voices over each other, a crowd of three, speech reversed under chords). Most ar
 them for speech, which is when Whisper hallucinates: a steady tone finds no speech and reaches no model.
 
 `make_set(folder, seed)` writes one recording of each kind; the seed picks the sentences, voices, speeds and
-pitches, so the set that built the phrase bag (seed 1: bench/hallucination_phrases.py) and the set that measures
-the guard (seed 2: bench/bench_hallucinations.py) differ.
+pitches, so the sets that built the phrase bag (seeds 1, 3, 5, 7, 9: bench/hallucination_phrases.py) and the set
+that measures the guard (seed 2: bench/bench_hallucinations.py) differ. sox runs in its repeatable mode (-R): a
+seed makes the same recordings every time, noise included.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ SAMPLE_RATE = "16000"
 
 
 def sox(*args: str) -> None:
-    subprocess.run(["sox", *args], check=True, capture_output=True)
+    subprocess.run(["sox", "-R", *args], check=True, capture_output=True)  # -R: the same noise every time
 
 
 def synth(path: Path, *effects: str) -> Path:

@@ -31,6 +31,8 @@ from batch.engine.audio import SAMPLE_RATE
 from batch.engine.config import PipelineConfig
 from batch.engine.loading import load_models
 from batch.engine.pipeline import DecodedFile, FileOutcome, PipelineStats
+from batch.engine.quality.guard import QualityRecord, Reading, guard, recheck_aligned
+from batch.engine.quality.signals import VadView
 from batch.engine.vad.speech import SpeechChunk
 
 log = logging.getLogger(__name__)
@@ -159,8 +161,6 @@ class WhisperxPipeline:
         if not chunks:
             outcome = FileOutcome(file, transcribed=True, language=language, language_probability=probability)
             if self.config.quality.enabled:
-                from batch.engine.quality.guard import QualityRecord
-
                 outcome.quality = QualityRecord().to_dict()  # no speech found: a person may want to know why
             return outcome
         return FileInFlight(file, chunks, language, probability)
@@ -187,18 +187,22 @@ class WhisperxPipeline:
     def _guard(self, state: FileInFlight) -> None:
         """The hallucination guard over a file whose chunks are all read (batch.engine.quality), on the ASR's
         thread: a segment judged hallucinated is read once more, with the temperature fallback."""
-        from batch.engine.quality.guard import guard
-
         options = self.config.quality
         if not options.enabled or state.error is not None:
             return
-        with state.file.stopwatch.stage("quality"):
-            readings = [reading_of(chunk, text) for chunk, text in zip(state.chunks, state.texts, strict=True)]
-            kept, record = guard(readings, options, state.language, lambda indices: self._reread(state, indices))
+        try:
+            with state.file.stopwatch.stage("quality"):
+                readings = [reading_of(chunk, text) for chunk, text in zip(state.chunks, state.texts, strict=True)]
+                kept, record = guard(readings, options, state.language, lambda indices: self._reread(state, indices))
+        except BatchError:
+            raise
+        except Exception as exc:  # its second reading broke: the file fails alone, as in its first
+            state.error = exc
+            return
         state.texts = [Recognized(r.text, r.avg_logprob, r.no_speech_prob) for r in kept]
         state.quality = record.to_dict()
 
-    def _reread(self, state: FileInFlight, indices: list[int]) -> list[Any]:
+    def _reread(self, state: FileInFlight, indices: list[int]) -> list[Reading]:
         from batch.engine.asr.decoding import FALLBACK_TEMPERATURES
         from batch.engine.gpu.oom import map_in_batches
 
@@ -243,18 +247,13 @@ class WhisperxPipeline:
         except Exception as exc:  # alignment or diarization broke on this file: it fails alone, unwritten
             outcome.transcribed, outcome.error = False, exc
         if outcome.transcribed and outcome.quality is not None and (outcome.alignment or {}).get("status") == "aligned":
-            from batch.engine.quality.guard import recheck_aligned
-
             outcome.segments = recheck_aligned(outcome.segments, outcome.quality, self.config.quality.mode)
         self._stats.gpu_records.extend(record for stage, record in outcome.gpu.items() if stage != "asr")
         return outcome
 
 
-def reading_of(chunk: SpeechChunk, recognized: Recognized | None) -> Any:
+def reading_of(chunk: SpeechChunk, recognized: Recognized | None) -> Reading:
     """A chunk's reading as the hallucination guard takes it: plain values."""
-    from batch.engine.quality.guard import Reading
-    from batch.engine.quality.signals import VadView
-
     assert recognized is not None
     vad = VadView(chunk.speech_seconds, chunk.mean_score) if chunk.speech_seconds is not None else None
     return Reading(chunk.start, chunk.end, recognized.text, recognized.avg_logprob, recognized.no_speech_prob, vad)
