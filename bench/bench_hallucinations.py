@@ -12,7 +12,9 @@ Contenders, with bench/tools.py's commands (Whisper tiny.en int8 on the CPU, 2 t
    chords before them, and chords under them at a fifth of the speech's level): WER of off and drop against the
    references (bench/score.py), and the segments drop took out (every one of them is real speech here).
 3. Wall time of off and drop on SHORT and MIXED, whole processes from start to exit, in the order
-   off-drop-drop-off (A-B-B-A), into a fresh DEST each time; the guard's cost is drop's mean over off's.
+   off-drop-drop-off (A-B-B-A), into a fresh DEST each time; the guard's cost is drop's mean over off's. Beside it
+   the same ratio of CPU seconds (the process and its children, from wait4: steadier on a shared machine), and the
+   guard's own stage seconds from drop's last run report (judging and second readings).
 
 Markdown on stdout and in OUT/hallucinations.md, raw figures in OUT/hallucinations.json.
 
@@ -33,7 +35,7 @@ from bench.corpus import Corpus, Recording
 from bench.measure import add_common_arguments, common_corpora, fmt, machine, mean, say
 from bench.nonspeech import chords, make_set
 from bench.score import wer_percent
-from bench.tools import Setup, command, run_report, run_timed, texts, tiny_en
+from bench.tools import Measured, Setup, command, run_measured, run_report, texts, tiny_en
 
 MUSIC_FILES = 8  # SHORT recordings given music before and under them
 
@@ -42,11 +44,10 @@ def runner(setup: Setup, corpus: Corpus, out: Path, mode: str) -> list[str]:
     return [*command("runner", setup, corpus, out), "--hallucinations", mode]
 
 
-def run(tool: str, setup: Setup, corpus: Corpus, folder: Path, timeout: float) -> tuple[float, Path]:
+def run(tool: str, setup: Setup, corpus: Corpus, folder: Path, timeout: float) -> tuple[Measured, Path]:
     out = folder / f"{corpus.name}-{tool}"
     argv = command("cli", setup, corpus, out) if tool == "cli" else runner(setup, corpus, out, tool)
-    seconds = run_timed(argv, folder / f"{corpus.name}-{tool}.log", out, timeout)
-    return seconds, out
+    return run_measured(argv, folder / f"{corpus.name}-{tool}.log", out, timeout), out
 
 
 def non_speech_corpus(folder: Path) -> Corpus:
@@ -91,7 +92,7 @@ def quality_of(out: Path, key: str) -> dict[str, Any]:
 def non_speech_table(corpus: Corpus, setup: Setup, folder: Path, timeout: float, cli: bool) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for tool in (["cli"] if cli else []) + ["off", "drop"]:
-        seconds, out = run(tool, setup, corpus, folder, timeout)
+        measured, out = run(tool, setup, corpus, folder, timeout)
         written = texts("cli" if tool == "cli" else "runner", corpus, out)
         with_text = [r.name for r, text in zip(corpus.recordings, written, strict=True) if text.strip()]
         results[tool] = {
@@ -99,7 +100,7 @@ def non_speech_table(corpus: Corpus, setup: Setup, folder: Path, timeout: float,
             "files_with_text": with_text,
             "reviewed": [name for name in with_text if quality_of(out, name).get("review")],
             "texts": dict(zip([r.name for r in corpus.recordings], written, strict=True)),
-            "seconds": round(seconds, 2),
+            "seconds": round(measured.seconds, 2),
         }
         say(f"  {corpus.name} {tool}: {results[tool]['words']} words on {len(with_text)} files")
     return results
@@ -108,10 +109,13 @@ def non_speech_table(corpus: Corpus, setup: Setup, folder: Path, timeout: float,
 def speech_table(corpus: Corpus, setup: Setup, folder: Path, timeout: float, timed: bool) -> dict[str, Any]:
     references = [r.text for r in corpus.recordings]
     order = ["off", "drop", "drop", "off"] if timed else ["off", "drop"]
-    results: dict[str, Any] = {mode: {"seconds": []} for mode in ("off", "drop")}
+    results: dict[str, Any] = {mode: {"seconds": [], "cpu_seconds": []} for mode in ("off", "drop")}
     for mode in order:
-        seconds, out = run(mode, setup, corpus, folder, timeout)
+        measured, out = run(mode, setup, corpus, folder, timeout)
+        seconds = measured.seconds
         results[mode]["seconds"].append(round(seconds, 2))
+        results[mode]["cpu_seconds"].append(round(measured.cpu_seconds or 0.0, 2))
+        results[mode]["guard_seconds"] = (run_report(out).get("stage_seconds") or {}).get("quality", 0.0)
         results[mode]["wer_percent"] = round(wer_percent(references, texts("runner", corpus, out)), 2)
         quality = (run_report(out).get("quality") or {}) if mode == "drop" else {}
         if mode == "drop":
@@ -146,16 +150,18 @@ def render(setup: Setup, non_speech: dict[str, Any], speech: dict[str, dict[str,
         "Speech (WER in percent against the references; segments dropped are real speech lost):",
         "",
         "| corpus | WER off | WER drop | segments dropped | loops cut | files to review | wall off (s) | "
-        "wall drop (s) | drop / off |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "wall drop (s) | drop / off wall | drop / off CPU | guard stage (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, result in speech.items():
         off, drop = result["off"], result["drop"]
-        ratio = mean(drop["seconds"]) / mean(off["seconds"]) if off["seconds"] else None  # type: ignore[operator]
+        ratio = mean(drop["seconds"]) / mean(off["seconds"])  # type: ignore[operator]
+        cpu = mean(drop["cpu_seconds"]) / mean(off["cpu_seconds"])  # type: ignore[operator]
         lines.append(
             f"| {name} | {off['wer_percent']} | {drop['wer_percent']} | {drop['segments_dropped']} | "
             f"{drop['segments_cut']} | {drop['files_to_review']} | {' / '.join(map(str, off['seconds']))} | "
-            f"{' / '.join(map(str, drop['seconds']))} | {fmt(ratio, '{:.3f}')} |"
+            f"{' / '.join(map(str, drop['seconds']))} | {fmt(ratio, '{:.3f}')} | {fmt(cpu, '{:.3f}')} | "
+            f"{drop['guard_seconds']} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -72,7 +72,7 @@ def test_text_written_over_non_speech_leaves_every_output_and_stays_in_the_manif
         lines = (dropped / f"{name}.{fmt}").read_text().splitlines()
         assert [line for line in lines if line.strip() and line not in ("WEBVTT", "start\tend\ttext")] == []
     quality = manifest(dropped, name)["quality"]
-    assert quality["dropped"] and quality["reread"] == len(quality["dropped"])
+    assert quality["dropped"] and quality["reread"] <= len(quality["dropped"])  # silent ones are not read again
     for entry in quality["dropped"]:
         assert entry["text"] and entry["end"] > entry["start"] and entry["reasons"]
         assert {"no_speech_probability", "low_log_probability"} & set(entry["reasons"])

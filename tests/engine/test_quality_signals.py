@@ -169,7 +169,7 @@ def reading(text: str, start: float, nsp: float = 0.05, lp: float = -0.2) -> Rea
     return Reading(start, start + 5.0, text, lp, nsp, VadView(4.8, 0.9))
 
 
-READINGS = [reading(SPEECH, 0.0), reading("Thank you.", 5.0, nsp=0.7, lp=-1.3), reading(LOOPED, 10.0)]
+READINGS = [reading(SPEECH, 0.0), reading("Thank you.", 5.0, nsp=0.45, lp=-0.9), reading(LOOPED, 10.0)]
 
 
 def no_better(indices: list[int]) -> list[Reading]:
@@ -190,7 +190,7 @@ def test_drop_reads_a_hallucination_again_then_drops_it_and_cuts_loops() -> None
         "",
         "We're in the rest of the end of the year. We're in the rest of the end.",
     ]
-    assert record.dropped == [
+    assert [{k: v for k, v in entry.items() if k != "signals"} for entry in record.dropped] == [
         {
             "start": 5.0,
             "end": 10.0,
@@ -198,8 +198,19 @@ def test_drop_reads_a_hallucination_again_then_drops_it_and_cuts_loops() -> None
             "reasons": ["no_speech_probability", "low_log_probability", "known_phrase"],
         }
     ]
+    assert record.dropped[0]["signals"]["no_speech_prob"] == 0.45
     assert record.cut[0]["text"] == LOOPED and record.cut[0]["kept"] == kept[2].text
     assert record.speech_seconds == pytest.approx(14.4)
+
+
+def test_what_whisper_itself_finds_silent_is_not_read_again() -> None:
+    """faster-whisper's silence rule (no-speech probability above 0.6, log-probability below -1.0)."""
+
+    def reread(indices: list[int]) -> list[Reading]:
+        raise AssertionError("nothing to read again")
+
+    kept, record = guard([reading("Thank you.", 0.0, nsp=0.8, lp=-1.4)], QualityOptions("drop"), "en", reread)
+    assert kept[0].text == "" and record.reread == 0 and len(record.dropped) == 1
 
 
 def test_a_segment_read_well_the_second_time_keeps_its_new_text() -> None:
@@ -219,7 +230,7 @@ def test_flag_changes_no_text_and_reads_nothing_again() -> None:
 
 def test_channels_records_merge_in_time_order() -> None:
     _, first = guard(READINGS, QualityOptions("drop"), "en", no_better)
-    alone = [reading("Thank you.", 1.0, nsp=0.9, lp=-1.2)]
+    alone = [reading("Thank you.", 1.0, nsp=0.5, lp=-1.2)]
     _, second = guard(alone, QualityOptions("drop"), "en", lambda indices: [alone[index] for index in indices])
     merged = merge_records([first.to_dict(), None, second.to_dict()])
     assert merged is not None and [entry["start"] for entry in merged["dropped"]] == [1.0, 5.0]

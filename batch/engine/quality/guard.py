@@ -1,9 +1,11 @@
 """The guard over one file's readings: judge each segment, read the judged ones again with the temperature
 fallback, then drop (or flag) what still fails and cut loops inside real speech.
 
-`drop`: a hallucinated segment leaves the transcript and is kept in the file's quality record (times, text,
-reasons), so a person can restore it. `flag`: no text changes; the judgements are recorded (and nothing is read
-again). A segment of real speech holding a loop keeps the loop's first occurrence; the cut is recorded.
+`drop`: a hallucinated segment is read again first (unless Whisper itself finds it silent, faster-whisper's rule,
+under which reading it hotter would not help); still hallucinated, it leaves the transcript and is kept in the
+file's quality record (times, text, reasons, the signals' figures), so a person can restore it. `flag`: no text
+changes; the judgements are recorded (and nothing is read again). A segment of real speech holding a loop keeps
+the loop's first occurrence; the cut is recorded.
 """
 
 from __future__ import annotations
@@ -111,7 +113,10 @@ def guard(
     record = QualityRecord(speech_seconds=sum(_speech_seconds(reading) for reading in readings))
     kept = list(readings)
     verdicts = _judged(kept, options, language)
-    suspects = [index for index, verdict in enumerate(verdicts) if verdict is not None and verdict.hallucinated]
+    # Read again what Whisper may have read wrong; not what it says holds no speech (faster-whisper's silence rule).
+    suspects = [
+        i for i, verdict in enumerate(verdicts) if verdict is not None and verdict.hallucinated and not verdict.silent
+    ]
     if suspects and options.mode == "drop":
         record.reread = len(suspects)
         for index, second in zip(suspects, reread(suspects), strict=True):
@@ -146,6 +151,7 @@ def _act(reading: Reading, verdict: Verdict, mode: Mode, record: QualityRecord) 
         "end": round(reading.end, 3),
         "text": reading.text.strip(),
         "reasons": list(verdict.reasons),
+        "signals": verdict.figures,
     }
     if verdict.hallucinated:
         if mode == "drop":

@@ -11,7 +11,7 @@ synthetic speech and non-speech (bench/bench_hallucinations.py measures them).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from batch.engine.quality.signals import Loop
 
@@ -24,6 +24,9 @@ VAD_SCORE_WEAK = 0.65  # the chunk's mean frame speech score (onset 0.5): barely
 COMPRESSION_RATIO_HIGH = 2.4  # faster-whisper's fallback threshold
 NGRAM_REPETITION_HIGH, NGRAM_REPETITION_MIN_WORDS = 0.4, 12
 WORDS_PER_SECOND_HIGH, FAST_MIN_WORDS = 6.5, 6  # people rarely pass 5 words a second for long
+# Whisper's own word that there is nothing to read: faster-whisper's silence rule at its default thresholds
+# (no_speech_threshold 0.6, log_prob_threshold -1.0), under which it reads no chunk again at a higher temperature.
+SILENT_NO_SPEECH, SILENT_LOG_PROB = 0.6, -1.0
 # After alignment: a segment whose words' mean alignment score is below this hardly fits the audio.
 ALIGNED_SCORE_WEAK = 0.2
 
@@ -66,6 +69,8 @@ class Verdict:
     reasons: tuple[str, ...]  # every signal that fired, by name
     review: bool  # kept, but the signals disagree
     loop: Loop | None = None  # a loop inside speech kept: cut it
+    figures: dict[str, object] = field(default_factory=dict)  # the signals' values, for the record
+    silent: bool = False  # Whisper itself finds no speech: reading it again would not help
 
 
 def acoustic(signals: SegmentSignals) -> dict[str, str]:
@@ -99,11 +104,16 @@ def textual(signals: SegmentSignals) -> list[str]:
     return fired
 
 
+def silent(signals: SegmentSignals) -> bool:
+    nsp = signals.no_speech_prob
+    return nsp is not None and nsp > SILENT_NO_SPEECH and signals.avg_logprob < SILENT_LOG_PROB
+
+
 def judge(signals: SegmentSignals) -> Verdict:
     sound, text = acoustic(signals), textual(signals)
-    reasons = (*sound, *text)
+    reasons, figures = (*sound, *text), signals.to_dict()
     if len(sound) >= 2 or (sound and text):
-        return Verdict(True, reasons, review=False)
+        return Verdict(True, reasons, review=False, figures=figures, silent=silent(signals))
     cut = ("loop", "repetitive") if signals.loop is not None else ()  # a loop in speech is cut, not doubted
     doubtful = STRONG in sound.values() or any(name not in cut for name in text)
-    return Verdict(False, reasons, review=doubtful, loop=signals.loop)
+    return Verdict(False, reasons, review=doubtful, loop=signals.loop, figures=figures)
