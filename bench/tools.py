@@ -199,6 +199,9 @@ class Measured:
     # memory of the process that started it, at that moment: the kernel carries a peak over fork and exec.
     peak_rss_bytes: int
     tree_peak_rss_bytes: int | None = None  # with tree=True: the largest sampled sum over the process and descendants
+    # CPU seconds (user + system) of the process and its waited-for descendants: steadier than wall seconds on a
+    # machine shared with other work.
+    cpu_seconds: float | None = None
 
 
 def run_timed(argv: list[str], log: Path, out: Path, timeout: float | None = None) -> float:
@@ -236,7 +239,8 @@ def run_measured(argv: list[str], log: Path, out: Path, timeout: float | None = 
     if process.returncode != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-25:])
         raise RunFailed(f"{Path(argv[0]).name} exited with {process.returncode} (log: {log}):\n{tail}")
-    return Measured(seconds, usage.ru_maxrss * 1024, tree_peak)  # ru_maxrss: kilobytes on Linux
+    cpu = usage.ru_utime + usage.ru_stime
+    return Measured(seconds, usage.ru_maxrss * 1024, tree_peak, cpu)  # ru_maxrss: kilobytes on Linux
 
 
 def tree_rss_bytes(pid: int) -> int | None:

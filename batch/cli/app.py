@@ -141,6 +141,21 @@ def run_command(
         bool | None,
         _decoding("Numbers as words: no digits, % or currency symbols.", "--suppress-numerals/--no-suppress-numerals"),
     ] = None,
+    hallucinations: Annotated[
+        str | None,
+        Opt(
+            help="Text where nobody speaks: drop (default: out of the transcript, kept in the manifest) | flag "
+            "(kept, marked for review) | off (whisperx's output as it is).",
+            rich_help_panel=OUTPUT,
+        ),
+    ] = None,
+    hallucination_phrases: Annotated[
+        str | None,
+        Opt(
+            help="A file of more known hallucinations, one phrase a line (with the weak-audio rule).",
+            rich_help_panel=OUTPUT,
+        ),
+    ] = None,
     align: Annotated[
         bool | None,
         Opt("--align/--no-align", help="Time every word with wav2vec2 (default on).", rich_help_panel=SPEAKERS),

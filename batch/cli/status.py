@@ -11,7 +11,7 @@ import json
 import os
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from typing import Any, TypeVar
 
@@ -48,6 +48,16 @@ class Inconsistent:
     reason: str
 
 
+@dataclass(frozen=True)
+class ToReview:
+    """A file the hallucination guard marked for a person to look at (its manifest's quality.review)."""
+
+    key: str
+    reasons: list[str]
+    dropped: int = 0  # segments dropped from its transcript (kept in the manifest)
+    confidence: float | None = None
+
+
 @dataclass
 class DestStatus:
     """Counts, audio hours and failures of one DEST, plus its latest run report."""
@@ -59,6 +69,8 @@ class DestStatus:
     failures: list[Failure] = field(default_factory=list)
     unreadable: list[str] = field(default_factory=list)
     inconsistent: list[Inconsistent] = field(default_factory=list)
+    review: list[ToReview] = field(default_factory=list)
+    segments_dropped: int = 0
     last_run: dict[str, Any] | None = None
     runs: int = 0
 
@@ -78,8 +90,17 @@ class DestStatus:
             "failures": [asdict(failure) for failure in self.failures],
             "unreadable_manifests": self.unreadable,
             "inconsistent_manifests": [asdict(item) for item in self.inconsistent],
+            "segments_dropped": self.segments_dropped,
+            "files_to_review": len(self.review),
             "runs": self.runs,
             "last_run": self.last_run,
+        }
+
+    def review_dict(self) -> dict[str, Any]:
+        return {
+            "dest": self.dest,
+            "files_to_review": len(self.review),
+            "review": [asdict(item) for item in self.review],
         }
 
 
@@ -155,6 +176,11 @@ def _count(status: DestStatus, name: str, manifest: Manifest | None, problem: st
     if manifest.status == "succeeded":
         status.succeeded += 1
         status.audio_seconds += manifest.audio_seconds or 0.0
+        quality = manifest.quality or {}
+        status.segments_dropped += len(quality.get("dropped", []))
+        if quality.get("review"):
+            item = ToReview(manifest.input.key, list(quality.get("reasons", [])), len(quality.get("dropped", [])))
+            status.review.append(replace(item, confidence=quality.get("confidence")))
         return
     status.failed += 1
     error = manifest.error
@@ -191,8 +217,17 @@ def status_exit_code(status: DestStatus) -> int:
     return EXIT_FILES_FAILED if status.failed or damaged or last_exit not in (EXIT_OK, EXIT_FILES_FAILED) else EXIT_OK
 
 
-def to_json(status: DestStatus) -> str:
-    return json.dumps(status.to_dict(), ensure_ascii=False, indent=2)
+def to_json(status: DestStatus, review: bool = False) -> str:
+    return json.dumps(status.review_dict() if review else status.to_dict(), ensure_ascii=False, indent=2)
+
+
+def format_review(status: DestStatus) -> str:
+    """`status --review`: each file a person should look at, with the reasons (docs/outputs.md#quality)."""
+    lines = [f"{status.dest}: {len(status.review)} of {status.succeeded} files to review"]
+    for item in status.review:
+        dropped = f"; {item.dropped} segments dropped" if item.dropped else ""
+        lines.append(f"  {item.key}: {', '.join(item.reasons).replace('_', ' ')}{dropped}")
+    return "\n".join(lines)
 
 
 def format_status(status: DestStatus) -> str:
@@ -210,6 +245,11 @@ def format_status(status: DestStatus) -> str:
     if status.inconsistent:
         lines.append(f"inconsistent manifests, redone by the next run ({len(status.inconsistent)}):")
         lines += [f"  {item.manifest}: {item.reason}" for item in status.inconsistent]
+    if status.review or status.segments_dropped:
+        lines.append(
+            f"hallucinations: {status.segments_dropped} segments dropped; {len(status.review)} files to review "
+            "(status --review lists them)"
+        )
     if status.failures:
         lines.append(f"failed ({status.failed}):")
         lines += [f"  {f.key}: {f.type}: {f.message}" for f in status.failures]

@@ -101,6 +101,9 @@ def status_command(
     ] = None,
     config: Annotated[str | None, Opt("--config", "-c", help="TOML config file (the job's own).")] = None,
     json_output: Annotated[bool, Opt("--json", help="One JSON document for machines.")] = False,
+    review: Annotated[
+        bool, Opt("--review", help="List the files to look at (hallucinations kept, no speech...) with reasons.")
+    ] = False,
 ) -> None:
     """Counts of succeeded and failed files, audio hours, and each failure's reason, from DEST's manifests.
 
@@ -109,11 +112,14 @@ def status_command(
     """
 
     def report() -> int:
-        from batch.cli.status import collect_status, format_status, status_exit_code, to_json
+        from batch.cli.status import collect_status, format_review, format_status, status_exit_code, to_json
 
         settings = load_settings({}, config_path=config)
         status = collect_status(dest or settings.out, s3_endpoint_url=settings.s3_endpoint_url)
-        print(to_json(status) if json_output else format_status(status))
+        if json_output:
+            print(to_json(status, review))
+        else:
+            print(format_review(status) if review else format_status(status))
         return status_exit_code(status)
 
     raise typer.Exit(guarded(report))

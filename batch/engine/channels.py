@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from batch.engine.pipeline import DecodedFile, FileOutcome, Pipeline, PipelineStats
+from batch.engine.quality.guard import merge_records
 
 # The name of channel N when --channel-speakers gives none for it (0-based, in the file's channel order).
 DEFAULT_SPEAKER = "CHANNEL_{}"
@@ -104,6 +105,7 @@ def merge_channels(file: DecodedFile, outcomes: list[FileOutcome], given: tuple[
     main = max(outcomes, key=_speech_seconds)  # the first channel, when none has speech
     merged.language, merged.language_probability = main.language, main.language_probability
     merged.alignment = _merged_alignment(outcomes)
+    merged.quality = merge_records([outcome.quality for outcome in outcomes])
     return merged
 
 

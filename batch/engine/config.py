@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from batch.engine.asr.decoding import DecodingOptions
+from batch.engine.quality.guard import QualityOptions
 from batch.engine.vad.speech import VadOptions
 
 
@@ -78,3 +79,4 @@ class PipelineConfig:
     diarize: DiarizeConfig
     hub: HubConfig
     runtime: RuntimeOptions
+    quality: QualityOptions = field(default_factory=QualityOptions)  # the hallucination guard (off unless asked)

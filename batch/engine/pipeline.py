@@ -74,6 +74,7 @@ class FileOutcome:
     error: Exception | None = None
     gpu: dict[str, Any] = field(default_factory=dict)  # stage -> oom.StageMemoryRecord
     worker: str | None = None  # the worker process that made it, when the pipeline is a pool of them
+    quality: dict[str, Any] | None = None  # the hallucination guard's record (batch.engine.quality.guard)
 
     @property
     def key(self) -> str:

@@ -32,6 +32,8 @@ from batch.engine.config import PipelineConfig
 from batch.engine.gpu.oom import raise_if_context_lost, run_with_oom_backoff
 from batch.engine.loading import load_models
 from batch.engine.pipeline import DecodedFile, FileOutcome, PipelineStats
+from batch.engine.quality.guard import QualityRecord, Reading, guard, recheck_aligned
+from batch.engine.quality.signals import VadView
 from batch.engine.vad.speech import SpeechChunk
 
 log = logging.getLogger(__name__)
@@ -107,6 +109,8 @@ class WhisperxPipeline:
                     break
                 with self._working():
                     done_files = queue.read_batch()
+                    for done in done_files:
+                        self._guard(done)
                     finishing.extend(self._start_finish(done, pool) for done in done_files)
                 while finishing and finishing[0].done():
                     yield finishing.popleft().result()
@@ -157,7 +161,10 @@ class WhisperxPipeline:
             raise_if_context_lost(exc)
             return FileOutcome(file, error=exc)
         if not chunks:
-            return FileOutcome(file, transcribed=True, language=language, language_probability=probability)
+            outcome = FileOutcome(file, transcribed=True, language=language, language_probability=probability)
+            if self.config.quality.enabled:
+                outcome.quality = QualityRecord().to_dict()  # no speech found: a person may want to know why
+            return outcome
         return FileInFlight(file, chunks, language, probability)
 
     def _language(self, file: DecodedFile, chunks: list[SpeechChunk]) -> tuple[str | None, float | None]:
@@ -181,6 +188,40 @@ class WhisperxPipeline:
 
     # --- after the ASR --------------------------------------------------------------------------------------
 
+    def _guard(self, state: FileInFlight) -> None:
+        """The hallucination guard over a file whose chunks are all read (batch.engine.quality), on the ASR's
+        thread: a segment judged hallucinated is read once more, with the temperature fallback."""
+        options = self.config.quality
+        if not options.enabled or state.error is not None:
+            return
+        try:
+            with state.file.stopwatch.stage("quality"):
+                readings = [reading_of(chunk, text) for chunk, text in zip(state.chunks, state.texts, strict=True)]
+                kept, record = guard(readings, options, state.language, lambda indices: self._reread(state, indices))
+        except BatchError:
+            raise
+        except Exception as exc:  # its second reading broke: the file fails alone, as in its first
+            state.error = exc
+            return
+        state.texts = [Recognized(r.text, r.avg_logprob, r.no_speech_prob) for r in kept]
+        state.quality = record.to_dict()
+
+    def _reread(self, state: FileInFlight, indices: list[int]) -> list[Reading]:
+        from batch.engine.asr.decoding import FALLBACK_TEMPERATURES
+        from batch.engine.gpu.oom import map_in_batches
+
+        assert self.recognizer is not None
+        recognizer = self.recognizer
+        language = state.language if recognizer.multilingual else None
+        chunks = list(state.asr_chunks(language))
+        result = map_in_batches(
+            "asr",
+            self.sizer,
+            [chunks[index] for index in indices],
+            lambda batch: recognizer.recognize(batch, FALLBACK_TEMPERATURES),
+        )
+        return [reading_of(state.chunks[index], again) for index, again in zip(indices, result.outputs, strict=True)]
+
     def _start_finish(self, state: FileInFlight, pool: ThreadPoolExecutor | None) -> Future[FileOutcome]:
         if pool is not None:
             return pool.submit(self._finish, state)
@@ -201,6 +242,7 @@ class WhisperxPipeline:
             outcome.error = state.error
             return outcome
         outcome.transcribed = True
+        outcome.quality = state.quality
         outcome.segments = segments_of(state.chunks, state.texts)
         try:
             self._finisher.finish(outcome)
@@ -209,8 +251,17 @@ class WhisperxPipeline:
         except Exception as exc:  # alignment or diarization broke on this file: it fails alone, unwritten
             raise_if_context_lost(exc)
             outcome.transcribed, outcome.error = False, exc
+        if outcome.transcribed and outcome.quality is not None and (outcome.alignment or {}).get("status") == "aligned":
+            outcome.segments = recheck_aligned(outcome.segments, outcome.quality, self.config.quality.mode)
         self._stats.gpu_records.extend(record for stage, record in outcome.gpu.items() if stage != "asr")
         return outcome
+
+
+def reading_of(chunk: SpeechChunk, recognized: Recognized | None) -> Reading:
+    """A chunk's reading as the hallucination guard takes it: plain values."""
+    assert recognized is not None
+    vad = VadView(chunk.speech_seconds, chunk.mean_score) if chunk.speech_seconds is not None else None
+    return Reading(chunk.start, chunk.end, recognized.text, recognized.avg_logprob, recognized.no_speech_prob, vad)
 
 
 def segments_of(chunks: list[SpeechChunk], texts: list[Recognized | None]) -> list[dict[str, Any]]:

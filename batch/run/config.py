@@ -30,6 +30,8 @@ from batch.engine.gpu.device import (
     resolve_device_for_workers,
 )
 from batch.engine.loading import cached_english_only, english_only, hf_token, hub_offline, is_local, resolved_language
+from batch.engine.quality.guard import QualityOptions
+from batch.engine.quality.phrases import PhraseBag
 from batch.engine.vad.speech import VadOptions
 from batch.formats.subtitles import SubtitleOptions
 from batch.formats.transcript import TRANSCRIPT_SCHEMA_VERSION
@@ -38,6 +40,7 @@ from batch.settings.options import (
     CHANNEL_SHAPING,
     DECODING_SHAPING,
     OUTPUT_SHAPING,
+    QUALITY_SHAPING,
     SUBTITLE_FORMATS,
     SUBTITLE_SHAPING,
     Settings,
@@ -163,6 +166,7 @@ def configure(
         ),
         hub=hub,
         runtime=runtime,
+        quality=quality_options(settings),
     )
     config = JobConfig(
         storage=StorageConfig(
@@ -235,7 +239,18 @@ def decoding_options(settings: Settings) -> DecodingOptions:
         log_prob_threshold=settings.log_prob_threshold,
         no_speech_threshold=settings.no_speech_threshold,
         suppress_numerals=settings.suppress_numerals,
+        no_speech_probability=settings.hallucinations != "off",
     )
+
+
+def quality_options(settings: Settings) -> QualityOptions:
+    """The hallucination guard; a phrases file that cannot be read is a configuration error (exit 2)."""
+    try:
+        phrases = PhraseBag.with_file(settings.hallucination_phrases)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError("hallucination_phrases", f"cannot be read: {exc}") from None
+    speakers = settings.num_speakers or settings.min_speakers
+    return QualityOptions(settings.hallucinations, phrases, speakers if settings.diarize else None)
 
 
 def shaping_settings(settings: Settings, vad: VadOptions, compute_type: str) -> dict[str, Any]:
@@ -247,6 +262,8 @@ def shaping_settings(settings: Settings, vad: VadOptions, compute_type: str) -> 
     shaping["language"] = resolved_language(settings.language, settings.model)
     if vad.method == "pyannote":
         shaping["vad_step"] = vad.step
+    if settings.hallucinations != "off":
+        shaping |= {name: getattr(settings, name) for name in QUALITY_SHAPING if getattr(settings, name) is not None}
     defaults = Settings.model_fields
     shaping |= {
         name: getattr(settings, name)

@@ -89,6 +89,7 @@ class Manifest(Record):
     receive_count: int | None = None  # queue mode: the receives of its message, this one included
     gpu: dict[str, dict[str, Any]] | None = None
     worker: str | None = None  # with --gpus or --workers: the worker process that transcribed the file
+    quality: dict[str, Any] | None = None  # the hallucination guard's summary (batch.engine.quality.summary)
 
     @classmethod
     def decode(cls, raw: bytes | None) -> Manifest | None:

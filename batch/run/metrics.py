@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 PREFIX = "whisperx_batch"
 OUTCOMES = ("succeeded", "failed", "skipped", "claimed_elsewhere")
 # Always exported (0 until a file spends time there), so a rate over them never starts from nothing.
-STAGES = ("decode", "vad", "asr", "align", "diarize", "write")
+STAGES = ("decode", "vad", "asr", "quality", "align", "diarize", "write")
 BATCHED_STAGES = ("asr", "align", "diarize")  # the stages whose batch size is fitted to the GPU's memory
 
 Samples = Iterable[tuple[Mapping[str, str], float]]
@@ -55,6 +55,8 @@ class RunMetrics(Collector):
         self._files: Counter[tuple[str, str]] = Counter()  # (outcome, error type) -> files
         self._audio_seconds = 0.0
         self._stage_seconds: Counter[str] = Counter()
+        self._segments_dropped = 0
+        self._files_to_review = 0
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
 
@@ -69,6 +71,8 @@ class RunMetrics(Collector):
             if event.status == "succeeded":
                 self._audio_seconds += event.audio_seconds
             self._stage_seconds.update(event.timings)
+            self._segments_dropped += event.segments_dropped
+            self._files_to_review += event.review
 
     # --- collection --------------------------------------------------------------------------------------------
 
@@ -87,6 +91,7 @@ class RunMetrics(Collector):
     def _files_and_audio(self, report: RunReport | None) -> Iterator[Metric]:
         with self._lock:
             files, audio, stages = Counter(self._files), self._audio_seconds, Counter(self._stage_seconds)
+            dropped, review = self._segments_dropped, self._files_to_review
         seen = {outcome for outcome, _ in files}
         counts = {(outcome, ""): 0 for outcome in OUTCOMES if outcome not in seen} | dict(files)
         yield self._family(
@@ -97,6 +102,15 @@ class RunMetrics(Collector):
         )
         yield self._family(
             CounterMetricFamily, "audio_seconds", "Seconds of audio transcribed (files that succeeded).", [({}, audio)]
+        )
+        yield self._family(
+            CounterMetricFamily,
+            "segments_dropped",
+            "Segments the hallucination guard dropped from the transcripts (kept in the manifests).",
+            [({}, dropped)],
+        )
+        yield self._family(
+            CounterMetricFamily, "files_to_review", "Files the hallucination guard marked for review.", [({}, review)]
         )
         stage_seconds = {stage: 0.0 for stage in STAGES} | dict(stages)
         yield self._family(

@@ -94,6 +94,22 @@ class QueueCounts(BaseModel):
     unreadable: int = 0  # naming no S3 object: left for the redrive policy
 
 
+class QualityCounts(BaseModel):
+    """The hallucination guard over the run: segments dropped from the transcripts, and the files to review."""
+
+    segments_dropped: int = 0
+    segments_cut: int = 0  # loops cut to their first occurrence
+    files_to_review: int = 0
+    review: list[str] = []  # their keys (`whisperx-batch status --review` lists them with reasons)
+
+    def add(self, key: str, quality: Mapping[str, Any]) -> None:
+        self.segments_dropped += len(quality.get("dropped", []))
+        self.segments_cut += len(quality.get("cut", []))
+        if quality.get("review"):
+            self.files_to_review += 1
+            self.review.append(key)
+
+
 class RunReport(Record):
     report_version: int = REPORT_VERSION
     run_id: str
@@ -126,6 +142,7 @@ class RunReport(Record):
     stopped_by_signal: int | None = None
     exit_code: int | None = None  # set when the run ends, whatever ended it
     queue: QueueCounts | None = None  # queue mode (--queue)
+    quality: QualityCounts | None = None  # the hallucination guard (absent with --hallucinations off)
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -191,6 +208,12 @@ class RunReport(Record):
         lines += [f"  words not timed in {w.key}: {w.reason}" for w in self.words_untimed]
         if self.claimed_elsewhere:
             lines.append(f"  {len(self.claimed_elsewhere)} files were claimed by other workers")
+        if self.quality is not None and (self.quality.segments_dropped or self.quality.files_to_review):
+            q = self.quality
+            lines.append(
+                f"  hallucinations: {q.segments_dropped} segments dropped; {q.files_to_review} files to review "
+                "(whisperx-batch status --review)"
+            )
         if self.queue is not None:
             q = self.queue
             lines.append(

@@ -27,6 +27,7 @@ from batch.common.errors import BatchError, describe, exit_code_for_signal
 from batch.common.logs import file_context
 from batch.engine.audio import decode
 from batch.engine.pipeline import DecodedFile, FileOutcome, Pipeline, PipelineStats, Stopwatch
+from batch.engine.quality.summary import summarize
 from batch.formats.transcript import Transcript, build_transcript
 from batch.run.claims import HeldClaims
 from batch.run.config import JobConfig
@@ -323,6 +324,16 @@ def file_manifest(
             report.words_untimed.append(UntimedWords(key=outcome.key, reason=outcome.alignment.get("reason")))
     if outcome.turns is not None:
         manifest.speakers = sorted({turn["speaker"] for turn in outcome.turns})
+    if outcome.quality is not None:
+        speakers = len(manifest.speakers) if manifest.speakers is not None else None
+        manifest.quality = summarize(
+            outcome.quality,
+            outcome.segments,
+            outcome.language,
+            outcome.language_probability,
+            speakers,
+            config.pipeline.quality.min_speakers,
+        )
     transcript = build_transcript(
         outcome.language,
         outcome.language_probability,

@@ -10,7 +10,7 @@ from batch.common.errors import DEST_UNUSABLE_ERRNOS, DestPathBlocked, Environme
 from batch.common.logs import file_context
 from batch.run.manifest import ErrorRecord
 from batch.run.outputs import Written
-from batch.run.report import FailedFile, RunReport
+from batch.run.report import FailedFile, QualityCounts, RunReport
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,8 @@ class FileEvent:
     wall_seconds: float = 0.0
     error_type: str | None = None
     timings: Mapping[str, float] = field(default_factory=dict)  # seconds per stage (decode, vad, asr, ...)
+    segments_dropped: int = 0  # by the hallucination guard
+    review: bool = False  # the guard marked the file for review
 
     def fields(self) -> dict[str, object]:
         """The event as a JSON log line's fields, for a log system to count and alert on."""
@@ -69,8 +71,20 @@ class Tally:
             self.report.succeeded.append(item.key)
             audio_seconds, wall = manifest.audio_seconds or 0.0, sum(manifest.timings.values())
             self.report.audio_seconds += audio_seconds
-            event = FileEvent(item.key, "succeeded", audio_seconds, wall, timings=dict(manifest.timings))
+            quality = manifest.quality or {}
+            event = FileEvent(
+                item.key,
+                "succeeded",
+                audio_seconds,
+                wall,
+                timings=dict(manifest.timings),
+                segments_dropped=len(quality.get("dropped", [])),
+                review=bool(quality.get("review")),
+            )
             self.report.add_stage_seconds(manifest.timings)
+            if manifest.quality is not None:
+                self.report.quality = self.report.quality or QualityCounts()
+                self.report.quality.add(item.key, manifest.quality)
             log.info(
                 "succeeded: %.1f s of audio in %.1f s (%s)",
                 audio_seconds,

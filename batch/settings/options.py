@@ -79,6 +79,10 @@ SUBTITLE_SHAPING = ("max_line_width", "max_line_count", "max_cue_duration", "hig
 # the hash of every file done before these settings existed as it was.
 CHANNEL_SHAPING = ("channels", "channel_speakers")
 
+# The hallucination guard shapes a transcript unless it is off; off (whisperx's output) is left out of the hash,
+# so files done before the guard existed are done with it off.
+QUALITY_SHAPING = ("hallucinations", "hallucination_phrases")
+
 # Settings that change what a transcript says. A change to any of them redoes a done file; the rest
 # (device, batch size, threads, logging) change how fast or how loudly, not what.
 OUTPUT_SHAPING = (
@@ -165,6 +169,8 @@ class Settings(BaseModel):
     log_prob_threshold: float = Field(-1.0, le=0)
     no_speech_threshold: OffIsNone[float] = Field(None, gt=0, lt=1)  # None: no chunk is dropped as silence
     suppress_numerals: bool = False
+    hallucinations: Literal["drop", "flag", "off"] = "drop"  # batch.engine.quality: what to do with text nobody said
+    hallucination_phrases: LocalPath = None  # more known hallucinations, one a line
     align: bool = True
     align_model: AlignModels = ()
     diarize: bool = False
@@ -235,6 +241,8 @@ class Settings(BaseModel):
             raise ValueError("highlight_words: words are highlighted as they are said, which needs --align")
         if self.highlight_words and self.task == "translate":
             raise ValueError("highlight_words: a translation is not aligned, so its words cannot be highlighted")
+        if self.hallucination_phrases and self.hallucinations == "off":
+            raise ValueError("hallucination_phrases: the phrases are for the hallucination guard, which is off")
         if self.languages and self.language != "auto":
             raise ValueError(f"languages: a set to detect among needs language auto, not {self.language!r}")
         return self

@@ -270,6 +270,7 @@ def test_every_decoding_option_reaches_the_recognizer_section() -> None:
         log_prob_threshold=-0.5,
         no_speech_threshold=0.6,
         suppress_numerals=True,
+        no_speech_probability=True,  # the hallucination guard (on by default) reads it
     )
 
 

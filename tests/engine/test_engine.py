@@ -102,7 +102,8 @@ def test_silence_and_a_failed_decode_come_back_at_once(tiny: WhisperxPipeline, s
 def test_every_stage_is_timed(tiny: WhisperxPipeline, speech_formats: dict[str, Path]) -> None:
     ticks = iter(range(1000))
     outcome = run(tiny, [decoded("report", load(speech_formats["wav"]), clock=lambda: float(next(ticks)))])["report"]
-    assert set(outcome.timings) == {"vad", "asr"} and all(seconds > 0 for seconds in outcome.timings.values())
+    assert set(outcome.timings) == {"vad", "asr", "quality"}
+    assert all(seconds > 0 for seconds in outcome.timings.values())
 
 
 def test_an_english_only_model_refuses_another_language_before_any_file(tiny_en: str) -> None:

@@ -87,6 +87,21 @@ def test_finds_synthetic_speech(detectors, espeak, method):
 
 
 @pytest.mark.parametrize("method", METHODS)
+def test_each_chunk_says_how_much_of_it_is_speech(detectors, sample, espeak, method):
+    """What the hallucination guard reads: the seconds inside speech regions, and (pyannote) the mean score."""
+    for audio in (sample, espeak):
+        for chunk in detectors[method].speech_chunks(audio):
+            assert chunk.speech_seconds is not None and 0 < chunk.speech_seconds <= chunk.end - chunk.start + 1e-3  # ms
+            if method == "pyannote":
+                assert chunk.mean_score is not None and 0.5 < chunk.mean_score <= 1
+            else:
+                assert chunk.mean_score is None
+    speech = detectors[method].speech_chunks(espeak)
+    assert sum(chunk.speech_seconds for chunk in speech) / sum(c.end - c.start for c in speech) > 0.8
+    assert speech[0] == SpeechChunk(speech[0].start, speech[0].end)  # compared by its times only
+
+
+@pytest.mark.parametrize("method", METHODS)
 def test_silence_has_no_speech(detectors, silence, method):
     assert detectors[method].speech_chunks(silence) == []
 

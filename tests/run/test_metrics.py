@@ -411,6 +411,7 @@ def test_every_name_follows_prometheus_naming_and_is_documented() -> None:
         f"whisperx_batch_{n}"
         for n in (
             *("files", "audio_seconds", "stage_seconds", "asr_batches", "asr_chunks", "oom_retries"),
+            *("segments_dropped", "files_to_review"),
             *("worker_files", "worker_restarts", "worker_busy_seconds", "worker_oom_retries"),
         )
     }

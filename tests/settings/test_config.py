@@ -8,6 +8,7 @@ import pytest
 
 from batch.common.errors import EXIT_USAGE, ConfigError
 from batch.settings.options import Settings, load_settings
+from tests.conftest import sections
 
 
 def write_config(tmp_path: Path, text: str) -> Path:
@@ -207,3 +208,38 @@ def test_problems_from_the_file_and_the_environment_are_reported_together(tmp_pa
         load_settings({}, environ={"WHISPERX_BATCH_QUIETT": "1"}, config_path=config)
     assert [problem.key for problem in caught.value.problems] == ["threds", "WHISPERX_BATCH_QUIETT", "batch_size"]
     assert caught.value.exit_code == EXIT_USAGE
+
+
+def test_the_hallucination_guard_is_on_by_default_and_set_like_every_option(tmp_path: Path) -> None:
+    assert load_settings({}, environ={}).hallucinations == "drop"
+    config = tmp_path / "job.toml"
+    config.write_text('hallucinations = "flag"\n')
+    assert load_settings({}, environ={}, config_path=config).hallucinations == "flag"
+    environ = {"WHISPERX_BATCH_HALLUCINATIONS": "off"}
+    assert load_settings({}, environ=environ, config_path=config).hallucinations == "off"
+    assert load_settings({"hallucinations": "drop"}, environ=environ).hallucinations == "drop"
+    with pytest.raises(ConfigError, match="hallucinations"):
+        load_settings({"hallucinations": "maybe"}, environ={})
+
+
+def test_the_guard_off_keeps_the_settings_hash_of_runs_before_it(tmp_path: Path) -> None:
+    def shaping(**flags: object) -> dict:
+        return dict(sections(load_settings(flags, environ={})).shaping)
+
+    assert "hallucinations" not in shaping(hallucinations="off")
+    assert shaping()["hallucinations"] == "drop" and shaping(hallucinations="flag")["hallucinations"] == "flag"
+    phrases = tmp_path / "phrases.txt"
+    phrases.write_text("thanks for watching\n")
+    configured = sections(load_settings({"hallucination_phrases": str(phrases)}, environ={}))
+    assert configured.pipeline.quality.phrases.matches("Thanks for watching!", "en")
+    assert configured.pipeline.asr.decoding.no_speech_probability
+    assert not sections(
+        load_settings({"hallucinations": "off"}, environ={})
+    ).pipeline.asr.decoding.no_speech_probability
+
+
+def test_a_phrases_file_needs_the_guard_and_must_be_readable(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="hallucination_phrases"):
+        load_settings({"hallucinations": "off", "hallucination_phrases": str(tmp_path / "p.txt")}, environ={})
+    with pytest.raises(ConfigError, match="hallucination_phrases"):
+        sections(load_settings({"hallucination_phrases": str(tmp_path / "missing.txt")}, environ={}))

@@ -35,6 +35,7 @@ class FileInFlight:
     texts: list[Recognized | None] = field(default_factory=list)
     asr_records: list[Any] = field(default_factory=list)  # oom.StageMemoryRecord of each batch it was in
     error: Exception | None = None
+    quality: dict[str, Any] | None = None  # what the hallucination guard did
 
     def __post_init__(self) -> None:
         self.texts = [None] * len(self.chunks)

@@ -32,10 +32,11 @@ class DecodingOptions:
     log_prob_threshold: float = -1.0
     no_speech_threshold: float | None = None
     suppress_numerals: bool = False
+    no_speech_probability: bool = False  # asked for by the hallucination guard (it changes no reading)
 
     @property
     def wants_no_speech_probability(self) -> bool:
-        return self.no_speech_threshold is not None
+        return self.no_speech_threshold is not None or self.no_speech_probability
 
 
 def generation_arguments(options: DecodingOptions, temperature: float) -> dict[str, Any]:
@@ -72,6 +73,10 @@ def needs_fallback(options: DecodingOptions, attempt: Attempt) -> bool:
         or attempt.avg_logprob < options.log_prob_threshold
     )
     return failed and not _silent(options, attempt)
+
+
+# The guard's second reading of a segment it judged hallucinated: faster-whisper's temperature fallback, from 0.2.
+FALLBACK_TEMPERATURES = (0.2, 0.4, 0.6, 0.8, 1.0)
 
 
 def choose(options: DecodingOptions, attempts: list[Attempt]) -> Attempt:

@@ -53,6 +53,7 @@ class Chunk:
 class Recognized:
     text: str
     avg_logprob: float
+    no_speech_prob: float | None = None  # when asked for (DecodingOptions.wants_no_speech_probability)
 
 
 class WhisperRecognizer:
@@ -93,17 +94,18 @@ class WhisperRecognizer:
         language, probability = next(guess for guess in guesses if not among or guess[0] in among)
         return language, round(float(probability), 4)
 
-    def recognize(self, chunks: Sequence[Chunk]) -> list[Recognized]:
+    def recognize(self, chunks: Sequence[Chunk], temperatures: Sequence[float] | None = None) -> list[Recognized]:
         """Read one batch of chunks (any mix of files and languages); results in the chunks' order.
 
-        Chunks whose reading fails the thresholds are read again, together, at the next temperature."""
+        Chunks whose reading fails the thresholds are read again, together, at the next temperature (of
+        `temperatures`, when given: the hallucination guard's second reading; else the options')."""
         if not chunks:
             return []
         features = np.stack([self._features(chunk.audio) for chunk in chunks])
         prompts = [self._prompt(chunk.language) for chunk in chunks]
         attempts: list[list[Attempt]] = [[] for _ in chunks]
         pending = list(range(len(chunks)))
-        for temperature in self.options.temperatures:
+        for temperature in temperatures or self.options.temperatures:
             subset = features if len(pending) == len(chunks) else features[pending]
             read = self._read(subset, [prompts[index] for index in pending], temperature)
             for index, attempt in zip(pending, read, strict=True):
@@ -112,7 +114,10 @@ class WhisperRecognizer:
             if not pending:
                 break
         chosen = [choose(self.options, tries) for tries in attempts]
-        return [Recognized(attempt.text, round(attempt.avg_logprob, 4)) for attempt in chosen]
+        return [
+            Recognized(attempt.text, round(attempt.avg_logprob, 4), _rounded(attempt.no_speech_prob))
+            for attempt in chosen
+        ]
 
     def _read(self, features: np.ndarray, prompts: list[list[int]], temperature: float) -> list[Attempt]:
         options = self.options
@@ -162,6 +167,10 @@ class WhisperRecognizer:
                 self.model.hf_tokenizer, self.multilingual, task=self.options.task, language=language
             )
         return self._tokenizers[language]
+
+
+def _rounded(probability: float | None) -> float | None:
+    return None if probability is None else round(float(probability), 4)
 
 
 def _average_logprob(result: Any, length_penalty: float) -> float:

@@ -13,7 +13,7 @@ feed Whisper the same shape of input.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -56,8 +56,13 @@ class VadOptions:
 
 @dataclass(frozen=True)
 class SpeechChunk:
+    """A chunk for Whisper, and what the VAD saw in it (for the hallucination guard; not compared: the chunk is
+    its times)."""
+
     start: float  # seconds
     end: float
+    speech_seconds: float | None = field(default=None, compare=False)  # inside the VAD's speech regions
+    mean_score: float | None = field(default=None, compare=False)  # mean frame speech score (pyannote only)
 
 
 class SpeechDetector(Protocol):
@@ -102,7 +107,8 @@ class PyannoteDetector:
         o = self.options
         scores = speech_scores(self._model, audio, o.step, self.sizer)
         regions = speech_regions(scores, o.onset, o.offset, o.chunk_size)
-        return _chunks(merge_regions(regions, o.chunk_size), audio)
+        middles = scores.frames.middles(len(scores.data))
+        return _chunks(merge_regions(regions, o.chunk_size), audio, regions, (scores.data[:, 0], middles))
 
 
 class SileroDetector:
@@ -139,7 +145,7 @@ class SileroDetector:
             return []
         stamps = get_speech_timestamps(audio, self._silero, sampling_rate=SAMPLE_RATE)
         regions = [(s["start"] / SAMPLE_RATE, s["end"] / SAMPLE_RATE) for s in stamps]
-        return _chunks(merge_regions(regions, self.options.chunk_size), audio)
+        return _chunks(merge_regions(regions, self.options.chunk_size), audio, regions)
 
 
 def merge_regions(regions: Sequence[tuple[float, float]], chunk_size: float) -> list[dict[str, float]]:
@@ -158,10 +164,23 @@ def merge_regions(regions: Sequence[tuple[float, float]], chunk_size: float) -> 
     return merged
 
 
-def _chunks(merged: Sequence[dict[str, Any]], audio: np.ndarray) -> list[SpeechChunk]:
-    """whisperx's merged chunk dicts as SpeechChunks, ends capped at the end of the audio.
+def _chunks(
+    merged: Sequence[dict[str, Any]],
+    audio: np.ndarray,
+    regions: Sequence[tuple[float, float]] = (),
+    frames: tuple[np.ndarray, np.ndarray] | None = None,
+) -> list[SpeechChunk]:
+    """whisperx's merged chunk dicts as SpeechChunks, ends capped at the end of the audio, with the seconds of
+    speech regions inside each and, given the frame scores and their middles, its mean speech score.
 
     pyannote stamps a region at its last frame's middle, which can lie a few milliseconds past the last sample.
     """
+    from batch.engine.quality.signals import mean_score_within, speech_seconds_within
+
     duration = len(audio) / SAMPLE_RATE
-    return [SpeechChunk(float(c["start"]), min(float(c["end"]), duration)) for c in merged]
+    chunks = []
+    for c in merged:
+        start, end = float(c["start"]), min(float(c["end"]), duration)
+        score = mean_score_within(*frames, start, end) if frames is not None else None
+        chunks.append(SpeechChunk(start, end, round(speech_seconds_within(regions, start, end), 3), score))
+    return chunks

@@ -1,0 +1,135 @@
+"""The hallucination guard end to end: the real CLI, Whisper tiny.en, non-speech made with sox and espeak-ng
+(bench/nonspeech.py: tones, chords, ringing, DTMF, hum, noise, reversed and crowd speech) and real speech."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from batch.cli import app
+from bench.nonspeech import make_set
+from tests.conftest import speak
+
+SPEECH = {
+    "speech_call.wav": "Hello, thank you for calling the support line. Please hold while we connect you to an agent.",
+    "speech_note.wav": "Could you send me the file before the meeting tomorrow morning, please.",
+}
+# Of the set, the recordings the VAD takes for speech and tiny.en writes text over (with --hallucinations off),
+# and some it finds no speech in at all.
+HALLUCINATED = ("buzz.wav", "crowd.wav", "reversed_speech0.wav", "reversed_speech1.wav", "sweep.wav", "vibrato.wav")
+SILENT = ("tone.wav", "hum.wav", "dtmf.wav", "chords.wav")
+TEXT_FORMATS = ("srt", "vtt", "txt", "tsv", "turns")
+
+
+def invoke(*args: object) -> object:
+    return CliRunner().invoke(app, [str(arg) for arg in args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def recordings(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    made = make_set(tmp_path_factory.mktemp("made"), seed=2)
+    folder = tmp_path_factory.mktemp("in")
+    for path in made:
+        if path.name in HALLUCINATED + SILENT:
+            shutil.copy(path, folder / path.name)
+    for name, text in SPEECH.items():
+        speak(text, folder / name)
+    return folder
+
+
+def run(recordings: Path, out: Path, model: str, mode: str, *names: str) -> Path:
+    include = [arg for name in names for arg in ("--include", name)]
+    result = invoke(
+        "run", recordings, "--out", out, "--model", model, "--no-align", "--threads", "2",
+        "--formats", ",".join(TEXT_FORMATS), "--hallucinations", mode, *include,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def dropped(recordings: Path, tmp_path_factory: pytest.TempPathFactory, tiny_en: str) -> Path:
+    return run(recordings, tmp_path_factory.mktemp("drop"), tiny_en, "drop")
+
+
+def manifest(out: Path, name: str) -> dict:
+    return json.loads((out / f"{name}.manifest.json").read_text())
+
+
+def transcript(out: Path, name: str) -> dict:
+    return json.loads((out / f"{name}.json").read_text())
+
+
+@pytest.mark.parametrize("name", HALLUCINATED)
+def test_text_written_over_non_speech_leaves_every_output_and_stays_in_the_manifest(dropped: Path, name: str) -> None:
+    assert transcript(dropped, name)["segments"] == []
+    assert json.loads((dropped / f"{name}.turns.json").read_text()) == []
+    for fmt in ("srt", "vtt", "txt", "tsv"):
+        lines = (dropped / f"{name}.{fmt}").read_text().splitlines()
+        assert [line for line in lines if line.strip() and line not in ("WEBVTT", "start\tend\ttext")] == []
+    quality = manifest(dropped, name)["quality"]
+    assert quality["dropped"] and quality["reread"] <= len(quality["dropped"])  # silent ones are not read again
+    for entry in quality["dropped"]:
+        assert entry["text"] and entry["end"] > entry["start"] and entry["reasons"]
+        assert {"no_speech_probability", "low_log_probability"} & set(entry["reasons"])
+    assert quality["speech_seconds"] > 0 and quality["segments"] == 0
+
+
+@pytest.mark.parametrize("name", SILENT)
+def test_a_recording_without_speech_is_for_review(dropped: Path, name: str) -> None:
+    quality = manifest(dropped, name)["quality"]
+    assert quality["review"] and quality["reasons"] == ["no_speech_found"] and quality["speech_seconds"] == 0
+
+
+@pytest.mark.parametrize("name", SPEECH)
+def test_speech_keeps_its_segments(dropped: Path, name: str) -> None:
+    segments = transcript(dropped, name)["segments"]
+    words = " ".join(segment["text"] for segment in segments).lower()
+    assert "meeting" in words or "support" in words
+    quality = manifest(dropped, name)["quality"]
+    assert quality["dropped"] == [] and not quality["review"] and quality["reasons"] == []
+    assert 0.5 < quality["confidence"] <= 1 and quality["language"] == "en"
+    turns = json.loads((dropped / f"{name}.turns.json").read_text())
+    assert all(0 < turn["confidence"] <= 1 for turn in turns) and turns
+
+
+def test_the_run_report_counts_what_was_dropped_and_what_to_review(dropped: Path) -> None:
+    report = json.loads(next((dropped / "_runs").glob("*.json")).read_text())
+    quality = report["quality"]
+    assert quality["segments_dropped"] >= len(HALLUCINATED)
+    assert quality["files_to_review"] == len(SILENT) and sorted(quality["review"]) == sorted(SILENT)
+
+
+def test_status_review_lists_the_files_to_look_at(dropped: Path) -> None:
+    text = invoke("status", dropped, "--review")
+    assert text.exit_code == 0
+    lines = text.output.splitlines()
+    assert lines[0].endswith(f"{len(SILENT)} of {len(SILENT) + len(HALLUCINATED) + len(SPEECH)} files to review")
+    assert sorted(lines[1:]) == sorted(f"  {name}: no speech found" for name in SILENT)
+    listed = json.loads(invoke("status", dropped, "--review", "--json").output)
+    assert listed["files_to_review"] == len(SILENT)
+    assert {item["key"]: item["reasons"] for item in listed["review"]} == {name: ["no_speech_found"] for name in SILENT}
+    summary = json.loads(invoke("status", dropped, "--json").output)
+    assert summary["files_to_review"] == len(SILENT) and summary["segments_dropped"] >= len(HALLUCINATED)
+
+
+def test_flag_keeps_whisperx_text_and_off_writes_it_as_before(recordings: Path, tmp_path: Path, tiny_en: str) -> None:
+    names = ("vibrato.wav", "speech_note.wav")
+    flagged = run(recordings, tmp_path / "flag", tiny_en, "flag", *names)
+    off = run(recordings, tmp_path / "off", tiny_en, "off", *names)
+    for name in names:
+        assert transcript(flagged, name) == transcript(off, name)
+        for fmt in TEXT_FORMATS:
+            suffix = "turns.json" if fmt == "turns" else fmt
+            assert (flagged / f"{name}.{suffix}").read_bytes() == (off / f"{name}.{suffix}").read_bytes()
+        assert "quality" not in manifest(off, name)
+    assert transcript(off, "vibrato.wav")["segments"]  # whisperx's text over a tone
+    quality = manifest(flagged, "vibrato.wav")["quality"]
+    assert quality["review"] and quality["reasons"] == ["hallucinations_kept"] and quality["flagged"]
+    assert quality["dropped"] == [] and quality["reread"] == 0
+    assert not manifest(flagged, "speech_note.wav")["quality"]["review"]
+    assert manifest(off, "vibrato.wav")["settings_hash"] != manifest(flagged, "vibrato.wav")["settings_hash"]
