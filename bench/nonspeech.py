@@ -33,6 +33,10 @@ NOTES = ["C4", "D4", "E4", "F4", "G4", "A4", "B4", "C5", "D5", "E5"]
 SAMPLE_RATE = "16000"
 
 
+# A North American ring cadence: 440 + 480 Hz for 1 s, then 2 s of silence.
+RING_CADENCE = ("synth", "1", "sine", "440", "sine", "480", "remix", "-", ":", "synth", "2", "sine", "0")
+
+
 def sox(*args: str) -> None:
     subprocess.run(["sox", "-R", *args], check=True, capture_output=True)  # -R: the same noise every time
 
@@ -95,36 +99,7 @@ def make_set(folder: Path, seed: int) -> list[Path]:
             synth(
                 folder / "buzz.wav", "synth", "8", "square", str(pitch // 2 + 40), "tremolo", "4", "90", "vol", "0.3"
             ),
-            synth(
-                folder / "ringing.wav",
-                "synth",
-                "1",
-                "sine",
-                "440",
-                "sine",
-                "480",
-                "remix",
-                "-",
-                ":",
-                "synth",
-                "2",
-                "sine",
-                "0",
-                ":",
-                "synth",
-                "1",
-                "sine",
-                "440",
-                "sine",
-                "480",
-                "remix",
-                "-",
-                ":",
-                "synth",
-                "2",
-                "sine",
-                "0",
-            ),
+            synth(folder / "ringing.wav", *RING_CADENCE, ":", *RING_CADENCE),  # two rings
             synth(folder / "dtmf.wav", *_dtmf(rng)),
             synth(folder / "hum.wav", "synth", "8", "sine", "50", "sine", "100", "remix", "-", "vol", "0.5"),
             synth(folder / "noise.wav", "synth", "8", "pinknoise", "vol", "0.3"),
