@@ -218,7 +218,7 @@ class WhisperxPipeline:
             "asr",
             self.sizer,
             [chunks[index] for index in indices],
-            lambda batch: recognizer.recognize(batch, FALLBACK_TEMPERATURES),
+            lambda batch: recognizer.recognize(batch, FALLBACK_TEMPERATURES, bounded=True),
         )
         return [reading_of(state.chunks[index], again) for index, again in zip(indices, result.outputs, strict=True)]
 

@@ -323,3 +323,35 @@ def test_a_prompt_longer_than_half_the_context_is_refused_before_any_file(tiny_e
     engine = engine_for(tiny_en, initial_prompt=" ".join(["Jaxon and Siobhan met."] * 60))
     with pytest.raises(ConfigError, match=r"initial_prompt: the prompt and hotwords take \d+ tokens; at most 223"):
         engine.load()
+
+
+def test_the_guards_second_reading_stops_at_what_its_audio_could_hold(tiny_en: str) -> None:
+    """A second reading of hold music looped to the model's longest output at every temperature and sample (311 s
+    for 15 recordings of non-speech against 4 s without the guard); bounded, no reading runs past what fast speech
+    would say in the chunk's length, and a first reading keeps the model's full length."""
+    from batch.engine.asr.decoding import FALLBACK_TEMPERATURES
+    from batch.engine.asr.recognizer import MIN_READING_TOKENS, READING_TOKENS_PER_SECOND
+
+    recognizer = load_recognizer(tiny_en, "cpu", "int8", 2, None, True)
+    asked: list[int] = []
+
+    class Recording:  # CTranslate2's model, its generate calls recorded (the C++ object takes no new attribute)
+        def __init__(self, model: Any):
+            self.model = model
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.model, name)
+
+        def generate(self, *args: Any, **kwargs: Any) -> Any:
+            asked.append(kwargs["max_length"])
+            return self.model.generate(*args, **kwargs)
+
+    recognizer.model.model = Recording(recognizer.model.model)
+    rng = np.random.default_rng(0)
+    noise = (0.1 * rng.standard_normal(3 * 16_000)).astype(np.float32)  # 3 s
+    recognizer.recognize([Chunk(noise, None)])
+    assert asked and set(asked) == {recognizer.model.max_length}
+    asked.clear()
+    recognizer.recognize([Chunk(noise, None)], FALLBACK_TEMPERATURES, bounded=True)
+    prompt = len(recognizer._prompt(None))
+    assert asked and set(asked) == {prompt + MIN_READING_TOKENS + 3 * READING_TOKENS_PER_SECOND}

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import math
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -47,6 +48,12 @@ class Chunk:
 
     audio: np.ndarray
     language: str | None
+
+
+# The guard's second reading stops at this many tokens a second of audio (plus MIN_READING_TOKENS): fast speech is
+# about 4 words, 5-6 tokens, a second; twice that leaves any real speech whole.
+READING_TOKENS_PER_SECOND = 12
+MIN_READING_TOKENS = 16
 
 
 @dataclass(frozen=True)
@@ -94,20 +101,30 @@ class WhisperRecognizer:
         language, probability = next(guess for guess in guesses if not among or guess[0] in among)
         return language, round(float(probability), 4)
 
-    def recognize(self, chunks: Sequence[Chunk], temperatures: Sequence[float] | None = None) -> list[Recognized]:
+    def recognize(
+        self, chunks: Sequence[Chunk], temperatures: Sequence[float] | None = None, bounded: bool = False
+    ) -> list[Recognized]:
         """Read one batch of chunks (any mix of files and languages); results in the chunks' order.
 
         Chunks whose reading fails the thresholds are read again, together, at the next temperature (of
-        `temperatures`, when given: the hallucination guard's second reading; else the options')."""
+        `temperatures`, when given: the hallucination guard's second reading; else the options'). `bounded`
+        (the guard's second reading): no reading runs longer than the batch's audio could hold when spoken
+        fast (READING_TOKENS_PER_SECOND), where a loop would otherwise run to the model's longest output at
+        every temperature and every sample."""
         if not chunks:
             return []
         features = np.stack([self._features(chunk.audio) for chunk in chunks])
         prompts = [self._prompt(chunk.language) for chunk in chunks]
         attempts: list[list[Attempt]] = [[] for _ in chunks]
         pending = list(range(len(chunks)))
+        longest = self.model.max_length
+        if bounded:
+            seconds = max(chunk.audio.shape[0] for chunk in chunks) / SAMPLE_RATE
+            spoken = max(len(prompt) for prompt in prompts) + MIN_READING_TOKENS
+            longest = min(longest, spoken + math.ceil(seconds * READING_TOKENS_PER_SECOND))
         for temperature in temperatures or self.options.temperatures:
             subset = features if len(pending) == len(chunks) else features[pending]
-            read = self._read(subset, [prompts[index] for index in pending], temperature)
+            read = self._read(subset, [prompts[index] for index in pending], temperature, longest)
             for index, attempt in zip(pending, read, strict=True):
                 attempts[index].append(attempt)
             pending = [index for index in pending if needs_fallback(self.options, attempts[index][-1])]
@@ -119,14 +136,16 @@ class WhisperRecognizer:
             for attempt in chosen
         ]
 
-    def _read(self, features: np.ndarray, prompts: list[list[int]], temperature: float) -> list[Attempt]:
+    def _read(
+        self, features: np.ndarray, prompts: list[list[int]], temperature: float, max_length: int
+    ) -> list[Attempt]:
         options = self.options
         no_speech = {"return_no_speech_prob": True} if options.wants_no_speech_probability else {}
         results = self.model.model.generate(
             self.model.encode(features),
             prompts,
             length_penalty=options.length_penalty,
-            max_length=self.model.max_length,
+            max_length=max_length,
             suppress_tokens=self._suppressed,
             return_scores=True,
             **FIXED_GENERATION,
