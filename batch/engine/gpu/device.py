@@ -256,8 +256,8 @@ def compute_types_in_a_child(device: str) -> list[str]:
     return list(json.loads(done.stdout))
 
 
-# On CUDA, the first of these that CTranslate2 says this GPU runs: float16 needs compute capability 5.3 (and is
-# refused on 6.1, whose float16 is slow); int8_float32 runs wherever int8 does; float32 everywhere.
+# On CUDA, the first of these that CTranslate2 says this GPU runs (its list follows the card's compute capability:
+# Pascal cards such as sm_61 are offered no float16); float32 runs everywhere.
 CUDA_COMPUTE_TYPES = ("float16", "int8_float16", "int8_float32", "float32")
 
 
