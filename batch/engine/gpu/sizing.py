@@ -146,7 +146,7 @@ def torch_cached_bytes() -> int:
     return max(0, torch.cuda.memory_reserved() - torch.cuda.memory_allocated())
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)  # each grant is itself: `running` removes this one, not an equal one of another thread
 class Grant:
     """A batch that runs under the budget: its stage, size, the bytes it was granted, and whether another
     stage's batch ran at some moment beside it (then the memory it saw grow, or run out, was not its own alone)."""
@@ -154,11 +154,11 @@ class Grant:
     stage: str
     size: int
     bytes: int
-    shared: list[bool]  # [True] once another batch ran beside this one
+    shared: bool = False  # set, under the budget's lock, once another batch ran beside this one
 
     @property
     def ran_alone(self) -> bool:
-        return not self.shared[0]
+        return not self.shared
 
 
 class BatchSizer:
@@ -241,9 +241,9 @@ class BatchSizer:
         """Hold `size` items' estimated need of `stage` in the budget while its batch runs: batches planned on
         other threads meanwhile do not count on that memory. The grant says whether the batch ran alone."""
         with self._lock:
-            grant = Grant(stage, size, round(size * self._state(stage).item_bytes), [bool(self._running)])
+            grant = Grant(stage, size, round(size * self._state(stage).item_bytes), shared=bool(self._running))
             for other in self._running:
-                other.shared[0] = True
+                other.shared = True
             self._running.append(grant)
         try:
             yield grant
