@@ -261,17 +261,25 @@ def compute_types_in_a_child(device: str) -> list[str]:
 CUDA_COMPUTE_TYPES = ("float16", "int8_float16", "int8_float32", "float32")
 
 
-def default_compute_type(device: str, supported: Callable[[str], Iterable[str]] | None = None) -> str:
-    """int8 on the CPU; on CUDA the best type this GPU runs (`supported`: CTranslate2's list, the seam)."""
-    if not device.startswith("cuda"):
-        return "int8"
+def supported_compute_types(device: str, supported: Callable[[str], Iterable[str]] | None = None) -> set[str] | None:
+    """CTranslate2's compute types for `device` (through `supported`, the seam, when given); None when it cannot
+    tell (no CUDA device, a broken install)."""
     try:
         if supported is None:
             import ctranslate2
 
             supported = ctranslate2.get_supported_compute_types
-        available = set(supported("cuda"))
-    except Exception:  # CTranslate2 cannot tell: the device check has said what is wrong
+        return set(supported(device))
+    except Exception:
+        return None
+
+
+def default_compute_type(device: str, supported: Callable[[str], Iterable[str]] | None = None) -> str:
+    """int8 on the CPU; on CUDA the best type this GPU runs (`supported`: CTranslate2's list, the seam)."""
+    if not device.startswith("cuda"):
+        return "int8"
+    available = supported_compute_types("cuda", supported)
+    if available is None:  # CTranslate2 cannot tell: the device check has said what is wrong
         return "float16"
     return next((kind for kind in CUDA_COMPUTE_TYPES if kind in available), "float32")
 
@@ -287,15 +295,9 @@ def compute_type_problem(
     CTranslate2 cannot tell: the device check then says what is wrong). `supported`: CTranslate2's list."""
     if compute_type in ANY_DEVICE_COMPUTE_TYPES:
         return None
-    try:
-        if supported is None:
-            import ctranslate2
-
-            supported = ctranslate2.get_supported_compute_types
-        available = sorted(supported(device))
-    except Exception:
+    found = supported_compute_types(device, supported)
+    if found is None or compute_type in found:
         return None
-    if compute_type in available:
-        return None
+    available = sorted(found)
     where = "the CPU" if device == "cpu" else "this GPU"
     return f"{compute_type} cannot run on {where}; supported here: {', '.join(available)} (or default)"
