@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -178,9 +179,9 @@ class Job:
         self._on_file(event)
 
     def _run_metrics(self) -> RunMetrics:
-        shard, runtime = self.config.selection.shard, self.config.pipeline.runtime
+        runtime = self.config.pipeline.runtime
         return RunMetrics(
-            labels={"shard": str(shard.index)} if shard is not None else {},
+            labels=metrics_group(self.config),
             info={
                 "version": __version__,
                 "model": self.config.pipeline.asr.model,
@@ -241,3 +242,15 @@ class Job:
 def run_job(settings: Settings, **options: Any) -> RunReport:
     """Build and run a job in one call: see `Job`."""
     return Job(settings, **options).run()
+
+
+def metrics_group(config: JobConfig) -> dict[str, str]:
+    """The Pushgateway group beside `job` (and a label on every sample): one per process that pushes at the same
+    time as others. A shard has its index; a queue consumer or a claiming worker, which split the work without
+    shards, has its host name (the pod's name in Kubernetes), so that pods do not overwrite each other's set."""
+    shard = config.selection.shard
+    if shard is not None:
+        return {"shard": str(shard.index)}
+    if config.queue is not None or config.selection.claim:
+        return {"instance": socket.gethostname()}
+    return {}

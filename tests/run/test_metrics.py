@@ -248,6 +248,18 @@ def test_the_push_carries_the_same_set_as_the_textfile_grouped_by_job_and_shard(
     assert all(labels["shard"] == "1" for samples in pushed.values() for _, labels, _ in samples)
 
 
+def test_workers_that_split_the_work_without_shards_push_to_groups_of_their_own(
+    source: Path, tmp_path: Path, pushgateway: tuple[str, Recorder]
+) -> None:
+    url, recorder = pushgateway
+    report = job(source, tmp_path / "out", FakePipeline(), metrics_pushgateway=url, claim=True).run()
+    assert report.exit_code == 0
+    host = socket.gethostname()
+    assert recorder.pushes[-1].path == f"/metrics/job/whisperx_batch/instance/{host}"  # each pod its own group
+    pushed = parse(recorder.pushes[-1].body)
+    assert value(pushed, "whisperx_batch_files_total", outcome="succeeded", instance=host) == len(report.succeeded)
+
+
 def test_credentials_in_the_url_are_sent_as_basic_auth_and_never_logged(
     source: Path, tmp_path: Path, pushgateway: tuple[str, Recorder], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -290,10 +302,13 @@ def test_an_unreachable_pushgateway_is_one_warning_and_the_run_goes_on(
     out, textfile = tmp_path / "out", tmp_path / "m.prom"
     unreachable = f"http://batch:{PASSWORD}@127.0.0.1:{closed_port()}"
 
-    def slow_batch(keys: list[str]) -> None:
-        time.sleep(1.2)  # a periodic push fails too, in the middle of the run
+    def slow_batch(keys: list[str]) -> None:  # the first batch lasts until a periodic push has failed too
+        deadline = time.monotonic() + 20
+        while not any("again" in r.getMessage() for r in caplog.records if r.name.endswith("metrics_export")):
+            assert time.monotonic() < deadline, "no periodic push was tried during the run"
+            time.sleep(0.02)
 
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO), caplog.at_level(logging.DEBUG, logger="batch.run.metrics_export"):
         report = job(
             source,
             out,
