@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
 from batch.common.concurrency import ordered_map
-from batch.common.errors import ConfigError, DestPathBlocked
+from batch.common.errors import ConfigError, DestPathBlocked, is_path_blocked
 from batch.run.config import SelectionConfig
 from batch.run.manifest import is_done, manifest_name, read_manifest
 from batch.storage import InputFile, ListingCounts, Store
@@ -84,9 +84,11 @@ class ToDo:
     def _is_done(self, item: InputFile) -> bool:
         try:
             manifest = read_manifest(self.dest, item.key)
-        except (IsADirectoryError, NotADirectoryError, PermissionError) as exc:
-            # Something in the way of this one file's manifest (a directory at its path): the file fails
-            # alone, without wasting the models on it, and the run goes on.
+        except OSError as exc:
+            if not is_path_blocked(exc):
+                raise
+            # Something in the way of this one file's manifest (a directory at its path, a path longer than
+            # DEST takes): the file fails alone, without wasting the models on it, and the run goes on.
             self._blocked[item.key] = exc
             return False
         if self.selection.force:

@@ -15,7 +15,7 @@ from typing import BinaryIO
 
 from batch.common.errors import EnvironmentProblem
 from batch.storage.base import InputFile, ListingCounts
-from batch.storage.names import is_selected, safe_relative
+from batch.storage.names import NAME_MAX_BYTES, is_selected, name_bytes, safe_relative
 
 # Read once, at import, while the process is single-threaded (os.umask can only be read by setting it).
 _UMASK = os.umask(0o022)
@@ -129,7 +129,7 @@ class LocalStore:
     def write_bytes(self, name: str, data: bytes) -> None:
         target = self.path(name)
         target.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        handle, temporary = _temporary_beside(target)
         try:
             os.fchmod(handle, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual permissions
             with os.fdopen(handle, "wb") as stream:
@@ -159,7 +159,7 @@ class LocalStore:
         target.parent.mkdir(parents=True, exist_ok=True)
         # Written whole first, then linked into place: link() fails if the name exists, and nobody ever
         # reads a half-written claim.
-        handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        handle, temporary = _temporary_beside(target)
         try:
             with os.fdopen(handle, "wb") as stream:
                 stream.write(data)
@@ -190,6 +190,15 @@ class LocalStore:
             return False
         self.delete(name)
         return True
+
+
+def _temporary_beside(target: Path) -> tuple[int, str]:
+    """A new hidden temporary file beside `target`, `.NAME.XXXXXXXX.tmp`, with NAME cut so that the temporary's
+    own name fits NAME_MAX wherever the target's does: (its descriptor, its path)."""
+    name = target.name
+    while name and name_bytes(f".{name}.{'X' * 8}.tmp") > NAME_MAX_BYTES:
+        name = name[:-1]
+    return tempfile.mkstemp(dir=target.parent, prefix=f".{name}.", suffix=".tmp")
 
 
 def _version(data: bytes) -> str:

@@ -8,6 +8,7 @@ atomic); claims use conditional puts (`If-None-Match`, `If-Match`).
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import tempfile
@@ -23,7 +24,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from batch.common.errors import EnvironmentProblem, FileFailure, redact
 from batch.storage.base import InputFile, ListingCounts
-from batch.storage.names import is_hidden, is_selected
+from batch.storage.names import is_hidden, is_selected, name_bytes
 
 # One request per object part above this size; transcripts are small, so this mostly serves large outputs.
 MULTIPART_THRESHOLD = 8 * 1024 * 1024
@@ -32,6 +33,7 @@ _CONDITION_FAILED = ("PreconditionFailed", "412", "NoSuchKey")
 _CONFLICT = ("ConditionalRequestConflict", "409")
 CONFLICT_RETRIES = 4
 CONFLICT_BACKOFF_SECONDS = 0.1
+S3_KEY_MAX_BYTES = 1024
 
 
 def split_url(url: str) -> tuple[str, str]:
@@ -182,7 +184,15 @@ class S3Store:
             raise EnvironmentProblem(f"{role} {self.url} is not writable: {describe_s3_error(exc)}") from None
 
     def write_bytes(self, name: str, data: bytes) -> None:
-        self.client.upload_fileobj(io.BytesIO(data), self.bucket, self.prefix + name, Config=self._transfer)
+        self.client.upload_fileobj(io.BytesIO(data), self.bucket, self._named(name), Config=self._transfer)
+
+    def _named(self, name: str) -> str:
+        """The object key of a name of the store; a key longer than S3 takes is refused as a file system refuses
+        a path too long (ENAMETOOLONG), so that the file it belongs to fails alone."""
+        key = self.prefix + name
+        if name_bytes(key) > S3_KEY_MAX_BYTES:
+            raise OSError(errno.ENAMETOOLONG, f"over the {S3_KEY_MAX_BYTES} bytes of an S3 key", key)
+        return key
 
     def read_bytes(self, name: str) -> bytes | None:
         found = self.read_with_version(name)
@@ -190,7 +200,7 @@ class S3Store:
 
     def exists(self, name: str) -> bool:
         try:
-            self.client.head_object(Bucket=self.bucket, Key=self.prefix + name)
+            self.client.head_object(Bucket=self.bucket, Key=self._named(name))
         except ClientError as exc:
             if _error_code(exc) in _MISSING:
                 return False
@@ -198,7 +208,7 @@ class S3Store:
         return True
 
     def delete(self, name: str) -> None:
-        self.client.delete_object(Bucket=self.bucket, Key=self.prefix + name)
+        self.client.delete_object(Bucket=self.bucket, Key=self._named(name))
 
     def create_exclusive(self, name: str, data: bytes) -> str | None:
         """Write only if nothing is there (If-None-Match: *): the new object's ETag, or None when another writer
@@ -207,7 +217,7 @@ class S3Store:
 
     def read_with_version(self, name: str) -> tuple[bytes, str] | None:
         try:
-            response = self.client.get_object(Bucket=self.bucket, Key=self.prefix + name)
+            response = self.client.get_object(Bucket=self.bucket, Key=self._named(name))
         except ClientError as exc:
             if _error_code(exc) in _MISSING:
                 return None
@@ -223,14 +233,14 @@ class S3Store:
         that ignores the condition deletes whatever is there: `batch.run.claims` probes for that first."""
         return (
             self._conditional(
-                lambda: self.client.delete_object(Bucket=self.bucket, Key=self.prefix + name, IfMatch=version)
+                lambda: self.client.delete_object(Bucket=self.bucket, Key=self._named(name), IfMatch=version)
             )
             is not None
         )
 
     def _conditional_put(self, name: str, data: bytes, **condition: str) -> str | None:
         response = self._conditional(
-            lambda: self.client.put_object(Bucket=self.bucket, Key=self.prefix + name, Body=data, **condition)
+            lambda: self.client.put_object(Bucket=self.bucket, Key=self._named(name), Body=data, **condition)
         )
         return None if response is None else str(response.get("ETag") or "written")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import http.client
 import http.server
 import json
@@ -102,6 +103,21 @@ def test_list_names_and_dest_inside_source_on_s3(bucket: str) -> None:
     assert list(dest.list_names()) == ["b.mp3", "b.mp3.manifest.json"]
     dest.check_writable()
     assert keys_in(bucket, "in/out/") == ["in/out/b.mp3", "in/out/b.mp3.manifest.json"]  # the probe is gone
+
+
+def test_a_name_past_s3s_key_limit_is_refused_as_a_path_too_long(bucket: str) -> None:
+    """Issue 34 #11: the skip check takes ENAMETOOLONG for the one file's path blocked, on S3 as in a folder."""
+    dest = open_store(f"s3://{bucket}/" + "p" * 1000)
+    for attempt in (
+        lambda: dest.read_bytes("x" * 20 + ".manifest.json"),
+        lambda: dest.write_bytes("x" * 20 + ".json", b"{}"),
+        lambda: dest.exists("x" * 20 + ".json"),
+    ):
+        with pytest.raises(OSError) as raised:
+            attempt()
+        assert raised.value.errno == errno.ENAMETOOLONG and "1024 bytes of an S3 key" in str(raised.value)
+    dest.write_bytes("x" * 9 + ".json", b"{}")  # 1024 bytes in all: taken
+    assert keys_in(bucket) == ["p" * 1000 + "/" + "x" * 9 + ".json"]
 
 
 def test_s3_to_local_with_hostile_keys_never_writes_outside_dest(
