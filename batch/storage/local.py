@@ -7,6 +7,7 @@ then renamed over the target, so nothing half-written ever stands in place of a 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -16,6 +17,8 @@ from typing import BinaryIO
 from batch.common.errors import EnvironmentProblem
 from batch.storage.base import InputFile, ListingCounts
 from batch.storage.names import NAME_MAX_BYTES, is_selected, name_bytes, safe_relative
+
+log = logging.getLogger(__name__)
 
 # Read once, at import, while the process is single-threaded (os.umask can only be read by setting it).
 _UMASK = os.umask(0o022)
@@ -55,8 +58,14 @@ class LocalStore:
             counts.listed += 1
             if not is_selected(key, include, exclude, named=self.only is not None):
                 continue
+            try:
+                stat = (self.root / relative).stat()
+            except (FileNotFoundError, NotADirectoryError):
+                # Removed (or its folder replaced) since its folder was read: nothing to do, and no reason to
+                # stop the listing of every other file.
+                log.warning("%s: gone from SOURCE while it was listed; skipped", key)
+                continue
             counts.selected += 1
-            stat = (self.root / relative).stat()
             yield InputFile(key=key, size=stat.st_size, version=str(stat.st_mtime_ns))
 
     def _files(self) -> Iterator[PurePosixPath]:
