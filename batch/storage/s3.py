@@ -2,8 +2,8 @@
 
 Credentials and region come from boto3's standard chain (environment, shared config and profile, web
 identity as on EKS, instance role); `AWS_ENDPOINT_URL` or `--s3-endpoint-url` reach other stores. Retries use
-botocore's "standard" mode; connect and read timeouts are set. Each object is written whole (S3 puts are
-atomic); claims use conditional puts (`If-None-Match`, `If-Match`).
+botocore's "standard" mode (AWS_RETRY_MODE, AWS_MAX_ATTEMPTS override it); connect and read timeouts are set.
+Each object is written whole (S3 puts are atomic); claims use conditional puts (`If-None-Match`, `If-Match`).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any, BinaryIO
 from urllib.parse import urlparse
 
 import boto3
+import botocore.session
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
@@ -34,6 +35,7 @@ _CONFLICT = ("ConditionalRequestConflict", "409")
 CONFLICT_RETRIES = 4
 CONFLICT_BACKOFF_SECONDS = 0.1
 S3_KEY_MAX_BYTES = 1024
+DEFAULT_MAX_ATTEMPTS = 6
 
 
 def split_url(url: str) -> tuple[str, str]:
@@ -46,13 +48,22 @@ def split_url(url: str) -> tuple[str, str]:
 
 
 def make_client(endpoint_url: str | None = None) -> Any:
-    config = Config(
-        retries={"mode": "standard", "max_attempts": 6},
-        connect_timeout=10,
-        read_timeout=120,
-        max_pool_connections=32,
+    session = botocore.session.get_session()
+    config = Config(retries=retry_settings(session), connect_timeout=10, read_timeout=120, max_pool_connections=32)
+    return boto3.session.Session(botocore_session=session).client(
+        "s3", endpoint_url=endpoint_url or None, config=config
     )
-    return boto3.session.Session().client("s3", endpoint_url=endpoint_url or None, config=config)
+
+
+def retry_settings(session: botocore.session.Session) -> dict[str, Any]:
+    """botocore's own retries, for every request: throttling, 5xx and time-outs are retried with backoff.
+    `standard` mode and DEFAULT_MAX_ATTEMPTS attempts unless AWS_RETRY_MODE / AWS_MAX_ATTEMPTS (or the profile's
+    `retry_mode` / `max_attempts`) say otherwise; `adaptive` also slows the client down while it is throttled."""
+    return {
+        "mode": session.get_config_variable("retry_mode") or "standard",
+        # total: the first attempt included, as AWS_MAX_ATTEMPTS counts (Config's `max_attempts` counts retries)
+        "total_max_attempts": session.get_config_variable("max_attempts") or DEFAULT_MAX_ATTEMPTS,
+    }
 
 
 def describe_s3_error(exc: BaseException) -> str:
@@ -143,8 +154,8 @@ class S3Store:
 
     def _objects(self, full_prefix: str) -> Iterator[tuple[str, dict[str, Any]]]:
         """(key relative to the store, listing entry) of each object under `full_prefix`, hidden ones left out."""
-        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full_prefix)
-        for page in pages:
+        pages = iter(self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full_prefix))
+        while (page := self._next_page(pages, full_prefix)) is not None:
             for obj in page.get("Contents", []):
                 full = obj["Key"]
                 if full.endswith("/") or (self._skip_prefix and full.startswith(self._skip_prefix)):
@@ -152,6 +163,17 @@ class S3Store:
                 key = full[len(self.prefix) :]
                 if not is_hidden(key):
                     yield key, obj
+
+    def _next_page(self, pages: Iterator[dict[str, Any]], full_prefix: str) -> dict[str, Any] | None:
+        """The listing's next page, or None after the last. A page that botocore's retries could not get ends
+        the listing, and the run with it (exit 3): the listing is where the run's files come from."""
+        try:
+            return next(pages, None)
+        except (BotoCoreError, ClientError) as exc:
+            raise EnvironmentProblem(
+                f"s3://{self.bucket}/{full_prefix} could not be listed, after retries: {describe_s3_error(exc)}; "
+                "what was listed before is done, the next run goes on from there"
+            ) from None
 
     def open(self, key: str, size: int | None = None) -> BinaryIO:
         """The object spooled to local disk (deleted when closed); over the size cap, the file fails clearly."""
