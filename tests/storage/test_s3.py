@@ -633,3 +633,42 @@ def test_status_reads_manifests_concurrently_in_a_stable_order(cli, bucket: str,
     assert (document["succeeded"], document["failed"]) == (40 - len(failed), len(failed))
     assert [failure["key"] for failure in document["failures"]] == failed  # listing order, whatever came back first
     assert proxy.most_in_flight >= 8
+
+
+class _Body:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def stream(self, **_: object) -> Iterator[bytes]:
+        yield self.data
+
+
+def test_a_queue_receive_that_fails_after_retries_ends_the_run_with_exit_3_and_says_why(
+    bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 34 #13, SQS: the receive is retried by botocore; past its retries the run stops, exit 3, saying so. The
+    fault is injected at the real client's HTTP seam (botocore's before-send), the server never reached."""
+    from botocore.awsrequest import AWSResponse
+
+    from batch.run.job import Job
+    from batch.settings.options import load_settings
+    from tests.fakes import FakePipeline
+
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
+    url = boto3.client("sqs").create_queue(QueueName=bucket)["QueueUrl"]
+    job = Job(
+        load_settings({"queue": url, "out": f"s3://{bucket}/out", "device": "cpu", "queue_idle": 30}),
+        environ={},
+        pipeline=FakePipeline(),
+    )
+    attempts = []
+
+    def internal_error(request: object, **_: object) -> AWSResponse:
+        attempts.append(request)
+        return AWSResponse(url, 500, {}, _Body(b'{"__type": "InternalError", "message": "We encountered an error"}'))
+
+    job.queue.client.meta.events.register("before-send.sqs.ReceiveMessage", internal_error)
+    report = job.run()
+    assert len(attempts) == 2  # botocore's retries, honouring AWS_MAX_ATTEMPTS
+    assert report.exit_code == 3 and report.error is not None
+    assert f"queue {url} cannot be read, after retries" in report.error.message
