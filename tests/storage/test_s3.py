@@ -118,8 +118,8 @@ def test_a_name_past_s3s_key_limit_is_refused_as_a_path_too_long(bucket: str) ->
         with pytest.raises(OSError) as raised:
             attempt()
         assert raised.value.errno == errno.ENAMETOOLONG and "1024 bytes of an S3 key" in str(raised.value)
-    dest.write_bytes("x" * 9 + ".json", b"{}")  # 1024 bytes in all: taken
-    assert keys_in(bucket) == ["p" * 1000 + "/" + "x" * 9 + ".json"]
+    dest.write_bytes("x" * 18 + ".json", b"{}")  # 1024 bytes in all: taken
+    assert keys_in(bucket) == ["p" * 1000 + "/" + "x" * 18 + ".json"]
 
 
 def test_s3_to_local_with_hostile_keys_never_writes_outside_dest(
