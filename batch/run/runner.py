@@ -145,7 +145,9 @@ class Runner:
         self.on_file(FileEvent(key, "skipped"))
 
     def _left(self, key: str, exc: Exception) -> None:
-        self.report.left_for_next_run.append(FailedFile(key=key, error=ErrorRecord.of(exc)))
+        error = ErrorRecord.of(exc)
+        self.report.left_for_next_run.append(FailedFile(key=key, error=error))
+        self.on_file(FileEvent(key, "left_for_next_run", error_type=error.type))
 
     def _still_to_do(self, item: InputFile) -> bool:
         return self.to_do.still_to_do(item, self.report.started_at)

@@ -362,7 +362,7 @@ def latest_report(bucket: str, prefix: str = "out/") -> dict:
 
 
 def test_a_manifest_unreadable_after_retries_leaves_its_file_for_the_next_run_and_the_run_goes_on(
-    cli, bucket: str, speech: bytes, moto_url: str, tiny_en: str, monkeypatch: pytest.MonkeyPatch
+    cli, bucket: str, speech: bytes, moto_url: str, tiny_en: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Issue 34 #13: the skip check's manifest GET is retried by botocore (call0's fault is ridden out); one that
     fails every time (call1's) leaves that file, neither done nor failed, and the others are done; exit 3."""
@@ -374,8 +374,10 @@ def test_a_manifest_unreadable_after_retries_leaves_its_file_for_the_next_run_an
         ("GET", lambda path: path.endswith("/out/call1.mp3.manifest.json"), None),
     ]
     options = ("--out", f"s3://{bucket}/out", "--model", tiny_en, "--no-align")
+    metrics = tmp_path / "run.prom"
     with fault_proxy(moto_url, rules) as proxy:
-        result = cli("run", f"s3://{bucket}/in", *options, "--s3-endpoint-url", f"http://127.0.0.1:{proxy.server_port}")
+        endpoint = f"http://127.0.0.1:{proxy.server_port}"
+        result = cli("run", f"s3://{bucket}/in", *options, "--s3-endpoint-url", endpoint, "--metrics-textfile", metrics)
     assert proxy.used[0] == 2 and proxy.used[1] == 3  # every attempt botocore made for call1
     assert result.exit_code == 3, result.stderr
     assert "left for the next run call1.mp3" in result.stderr and "unexpected" not in result.stderr
@@ -384,6 +386,7 @@ def test_a_manifest_unreadable_after_retries_leaves_its_file_for_the_next_run_an
     [left] = report["left_for_next_run"]
     assert left["key"] == "call1.mp3" and "SlowDown" in left["error"]["message"] and report["exit_code"] == 3
     assert "out/call1.mp3.manifest.json" not in keys_in(bucket, "out/")
+    assert 'whisperx_batch_files_total{error_type="ClientError",outcome="left_for_next_run"} 1.0' in metrics.read_text()
 
     rerun = cli("run", f"s3://{bucket}/in", *options)
     assert rerun.exit_code == 0, rerun.stderr
