@@ -111,14 +111,16 @@ class LocalStore:
         for entry in entries:
             if entry.name.startswith("."):
                 continue
-            path = Path(entry.path)
-            if entry.is_symlink() and not path.resolve().is_relative_to(real_root):
+            try:
+                kind = _kind(entry, real_root)
+            except (OSError, RuntimeError) as exc:  # a symbolic link that loops: that entry alone is left out
+                log.warning("%s: cannot be followed (%s); skipped", (relative / entry.name).as_posix(), exc)
                 continue
-            if entry.is_dir():
+            if kind == "dir":
                 if with_dirs:
                     yield relative / entry.name
-                yield from self._walk(path, relative / entry.name, real_root, seen, with_dirs)
-            elif entry.is_file():
+                yield from self._walk(Path(entry.path), relative / entry.name, real_root, seen, with_dirs)
+            elif kind == "file":
                 yield relative / entry.name
 
     # --- writing and reading named files -----------------------------------------------------------------
@@ -199,6 +201,15 @@ class LocalStore:
             return False
         self.delete(name)
         return True
+
+
+def _kind(entry: os.DirEntry[str], real_root: Path) -> str | None:
+    """ "dir", "file", or None: a link that leads outside SOURCE or to nothing, or something else (a FIFO)."""
+    if entry.is_symlink() and not Path(entry.path).resolve().is_relative_to(real_root):
+        return None
+    if entry.is_dir():
+        return "dir"
+    return "file" if entry.is_file() else None
 
 
 def _temporary_beside(target: Path) -> tuple[int, str]:

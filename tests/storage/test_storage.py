@@ -114,6 +114,20 @@ def test_links_leaving_source_are_not_followed(tmp_path: Path) -> None:
     assert keys(LocalStore(source)) == ["inner.wav", "real.wav"]
 
 
+def test_links_that_loop_or_lead_nowhere_are_left_out_and_the_listing_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 34 #12: one entry that cannot be followed never stops the listing of the others."""
+    source = tmp_path / "in"
+    touch(source, "a.wav", "z.wav")
+    (source / "b.wav").symlink_to(source / "c.wav")
+    (source / "c.wav").symlink_to(source / "b.wav")  # b -> c -> b
+    (source / "d.wav").symlink_to(source / "gone.wav")  # dangling
+    with caplog.at_level("WARNING"):
+        assert keys(LocalStore(source)) == ["a.wav", "z.wav"]
+    assert "b.wav: cannot be followed" in caplog.text and "c.wav: cannot be followed" in caplog.text
+
+
 def test_dest_inside_source_is_skipped(tmp_path: Path) -> None:
     touch(tmp_path, "a.wav", "out/a.wav.json", "out/old.wav")
     assert keys(LocalStore(tmp_path, skip=tmp_path / "out")) == ["a.wav"]
