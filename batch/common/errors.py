@@ -102,7 +102,8 @@ class AudioDecodeError(FileFailure):
 
 
 class DestPathBlocked(FileFailure):
-    """DEST cannot hold this file's manifest: a directory in the way, or no permission on that one path."""
+    """DEST cannot hold this file's manifest: a directory in the way, no permission on that one path, or a path
+    longer than DEST takes."""
 
     def __init__(self, name: str, cause: OSError):
         if cause.errno == errno.ENAMETOOLONG:
