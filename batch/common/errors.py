@@ -102,15 +102,30 @@ class AudioDecodeError(FileFailure):
 
 
 class DestPathBlocked(FileFailure):
-    """DEST cannot hold this file's manifest: a directory in the way, or no permission on that one path."""
+    """DEST cannot hold this file's manifest: a directory in the way, no permission on that one path, or a path
+    longer than DEST takes."""
 
     def __init__(self, name: str, cause: OSError):
+        if cause.errno == errno.ENAMETOOLONG:
+            super().__init__(
+                f"its manifest cannot be written at {name}: the path is too long for DEST ({cause.strerror}); "
+                "give DEST a shorter path, or move the file to a shallower folder of SOURCE, and rerun"
+            )
+            return
         reason = {
             IsADirectoryError: "a directory is in the way",
             NotADirectoryError: "a file is in the way of its folder",
             PermissionError: "permission denied",
         }.get(type(cause), cause.strerror or str(cause))
         super().__init__(f"its manifest cannot be written at {name}: {reason}; move that away and rerun")
+
+
+def is_path_blocked(exc: OSError) -> bool:
+    """Whether DEST refuses one path only (a directory or a file in the way, no permission there, a path too
+    long), so that the file whose path it is fails alone."""
+    return isinstance(exc, IsADirectoryError | NotADirectoryError | PermissionError) or (
+        exc.errno == errno.ENAMETOOLONG
+    )
 
 
 # Environment variables whose values must never reach a log, a manifest or an error message.

@@ -30,7 +30,7 @@ from batch.run.tally import FileEvent
 log = logging.getLogger(__name__)
 
 PREFIX = "whisperx_batch"
-OUTCOMES = ("succeeded", "failed", "skipped", "claimed_elsewhere")
+OUTCOMES = ("succeeded", "failed", "skipped", "claimed_elsewhere", "left_for_next_run")
 # Always exported (0 until a file spends time there), so a rate over them never starts from nothing.
 STAGES = ("decode", "vad", "asr", "quality", "align", "diarize", "write")
 BATCHED_STAGES = ("asr", "align", "diarize")  # the stages whose batch size is fitted to the GPU's memory
@@ -97,7 +97,8 @@ class RunMetrics(Collector):
         yield self._family(
             CounterMetricFamily,
             "files",
-            "Files by outcome (succeeded, failed, skipped, claimed_elsewhere); failed ones by error_type.",
+            "Files by outcome (succeeded, failed, skipped, claimed_elsewhere, left_for_next_run); "
+            "failed and left ones by error_type.",
             [({"outcome": o, "error_type": e}, n) for (o, e), n in sorted(counts.items())],
         )
         yield self._family(

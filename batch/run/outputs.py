@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import errno
 import io
 import json
 from collections.abc import Callable
@@ -84,7 +85,12 @@ def write_file(
     manifest.status = "failed" if error is not None else "succeeded"
     manifest.error = ErrorRecord.of(error) if error is not None else None
     manifest.timings, manifest.finished_at = stopwatch.timings, utc_now()
-    dest.write_bytes(manifest_name(key), manifest.encode())
+    try:
+        dest.write_bytes(manifest_name(key), manifest.encode())
+    except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:  # readable, not writable: a temporary's path went past PATH_MAX
+            raise DestPathBlocked(manifest_name(key), exc) from None
+        raise
     return manifest
 
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, computed_field
 
-from batch.common.errors import EXIT_FILES_FAILED, EXIT_OK
+from batch.common.errors import EXIT_ENVIRONMENT, EXIT_FILES_FAILED, EXIT_OK
 from batch.run.manifest import RUNS_FOLDER, ErrorRecord, Record, encode
 
 if TYPE_CHECKING:
@@ -127,6 +127,9 @@ class RunReport(Record):
     skipped: list[str] = []
     claimed_elsewhere: list[str] = []  # with --claim: files other workers took
     failed: list[FailedFile] = []
+    # Not taken, not failed: DEST could not say whether they are done (their manifest could not be read, after
+    # retries); the next run takes them. The run still goes to its end, with exit 3 so that it is retried.
+    left_for_next_run: list[FailedFile] = []
     audio_seconds: float = 0.0
     wall_seconds: float = 0.0
     model_load_seconds: float | None = None
@@ -194,7 +197,9 @@ class RunReport(Record):
         return encode(self.model_dump(mode="json"))
 
     def outcome_code(self) -> int:
-        """The exit code of a run that went to its end."""
+        """The exit code of a run that went to its end: files left for the next run make it 3 (retry it)."""
+        if self.left_for_next_run:
+            return EXIT_ENVIRONMENT
         return EXIT_FILES_FAILED if self.failed else EXIT_OK
 
     def summary(self) -> str:
@@ -205,6 +210,7 @@ class RunReport(Record):
             f"{len(self.failed)} failed; {self.audio_hours:.3f} audio hours in {self.wall_seconds:.1f} s{speed}"
         ]
         lines += [f"  failed {f.key}: {f.error.type}: {f.error.message}" for f in self.failed]
+        lines += [f"  left for the next run {f.key}: {f.error.message}" for f in self.left_for_next_run]
         lines += [f"  words not timed in {w.key}: {w.reason}" for w in self.words_untimed]
         if self.claimed_elsewhere:
             lines.append(f"  {len(self.claimed_elsewhere)} files were claimed by other workers")

@@ -35,6 +35,7 @@ from batch.run.manifest import ErrorRecord, InputRecord, Manifest, manifest_name
 from batch.run.outputs import OutputWriter, write_file
 from batch.run.report import (
     AsrFigures,
+    FailedFile,
     RunReport,
     UntimedWords,
     WorkerRecord,
@@ -109,7 +110,7 @@ class Runner:
     def _to_do(self, queue: Any, listing_watchers: Sequence[ListingWatcher]) -> ToDo:
         """Where the files come from: SOURCE's listing, or a queue's messages (--queue)."""
         if queue is None or self.config.queue is None:
-            return ToDo(self.config.selection, self.settings_hash, self.source, self.dest, listing_watchers)
+            return ToDo(self.config.selection, self.settings_hash, self.source, self.dest, listing_watchers, self._left)
         from batch.run.queue import QueueToDo
 
         queued = QueueToDo(
@@ -142,6 +143,11 @@ class Runner:
     def _skipped(self, key: str) -> None:
         self.report.skipped.append(key)
         self.on_file(FileEvent(key, "skipped"))
+
+    def _left(self, key: str, exc: Exception) -> None:
+        error = ErrorRecord.of(exc)
+        self.report.left_for_next_run.append(FailedFile(key=key, error=error))
+        self.on_file(FileEvent(key, "left_for_next_run", error_type=error.type))
 
     def _still_to_do(self, item: InputFile) -> bool:
         return self.to_do.still_to_do(item, self.report.started_at)

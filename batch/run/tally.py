@@ -24,7 +24,7 @@ class FileEvent:
     """One file counted in the report: what progress bars and log lines are made of."""
 
     key: str
-    status: str  # succeeded | failed | skipped | claimed_elsewhere
+    status: str  # succeeded | failed | skipped | claimed_elsewhere | left_for_next_run
     audio_seconds: float = 0.0
     wall_seconds: float = 0.0
     error_type: str | None = None

@@ -18,7 +18,15 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
 from batch.common.concurrency import ordered_map
-from batch.common.errors import ConfigError, DestPathBlocked
+from batch.common.errors import (
+    BatchError,
+    ConfigError,
+    DestPathBlocked,
+    EnvironmentProblem,
+    describe,
+    is_path_blocked,
+)
+from batch.common.logs import file_context
 from batch.run.config import SelectionConfig
 from batch.run.manifest import is_done, manifest_name, read_manifest
 from batch.storage import InputFile, ListingCounts, Store
@@ -28,6 +36,9 @@ log = logging.getLogger(__name__)
 # Skip checks on S3 are requests: run this many at once, this many listing entries ahead.
 SKIP_CHECK_WORKERS = 16
 SKIP_CHECK_AHEAD = 64
+# Skip checks that fail in a row (after the store's own retries) before DEST is taken for broken: one file's
+# unreadable manifest is left for the next run, every file's stops the run.
+UNREADABLE_IN_A_ROW_STOP = 3
 
 
 class ListingWatcher(Protocol):
@@ -47,9 +58,11 @@ class ToDo:
         source: Store,
         dest: Store,
         watchers: Sequence[ListingWatcher] = (),
+        on_left: Callable[[str, Exception], None] = lambda key, exc: None,
     ):
         self.selection, self.settings_hash, self.source, self.dest = selection, settings_hash, source, dest
         self.watchers = watchers
+        self.on_left = on_left  # hears of each file left for the next run (its skip check could not be made)
         self._listed = False
         self._blocked: dict[str, OSError] = {}  # files whose manifest path DEST cannot hold
 
@@ -62,10 +75,20 @@ class ToDo:
         # Watchers count the run's files: they hear the first listing only (a dry run's `pending()`, then `run()`).
         listing = ReadAhead(self.source, self.selection, () if self._listed else self.watchers)
         self._listed = True
+        unreadable_in_a_row = 0
         try:
             checks = ordered_map(self._is_done, listing, workers=SKIP_CHECK_WORKERS, ahead=SKIP_CHECK_AHEAD)
-            for item, done in checks:
-                if done.result():
+            for item, done in checks:  # an error of the listing itself is raised here, and ends the run
+                try:
+                    already_done = done.result()
+                except BatchError:
+                    raise
+                except Exception as exc:  # DEST (or SOURCE's fingerprint) could not be read, after retries
+                    unreadable_in_a_row += 1
+                    self._leave(item, exc, unreadable_in_a_row)
+                    continue
+                unreadable_in_a_row = 0
+                if already_done:
                     on_skipped(item.key)
                 else:
                     yield item
@@ -76,6 +99,19 @@ class ToDo:
         if counts.selected == 0 and not self.selection.allow_empty:
             raise nothing_selected(self.source.location, counts, self.selection)
 
+    def _leave(self, item: InputFile, exc: Exception, in_a_row: int) -> None:
+        """A file whose skip check could not be made: neither done nor failed, it is left for the next run, unless
+        so many in a row fail that DEST itself is the problem (the run then stops, exit 3)."""
+        reason = describe(exc)["message"]
+        if in_a_row >= UNREADABLE_IN_A_ROW_STOP:
+            raise EnvironmentProblem(
+                f"the manifests of the last {in_a_row} files could not be read in DEST {self.dest.location} "
+                f"({reason}); stopping: files not done are taken by the next run"
+            )
+        with file_context(item.key):
+            log.warning("whether it is done could not be read: %s; left for the next run", reason)
+        self.on_left(item.key, exc)
+
     def blocked(self, key: str) -> DestPathBlocked | None:
         """Why DEST cannot hold this file's manifest (it then fails alone, with this error), or None."""
         reason = self._blocked.get(key)
@@ -84,9 +120,11 @@ class ToDo:
     def _is_done(self, item: InputFile) -> bool:
         try:
             manifest = read_manifest(self.dest, item.key)
-        except (IsADirectoryError, NotADirectoryError, PermissionError) as exc:
-            # Something in the way of this one file's manifest (a directory at its path): the file fails
-            # alone, without wasting the models on it, and the run goes on.
+        except OSError as exc:
+            if not is_path_blocked(exc):
+                raise
+            # Something in the way of this one file's manifest (a directory at its path, a path longer than
+            # DEST takes): the file fails alone, without wasting the models on it, and the run goes on.
             self._blocked[item.key] = exc
             return False
         if self.selection.force:

@@ -7,6 +7,7 @@ then renamed over the target, so nothing half-written ever stands in place of a 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -15,7 +16,9 @@ from typing import BinaryIO
 
 from batch.common.errors import EnvironmentProblem
 from batch.storage.base import InputFile, ListingCounts
-from batch.storage.names import is_selected, safe_relative
+from batch.storage.names import NAME_MAX_BYTES, is_selected, name_bytes, safe_relative
+
+log = logging.getLogger(__name__)
 
 # Read once, at import, while the process is single-threaded (os.umask can only be read by setting it).
 _UMASK = os.umask(0o022)
@@ -55,8 +58,14 @@ class LocalStore:
             counts.listed += 1
             if not is_selected(key, include, exclude, named=self.only is not None):
                 continue
+            try:
+                stat = (self.root / relative).stat()
+            except (FileNotFoundError, NotADirectoryError):
+                # Removed (or its folder replaced) since its folder was read: nothing to do, and no reason to
+                # stop the listing of every other file.
+                log.warning("%s: gone from SOURCE while it was listed; skipped", key)
+                continue
             counts.selected += 1
-            stat = (self.root / relative).stat()
             yield InputFile(key=key, size=stat.st_size, version=str(stat.st_mtime_ns))
 
     def _files(self) -> Iterator[PurePosixPath]:
@@ -102,14 +111,16 @@ class LocalStore:
         for entry in entries:
             if entry.name.startswith("."):
                 continue
-            path = Path(entry.path)
-            if entry.is_symlink() and not path.resolve().is_relative_to(real_root):
+            try:
+                kind = _kind(entry, real_root)
+            except (OSError, RuntimeError) as exc:  # a symbolic link that loops: that entry alone is left out
+                log.warning("%s: cannot be followed (%s); skipped", (relative / entry.name).as_posix(), exc)
                 continue
-            if entry.is_dir():
+            if kind == "dir":
                 if with_dirs:
                     yield relative / entry.name
-                yield from self._walk(path, relative / entry.name, real_root, seen, with_dirs)
-            elif entry.is_file():
+                yield from self._walk(Path(entry.path), relative / entry.name, real_root, seen, with_dirs)
+            elif kind == "file":
                 yield relative / entry.name
 
     # --- writing and reading named files -----------------------------------------------------------------
@@ -129,7 +140,7 @@ class LocalStore:
     def write_bytes(self, name: str, data: bytes) -> None:
         target = self.path(name)
         target.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        handle, temporary = _temporary_beside(target)
         try:
             os.fchmod(handle, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual permissions
             with os.fdopen(handle, "wb") as stream:
@@ -159,7 +170,7 @@ class LocalStore:
         target.parent.mkdir(parents=True, exist_ok=True)
         # Written whole first, then linked into place: link() fails if the name exists, and nobody ever
         # reads a half-written claim.
-        handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        handle, temporary = _temporary_beside(target)
         try:
             with os.fdopen(handle, "wb") as stream:
                 stream.write(data)
@@ -190,6 +201,24 @@ class LocalStore:
             return False
         self.delete(name)
         return True
+
+
+def _kind(entry: os.DirEntry[str], real_root: Path) -> str | None:
+    """ "dir", "file", or None: a link that leads outside SOURCE or to nothing, or something else (a FIFO)."""
+    if entry.is_symlink() and not Path(entry.path).resolve().is_relative_to(real_root):
+        return None
+    if entry.is_dir():
+        return "dir"
+    return "file" if entry.is_file() else None
+
+
+def _temporary_beside(target: Path) -> tuple[int, str]:
+    """A new hidden temporary file beside `target`, `.NAME.XXXXXXXX.tmp`, with NAME cut so that the temporary's
+    own name fits NAME_MAX wherever the target's does: (its descriptor, its path)."""
+    name = target.name
+    while name and name_bytes(f".{name}.{'X' * 8}.tmp") > NAME_MAX_BYTES:
+        name = name[:-1]
+    return tempfile.mkstemp(dir=target.parent, prefix=f".{name}.", suffix=".tmp")
 
 
 def _version(data: bytes) -> str:

@@ -12,6 +12,11 @@ The output base of a key is the key, component by component (split on `/`), with
 Every other character (spaces, unicode, `+&=`, a non-UTF-8 name's surrogate escapes) is kept as it is, so
 `calls/été 1.wav` is written as `calls/été 1.wav.json`.
 
+3. Last, a component longer than MAX_COMPONENT_BYTES (counted in UTF-8 bytes, as file systems count NAME_MAX)
+   is shortened: its start, cut to fit, then `%~`, the first 16 hex digits of the SHA-256 of the key's whole
+   component, and the component's extension (`.wav`), so that outputs keep room for their suffixes
+   (`.manifest.json`) under the 255 bytes a name may have. The manifest's `input.key` keeps the full key.
+
 Why this can never write outside DEST: no output component is empty, `.` or `..`, so a folder or an S3
 prefix (where some stores and proxies collapse dot segments) sees only plain names below DEST.
 
@@ -20,12 +25,16 @@ is followed by `25`, while each respelling of rule 2 holds a `%` followed by `2F
 component can never equal an escaped one, and the respellings differ from each other. Rule 1 alone is
 undone by reading `%25` back as `%`. No component gains or loses a `/`, so the components of a key are
 found again by splitting its output base on `/`. Hence `../x.wav` -> `%2E%2E/x.wav` and
-`%2E%2E/x.wav` -> `%252E%252E/x.wav`.
+`%2E%2E/x.wav` -> `%252E%252E/x.wav`. A shortened component (rule 3) holds `%~`, which no other spelling
+does (their every `%` is followed by `25`, `2F` or `2E`), and two shortened ones differ in their hash unless
+SHA-256's first 64 bits collide. Every file of a long folder stays in one folder: a component's spelling
+depends on that component alone.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 from collections.abc import Iterable
 from pathlib import PurePosixPath
 
@@ -40,6 +49,14 @@ MEDIA_EXTENSIONS = frozenset(
 _ESCAPE = ("%", "%25")
 _COMPONENT_SPELLINGS = {"": "%2F", ".": "%2E", "..": "%2E%2E"}
 
+NAME_MAX_BYTES = 255  # the longest file name most file systems take (ext4, XFS, Btrfs, APFS), in bytes
+# Kept free in every component for what an output adds to its name: `.manifest.json`, the longest, has 14 bytes.
+SUFFIX_ROOM_BYTES = 16
+MAX_COMPONENT_BYTES = NAME_MAX_BYTES - SUFFIX_ROOM_BYTES
+_SHORTENED_MARK = "%~"
+_HASH_DIGITS = 16
+_KEPT_EXTENSION_BYTES = 16  # an extension longer than this is not one worth keeping in a shortened name
+
 
 def output_base(key: str) -> str:
     """The name the outputs of `key` are written under (see the module's docstring for the rule)."""
@@ -48,7 +65,29 @@ def output_base(key: str) -> str:
 
 def _spell(component: str) -> str:
     escaped = component.replace(*_ESCAPE)
-    return _COMPONENT_SPELLINGS.get(escaped, escaped)
+    spelled = _COMPONENT_SPELLINGS.get(escaped, escaped)
+    return spelled if name_bytes(spelled) <= MAX_COMPONENT_BYTES else _shortened(component)
+
+
+def name_bytes(name: str) -> int:
+    """A name's length as a file system counts it, in bytes (a non-UTF-8 name's surrogate escapes counted at
+    three, never fewer than they take)."""
+    return len(name.encode("utf-8", "surrogatepass"))
+
+
+def _shortened(component: str) -> str:
+    """Rule 3: the start of `component`, `%~`, a hash of all of it, and its extension."""
+    digest = hashlib.sha256(component.encode("utf-8", "surrogatepass")).hexdigest()[:_HASH_DIGITS]
+    extension = PurePosixPath(component).suffix
+    if name_bytes(extension) > _KEPT_EXTENSION_BYTES:
+        extension = ""
+    tail = _SHORTENED_MARK + digest + extension.replace(*_ESCAPE)
+    stem = component[: len(component) - len(extension)].replace(*_ESCAPE)
+    budget = MAX_COMPONENT_BYTES - name_bytes(tail)
+    stem = stem[:budget]
+    while name_bytes(stem) > budget:
+        stem = stem[:-1]
+    return stem.removesuffix("%2").removesuffix("%") + tail  # no escape cut in half
 
 
 def safe_relative(key: str) -> PurePosixPath:

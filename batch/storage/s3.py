@@ -2,12 +2,13 @@
 
 Credentials and region come from boto3's standard chain (environment, shared config and profile, web
 identity as on EKS, instance role); `AWS_ENDPOINT_URL` or `--s3-endpoint-url` reach other stores. Retries use
-botocore's "standard" mode; connect and read timeouts are set. Each object is written whole (S3 puts are
-atomic); claims use conditional puts (`If-None-Match`, `If-Match`).
+botocore's "standard" mode (AWS_RETRY_MODE, AWS_MAX_ATTEMPTS override it); connect and read timeouts are set.
+Each object is written whole (S3 puts are atomic); claims use conditional puts (`If-None-Match`, `If-Match`).
 """
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import tempfile
@@ -17,13 +18,14 @@ from typing import Any, BinaryIO
 from urllib.parse import urlparse
 
 import boto3
+import botocore.session
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from batch.common.errors import EnvironmentProblem, FileFailure, redact
 from batch.storage.base import InputFile, ListingCounts
-from batch.storage.names import is_hidden, is_selected
+from batch.storage.names import is_hidden, is_selected, name_bytes
 
 # One request per object part above this size; transcripts are small, so this mostly serves large outputs.
 MULTIPART_THRESHOLD = 8 * 1024 * 1024
@@ -32,6 +34,8 @@ _CONDITION_FAILED = ("PreconditionFailed", "412", "NoSuchKey")
 _CONFLICT = ("ConditionalRequestConflict", "409")
 CONFLICT_RETRIES = 4
 CONFLICT_BACKOFF_SECONDS = 0.1
+S3_KEY_MAX_BYTES = 1024
+DEFAULT_MAX_ATTEMPTS = 6
 
 
 def split_url(url: str) -> tuple[str, str]:
@@ -44,13 +48,22 @@ def split_url(url: str) -> tuple[str, str]:
 
 
 def make_client(endpoint_url: str | None = None) -> Any:
-    config = Config(
-        retries={"mode": "standard", "max_attempts": 6},
-        connect_timeout=10,
-        read_timeout=120,
-        max_pool_connections=32,
+    session = botocore.session.get_session()
+    config = Config(retries=retry_settings(session), connect_timeout=10, read_timeout=120, max_pool_connections=32)
+    return boto3.session.Session(botocore_session=session).client(
+        "s3", endpoint_url=endpoint_url or None, config=config
     )
-    return boto3.session.Session().client("s3", endpoint_url=endpoint_url or None, config=config)
+
+
+def retry_settings(session: botocore.session.Session) -> dict[str, Any]:
+    """botocore's own retries, for every request: throttling, 5xx and time-outs are retried with backoff.
+    `standard` mode and DEFAULT_MAX_ATTEMPTS attempts unless AWS_RETRY_MODE / AWS_MAX_ATTEMPTS (or the profile's
+    `retry_mode` / `max_attempts`) say otherwise; `adaptive` also slows the client down while it is throttled."""
+    return {
+        "mode": session.get_config_variable("retry_mode") or "standard",
+        # total: the first attempt included, as AWS_MAX_ATTEMPTS counts (Config's `max_attempts` counts retries)
+        "total_max_attempts": session.get_config_variable("max_attempts") or DEFAULT_MAX_ATTEMPTS,
+    }
 
 
 def describe_s3_error(exc: BaseException) -> str:
@@ -141,8 +154,8 @@ class S3Store:
 
     def _objects(self, full_prefix: str) -> Iterator[tuple[str, dict[str, Any]]]:
         """(key relative to the store, listing entry) of each object under `full_prefix`, hidden ones left out."""
-        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full_prefix)
-        for page in pages:
+        pages = iter(self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full_prefix))
+        while (page := self._next_page(pages, full_prefix)) is not None:
             for obj in page.get("Contents", []):
                 full = obj["Key"]
                 if full.endswith("/") or (self._skip_prefix and full.startswith(self._skip_prefix)):
@@ -150,6 +163,17 @@ class S3Store:
                 key = full[len(self.prefix) :]
                 if not is_hidden(key):
                     yield key, obj
+
+    def _next_page(self, pages: Iterator[dict[str, Any]], full_prefix: str) -> dict[str, Any] | None:
+        """The listing's next page, or None after the last. A page that botocore's retries could not get ends
+        the listing, and the run with it (exit 3): the listing is where the run's files come from."""
+        try:
+            return next(pages, None)
+        except (BotoCoreError, ClientError) as exc:
+            raise EnvironmentProblem(
+                f"s3://{self.bucket}/{full_prefix} could not be listed, after retries: {describe_s3_error(exc)}; "
+                "what was listed before is done, the next run goes on from there"
+            ) from None
 
     def open(self, key: str, size: int | None = None) -> BinaryIO:
         """The object spooled to local disk (deleted when closed); over the size cap, the file fails clearly."""
@@ -182,7 +206,15 @@ class S3Store:
             raise EnvironmentProblem(f"{role} {self.url} is not writable: {describe_s3_error(exc)}") from None
 
     def write_bytes(self, name: str, data: bytes) -> None:
-        self.client.upload_fileobj(io.BytesIO(data), self.bucket, self.prefix + name, Config=self._transfer)
+        self.client.upload_fileobj(io.BytesIO(data), self.bucket, self._named(name), Config=self._transfer)
+
+    def _named(self, name: str) -> str:
+        """The object key of a name of the store; a key longer than S3 takes is refused as a file system refuses
+        a path too long (ENAMETOOLONG), so that the file it belongs to fails alone."""
+        key = self.prefix + name
+        if name_bytes(key) > S3_KEY_MAX_BYTES:
+            raise OSError(errno.ENAMETOOLONG, f"over the {S3_KEY_MAX_BYTES} bytes of an S3 key", key)
+        return key
 
     def read_bytes(self, name: str) -> bytes | None:
         found = self.read_with_version(name)
@@ -190,7 +222,7 @@ class S3Store:
 
     def exists(self, name: str) -> bool:
         try:
-            self.client.head_object(Bucket=self.bucket, Key=self.prefix + name)
+            self.client.head_object(Bucket=self.bucket, Key=self._named(name))
         except ClientError as exc:
             if _error_code(exc) in _MISSING:
                 return False
@@ -198,7 +230,7 @@ class S3Store:
         return True
 
     def delete(self, name: str) -> None:
-        self.client.delete_object(Bucket=self.bucket, Key=self.prefix + name)
+        self.client.delete_object(Bucket=self.bucket, Key=self._named(name))
 
     def create_exclusive(self, name: str, data: bytes) -> str | None:
         """Write only if nothing is there (If-None-Match: *): the new object's ETag, or None when another writer
@@ -207,7 +239,7 @@ class S3Store:
 
     def read_with_version(self, name: str) -> tuple[bytes, str] | None:
         try:
-            response = self.client.get_object(Bucket=self.bucket, Key=self.prefix + name)
+            response = self.client.get_object(Bucket=self.bucket, Key=self._named(name))
         except ClientError as exc:
             if _error_code(exc) in _MISSING:
                 return None
@@ -223,14 +255,14 @@ class S3Store:
         that ignores the condition deletes whatever is there: `batch.run.claims` probes for that first."""
         return (
             self._conditional(
-                lambda: self.client.delete_object(Bucket=self.bucket, Key=self.prefix + name, IfMatch=version)
+                lambda: self.client.delete_object(Bucket=self.bucket, Key=self._named(name), IfMatch=version)
             )
             is not None
         )
 
     def _conditional_put(self, name: str, data: bytes, **condition: str) -> str | None:
         response = self._conditional(
-            lambda: self.client.put_object(Bucket=self.bucket, Key=self.prefix + name, Body=data, **condition)
+            lambda: self.client.put_object(Bucket=self.bucket, Key=self._named(name), Body=data, **condition)
         )
         return None if response is None else str(response.get("ETag") or "written")
 

@@ -16,12 +16,13 @@ from typing import Any, BinaryIO
 from urllib.parse import unquote_plus
 
 import boto3
+import botocore.session
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from batch.common.errors import EnvironmentProblem, FileFailure
 from batch.storage.base import InputFile, ListingCounts
-from batch.storage.s3 import describe_s3_error, split_url
+from batch.storage.s3 import describe_s3_error, retry_settings, split_url
 
 # The longest long poll SQS allows; shorter when the run must look at its stop flag or idle time sooner.
 LONGEST_POLL_SECONDS = 20
@@ -75,8 +76,9 @@ def objects_named(body: str) -> tuple[list[tuple[str, str]], bool]:
 
 
 def make_sqs_client() -> Any:
-    config = Config(retries={"mode": "standard", "max_attempts": 6}, connect_timeout=10, read_timeout=60)
-    return boto3.session.Session().client("sqs", config=config)
+    session = botocore.session.get_session()
+    config = Config(retries=retry_settings(session), connect_timeout=10, read_timeout=60)
+    return boto3.session.Session(botocore_session=session).client("sqs", config=config)
 
 
 class SqsQueue:
@@ -96,12 +98,17 @@ class SqsQueue:
         self.visibility_timeout = int(attributes["Attributes"].get("VisibilityTimeout", 30))
 
     def receive(self, wait_seconds: int) -> list[QueueMessage | tuple[str, str, int, UnreadableMessage]]:
-        response = self.client.receive_message(
-            QueueUrl=self.url,
-            MaxNumberOfMessages=1,
-            WaitTimeSeconds=max(0, min(LONGEST_POLL_SECONDS, wait_seconds)),
-            MessageSystemAttributeNames=["ApproximateReceiveCount"],
-        )
+        try:
+            response = self.client.receive_message(
+                QueueUrl=self.url,
+                MaxNumberOfMessages=1,
+                WaitTimeSeconds=max(0, min(LONGEST_POLL_SECONDS, wait_seconds)),
+                MessageSystemAttributeNames=["ApproximateReceiveCount"],
+            )
+        except (BotoCoreError, ClientError) as exc:  # after botocore's retries: the queue is the run's listing
+            raise EnvironmentProblem(
+                f"queue {self.url} cannot be read, after retries: {describe_s3_error(exc)}"
+            ) from None
         received: list[QueueMessage | tuple[str, str, int, UnreadableMessage]] = []
         for raw in response.get("Messages", []):
             count = int(raw.get("Attributes", {}).get("ApproximateReceiveCount", 1))

@@ -151,3 +151,39 @@ def test_the_listing_thread_keeps_the_callers_log_context(folder: Path) -> None:
     thread.start()
     thread.join()
     assert seen == ["run-42"] * len(NAMES)
+
+
+class Remover(Census):
+    """A watcher that removes the file listed after the one it hears of: a file gone between the reading of
+    its folder and its stat, as when another process moves files out of a drop folder."""
+
+    def __init__(self, root: Path, after: str, removed: str) -> None:
+        super().__init__()
+        self.root, self.after, self.removed = root, after, removed
+
+    def listed(self, item: InputFile) -> None:
+        super().listed(item)
+        if item.key == self.after:
+            (self.root / self.removed).unlink()
+
+
+def test_a_file_removed_while_the_listing_reads_its_folder_is_skipped_and_the_listing_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 34 #12."""
+    source = tmp_path / "in"
+    for name in NAMES[:4]:
+        tone(source / name, seconds=0.2)
+    remover = Remover(source, after=NAMES[0], removed=NAMES[1])
+    job = Job(
+        load_settings({"source": str(source), "out": str(tmp_path / "out"), "device": "cpu"}),
+        environ={},
+        pipeline=FakePipeline(),
+    )
+    job.watch_listing(remover)
+    with caplog.at_level("WARNING"):
+        report = job.run()
+    assert report.exit_code == 0 and report.error is None
+    assert report.succeeded == [NAMES[0], *NAMES[2:4]] and not report.failed
+    assert remover.keys == report.succeeded and remover.done == 1
+    assert f"{NAMES[1]}: gone from SOURCE while it was listed; skipped" in caplog.text

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import http.client
 import http.server
 import json
@@ -10,8 +12,9 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import unquote
 
 import boto3
 import pytest
@@ -102,6 +105,21 @@ def test_list_names_and_dest_inside_source_on_s3(bucket: str) -> None:
     assert list(dest.list_names()) == ["b.mp3", "b.mp3.manifest.json"]
     dest.check_writable()
     assert keys_in(bucket, "in/out/") == ["in/out/b.mp3", "in/out/b.mp3.manifest.json"]  # the probe is gone
+
+
+def test_a_name_past_s3s_key_limit_is_refused_as_a_path_too_long(bucket: str) -> None:
+    """Issue 34 #11: the skip check takes ENAMETOOLONG for the one file's path blocked, on S3 as in a folder."""
+    dest = open_store(f"s3://{bucket}/" + "p" * 1000)
+    for attempt in (
+        lambda: dest.read_bytes("x" * 20 + ".manifest.json"),
+        lambda: dest.write_bytes("x" * 20 + ".json", b"{}"),
+        lambda: dest.exists("x" * 20 + ".json"),
+    ):
+        with pytest.raises(OSError) as raised:
+            attempt()
+        assert raised.value.errno == errno.ENAMETOOLONG and "1024 bytes of an S3 key" in str(raised.value)
+    dest.write_bytes("x" * 18 + ".json", b"{}")  # 1024 bytes in all: taken
+    assert keys_in(bucket) == ["p" * 1000 + "/" + "x" * 18 + ".json"]
 
 
 def test_s3_to_local_with_hostile_keys_never_writes_outside_dest(
@@ -283,6 +301,141 @@ def test_transient_faults_are_ridden_out_with_nothing_lost(
             boto3.client("s3").get_object(Bucket=bucket, Key=f"out/call{index}.mp3.manifest.json")["Body"].read()
         )
         assert manifest["status"] == "succeeded"
+
+
+class FaultProxy(FlakyProxy):
+    """Forwards to the S3 server, but answers 503 SlowDown to the requests a rule picks: each rule is
+    (method, a test of the unquoted path and query, how many times: None for every time)."""
+
+    def __init__(self, upstream: str, rules: list[tuple[str, Callable[[str], bool], int | None]]):
+        super().__init__(upstream, every=1)
+        self.RequestHandlerClass = FaultHandler
+        self.rules, self.used = rules, [0] * len(rules)
+
+    def fault_now(self) -> int:
+        return 0  # FlakyHandler's own faults: none
+
+    def fault_for(self, method: str, path: str) -> bool:
+        with self.lock:
+            for index, (wanted, matches, times) in enumerate(self.rules):
+                if method == wanted and matches(path) and (times is None or self.used[index] < times):
+                    self.used[index] += 1
+                    self.faults += 1
+                    return True
+        return False
+
+
+class FaultHandler(FlakyHandler):
+    def _forward(self) -> None:
+        if not self.server.fault_for(self.command, unquote(self.path)):
+            super()._forward()
+            return
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(length)
+        payload = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
+        self.send_response(503)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _forward
+
+
+@contextlib.contextmanager
+def fault_proxy(moto_url: str, rules: list[tuple[str, Callable[[str], bool], int | None]]) -> Iterator[FaultProxy]:
+    proxy = FaultProxy(moto_url, rules)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        yield proxy
+    finally:
+        proxy.shutdown()
+
+
+def latest_report(bucket: str, prefix: str = "out/") -> dict:
+    client = boto3.client("s3")
+    reports = [
+        json.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+        for key in keys_in(bucket, prefix + "_runs/")
+    ]
+    return max(reports, key=lambda report: report["started_at"])
+
+
+def test_a_manifest_unreadable_after_retries_leaves_its_file_for_the_next_run_and_the_run_goes_on(
+    cli, bucket: str, speech: bytes, moto_url: str, tiny_en: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 34 #13: the skip check's manifest GET is retried by botocore (call0's fault is ridden out); one that
+    fails every time (call1's) leaves that file, neither done nor failed, and the others are done; exit 3."""
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "3")  # botocore's standard mode, honoured: 3 attempts, short backoff
+    for index in range(3):
+        put(bucket, f"in/call{index}.mp3", speech)
+    rules: list[tuple[str, Callable[[str], bool], int | None]] = [
+        ("GET", lambda path: path.endswith("/out/call0.mp3.manifest.json"), 2),
+        ("GET", lambda path: path.endswith("/out/call1.mp3.manifest.json"), None),
+    ]
+    options = ("--out", f"s3://{bucket}/out", "--model", tiny_en, "--no-align")
+    metrics = tmp_path / "run.prom"
+    with fault_proxy(moto_url, rules) as proxy:
+        endpoint = f"http://127.0.0.1:{proxy.server_port}"
+        result = cli("run", f"s3://{bucket}/in", *options, "--s3-endpoint-url", endpoint, "--metrics-textfile", metrics)
+    assert proxy.used[0] == 2 and proxy.used[1] == 3  # every attempt botocore made for call1
+    assert result.exit_code == 3, result.stderr
+    assert "left for the next run call1.mp3" in result.stderr and "unexpected" not in result.stderr
+    report = latest_report(bucket)
+    assert sorted(report["succeeded"]) == ["call0.mp3", "call2.mp3"] and not report["failed"]
+    [left] = report["left_for_next_run"]
+    assert left["key"] == "call1.mp3" and "SlowDown" in left["error"]["message"] and report["exit_code"] == 3
+    assert "out/call1.mp3.manifest.json" not in keys_in(bucket, "out/")
+    assert 'whisperx_batch_files_total{error_type="ClientError",outcome="left_for_next_run"} 1.0' in metrics.read_text()
+
+    rerun = cli("run", f"s3://{bucket}/in", *options)
+    assert rerun.exit_code == 0, rerun.stderr
+    again = latest_report(bucket)
+    assert again["succeeded"] == ["call1.mp3"] and sorted(again["skipped"]) == ["call0.mp3", "call2.mp3"]
+
+
+def test_a_dest_whose_manifests_cannot_be_read_stops_the_run_after_three_files(
+    cli, bucket: str, moto_url: str, tiny_en: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    for index in range(5):
+        put(bucket, f"in/call{index}.mp3", b"not even audio")
+    rules: list[tuple[str, Callable[[str], bool], int | None]] = [
+        ("GET", lambda path: path.endswith(".manifest.json"), None)
+    ]
+    with fault_proxy(moto_url, rules) as proxy:
+        endpoint = f"http://127.0.0.1:{proxy.server_port}"
+        result = cli(
+            "run", f"s3://{bucket}/in", "--out", f"s3://{bucket}/out", "--model", tiny_en, "--s3-endpoint-url", endpoint
+        )
+    assert result.exit_code == 3, result.stderr
+    assert "the manifests of the last 3 files could not be read in DEST" in result.stderr
+    report = latest_report(bucket)
+    assert report["exit_code"] == 3 and not report["succeeded"] and not report["failed"]
+    assert [left["key"] for left in report["left_for_next_run"]] == ["call0.mp3", "call1.mp3"]
+    assert "models loaded" not in result.stderr
+
+
+def test_a_listing_page_that_fails_after_retries_ends_the_run_with_exit_3_and_says_why(
+    cli, bucket: str, moto_url: str, tiny_en: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
+    put(bucket, "in/call0.mp3", b"x")
+    rules: list[tuple[str, Callable[[str], bool], int | None]] = [
+        # the listing's pages, not the start-up probe that lists one key
+        ("GET", lambda path: "list-type=2" in path and "prefix=in/" in path and "max-keys=1" not in path, None)
+    ]
+    with fault_proxy(moto_url, rules) as proxy:
+        endpoint = f"http://127.0.0.1:{proxy.server_port}"
+        result = cli(
+            "run", f"s3://{bucket}/in", "--out", f"s3://{bucket}/out", "--model", tiny_en, "--s3-endpoint-url", endpoint
+        )
+    assert proxy.used == [2]  # botocore tried twice
+    assert result.exit_code == 3, result.stderr
+    assert f"s3://{bucket}/in/ could not be listed, after retries: SlowDown" in result.stderr
+    assert "unexpected" not in result.stderr and "Traceback" not in result.stderr
+    report = latest_report(bucket)
+    assert report["exit_code"] == 3 and "could not be listed" in report["error"]["message"]
 
 
 def test_spool_is_cleaned_after_each_download(bucket: str, speech: bytes, tmp_path: Path) -> None:
@@ -483,3 +636,42 @@ def test_status_reads_manifests_concurrently_in_a_stable_order(cli, bucket: str,
     assert (document["succeeded"], document["failed"]) == (40 - len(failed), len(failed))
     assert [failure["key"] for failure in document["failures"]] == failed  # listing order, whatever came back first
     assert proxy.most_in_flight >= 8
+
+
+class _Body:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def stream(self, **_: object) -> Iterator[bytes]:
+        yield self.data
+
+
+def test_a_queue_receive_that_fails_after_retries_ends_the_run_with_exit_3_and_says_why(
+    bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 34 #13, SQS: the receive is retried by botocore; past its retries the run stops, exit 3, saying so. The
+    fault is injected at the real client's HTTP seam (botocore's before-send), the server never reached."""
+    from botocore.awsrequest import AWSResponse
+
+    from batch.run.job import Job
+    from batch.settings.options import load_settings
+    from tests.fakes import FakePipeline
+
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
+    url = boto3.client("sqs").create_queue(QueueName=bucket)["QueueUrl"]
+    job = Job(
+        load_settings({"queue": url, "out": f"s3://{bucket}/out", "device": "cpu", "queue_idle": 30}),
+        environ={},
+        pipeline=FakePipeline(),
+    )
+    attempts = []
+
+    def internal_error(request: object, **_: object) -> AWSResponse:
+        attempts.append(request)
+        return AWSResponse(url, 500, {}, _Body(b'{"__type": "InternalError", "message": "We encountered an error"}'))
+
+    job.queue.client.meta.events.register("before-send.sqs.ReceiveMessage", internal_error)
+    report = job.run()
+    assert len(attempts) == 2  # botocore's retries, honouring AWS_MAX_ATTEMPTS
+    assert report.exit_code == 3 and report.error is not None
+    assert f"queue {url} cannot be read, after retries" in report.error.message

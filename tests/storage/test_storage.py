@@ -114,6 +114,20 @@ def test_links_leaving_source_are_not_followed(tmp_path: Path) -> None:
     assert keys(LocalStore(source)) == ["inner.wav", "real.wav"]
 
 
+def test_links_that_loop_or_lead_nowhere_are_left_out_and_the_listing_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 34 #12: one entry that cannot be followed never stops the listing of the others."""
+    source = tmp_path / "in"
+    touch(source, "a.wav", "z.wav")
+    (source / "b.wav").symlink_to(source / "c.wav")
+    (source / "c.wav").symlink_to(source / "b.wav")  # b -> c -> b
+    (source / "d.wav").symlink_to(source / "gone.wav")  # dangling
+    with caplog.at_level("WARNING"):
+        assert keys(LocalStore(source)) == ["a.wav", "z.wav"]
+    assert "b.wav: cannot be followed" in caplog.text and "c.wav: cannot be followed" in caplog.text
+
+
 def test_dest_inside_source_is_skipped(tmp_path: Path) -> None:
     touch(tmp_path, "a.wav", "out/a.wav.json", "out/old.wav")
     assert keys(LocalStore(tmp_path, skip=tmp_path / "out")) == ["a.wav"]
@@ -365,3 +379,58 @@ def test_output_names_spell_only_percent_and_dot_or_empty_components() -> None:
     assert output_base("a//b.wav") == "a/%2F/b.wav" and output_base("/lead.wav") == "%2F/lead.wav"
     assert output_base("./x.wav") == "%2E/x.wav" and output_base("100% done.wav") == "100%25 done.wav"
     assert output_base("...") == "..."  # not a dot segment
+
+
+# --- names too long for a file system (issue 34 #11) ---------------------------------------------------------
+
+LONG_KEYS = [
+    "x" * 244 + ".wav",  # 248 characters: over NAME_MAX with any suffix
+    "é" * 125 + ".wav",  # 129 characters, 254 bytes: NAME_MAX counts bytes
+    "会" * 80 + ".m4a",  # 3 bytes a character
+    "100% sure " * 24 + "#?.mp3",  # escapes make it longer still
+    "d" * 300 + "/a.wav",  # a folder too long (an S3 key may have one)
+    "d" * 300 + "/b.wav",
+    "e" * 300 + "/a.wav",
+    "x" * 244 + ".mp3",  # the same stem, another extension
+    "x" * 244 + "y.wav",  # the same start, one character more
+    "x" * 238 + "." + "w" * 40,  # an extension too long to keep
+    os.fsdecode(b"\xff" * 250 + b".wav"),  # not UTF-8: surrogate escapes
+    "a" * 239,  # exactly at the bound: kept whole
+]
+
+
+def test_long_components_are_shortened_to_leave_room_for_every_suffix() -> None:
+    from batch.run.claims import claim_name
+    from batch.run.manifest import manifest_name, output_name
+    from batch.settings.options import OUTPUT_FORMATS
+    from batch.storage.names import MAX_COMPONENT_BYTES, NAME_MAX_BYTES, name_bytes
+
+    for key in LONG_KEYS + TRICKY_KEYS:
+        names = [manifest_name(key), claim_name(key)] + [output_name(key, fmt) for fmt in OUTPUT_FORMATS]
+        for name in names:
+            assert all(name_bytes(part) <= NAME_MAX_BYTES for part in name.split("/")), name
+        assert all(name_bytes(part) <= MAX_COMPONENT_BYTES for part in output_base(key).split("/"))
+    assert output_base("a" * 239) == "a" * 239
+    shortened = output_base("x" * 244 + ".wav")
+    assert shortened.startswith("x" * 200) and shortened.endswith(".wav") and "%~" in shortened
+    assert output_base("é" * 125 + ".wav").endswith(".wav")  # cut between characters, never inside one
+    assert output_base("100% sure " * 24 + "#?.mp3").count("%~") == 1  # and never inside an escape
+    assert output_base("d" * 300 + "/a.wav").split("/")[0] == output_base("d" * 300 + "/b.wav").split("/")[0]
+
+
+def test_shortened_names_never_collide_with_each_other_or_with_a_whole_name() -> None:
+    keys_ = LONG_KEYS + TRICKY_KEYS
+    lookalike = output_base("x" * 244 + ".wav")  # a key spelled exactly as another key's shortened name
+    keys_.append(lookalike)
+    bases = {key: output_base(key) for key in keys_}
+    assert len(set(bases.values())) == len(keys_)
+    assert bases[lookalike] != lookalike
+
+
+def test_a_name_at_name_max_is_written_though_its_temporary_would_be_longer(tmp_path: Path) -> None:
+    dest = LocalStore(tmp_path)
+    name = "é" * 125 + ".json"  # 255 bytes
+    dest.write_bytes(name, b"whole")
+    assert dest.read_bytes(name) == b"whole"
+    assert dest.create_exclusive("c/" + name, b"claim") is not None
+    assert os.listdir(tmp_path / "c") == [name]  # no temporary left behind
