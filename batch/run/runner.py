@@ -250,9 +250,10 @@ class Runner:
         outcome.file.audio = None  # the array is not needed any more: free it before the write
 
         def write() -> Manifest:
-            written = write_file(dest, manifest, stopwatch, transcript, formats, outcome.error, layout)
-            self.to_do.written(outcome.key)
-            return written
+            try:
+                return write_file(dest, manifest, stopwatch, transcript, formats, outcome.error, layout)
+            finally:
+                self.to_do.finished(outcome.key)  # a queue's message goes, or comes back if there is no manifest
 
         writer.submit(outcome.key, write)
 
