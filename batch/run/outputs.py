@@ -6,6 +6,7 @@ import contextvars
 import errno
 import io
 import json
+import logging
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -15,8 +16,10 @@ from batch.engine.pipeline import Stopwatch
 from batch.formats.subtitles import SubtitleOptions, subtitles
 from batch.formats.transcript import Transcript, rttm
 from batch.formats.turns import speaker_turns
-from batch.run.manifest import ErrorRecord, Manifest, manifest_name, output_name, utc_now
+from batch.run.manifest import ErrorRecord, Manifest, manifest_name, output_name, read_manifest, utc_now
 from batch.storage import Store
+
+log = logging.getLogger(__name__)
 
 
 class OutputWriteFailure(Exception):
@@ -75,6 +78,9 @@ def write_file(
     if isinstance(error, DestPathBlocked):
         raise error  # there is no place for its manifest: the run report holds the reason
     if transcript is not None:
+        # The old manifest goes before the outputs it describes change: a crash midway never leaves a stale
+        # "succeeded" beside outputs of another version or settings.
+        dest.delete(manifest_name(key))
         try:
             with stopwatch.stage("write"):
                 manifest.outputs = write_outputs(dest, key, transcript, formats, options or SubtitleOptions())
@@ -85,6 +91,8 @@ def write_file(
     manifest.status = "failed" if error is not None else "succeeded"
     manifest.error = ErrorRecord.of(error) if error is not None else None
     manifest.timings, manifest.finished_at = stopwatch.timings, utc_now()
+    if transcript is None and error is not None and keeps_succeeded_manifest(dest, key, error):
+        return manifest
     try:
         dest.write_bytes(manifest_name(key), manifest.encode())
     except OSError as exc:
@@ -92,6 +100,22 @@ def write_file(
             raise DestPathBlocked(manifest_name(key), exc) from None
         raise
     return manifest
+
+
+def keeps_succeeded_manifest(dest: Store, key: str, error: Exception) -> bool:
+    """Whether DEST holds a "succeeded" manifest of the file that a failed try which wrote no outputs (the object
+    gone, a corrupt new version) must leave whole: it and its outputs still agree, and it holds what nothing else
+    does (the guard's dropped texts). Only an outcome with outputs of its own replaces it."""
+    kept = read_manifest(dest, key)
+    if kept is None or kept.status != "succeeded":
+        return False
+    log.warning(
+        "this try failed (%s) and wrote nothing; the file's succeeded manifest (input version %s, %s) is kept",
+        describe(error)["message"],
+        kept.input.version,
+        kept.finished_at,
+    )
+    return True
 
 
 class OutputWriter:

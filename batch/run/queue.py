@@ -1,28 +1,32 @@
 """Queue mode: the files of a run come from an SQS queue's messages instead of SOURCE's listing.
 
 One work item per S3 object a message names (an S3 event may hold several records); the message is deleted once
-every one of its files has a manifest (succeeded or failed) or was found done already (the same skip rules as a
-folder run). While a file is in work a heartbeat thread keeps its message invisible to other consumers (every
-third of the queue's visibility timeout); a consumer that dies stops the heartbeat, so the message comes back
-when its visibility runs out, and the queue's redrive policy takes one that keeps coming back to the dead-letter
-queue. At the run's end, whatever ended it, messages not finished are made visible again at once.
+DEST holds a manifest (succeeded or failed) of the version it saw for every one of its files, or they were found
+done already (the same skip rules as a folder run); a file whose write failed sends its message back. While a
+file is in work a heartbeat thread keeps its message invisible to other consumers (every third of the queue's
+visibility timeout); a consumer that dies stops the heartbeat, so the message comes back when its visibility
+runs out, and the queue's redrive policy takes one that keeps coming back to the dead-letter queue. At the
+run's end, whatever ended it, messages not finished are made visible again at once.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from batch.common.errors import describe
 from batch.run.config import SelectionConfig
+from batch.run.manifest import read_manifest
 from batch.run.report import QueueCounts
 from batch.run.to_do import ToDo
 from batch.storage import InputFile, Store
 from batch.storage.names import is_selected
-from batch.storage.sqs import QueuedObjects, QueueMessage, SqsQueue, UnreadableMessage
+from batch.storage.sqs import GONE, QueuedObjects, QueueMessage, SqsQueue, UnreadableMessage
 
 log = logging.getLogger(__name__)
 
@@ -30,11 +34,29 @@ log = logging.getLogger(__name__)
 @dataclass
 class _Held:
     message: QueueMessage
-    keys: set[str] = field(default_factory=set)  # its files not finished yet
+    files: Counter[str] = field(default_factory=Counter)  # its files not finished yet, by key
+    comes_back: bool = False  # a file of it ended with no manifest of the version it saw: not deleted, released
+
+
+@dataclass(frozen=True)
+class _Work:
+    """One object a held message names."""
+
+    message_id: str
+    bucket: str
+    key: str
 
 
 class QueueToDo(ToDo):
-    """The files to do, one queue message at a time, as the run asks for them."""
+    """The files to do, one queue message at a time, as the run asks for them.
+
+    A key is in work from the moment it is handed to the run until its write has ended (`finished`): never twice
+    at once. A message that names a key in work (a retried PUT, an overwrite, S3 delivering an event twice) waits,
+    held, until that file is written, then is looked at anew (HEAD, skip check): the same version is skipped, a
+    newer one redone. A message is deleted only once DEST holds a manifest of the version it saw for each of its
+    files; otherwise (a write that failed, no place for the manifest) it is made visible again, so that it comes
+    back and, if it keeps failing, reaches the dead-letter queue.
+    """
 
     def __init__(
         self,
@@ -52,50 +74,66 @@ class QueueToDo(ToDo):
         self.stopping, self.clock = stopping, clock
         self.counts = QueueCounts()
         self._held: dict[str, _Held] = {}  # by message id
-        self._receive_counts: dict[str, int] = {}
+        self._in_work: dict[str, tuple[str, InputFile]] = {}  # key -> (message id, the version handed to the run)
+        self._waiting: dict[str, list[_Work]] = {}  # key in work -> later messages' files of that key
+        self._ready: list[_Work] = []  # files that waited, their key free again: looked at anew
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._beating = False
         self._paused = False
-        self._empty_since: float | None = None  # when the polls that found nothing in a row began
+        self._idle_for = 0.0  # seconds spent in polls that found nothing, in a row
 
     def pending(self, on_skipped: Callable[[str], None]) -> Iterator[InputFile]:
         """The queue's files as they come. Pauses (ends, with `more_to_come`) when a poll finds the queue empty
-        while files are in work: the pipeline holds files until a batch is full, so it must hear that no more
-        are coming now, finish them and have their messages deleted; the run then asks again."""
+        while files are in work, or a message waits for a key in work: the pipeline holds files until a batch is
+        full, so it must hear that no more are coming now, finish them and have their messages deleted; the run
+        then asks again."""
         if not self._beating:
             self._beating = True
             threading.Thread(target=self._beat, name="queue-heartbeat", daemon=True).start()
         self._paused = False
-        # Idle is counted over polls that found nothing in a row, never over the time the run spent on files
-        # between two polls: a queue that still holds messages is not idle, however slowly the run takes them.
         while not self.stopping() and not self._closed.is_set():
-            wait: float = LONG_POLL
-            if self.idle_seconds is not None:
-                waited = 0.0 if self._empty_since is None else self.clock() - self._empty_since
-                wait = min(LONG_POLL, self.idle_seconds - waited)
-                if wait <= 0:
-                    log.info("%s: empty for %.0f s, stopping (--queue-idle)", self.queue.location, self.idle_seconds)
-                    return
-            in_work = self._in_work()
-            polled_at = self.clock()
-            received = self.queue.receive(wait_seconds=0 if in_work else max(1, int(wait + 0.999)))
-            if not received:
-                self._empty_since = polled_at if self._empty_since is None else self._empty_since
+            with self._lock:
+                ready, self._ready = self._ready, []
+                in_work, waiting = bool(self._in_work), bool(self._waiting)
+            if ready:
+                for work in ready:
+                    yield from self._take(work, on_skipped)
+                continue
+            if waiting:  # finish the files in work now, rather than hold more messages while one waits for them
+                self._paused = True
+                return
+            received = self._poll(in_work)
+            if received is None:  # empty
                 if in_work:
                     self._paused = True
                     return
+                if self.idle_seconds is not None and self._idle_for >= self.idle_seconds:
+                    log.info("%s: empty for %.0f s, stopping (--queue-idle)", self.queue.location, self._idle_for)
+                    return
                 continue
-            self._empty_since = None
             for message in received:
                 yield from self._files_of(message, on_skipped)
 
+    def _poll(self, in_work: bool) -> list[QueueMessage | tuple[str, str, int, UnreadableMessage]] | None:
+        """One receive: at once while files are in work, else a long poll (no longer than --queue-idle has
+        left). Idle is the time spent in polls that found nothing, in a row: never the time the run spent on
+        files between two polls (docs/queue.md), so a queue that still holds messages is not idle however
+        slowly the run takes them, nor one that filled while the run finished its files."""
+        wait = 0
+        if not in_work:
+            left = LONG_POLL if self.idle_seconds is None else self.idle_seconds - self._idle_for
+            wait = max(1, min(LONG_POLL, math.ceil(left)))  # --queue-idle 0 still polls once
+        polled_at = self.clock()
+        received = self.queue.receive(wait_seconds=wait)
+        if not received:
+            self._idle_for += self.clock() - polled_at
+            return None
+        self._idle_for = 0.0
+        return received
+
     def more_to_come(self) -> bool:
         return self._paused and not self.stopping() and not self._closed.is_set()
-
-    def _in_work(self) -> bool:
-        with self._lock:
-            return bool(self._held)
 
     def _files_of(
         self, message: QueueMessage | tuple[str, str, int, UnreadableMessage], on_skipped: Callable[[str], None]
@@ -119,48 +157,103 @@ class QueueToDo(ToDo):
             "queue message %s: %d objects (receive %d)", message.message_id, len(message.objects), message.receive_count
         )
         held = _Held(message)
-        with self._lock:
-            self._held[message.message_id] = held
-        items = []
+        works = []
         for bucket, key in message.objects:
             if not is_selected(key, self.selection.include, self.selection.exclude):
                 log.info(
                     "s3://%s/%s is not selected (a media file, --include, --exclude): not transcribed", bucket, key
                 )
                 continue
-            item = self.objects.item(bucket, key)
-            held.keys.add(key)
-            self._receive_counts[key] = message.receive_count
-            items.append(item)
-        for item in items:
-            done = not self.selection.force and self._is_done(item)
-            if done:
-                on_skipped(item.key)
-                self.written(item.key)
-            else:
-                yield item
-        if not items:
-            self._delete_if_finished(message.message_id)
+            held.files[key] += 1
+            works.append(_Work(message.message_id, bucket, key))
+        with self._lock:
+            self._held[message.message_id] = held
+        for work in works:
+            yield from self._take(work, on_skipped)
+        if not works:
+            self._end_if_finished(message.message_id)
+
+    def _take(self, work: _Work, on_skipped: Callable[[str], None]) -> Iterator[InputFile]:
+        """One object of a held message: handed to the run, or found done (skipped), or set to wait while its key
+        is in work (for this message or another)."""
+        with self._lock:
+            if work.key in self._in_work:
+                log.info("s3://%s/%s is in work already: its message waits until it is written", work.bucket, work.key)
+                self._waiting.setdefault(work.key, []).append(work)
+                return
+        item = self.objects.item(work.bucket, work.key)
+        if not self.selection.force and (self._is_done(item) or self._gone_after_done(item)):
+            on_skipped(item.key)
+            self._file_ended(work.message_id, item.key, confirmed=True)
+            return
+        with self._lock:  # only this thread adds keys: none came in since the look above
+            self._in_work[item.key] = (work.message_id, item)
+        yield item
+
+    def _gone_after_done(self, item: InputFile) -> bool:
+        """An object gone since it was done with these settings (a redelivered event; a lifecycle rule that
+        removes what was transcribed): nothing to redo, and its manifest stays as it is."""
+        if item.version != GONE:
+            return False
+        try:
+            manifest = read_manifest(self.dest, item.key)
+        except OSError:  # no place for a manifest (ToDo.blocked): it fails alone
+            return False
+        if manifest is None or manifest.status != "succeeded" or manifest.settings_hash != self.settings_hash:
+            return False
+        log.info("%s is gone; it was done (its manifest stays): skipped", item.key)
+        return True
 
     def receive_count(self, key: str) -> int | None:
-        return self._receive_counts.get(key)
-
-    def written(self, key: str) -> None:
-        """The file's manifest is written (or it was done already): its message goes once all its files are."""
         with self._lock:
-            waiting = [message_id for message_id, held in self._held.items() if key in held.keys]
-            for message_id in waiting:
-                self._held[message_id].keys.discard(key)
-        for message_id in waiting:
-            self._delete_if_finished(message_id)
+            in_work = self._in_work.get(key)
+            held = self._held.get(in_work[0]) if in_work is not None else None
+        return held.message.receive_count if held is not None else None
 
-    def _delete_if_finished(self, message_id: str) -> None:
+    def finished(self, key: str) -> None:
+        """The file's write has ended, its manifest written or not. Its message goes once all its files are
+        finished, deleted if DEST holds a manifest of the version it handed over for each, else made visible
+        again; messages that waited for the key are looked at anew."""
+        with self._lock:
+            in_work = self._in_work.pop(key, None)
+            self._ready += self._waiting.pop(key, [])
+        if in_work is not None:
+            message_id, item = in_work
+            self._file_ended(message_id, key, confirmed=self._manifest_of(item))
+
+    def _manifest_of(self, item: InputFile) -> bool:
+        """Whether DEST holds a manifest of this version of the object; of an object that was gone, any manifest
+        (its failure, or an earlier success kept): there is nothing left to redo."""
+        try:
+            manifest = read_manifest(self.dest, item.key)
+        except Exception as exc:  # no place for it, or DEST unreadable: the message comes back
+            log.warning("the manifest of %s cannot be read back: %s", item.key, describe(exc)["message"])
+            return False
+        if manifest is None:
+            return False
+        return item.version == GONE or manifest.input.version == item.version
+
+    def _file_ended(self, message_id: str, key: str, confirmed: bool) -> None:
         with self._lock:
             held = self._held.get(message_id)
-            if held is None or held.keys:
+            if held is None:
+                return
+            held.files[key] -= 1
+            if held.files[key] <= 0:
+                del held.files[key]
+            held.comes_back = held.comes_back or not confirmed
+        self._end_if_finished(message_id)
+
+    def _end_if_finished(self, message_id: str) -> None:
+        with self._lock:
+            held = self._held.get(message_id)
+            if held is None or held.files:
                 return
             del self._held[message_id]
-        self._delete(held.message)
+        if held.comes_back:
+            self._release(held.message)
+        else:
+            self._delete(held.message)
 
     def _delete(self, message: QueueMessage) -> None:
         try:
@@ -169,12 +262,29 @@ class QueueToDo(ToDo):
         except Exception as exc:  # it comes back, and is found done then
             log.warning("could not delete queue message %s: %s", message.message_id, describe(exc)["message"])
 
+    def _release(self, message: QueueMessage) -> None:
+        """Visible again at once: a file of it has no manifest, so it must come back (its receives count toward
+        the dead-letter queue), not be held by the heartbeat for ever."""
+        log.warning(
+            "queue message %s: a file of it has no manifest of its version; made visible again (receive %d)",
+            message.message_id,
+            message.receive_count,
+        )
+        try:
+            self.queue.set_visibility([message.receipt], 0)
+            self.counts.returned += 1
+        except Exception as exc:  # it comes back when its visibility runs out
+            reason = describe(exc)["message"]
+            log.warning("could not make queue message %s visible again: %s", message.message_id, reason)
+
     def close(self) -> None:
         """Messages not finished become visible again at once (a stop, an error); the heartbeat ends."""
         self._closed.set()
         with self._lock:
             left = [held.message.receipt for held in self._held.values()]
             self._held.clear()
+            self._waiting.clear()
+            self._ready.clear()
         if not left:
             return
         try:

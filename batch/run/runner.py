@@ -5,10 +5,11 @@ A file's way, each step named where it happens:
   1. listed, and not done already            ToDo.pending (to_do.py), on the listing thread
   2. claimed, fingerprinted, decoded         Runner._fetch, on a prefetch thread: a `Fetched`, no manifest yet
   3. handed to the pipeline                  Runner._hand_over: the models load with the first file that needs
-                                             them, and a stale manifest of the file is deleted only now
+                                             them
   4. transcribed                             the pipeline (engine), files batched together
   5. its manifest made from what was done    file_manifest, on the run's thread, from the Fetched and the outcome
-  6. outputs written, then the manifest      write_file (outputs.py), on the writer thread: succeeded or failed
+  6. outputs written, then the manifest      write_file (outputs.py), on the writer thread: succeeded or failed;
+                                             an old manifest is deleted just before the outputs are replaced
   7. counted                                 Tally (tally.py): the run report, and the claim given back
 """
 
@@ -31,7 +32,7 @@ from batch.engine.quality.summary import summarize
 from batch.formats.transcript import Transcript, build_transcript
 from batch.run.claims import HeldClaims
 from batch.run.config import JobConfig
-from batch.run.manifest import ErrorRecord, InputRecord, Manifest, manifest_name, utc_now
+from batch.run.manifest import ErrorRecord, InputRecord, Manifest, utc_now
 from batch.run.outputs import OutputWriter, write_file
 from batch.run.report import (
     AsrFigures,
@@ -237,13 +238,12 @@ class Runner:
 
     def _hand_over(self, fetched: Fetched) -> None:
         """Step 3: the models are loaded (with claims, only once a file is ours: a worker whose files all went to
-        others loads nothing), and a stale "succeeded" is deleted only now that the pipeline takes the file, not
-        when it was fetched ahead, so that it cannot survive while the file is redone."""
-        key = fetched.item.key
+        others loads nothing). The file's old manifest stays until its outputs are replaced (write_file): a try
+        that fails before that (the object gone, a corrupt new version) leaves a "succeeded" record whole.
+        Files are known by key here: a ToDo never hands out a key that is in work (a queue holds a second message
+        for it back until the first is written)."""
         self.pipeline.load()
-        if self.to_do.blocked(key) is None:
-            self.dest.delete(manifest_name(key))
-        self._in_pipeline[key] = fetched
+        self._in_pipeline[fetched.item.key] = fetched
 
     def _claimed_elsewhere(self, item: InputFile) -> None:
         self.report.claimed_elsewhere.append(item.key)
@@ -256,9 +256,10 @@ class Runner:
         outcome.file.audio = None  # the array is not needed any more: free it before the write
 
         def write() -> Manifest:
-            written = write_file(dest, manifest, stopwatch, transcript, formats, outcome.error, layout)
-            self.to_do.written(outcome.key)
-            return written
+            try:
+                return write_file(dest, manifest, stopwatch, transcript, formats, outcome.error, layout)
+            finally:
+                self.to_do.finished(outcome.key)  # a queue's message goes, or comes back if there is no manifest
 
         writer.submit(outcome.key, write)
 

@@ -147,8 +147,8 @@ class ToDo:
     def receive_count(self, key: str) -> int | None:
         return None
 
-    def written(self, key: str) -> None:
-        """The file's manifest is written."""
+    def finished(self, key: str) -> None:
+        """The file's write has ended: its manifest written, or not (the write failed)."""
 
     def more_to_come(self) -> bool:
         """After `pending` ended: whether it paused rather than ended (a queue that went quiet while files were

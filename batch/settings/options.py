@@ -235,6 +235,12 @@ class Settings(BaseModel):
             raise ValueError("source: --queue says which files to do; give SOURCE or --queue, not both")
         if self.queue is not None and (self.shard or self.claim):
             raise ValueError("queue: a queue gives each message to one consumer; it needs no --shard nor --claim")
+        if self.queue is not None and self.dry_run:
+            raise ValueError(
+                "dry_run: SQS shows a message only by receiving it, which hides it from other consumers and counts "
+                "toward its dead-letter limit, so a dry run cannot look at a queue without changing it; --dry-run "
+                "lists SOURCE's pending files (the queue's depth is its ApproximateNumberOfMessages attribute)"
+            )
         if self.queue_idle is not None and self.queue is None:
             raise ValueError("queue_idle: is how long --queue may stay empty, and --queue is not set")
         if self.highlight_words and not self.align:

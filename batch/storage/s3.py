@@ -15,7 +15,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, BinaryIO
-from urllib.parse import urlparse
+from urllib.parse import urlsplit, urlunsplit
 
 import boto3
 import botocore.session
@@ -24,7 +24,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from batch.common.errors import EnvironmentProblem, FileFailure, redact
-from batch.storage.base import InputFile, ListingCounts
+from batch.storage.base import S3_SCHEME, InputFile, ListingCounts
 from batch.storage.names import is_hidden, is_selected, name_bytes
 
 # One request per object part above this size; transcripts are small, so this mostly serves large outputs.
@@ -40,11 +40,33 @@ DEFAULT_MAX_ATTEMPTS = 6
 
 def split_url(url: str) -> tuple[str, str]:
     """s3://bucket/some/prefix -> ("bucket", "some/prefix/"); the prefix ends with / unless empty."""
-    parsed = urlparse(url)
-    if parsed.scheme != "s3" or not parsed.netloc:
-        raise ValueError(f"not an S3 URL: {url!r} (expected s3://bucket/prefix)")
-    prefix = parsed.path.lstrip("/")
-    return parsed.netloc, (prefix.rstrip("/") + "/") if prefix.strip("/") else ""
+    bucket, prefix = split_object_url(url)
+    prefix = prefix.lstrip("/")
+    return bucket, (prefix.rstrip("/") + "/") if prefix.strip("/") else ""
+
+
+def split_object_url(url: str) -> tuple[str, str]:
+    """s3://bucket/calls/a.wav -> ("bucket", "calls/a.wav"), the key exactly as written. Not parsed as a URL: an
+    S3 key may hold `#`, `?`, `;` and `%`, and they are part of it (s3://b/Meeting #3.mp3 is key `Meeting #3.mp3`)."""
+    scheme, separator, rest = url.partition("://")
+    bucket, _, key = rest.partition("/")
+    if scheme.lower() != "s3" or not separator or not bucket:
+        raise ValueError(f"not an S3 URL: {url_without_query(url)!r} (expected s3://bucket/prefix)")
+    return bucket, key
+
+
+def url_without_query(url: str) -> str:
+    """A URL as logs may show it: a presigned URL's query string (its signature) and any user:password left out."""
+    if url.lower().startswith(S3_SCHEME):
+        return url  # an S3 URL has no query: all after the bucket is the key
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        host += f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return url.split("?", 1)[0].split("#", 1)[0]
+    hidden = " (query string not shown)" if parts.query else ""
+    return urlunsplit((parts.scheme, host, parts.path, "", "")) + hidden
 
 
 def make_client(endpoint_url: str | None = None) -> Any:

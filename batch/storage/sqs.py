@@ -2,7 +2,8 @@
 reads the objects its messages name.
 
 The endpoint comes from boto3's usual settings (`AWS_ENDPOINT_URL_SQS`, `AWS_ENDPOINT_URL`, the shared config), so
-any SQS-compatible server works. A message's keys are S3 keys, URL-encoded in event notifications (`+` a space).
+any SQS-compatible server works. A message's keys are S3 keys, URL-encoded in event notifications (`+` a space);
+in `{"source": "s3://bucket/key"}` the key is all after `bucket/`, exactly as written (`#` and `?` included).
 The objects' keys in their bucket are the keys of the run (outputs are named after them in DEST).
 """
 
@@ -22,11 +23,12 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from batch.common.errors import EnvironmentProblem, FileFailure
 from batch.storage.base import InputFile, ListingCounts
-from batch.storage.s3 import describe_s3_error, retry_settings, split_url
+from batch.storage.s3 import describe_s3_error, retry_settings, split_object_url
 
 # The longest long poll SQS allows; shorter when the run must look at its stop flag or idle time sooner.
 LONGEST_POLL_SECONDS = 20
 VISIBILITY_BATCH = 10  # ChangeMessageVisibilityBatch takes at most ten entries
+GONE = "missing"  # the version of an object that is not there (any more) when its message comes
 
 
 class UnreadableMessage(ValueError):
@@ -53,12 +55,13 @@ def objects_named(body: str) -> tuple[list[tuple[str, str]], bool]:
     if document.get("Event") == "s3:TestEvent":
         return [], True
     if "source" in document:
+        source = str(document["source"])
         try:
-            bucket, key = split_url(str(document["source"]))
+            bucket, key = split_object_url(source)
         except ValueError as exc:
             raise UnreadableMessage(str(exc)) from None
-        if not key:
-            raise UnreadableMessage(f"{document['source']!r} names a bucket, not an object")
+        if not key.strip("/"):
+            raise UnreadableMessage(f"{source!r} names a bucket, not an object")
         return [(bucket, key.rstrip("/"))], False
     records = document.get("Records")
     if not isinstance(records, list) or not records:
@@ -151,7 +154,7 @@ class QueuedObjects:
         try:
             head = self.client.head_object(Bucket=bucket, Key=key)
         except (BotoCoreError, ClientError):
-            return InputFile(key=key, size=0, version="missing")
+            return InputFile(key=key, size=0, version=GONE)
         return InputFile(key=key, size=int(head["ContentLength"]), version=str(head["ETag"]).strip('"'))
 
     def check_readable(self, role: str = "SOURCE") -> None:

@@ -8,13 +8,26 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote_plus
 
 import boto3
 import pytest
+from botocore.awsrequest import AWSPreparedRequest, AWSResponse
 
-from tests.conftest import ENGLISH, speak
+from batch.run.config import SelectionConfig
+from batch.run.job import Job
+from batch.run.manifest import manifest_name
+from batch.run.queue import QueueToDo
+from batch.settings.options import load_settings
+from batch.storage import InputFile
+from batch.storage.local import LocalStore
+from batch.storage.sqs import QueuedObjects, SqsQueue, UnreadableMessage, objects_named
+from tests.conftest import ENGLISH, speak, tone
+from tests.fakes import FakePipeline
 from tests.storage.test_s3 import aws_environment, keys_in, moto_url, put  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.usefixtures("aws_environment")
@@ -226,46 +239,86 @@ def test_a_queue_that_still_holds_messages_is_not_idle_however_slowly_the_run_ta
     bucket: str, tmp_path: Path
 ) -> None:
     """--queue-idle counts polls that found nothing in a row, not the time spent on files between polls: a run
-    that takes 10 s (on its clock) per file with --queue-idle 2 still takes all twelve messages."""
-    from batch.run.config import SelectionConfig
-    from batch.run.queue import QueueToDo
-    from batch.storage.local import LocalStore
-    from batch.storage.sqs import QueuedObjects, SqsQueue
-
+    that takes 10 s (on its clock) per file with --queue-idle 2 still takes all twelve messages; nor does the time
+    it spends finishing its files after a pause count: a message sent meanwhile is taken."""
     queue_url, _ = make_queue("slow-run", visibility=30)
+    sqs = boto3.client("sqs")
     for index in range(12):
         put(bucket, f"in/call{index}.wav", b"not read here")
-        body = json.dumps({"source": f"s3://{bucket}/in/call{index}.wav"})
-        boto3.client("sqs").send_message(QueueUrl=queue_url, MessageBody=body)
-    now = [0.0]
-
-    def clock() -> float:
-        now[0] += 0.5  # every look at the clock moves it on: a poll that finds nothing takes time
-        return now[0]
-
-    queue = SqsQueue(queue_url, boto3.client("sqs"))
-    queue.check()
-    dest = LocalStore(tmp_path / "out")
-    to_do = QueueToDo(
-        queue, 2, SelectionConfig(), "hash", QueuedObjects(boto3.client("s3")), dest, lambda: False, clock
-    )
-    taken = []
+        sqs.send_message(QueueUrl=queue_url, MessageBody=json.dumps({"source": f"s3://{bucket}/in/call{index}.wav"}))
+    to_do, now, dest = slow_queue_to_do(queue_url, tmp_path, idle_seconds=2)
+    taken: list[InputFile] = []
     try:
         for item in to_do.pending(on_skipped=lambda key: None):
-            taken.append(item.key)
+            taken.append(item)
             now[0] += 10  # the run works on the file before it asks for the next
-        assert sorted(taken) == sorted(f"in/call{index}.wav" for index in range(12))
+        assert sorted(item.key for item in taken) == sorted(f"in/call{index}.wav" for index in range(12))
         # The queue went quiet with files in work: a pause, so that the pipeline finishes what it holds.
         assert to_do.more_to_come()
-        for key in taken:
-            to_do.written(key)  # their manifests are written: the messages are deleted
+        now[0] += 100  # finishing them takes long; a message comes meanwhile
+        put(bucket, "in/late.wav", b"not read here")
+        sqs.send_message(QueueUrl=queue_url, MessageBody=json.dumps({"source": f"s3://{bucket}/in/late.wav"}))
+        for item in taken:
+            write_manifest(dest, item)
+            to_do.finished(item.key)  # their manifests are written: the messages are deleted
         paused_at = now[0]
+        late = list(to_do.pending(on_skipped=lambda key: None))
+        assert [item.key for item in late] == ["in/late.wav"]  # polled again: the pause was no idle time
+        assert to_do.more_to_come()
+        write_manifest(dest, late[0])
+        to_do.finished("in/late.wav")
         assert list(to_do.pending(on_skipped=lambda key: None)) == []
         assert not to_do.more_to_come()  # nothing in work, and empty for --queue-idle: the end
         assert now[0] - paused_at >= 2
     finally:
         to_do.close()
     assert messages_in(queue_url) == (0, 0)
+
+
+def slow_queue_to_do(queue_url: str, tmp_path: Path, idle_seconds: float) -> tuple[QueueToDo, list[float], LocalStore]:
+    """A QueueToDo over a real queue with a clock of its own, which each poll moves on by the time it may wait (as
+    long polls that find nothing take): (the to-do, the clock's time, its DEST)."""
+    now = [0.0]
+    sqs = boto3.client("sqs")
+    sqs.meta.events.register(
+        "before-parameter-build.sqs.ReceiveMessage",
+        lambda params, **_: now.__setitem__(0, now[0] + params["WaitTimeSeconds"]),
+    )
+    queue = SqsQueue(queue_url, sqs)
+    queue.check()
+    dest = LocalStore(tmp_path / "out")
+    to_do = QueueToDo(
+        queue,
+        idle_seconds,
+        SelectionConfig(),
+        "hash",
+        QueuedObjects(boto3.client("s3")),
+        dest,
+        lambda: False,
+        lambda: now[0],
+    )
+    return to_do, now, dest
+
+
+def write_manifest(dest: LocalStore, item: InputFile) -> None:
+    """The manifest the run would write for this version of the object."""
+    document = {
+        "status": "succeeded",
+        "input": {"key": item.key, "size": item.size, "version": item.version},
+        "settings_hash": "hash",
+        "settings": {},
+        "timings": {},
+        "batch_size": 1,
+        "model": "tiny.en",
+        "device": "cpu",
+        "compute_type": "int8",
+        "threads": 1,
+        "versions": {},
+        "run_id": "r",
+        "started_at": "",
+        "finished_at": "",
+    }
+    dest.write_bytes(manifest_name(item.key), json.dumps(document).encode())
 
 
 def test_a_consumer_without_an_idle_limit_finishes_each_burst_without_waiting_for_the_next(
@@ -296,3 +349,241 @@ def test_a_consumer_without_an_idle_limit_finishes_each_burst_without_waiting_fo
     assert code == 143, stderr
     (run,) = reports(bucket)
     assert sorted(run["succeeded"]) == [f"in/{name}.mp3" for name in "abcde"]
+
+
+# --- the queue's files in-process, the pipeline a fake at its seam (tests/fakes.py), faults at the HTTP seam ---
+
+
+@pytest.fixture(scope="module")
+def tones(tmp_path_factory: pytest.TempPathFactory) -> dict[float, bytes]:
+    """Real recordings by length in seconds: two versions of one object are told apart by it."""
+    folder = tmp_path_factory.mktemp("tones")
+    return {seconds: tone(folder / f"{seconds}.wav", seconds).read_bytes() for seconds in (1.0, 2.0)}
+
+
+def queue_job(queue_url: str, out: str, pipeline: FakePipeline | None = None, **flags: object) -> Job:
+    settings = {"queue": queue_url, "out": out, "device": "cpu", "queue_idle": 1, **flags}
+    return Job(load_settings(settings, environ={}), environ={}, pipeline=pipeline or FakePipeline())
+
+
+def send_source(queue_url: str, url: str) -> None:
+    boto3.client("sqs").send_message(QueueUrl=queue_url, MessageBody=json.dumps({"source": url}))
+
+
+def etag(bucket: str, key: str) -> str:
+    return boto3.client("s3").head_object(Bucket=bucket, Key=key)["ETag"].strip('"')
+
+
+def stored_manifest(bucket: str, key: str) -> dict | None:
+    try:
+        return manifest(bucket, key)
+    except boto3.client("s3").exceptions.NoSuchKey:
+        return None
+
+
+def versions_at_deletes(job: Job, bucket: str, key: str) -> list[str | None]:
+    """The version DEST's manifest of `key` names at each DeleteMessage the job sends (None: no manifest)."""
+    seen: list[str | None] = []
+
+    def on_delete(**_: object) -> None:
+        found = stored_manifest(bucket, key)
+        seen.append(found["input"]["version"] if found else None)
+
+    job.queue.client.meta.events.register("before-call.sqs.DeleteMessage", on_delete)
+    return seen
+
+
+def test_one_event_delivered_twice_is_done_once_and_each_message_deleted_after_the_manifest(
+    bucket: str, tones: dict[float, bytes]
+) -> None:
+    """S3 delivers an event twice, or a client retries its PUT: the second message comes while the file is in
+    work. It waits for the first to be written, is then found done (the same version), and both messages go, each
+    only once DEST holds the manifest of the version it saw. One batch of two files would take both otherwise."""
+    queue_url, _ = make_queue("twice", visibility=30)
+    put(bucket, "in/a.wav", tones[1.0])
+    for _ in range(2):
+        send_source(queue_url, f"s3://{bucket}/in/a.wav")
+    job = queue_job(queue_url, f"s3://{bucket}/out", FakePipeline(batch_size=2))
+    deleted_at = versions_at_deletes(job, bucket, "in/a.wav")
+    report = job.run()
+    assert report.exit_code == 0 and report.error is None
+    assert report.succeeded == ["in/a.wav"] and report.skipped == ["in/a.wav"] and report.failed == []
+    assert deleted_at == [etag(bucket, "in/a.wav")] * 2
+    assert report.queue is not None and report.queue.received == report.queue.deleted == 2
+    assert messages_in(queue_url) == (0, 0)
+
+
+def test_an_object_overwritten_while_in_work_is_redone_with_its_new_version(
+    bucket: str, tones: dict[float, bytes]
+) -> None:
+    """Two PUTs of one key: the second's message comes while the first version is in work, and the object is
+    overwritten once the first is downloaded. The second waits, then sees the new version and redoes the file:
+    the last manifest names the new version and its transcript is the new version's (2 s, not 1 s). Taken at
+    once, both would be in one batch, the first written under the second's version."""
+    queue_url, _ = make_queue("overwritten", visibility=30)
+    put(bucket, "in/a.wav", tones[1.0])
+    for _ in range(2):
+        send_source(queue_url, f"s3://{bucket}/in/a.wav")
+    job = queue_job(queue_url, f"s3://{bucket}/out", FakePipeline(batch_size=2))
+    downloaded, overwritten = threading.Event(), threading.Event()
+
+    def overwrite_once_downloaded(params: dict, **_: object) -> None:
+        """The next look at the object once its first version is downloaded sees the second."""
+        if params["Key"] == "in/a.wav" and downloaded.is_set() and not overwritten.is_set():
+            overwritten.set()
+            put(bucket, "in/a.wav", tones[2.0])
+
+    def note_the_key(params: dict, context: dict, **_: object) -> None:
+        context["key"] = params["Key"]
+
+    def on_download(context: dict, **_: object) -> None:
+        if context.get("key") == "in/a.wav":  # not a manifest's read
+            downloaded.set()
+
+    events = job.source.client.meta.events
+    events.register("before-parameter-build.s3.HeadObject", overwrite_once_downloaded)
+    events.register("before-parameter-build.s3.GetObject", note_the_key)
+    events.register("after-call.s3.GetObject", on_download)
+    manifest_at_transcript_puts = []
+
+    def note_the_manifest(params: dict, **_: object) -> None:
+        if params["Key"] == "out/in/a.wav.json":
+            manifest_at_transcript_puts.append(stored_manifest(bucket, "in/a.wav"))
+
+    events.register("before-parameter-build.s3.PutObject", note_the_manifest)
+    deleted_at = versions_at_deletes(job, bucket, "in/a.wav")
+    first_version = etag(bucket, "in/a.wav")
+    report = job.run()
+    assert report.exit_code == 0 and report.error is None and report.succeeded == ["in/a.wav", "in/a.wav"]
+    written = manifest(bucket, "in/a.wav")
+    assert written["input"]["version"] == etag(bucket, "in/a.wav") != first_version
+    assert written["audio_seconds"] == 2.0
+    transcript = json.loads(boto3.client("s3").get_object(Bucket=bucket, Key="out/in/a.wav.json")["Body"].read())
+    assert transcript["segments"][0]["end"] == 2.0
+    assert deleted_at == [first_version, etag(bucket, "in/a.wav")]  # each after the manifest of what it saw
+    assert manifest_at_transcript_puts == [None, None]  # the first version's went before its outputs changed
+    assert messages_in(queue_url) == (0, 0)
+
+
+def test_a_redelivered_message_of_a_done_file_whose_object_is_gone_leaves_its_manifest_whole(
+    bucket: str, tones: dict[float, bytes]
+) -> None:
+    queue_url, _ = make_queue("gone", visibility=30)
+    put(bucket, "in/a.wav", tones[1.0])
+    send_source(queue_url, f"s3://{bucket}/in/a.wav")
+    out = f"s3://{bucket}/out"
+    assert queue_job(queue_url, out).run().succeeded == ["in/a.wav"]
+    done = boto3.client("s3").get_object(Bucket=bucket, Key="out/in/a.wav.manifest.json")["Body"].read()
+    boto3.client("s3").delete_object(Bucket=bucket, Key="in/a.wav")  # a lifecycle rule, say
+    send_source(queue_url, f"s3://{bucket}/in/a.wav")  # the event, delivered again
+    report = queue_job(queue_url, out).run()
+    assert report.exit_code == 0 and report.skipped == ["in/a.wav"] and report.failed == []
+    assert boto3.client("s3").get_object(Bucket=bucket, Key="out/in/a.wav.manifest.json")["Body"].read() == done
+    assert messages_in(queue_url) == (0, 0)  # nothing to redo: the message is deleted
+
+
+def test_an_s3_uri_is_split_at_the_bucket_only_and_event_keys_are_url_decoded(bucket: str, tones: dict) -> None:
+    queue_url, _ = make_queue("odd-keys", visibility=30)
+    sqs = boto3.client("sqs")
+    keys = ["in/Meeting #3.wav", "in/what?;x=1.wav", "in/a+b %41 #2?.wav"]
+    for key in keys:
+        put(bucket, key, tones[1.0])
+    send_source(queue_url, f"s3://{bucket}/{keys[0]}")
+    send_source(queue_url, f"s3://{bucket}/{keys[1]}")
+    # S3 URL-encodes the keys of its event records: a space as +, + as %2B, # as %23, ? as %3F, % as %25
+    event = {
+        "eventName": "ObjectCreated:Put",
+        "s3": {"bucket": {"name": bucket}, "object": {"key": quote_plus(keys[2])}},
+    }
+    sqs.send_message(QueueUrl=queue_url, MessageBody=json.dumps({"Records": [event]}))
+    report = queue_job(queue_url, f"s3://{bucket}/out").run()
+    assert report.exit_code == 0 and sorted(report.succeeded) == sorted(keys)
+    for key in keys:
+        written = boto3.client("s3").get_object(Bucket=bucket, Key="out/" + manifest_name(key))["Body"].read()
+        assert json.loads(written)["input"]["key"] == key
+    assert messages_in(queue_url) == (0, 0)
+
+
+def test_the_objects_a_message_names() -> None:
+    assert objects_named(json.dumps({"source": "s3://b/Meeting #3.mp3"})) == ([("b", "Meeting #3.mp3")], False)
+    assert objects_named(json.dumps({"source": "s3://b/a?b;c=%41.mp3"})) == ([("b", "a?b;c=%41.mp3")], False)
+    record = {"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": "b"}, "object": {"key": "a+%2B%23%3F.mp3"}}}
+    assert objects_named(json.dumps({"Records": [record]})) == ([("b", "a +#?.mp3")], False)
+    for body in ({"source": "s3://b/"}, {"source": "s3:///a.mp3"}, {"source": "b/a.mp3"}):
+        with pytest.raises(UnreadableMessage):
+            objects_named(json.dumps(body))
+
+
+def test_a_presigned_url_in_a_message_is_refused_without_its_query_string() -> None:
+    """A presigned URL (or any with a query string) is no S3 URI: the message goes to the dead letters, and the
+    error logged names the URL without its signature."""
+    presigned = "https://b.s3.amazonaws.com/a.mp3?X-Amz-Credential=AKIDEXAMPLE&X-Amz-Signature=0123456789abcdef"
+    with pytest.raises(UnreadableMessage) as refused:
+        objects_named(json.dumps({"source": presigned}))
+    assert "https://b.s3.amazonaws.com/a.mp3" in str(refused.value)
+    assert "Signature" not in str(refused.value) and "AKIDEXAMPLE" not in str(refused.value)
+
+
+@pytest.mark.parametrize("fault", ["blocked", "refused"])  # a directory where its manifest belongs; its PUT refused
+def test_a_message_whose_file_got_no_manifest_comes_back_and_reaches_the_dead_letters(
+    bucket: str, tones: dict[float, bytes], tmp_path: Path, fault: str
+) -> None:
+    """No manifest, so the message is not deleted; nor is it held by the heartbeat for ever: it is made visible
+    again, comes back, and its redrive policy takes it to the dead-letter queue. No poll loop meanwhile."""
+    queue_url, dead_letters = make_queue(f"no-manifest-{fault}", visibility=600, dead_letters_after=2)
+    put(bucket, "in/a.wav", tones[1.0])
+    send_source(queue_url, f"s3://{bucket}/in/a.wav")
+    if fault == "blocked":
+        out = str(tmp_path / "out")
+        (tmp_path / "out" / "in" / "a.wav.manifest.json").mkdir(parents=True)
+        job = queue_job(queue_url, out)
+    else:
+        job = queue_job(queue_url, f"s3://{bucket}/out")
+        job.dest.client.meta.events.register("before-send.s3.PutObject", refuse_manifest_puts)
+    receives: list[int] = []
+    job.queue.client.meta.events.register("after-call.sqs.ReceiveMessage", lambda **_: receives.append(1))
+    report = job.run()
+    assert report.error is None and report.exit_code == 1
+    assert [failed.key for failed in report.failed] == ["in/a.wav", "in/a.wav"]  # received twice, then redriven
+    assert messages_in(queue_url) == (0, 0)
+    assert dead_letters is not None and messages_in(dead_letters)[0] == 1
+    assert report.queue is not None and report.queue.deleted == 0 and report.queue.returned == 2
+    assert len(receives) < 10  # a few polls, not a loop of them
+
+
+def refuse_manifest_puts(request: AWSPreparedRequest, **_: object) -> AWSResponse | None:
+    """S3 answers AccessDenied to any PUT of a manifest (a bucket policy, say)."""
+    if not request.url.split("?")[0].endswith(".manifest.json"):
+        return None
+    body = b"<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>"
+    return AWSResponse(request.url, 403, {"Content-Type": "application/xml"}, RawBody(body))
+
+
+class RawBody:
+    def __init__(self, body: bytes):
+        self.body = body
+
+    def stream(self, **_: object) -> Iterator[bytes]:
+        yield self.body
+
+
+def test_queue_idle_zero_polls_once(bucket: str, tmp_path: Path) -> None:
+    queue_url, _ = make_queue("idle-zero", visibility=30)
+    to_do, _, _ = slow_queue_to_do(queue_url, tmp_path, idle_seconds=0)
+    receives: list[int] = []
+    to_do.queue.client.meta.events.register("after-call.sqs.ReceiveMessage", lambda **_: receives.append(1))
+    try:
+        assert list(to_do.pending(on_skipped=lambda key: None)) == []
+    finally:
+        to_do.close()
+    assert len(receives) == 1 and not to_do.more_to_come()
+
+
+def test_a_dry_run_of_a_queue_is_refused_and_leaves_it_untouched(cli, tmp_path: Path) -> None:
+    queue_url, _ = make_queue("dry-run", visibility=30)
+    send_source(queue_url, "s3://b/in/a.wav")
+    result = cli("run", "--queue", queue_url, "--out", str(tmp_path / "out"), "--dry-run")
+    assert result.exit_code == 2 and "dry_run" in result.stderr and "dead-letter" in result.stderr
+    assert messages_in(queue_url) == (1, 0)
+    message = boto3.client("sqs").receive_message(QueueUrl=queue_url, MessageSystemAttributeNames=["All"])
+    assert message["Messages"][0]["Attributes"]["ApproximateReceiveCount"] == "1"  # never received before

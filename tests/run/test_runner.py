@@ -85,6 +85,28 @@ def test_failures_stay_with_their_file(source: Path, tmp_path: Path) -> None:
     assert sorted(again.pulled) == ["b.wav", "broken.wav"]
 
 
+def test_a_failed_try_that_writes_no_outputs_leaves_a_succeeded_manifest_whole(source: Path, tmp_path: Path) -> None:
+    """A done file tried again (a new version, --force) that fails before any output: its succeeded manifest (the
+    only record of what the guard dropped) and its outputs stay as they are, and the failure is in the run report.
+    Only a try with outputs of its own replaces it."""
+    out = tmp_path / "out"
+    job(source, out, FakePipeline()).run()
+    done = {key: (out / f"{key}.manifest.json").read_bytes() for key in ("a.wav", "b.wav")}
+    (source / "a.wav").write_bytes(b"RIFF....a corrupt new version")
+    report = job(source, out, FakePipeline()).run()
+    assert [failed.key for failed in report.failed] == ["a.wav"] and report.exit_code == 1
+    assert report.failed[0].error.type == "AudioDecodeError"
+    machine_fault = FakePipeline(errors={"b.wav": RuntimeError("CUDA error: an illegal memory access")})
+    forced = job(source, out, machine_fault, force=True).run()
+    assert {failed.key for failed in forced.failed} == {"a.wav", "b.wav"}
+    for key in ("a.wav", "b.wav"):
+        assert (out / f"{key}.manifest.json").read_bytes() == done[key]
+        assert (out / f"{key}.json").is_file()
+    tone(source / "a.wav", seconds=2.0)  # a sound new version: its outputs and manifest replace the old
+    redone = job(source, out, FakePipeline()).run()
+    assert "a.wav" in redone.succeeded and manifest(out, "a.wav").audio_seconds == 2.0
+
+
 def test_the_same_unexpected_error_three_times_in_a_row_stops_the_run(source: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     fault = {key: RuntimeError("CUDA error: an illegal memory access") for key in ("a.wav", "b.wav", "c/d.flac")}
