@@ -62,6 +62,7 @@ class InputRecord(BaseModel):
     size: int
     version: str
     fingerprint: str | None = None
+    location: str | None = None  # where it was read: s3://bucket/key (the bucket a queue message named), a path
 
 
 class Manifest(Record):

@@ -60,6 +60,7 @@ class Fetched:
     fingerprint: str | None = None
     audio_seconds: float | None = None
     receive_count: int | None = None  # a queue message's receives (--queue)
+    location: str | None = None  # where it was read (s3://bucket/key, a path): its manifest says so
 
 
 class Runner:
@@ -170,6 +171,8 @@ class Runner:
                 if not self.to_do.more_to_come():
                     break
             self.tally.count(writer.close())
+            if not self.stopping():
+                self.tally.check_at_end()
         except BatchError as exc:
             self.report.error = ErrorRecord.of(exc)
             self.report.exit_code = exc.exit_code  # said once, by whoever reads the report (the command line)
@@ -193,6 +196,7 @@ class Runner:
             stopwatch = Stopwatch(self.clock)
             fetched = Fetched(item, utc_now(), receive_count=self.to_do.receive_count(item.key))
             try:
+                fetched.location = self.source.address(item.key)
                 blocked = self.to_do.blocked(item.key)
                 if blocked is not None:
                     raise blocked
@@ -250,7 +254,11 @@ class Runner:
         outcome.file.audio = None  # the array is not needed any more: free it before the write
 
         def write() -> Manifest:
-            written = write_file(dest, manifest, stopwatch, transcript, formats, outcome.error, layout)
+            try:
+                written = write_file(dest, manifest, stopwatch, transcript, formats, outcome.error, layout)
+            except Exception:
+                self.to_do.not_written(outcome.key)  # no manifest: the file is done later (its message comes back)
+                raise
             self.to_do.written(outcome.key)
             return written
 
@@ -294,7 +302,13 @@ def file_manifest(
     runtime, item = config.pipeline.runtime, fetched.item
     manifest = Manifest.model_construct(
         status="failed",
-        input=InputRecord(key=item.key, size=item.size, version=item.version, fingerprint=fetched.fingerprint),
+        input=InputRecord(
+            key=item.key,
+            size=item.size,
+            version=item.version,
+            fingerprint=fetched.fingerprint,
+            location=fetched.location,
+        ),
         settings_hash=config.settings_hash,
         settings=dict(config.shaping),
         timings={},

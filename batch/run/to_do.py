@@ -112,6 +112,10 @@ class ToDo:
     def written(self, key: str) -> None:
         """The file's manifest is written."""
 
+    def not_written(self, key: str) -> None:
+        """The file got no manifest: a fault not its own (batch.common.errors.is_file_problem), or DEST refused it.
+        A later run does it; where it came from a queue, its message must come back (not be deleted)."""
+
     def more_to_come(self) -> bool:
         """After `pending` ended: whether it paused rather than ended (a queue that went quiet while files were
         in work, so that they are finished now), and the run should ask `pending` again. A listing ends."""
