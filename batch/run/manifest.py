@@ -129,6 +129,18 @@ def is_done(
     return bool(manifest.outputs) and not absent_outputs(manifest, dest)
 
 
+def done_beside(manifest: Manifest | None, settings_hash: str, run_started_at: str) -> bool:
+    """Whether `manifest` is a success with other settings that a run running beside this one wrote (it finished
+    after this run started): this run leaves it as it is, so that two runs with different settings on one DEST
+    do not redo each other's files back and forth. A sequential rerun with a changed setting still redoes it."""
+    return (
+        manifest is not None
+        and manifest.status == "succeeded"
+        and manifest.settings_hash != settings_hash
+        and manifest.finished_at >= run_started_at
+    )
+
+
 def absent_outputs(manifest: Manifest, dest: Store) -> list[str]:
     """The outputs the manifest lists that DEST no longer holds."""
     return [name for name in manifest.outputs if not dest.exists(name)]

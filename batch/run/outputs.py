@@ -14,7 +14,15 @@ from batch.engine.pipeline import Stopwatch
 from batch.formats.subtitles import SubtitleOptions, subtitles
 from batch.formats.transcript import Transcript, rttm
 from batch.formats.turns import speaker_turns
-from batch.run.manifest import ErrorRecord, Manifest, manifest_name, output_name, utc_now
+from batch.run.manifest import (
+    ErrorRecord,
+    Manifest,
+    done_beside,
+    manifest_name,
+    output_name,
+    read_manifest,
+    utc_now,
+)
 from batch.storage import Store
 
 
@@ -25,6 +33,15 @@ class NotRecorded(Exception):
     def __init__(self, cause: BaseException):
         super().__init__(str(cause))
         self.cause = cause
+
+
+class LeftToOtherSettings(Exception):
+    """A run with other settings, running beside this one, finished the file first (manifest.done_beside): its
+    outputs and manifest are left as they are, and this run's are not written."""
+
+    def __init__(self, manifest: Manifest):
+        super().__init__(f"done by run {manifest.run_id} with other settings ({manifest.settings_hash})")
+        self.manifest = manifest
 
 
 @dataclass
@@ -73,17 +90,23 @@ def write_file(
     formats: tuple[str, ...],
     error: Exception | None,
     options: SubtitleOptions | None = None,
+    run_started_at: str | None = None,
 ) -> Manifest:
     """Write one file's outputs, then its manifest, which says succeeded only when everything is in place.
 
     A failed manifest is written only for a fault of the file's own: any other fault, and any error writing the
     outputs or the manifest (DEST's, never the file's), raises instead and leaves no manifest, so that the file is
-    done later."""
+    done later. With `run_started_at` (not --force), a success with other settings that a run beside this one
+    wrote since then is left as it is (LeftToOtherSettings)."""
     key = manifest.input.key
     if isinstance(error, DestPathBlocked):
         raise error  # there is no place for its manifest: the run report holds the reason
     if error is not None and not is_file_problem(error):
         raise NotRecorded(error)
+    if run_started_at is not None:
+        existing = read_manifest(dest, key)
+        if existing is not None and done_beside(existing, manifest.settings_hash, run_started_at):
+            raise LeftToOtherSettings(existing)
     if transcript is not None:
         with stopwatch.stage("write"):
             manifest.outputs = write_outputs(dest, key, transcript, formats, options or SubtitleOptions())

@@ -32,7 +32,7 @@ from batch.formats.transcript import Transcript, build_transcript
 from batch.run.claims import HeldClaims
 from batch.run.config import JobConfig
 from batch.run.manifest import ErrorRecord, InputRecord, Manifest, manifest_name, utc_now
-from batch.run.outputs import OutputWriter, write_file
+from batch.run.outputs import LeftToOtherSettings, OutputWriter, write_file
 from batch.run.report import (
     AsrFigures,
     RunReport,
@@ -102,6 +102,7 @@ class Runner:
             shard=str(config.selection.shard) if config.selection.shard else None,
         )
         self.to_do = self._to_do(queue, listing_watchers)
+        self.report.other_settings = self.to_do.other_settings
         self.claims = HeldClaims(claims, self._still_to_do) if claims is not None else None
         self.tally = Tally(self.report, on_file)
         self._stop = threading.Event()
@@ -252,10 +253,15 @@ class Runner:
         manifest, transcript = file_manifest(self.config, self.report, self._in_pipeline.pop(outcome.key), outcome)
         formats, layout, dest, stopwatch = self.config.formats, self.config.subtitles, self.dest, outcome.file.stopwatch
         outcome.file.audio = None  # the array is not needed any more: free it before the write
+        # Without --force, a success with other settings that a run beside this one wrote meanwhile is kept.
+        since = None if self.config.selection.force else self.to_do.started_at
 
         def write() -> Manifest:
             try:
-                written = write_file(dest, manifest, stopwatch, transcript, formats, outcome.error, layout)
+                written = write_file(dest, manifest, stopwatch, transcript, formats, outcome.error, layout, since)
+            except LeftToOtherSettings:
+                self.to_do.written(outcome.key)  # done, by the other run
+                raise
             except Exception:
                 self.to_do.not_written(outcome.key)  # no manifest: the file is done later (its message comes back)
                 raise

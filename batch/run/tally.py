@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from batch.common.errors import DEST_UNUSABLE_ERRNOS, DestPathBlocked, EnvironmentProblem
 from batch.common.logs import file_context
 from batch.run.manifest import ErrorRecord
-from batch.run.outputs import NotRecorded, Written
+from batch.run.outputs import LeftToOtherSettings, NotRecorded, Written
 from batch.run.report import FailedFile, QualityCounts, RunReport
 
 log = logging.getLogger(__name__)
@@ -94,6 +94,9 @@ class Tally:
             )
             self.on_file(event)
             return
+        if isinstance(item.error, LeftToOtherSettings):
+            self._left_to_other_settings(item.key, item.error)
+            return
         if manifest is None:
             error = unrecorded_error(item.error)
         else:
@@ -111,6 +114,15 @@ class Tally:
         self.report.add_stage_seconds(timings)
         log.warning("failed: %s: %s", error.type, error.message, extra={"fields": event.fields()})
         self.on_file(event)
+
+    def _left_to_other_settings(self, key: str, left: LeftToOtherSettings) -> None:
+        """A run with other settings finished the file while this one did it: counted skipped, and said."""
+        self.report.skipped.append(key)
+        self.report.other_settings.left.append(key)
+        log.warning(
+            "left as it is: %s while this run was running (two runs with different settings on one DEST?)", left
+        )
+        self.on_file(FileEvent(key, "skipped"))
 
     def check_for_broken_environment(self) -> None:
         """The same unexpected error on several files in a row is the machine's, not the files'; a DEST that

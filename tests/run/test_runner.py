@@ -211,3 +211,41 @@ def test_a_worker_whose_files_are_all_claimed_loads_no_model(source: Path, tmp_p
     pipeline = FakePipeline()
     report = job(source, out, pipeline, claim=True).run()
     assert len(report.claimed_elsewhere) == 5 and pipeline.loads == 0 and report.exit_code == 0
+
+
+KEYS = ["a.wav", "b.wav", "c/d.flac", "e.wav", "f.wav"]
+
+
+def test_a_run_leaves_the_files_a_run_with_other_settings_did_beside_it_and_a_rerun_redoes_them_once(
+    source: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    beside: list[RunReport] = []
+
+    def run_beside(keys: list[str]) -> None:
+        if not beside:  # while this run holds its files, a run with other settings does them all
+            beside.append(job(source, out, FakePipeline(), formats="srt").run())
+
+    first = job(source, out, FakePipeline(batch_size=5, on_batch=run_beside)).run()
+    (other,) = beside
+    assert sorted(other.succeeded) == KEYS
+    # No ping-pong: the other run's work stands, this run's is not written over it, and both are said.
+    assert first.succeeded == [] and sorted(first.skipped) == KEYS and first.exit_code == 0
+    assert sorted(first.other_settings.left) == KEYS
+    assert "5 left to a run with other settings running beside this one" in first.summary()
+    for key in KEYS:
+        assert manifest(out, key).settings_hash == other.settings_hash and (out / f"{key}.srt").is_file()
+
+    # Read at the listing too: a run that starts, then finds files done by another with other settings since.
+    second = job(source, out, FakePipeline(), formats="txt")
+    listing = second.pending()  # its run has started: its listing is read from here
+    job(source, out, FakePipeline(), formats="tsv").run()
+    assert list(listing) == []
+    assert second.runner is not None and sorted(second.runner.report.other_settings.left) == KEYS
+
+    # A rerun after them with a changed setting redoes every file, once, and says why.
+    rerun = job(source, out, FakePipeline()).run()
+    assert sorted(rerun.succeeded) == KEYS and sorted(rerun.other_settings.changed) == KEYS
+    assert "5 redone with this run's" in rerun.summary()
+    again = job(source, out, FakePipeline()).run()
+    assert sorted(again.skipped) == KEYS and again.other_settings.changed == [] and again.other_settings.said() is None
