@@ -71,7 +71,13 @@ class EnvironmentProblem(BatchError):
 
 
 class FileFailure(Exception):
-    """One input cannot be processed; it fails alone and the run goes on."""
+    """One input cannot be processed for a reason of its own; it fails alone (a failed manifest) and the run goes on."""
+
+
+class EnvironmentFault(Exception):
+    """A fault outside the file met while doing it (storage refused or unreachable, a disk full, a model that will
+    not load): the file is not failed for it and gets no manifest; a later run (or the queue message coming back)
+    does it. Several files in a row stop the run (exit 3)."""
 
 
 class WorkerDied(FileFailure):
@@ -159,10 +165,43 @@ def redact(text: str) -> str:
     return text
 
 
+# Error codes of S3 (and compatible stores) that say the object is not there: deleted since it was listed or
+# announced, which is the file's own fault. Every other code (AccessDenied, KMS.*, SlowDown, 503, InternalError...)
+# is the store's or the account's.
+GONE_ERROR_CODES = frozenset({"NoSuchKey", "NoSuchVersion", "404", "NotFound"})
+
+
 def is_file_problem(exc: BaseException | None) -> bool:
-    """Whether an error is its file's own (a FileFailure, here or in a worker process): however many files in a
-    row fail that way, the machine is not taken for broken (a folder of broken files is possible)."""
-    return isinstance(exc, FileFailure) or bool(getattr(exc, "file_problem", False))
+    """Whether an error is its file's own fault, the one place that decides it: the media unreadable, unsupported or
+    empty, no audio stream (a FileFailure, here or in a worker process), or the file gone (S3's NoSuchKey or 404,
+    a local file's ENOENT). Such a file fails alone, with a failed manifest, and however many fail in a row the
+    machine is not taken for broken (a folder of broken files is possible).
+
+    Anything else is not the file's fault: access denied (403, KMS), throttling (SlowDown, 503, 429), other 5xx,
+    time-outs and lost connections, a full disk, a model that will not load, DEST refusing a write, an
+    EnvironmentFault, or an error nobody foresaw. The file then gets no manifest (a later run does it, a queue
+    message comes back and reaches the dead-letter queue by its redrive policy), and several in a row stop the run.
+    """
+    if exc is None or isinstance(exc, EnvironmentFault):
+        return False
+    if isinstance(exc, FileFailure):
+        return True
+    if hasattr(exc, "file_problem"):  # brought back from a worker process, decided there by this function
+        return bool(exc.file_problem)
+    code = error_code(exc)
+    if code is not None:
+        return code in GONE_ERROR_CODES
+    return isinstance(exc, FileNotFoundError)
+
+
+def error_code(exc: BaseException) -> str | None:
+    """The error code of a botocore ClientError (read from its response, so that botocore need not be imported
+    here), or None for any other exception."""
+    response = getattr(exc, "response", None)
+    if not isinstance(response, dict):
+        return None
+    code = response.get("Error", {}).get("Code")
+    return str(code) if code is not None else None
 
 
 def type_name(exc: BaseException) -> str:

@@ -191,7 +191,7 @@ def configure(
             settings.max_line_width, settings.max_line_count, settings.max_cue_duration, settings.highlight_words
         ),
         control=RunControl(settings.prefetch, settings.grace_seconds, settings.dry_run, settings.keep_run_reports),
-        shaping=shaping_settings(settings, vad, runtime.compute_type),
+        shaping=shaping_settings(settings, vad, runtime.compute_type, pipeline.quality.phrases),
         metrics=metrics_config(settings),
         channels=ChannelConfig(settings.channels == "split", settings.channel_speakers),
         workers=plan_workers(settings.gpus, settings.workers, runtime, machine),
@@ -253,8 +253,11 @@ def quality_options(settings: Settings) -> QualityOptions:
     return QualityOptions(settings.hallucinations, phrases, speakers if settings.diarize else None)
 
 
-def shaping_settings(settings: Settings, vad: VadOptions, compute_type: str) -> dict[str, Any]:
-    """What changes what a transcript says (and so redoes a done file); device, batch size, threads do not."""
+def shaping_settings(
+    settings: Settings, vad: VadOptions, compute_type: str, phrases: PhraseBag | None = None
+) -> dict[str, Any]:
+    """What changes what a transcript says (and so redoes a done file); device, batch size, threads do not. The
+    phrases file enters by the phrases it holds, not by its path: an edit redoes the files, a move does not."""
     subtitled = any(fmt in SUBTITLE_FORMATS for fmt in settings.formats)
     left_out = (() if subtitled else SUBTITLE_SHAPING) + (() if settings.channels == "split" else CHANNEL_SHAPING)
     shaping = {name: getattr(settings, name) for name in OUTPUT_SHAPING if name not in left_out}
@@ -264,6 +267,10 @@ def shaping_settings(settings: Settings, vad: VadOptions, compute_type: str) -> 
         shaping["vad_step"] = vad.step
     if settings.hallucinations != "off":
         shaping |= {name: getattr(settings, name) for name in QUALITY_SHAPING if getattr(settings, name) is not None}
+        if settings.hallucination_phrases is not None:
+            shaping["hallucination_phrases"] = phrases_digest(
+                phrases or PhraseBag.with_file(settings.hallucination_phrases)
+            )
     defaults = Settings.model_fields
     shaping |= {
         name: getattr(settings, name)
@@ -271,6 +278,12 @@ def shaping_settings(settings: Settings, vad: VadOptions, compute_type: str) -> 
         if getattr(settings, name) != defaults[name].get_default()
     }
     return shaping | {"compute_type": compute_type, "schema_version": TRANSCRIPT_SCHEMA_VERSION}
+
+
+def phrases_digest(phrases: PhraseBag) -> str:
+    """The user's phrases as the guard reads them (normalised, comments and blank lines left out), hashed."""
+    text = "\n".join(sorted(phrases.extra))
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 
 def metrics_config(settings: Settings) -> MetricsConfig:

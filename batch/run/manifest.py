@@ -62,6 +62,7 @@ class InputRecord(BaseModel):
     size: int
     version: str
     fingerprint: str | None = None
+    location: str | None = None  # where it was read: s3://bucket/key (the bucket a queue message named), a path
 
 
 class Manifest(Record):
@@ -126,6 +127,18 @@ def is_done(
     if recorded.version != item.version and recorded.fingerprint != fingerprint(item):
         return False
     return bool(manifest.outputs) and not absent_outputs(manifest, dest)
+
+
+def done_beside(manifest: Manifest | None, settings_hash: str, run_started_at: str) -> bool:
+    """Whether `manifest` is a success with other settings that a run running beside this one wrote (it finished
+    after this run started): this run leaves it as it is, so that two runs with different settings on one DEST
+    do not redo each other's files back and forth. A sequential rerun with a changed setting still redoes it."""
+    return (
+        manifest is not None
+        and manifest.status == "succeeded"
+        and manifest.settings_hash != settings_hash
+        and manifest.finished_at >= run_started_at
+    )
 
 
 def absent_outputs(manifest: Manifest, dest: Store) -> list[str]:

@@ -11,19 +11,41 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
-from batch.common.errors import DEST_UNUSABLE_ERRNOS, DestPathBlocked, describe
+from batch.common.errors import DestPathBlocked, describe, is_file_problem
 from batch.engine.pipeline import Stopwatch
 from batch.formats.subtitles import SubtitleOptions, subtitles
 from batch.formats.transcript import Transcript, rttm
 from batch.formats.turns import speaker_turns
-from batch.run.manifest import ErrorRecord, Manifest, manifest_name, output_name, read_manifest, utc_now
+from batch.run.manifest import (
+    ErrorRecord,
+    Manifest,
+    done_beside,
+    manifest_name,
+    output_name,
+    read_manifest,
+    utc_now,
+)
 from batch.storage import Store
 
 log = logging.getLogger(__name__)
 
 
-class OutputWriteFailure(Exception):
-    """The transcript was made but could not be stored."""
+class NotRecorded(Exception):
+    """The file met a fault that is not its own (batch.common.errors.is_file_problem): nothing is written for it, so
+    that a later run does it (a queue message comes back); `cause` says what happened."""
+
+    def __init__(self, cause: BaseException):
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+class LeftToOtherSettings(Exception):
+    """A run with other settings, running beside this one, finished the file first (manifest.done_beside): its
+    outputs and manifest are left as they are, and this run's are not written."""
+
+    def __init__(self, manifest: Manifest):
+        super().__init__(f"done by run {manifest.run_id} with other settings ({manifest.settings_hash})")
+        self.manifest = manifest
 
 
 @dataclass
@@ -72,22 +94,29 @@ def write_file(
     formats: tuple[str, ...],
     error: Exception | None,
     options: SubtitleOptions | None = None,
+    run_started_at: str | None = None,
 ) -> Manifest:
-    """Write one file's outputs, then its manifest, which says succeeded only when everything is in place."""
+    """Write one file's outputs, then its manifest, which says succeeded only when everything is in place.
+
+    A failed manifest is written only for a fault of the file's own: any other fault, and any error writing the
+    outputs or the manifest (DEST's, never the file's), raises instead and leaves no manifest, so that the file is
+    done later. With `run_started_at` (not --force), a success with other settings that a run beside this one
+    wrote since then is left as it is (LeftToOtherSettings)."""
     key = manifest.input.key
     if isinstance(error, DestPathBlocked):
         raise error  # there is no place for its manifest: the run report holds the reason
+    if error is not None and not is_file_problem(error):
+        raise NotRecorded(error)
+    if run_started_at is not None:
+        existing = read_manifest(dest, key)
+        if existing is not None and done_beside(existing, manifest.settings_hash, run_started_at):
+            raise LeftToOtherSettings(existing)
     if transcript is not None:
         # The old manifest goes before the outputs it describes change: a crash midway never leaves a stale
         # "succeeded" beside outputs of another version or settings.
         dest.delete(manifest_name(key))
-        try:
-            with stopwatch.stage("write"):
-                manifest.outputs = write_outputs(dest, key, transcript, formats, options or SubtitleOptions())
-        except Exception as exc:
-            if isinstance(exc, OSError) and exc.errno in DEST_UNUSABLE_ERRNOS:
-                raise  # no manifest either: the run stops, and the next one redoes this file
-            error = error or OutputWriteFailure(f"writing the outputs failed: {describe(exc)['message']}")
+        with stopwatch.stage("write"):
+            manifest.outputs = write_outputs(dest, key, transcript, formats, options or SubtitleOptions())
     manifest.status = "failed" if error is not None else "succeeded"
     manifest.error = ErrorRecord.of(error) if error is not None else None
     manifest.timings, manifest.finished_at = stopwatch.timings, utc_now()

@@ -47,7 +47,13 @@ def _pull_asr(settings: Settings) -> Pulled:
 
 
 def _pull_alignment(settings: Settings, language: str) -> Pulled:
-    from batch.engine.align.aligner import Aligner, AlignmentUnavailable, ensure_punkt, punkt_root
+    from batch.engine.align.aligner import (
+        Aligner,
+        AlignmentModelNotLoaded,
+        AlignmentUnavailable,
+        ensure_punkt,
+        punkt_root,
+    )
 
     default, per_language = settings.align_models()
     aligner = Aligner("cpu", settings.model_dir, hub_offline(), default, per_language)
@@ -57,7 +63,7 @@ def _pull_alignment(settings: Settings, language: str) -> Pulled:
     try:
         aligner.load(language, name)
         ensure_punkt(language, punkt_root(settings.model_dir))
-    except AlignmentUnavailable as exc:
+    except (AlignmentModelNotLoaded, AlignmentUnavailable) as exc:
         return Pulled("align", f"{name} ({language})", "failed", str(exc))
     return Pulled("align", f"{name} ({language})", "ok", "with sentence data (punkt_tab)")
 

@@ -110,6 +110,24 @@ class QualityCounts(BaseModel):
             self.review.append(key)
 
 
+class OtherSettings(BaseModel):
+    """Files DEST held as done with other settings than this run's (a settings hash of its own)."""
+
+    changed: list[str] = []  # done before this run started: a changed setting, so this run redoes them
+    left: list[str] = []  # done by a run with other settings while this one ran: left as they are (counted skipped)
+
+    def said(self) -> str | None:
+        """The warning a person should read, or None."""
+        if not self.changed and not self.left:
+            return None
+        return (
+            f"DEST held {len(self.changed) + len(self.left)} files done with other settings: {len(self.changed)} "
+            f"redone with this run's, {len(self.left)} left to a run with other settings running beside this "
+            "one; if two jobs with different settings share this DEST, they redo each other's files at every "
+            "run: give each its own --out"
+        )
+
+
 class RunReport(Record):
     report_version: int = REPORT_VERSION
     run_id: str
@@ -146,6 +164,7 @@ class RunReport(Record):
     exit_code: int | None = None  # set when the run ends, whatever ended it
     queue: QueueCounts | None = None  # queue mode (--queue)
     quality: QualityCounts | None = None  # the hallucination guard (absent with --hallucinations off)
+    other_settings: OtherSettings = OtherSettings()  # files DEST held as done with other settings
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -214,6 +233,8 @@ class RunReport(Record):
         lines += [f"  words not timed in {w.key}: {w.reason}" for w in self.words_untimed]
         if self.claimed_elsewhere:
             lines.append(f"  {len(self.claimed_elsewhere)} files were claimed by other workers")
+        if (other_settings := self.other_settings.said()) is not None:
+            lines.append(f"  {other_settings}")
         if self.quality is not None and (self.quality.segments_dropped or self.quality.files_to_review):
             q = self.quality
             lines.append(

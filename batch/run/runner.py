@@ -62,6 +62,7 @@ class Fetched:
     fingerprint: str | None = None
     audio_seconds: float | None = None
     receive_count: int | None = None  # a queue message's receives (--queue)
+    location: str | None = None  # where it was read (s3://bucket/key, a path): its manifest says so
 
 
 class Runner:
@@ -103,6 +104,7 @@ class Runner:
             shard=str(config.selection.shard) if config.selection.shard else None,
         )
         self.to_do = self._to_do(queue, listing_watchers)
+        self.report.other_settings = self.to_do.other_settings
         self.claims = HeldClaims(claims, self._still_to_do) if claims is not None else None
         self.tally = Tally(self.report, on_file)
         self._stop = threading.Event()
@@ -177,6 +179,8 @@ class Runner:
                 if not self.to_do.more_to_come():
                     break
             self.tally.count(writer.close())
+            if not self.stopping():
+                self.tally.check_at_end()
         except BatchError as exc:
             self.report.error = ErrorRecord.of(exc)
             self.report.exit_code = exc.exit_code  # said once, by whoever reads the report (the command line)
@@ -200,6 +204,7 @@ class Runner:
             stopwatch = Stopwatch(self.clock)
             fetched = Fetched(item, utc_now(), receive_count=self.to_do.receive_count(item.key))
             try:
+                fetched.location = self.source.address(item.key)
                 blocked = self.to_do.blocked(item.key)
                 if blocked is not None:
                     raise blocked
@@ -254,10 +259,12 @@ class Runner:
         manifest, transcript = file_manifest(self.config, self.report, self._in_pipeline.pop(outcome.key), outcome)
         formats, layout, dest, stopwatch = self.config.formats, self.config.subtitles, self.dest, outcome.file.stopwatch
         outcome.file.audio = None  # the array is not needed any more: free it before the write
+        # Without --force, a success with other settings that a run beside this one wrote meanwhile is kept.
+        since = None if self.config.selection.force else self.to_do.started_at
 
         def write() -> Manifest:
             try:
-                return write_file(dest, manifest, stopwatch, transcript, formats, outcome.error, layout)
+                return write_file(dest, manifest, stopwatch, transcript, formats, outcome.error, layout, since)
             finally:
                 self.to_do.finished(outcome.key)  # a queue's message goes, or comes back if there is no manifest
 
@@ -301,7 +308,13 @@ def file_manifest(
     runtime, item = config.pipeline.runtime, fetched.item
     manifest = Manifest.model_construct(
         status="failed",
-        input=InputRecord(key=item.key, size=item.size, version=item.version, fingerprint=fetched.fingerprint),
+        input=InputRecord(
+            key=item.key,
+            size=item.size,
+            version=item.version,
+            fingerprint=fetched.fingerprint,
+            location=fetched.location,
+        ),
         settings_hash=config.settings_hash,
         settings=dict(config.shaping),
         timings={},

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from batch.common.errors import DEST_UNUSABLE_ERRNOS, DestPathBlocked, EnvironmentProblem
 from batch.common.logs import file_context
 from batch.run.manifest import ErrorRecord
-from batch.run.outputs import Written
+from batch.run.outputs import LeftToOtherSettings, NotRecorded, Written
 from batch.run.report import FailedFile, QualityCounts, RunReport
 
 log = logging.getLogger(__name__)
@@ -94,10 +94,11 @@ class Tally:
             )
             self.on_file(event)
             return
+        if isinstance(item.error, LeftToOtherSettings):
+            self._left_to_other_settings(item.key, item.error)
+            return
         if manifest is None:
-            error = ErrorRecord.of(item.error or RuntimeError("unknown"))
-            if not isinstance(item.error, DestPathBlocked):
-                error.message = f"the manifest could not be written: {error.message}"
+            error = unrecorded_error(item.error)
         else:
             assert manifest.error is not None
             error = manifest.error
@@ -114,6 +115,15 @@ class Tally:
         log.warning("failed: %s: %s", error.type, error.message, extra={"fields": event.fields()})
         self.on_file(event)
 
+    def _left_to_other_settings(self, key: str, left: LeftToOtherSettings) -> None:
+        """A run with other settings finished the file while this one did it: counted skipped, and said."""
+        self.report.skipped.append(key)
+        self.report.other_settings.left.append(key)
+        log.warning(
+            "left as it is: %s while this run was running (two runs with different settings on one DEST?)", left
+        )
+        self.on_file(FileEvent(key, "skipped"))
+
     def check_for_broken_environment(self) -> None:
         """The same unexpected error on several files in a row is the machine's, not the files'; a DEST that
         is full or read-only stops the run at the first file it refuses."""
@@ -127,3 +137,28 @@ class Tally:
             f"the last {self.in_a_row} files failed with {self.last_failure} ({self.last_message}); "
             "stopping: the fault looks like the machine's (device, DEST), not the files'"
         )
+
+    def check_at_end(self) -> None:
+        """A run that went to its end with nothing succeeded and every failure a fault not of its file (fewer
+        files than the in-a-row rule needs) is the environment's too: exit 3, not 1."""
+        failed = self.report.failed
+        if self.report.succeeded or not failed or any(f.error.file_problem for f in failed):
+            return
+        raise EnvironmentProblem(
+            f"every file failed, none for a reason of its own (the last: {self.last_failure}: {self.last_message}); "
+            "the fault looks like the machine's or the stores' (access, network, disk, a model), not the files'"
+        )
+
+
+def unrecorded_error(error: BaseException | None) -> ErrorRecord:
+    """The report's record of a file that got no manifest: a fault not its own (NotRecorded), a path blocked in
+    DEST, or DEST refusing its outputs or manifest (never the file's own fault)."""
+    if isinstance(error, NotRecorded):
+        record = ErrorRecord.of(error.cause)
+        record.message = f"not the file's fault, so no manifest (a later run does it): {record.message}"
+        return record
+    record = ErrorRecord.of(error or RuntimeError("unknown"))
+    if not isinstance(error, DestPathBlocked):
+        record.message = f"DEST did not take its outputs or manifest (a later run does the file): {record.message}"
+        record.file_problem = False
+    return record

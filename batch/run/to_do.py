@@ -28,7 +28,8 @@ from batch.common.errors import (
 )
 from batch.common.logs import file_context
 from batch.run.config import SelectionConfig
-from batch.run.manifest import is_done, manifest_name, read_manifest
+from batch.run.manifest import Manifest, done_beside, is_done, manifest_name, read_manifest, utc_now
+from batch.run.report import OtherSettings
 from batch.storage import InputFile, ListingCounts, Store
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,8 @@ class ToDo:
         self.selection, self.settings_hash, self.source, self.dest = selection, settings_hash, source, dest
         self.watchers = watchers
         self.on_left = on_left  # hears of each file left for the next run (its skip check could not be made)
+        self.started_at = utc_now()  # manifests finished since were written by runs beside this one
+        self.other_settings = OtherSettings()  # files DEST held as done with other settings (the run report's)
         self._listed = False
         self._blocked: dict[str, OSError] = {}  # files whose manifest path DEST cannot hold
 
@@ -129,7 +132,30 @@ class ToDo:
             return False
         if self.selection.force:
             return False
-        return is_done(manifest, item, self.settings_hash, self.source.fingerprint, self.dest)
+        if is_done(manifest, item, self.settings_hash, self.source.fingerprint, self.dest):
+            return True
+        return self._done_with_other_settings(item, manifest)
+
+    def _done_with_other_settings(self, item: InputFile, manifest: Manifest | None) -> bool:
+        """A file DEST holds as done with other settings: redone when that was before this run (a changed setting),
+        left as it is when a run with other settings did it while this one runs (no ping-pong); said either way."""
+        if manifest is None or manifest.status != "succeeded" or manifest.settings_hash == self.settings_hash:
+            return False
+        if done_beside(manifest, self.settings_hash, self.started_at):
+            self.other_settings.left.append(item.key)
+            log.warning(
+                "%s: left as it is: done by run %s with other settings (%s) while this run was running "
+                "(two runs with different settings on one DEST?)",
+                item.key,
+                manifest.run_id,
+                manifest.settings_hash,
+            )
+            return True
+        self.other_settings.changed.append(item.key)
+        log.info(
+            "%s: redone: done by run %s with other settings (%s)", item.key, manifest.run_id, manifest.settings_hash
+        )
+        return False
 
     def still_to_do(self, item: InputFile, run_started_at: str) -> bool:
         """After winning a claim: not done by another worker during this run, nor done before (unless --force)."""
@@ -148,7 +174,9 @@ class ToDo:
         return None
 
     def finished(self, key: str) -> None:
-        """The file's write has ended: its manifest written, or not (the write failed)."""
+        """The file's write has ended: its manifest written, or not (a fault not its own, DEST refused it, or a run
+        beside this one with other settings wrote it first). A later run does a file with no manifest; where it came
+        from a queue, its message comes back rather than being deleted."""
 
     def more_to_come(self) -> bool:
         """After `pending` ended: whether it paused rather than ended (a queue that went quiet while files were

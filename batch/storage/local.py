@@ -88,6 +88,10 @@ class LocalStore:
     def open(self, key: str, size: int | None = None) -> BinaryIO:
         return self.path(key).open("rb")
 
+    def address(self, key: str) -> str:
+        """Where the file is: its path."""
+        return str(self.path(key))
+
     def fingerprint(self, item: InputFile) -> str:
         """A content hash: the same bytes give the same fingerprint wherever the file moved."""
         with self.open(item.key) as handle:

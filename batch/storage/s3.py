@@ -23,13 +23,20 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from batch.common.errors import EnvironmentProblem, FileFailure, redact
+from batch.common.errors import (
+    DEST_UNUSABLE_ERRNOS,
+    GONE_ERROR_CODES,
+    EnvironmentFault,
+    EnvironmentProblem,
+    FileFailure,
+    redact,
+)
 from batch.storage.base import S3_SCHEME, InputFile, ListingCounts
 from batch.storage.names import is_hidden, is_selected, name_bytes
 
 # One request per object part above this size; transcripts are small, so this mostly serves large outputs.
 MULTIPART_THRESHOLD = 8 * 1024 * 1024
-_MISSING = ("NoSuchKey", "404", "NotFound")
+_MISSING = GONE_ERROR_CODES
 _CONDITION_FAILED = ("PreconditionFailed", "412", "NoSuchKey")
 _CONFLICT = ("ConditionalRequestConflict", "409")
 CONFLICT_RETRIES = 4
@@ -97,6 +104,42 @@ def describe_s3_error(exc: BaseException) -> str:
 
 def _error_code(exc: ClientError) -> str | None:
     return exc.response.get("Error", {}).get("Code")
+
+
+class ObjectGone(FileFailure):
+    """The object is not there (deleted since it was listed or announced): the file's own fault."""
+
+
+class StoreUnavailable(EnvironmentFault):
+    """The store refused or could not answer a request for this object (access denied, a KMS key, throttling, 5xx,
+    a time-out) once botocore's retries ran out: not the file's fault."""
+
+
+class SpoolUnusable(EnvironmentFault):
+    """The object could not be spooled to local disk (the spool folder full, or not writable): the machine's
+    problem, not the file's."""
+
+
+def spool_failure(exc: OSError, spool_dir: str | None, address: str) -> SpoolUnusable:
+    where = spool_dir or tempfile.gettempdir()
+    return SpoolUnusable(f"{address} could not be spooled to {where}: {exc.strerror or exc}")
+
+
+def open_spool(spool_dir: str | None, address: str) -> BinaryIO:
+    """A temporary file to download `address` into (deleted when closed)."""
+    try:
+        return tempfile.TemporaryFile(dir=spool_dir, prefix="whisperx-batch-")  # noqa: SIM115 - the caller closes it
+    except OSError as exc:
+        raise spool_failure(exc, spool_dir, address) from None
+
+
+def read_failure(exc: BotoCoreError | ClientError, what: str) -> Exception:
+    """The error of a failed read of an object (`what`: "download of s3://bucket/key"): ObjectGone when the store
+    says it is not there, else StoreUnavailable."""
+    message = f"{what} failed: {describe_s3_error(exc)}"
+    if isinstance(exc, ClientError) and _error_code(exc) in _MISSING:
+        return ObjectGone(message)
+    return StoreUnavailable(message)
 
 
 def object_source(url: str, client: Any, **options: Any) -> S3Store | None:
@@ -201,16 +244,23 @@ class S3Store:
         """The object spooled to local disk (deleted when closed); over the size cap, the file fails clearly."""
         if size is not None and self.max_bytes is not None and size > self.max_bytes:
             raise FileFailure(f"the object is {size:,} bytes, over the download cap of {self.max_bytes:,} bytes")
-        spool = tempfile.TemporaryFile(dir=self.spool_dir, prefix="whisperx-batch-")  # noqa: SIM115 - the caller closes it
+        spool = open_spool(self.spool_dir, self.address(key))
         try:
             self.client.download_fileobj(self.bucket, self.prefix + key, spool)
         except (BotoCoreError, ClientError) as exc:
             spool.close()
-            raise FileFailure(
-                f"download of s3://{self.bucket}/{self.prefix}{key} failed: {describe_s3_error(exc)}"
-            ) from None
+            raise read_failure(exc, f"download of {self.address(key)}") from None
+        except OSError as exc:
+            spool.close()
+            if exc.errno in DEST_UNUSABLE_ERRNOS:  # the spool's disk full: not the file's fault either
+                raise spool_failure(exc, self.spool_dir, self.address(key)) from None
+            raise
         spool.seek(0)
         return spool
+
+    def address(self, key: str) -> str:
+        """Where the object is: s3://bucket/prefix/key."""
+        return f"s3://{self.bucket}/{self.prefix}{key}"
 
     def fingerprint(self, item: InputFile) -> str:
         """ETag and size: S3 already knows when content changed, so nothing is downloaded to tell."""

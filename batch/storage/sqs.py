@@ -10,7 +10,6 @@ The objects' keys in their bucket are the keys of the run (outputs are named aft
 from __future__ import annotations
 
 import json
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
@@ -21,9 +20,16 @@ import botocore.session
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from batch.common.errors import EnvironmentProblem, FileFailure
+from batch.common.errors import DEST_UNUSABLE_ERRNOS, GONE_ERROR_CODES, EnvironmentProblem, FileFailure, error_code
 from batch.storage.base import InputFile, ListingCounts
-from batch.storage.s3 import describe_s3_error, retry_settings, split_object_url
+from batch.storage.s3 import (
+    describe_s3_error,
+    open_spool,
+    read_failure,
+    retry_settings,
+    split_object_url,
+    spool_failure,
+)
 
 # The longest long poll SQS allows; shorter when the run must look at its stop flag or idle time sooner.
 LONGEST_POLL_SECONDS = 20
@@ -147,15 +153,25 @@ class QueuedObjects:
         self.client, self.spool_dir, self.max_bytes = client, spool_dir, max_bytes
         self.location = location
         self._buckets: dict[str, str] = {}
+        self._unreadable: dict[str, Exception] = {}  # objects whose HEAD failed, not for being gone: why
 
     def item(self, bucket: str, key: str) -> InputFile:
-        """The object as it is now (a HEAD); one that is gone has size 0 and fails when opened."""
+        """The object as it is now (a HEAD). One that is gone has size 0 and fails when opened (its own fault); one
+        whose HEAD failed otherwise (access denied, throttling, 5xx) raises that error when opened: not its fault."""
         self._buckets[key] = bucket
+        self._unreadable.pop(key, None)
         try:
             head = self.client.head_object(Bucket=bucket, Key=key)
-        except (BotoCoreError, ClientError):
-            return InputFile(key=key, size=0, version=GONE)
+        except (BotoCoreError, ClientError) as exc:
+            if error_code(exc) in GONE_ERROR_CODES:
+                return InputFile(key=key, size=0, version=GONE)
+            self._unreadable[key] = read_failure(exc, f"HEAD of {self.address(key)}")
+            return InputFile(key=key, size=0, version="unknown")
         return InputFile(key=key, size=int(head["ContentLength"]), version=str(head["ETag"]).strip('"'))
+
+    def address(self, key: str) -> str:
+        """Where the object is: s3://bucket/key, the bucket its message named."""
+        return f"s3://{self._buckets.get(key, '?')}/{key}"
 
     def check_readable(self, role: str = "SOURCE") -> None:
         return None  # each object is checked as its message comes
@@ -171,13 +187,21 @@ class QueuedObjects:
     def open(self, key: str, size: int | None = None) -> BinaryIO:
         if size is not None and self.max_bytes is not None and size > self.max_bytes:
             raise FileFailure(f"the object is {size:,} bytes, over the download cap of {self.max_bytes:,} bytes")
+        unreadable = self._unreadable.pop(key, None)
+        if unreadable is not None:
+            raise unreadable
         bucket = self._buckets[key]
-        spool = tempfile.TemporaryFile(dir=self.spool_dir, prefix="whisperx-batch-")  # noqa: SIM115 - the caller closes it
+        spool = open_spool(self.spool_dir, self.address(key))
         try:
             self.client.download_fileobj(bucket, key, spool)
         except (BotoCoreError, ClientError) as exc:
             spool.close()
-            raise FileFailure(f"download of s3://{bucket}/{key} failed: {describe_s3_error(exc)}") from None
+            raise read_failure(exc, f"download of {self.address(key)}") from None
+        except OSError as exc:
+            spool.close()
+            if exc.errno in DEST_UNUSABLE_ERRNOS:  # the spool's disk full: not the file's fault either
+                raise spool_failure(exc, self.spool_dir, self.address(key)) from None
+            raise
         spool.seek(0)
         return spool
 

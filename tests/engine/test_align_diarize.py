@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from batch.common.errors import EnvironmentProblem
+from batch.engine.align.aligner import Aligner, AlignmentModelNotLoaded
 from batch.engine.diarize.diarizer import diarization_failure_message, load_diarization
 from tests.conftest import ENGLISH, SPANISH, speak
 from tests.tiny_models import build_tiny_align_model, build_tiny_diarization_pipeline
@@ -142,23 +143,38 @@ def test_language_without_alignment_model_keeps_segments_and_says_why(
     assert "words not timed in memo.wav" in result.stderr
 
 
-def test_unloadable_alignment_model_fails_the_file_but_keeps_its_transcript(
-    cli, call_folder: Path, tmp_path: Path, tiny_en: str
+def test_an_alignment_model_that_will_not_load_is_the_machines_fault_and_tried_again_for_each_file(
+    cli, call_folder: Path, tmp_path: Path, tiny_en: str, align_en: str
 ) -> None:
     out = tmp_path / "out"
-    missing = str(tmp_path / "no-such-align-model")
-    result = cli("run", call_folder, "--out", out, "--model", tiny_en, "--align-model", missing)
-    assert result.exit_code == 1
-    for key in ("call.wav", "memo.wav"):
-        manifest = read(out / f"{key}.manifest.json")
-        assert manifest["status"] == "failed"
-        assert manifest["error"]["type"] == "AlignmentUnavailable"
-        assert missing in manifest["error"]["message"] and "models pull" in manifest["error"]["message"]
-        assert manifest["alignment"]["status"] == "failed"
-        assert read(out / f"{key}.json")["segments"]  # segment timings kept
-    assert last_report(out)["alignment_models_loaded"] == []
-    again = cli("run", call_folder, "--out", out, "--model", tiny_en, "--align-model", missing)
-    assert "0 skipped, 2 failed" in again.stderr  # failed files are retried
+    missing = tmp_path / "align-model"  # not there yet: a volume not mounted, a model not pulled
+    result = cli("run", call_folder, "--out", out, "--model", tiny_en, "--align-model", str(missing))
+    assert result.exit_code == 3  # every file failed, none for a reason of its own
+    assert "every file failed, none for a reason of its own" in result.stderr
+    assert not list(out.glob("*.manifest.json"))  # not the files' failure: nothing recorded against them
+    failed = {f["key"]: f["error"] for f in last_report(out)["failed"]}
+    assert sorted(failed) == ["call.wav", "memo.wav"]
+    for error in failed.values():
+        assert error["type"] == "AlignmentModelNotLoaded" and error["file_problem"] is False
+        assert str(missing) in error["message"] and "models pull" in error["message"]
+    # The failure is not remembered: the second file tried the load again.
+    assert result.stderr.count(f"alignment model '{missing}' for 'en' could not be loaded") >= 2
+
+    shutil.copytree(align_en, missing)  # the model is there now: the next run does both files
+    again = cli("run", call_folder, "--out", out, "--model", tiny_en, "--align-model", str(missing))
+    assert again.exit_code == 0, again.stderr
+    assert "2 succeeded, 0 skipped, 0 failed" in again.stderr
+    assert read(out / "memo.wav.manifest.json")["alignment"]["status"] == "aligned"
+
+
+def test_an_aligner_tries_a_failed_load_again(tmp_path: Path, align_en: str) -> None:
+    folder = tmp_path / "align-model"
+    aligner = Aligner("cpu", str(tmp_path / "cache"), True, str(folder))
+    with pytest.raises(AlignmentModelNotLoaded, match="could not be loaded"):
+        aligner.load("en", str(folder))
+    shutil.copytree(align_en, folder)
+    model, metadata = aligner.load("en", str(folder))
+    assert model is not None and metadata["language"] == "en" and aligner.loads == [str(folder)]
 
 
 def test_mixed_languages_load_each_alignment_model_once(

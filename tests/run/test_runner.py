@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from batch.common.errors import ConfigError, ForeignError, WorkerDied
+from batch.engine.align.aligner import AlignmentModelNotLoaded
 from batch.run.job import Job
 from batch.run.manifest import Manifest
 from batch.run.report import RunReport
@@ -71,18 +72,56 @@ def test_a_changed_setting_redoes_done_files(source: Path, tmp_path: Path) -> No
 
 def test_failures_stay_with_their_file(source: Path, tmp_path: Path) -> None:
     (source / "broken.wav").write_bytes(b"RIFF....not audio at all")
+    (source / "empty.wav").write_bytes(b"")
     out = tmp_path / "out"
-    pipeline = FakePipeline(errors={"b.wav": RuntimeError("a fault in this file's batch")})
+    pipeline = FakePipeline(errors={"b.wav": WorkerDied("the file was being transcribed when a worker died, twice")})
     report = job(source, out, pipeline).run()
     failed = {item.key: item.error.type for item in report.failed}
-    assert failed == {"b.wav": "RuntimeError", "broken.wav": "AudioDecodeError"} and report.exit_code == 1
-    assert len(report.succeeded) == 4
-    assert manifest(out, "b.wav").error.message == "a fault in this file's batch"
+    assert failed == {"b.wav": "WorkerDied", "broken.wav": "AudioDecodeError", "empty.wav": "AudioDecodeError"}
+    assert report.exit_code == 1 and len(report.succeeded) == 4
+    assert manifest(out, "b.wav").error.message == "the file was being transcribed when a worker died, twice"
+    assert manifest(out, "empty.wav").error.file_problem is True
+    assert manifest(out, "b.wav").input.location == str(source / "b.wav")  # where the file was
     assert not (out / "b.wav.json").exists()
     # A rerun retries exactly the failed files.
     again = FakePipeline()
     job(source, out, again).run()
-    assert sorted(again.pulled) == ["b.wav", "broken.wav"]
+    assert sorted(again.pulled) == ["b.wav", "broken.wav", "empty.wav"]
+
+
+def test_a_fault_that_is_not_the_files_own_writes_no_manifest_and_the_next_run_does_the_file(
+    source: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    job(source, out, FakePipeline()).run()
+    faults = {
+        "b.wav": RuntimeError("CUDA error: an illegal memory access"),  # nobody foresaw it: not the file's
+        "e.wav": AlignmentModelNotLoaded("alignment model 'x' for 'en' could not be loaded: offline"),
+    }
+    report = job(source, out, FakePipeline(errors=faults), formats="srt").run()  # a changed setting redoes all
+    assert report.exit_code == 1 and report.error is None and len(report.succeeded) == 3
+    failed = {item.key: item.error for item in report.failed}
+    assert {key: error.type for key, error in failed.items()} == {
+        "b.wav": "RuntimeError",
+        "e.wav": "AlignmentModelNotLoaded",
+    }
+    assert all(error.file_problem is False and "not the file's fault" in error.message for error in failed.values())
+    assert not (out / "b.wav.manifest.json").exists() and not (out / "e.wav.manifest.json").exists()
+    again = FakePipeline()
+    rerun = job(source, out, again, formats="srt").run()
+    assert sorted(again.pulled) == ["b.wav", "e.wav"] and rerun.exit_code == 0
+
+
+def test_a_run_whose_every_file_meets_a_fault_not_its_own_stops_with_exit_3(source: Path, tmp_path: Path) -> None:
+    (source / "c/d.flac").unlink()
+    for name in ("e.wav", "f.wav"):
+        (source / name).unlink()
+    out = tmp_path / "out"
+    fault = AlignmentModelNotLoaded("alignment model 'x' for 'en' could not be loaded: out of memory")
+    report = job(source, out, FakePipeline(errors=dict.fromkeys(("a.wav", "b.wav"), fault))).run()
+    assert report.exit_code == 3 and report.error is not None
+    assert "every file failed, none for a reason of its own" in report.error.message
+    assert not list(out.glob("*.manifest.json"))
 
 
 def test_a_failed_try_that_writes_no_outputs_leaves_a_succeeded_manifest_whole(source: Path, tmp_path: Path) -> None:
@@ -142,7 +181,7 @@ def test_an_unexpected_error_from_a_worker_still_stops_the_run(source: Path, tmp
     fault = ForeignError("RuntimeError", "CUDA error: an illegal memory access", file_problem=False)
     report = job(source, out, FakePipeline(errors=dict.fromkeys(("a.wav", "b.wav", "c/d.flac"), fault))).run()
     assert report.exit_code == 3 and "the last 3 files failed with RuntimeError" in report.error.message
-    assert manifest(out, "a.wav").error.file_problem is False
+    assert not (out / "a.wav.manifest.json").exists() and report.failed[0].error.file_problem is False
 
 
 def test_a_run_stopping_error_is_recorded_with_its_exit_code(source: Path, tmp_path: Path) -> None:
@@ -194,3 +233,41 @@ def test_a_worker_whose_files_are_all_claimed_loads_no_model(source: Path, tmp_p
     pipeline = FakePipeline()
     report = job(source, out, pipeline, claim=True).run()
     assert len(report.claimed_elsewhere) == 5 and pipeline.loads == 0 and report.exit_code == 0
+
+
+KEYS = ["a.wav", "b.wav", "c/d.flac", "e.wav", "f.wav"]
+
+
+def test_a_run_leaves_the_files_a_run_with_other_settings_did_beside_it_and_a_rerun_redoes_them_once(
+    source: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    beside: list[RunReport] = []
+
+    def run_beside(keys: list[str]) -> None:
+        if not beside:  # while this run holds its files, a run with other settings does them all
+            beside.append(job(source, out, FakePipeline(), formats="srt").run())
+
+    first = job(source, out, FakePipeline(batch_size=5, on_batch=run_beside)).run()
+    (other,) = beside
+    assert sorted(other.succeeded) == KEYS
+    # No ping-pong: the other run's work stands, this run's is not written over it, and both are said.
+    assert first.succeeded == [] and sorted(first.skipped) == KEYS and first.exit_code == 0
+    assert sorted(first.other_settings.left) == KEYS
+    assert "5 left to a run with other settings running beside this one" in first.summary()
+    for key in KEYS:
+        assert manifest(out, key).settings_hash == other.settings_hash and (out / f"{key}.srt").is_file()
+
+    # Read at the listing too: a run that starts, then finds files done by another with other settings since.
+    second = job(source, out, FakePipeline(), formats="txt")
+    listing = second.pending()  # its run has started: its listing is read from here
+    job(source, out, FakePipeline(), formats="tsv").run()
+    assert list(listing) == []
+    assert second.runner is not None and sorted(second.runner.report.other_settings.left) == KEYS
+
+    # A rerun after them with a changed setting redoes every file, once, and says why.
+    rerun = job(source, out, FakePipeline()).run()
+    assert sorted(rerun.succeeded) == KEYS and sorted(rerun.other_settings.changed) == KEYS
+    assert "5 redone with this run's" in rerun.summary()
+    again = job(source, out, FakePipeline()).run()
+    assert sorted(again.skipped) == KEYS and again.other_settings.changed == [] and again.other_settings.said() is None

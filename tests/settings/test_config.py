@@ -238,6 +238,21 @@ def test_the_guard_off_keeps_the_settings_hash_of_runs_before_it(tmp_path: Path)
     ).pipeline.asr.decoding.no_speech_probability
 
 
+def test_the_phrases_file_enters_the_settings_hash_by_its_phrases_not_its_path(tmp_path: Path) -> None:
+    def hashed(path: Path) -> str:
+        return sections(load_settings({"hallucination_phrases": str(path)}, environ={})).settings_hash
+
+    phrases = tmp_path / "phrases.txt"
+    phrases.write_text("thanks for watching\n")
+    before = hashed(phrases)
+    phrases.write_text("thanks for watching\nsubscribe to my channel\n")  # edited in place: a new phrase
+    assert hashed(phrases) != before
+    moved = tmp_path / "elsewhere" / "mine.txt"
+    moved.parent.mkdir()
+    moved.write_text("# ours\nSubscribe to my channel!\n\nthanks for watching\n")  # the same phrases, elsewhere
+    assert hashed(moved) == hashed(phrases)
+
+
 def test_a_phrases_file_needs_the_guard_and_must_be_readable(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="hallucination_phrases"):
         load_settings({"hallucinations": "off", "hallucination_phrases": str(tmp_path / "p.txt")}, environ={})

@@ -4,9 +4,12 @@ without its Python loops (`time_words`: batch.engine.align.words around the forw
 Policy when words cannot be timed (the transcript is always kept, with segment timings):
 - the language has no alignment model (none given, none by default): a warning; the file succeeds and its
   manifest says why (`alignment.status = "unavailable"`). A rerun would not change anything.
-- a model exists but cannot be loaded (offline and not cached, a bad folder) or alignment itself breaks:
-  the file fails with the reason, its segment-level transcript is still written, and a rerun retries it
-  (after `whisperx-batch models pull`, say).
+- alignment itself breaks on a file: the file fails with the reason, its segment-level transcript is still
+  written, and a rerun retries it.
+- a model exists but cannot be loaded (offline and not cached, a bad folder, out of memory): that is the
+  machine's problem, not the file's (AlignmentModelNotLoaded): the file gets no manifest and is done later (after
+  `whisperx-batch models pull`, say), several files in a row stop the run, and the failure is never remembered:
+  the next file that needs the model tries to load it again.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from batch.common.errors import FileFailure, redact
+from batch.common.errors import EnvironmentFault, FileFailure, redact
 from batch.engine.gpu.oom import is_out_of_memory
 
 log = logging.getLogger(__name__)
@@ -29,6 +32,10 @@ PUNKT_FILES = ("collocations.tab", "sent_starters.txt", "abbrev_types.txt", "ort
 
 class AlignmentUnavailable(FileFailure):
     """Words could not be timed although a model exists for the language; segment timings are kept."""
+
+
+class AlignmentModelNotLoaded(EnvironmentFault):
+    """The language's alignment model could not be loaded: not the file's fault, and tried again for the next file."""
 
 
 @dataclass(frozen=True)
@@ -48,7 +55,8 @@ def default_align_model(language: str) -> str | None:
 
 
 class Aligner:
-    """Loads each language's alignment model once (or remembers why it could not) and aligns segments."""
+    """Loads each language's alignment model once (a load that failed is tried again next time) and aligns
+    segments."""
 
     def __init__(
         self,
@@ -63,7 +71,7 @@ class Aligner:
         self.device = device
         self.cache_dir = cache_dir
         self.offline = offline
-        self._models: dict[str, tuple[Any, dict[str, Any]] | AlignmentUnavailable] = {}
+        self._models: dict[str, tuple[Any, dict[str, Any]]] = {}
         self.loads: list[str] = []  # models loaded, in order: each once per run, whatever the languages
 
     def model_for(self, language: str) -> str | None:
@@ -92,8 +100,6 @@ class Aligner:
     def load(self, language: str, name: str) -> tuple[Any, dict[str, Any]]:
         """The model `name` (loaded once, whichever languages use it) with metadata for `language`."""
         cached = self._models.get(name)
-        if isinstance(cached, AlignmentUnavailable):
-            raise cached
         if cached is not None:
             model, metadata = cached
             return model, metadata | {"language": language}
@@ -104,7 +110,7 @@ class Aligner:
                 language, self.device, model_name=name, model_dir=self.cache_dir, model_cache_only=self.offline
             )
         except Exception as exc:
-            failure = AlignmentUnavailable(
+            failure = AlignmentModelNotLoaded(
                 f"alignment model {name!r} for '{language}' could not be loaded"
                 + (
                     " (offline and not in the cache: run `whisperx-batch models pull` where there is network)"
@@ -113,7 +119,6 @@ class Aligner:
                 )
                 + f": {redact(_root_cause(exc))}"
             )
-            self._models[name] = failure
             log.error("%s", failure)
             raise failure from exc
         self._models[name] = loaded
