@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from batch.common.errors import describe
+from batch.common.errors import BatchError, describe
 from batch.run.config import SelectionConfig
 from batch.run.manifest import read_manifest
 from batch.run.report import QueueCounts
@@ -68,8 +68,9 @@ class QueueToDo(ToDo):
         dest: Store,
         stopping: Callable[[], bool],
         clock: Callable[[], float] = time.monotonic,
+        on_left: Callable[[str, Exception], None] = lambda key, exc: None,
     ):
-        super().__init__(selection, settings_hash, source, dest)
+        super().__init__(selection, settings_hash, source, dest, on_left=on_left)
         self.queue, self.idle_seconds, self.objects = queue, idle_seconds, source
         self.stopping, self.clock = stopping, clock
         self.counts = QueueCounts()
@@ -82,6 +83,7 @@ class QueueToDo(ToDo):
         self._beating = False
         self._paused = False
         self._idle_for = 0.0  # seconds spent in polls that found nothing, in a row
+        self._unreadable_in_a_row = 0  # skip checks that could not read DEST, one after another
 
     def pending(self, on_skipped: Callable[[str], None]) -> Iterator[InputFile]:
         """The queue's files as they come. Pauses (ends, with `more_to_come`) when a poll finds the queue empty
@@ -182,7 +184,17 @@ class QueueToDo(ToDo):
                 self._waiting.setdefault(work.key, []).append(work)
                 return
         item = self.objects.item(work.bucket, work.key)
-        if not self.selection.force and (self._is_done(item) or self._gone_after_done(item)):
+        try:
+            done = not self.selection.force and (self._is_done(item) or self._gone_after_done(item))
+        except BatchError:
+            raise
+        except Exception as exc:  # DEST could not say whether it is done, after retries: its message comes back
+            self._unreadable_in_a_row += 1
+            self._file_ended(work.message_id, item.key, confirmed=False)
+            self._leave(item, exc, self._unreadable_in_a_row)
+            return
+        self._unreadable_in_a_row = 0
+        if done:
             on_skipped(item.key)
             self._file_ended(work.message_id, item.key, confirmed=True)
             return
@@ -263,19 +275,23 @@ class QueueToDo(ToDo):
             log.warning("could not delete queue message %s: %s", message.message_id, describe(exc)["message"])
 
     def _release(self, message: QueueMessage) -> None:
-        """Visible again at once: a file of it has no manifest, so it must come back (its receives count toward
-        the dead-letter queue), not be held by the heartbeat for ever."""
+        """Back in the queue after a back-off: a file of it has no manifest, so it must come back (its receives
+        count toward the dead-letter queue), not be held by the heartbeat for ever. Not at once: the same
+        consumer would receive it again straight away, and a fault of a minute (DEST, a bucket policy being
+        fixed) would drive every message it touches to the dead letters within seconds."""
+        wait = release_backoff(message.receive_count, self.queue.visibility_timeout)
         log.warning(
-            "queue message %s: a file of it has no manifest of its version; made visible again (receive %d)",
+            "queue message %s: a file of it has no manifest of its version; back in the queue in %d s (receive %d)",
             message.message_id,
+            wait,
             message.receive_count,
         )
         try:
-            self.queue.set_visibility([message.receipt], 0)
+            self.queue.set_visibility([message.receipt], wait)
             self.counts.returned += 1
         except Exception as exc:  # it comes back when its visibility runs out
             reason = describe(exc)["message"]
-            log.warning("could not make queue message %s visible again: %s", message.message_id, reason)
+            log.warning("could not set queue message %s to come back: %s", message.message_id, reason)
 
     def close(self) -> None:
         """Messages not finished become visible again at once (a stop, an error); the heartbeat ends."""
@@ -310,3 +326,11 @@ class QueueToDo(ToDo):
 
 
 LONG_POLL = 10  # seconds: a stop is seen once the poll returns
+RELEASE_BACKOFF_SECONDS = 5  # a message released after its first receive comes back after this; doubled after each
+
+
+def release_backoff(receive_count: int, visibility_timeout: float) -> int:
+    """Seconds before a released message comes back: RELEASE_BACKOFF_SECONDS, doubled with every receive, never
+    longer than the queue's own visibility timeout (what a consumer that died would have left it to)."""
+    backoff = RELEASE_BACKOFF_SECONDS * 2 ** max(0, receive_count - 1)
+    return int(min(backoff, visibility_timeout))

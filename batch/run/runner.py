@@ -124,6 +124,7 @@ class Runner:
             self.source,
             self.dest,
             self.stopping,
+            on_left=self._left,
         )
         self.report.queue = queued.counts
         return queued

@@ -23,7 +23,7 @@ from batch.run.report import RunReport
 from batch.settings.options import load_settings
 from tests.conftest import tone
 from tests.fakes import FakePipeline
-from tests.run.test_queue import make_queue, messages_in
+from tests.run.test_queue import make_queue, messages_in, wait_until
 from tests.storage.test_s3 import aws_environment, keys_in, moto_url, put  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.usefixtures("aws_environment")
@@ -157,10 +157,12 @@ def test_a_transcript_dest_refuses_gets_no_failed_manifest(bucket: str, recordin
 def test_a_queue_message_whose_object_cannot_be_read_comes_back_until_the_dead_letter_queue_takes_it(
     bucket: str, recording: bytes
 ) -> None:
-    queue_url, dead_letters = make_queue("denied", visibility=30, dead_letters_after=2)
+    queue_url, dead_letters = make_queue("denied", visibility=2, dead_letters_after=2)  # comes back after 2 s
     put(bucket, "in/x.wav", recording)
-    boto3.client("sqs").send_message(QueueUrl=queue_url, MessageBody=json.dumps({"source": f"s3://{bucket}/in/x.wav"}))
+    sqs = boto3.client("sqs")
+    sqs.send_message(QueueUrl=queue_url, MessageBody=json.dumps({"source": f"s3://{bucket}/in/x.wav"}))
     for receive in (1, 2):  # a bucket policy that denies the consumer's role: HEAD and GET refused
+        wait_until(lambda: messages_in(queue_url) == (1, 0))  # released with a back-off: visible again
         job = queue_job(bucket, queue_url)
         for operation in ("HeadObject", "GetObject"):
             refuse(job.source.client, operation, f"{bucket}/in/x.wav", "AccessDenied", "Access Denied")
@@ -169,8 +171,35 @@ def test_a_queue_message_whose_object_cannot_be_read_comes_back_until_the_dead_l
         assert failures(report) == {"in/x.wav": ("StoreUnavailable", False)}
         assert report.queue is not None and report.queue.deleted == 0 and report.queue.received == 1, receive
         assert stored_manifest(bucket, "in/x.wav") is None
-    assert boto3.client("sqs").receive_message(QueueUrl=queue_url, WaitTimeSeconds=0).get("Messages") is None
-    assert dead_letters is not None and messages_in(dead_letters)[0] == 1  # the redrive policy took it
+    assert dead_letters is not None
+    # Once back, its next receive finds it past maxReceiveCount: the redrive policy takes it to the dead letters.
+    wait_until(
+        lambda: (
+            sqs.receive_message(QueueUrl=queue_url, WaitTimeSeconds=1).get("Messages") is None
+            and messages_in(dead_letters)[0] == 1
+        )
+    )
+    assert messages_in(queue_url) == (0, 0)
+
+
+def test_a_queue_file_whose_manifest_cannot_be_read_is_left_and_its_message_comes_back(
+    bucket: str, recording: bytes
+) -> None:
+    queue_url, _ = make_queue("unreadable-manifest", visibility=30)
+    for name in ("a.wav", "b.wav"):
+        put(bucket, f"in/{name}", recording)
+        boto3.client("sqs").send_message(
+            QueueUrl=queue_url, MessageBody=json.dumps({"source": f"s3://{bucket}/in/{name}"})
+        )
+    job = queue_job(bucket, queue_url)
+    refused = refuse(job.dest.client, "GetObject", f"{bucket}/out/in/b.wav.manifest", "AccessDenied", "Access Denied")
+    report = job.run()
+    assert refused and report.exit_code == 3 and report.error is None  # left for the next run: retry the run
+    assert report.succeeded == ["in/a.wav"]
+    assert [left.key for left in report.left_for_next_run] == ["in/b.wav"]
+    assert report.queue is not None and report.queue.deleted == 1 and report.queue.returned == 1
+    assert stored_manifest(bucket, "in/b.wav") is None
+    assert messages_in(queue_url) == (0, 1)  # b's message comes back after a back-off, not at once to this run
 
 
 @pytest.fixture
