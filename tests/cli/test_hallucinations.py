@@ -182,3 +182,25 @@ def test_a_guard_that_breaks_keeps_the_unguarded_transcript_for_review(
     assert not manifest(broken, "speech_note.wav")["quality"]["review"]  # nothing to read again: guarded as ever
     listed = invoke("status", broken, "--review")
     assert listed.exit_code == 0 and "  crowd.wav: guard failed" in listed.output.splitlines()
+
+
+def test_a_first_reading_a_second_one_replaced_stays_in_the_manifest(tmp_path: Path, tiny_en: str) -> None:
+    # Over "Sorry, sorry, ..." (en-gb) tiny.en's first reading is repetitive, with a weak no-speech figure:
+    # judged hallucinated, it is read again by sampling. CTranslate2's seed makes each sample repeatable; some
+    # read it well (the new text kept: seed 1 here), some do not (dropped). Either way the first reading is on
+    # record; seeds are tried until one takes the replacing path.
+    speak("Sorry, sorry, sorry, sorry, sorry, sorry, sorry, sorry.", tmp_path / "in" / "sorry.wav", voice="en-gb")
+    first = transcript(run(tmp_path / "in", tmp_path / "off", tiny_en, "off"), "sorry.wav")["segments"][0]["text"]
+    for seed in range(1, 7):
+        ctranslate2.set_random_seed(seed)
+        out = run(tmp_path / "in", tmp_path / f"seed{seed}", tiny_en, "drop")
+        quality, segments = manifest(out, "sorry.wav")["quality"], transcript(out, "sorry.wav")["segments"]
+        assert quality["reread"] == 1
+        if quality["recovered"]:
+            assert [entry["text"] for entry in quality["replaced"]] == [first] and not quality["dropped"]
+            assert [segment["text"] for segment in segments] == [quality["replaced"][0]["kept"]] != [first]
+            assert {"no_speech_probability"} <= set(quality["replaced"][0]["reasons"])
+            return
+        assert [entry["text"] for entry in quality["dropped"]] == [first] and segments == []
+        assert quality["replaced"] == []
+    pytest.fail("no seed read the segment well the second time: the test proves nothing")
