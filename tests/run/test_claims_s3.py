@@ -303,7 +303,8 @@ class HoldHandler(StripHandler):
 
     def _forward(self) -> None:
         server = self.server
-        renewal = self.command == "PUT" and "If-Match" in self.headers and not server.held.is_set()
+        renewal = self.command == "PUT" and "If-Match" in self.headers and ".probe-" not in self.path
+        renewal = renewal and not server.held.is_set()  # the first renewal (not the start-up probe's write)
         if renewal and not server.landed:
             server.held.set()
             server.release.wait()
@@ -363,3 +364,33 @@ def test_a_claim_expires_by_the_stores_clock_whatever_the_workers_clocks_say(buc
     assert taker.claim("b.wav") is None  # within r3's TTL by S3's clock
     clock.offset += 3
     assert taker.claim("b.wav")  # past it (r3's TTL, not the reader's), though r3's clock says 3600 s more
+
+
+def test_a_stopped_worker_leaves_no_claim_though_a_renewal_hangs(
+    bucket: str,
+    moto_url: str,  # noqa: F811
+    long_speech: bytes,
+    tiny_en: str,
+) -> None:
+    """A real worker whose store stops answering its renewals, then SIGTERM: it gives its claims back and exits
+    within its grace period, so the SIGKILL that follows (Kubernetes) finds nothing held."""
+    for index in range(2):
+        put(bucket, f"in/call{index}.mp3", long_speech)
+    proxy = HoldRenewals(moto_url, landed=False)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    endpoint = f"http://127.0.0.1:{proxy.server_address[1]}"
+    try:
+        process = worker(bucket, tiny_en, "--claim-ttl", "3", "--grace-seconds", "2", "--s3-endpoint-url", endpoint)
+        wait_for(proxy.held.is_set, "a renewal in flight", process=process)
+        assert keys_in(bucket, "out/_claims/")
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)  # the grace period (2 s), and exiting
+        except subprocess.TimeoutExpired:
+            process.kill()  # as Kubernetes would, at the end of its grace period
+            process.wait()
+            pytest.fail("the worker did not exit: it waited behind its renewal")
+        assert keys_in(bucket, "out/_claims/") == [], process.stderr.read() if process.stderr else ""
+    finally:
+        proxy.release.set()
+        proxy.shutdown()
