@@ -15,6 +15,7 @@ sharing them would slow it down more than it gains.
 from __future__ import annotations
 
 import contextlib
+import copy
 import itertools
 import logging
 import time
@@ -24,7 +25,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from batch.common.concurrency import ordered_map
-from batch.common.errors import BatchError
+from batch.common.errors import BatchError, describe
 from batch.engine.asr.chunks import ChunkQueue, FileInFlight
 from batch.engine.asr.recognizer import WINDOW_SAMPLES, Recognized, WhisperRecognizer
 from batch.engine.audio import SAMPLE_RATE
@@ -200,8 +201,9 @@ class WhisperxPipeline:
                 kept, record = guard(readings, options, state.language, lambda indices: self._reread(state, indices))
         except BatchError:
             raise
-        except Exception as exc:  # its second reading broke: the file fails alone, as in its first
-            state.error = exc
+        except Exception as exc:  # the transcript is read whole: it is kept as whisperx wrote it, for review
+            raise_if_context_lost(exc)
+            state.quality = unguarded(state.file.key, state.chunks, exc).to_dict()
             return
         state.texts = [Recognized(r.text, r.avg_logprob, r.no_speech_prob) for r in kept]
         state.quality = record.to_dict()
@@ -252,9 +254,37 @@ class WhisperxPipeline:
             raise_if_context_lost(exc)
             outcome.transcribed, outcome.error = False, exc
         if outcome.transcribed and outcome.quality is not None and (outcome.alignment or {}).get("status") == "aligned":
-            outcome.segments = recheck_aligned(outcome.segments, outcome.quality, self.config.quality.mode)
+            self._recheck_aligned(outcome)
         self._stats.gpu_records.extend(record for stage, record in outcome.gpu.items() if stage != "asr")
         return outcome
+
+    def _recheck_aligned(self, outcome: FileOutcome) -> None:
+        """The guard's look at the aligned words; should it break, the segments stay as aligned, for review."""
+        assert outcome.quality is not None
+        quality = copy.deepcopy(outcome.quality)  # updated in place: kept only once the check is through
+        try:
+            outcome.segments = recheck_aligned(outcome.segments, quality, self.config.quality.mode)
+        except BatchError:
+            raise
+        except Exception as exc:
+            raise_if_context_lost(exc)
+            outcome.quality["guard_error"] = guard_failure(outcome.key, exc)
+            return
+        outcome.quality = quality
+
+
+def unguarded(key: str, chunks: list[SpeechChunk], exc: Exception) -> QualityRecord:
+    """The record of a file the guard broke on: its speech, and why nothing was judged."""
+    speech = sum(chunk.end - chunk.start if chunk.speech_seconds is None else chunk.speech_seconds for chunk in chunks)
+    return QualityRecord(speech_seconds=speech, guard_error=guard_failure(key, exc))
+
+
+def guard_failure(key: str, exc: Exception) -> str:
+    """The guard's error as the manifest keeps it (secrets removed), logged once: the file goes on unguarded."""
+    error = describe(exc)
+    message = f"{error['type']}: {error['message'].splitlines()[0]}"  # never empty (describe)
+    log.warning("%s: the hallucination guard failed (%s): the transcript is kept unguarded, for review", key, message)
+    return message
 
 
 def reading_of(chunk: SpeechChunk, recognized: Recognized | None) -> Reading:

@@ -6,8 +6,13 @@ worker's files are then taken over, again by a conditional write (`If-Match` on 
 two workers cannot both take over the same one. While the file is in work its claim is renewed (the same
 conditional write, every third of the TTL), so a file that takes longer than the TTL keeps it. A claim is released
 when the file's manifest is written, and only by its owner: a delete on the claim's ETag (`If-Match`), or, where
-the store ignores that, by reading it, comparing the owner, and deleting. A store that ignores `If-None-Match`
-is refused at the start (`Claims.check`).
+the store ignores that, by reading it, comparing the owner, and deleting. A store that ignores `If-None-Match`,
+or `If-Match` on a write, is refused at the start (`Claims.check`).
+
+A claim's age is the store's to say where it can (S3: its response's Date less the object's Last-Modified, one
+clock), so that workers whose clocks disagree never both hold a file; the TTL it is compared with is the writer's
+(its `expires_at` less its `claimed_at`, both from the writer's clock). A folder cannot say: there the writer's
+`expires_at` is compared with the reader's clock, which the machines sharing the folder must keep in step.
 """
 
 from __future__ import annotations
@@ -22,12 +27,16 @@ from collections.abc import Callable
 
 from batch.common.errors import ConfigError
 from batch.storage import InputFile, Store
+from batch.storage.base import StoreClock
 from batch.storage.names import output_base
 
 log = logging.getLogger(__name__)
 
 CLAIMS_FOLDER = "_claims"
 IN_FLIGHT_WAIT_SECONDS = 5.0
+# S3's Date and Last-Modified are whole seconds: an age read from them may be up to this much more than the truth,
+# so a claim counts as expired only once its age less this reaches its TTL (never early; late by 2 s at most).
+STORE_CLOCK_RESOLUTION_SECONDS = 1.0
 
 
 def claim_name(key: str) -> str:
@@ -47,9 +56,10 @@ class Claims:
         self.conditional_delete = True  # until the probe finds the store deletes whatever is there
 
     def check(self) -> None:
-        """Probe DEST once: two exclusive creates of one name cannot both succeed (else --claim is refused: every
-        worker would win every claim), and whether a delete on a stale version is refused (else claims are
-        released by reading, comparing the owner, then deleting)."""
+        """Probe DEST once: two exclusive creates of one name cannot both succeed, and a write on a version
+        cannot succeed once it is stale nor fail while it is current (else --claim is refused: every worker
+        would win every claim, or renewals and takeovers would not hold); and whether a delete on a stale
+        version is refused (else claims are released by reading, comparing the owner, then deleting)."""
         probe = f"{CLAIMS_FOLDER}/.probe-{os.getpid()}-{os.urandom(4).hex()}.claim"
         first = self.dest.create_exclusive(probe, b"first")
         second = self.dest.create_exclusive(probe, b"second") if first is not None else None
@@ -61,11 +71,24 @@ class Claims:
                     "name both succeeded (the store ignores If-None-Match, as older MinIO and Ceph releases do), "
                     "so every worker would win every claim; use --shard, or a store that honours it",
                 )
+            self._check_replace_if_version(probe, first)
             self.conditional_delete = not self.dest.delete_if_version(probe, '"stale-version"')
         finally:
             self.dest.delete(probe)
         if not self.conditional_delete:
             log.info("DEST %s ignores If-Match on delete: claims are released by owner", self.dest.location)
+
+    def _check_replace_if_version(self, probe: str, current: str) -> None:
+        stale = self.dest.replace_if_version(probe, b"stale", '"stale-version"')
+        renewed = self.dest.replace_if_version(probe, b"renewed", current) if stale is None else None
+        if stale is None and renewed is not None:
+            return
+        what = "a write on a stale version succeeded" if stale is not None else "a write on the current version failed"
+        raise ConfigError(
+            "claim",
+            f"DEST {self.dest.location} does not honour If-Match on a write ({what}), so claims could not be "
+            "renewed or taken over safely: two workers could hold one file; use --shard, or a store that honours it",
+        )
 
     def claim(self, key: str) -> str | None:
         """The claim's version when this worker now holds `key` (a new claim, or one taken over after it
@@ -74,38 +97,54 @@ class Claims:
         version = self.dest.create_exclusive(name, self._body())
         if version is not None:
             return version
-        current = self.dest.read_with_version(name)
+        current = self._read(name)
         if current is None:  # released between our two requests: try once more
             return self.dest.create_exclusive(name, self._body())
-        body, version = current
-        try:
-            expires_at = float(json.loads(body)["expires_at"])
-        except (ValueError, KeyError, TypeError):
-            expires_at = 0.0  # unreadable: treated as expired
-        if expires_at > self.clock():
+        body, version, age = current
+        if not self._expired(body, age):
             return None
         taken = self.dest.replace_if_version(name, self._body(), version)
         if taken is not None:
             log.warning("took over the expired claim on %s (held by %s)", key, body[:200].decode(errors="replace"))
         return taken
 
+    def _read(self, name: str) -> tuple[bytes, str, float | None] | None:
+        """A claim, its version, and its age by the store's clock where the store can say (else None)."""
+        if isinstance(self.dest, StoreClock):
+            found = self.dest.read_with_age(name)
+            return None if found is None else (found.data, found.version, found.age_seconds)
+        current = self.dest.read_with_version(name)
+        return None if current is None else (*current, None)
+
+    def _expired(self, body: bytes, age: float | None) -> bool:
+        """Past its writer's TTL by the store's clock; where the store cannot say, the writer's `expires_at`
+        against this worker's clock. An unreadable claim is expired."""
+        try:
+            holder = json.loads(body)
+            expires_at, claimed_at = float(holder["expires_at"]), float(holder["claimed_at"])
+        except (ValueError, KeyError, TypeError):
+            return True
+        if age is None:
+            return expires_at <= self.clock()
+        return age - STORE_CLOCK_RESOLUTION_SECONDS >= expires_at - claimed_at  # one clock each side
+
     def renew(self, key: str, version: str) -> str | None:
         """The claim pushed `ttl` seconds on, if it is still the one this worker wrote: its new version, else
         None (it expired and another worker took it over)."""
         return self.dest.replace_if_version(claim_name(key), self._body(), version)
 
-    def release(self, key: str, version: str) -> None:
-        """Delete the claim only if it is still ours: a claim another worker took over stays theirs."""
+    def release(self, key: str, version: str | None) -> bool:
+        """Delete the claim only if it is still ours: a claim another worker took over stays theirs. `version`
+        None: whatever version is there, if this worker wrote it (a renewal may have written one it never
+        learned). Whether it was deleted; an error is logged (the claim expires anyway)."""
         name = claim_name(key)
         try:
-            if self.conditional_delete:
-                released = self.dest.delete_if_version(name, version)
-            else:
-                released = self._release_by_owner(name)
-            if not released:
-                log.warning("the claim on %s was another worker's by the time it was released: kept", key)
-        except Exception as exc:  # it expires anyway
+            if self.conditional_delete and version is not None:
+                return self.dest.delete_if_version(name, version)
+            return self._release_by_owner(name)
+        except Exception as exc:
             log.warning("could not release the claim on %s: %s", key, exc)
+            return False
 
     def _release_by_owner(self, name: str) -> bool:
         current = self.dest.read_with_version(name)
@@ -128,12 +167,18 @@ class Claims:
 class HeldClaims:
     """The claims this worker holds: taken before a file is decoded, renewed while it is in work (every third of
     the TTL), given back once its manifest is written, or at the end of the run, whatever ended it, for files
-    never written (a stop, an error, an abandon), so none waits for its TTL."""
+    never written (a stop, an error, an abandon), so none waits for its TTL.
+
+    A renewal's write (which botocore may retry for minutes) runs outside the lock, so giving a claim back never
+    waits behind it: the claim is deleted at once on the version last known; should a renewal in flight have
+    written a newer one, that is deleted too, as this worker's (by owner), and whichever of the two requests
+    lands second finds nothing to do."""
 
     def __init__(self, claims: Claims, still_to_do: Callable[[InputFile], bool]):
         self.claims = claims
         self.still_to_do = still_to_do  # re-checked once the claim is won (another worker may have finished it)
         self._held: dict[str, str] = {}  # key -> the version of its claim
+        self._unsure: set[str] = set()  # keys a renewal may have rewritten without this worker learning the version
         self._lock = threading.Lock()  # taken on prefetch threads, the renewer's, the writer's and the caller's
         self._closed = threading.Event()
         self._renewer: threading.Thread | None = None
@@ -158,23 +203,31 @@ class HeldClaims:
         if version is None:
             return False
         with self._lock:
-            if self._closed.is_set():  # given back while this claim was in flight (an abandon): not ours to keep
-                self.claims.release(item.key, version)
-                return False
-            self._held[item.key] = version
-            if self._renewer is None:
-                self._renewer = threading.Thread(target=self._renew, name="claims-renewal", daemon=True)
-                self._renewer.start()
+            closed = self._closed.is_set()
+            if not closed:
+                self._held[item.key] = version
+                if self._renewer is None:
+                    self._renewer = threading.Thread(target=self._renew, name="claims-renewal", daemon=True)
+                    self._renewer.start()
+        if closed:  # given back while this claim was in flight (an abandon): not ours to keep
+            self.claims.release(item.key, version)
+            return False
         if not self.still_to_do(item):
             self.give_back(item.key)
             return False
         return True
 
     def give_back(self, key: str) -> None:
-        with self._lock:  # not while a renewal of it is in flight: the version released is the latest
+        with self._lock:
             version = self._held.pop(key, None)
-        if version is not None:
-            self.claims.release(key, version)
+            unsure = key in self._unsure
+        if version is None:
+            return
+        if self.claims.release(key, version):
+            return
+        if unsure and self.claims.release(key, None):  # a renewal in flight had written a newer version
+            return
+        log.warning("the claim on %s was another worker's by the time it was released: kept", key)
 
     def give_back_all(self) -> None:
         """Every claim held, and those in flight on prefetch threads (waited for briefly: a run being abandoned
@@ -200,15 +253,24 @@ class HeldClaims:
             version = self._held.get(key)
             if version is None or self._closed.is_set():
                 return
-            try:
-                renewed = self.claims.renew(key, version)
-            except Exception as exc:  # the next round tries again, within the TTL
-                log.warning("could not renew the claim on %s: %s", key, exc)
+            self._unsure.add(key)
+        try:
+            renewed = self.claims.renew(key, version)  # not under the lock: see the class's docstring
+        except Exception as exc:  # the next round tries again, within the TTL; it may have been written
+            log.warning("could not renew the claim on %s: %s", key, exc)
+            return
+        with self._lock:
+            self._unsure.discard(key)
+            held = self._held.get(key)
+            if held == version:
+                if renewed is None:
+                    log.warning(
+                        "the claim on %s expired and was taken over before its renewal: another worker may do it too",
+                        key,
+                    )
+                    del self._held[key]
+                else:
+                    self._held[key] = renewed
                 return
-            if renewed is None:
-                log.warning(
-                    "the claim on %s expired and was taken over before its renewal: another worker may do it too", key
-                )
-                del self._held[key]
-            else:
-                self._held[key] = renewed
+        if held is None and renewed is not None:  # given back while the renewal was in flight: ours to delete
+            self.claims.release(key, renewed)

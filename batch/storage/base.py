@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Protocol, runtime_checkable
 
 S3_SCHEME = "s3://"
 
@@ -60,6 +60,23 @@ class Store(Protocol):
     def read_with_version(self, name: str) -> tuple[bytes, str] | None: ...
     def replace_if_version(self, name: str, data: bytes, version: str) -> str | None: ...
     def delete_if_version(self, name: str, version: str) -> bool: ...
+
+
+@dataclass(frozen=True)
+class AgedObject:
+    """A named object, its version, and how long ago it was written by the store's own clock (None: unknown)."""
+
+    data: bytes
+    version: str
+    age_seconds: float | None
+
+
+@runtime_checkable
+class StoreClock(Protocol):
+    """A store that can say how old an object is by its own clock (S3: its response's Date less the object's
+    Last-Modified), so that claims expire without comparing the clocks of two machines. A folder cannot."""
+
+    def read_with_age(self, name: str) -> AgedObject | None: ...
 
 
 def is_s3_url(location: str) -> bool:

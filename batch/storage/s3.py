@@ -14,6 +14,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
+from email.utils import parsedate_to_datetime
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit, urlunsplit
 
@@ -31,7 +32,7 @@ from batch.common.errors import (
     FileFailure,
     redact,
 )
-from batch.storage.base import S3_SCHEME, InputFile, ListingCounts
+from batch.storage.base import S3_SCHEME, AgedObject, InputFile, ListingCounts
 from batch.storage.names import is_hidden, is_selected, name_bytes
 
 # One request per object part above this size; transcripts are small, so this mostly serves large outputs.
@@ -100,6 +101,18 @@ def describe_s3_error(exc: BaseException) -> str:
         error = exc.response.get("Error", {})
         return redact(f"{error.get('Code', 'error')}: {error.get('Message', '')}".strip(": "))
     return redact(str(exc))
+
+
+def _age_seconds(response: dict[str, Any]) -> float | None:
+    """Seconds from the object's Last-Modified to the response's Date, both S3's clock (whole seconds)."""
+    sent = response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+    modified = response.get("LastModified")
+    if not sent or modified is None:
+        return None
+    try:
+        return (parsedate_to_datetime(sent) - modified).total_seconds()
+    except (TypeError, ValueError):  # a Date that does not parse, or one without a time zone
+        return None
 
 
 def _error_code(exc: ClientError) -> str | None:
@@ -310,13 +323,20 @@ class S3Store:
         return self._conditional_put(name, data, IfNoneMatch="*")
 
     def read_with_version(self, name: str) -> tuple[bytes, str] | None:
+        found = self.read_with_age(name)
+        return None if found is None else (found.data, found.version)
+
+    def read_with_age(self, name: str) -> AgedObject | None:
+        """The object, its ETag and its age by S3's own clock (the response's Date less its Last-Modified), so
+        that no writer's or reader's clock enters it; the age is None when the store sends no Date."""
         try:
             response = self.client.get_object(Bucket=self.bucket, Key=self._named(name))
         except ClientError as exc:
             if _error_code(exc) in _MISSING:
                 return None
             raise
-        return response["Body"].read(), response["ETag"]
+        data = response["Body"].read()
+        return AgedObject(data, response["ETag"], _age_seconds(response))
 
     def replace_if_version(self, name: str, data: bytes, version: str) -> str | None:
         """Overwrite only if the object is still the one read (If-Match on its ETag): the new ETag, or None."""

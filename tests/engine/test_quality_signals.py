@@ -213,10 +213,28 @@ def test_what_whisper_itself_finds_silent_is_not_read_again() -> None:
     assert kept[0].text == "" and record.reread == 0 and len(record.dropped) == 1
 
 
-def test_a_segment_read_well_the_second_time_keeps_its_new_text() -> None:
+def test_a_segment_read_well_the_second_time_keeps_its_new_text_and_the_first_on_record() -> None:
     better = reading("Hello there, how are you?", 5.0)
     kept, record = guard(READINGS, QualityOptions("drop"), "en", lambda indices: [better])
     assert kept[1] == better and record.recovered == 1 and not record.dropped
+    assert [{k: v for k, v in entry.items() if k != "signals"} for entry in record.replaced] == [
+        {
+            "start": 5.0,
+            "end": 10.0,
+            "text": "Thank you.",
+            "reasons": ["no_speech_probability", "low_log_probability", "known_phrase"],
+            "kept": "Hello there, how are you?",
+        }
+    ]
+    assert record.replaced[0]["signals"]["no_speech_prob"] == 0.45
+    assert record.to_dict()["replaced"] == record.replaced
+
+
+def test_a_second_reading_of_nothing_drops_the_segment_on_record() -> None:
+    """Whisper reads the chunk as silent at a hotter temperature (--no-speech-threshold): not a recovery."""
+    kept, record = guard(READINGS, QualityOptions("drop"), "en", lambda indices: [reading(" ", 5.0, lp=-1.2)])
+    assert kept[1].text == "" and record.reread == 1 and record.recovered == 0 and not record.replaced
+    assert [entry["text"] for entry in record.dropped] == ["Thank you."]
 
 
 def test_flag_changes_no_text_and_reads_nothing_again() -> None:

@@ -13,6 +13,8 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import timedelta
+from email.utils import format_datetime, parsedate_to_datetime
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -488,17 +490,38 @@ def test_two_workers_with_claims_do_every_file_exactly_once(
     assert not keys_in(bucket, "out/_claims/")  # released after each manifest
 
 
+class ServerClock:
+    """A fake clock for S3 itself, at the HTTP seam: every response through `client` reads as if S3's clock were
+    `offset` seconds on (its Date header), and an object as if written at S3's time then (its Last-Modified is
+    moved on by the offset of the moment its ETag was written)."""
+
+    def __init__(self, client: object):
+        self.offset = 0.0
+        self._written: dict[str, float] = {}  # ETag -> the offset when it was written
+        client.meta.events.register("before-parse.s3.*", self._shift)  # type: ignore[attr-defined]
+
+    def _shift(self, response_dict: dict, operation_model: object, **_: object) -> None:
+        headers = response_dict["headers"]
+        if getattr(operation_model, "name", "") in ("PutObject", "CopyObject") and headers.get("ETag"):
+            self._written[headers["ETag"]] = self.offset
+        for name, offset in (("Date", self.offset), ("Last-Modified", self._written.get(headers.get("ETag", "")))):
+            if headers.get(name) and offset:
+                moved = parsedate_to_datetime(headers[name]) + timedelta(seconds=offset)
+                headers[name] = format_datetime(moved, usegmt=True)
+
+
 def test_expired_claims_are_taken_over_by_exactly_one_worker(bucket: str) -> None:
     from batch.run.claims import Claims
 
-    now = [1000.0]
-    dest = open_store(f"s3://{bucket}/out")
-    first, second, third = (Claims(dest, run, ttl_seconds=60, clock=lambda: now[0]) for run in ("r1", "r2", "r3"))
+    client = make_client()
+    clock = ServerClock(client)
+    dest = open_store(f"s3://{bucket}/out", client=client)
+    first, second, third = (Claims(dest, run, ttl_seconds=60) for run in ("r1", "r2", "r3"))
     first.check()
     assert first.conditional_delete  # moto honours If-Match on DeleteObject, as AWS does
     lost = first.claim("a.wav")
     assert lost and not second.claim("a.wav")
-    now[0] += 61  # the first worker stalled: its claim expired
+    clock.offset += 62  # the first worker stalled: its claim expired (by S3's clock, to its whole second)
     stale = dest.read_with_version("_claims/a.wav.claim")
     taken = second.claim("a.wav")
     assert taken
@@ -506,10 +529,10 @@ def test_expired_claims_are_taken_over_by_exactly_one_worker(bucket: str) -> Non
     assert first.renew("a.wav", lost) is None  # nor can the stalled owner renew it back
     first.release("a.wav", lost)  # the stalled worker finishes: the claim is the second's, and stays
     assert not third.claim("a.wav")
-    now[0] += 50
-    renewed = second.renew("a.wav", taken)  # renewed while in work: not expired 61 s after it was taken
+    clock.offset += 50
+    renewed = second.renew("a.wav", taken)  # renewed while in work: not expired 62 s after it was taken
     assert renewed and renewed != taken
-    now[0] += 50
+    clock.offset += 50
     assert not third.claim("a.wav")
     second.release("a.wav", renewed)
     assert third.claim("a.wav")

@@ -2,10 +2,11 @@
 fallback, then drop (or flag) what still fails and cut loops inside real speech.
 
 `drop`: a hallucinated segment is read again first (unless Whisper itself finds it silent, faster-whisper's rule,
-under which reading it hotter would not help); still hallucinated, it leaves the transcript and is kept in the
-file's quality record (times, text, reasons, the signals' figures), so a person can restore it. `flag`: no text
-changes; the judgements are recorded (and nothing is read again). A segment of real speech holding a loop keeps
-the loop's first occurrence; the cut is recorded.
+under which reading it hotter would not help); still hallucinated, or read as nothing the second time, it leaves
+the transcript and is kept in the file's quality record (times, text, reasons, the signals' figures), so a person
+can restore it. A second reading judged sound replaces the first, which is kept in the record too (`replaced`).
+`flag`: no text changes; the judgements are recorded (and nothing is read again). A segment of real speech holding
+a loop keeps the loop's first occurrence; the cut is recorded.
 """
 
 from __future__ import annotations
@@ -72,19 +73,25 @@ class QualityRecord:
     flagged: list[dict[str, Any]] = field(default_factory=list)  # judged hallucinated, kept (--hallucinations flag)
     doubtful: list[dict[str, Any]] = field(default_factory=list)  # kept, but the signals disagree
     cut: list[dict[str, Any]] = field(default_factory=list)  # loops cut to their first occurrence
+    replaced: list[dict[str, Any]] = field(default_factory=list)  # first readings a sound second one replaced
     reread: int = 0  # segments read again with the temperature fallback
     recovered: int = 0  # of those, read well the second time (their new text kept)
+    guard_error: str | None = None  # the guard broke on this file: its transcript is whisperx's, unguarded
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        record: dict[str, Any] = {
             "speech_seconds": round(self.speech_seconds, 3),
             "dropped": self.dropped,
             "flagged": self.flagged,
             "doubtful": self.doubtful,
             "cut": self.cut,
+            "replaced": self.replaced,
             "reread": self.reread,
             "recovered": self.recovered,
         }
+        if self.guard_error is not None:
+            record["guard_error"] = self.guard_error
+        return record
 
 
 def signals_of(reading: Reading, previous: str | None, bag: PhraseBag, language: str | None) -> SegmentSignals:
@@ -122,12 +129,14 @@ def guard(
         for index, second in zip(suspects, reread(suspects), strict=True):
             kept[index] = second
         again = _judged(kept, options, language)
-        for index in suspects:  # a second reading judged hallucinated too: the first is what is kept on record
-            verdict = again[index]
-            if verdict is None or not verdict.hallucinated:
+        for index in suspects:
+            first, verdict = verdicts[index], again[index]
+            assert first is not None
+            if verdict is not None and not verdict.hallucinated:  # read well: the new text, the old on record
                 record.recovered += 1
+                record.replaced.append({**_entry(readings[index], first), "kept": kept[index].text.strip()})
                 verdicts[index] = verdict
-            else:
+            else:  # hallucinated again, or read as nothing (no verdict): the first reading is dropped, on record
                 kept[index] = readings[index]
     for index, verdict in enumerate(verdicts):
         if verdict is not None:
@@ -145,14 +154,18 @@ def _judged(readings: Sequence[Reading], options: QualityOptions, language: str 
     return verdicts
 
 
-def _act(reading: Reading, verdict: Verdict, mode: Mode, record: QualityRecord) -> Reading:
-    entry = {
+def _entry(reading: Reading, verdict: Verdict) -> dict[str, Any]:
+    return {
         "start": round(reading.start, 3),
         "end": round(reading.end, 3),
         "text": reading.text.strip(),
         "reasons": list(verdict.reasons),
         "signals": verdict.figures,
     }
+
+
+def _act(reading: Reading, verdict: Verdict, mode: Mode, record: QualityRecord) -> Reading:
+    entry = _entry(reading, verdict)
     if verdict.hallucinated:
         if mode == "drop":
             record.dropped.append(entry)
@@ -217,8 +230,11 @@ def merge_records(records: Sequence[dict[str, Any] | None]) -> dict[str, Any] | 
     if not present:
         return None
     merged: dict[str, Any] = {"speech_seconds": round(sum(r["speech_seconds"] for r in present), 3)}
-    for name in ("dropped", "flagged", "doubtful", "cut"):
+    for name in ("dropped", "flagged", "doubtful", "cut", "replaced"):
         merged[name] = sorted((entry for r in present for entry in r[name]), key=lambda entry: entry["start"])
     for name in ("reread", "recovered"):
         merged[name] = sum(r[name] for r in present)
+    errors = sorted({r["guard_error"] for r in present if r.get("guard_error")})
+    if errors:
+        merged["guard_error"] = "; ".join(errors)
     return merged

@@ -2,7 +2,8 @@
 
 `review` is true when text remains where the signals disagree, when hallucinations were kept (`flag`), when the
 language was found with a low probability, when the VAD found no speech at all, when diarization found fewer
-speakers than asked for, or when aligned words fit the audio poorly; `reasons` names each.
+speakers than asked for, when aligned words fit the audio poorly, or when the guard itself broke on the file (its
+transcript is then whisperx's, unguarded); `reasons` names each.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ def summarize(
     min_speakers: int | None = None,
 ) -> dict[str, Any]:
     reasons = []
+    if record.get("guard_error"):
+        reasons.append("guard_failed")
     if record["doubtful"]:
         reasons.append("signals_disagree")
     if record["flagged"]:
@@ -59,4 +62,6 @@ def summarize(
         "confidence": confidence(segments),
         "segments": len(segments),
         **{name: record[name] for name in ("flagged", "doubtful", "cut", "reread", "recovered")},
+        "replaced": record.get("replaced", []),
+        **({"guard_error": record["guard_error"]} if record.get("guard_error") else {}),
     }
