@@ -197,7 +197,9 @@ def _agreement(
     report, code = run.report, run.exit_code
     if report is None:
         said = any("could not write the run report" in line or "run report" in line for line in run.lines)
-        if code not in (2, 3) and not said:
+        # A signal before the run began (no run id logged yet) ends the program with no run to report.
+        before_the_run = run.run_id is None and code in (130, 143) and bool(run.signals)
+        if code not in (2, 3) and not said and not before_the_run:
             ledger.violate(
                 "run_agreement", f"exit {code} and no run report in DEST/_runs/ (nor a word of why)", run=run.tag
             )

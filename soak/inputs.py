@@ -46,13 +46,14 @@ class Clips:
         return target.read_bytes()
 
     def long(self, word: str, minutes: float) -> bytes:
-        """The code word, then `minutes` of near silence: long to decode, cheap to store (Opus at 6 kbit/s)."""
-        target = self.cache / f"{word}-long-{minutes:g}.ogg"
+        """The code word, then `minutes` of near silence: long to decode, cheap to store (Opus at 24 kbit/s: at
+        6 kbit/s tiny.en no longer reads the word)."""
+        target = self.cache / f"{word}-long-{minutes:g}-24k.ogg"
         if not target.exists():
             raw = self._raw(word)
             filler = ["-f", "lavfi", "-i", f"anoisesrc=a=0.0005:c=pink:r=16000:d={minutes * 60:g}"]
             mix = ["-filter_complex", "[0:a]aresample=16000[s];[s][1:a]concat=n=2:v=0:a=1[out]", "-map", "[out]"]
-            _ffmpeg(["-i", str(raw), *filler, *mix, "-ac", "1", "-c:a", "libopus", "-b:a", "6k"], target)
+            _ffmpeg(["-i", str(raw), *filler, *mix, "-ac", "1", "-c:a", "libopus", "-b:a", "24k"], target)
         return target.read_bytes()
 
     def _raw(self, word: str) -> Path:
