@@ -197,8 +197,9 @@ def _agreement(
     report, code = run.report, run.exit_code
     if report is None:
         said = any("could not write the run report" in line or "run report" in line for line in run.lines)
-        # A signal before the run began (no run id logged yet) ends the program with no run to report.
-        before_the_run = run.run_id is None and code in (130, 143) and bool(run.signals)
+        # A signal before the run began (no run id logged yet) ends the program with no run to report; one that
+        # comes while the interpreter starts, before any handler can be set, kills it as the default action does.
+        before_the_run = run.run_id is None and code in (130, 143, -2, -15) and bool(run.signals)
         if code not in (2, 3) and not said and not before_the_run:
             ledger.violate(
                 "run_agreement", f"exit {code} and no run report in DEST/_runs/ (nor a word of why)", run=run.tag
@@ -500,7 +501,11 @@ def _queue_at_the_end(ledger: Ledger, log: ProxyLog) -> None:
         ledger.violate("queue_leftovers", f"the queue still holds {visible} visible and {in_flight} invisible messages")
     poison = sorted(m.body for m in ledger.messages.values() if m.form == "poison")
     dead = sorted(places.queue_bodies(places.dead_letters_url))
-    extra = [body for body in dead if body not in poison]
+    # A sound message may reach the dead letters through receives it never had a say in: answers the proxy
+    # dropped (each a receive for SQS), or runs killed while they held it.
+    lost = {m.body for mid, m in ledger.messages.items() if log.lost_receives.get(mid)}
+    killed = any(run.killed or run.stuck or run.worker_faults for run in ledger.runs)
+    extra = [body for body in dead if body not in poison and body not in lost and not killed]
     if extra:
         shown = "; ".join(re.sub(r"\s+", " ", body)[:160] for body in extra)
         ledger.violate("queue_leftovers", f"{len(extra)} messages naming objects in the dead-letter queue: {shown}")

@@ -20,6 +20,7 @@ from soak.proxy import Place
 
 REGION = "us-east-1"
 SMALL_DEST_BYTES = 48 * 1024  # a DEST that fills after a few files (tmpfs counts whole 4 KiB pages)
+SMALL_SPOOL_BYTES = 32 * 1024  # a spool that holds the smallest recordings only
 
 
 @dataclass
@@ -49,7 +50,8 @@ class Places:
         self.versions: dict[str, list[Version]] = {}
         self.deleted: dict[str, float] = {}  # key -> when
         self.queue_url = self.dead_letters_url = ""
-        self.mounted = False
+        self.spool_dir = workdir / "spool"
+        self.mounts: list[Path] = []
         self.mount_problem: str | None = None
 
     # --- where things are -------------------------------------------------------------------------------------
@@ -92,10 +94,12 @@ class Places:
             self.s3.create_bucket(Bucket=self.source_bucket)
         if self.scenario.dest == "s3" and self.dest_bucket != self.source_bucket:
             self.s3.create_bucket(Bucket=self.dest_bucket)
+        self.dest_dir.mkdir(parents=True, exist_ok=True)
         if self.scenario.dest == "tmpfs":
-            self._mount(SMALL_DEST_BYTES)
-        else:
-            self.dest_dir.mkdir(parents=True, exist_ok=True)
+            self._mount(self.dest_dir, SMALL_DEST_BYTES)
+        if self.scenario.spool_full:
+            self.spool_dir.mkdir(parents=True, exist_ok=True)
+            self._mount(self.spool_dir, SMALL_SPOOL_BYTES)
         if self.scenario.mode == "queue":
             self._queues()
 
@@ -107,28 +111,30 @@ class Places:
         attributes = {"VisibilityTimeout": str(VISIBILITY_SECONDS), "RedrivePolicy": json.dumps(redrive)}
         self.queue_url = self.sqs.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
 
-    def _mount(self, size: int) -> None:
-        self.dest_dir.mkdir(parents=True, exist_ok=True)
+    def _mount(self, folder: Path, size: int) -> None:
         done = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(self.dest_dir)], capture_output=True, text=True
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True, text=True
         )
         if done.returncode != 0:
             self.mount_problem = (done.stderr or done.stdout).strip() or f"mount exited {done.returncode}"
             return
-        self.mounted = True
+        self.mounts.append(folder)
 
-    def grow_dest(self) -> None:
-        """Before the clean final run: the full DEST gets room."""
-        if self.mounted:
-            subprocess.run(["mount", "-o", "remount,size=64m", str(self.dest_dir)], check=True)
+    def mounted(self, folder: Path) -> bool:
+        return folder in self.mounts
+
+    def grow(self) -> None:
+        """Before the clean final run: a full DEST or spool gets room."""
+        for folder in self.mounts:
+            subprocess.run(["mount", "-o", "remount,size=64m", str(folder)], check=True)
 
     def tear_down(self) -> None:
-        if self.mounted:
+        for folder in self.mounts:
             for _ in range(20):
-                if subprocess.run(["umount", str(self.dest_dir)], capture_output=True).returncode == 0:
+                if subprocess.run(["umount", str(folder)], capture_output=True).returncode == 0:
                     break
                 time.sleep(0.2)
-            self.mounted = False
+        self.mounts = []
 
     # --- inputs ---------------------------------------------------------------------------------------------
 

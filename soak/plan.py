@@ -106,6 +106,7 @@ class Scenario:
     queue_idle: int
     inputs: list[InputPlan]
     rounds: list[RoundPlan]
+    spool_full: bool = False  # S3 downloads spooled to a small file system that fills, until the final round
 
     @property
     def name(self) -> str:
@@ -113,9 +114,10 @@ class Scenario:
 
     def describe(self) -> str:
         kinds = ",".join(sorted({i.kind for i in self.inputs}))
+        spool = ", spool fills" if self.spool_full else ""
         return (
             f"{self.mode} -> {self.dest} dest, workers {self.workers}, {self.parallel}, prefetch {self.prefetch}, "
-            f"{len(self.inputs)} inputs ({kinds}), {len(self.rounds) - 1} fault rounds"
+            f"{len(self.inputs)} inputs ({kinds}), {len(self.rounds) - 1} fault rounds{spool}"
         )
 
     @property
@@ -150,6 +152,8 @@ def draw(seed: int, index: int) -> Scenario:
     for number in range(fault_rounds):
         scenario.rounds.append(_round(rng, scenario, words, first=number == 0))
     scenario.rounds.append(RoundPlan(final=True))
+    # Drawn last, so that adding it left every earlier scenario of a seed as it was (failing seeds replay).
+    scenario.spool_full = mode != "folder" and rng.random() < 0.2
     return scenario
 
 

@@ -85,6 +85,7 @@ class ProxyLog:
     faults_by_run: Counter[tuple[str | None, str]] = field(default_factory=Counter)  # (run, op)
     received: Counter[str | None] = field(default_factory=Counter)  # messages handed to each run
     deleted: Counter[str | None] = field(default_factory=Counter)  # DeleteMessage calls that took effect
+    lost_receives: Counter[str] = field(default_factory=Counter)  # message id -> receives whose answer was dropped
     receipts: dict[str, ReceivedMessage] = field(default_factory=dict)
     requests: int = 0
 
@@ -174,6 +175,15 @@ class FaultProxy(http.server.ThreadingHTTPServer):
                     message["MessageId"], message.get("Body", ""), request.run, time.monotonic()
                 )
                 self.log.received[request.run] += 1
+
+    def lost_receive(self, answer: bytes) -> None:
+        try:
+            messages = json.loads(answer).get("Messages", [])
+        except ValueError:
+            return
+        with self.lock:
+            for message in messages:
+                self.log.lost_receives[message["MessageId"]] += 1
 
     def before_delete(self, request: Request) -> None:
         receipt = _sqs_field(request.body, "ReceiptHandle")
@@ -306,8 +316,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             proxy.before_delete(request)
         status, headers, answer = self._upstream(body)
         if request.service == "sqs" and status == 200:
-            if request.op == "ReceiveMessage" and (rule is None):
-                proxy.saw_receive(request, answer)
+            if request.op == "ReceiveMessage":
+                if rule is None:
+                    proxy.saw_receive(request, answer)
+                else:
+                    proxy.lost_receive(answer)
             if request.op == "DeleteMessage":
                 proxy.saw_delete(request)
         if rule is not None:  # lost response: the request took effect, its answer never arrives

@@ -96,8 +96,14 @@ def play(scenario: Scenario, bench: Bench) -> Ledger:
     rng = random.Random(f"soak-play:{scenario.seed}:{scenario.index}")
     try:
         places.create()
-        if scenario.dest == "tmpfs" and not places.mounted:
+        if scenario.dest == "tmpfs" and not places.mounted(places.dest_dir):
             ledger.skipped.append(f"dest_full: mounting a small tmpfs failed ({places.mount_problem})")
+        elif scenario.dest == "tmpfs":
+            ledger.faults["dest_full"] += 1
+        if scenario.spool_full and not places.mounted(places.spool_dir):
+            ledger.skipped.append(f"spool_full: mounting a small tmpfs failed ({places.mount_problem})")
+        elif scenario.spool_full:
+            ledger.faults["spool_full"] += 1
         bench.proxy.reset(places.proxy_places())
         bench.proxy.on_delete = lambda message: checks.message_deleted(ledger, message)
         for item in scenario.inputs:
@@ -310,6 +316,8 @@ def _start(ledger: Ledger, bench: Bench, number: int, plan: RoundPlan, index: in
     command += ["--log-format", "json", "--metrics-textfile", str(metrics / f"{tag}.prom"), "--keep-run-reports", "0"]
     command += ["--prefetch", str(scenario.prefetch), "--grace-seconds", str(scenario.grace_seconds)]
     command += ["--progress-interval", "0"]
+    if places.mounted(places.spool_dir):
+        command += ["--spool-dir", str(places.spool_dir)]
     command += ["--workers", "2", "--threads", "2"] if scenario.workers > 1 else ["--threads", "1"]
     if scenario.parallel == "claims":
         command += ["--claim", "--claim-ttl", str(CLAIM_TTL_SECONDS)]
@@ -366,7 +374,7 @@ def _before_final(ledger: Ledger, bench: Bench) -> None:
     """The faults are over: DEST gets room, what dead runs held comes back (messages past their visibility,
     claims past their TTL)."""
     places, scenario = ledger.places, ledger.scenario
-    places.grow_dest()
+    places.grow()
     hurt = any(run.killed or run.stuck or run.worker_faults for run in ledger.runs)
     if scenario.parallel == "claims" and hurt:
         time.sleep(claim_wait_seconds())  # the claims' TTL is the protocol's own bound, not a guess
