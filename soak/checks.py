@@ -117,9 +117,11 @@ def after_round(ledger: Ledger, number: int, log: ProxyLog) -> None:
             ledger.violate(
                 "stuck", f"did not end within its deadline; killed ({' '.join(run.command[4:6])})", run=run.tag
             )
-        elif not run.killed:
+            continue
+        if not run.killed:
             _agreement(ledger, run, files, runs, log)
-            _failures(ledger, run)
+        _failures(ledger, run)
+    _failed_manifests(ledger, files)
     _claims(ledger, runs, files, log)
 
 
@@ -342,6 +344,17 @@ def _failures(ledger: Ledger, run: RunResult) -> None:
             ledger.violate("own_failure_record", f"recorded failed {times} times in one run", key, run.tag)
     for key, error in failures:
         check_failure(ledger, run, key or "", error)
+
+
+def _failed_manifests(ledger: Ledger, files: dict[str, bytes]) -> None:
+    """A failed manifest in DEST is a failure recorded, whether or not its run lived to report it."""
+    by_id = {run.run_id: run for run in ledger.runs if run.run_id}
+    for key, (_, manifest) in ledger.places.manifests(files).items():
+        if manifest is None or manifest.get("status") != "failed":
+            continue
+        run = by_id.get(manifest.get("run_id"))
+        if run is not None:
+            check_failure(ledger, run, key, manifest.get("error") or {})
 
 
 def check_failure(ledger: Ledger, run: RunResult, key: str, error: dict[str, Any]) -> None:

@@ -79,8 +79,11 @@ class Ledger:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def violate(self, invariant: str, detail: str, key: str | None = None, run: str | None = None) -> None:
+        """Record a violation, once: a fault seen again after the next round is the same finding."""
+        violation = checks.Violation(invariant, detail, key, run)
         with self.lock:
-            self.violations.append(checks.Violation(invariant, detail, key, run))
+            if violation not in self.violations:
+                self.violations.append(violation)
 
     def changed(self, key: str, what: str) -> None:
         with self.lock:
@@ -121,7 +124,7 @@ def play(scenario: Scenario, bench: Bench) -> Ledger:
         _keep_logs(ledger)
         bench.proxy.disarm()
         bench.proxy.on_delete = lambda message: None
-        leftovers = kill_tagged(_tag_prefix(scenario))
+        leftovers = kill_tagged(_tag_prefix(scenario) + "r")
         if leftovers:
             ledger.violate("stuck", f"{len(leftovers)} processes of the scenario's runs were still alive at its end")
         places.tear_down()

@@ -1,6 +1,6 @@
 """The soak's own parts, quickly (these run by default): the fault proxy's seam, how a transcript is told by its
-code word, scenarios drawn from their seed alone, a check that catches a stale transcript, and the figures'
-section of docs/reliability.md rewritten alone."""
+code word, scenarios drawn from their seed alone, checks that catch a stale transcript and a queue message
+deleted too early, and the figures' section of docs/reliability.md rewritten alone."""
 
 from __future__ import annotations
 
@@ -18,10 +18,10 @@ from moto.server import ThreadedMotoServer
 from soak import checks
 from soak.driver import Results
 from soak.figures import BEGIN, END, write_doc
-from soak.places import Places
+from soak.places import Places, Version
 from soak.plan import draw
-from soak.proxy import FaultProxy, FaultRule, Place
-from soak.scenario import Ledger
+from soak.proxy import FaultProxy, FaultRule, Place, ReceivedMessage
+from soak.scenario import Ledger, SentMessage
 
 CREDENTIALS = {"aws_access_key_id": "k", "aws_secret_access_key": "s", "region_name": "us-east-1"}
 
@@ -135,3 +135,27 @@ def test_the_figures_replace_only_their_section(tmp_path: Path) -> None:
     text = doc.read_text()
     assert text.startswith("# Title\n\nbefore\n\n") and text.endswith(f"{END}\n\nafter\n")
     assert "old figures" not in text and "| kill9 | 2 |" in text and "| faults injected | 7 |" in text
+
+
+def test_a_message_deleted_before_its_version_has_a_manifest_is_a_violation(tmp_path: Path) -> None:
+    scenario = next(s for s in (draw(11, index) for index in range(100)) if s.mode == "queue" and s.dest == "local")
+    places = Places(scenario, tmp_path, s3=None, sqs=None)
+    (tmp_path / "out").mkdir(parents=True)
+    item = scenario.inputs[0]
+    item.kind, item.words = "speech", ["river", "forest"]
+    old, new = (Version(item.key, word, 5, word, f"etag-{word}", 0.0) for word in item.words)
+    places.versions[item.key] = [old, new]
+    ledger = Ledger(scenario, places)
+    ledger.messages["m1"] = SentMessage("first", "event", {item.key: new}, "{}")
+    deleting = ReceivedMessage("m1", "{}", "run", 0.0)
+
+    checks.message_deleted(ledger, deleting)  # no manifest at all
+    manifest = {"status": "succeeded", "input": {"key": item.key, "size": 5, "version": "etag-river"}}
+    (tmp_path / "out" / "m.manifest.json").write_text(json.dumps(manifest))
+    checks.message_deleted(ledger, deleting)  # the manifest of the version before the one the message names
+    manifest["input"]["version"] = "etag-forest"
+    (tmp_path / "out" / "m.manifest.json").write_text(json.dumps(manifest))
+    checks.message_deleted(ledger, deleting)  # its own version: as it should be
+    details = [v.detail for v in ledger.violations]
+    assert [v.invariant for v in ledger.violations] == ["message_deleted_early"] * 2
+    assert "no manifest" in details[0] and "'forest'" in details[1] and "'river'" in details[1]
