@@ -41,7 +41,7 @@ INVARIANTS = (
     "final_exit",
 )
 WORD_MATCH = 0.75  # how close a transcript's word must come to a code word (tiny.en spells some oddly)
-SIGNAL_EXITS = {"SIGTERM": 143, "SIGINT": 130}
+LONG, AT_THE_LIMIT = "a very long recording", "a name at the file system's limit"
 
 
 @dataclass(frozen=True)
@@ -366,6 +366,8 @@ def check_failure(ledger: Ledger, run: RunResult, key: str, error: dict[str, Any
         ledger.violate("not_own_failure", f"a failure recorded for a key the soak never wrote ({what})", key, run.tag)
         return
     excuse = own_fault_of(ledger, item, run)
+    if excuse in (LONG, AT_THE_LIMIT) and not error.get("file_problem"):
+        excuse = None  # such a file may fail alone, as its own problem, but not for a fault that is not its own
     if excuse is None:
         ledger.violate("not_own_failure", f"a sound file recorded as failed: {what}", key, run.tag)
         return
@@ -384,10 +386,10 @@ def own_fault_of(ledger: Ledger, item: Any, run: RunResult) -> str | None:
     if item.own_fault:
         return item.kind
     if item.kind == "long":
-        return "a very long recording"
+        return LONG
     name = item.key.rsplit("/", 1)[-1]
     if len(name.encode("utf-8", "surrogateescape")) >= 250 or len(item.key.encode("utf-8", "surrogateescape")) > 900:
-        return "a name at the file system's limit"
+        return AT_THE_LIMIT
     for when, what in ledger.changes.get(item.key, []):
         if what == "deleted" and when <= run.ended_at:
             return "deleted"
