@@ -39,8 +39,10 @@ INVARIANTS = (
     "claims_left",
     "stuck",
     "final_exit",
+    "manifest_regressed",
 )
 WORD_MATCH = 0.75  # how close a transcript's word must come to a code word (tiny.en spells some oddly)
+POLLS_ALLOWED, POLLS_PER_SECOND = 20, 10  # far above a consumer's receives: one per message, long polls between
 LONG, AT_THE_LIMIT = "a very long recording", "a name at the file system's limit"
 
 
@@ -112,6 +114,7 @@ def after_round(ledger: Ledger, number: int, log: ProxyLog) -> None:
     runs = [run for run in ledger.runs if run.round == number]
     _secrets(ledger, runs, files)
     _succeeded_manifests(ledger, files, f"after round {number}")
+    _regressions(ledger, files, f"after round {number}")
     for run in runs:
         if run.stuck:
             ledger.violate(
@@ -121,6 +124,7 @@ def after_round(ledger: Ledger, number: int, log: ProxyLog) -> None:
         if not run.killed:
             _agreement(ledger, run, files, runs, log)
         _failures(ledger, run)
+        _polls(ledger, run, log)
     _failed_manifests(ledger, files)
     _claims(ledger, runs, files, log)
 
@@ -165,6 +169,8 @@ def _succeeded_manifests(ledger: Ledger, files: dict[str, bytes], when: str) -> 
             continue
         record = manifest.get("input", {})
         version = places.version_of(key, record.get("version"), record.get("fingerprint"))
+        if version is None and _rewritten_in_place(ledger, key):
+            continue  # a state the file passed through while a client rewrote it: redone once it is whole
         if version is None:
             ledger.violate(
                 "transcript_version", f"{when}: succeeded manifest names a version never written ({record})", key
@@ -191,6 +197,44 @@ def _succeeded_manifests(ledger: Ledger, files: dict[str, bytes], when: str) -> 
                 f"{when}: the manifest names the version saying {version.word!r}, the transcript says {text.strip()!r}",
                 key,
             )
+
+
+def _rewritten_in_place(ledger: Ledger, key: str) -> bool:
+    return any(what == "written in place" for _, what in ledger.changes.get(key, []))
+
+
+def _regressions(ledger: Ledger, files: dict[str, bytes], when: str) -> None:
+    """A succeeded manifest is replaced only by the outcome that supersedes it (a newer version's), never deleted
+    ahead of it, nor replaced by a failure or an older version's."""
+    places = ledger.places
+    manifests = places.manifests(files)
+    for key, best in list(ledger.best.items()):
+        versions = places.versions.get(key, [])
+        entry = manifests.get(key)
+        manifest = entry[1] if entry else None
+        record = (manifest or {}).get("input", {})
+        found = places.version_of(key, record.get("version"), record.get("fingerprint")) if manifest else None
+        newer = versions.index(best) < len(versions) - 1
+        kept = manifest is not None and manifest.get("status") == "succeeded" and found is not None
+        if kept and versions.index(found) >= versions.index(best):
+            continue
+        if newer or (found is None and manifest is not None and _rewritten_in_place(ledger, key)):
+            continue  # superseded by a version written since, which a run is (or will be) doing
+        now = "no manifest" if manifest is None else f"a {manifest.get('status')} manifest of {record}"
+        ledger.violate(
+            "manifest_regressed",
+            f"{when}: its succeeded manifest of the version saying {best.word!r} was replaced by {now}, "
+            "though no newer version was written",
+            key,
+        )
+    for key, (_, manifest) in manifests.items():
+        if manifest is None or manifest.get("status") != "succeeded":
+            continue
+        record = manifest.get("input", {})
+        found = places.version_of(key, record.get("version"), record.get("fingerprint"))
+        versions = places.versions.get(key, [])
+        if found is not None and (key not in ledger.best or versions.index(found) >= versions.index(ledger.best[key])):
+            ledger.best[key] = found
 
 
 def _agreement(
@@ -344,6 +388,17 @@ def _failures(ledger: Ledger, run: RunResult) -> None:
             ledger.violate("own_failure_record", f"recorded failed {times} times in one run", key, run.tag)
     for key, error in failures:
         check_failure(ledger, run, key or "", error)
+
+
+def _polls(ledger: Ledger, run: RunResult, log: ProxyLog) -> None:
+    """A consumer waits on the queue (long polls) when it has nothing to do: a loop of receives that do not wait
+    is a run stuck spinning."""
+    receives = log.requests_by_run.get((run.tag, "ReceiveMessage"), 0)
+    seconds = max(0.0, run.ended_at - run.started_at)
+    if receives > POLLS_ALLOWED + POLLS_PER_SECOND * seconds:
+        ledger.violate(
+            "stuck", f"{receives} ReceiveMessage calls in {seconds:.0f} s: a poll loop that does not wait", run=run.tag
+        )
 
 
 def _failed_manifests(ledger: Ledger, files: dict[str, bytes]) -> None:

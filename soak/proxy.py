@@ -88,6 +88,7 @@ class ProxyLog:
     lost_receives: Counter[str] = field(default_factory=Counter)  # message id -> receives whose answer was dropped
     receipts: dict[str, ReceivedMessage] = field(default_factory=dict)
     requests: int = 0
+    requests_by_run: Counter[tuple[str | None, str]] = field(default_factory=Counter)  # (run, op)
 
 
 class FaultProxy(http.server.ThreadingHTTPServer):
@@ -134,6 +135,7 @@ class FaultProxy(http.server.ThreadingHTTPServer):
     def fault_for(self, request: Request) -> FaultRule | None:
         with self.lock:
             self.log.requests += 1
+            self.log.requests_by_run[(request.run, request.op)] += 1
             now = time.monotonic() - self.armed_at
             for rule in self.rules:
                 if rule.service != request.service or not rule.start <= now < rule.end:

@@ -76,6 +76,7 @@ class Ledger:
     messages: dict[str, SentMessage] = field(default_factory=dict)
     changes: dict[str, list[tuple[float, str]]] = field(default_factory=dict)  # key -> (when, what)
     secrets: dict[str, str] = field(default_factory=dict)
+    best: dict[str, Version] = field(default_factory=dict)  # key -> the newest version a succeeded manifest named
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def violate(self, invariant: str, detail: str, key: str | None = None, run: str | None = None) -> None:

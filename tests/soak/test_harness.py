@@ -1,6 +1,7 @@
 """The soak's own parts, quickly (these run by default): the fault proxy's seam, how a transcript is told by its
-code word, scenarios drawn from their seed alone, checks that catch a stale transcript and a queue message
-deleted too early, and the figures' section of docs/reliability.md rewritten alone."""
+code word, scenarios drawn from their seed alone, checks that catch a stale transcript, a queue message deleted
+too early and a succeeded manifest replaced by a failure, and the figures' section of docs/reliability.md rewritten
+alone."""
 
 from __future__ import annotations
 
@@ -159,3 +160,27 @@ def test_a_message_deleted_before_its_version_has_a_manifest_is_a_violation(tmp_
     details = [v.detail for v in ledger.violations]
     assert [v.invariant for v in ledger.violations] == ["message_deleted_early"] * 2
     assert "no manifest" in details[0] and "'forest'" in details[1] and "'river'" in details[1]
+
+
+def test_a_succeeded_manifest_replaced_by_a_failure_of_its_own_version_is_a_violation(tmp_path: Path) -> None:
+    scenario = next(s for s in (draw(11, index) for index in range(100)) if s.mode == "queue" and s.dest == "local")
+    places = Places(scenario, tmp_path, s3=None, sqs=None)
+    (tmp_path / "out").mkdir(parents=True)
+    item = scenario.inputs[0]
+    item.kind, item.words = "speech", ["river", "forest"]
+    places.versions[item.key] = [Version(item.key, "river", 5, "river", "etag-river", 0.0)]
+    ledger = Ledger(scenario, places)
+    manifest = {"status": "succeeded", "input": {"key": item.key, "size": 5, "version": "etag-river"}}
+    (tmp_path / "out" / "m.manifest.json").write_text(json.dumps(manifest))
+    checks._regressions(ledger, places.dest_files(), "round 0")
+    places.deleted[item.key] = 1.0  # the object is gone; a late event for it comes
+    manifest["status"] = "failed"
+    (tmp_path / "out" / "m.manifest.json").write_text(json.dumps(manifest))
+    checks._regressions(ledger, places.dest_files(), "round 1")
+    assert [v.invariant for v in ledger.violations] == ["manifest_regressed"]
+
+    ledger.violations.clear()  # a newer version written since: its redo may replace the manifest
+    places.versions[item.key].append(Version(item.key, "forest", 6, "forest", "etag-forest", 1.0))
+    (tmp_path / "out" / "m.manifest.json").unlink()
+    checks._regressions(ledger, places.dest_files(), "round 2")
+    assert ledger.violations == []
