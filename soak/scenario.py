@@ -380,8 +380,10 @@ def _before_final(ledger: Ledger, bench: Bench) -> None:
     places, scenario = ledger.places, ledger.scenario
     places.grow()
     hurt = any(run.killed or run.stuck or run.worker_faults for run in ledger.runs)
-    if scenario.parallel == "claims" and hurt:
-        time.sleep(claim_wait_seconds())  # the claims' TTL is the protocol's own bound, not a guess
+    if scenario.parallel == "claims" and (hurt or places.claims_left()):
+        # Claims of a run killed outright, or whose release was lost, expire after their TTL: the protocol's own
+        # bound, not a guess. (A claim left by a run that exited is a violation of its own, found already.)
+        time.sleep(claim_wait_seconds())
     if scenario.mode == "queue":
         deadline = time.monotonic() + VISIBILITY_SECONDS * 4 + 30
         while places.queue_counts(places.queue_url)[1] and time.monotonic() < deadline:
