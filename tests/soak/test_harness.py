@@ -1,0 +1,186 @@
+"""The soak's own parts, quickly (these run by default): the fault proxy's seam, how a transcript is told by its
+code word, scenarios drawn from their seed alone, checks that catch a stale transcript, a queue message deleted
+too early and a succeeded manifest replaced by a failure, and the figures' section of docs/reliability.md rewritten
+alone."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+from botocore.config import Config
+from botocore.exceptions import ClientError, ConnectionClosedError
+from moto.server import ThreadedMotoServer
+
+from soak import checks
+from soak.driver import Results
+from soak.figures import BEGIN, END, write_doc
+from soak.places import Places, Version
+from soak.plan import draw
+from soak.proxy import FaultProxy, FaultRule, Place, ReceivedMessage
+from soak.scenario import Ledger, SentMessage
+
+CREDENTIALS = {"aws_access_key_id": "k", "aws_secret_access_key": "s", "region_name": "us-east-1"}
+
+
+@pytest.fixture(scope="module")
+def proxy() -> Iterator[FaultProxy]:
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    fronting = FaultProxy(f"http://{host}:{port}")
+    yield fronting
+    fronting.close()
+    server.stop()
+
+
+def client(service: str, proxy: FaultProxy, run: str) -> object:
+    config = Config(retries={"total_max_attempts": 1, "mode": "standard"}, user_agent_appid=run, read_timeout=10)
+    return boto3.client(service, endpoint_url=proxy.url, config=config, **CREDENTIALS)
+
+
+def test_the_proxy_answers_faults_by_rule_and_forwards_the_rest(proxy: FaultProxy) -> None:
+    s3 = client("s3", proxy, "r1")
+    s3.create_bucket(Bucket="src")
+    s3.create_bucket(Bucket="dst")
+    proxy.reset([Place("source", "src", "in/"), Place("dest", "dst", "out/")])
+    s3.put_object(Bucket="src", Key="in/a.wav", Body=b"a")
+    proxy.arm([FaultRule("s3_slowdown", "source", 0, float("inf"), 1.0)], seed="t")
+    with pytest.raises(ClientError) as refused:
+        s3.get_object(Bucket="src", Key="in/a.wav")
+    assert refused.value.response["Error"]["Code"] == "SlowDown"
+    s3.put_object(Bucket="dst", Key="out/a.wav.json", Body=b"{}")  # DEST is not under the rule
+    proxy.arm([FaultRule("s3_lost_response", "dest_manifests", 0, float("inf"), 1.0)], seed="t")
+    with pytest.raises(ConnectionClosedError):
+        s3.put_object(Bucket="dst", Key="out/a.wav.manifest.json", Body=b"{}")
+    proxy.disarm()
+    assert s3.get_object(Bucket="dst", Key="out/a.wav.manifest.json")["Body"].read() == b"{}"  # it took effect
+    assert s3.get_object(Bucket="src", Key="in/a.wav")["Body"].read() == b"a"
+    assert proxy.log.faults == {"s3_slowdown": 1, "s3_lost_response": 1}
+    assert proxy.log.faults_by_run[("r1", "PutObject")] == 1
+
+
+def test_the_proxy_sees_which_message_a_run_deletes(proxy: FaultProxy) -> None:
+    sqs = client("sqs", proxy, "r2")
+    url = sqs.create_queue(QueueName="q")["QueueUrl"]
+    proxy.reset([])
+    sent = sqs.send_message(QueueUrl=url, MessageBody="hello")["MessageId"]
+    proxy.arm([FaultRule("sqs_throttling", "queue", 0, float("inf"), 1.0, ops=("ReceiveMessage",))], seed="t")
+    with pytest.raises(ClientError) as throttled:
+        sqs.receive_message(QueueUrl=url)
+    assert throttled.value.response["Error"]["Code"] == "ThrottlingException"
+    proxy.disarm()
+    deleting = []
+    proxy.on_delete = deleting.append
+    (message,) = sqs.receive_message(QueueUrl=url)["Messages"]
+    sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+    assert [(m.message_id, m.body, m.run) for m in deleting] == [(sent, "hello", "r2")]
+    assert proxy.log.received["r2"] == 1 and proxy.log.deleted["r2"] == 1
+
+
+def test_a_transcript_is_told_by_its_code_word() -> None:
+    words = {"wagon", "river", "forest", "tiger"}
+    assert checks.says("Coldware did waggon. I repeat, waggon.", "wagon", words)
+    assert checks.says("The code word is river. I repeat river.", "river", words)
+    assert not checks.says("The code word is river. I repeat river.", "forest", words)
+    assert not checks.says("", "tiger", words)
+
+
+def test_a_scenario_is_drawn_from_its_seed_alone() -> None:
+    assert draw(5, 3) == draw(5, 3)
+    assert draw(5, 3) != draw(5, 4)
+    modes = {draw(1, index).mode for index in range(40)}
+    assert modes == {"folder", "s3", "queue"}
+
+
+def test_a_succeeded_manifest_with_the_old_versions_transcript_is_a_violation(tmp_path: Path) -> None:
+    scenario = next(s for s in (draw(9, index) for index in range(100)) if s.mode == "folder" and s.dest == "local")
+    places = Places(scenario, tmp_path, s3=None, sqs=None)
+    places.create()
+    item = scenario.inputs[0]
+    item.kind, item.words = "speech", ["river", "forest"]
+    old = places.write(item, b"first", "river")
+    places.write(item, b"second", "forest")
+    ledger = Ledger(scenario, places)
+    transcript = {"segments": [{"text": "The code word is river. I repeat, river."}]}
+    manifest = {
+        "status": "succeeded",
+        "input": {"key": item.key, "size": 6, "version": places.current(item.key).token, "fingerprint": None},
+        "outputs": ["t.json"],
+        "run_id": "r",
+    }
+    (tmp_path / "out" / "t.json").write_text(json.dumps(transcript))
+    (tmp_path / "out" / "t.manifest.json").write_text(json.dumps(manifest))
+    checks._succeeded_manifests(ledger, places.dest_files(), "now")
+    assert [v.invariant for v in ledger.violations] == ["transcript_version"]
+    assert "'forest'" in ledger.violations[0].detail
+
+    manifest["input"] |= {"size": old.size, "version": old.token}  # the old version, and its own transcript
+    (tmp_path / "out" / "t.manifest.json").write_text(json.dumps(manifest))
+    ledger.violations.clear()
+    checks._succeeded_manifests(ledger, places.dest_files(), "now")
+    assert ledger.violations == []
+
+
+def test_the_figures_replace_only_their_section(tmp_path: Path) -> None:
+    doc = tmp_path / "reliability.md"
+    doc.write_text(f"# Title\n\nbefore\n\n{BEGIN}\nold figures\n{END}\n\nafter\n")
+    results = Results(seed=3)
+    results.faults.update({"kill9": 2, "s3_503": 5})
+    write_doc(results, doc)
+    text = doc.read_text()
+    assert text.startswith("# Title\n\nbefore\n\n") and text.endswith(f"{END}\n\nafter\n")
+    assert "old figures" not in text and "| kill9 | 2 |" in text and "| faults injected | 7 |" in text
+
+
+def test_a_message_deleted_before_its_version_has_a_manifest_is_a_violation(tmp_path: Path) -> None:
+    scenario = next(s for s in (draw(11, index) for index in range(100)) if s.mode == "queue" and s.dest == "local")
+    places = Places(scenario, tmp_path, s3=None, sqs=None)
+    (tmp_path / "out").mkdir(parents=True)
+    item = scenario.inputs[0]
+    item.kind, item.words = "speech", ["river", "forest"]
+    old, new = (Version(item.key, word, 5, word, f"etag-{word}", 0.0) for word in item.words)
+    places.versions[item.key] = [old, new]
+    ledger = Ledger(scenario, places)
+    ledger.messages["m1"] = SentMessage("first", "event", {item.key: new}, "{}")
+    deleting = ReceivedMessage("m1", "{}", "run", 0.0)
+
+    checks.message_deleted(ledger, deleting)  # no manifest at all
+    manifest = {"status": "succeeded", "input": {"key": item.key, "size": 5, "version": "etag-river"}}
+    (tmp_path / "out" / "m.manifest.json").write_text(json.dumps(manifest))
+    checks.message_deleted(ledger, deleting)  # the manifest of the version before the one the message names
+    manifest["input"]["version"] = "etag-forest"
+    (tmp_path / "out" / "m.manifest.json").write_text(json.dumps(manifest))
+    checks.message_deleted(ledger, deleting)  # its own version: as it should be
+    details = [v.detail for v in ledger.violations]
+    assert [v.invariant for v in ledger.violations] == ["message_deleted_early"] * 2
+    assert "no manifest" in details[0] and "'forest'" in details[1] and "'river'" in details[1]
+
+
+def test_a_succeeded_manifest_replaced_by_a_failure_of_its_own_version_is_a_violation(tmp_path: Path) -> None:
+    scenario = next(s for s in (draw(11, index) for index in range(100)) if s.mode == "queue" and s.dest == "local")
+    places = Places(scenario, tmp_path, s3=None, sqs=None)
+    (tmp_path / "out").mkdir(parents=True)
+    item = scenario.inputs[0]
+    item.kind, item.words = "speech", ["river", "forest"]
+    places.versions[item.key] = [Version(item.key, "river", 5, "river", "etag-river", 0.0)]
+    ledger = Ledger(scenario, places)
+    manifest = {"status": "succeeded", "input": {"key": item.key, "size": 5, "version": "etag-river"}}
+    (tmp_path / "out" / "m.manifest.json").write_text(json.dumps(manifest))
+    checks._regressions(ledger, places.dest_files(), "round 0")
+    places.deleted[item.key] = 1.0  # the object is gone; a late event for it comes
+    manifest["status"] = "failed"
+    (tmp_path / "out" / "m.manifest.json").write_text(json.dumps(manifest))
+    checks._regressions(ledger, places.dest_files(), "round 1")
+    assert [v.invariant for v in ledger.violations] == ["manifest_regressed"]
+
+    ledger.violations.clear()  # a newer version written since: its redo may replace the manifest
+    places.versions[item.key].append(Version(item.key, "forest", 6, "forest", "etag-forest", 1.0))
+    (tmp_path / "out" / "m.manifest.json").unlink()
+    checks._regressions(ledger, places.dest_files(), "round 2")
+    assert ledger.violations == []
