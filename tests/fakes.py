@@ -24,6 +24,7 @@ class FakePipeline:
     on_batch: Callable[[list[str]], None] = lambda keys: None
     load_error: Exception | None = None
     loads: int = 0
+    closes: int = 0
     pulled: list[str] = field(default_factory=list)
     _stats: PipelineStats = field(default_factory=PipelineStats)
 
@@ -36,6 +37,9 @@ class FakePipeline:
 
     def stats(self) -> PipelineStats:
         return self._stats
+
+    def close(self) -> None:
+        self.closes += 1
 
     def process(self, files: Iterable[DecodedFile], should_stop: Callable[[], bool]) -> Iterator[FileOutcome]:
         source = iter(files)

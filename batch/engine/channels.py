@@ -52,6 +52,9 @@ class ChannelSplit:
     def stats(self) -> PipelineStats:
         return self.inner.stats()
 
+    def close(self) -> None:
+        self.inner.close()
+
     def process(self, files: Iterable[DecodedFile], should_stop: Callable[[], bool]) -> Iterator[FileOutcome]:
         """One outcome per file, once all its channels are done; a file with a channel left unfinished when
         stopping gets none (a rerun redoes it), as the Pipeline protocol says of any unfinished file."""

@@ -120,3 +120,7 @@ class Pipeline(Protocol):
         ...
 
     def stats(self) -> PipelineStats: ...
+
+    def close(self) -> None:
+        """The run is over: let go of what outlives a `process` call (worker processes). The runner may call
+        `process` several times (a queue that pauses) and calls this once, at the end, whatever ended the run."""

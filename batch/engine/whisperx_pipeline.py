@@ -72,6 +72,9 @@ class WhisperxPipeline:
             self._stats.alignment_models_loaded = self._finisher.alignment_models_loaded()
         return self._stats
 
+    def close(self) -> None:
+        """Nothing outlives a `process` call but the models, which stay with this process."""
+
     # --- the stream --------------------------------------------------------------------------------------------
 
     def process(self, files: Iterable[DecodedFile], should_stop: Callable[[], bool]) -> Iterator[FileOutcome]:

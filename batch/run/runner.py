@@ -169,15 +169,24 @@ class Runner:
                 self.tally.count(writer.done(wait=True))  # a paused queue deletes these messages now
                 if not self.to_do.more_to_come():
                     break
+                log.info("the files in work are written; waiting for more (the models stay loaded)")
             self.tally.count(writer.close())
         except BatchError as exc:
             self.report.error = ErrorRecord.of(exc)
             self.report.exit_code = exc.exit_code  # said once, by whoever reads the report (the command line)
         finally:
             self.tally.count(writer.close(), check=False)  # a file the models finished is never dropped
+            self._close_pipeline()
             self.give_back()
             self._finish_report(started)
         return self.report
+
+    def _close_pipeline(self) -> None:
+        """The pipeline lets go of what it kept between passes (worker processes), once, as the run ends."""
+        try:
+            self.pipeline.close()
+        except Exception as exc:  # the files are written; the run's outcome stands
+            log.error("could not close the pipeline: %s", describe(exc)["message"])
 
     def give_back(self) -> None:
         """What this run holds and has not finished goes back at once (claims, queue messages): on every exit."""

@@ -66,7 +66,7 @@ QUIT_WAIT_SECONDS = 10.0  # for idle workers to exit after QUIT, before they are
 class _Life(enum.Enum):
     NEW = "new"  # no worker started yet
     RUNNING = "running"
-    STOPPING = "stopping"  # after a signal, an error or the end: no worker is replaced, nothing new handed out
+    STOPPING = "stopping"  # after a signal, an error or close(): no worker is replaced, nothing new handed out
 
 
 class WorkerPool:
@@ -127,10 +127,17 @@ class WorkerPool:
                 self._refuse_to_go_on_without_workers()
         finally:
             try:
-                if self._life is not _Life.NEW:
+                if self._life is _Life.STOPPING or (self._life is _Life.RUNNING and not finished):
                     self._shut_down(gracefully=finished)  # first: a fetch in hand must not hold the GPUs
+                # else the session ended with every file back: the workers stay, models loaded, for the next one
             finally:
                 self._dispatch.close()
+
+    def close(self) -> None:
+        """The run is over: the workers quit. Until then they outlive each session (`process`), so that a
+        queue's next files, after a pause, find them ready. Idempotent."""
+        if self._life is _Life.RUNNING:
+            self._shut_down(gracefully=True)
 
     def _outcomes(self) -> Iterator[FileOutcome]:
         while self._out:
