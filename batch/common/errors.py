@@ -101,6 +101,10 @@ class AudioDecodeError(FileFailure):
     """The input holds no decodable audio (empty, truncated, not audio, no audio track)."""
 
 
+class AudioTooLong(FileFailure):
+    """The recording is longer than the run's duration limit (--max-duration): it fails before it is decoded whole."""
+
+
 class DestPathBlocked(FileFailure):
     """DEST cannot hold this file's manifest: a directory in the way, or no permission on that one path."""
 

@@ -93,6 +93,7 @@ class RunControl:
     grace_seconds: float = 25.0
     dry_run: bool = False
     keep_run_reports: int = 50  # the newest reports kept in DEST/_runs/; 0 keeps all
+    max_duration: float | None = 7200.0  # seconds of audio a file may hold; None: no limit
 
 
 @dataclass(frozen=True)
@@ -190,7 +191,13 @@ def configure(
         subtitles=SubtitleOptions(
             settings.max_line_width, settings.max_line_count, settings.max_cue_duration, settings.highlight_words
         ),
-        control=RunControl(settings.prefetch, settings.grace_seconds, settings.dry_run, settings.keep_run_reports),
+        control=RunControl(
+            settings.prefetch,
+            settings.grace_seconds,
+            settings.dry_run,
+            settings.keep_run_reports,
+            settings.max_duration,
+        ),
         shaping=shaping_settings(settings, vad, runtime.compute_type),
         metrics=metrics_config(settings),
         channels=ChannelConfig(settings.channels == "split", settings.channel_speakers),

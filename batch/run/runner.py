@@ -210,7 +210,9 @@ class Runner:
                 with stopwatch.stage("fingerprint"):
                     fetched.fingerprint = self.source.fingerprint(item)
                 with stopwatch.stage("decode"), self.source.open(item.key, item.size) as stream:
-                    audio = decode(stream, split_channels=self.config.channels.split)
+                    audio = decode(
+                        stream, split_channels=self.config.channels.split, max_seconds=self.config.control.max_duration
+                    )
             except Exception as exc:
                 fetched.file = DecodedFile(item.key, None, stopwatch, error=exc)
                 return fetched
