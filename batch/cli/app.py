@@ -243,6 +243,14 @@ def run_command(
             rich_help_panel=STORE,
         ),
     ] = None,
+    file_timeout: Annotated[
+        str | None,
+        Opt(
+            help="Seconds a file may take, fetch to transcript; past it the file fails, naming its stage "
+            "(default 14400; off: no limit).",
+            rich_help_panel=STORE,
+        ),
+    ] = None,
     shard: Annotated[
         str | None,
         Opt(

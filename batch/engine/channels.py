@@ -79,7 +79,7 @@ class ChannelSplit:
                 yield file
                 continue
             for index, samples in enumerate(file.audio):
-                yield ChannelFile(file.key, samples, file.stopwatch, parent=file, channel=index)
+                yield ChannelFile(file.key, samples, file.stopwatch, deadline=file.deadline, parent=file, channel=index)
 
 
 def merge_channels(file: DecodedFile, outcomes: list[FileOutcome], given: tuple[str, ...]) -> FileOutcome:

@@ -113,6 +113,7 @@ class WhisperxPipeline:
                 with self._working():
                     done_files = queue.read_batch()
                     for done in done_files:
+                        done.error = done.error or done.file.overdue("in asr")
                         self._guard(done)
                     finishing.extend(self._start_finish(done, pool) for done in done_files)
                 while finishing and finishing[0].done():
@@ -163,6 +164,9 @@ class WhisperxPipeline:
         except Exception as exc:
             raise_if_context_lost(exc)
             return FileOutcome(file, error=exc)
+        overdue = file.overdue("in vad")  # --file-timeout: checked as each stage ends
+        if overdue is not None:
+            return FileOutcome(file, error=overdue)
         if not chunks:
             outcome = FileOutcome(file, transcribed=True, language=language, language_probability=probability)
             if self.config.quality.enabled:

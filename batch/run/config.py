@@ -94,6 +94,7 @@ class RunControl:
     dry_run: bool = False
     keep_run_reports: int = 50  # the newest reports kept in DEST/_runs/; 0 keeps all
     max_duration: float | None = 7200.0  # seconds of audio a file may hold; None: no limit
+    file_timeout: float | None = 14400.0  # seconds a file may take from its fetch to its outcome; None: no limit
 
 
 @dataclass(frozen=True)
@@ -197,6 +198,7 @@ def configure(
             settings.dry_run,
             settings.keep_run_reports,
             settings.max_duration,
+            settings.file_timeout,
         ),
         shaping=shaping_settings(settings, vad, runtime.compute_type),
         metrics=metrics_config(settings),

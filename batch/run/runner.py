@@ -25,8 +25,8 @@ from typing import Any
 from batch.common.concurrency import ordered_map, ordered_map_fed
 from batch.common.errors import BatchError, describe, exit_code_for_signal
 from batch.common.logs import file_context
-from batch.engine.audio import decode
-from batch.engine.pipeline import DecodedFile, FileOutcome, Pipeline, PipelineStats, Stopwatch
+from batch.engine.decoder import IsolatedDecoder
+from batch.engine.pipeline import Deadline, DecodedFile, FileOutcome, Pipeline, PipelineStats, Stopwatch
 from batch.engine.quality.summary import summarize
 from batch.formats.transcript import Transcript, build_transcript
 from batch.run.claims import HeldClaims
@@ -105,6 +105,7 @@ class Runner:
         self.tally = Tally(self.report, on_file)
         self._stop = threading.Event()
         self._in_pipeline: dict[str, Fetched] = {}  # handed over, not written yet
+        self._decoder = IsolatedDecoder()  # a file that crashes or hangs FFmpeg takes down a child, not the run
 
     def _to_do(self, queue: Any, listing_watchers: Sequence[ListingWatcher]) -> ToDo:
         """Where the files come from: SOURCE's listing, or a queue's messages (--queue)."""
@@ -177,6 +178,7 @@ class Runner:
         finally:
             self.tally.count(writer.close(), check=False)  # a file the models finished is never dropped
             self._close_pipeline()
+            self._decoder.close()
             self.give_back()
             self._finish_report(started)
         return self.report
@@ -200,6 +202,7 @@ class Runner:
         """Step 2, on a prefetch thread: claim (with --claim), fingerprint and decode one file."""
         with file_context(item.key):
             stopwatch = Stopwatch(self.clock)
+            deadline = Deadline.after(self.config.control.file_timeout)  # for its fetch and decode
             fetched = Fetched(item, utc_now(), receive_count=self.to_do.receive_count(item.key))
             try:
                 blocked = self.to_do.blocked(item.key)
@@ -210,8 +213,11 @@ class Runner:
                 with stopwatch.stage("fingerprint"):
                     fetched.fingerprint = self.source.fingerprint(item)
                 with stopwatch.stage("decode"), self.source.open(item.key, item.size) as stream:
-                    audio = decode(
-                        stream, split_channels=self.config.channels.split, max_seconds=self.config.control.max_duration
+                    audio = self._decoder.decode(
+                        stream,
+                        split_channels=self.config.channels.split,
+                        max_seconds=self.config.control.max_duration,
+                        deadline=deadline,
                     )
             except Exception as exc:
                 fetched.file = DecodedFile(item.key, None, stopwatch, error=exc)
@@ -235,6 +241,7 @@ class Runner:
                     continue
                 if self.stopping():
                     return
+                ready.file.deadline = Deadline.after(self.config.control.file_timeout)  # from here, for the models
                 self._hand_over(ready)
                 yield ready.file
         finally:

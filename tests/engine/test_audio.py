@@ -12,6 +12,7 @@ import pytest
 
 from batch.common.errors import AudioDecodeError, AudioTooLong
 from batch.engine.audio import SAMPLE_RATE, decode
+from batch.engine.decoder import IsolatedDecoder
 from tests.conftest import video_without_audio
 
 
@@ -161,3 +162,22 @@ def test_a_recording_that_declares_no_length_stops_decoding_at_the_limit(tmp_pat
         decode(io.BufferedReader(stream), max_seconds=60)  # type: ignore[arg-type]
     assert stream.read_bytes < path.stat().st_size / 4, (stream.read_bytes, path.stat().st_size)
     assert len(decode(path.open("rb"), max_seconds=601)) == 600 * SAMPLE_RATE
+
+
+@pytest.mark.parametrize("split_channels", [False, True])
+def test_decoding_in_a_child_process_gives_the_same_samples(
+    speech_formats: dict[str, Path], split_channels: bool
+) -> None:
+    decoder = IsolatedDecoder()
+    try:
+        for ext in ("mp3", "m4a", "wav"):
+            with speech_formats[ext].open("rb") as stream:
+                isolated = decoder.decode(stream, split_channels=split_channels)
+            with speech_formats[ext].open("rb") as stream:
+                here = decode(stream, split_channels=split_channels)
+            assert isolated.dtype == here.dtype and np.array_equal(isolated, here)
+            assert isolated.flags.writeable
+        with pytest.raises(AudioDecodeError, match="not a readable audio or video file"), open(__file__, "rb") as text:
+            decoder.decode(text)  # the child's error, as decode raises it here
+    finally:
+        decoder.close()

@@ -59,6 +59,9 @@ from batch.run.pool.worker import DEFAULT_FACTORY
 log = logging.getLogger(__name__)
 
 MAX_DEATHS_IN_A_ROW = 3
+# Past a file's deadline (--file-timeout), how long its worker has to fail it itself (its pipeline checks as each
+# stage ends) before it is taken to hang in a stage and killed: a tenth of the deadline, at most this.
+HANG_GRACE_SECONDS = 30.0
 POLL_SECONDS = 0.5
 QUIT_WAIT_SECONDS = 10.0  # for idle workers to exit after QUIT, before they are killed
 
@@ -118,6 +121,7 @@ class WorkerPool:
                 if should_stop() and self._life is _Life.RUNNING:
                     self._stop_all()
                 self._receive()
+                self._stop_hung_workers()
                 yield from self._outcomes()
                 self._hand_out()
                 yield from self._outcomes()
@@ -303,8 +307,9 @@ class WorkerPool:
 
     # --- deaths --------------------------------------------------------------------------------------------------
 
-    def _lost(self, slot: Slot, worker: Worker, reason: str | None = None) -> None:
-        """A worker process is gone: its files go back (or fail, the second time), and its slot goes on."""
+    def _lost(self, slot: Slot, worker: Worker, reason: str | None = None, blame: bool = True) -> None:
+        """A worker process is gone: its files go back (or fail, the second time), and its slot goes on.
+        `blame`: the death counts toward giving the device up (not when the pool killed it for a file's sake)."""
         if worker.gone:
             return
         was_ready, alone = worker.ready, self._dispatch.holds_retry(worker)
@@ -329,7 +334,7 @@ class WorkerPool:
             failed = self._dispatch.suspect(file, f"worker {slot.plan.name} {reason}")
             if failed is not None:
                 self._out.append(failed)
-        if not alone:  # a death while it held one retried file alone is that file's doing
+        if blame and not alone:  # a death while it held one retried file alone is that file's doing
             slot.deaths_in_a_row += 1
         if slot.deaths_in_a_row >= MAX_DEATHS_IN_A_ROW:
             slot.problem = f"its workers died {slot.deaths_in_a_row} times in a row (last: {reason})"
@@ -344,6 +349,50 @@ class WorkerPool:
         )
         slot.restarts += 1
         self._start(slot)
+
+    # --- deadlines -------------------------------------------------------------------------------------------
+
+    def _stop_hung_workers(self) -> None:
+        """A worker that holds a file well past its deadline hangs in a stage that does not return: it is killed,
+        the file fails alone with the reason, the other files it held are handed out again, and a fresh worker
+        starts in its place. The device is not blamed: the file is the cause."""
+        if self._life is not _Life.RUNNING:
+            return
+        now = time.monotonic()
+        for slot in self._live_slots():
+            worker = slot.worker
+            assert worker is not None
+            hung = [
+                ticket
+                for ticket, file in worker.in_flight.items()
+                if file.deadline is not None
+                and now > file.deadline.at + min(HANG_GRACE_SECONDS, file.deadline.seconds / 10)
+            ]
+            if hung:
+                self._stop_hung(slot, worker, hung)
+
+    def _stop_hung(self, slot: Slot, worker: Worker, hung: list[int]) -> None:
+        """The files past their deadline are tried again, each alone in a worker (several share a batch: which
+        one hangs is not known yet); one that hangs a worker when alone fails. The rest go back as they were."""
+        if self._dispatch.holds_retry(worker):
+            stage = f"in worker {slot.plan.name}, which was killed (a stage that did not return, twice)"
+            for ticket in hung:
+                file = self._dispatch.finished(worker, ticket)
+                assert file.deadline is not None
+                log.error("%s: %s", file.key, file.deadline.missed(stage))
+                self._out.append(FileOutcome(file, error=file.deadline.missed(stage)))
+        else:
+            overdue = [worker.in_flight[ticket] for ticket in hung]
+            held = self._dispatch.drop(worker)
+            log.warning(
+                "worker %s holds %s past the deadline: it hangs; killed, and each of them is tried again alone",
+                slot.plan.name,
+                ", ".join(file.key for file in overdue),
+            )
+            self._dispatch.retry_alone(overdue)
+            self._dispatch.requeue([file for file in held if all(file is not late for late in overdue)])
+        kill_process(worker.process)
+        self._lost(slot, worker, "was killed: a file it held was past its deadline", blame=False)
 
     # --- the end ---------------------------------------------------------------------------------------------
 
