@@ -138,6 +138,8 @@ class IsolatedDecoder:
             self._server = subprocess.Popen(
                 [sys.executable, "-m", "batch.engine.decoder", str(theirs.fileno())],
                 pass_fds=(theirs.fileno(),),
+                # this process's imports wherever they come from (a program may have extended sys.path)
+                env={**os.environ, "PYTHONPATH": os.pathsep.join(path for path in sys.path if path)},
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,  # a terminal's Ctrl-C reaches the run only, which decides
             )

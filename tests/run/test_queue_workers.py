@@ -67,7 +67,7 @@ def test_workers_outlive_a_quiet_queue_and_take_the_files_that_come_after_it(
 ) -> None:
     """Three files, a quiet moment (the run finishes what it holds and waits), three more: the workers kept from
     the first pass transcribe them; the run ends by --queue-idle with every message deleted."""
-    queue_url, _ = make_queue("workers", visibility=30)
+    queue_url, _ = make_queue("pause-workers", visibility=30)
     first, then = [f"in/first{index}.mp3" for index in range(3)], [f"in/then{index}.mp3" for index in range(3)]
     send(queue_url, bucket, first, speech)
     # The idle clock runs from the poll that found the queue quiet, through the first files' work (the workers'
