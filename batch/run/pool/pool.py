@@ -13,6 +13,9 @@ Faults:
   to be the one: it fails, with the reason, and takes down no more (`dispatch.py`).
 - A worker that cannot start (its GPU broken or busy) is reported and the others go on; with none left, the run
   stops (exit 3).
+- A worker that holds a file past its deadline (--file-timeout, and a grace for its own check) hangs: it is
+  killed, the files past the deadline are retried alone, and one that hangs a worker again, alone, fails
+  (FileTimeout); the other files it held are handed out again, as new.
 - A device whose workers die MAX_DEATHS_IN_A_ROW times without finishing a file in between is given up (a death
   that a retried file is blamed for does not count: the file is the cause, not the device).
 
@@ -353,9 +356,8 @@ class WorkerPool:
     # --- deadlines -------------------------------------------------------------------------------------------
 
     def _stop_hung_workers(self) -> None:
-        """A worker that holds a file well past its deadline hangs in a stage that does not return: it is killed,
-        the file fails alone with the reason, the other files it held are handed out again, and a fresh worker
-        starts in its place. The device is not blamed: the file is the cause."""
+        """A worker that holds a file well past its deadline hangs in a stage that does not return: it is killed
+        and a fresh worker starts in its place (the device is not blamed: a file is the cause)."""
         if self._life is not _Life.RUNNING:
             return
         now = time.monotonic()
