@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -94,6 +95,11 @@ def test_recordings_over_the_duration_limit_fail_alone_before_they_are_decoded_w
 
 def decoding_children(path: Path) -> list[int]:
     """The decoder's children (batch.engine.decoder forks one per file) that hold `path` open."""
+    return decoders_holding(lambda fd: os.readlink(fd) == str(path))
+
+
+def decoders_holding(wanted: Callable[[Path], bool]) -> list[int]:
+    """The decoder's children that hold open a file whose /proc/PID/fd/N entry is `wanted`."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -102,7 +108,7 @@ def decoding_children(path: Path) -> list[int]:
             command = (entry / "cmdline").read_bytes()
             parent = (entry / "stat").read_text().rsplit(")", 1)[1].split()[1]
             parent_command = Path(f"/proc/{parent}/cmdline").read_bytes()
-            holds = any(os.readlink(fd) == str(path) for fd in (entry / "fd").iterdir())
+            holds = any(wanted(fd) for fd in (entry / "fd").iterdir())
         except OSError:
             continue
         if holds and b"batch.engine.decoder" in command and b"batch.engine.decoder" in parent_command:
