@@ -24,6 +24,7 @@ class FakePipeline:
     on_batch: Callable[[list[str]], None] = lambda keys: None
     load_error: Exception | None = None
     loads: int = 0
+    closes: int = 0
     pulled: list[str] = field(default_factory=list)
     _stats: PipelineStats = field(default_factory=PipelineStats)
 
@@ -36,6 +37,9 @@ class FakePipeline:
 
     def stats(self) -> PipelineStats:
         return self._stats
+
+    def close(self) -> None:
+        self.closes += 1
 
     def process(self, files: Iterable[DecodedFile], should_stop: Callable[[], bool]) -> Iterator[FileOutcome]:
         source = iter(files)
@@ -74,6 +78,7 @@ def worker_pipeline(config: object) -> FakePipeline:
     The worker's environment, set by the test's worker slots, makes it misbehave as a real worker can:
     FAKE_LOAD_ERROR: its loading raises that message (a GPU that cannot start);
     FAKE_POISON: a batch holding a key that contains this text kills the process (SIGKILL, as the OOM killer);
+    FAKE_HANG: a batch holding a key that contains this text stops the process (SIGSTOP: it hangs);
     FAKE_KILL_ONCE: a path; the first batch of any worker kills its process if the path does not exist yet
     (it is created first, so only one worker dies);
     FAKE_BATCH_SECONDS: each batch sleeps this long (files stay in flight);
@@ -94,6 +99,9 @@ def worker_pipeline(config: object) -> FakePipeline:
         poison = os.environ.get("FAKE_POISON")
         if poison and any(poison in key for key in keys):
             os.kill(os.getpid(), signal.SIGKILL)
+        hang = os.environ.get("FAKE_HANG")
+        if hang and any(hang in key for key in keys):
+            os.kill(os.getpid(), signal.SIGSTOP)
         marker = os.environ.get("FAKE_KILL_ONCE")
         if marker and not Path(marker).exists():
             Path(marker).write_text(",".join(keys))

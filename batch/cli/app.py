@@ -235,6 +235,22 @@ def run_command(
     max_input_size: Annotated[
         str | None, Opt(help="Largest S3 object downloaded; bigger ones fail (default 20GiB).", rich_help_panel=STORE)
     ] = None,
+    max_duration: Annotated[
+        str | None,
+        Opt(
+            help="Longest recording, in seconds of audio; a longer one fails before it is decoded whole "
+            "(default 7200; off: no limit).",
+            rich_help_panel=STORE,
+        ),
+    ] = None,
+    file_timeout: Annotated[
+        str | None,
+        Opt(
+            help="Seconds a file may take, fetch to transcript; past it the file fails, naming its stage "
+            "(default 14400; off: no limit).",
+            rich_help_panel=STORE,
+        ),
+    ] = None,
     shard: Annotated[
         str | None,
         Opt(

@@ -107,6 +107,18 @@ class AudioDecodeError(FileFailure):
     """The input holds no decodable audio (empty, truncated, not audio, no audio track)."""
 
 
+class AudioTooLong(FileFailure):
+    """The recording is longer than the run's duration limit (--max-duration): it fails before it is decoded whole."""
+
+
+class DecoderDied(FileFailure):
+    """Decoding the file killed the process that decoded it, twice: the file is the cause."""
+
+
+class FileTimeout(FileFailure):
+    """The file took longer than its deadline (--file-timeout); the message names the stage it was in."""
+
+
 class DestPathBlocked(FileFailure):
     """DEST cannot hold this file's manifest: a directory in the way, no permission on that one path, or a path
     longer than DEST takes."""

@@ -15,7 +15,7 @@ from typing import BinaryIO
 import av
 import numpy as np
 
-from batch.common.errors import AudioDecodeError
+from batch.common.errors import AudioDecodeError, AudioTooLong
 
 SAMPLE_RATE = 16_000
 
@@ -26,16 +26,24 @@ MIN_DECODED_SHARE = 0.9
 DURATION_SLACK_SECONDS = 1.0
 
 
-def decode(stream: BinaryIO, split_channels: bool = False) -> np.ndarray:
+def decode(stream: BinaryIO, split_channels: bool = False, max_seconds: float | None = None) -> np.ndarray:
     """The whole audio of `stream` as float32 samples in [-1, 1] at 16 kHz: mono, shape (samples,), or with
     `split_channels` one row per channel of the audio track, shape (channels, samples), in the file's order.
 
-    Raises AudioDecodeError when the stream is empty, not media, has no audio track, or is truncated.
+    Raises AudioDecodeError when the stream is empty, not media, has no audio track, or is truncated, and
+    AudioTooLong when it holds more than `max_seconds` of audio: at once when the container says so, else as
+    soon as that much is decoded (a container's duration can be missing or wrong), so that memory stays bounded
+    by the limit, not by the recording.
     """
     declared_seconds, layout = _probe(stream)
+    if max_seconds is not None and declared_seconds is not None and declared_seconds > max_seconds:
+        raise AudioTooLong(
+            f"the file declares {_clock(declared_seconds)} of audio, over the duration limit of "
+            f"{_clock(max_seconds)} (max_duration {max_seconds:g} s): not decoded; raise max_duration to take it"
+        )
     stream.seek(0)
     try:
-        samples = _decode_channels(stream, layout) if split_channels else _decode_mono(stream)
+        samples = _decode_channels(stream, layout, max_seconds) if split_channels else _decode_mono(stream, max_seconds)
     except av.error.FFmpegError as exc:
         raise AudioDecodeError(f"cannot decode audio: {_reason(exc)}") from None
     decoded_seconds = samples.shape[-1] / SAMPLE_RATE
@@ -56,36 +64,46 @@ def declared_seconds(stream: BinaryIO) -> float | None:
         return None
 
 
-def _decode_mono(stream: BinaryIO) -> np.ndarray:
+def _decode_mono(stream: BinaryIO, max_seconds: float | None = None) -> np.ndarray:
     """The first audio track down-mixed to mono at 16 kHz, the samples faster-whisper's `decode_audio` gives
     (16-bit, as float32), without the full garbage collection it runs after every file for old PyAV releases'
     resamplers (tests/engine/test_audio.py checks that decoding leaves nothing for it): ~0.15 s a file, holding the
     interpreter lock, in a process whose heap is not frozen as the runner's is (see batch.engine.loading)."""
     resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
     samples = io.BytesIO()
-    for piece in _resampled(stream, resampler):
+    for piece in _resampled(stream, resampler, max_seconds):
         samples.write(piece.to_ndarray())
     return np.frombuffer(samples.getbuffer(), dtype=np.int16).astype(np.float32) / 32768.0
 
 
-def _decode_channels(stream: BinaryIO, layout: av.AudioLayout) -> np.ndarray:
+def _decode_channels(stream: BinaryIO, layout: av.AudioLayout, max_seconds: float | None = None) -> np.ndarray:
     """Every channel of the first audio track at 16 kHz, shape (channels, samples).
 
     faster-whisper's decode_audio does the same for mono and for exactly two channels (`split_stereo`, which
     also turns a mono file into two copies of it); this keeps the track's own layout, whatever its count.
     """
     resampler = av.AudioResampler(format="fltp", layout=layout, rate=SAMPLE_RATE)
-    pieces = [piece.to_ndarray() for piece in _resampled(stream, resampler)]
+    pieces = [piece.to_ndarray() for piece in _resampled(stream, resampler, max_seconds)]
     if not pieces:
         return np.zeros((layout.nb_channels, 0), dtype=np.float32)
     return np.ascontiguousarray(np.concatenate(pieces, axis=1), dtype=np.float32)
 
 
-def _resampled(stream: BinaryIO, resampler: av.AudioResampler) -> Iterator[av.AudioFrame]:
-    """The first audio track through `resampler`, resampled in large pieces as faster-whisper does."""
+def _resampled(
+    stream: BinaryIO, resampler: av.AudioResampler, max_seconds: float | None = None
+) -> Iterator[av.AudioFrame]:
+    """The first audio track through `resampler`, resampled in large pieces as faster-whisper does; AudioTooLong
+    as soon as more than `max_seconds` is decoded."""
+    decoded = 0.0
     with av.open(stream, mode="r", metadata_errors="ignore") as container:
         fifo = av.AudioFifo()
         for frame in _valid_frames(container.decode(audio=0)):
+            decoded += frame.samples / (frame.sample_rate or SAMPLE_RATE)
+            if max_seconds is not None and decoded > max_seconds:
+                raise AudioTooLong(
+                    f"more than {_clock(max_seconds)} of audio, the duration limit (max_duration {max_seconds:g} s): "
+                    "decoding stopped there; raise max_duration to take it"
+                )
             frame.pts = None  # no timestamp check between frames, as decode_audio
             fifo.write(frame)
             if fifo.samples >= 500_000:
@@ -150,6 +168,12 @@ def _is_empty(stream: BinaryIO) -> bool:
     first = stream.read(1)
     stream.seek(0)
     return not first
+
+
+def _clock(seconds: float) -> str:
+    """4:05:00 for 14700 s: a recording's length as people say it."""
+    whole = round(seconds)
+    return f"{whole // 3600}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
 
 
 def _reason(exc: av.error.FFmpegError) -> str:

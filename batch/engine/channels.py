@@ -52,6 +52,9 @@ class ChannelSplit:
     def stats(self) -> PipelineStats:
         return self.inner.stats()
 
+    def close(self) -> None:
+        self.inner.close()
+
     def process(self, files: Iterable[DecodedFile], should_stop: Callable[[], bool]) -> Iterator[FileOutcome]:
         """One outcome per file, once all its channels are done; a file with a channel left unfinished when
         stopping gets none (a rerun redoes it), as the Pipeline protocol says of any unfinished file."""
@@ -76,7 +79,7 @@ class ChannelSplit:
                 yield file
                 continue
             for index, samples in enumerate(file.audio):
-                yield ChannelFile(file.key, samples, file.stopwatch, parent=file, channel=index)
+                yield ChannelFile(file.key, samples, file.stopwatch, deadline=file.deadline, parent=file, channel=index)
 
 
 def merge_channels(file: DecodedFile, outcomes: list[FileOutcome], given: tuple[str, ...]) -> FileOutcome:

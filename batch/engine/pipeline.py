@@ -14,6 +14,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from batch.common.errors import FileTimeout
+
 
 class Stopwatch:
     """Adds up seconds per stage; the clock is injectable so tests can use a fake one."""
@@ -34,6 +36,25 @@ class Stopwatch:
         self.timings[name] = round(self.timings.get(name, 0.0) + seconds, 4)
 
 
+@dataclass(frozen=True)
+class Deadline:
+    """When a file must be done by (time.monotonic, one clock for every process of the machine), and the limit
+    it came from (file_timeout), for the reason it fails with."""
+
+    at: float
+    seconds: float
+
+    @classmethod
+    def after(cls, seconds: float | None) -> Deadline | None:
+        return None if seconds is None else cls(time.monotonic() + seconds, seconds)
+
+    def passed(self) -> bool:
+        return time.monotonic() > self.at
+
+    def missed(self, stage: str) -> FileTimeout:
+        return FileTimeout(f"past its deadline (file_timeout {self.seconds:g} s) {stage}: stopped there")
+
+
 @dataclass
 class DecodedFile:
     """One input, decoded (or the reason it could not be), with the time its fetch and decode took.
@@ -46,6 +67,11 @@ class DecodedFile:
     audio: np.ndarray | None
     stopwatch: Stopwatch
     error: Exception | None = None
+    deadline: Deadline | None = None  # set when the models take it (file_timeout)
+
+    def overdue(self, stage: str) -> Exception | None:
+        """The error the file fails with when it is past its deadline, checked as `stage` ends; else None."""
+        return self.deadline.missed(stage) if self.deadline is not None and self.deadline.passed() else None
 
     @property
     def seconds(self) -> float:
@@ -120,3 +146,7 @@ class Pipeline(Protocol):
         ...
 
     def stats(self) -> PipelineStats: ...
+
+    def close(self) -> None:
+        """The run is over: let go of what outlives a `process` call (worker processes). The runner may call
+        `process` several times (a queue that pauses) and calls this once, at the end, whatever ended the run."""

@@ -73,6 +73,9 @@ class WhisperxPipeline:
             self._stats.alignment_models_loaded = self._finisher.alignment_models_loaded()
         return self._stats
 
+    def close(self) -> None:
+        """Nothing outlives a `process` call but the models, which stay with this process."""
+
     # --- the stream --------------------------------------------------------------------------------------------
 
     def process(self, files: Iterable[DecodedFile], should_stop: Callable[[], bool]) -> Iterator[FileOutcome]:
@@ -111,6 +114,7 @@ class WhisperxPipeline:
                 with self._working():
                     done_files = queue.read_batch()
                     for done in done_files:
+                        done.error = done.error or done.file.overdue("in asr")
                         self._guard(done)
                     finishing.extend(self._start_finish(done, pool) for done in done_files)
                 while finishing and finishing[0].done():
@@ -161,6 +165,9 @@ class WhisperxPipeline:
         except Exception as exc:
             raise_if_context_lost(exc)
             return FileOutcome(file, error=exc)
+        overdue = file.overdue("in vad")  # --file-timeout: checked as each stage ends
+        if overdue is not None:
+            return FileOutcome(file, error=overdue)
         if not chunks:
             outcome = FileOutcome(file, transcribed=True, language=language, language_probability=probability)
             if self.config.quality.enabled:

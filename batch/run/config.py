@@ -93,6 +93,8 @@ class RunControl:
     grace_seconds: float = 25.0
     dry_run: bool = False
     keep_run_reports: int = 50  # the newest reports kept in DEST/_runs/; 0 keeps all
+    max_duration: float | None = 7200.0  # seconds of audio a file may hold; None: no limit
+    file_timeout: float | None = 14400.0  # seconds a file may take from its fetch to its outcome; None: no limit
 
 
 @dataclass(frozen=True)
@@ -190,7 +192,14 @@ def configure(
         subtitles=SubtitleOptions(
             settings.max_line_width, settings.max_line_count, settings.max_cue_duration, settings.highlight_words
         ),
-        control=RunControl(settings.prefetch, settings.grace_seconds, settings.dry_run, settings.keep_run_reports),
+        control=RunControl(
+            settings.prefetch,
+            settings.grace_seconds,
+            settings.dry_run,
+            settings.keep_run_reports,
+            settings.max_duration,
+            settings.file_timeout,
+        ),
         shaping=shaping_settings(settings, vad, runtime.compute_type, pipeline.quality.phrases),
         metrics=metrics_config(settings),
         channels=ChannelConfig(settings.channels == "split", settings.channel_speakers),

@@ -26,8 +26,8 @@ from typing import Any
 from batch.common.concurrency import ordered_map, ordered_map_fed
 from batch.common.errors import BatchError, describe, exit_code_for_signal
 from batch.common.logs import file_context
-from batch.engine.audio import decode
-from batch.engine.pipeline import DecodedFile, FileOutcome, Pipeline, PipelineStats, Stopwatch
+from batch.engine.decoder import IsolatedDecoder
+from batch.engine.pipeline import Deadline, DecodedFile, FileOutcome, Pipeline, PipelineStats, Stopwatch
 from batch.engine.quality.summary import summarize
 from batch.formats.transcript import Transcript, build_transcript
 from batch.run.claims import HeldClaims
@@ -109,6 +109,7 @@ class Runner:
         self.tally = Tally(self.report, on_file)
         self._stop = threading.Event()
         self._in_pipeline: dict[str, Fetched] = {}  # handed over, not written yet
+        self._decoder = IsolatedDecoder()  # a file that crashes or hangs FFmpeg takes down a child, not the run
 
     def _to_do(self, queue: Any, listing_watchers: Sequence[ListingWatcher]) -> ToDo:
         """Where the files come from: SOURCE's listing, or a queue's messages (--queue)."""
@@ -179,6 +180,7 @@ class Runner:
                 self.tally.count(writer.done(wait=True))  # a paused queue deletes these messages now
                 if not self.to_do.more_to_come():
                     break
+                log.info("the files in work are written; waiting for more (the models stay loaded)")
             self.tally.count(writer.close())
             if not self.stopping():
                 self.tally.check_at_end()
@@ -187,9 +189,18 @@ class Runner:
             self.report.exit_code = exc.exit_code  # said once, by whoever reads the report (the command line)
         finally:
             self.tally.count(writer.close(), check=False)  # a file the models finished is never dropped
+            self._close_pipeline()
+            self._decoder.close()
             self.give_back()
             self._finish_report(started)
         return self.report
+
+    def _close_pipeline(self) -> None:
+        """The pipeline lets go of what it kept between passes (worker processes), once, as the run ends."""
+        try:
+            self.pipeline.close()
+        except Exception as exc:  # the files are written; the run's outcome stands
+            log.error("could not close the pipeline: %s", describe(exc)["message"])
 
     def give_back(self) -> None:
         """What this run holds and has not finished goes back at once (claims, queue messages): on every exit."""
@@ -203,6 +214,7 @@ class Runner:
         """Step 2, on a prefetch thread: claim (with --claim), fingerprint and decode one file."""
         with file_context(item.key):
             stopwatch = Stopwatch(self.clock)
+            deadline = Deadline.after(self.config.control.file_timeout)  # for its fetch and decode
             fetched = Fetched(item, utc_now(), receive_count=self.to_do.receive_count(item.key))
             try:
                 fetched.location = self.source.address(item.key)
@@ -214,7 +226,12 @@ class Runner:
                 with stopwatch.stage("fingerprint"):
                     fetched.fingerprint = self.source.fingerprint(item)
                 with stopwatch.stage("decode"), self.source.open(item.key, item.size) as stream:
-                    audio = decode(stream, split_channels=self.config.channels.split)
+                    audio = self._decoder.decode(
+                        stream,
+                        split_channels=self.config.channels.split,
+                        max_seconds=self.config.control.max_duration,
+                        deadline=deadline,
+                    )
             except Exception as exc:
                 fetched.file = DecodedFile(item.key, None, stopwatch, error=exc)
                 return fetched
@@ -237,6 +254,7 @@ class Runner:
                     continue
                 if self.stopping():
                     return
+                ready.file.deadline = Deadline.after(self.config.control.file_timeout)  # from here, for the models
                 self._hand_over(ready)
                 yield ready.file
         finally:

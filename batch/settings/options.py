@@ -150,6 +150,8 @@ class Settings(BaseModel):
     s3_endpoint_url: HttpUrl = None
     spool_dir: str | None = None
     max_input_size: MemorySize = "20GiB"
+    max_duration: OffIsNone[float] = Field(7200.0, gt=0)  # seconds of audio; a longer file fails before it is decoded
+    file_timeout: OffIsNone[float] = Field(14400.0, gt=0)  # seconds a file may take, fetch to outcome
     vad_method: Literal["pyannote", "silero"] = "pyannote"
     vad_onset: float = Field(0.5, gt=0, lt=1)
     vad_offset: float = Field(0.363, gt=0, lt=1)

@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from batch.common.errors import AudioDecodeError
+from batch.common.errors import AudioDecodeError, AudioTooLong
 from batch.engine.audio import SAMPLE_RATE, decode
+from batch.engine.decoder import IsolatedDecoder
 from tests.conftest import video_without_audio
 
 
@@ -101,3 +102,82 @@ def test_bad_inputs_fail_with_reasons(tmp_path: Path, speech_formats: dict[str, 
         pytest.raises(AudioDecodeError, match=r"no audio track \(the file holds: video\)"),
     ):
         decode(stream)
+
+
+class CountingReader(io.RawIOBase):
+    """A file read through, counting the bytes FFmpeg asked for."""
+
+    def __init__(self, path: Path):
+        self.inner = path.open("rb")
+        self.read_bytes = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def, override]
+        count = self.inner.readinto(buffer)
+        self.read_bytes += count or 0
+        return count  # type: ignore[return-value]
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self.inner.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.inner.tell()
+
+    def close(self) -> None:
+        self.inner.close()
+        super().close()
+
+
+def silence(target: Path, seconds: int, *output: str, piped: bool = False) -> Path:
+    """`seconds` of silence made by FFmpeg; `piped`: written to a pipe, as a recorder streams it (no going back to
+    fill in the header)."""
+    command = ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "anullsrc=r=8000:cl=mono", "-t", str(seconds)]
+    if not piped:
+        subprocess.run([*command, *output, str(target)], check=True, timeout=120)
+        return target
+    with target.open("wb") as sink:
+        subprocess.run([*command, *output, "pipe:"], stdout=sink, check=True, timeout=120)
+    return target
+
+
+def test_a_recording_that_declares_more_than_the_limit_fails_before_it_is_decoded(tmp_path: Path) -> None:
+    path = silence(tmp_path / "long.opus", 600, "-c:a", "libopus", "-b:a", "6k")
+    with pytest.raises(AudioTooLong, match=r"declares 0:10:00 of audio, over the duration limit of 0:01:00"):
+        decode(path.open("rb"), max_seconds=60)
+    assert len(decode(path.open("rb"), max_seconds=601)) == 600 * SAMPLE_RATE  # within it: decoded as ever
+
+
+def test_a_recording_that_declares_no_length_stops_decoding_at_the_limit(tmp_path: Path) -> None:
+    """A WAV written to a pipe says nothing of its length (sizes of 0xFFFFFFFF): decoding stops once the limit is
+    passed, so memory follows the limit, not the recording; the file is not read to its end."""
+    path = silence(tmp_path / "streamed.wav", 600, "-c:a", "pcm_u8", "-f", "wav", piped=True)
+    assert path.read_bytes()[4:8] == b"\xff\xff\xff\xff"
+    stream = CountingReader(path)
+    with pytest.raises(AudioTooLong, match=r"more than 0:01:00 of audio, the duration limit"):
+        decode(io.BufferedReader(stream), max_seconds=60)  # type: ignore[arg-type]
+    assert stream.read_bytes < path.stat().st_size / 4, (stream.read_bytes, path.stat().st_size)
+    assert len(decode(path.open("rb"), max_seconds=601)) == 600 * SAMPLE_RATE
+
+
+@pytest.mark.parametrize("split_channels", [False, True])
+def test_decoding_in_a_child_process_gives_the_same_samples(
+    speech_formats: dict[str, Path], split_channels: bool
+) -> None:
+    decoder = IsolatedDecoder()
+    try:
+        for ext in ("mp3", "m4a", "wav"):
+            with speech_formats[ext].open("rb") as stream:
+                isolated = decoder.decode(stream, split_channels=split_channels)
+            with speech_formats[ext].open("rb") as stream:
+                here = decode(stream, split_channels=split_channels)
+            assert isolated.dtype == here.dtype and np.array_equal(isolated, here)
+            assert isolated.flags.writeable
+        with pytest.raises(AudioDecodeError, match="not a readable audio or video file"), open(__file__, "rb") as text:
+            decoder.decode(text)  # the child's error, as decode raises it here
+    finally:
+        decoder.close()

@@ -35,10 +35,14 @@ from tests.conftest import tone
 
 
 def pool_job(
-    source: Path, out: Path, environs: list[dict[str, str]], on_file: Callable[[FileEvent], None] = lambda event: None
+    source: Path,
+    out: Path,
+    environs: list[dict[str, str]],
+    on_file: Callable[[FileEvent], None] = lambda event: None,
+    **options: object,
 ) -> Job:
     """A job whose pipeline is a pool of len(environs) CPU workers, each with its environment."""
-    settings = load_settings({"source": str(source), "out": str(out), "device": "cpu"}, environ={})
+    settings = load_settings({"source": str(source), "out": str(out), "device": "cpu", **options}, environ={})
     config = configure(settings, environ={})
     slots = tuple(WorkerSlot(f"cpu{i}", "cpu", 1, "CPU, 1 thread", env) for i, env in enumerate(environs))
     pool = WorkerPool(config.pipeline, slots, factory="tests.fakes:worker_pipeline")
@@ -126,6 +130,25 @@ def test_a_file_that_kills_two_workers_fails_alone(calls: Path, tmp_path: Path) 
     assert reason is not None and reason.message.count("was killed by SIGKILL") == 2, reason
     # the innocent file in the poison's first batch was retried alone and succeeded; two workers died, no more
     assert sum(w.restarts for w in report.workers) == 2 and not any(w.problem for w in report.workers)
+
+
+def test_a_worker_that_hangs_on_a_file_is_killed_past_its_deadline_and_only_that_file_fails(
+    calls: Path, tmp_path: Path
+) -> None:
+    """A worker stops (SIGSTOP) on the batch that holds hang.wav: past the deadline the pool kills it and tries
+    that batch's files again, each alone; hang.wav stops a worker again and fails alone, naming the worker, the
+    other files are done, and the device is not given up."""
+    tone(calls / "hang.wav")
+    out = tmp_path / "out"
+    environ = {"FAKE_HANG": "hang"}
+    report = pool_job(calls, out, [environ, environ], file_timeout=2).run()
+    assert report.exit_code == 1 and len(report.succeeded) == 12, report.summary()
+    (failed,) = report.failed
+    assert failed.key == "hang.wav" and failed.error.type == "FileTimeout"
+    assert failed.error.message.startswith("past its deadline (file_timeout 2 s) in worker cpu")
+    assert "which was killed (a stage that did not return, twice)" in failed.error.message
+    assert sum(w.restarts for w in report.workers) == 2 and not any(w.problem for w in report.workers)
+    assert manifests(out)["hang.wav"].status == "failed"
 
 
 def test_a_worker_that_cannot_start_is_reported_and_the_others_go_on(calls: Path, tmp_path: Path) -> None:

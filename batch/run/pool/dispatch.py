@@ -9,7 +9,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 
 from batch.common.errors import WorkerDied
-from batch.engine.pipeline import DecodedFile, FileOutcome
+from batch.engine.pipeline import Deadline, DecodedFile, FileOutcome
 from batch.run.pool.feed import Feed
 from batch.run.pool.messages import FILE, Task
 from batch.run.pool.processes import Phase, Worker
@@ -72,7 +72,7 @@ class Dispatch:
         worker.phase = Phase.WORKING
         if alone:
             self._retries.add(ticket)
-        worker.send(FILE, Task(ticket, file.key, file.audio, dict(file.stopwatch.timings)))
+        worker.send(FILE, Task(ticket, file.key, file.audio, dict(file.stopwatch.timings), file.deadline))
 
     def holds_retry(self, worker: Worker) -> bool:
         """Whether the worker holds a retried file: it gets nothing else until that is back."""
@@ -83,6 +83,15 @@ class Dispatch:
         self._retries.discard(ticket)
         self._deaths.pop(id(file), None)
         return file
+
+    def requeue(self, files: list[DecodedFile]) -> None:
+        """Files a worker held when it was stopped for another file's sake: handed out again first, as if new
+        (their deadlines too: the time in a hung worker is not theirs)."""
+        self._pending.extendleft(reversed(_restarted(files)))
+
+    def retry_alone(self, files: list[DecodedFile]) -> None:
+        """Files that were in a worker that hung: each handed out alone, with a fresh deadline."""
+        self._suspects.extend(_restarted(files))
 
     def redo(self, worker: Worker) -> None:
         """Files a worker's pipeline gave back unfinished (it broke its promise): each retried alone."""
@@ -111,3 +120,10 @@ class Dispatch:
                 f"alone, {deaths[1]}); it is failed so that it cannot take down more workers"
             ),
         )
+
+
+def _restarted(files: list[DecodedFile]) -> list[DecodedFile]:
+    for file in files:
+        if file.deadline is not None:
+            file.deadline = Deadline.after(file.deadline.seconds)
+    return files

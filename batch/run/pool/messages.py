@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from batch.common.errors import BatchError, ForeignBatchError, ForeignError, describe, is_file_problem
-from batch.engine.pipeline import DecodedFile, FileOutcome, PipelineStats, Stopwatch
+from batch.engine.pipeline import Deadline, DecodedFile, FileOutcome, PipelineStats, Stopwatch
 
 FILE, END, STOP, QUIT = "file", "end", "stop", "quit"
 READY, START_FAILED, WANT, DONE, FLUSHED, FATAL = "ready", "start_failed", "want", "done", "flushed", "fatal"
@@ -49,11 +49,12 @@ class Task:
     key: str
     audio: np.ndarray
     timings: dict[str, float]
+    deadline: Deadline | None = None
 
     def decoded(self) -> DecodedFile:
         stopwatch = Stopwatch()
         stopwatch.timings = dict(self.timings)
-        return DecodedFile(self.key, self.audio, stopwatch)
+        return DecodedFile(self.key, self.audio, stopwatch, deadline=self.deadline)
 
 
 @dataclass

@@ -13,6 +13,9 @@ Faults:
   to be the one: it fails, with the reason, and takes down no more (`dispatch.py`).
 - A worker that cannot start (its GPU broken or busy) is reported and the others go on; with none left, the run
   stops (exit 3).
+- A worker that holds a file past its deadline (--file-timeout, and a grace for its own check) hangs: it is
+  killed, the files past the deadline are retried alone, and one that hangs a worker again, alone, fails
+  (FileTimeout); the other files it held are handed out again, as new.
 - A device whose workers die MAX_DEATHS_IN_A_ROW times without finishing a file in between is given up (a death
   that a retried file is blamed for does not count: the file is the cause, not the device).
 
@@ -59,6 +62,9 @@ from batch.run.pool.worker import DEFAULT_FACTORY
 log = logging.getLogger(__name__)
 
 MAX_DEATHS_IN_A_ROW = 3
+# Past a file's deadline (--file-timeout), how long its worker has to fail it itself (its pipeline checks as each
+# stage ends) before it is taken to hang in a stage and killed: a tenth of the deadline, at most this.
+HANG_GRACE_SECONDS = 30.0
 POLL_SECONDS = 0.5
 QUIT_WAIT_SECONDS = 10.0  # for idle workers to exit after QUIT, before they are killed
 
@@ -66,7 +72,7 @@ QUIT_WAIT_SECONDS = 10.0  # for idle workers to exit after QUIT, before they are
 class _Life(enum.Enum):
     NEW = "new"  # no worker started yet
     RUNNING = "running"
-    STOPPING = "stopping"  # after a signal, an error or the end: no worker is replaced, nothing new handed out
+    STOPPING = "stopping"  # after a signal, an error or close(): no worker is replaced, nothing new handed out
 
 
 class WorkerPool:
@@ -118,6 +124,7 @@ class WorkerPool:
                 if should_stop() and self._life is _Life.RUNNING:
                     self._stop_all()
                 self._receive()
+                self._stop_hung_workers()
                 yield from self._outcomes()
                 self._hand_out()
                 yield from self._outcomes()
@@ -127,10 +134,17 @@ class WorkerPool:
                 self._refuse_to_go_on_without_workers()
         finally:
             try:
-                if self._life is not _Life.NEW:
+                if self._life is _Life.STOPPING or (self._life is _Life.RUNNING and not finished):
                     self._shut_down(gracefully=finished)  # first: a fetch in hand must not hold the GPUs
+                # else the session ended with every file back: the workers stay, models loaded, for the next one
             finally:
                 self._dispatch.close()
+
+    def close(self) -> None:
+        """The run is over: the workers quit. Until then they outlive each session (`process`), so that a
+        queue's next files, after a pause, find them ready. Idempotent."""
+        if self._life is _Life.RUNNING:
+            self._shut_down(gracefully=True)
 
     def _outcomes(self) -> Iterator[FileOutcome]:
         while self._out:
@@ -296,8 +310,9 @@ class WorkerPool:
 
     # --- deaths --------------------------------------------------------------------------------------------------
 
-    def _lost(self, slot: Slot, worker: Worker, reason: str | None = None) -> None:
-        """A worker process is gone: its files go back (or fail, the second time), and its slot goes on."""
+    def _lost(self, slot: Slot, worker: Worker, reason: str | None = None, blame: bool = True) -> None:
+        """A worker process is gone: its files go back (or fail, the second time), and its slot goes on.
+        `blame`: the death counts toward giving the device up (not when the pool killed it for a file's sake)."""
         if worker.gone:
             return
         was_ready, alone = worker.ready, self._dispatch.holds_retry(worker)
@@ -322,7 +337,7 @@ class WorkerPool:
             failed = self._dispatch.suspect(file, f"worker {slot.plan.name} {reason}")
             if failed is not None:
                 self._out.append(failed)
-        if not alone:  # a death while it held one retried file alone is that file's doing
+        if blame and not alone:  # a death while it held one retried file alone is that file's doing
             slot.deaths_in_a_row += 1
         if slot.deaths_in_a_row >= MAX_DEATHS_IN_A_ROW:
             slot.problem = f"its workers died {slot.deaths_in_a_row} times in a row (last: {reason})"
@@ -337,6 +352,49 @@ class WorkerPool:
         )
         slot.restarts += 1
         self._start(slot)
+
+    # --- deadlines -------------------------------------------------------------------------------------------
+
+    def _stop_hung_workers(self) -> None:
+        """A worker that holds a file well past its deadline hangs in a stage that does not return: it is killed
+        and a fresh worker starts in its place (the device is not blamed: a file is the cause)."""
+        if self._life is not _Life.RUNNING:
+            return
+        now = time.monotonic()
+        for slot in self._live_slots():
+            worker = slot.worker
+            assert worker is not None
+            hung = [
+                ticket
+                for ticket, file in worker.in_flight.items()
+                if file.deadline is not None
+                and now > file.deadline.at + min(HANG_GRACE_SECONDS, file.deadline.seconds / 10)
+            ]
+            if hung:
+                self._stop_hung(slot, worker, hung)
+
+    def _stop_hung(self, slot: Slot, worker: Worker, hung: list[int]) -> None:
+        """The files past their deadline are tried again, each alone in a worker (several share a batch: which
+        one hangs is not known yet); one that hangs a worker when alone fails. The rest go back as they were."""
+        if self._dispatch.holds_retry(worker):
+            stage = f"in worker {slot.plan.name}, which was killed (a stage that did not return, twice)"
+            for ticket in hung:
+                file = self._dispatch.finished(worker, ticket)
+                assert file.deadline is not None
+                log.error("%s: %s", file.key, file.deadline.missed(stage))
+                self._out.append(FileOutcome(file, error=file.deadline.missed(stage)))
+        else:
+            overdue = [worker.in_flight[ticket] for ticket in hung]
+            held = self._dispatch.drop(worker)
+            log.warning(
+                "worker %s holds %s past the deadline: it hangs; killed, and each of them is tried again alone",
+                slot.plan.name,
+                ", ".join(file.key for file in overdue),
+            )
+            self._dispatch.retry_alone(overdue)
+            self._dispatch.requeue([file for file in held if all(file is not late for late in overdue)])
+        kill_process(worker.process)
+        self._lost(slot, worker, "was killed: a file it held was past its deadline", blame=False)
 
     # --- the end ---------------------------------------------------------------------------------------------
 

@@ -1,0 +1,130 @@
+"""Queue mode with worker processes and decoder processes (--queue, --workers): the real command line, real
+processes with Whisper tiny.en on the CPU, and an SQS queue on moto's server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import boto3
+import pytest
+
+from tests.cli.test_limits import decoders_holding, joined, ten_minutes  # noqa: F401 - fixtures
+from tests.run.test_queue import bucket, make_queue, manifest, messages_in, reports, speech  # noqa: F401 - fixtures
+from tests.storage.test_s3 import aws_environment, moto_url, put  # noqa: F401 - fixtures
+
+pytestmark = pytest.mark.usefixtures("aws_environment")
+
+
+class Consumer:
+    """`python -m batch run --queue URL --workers 2` in the background, its log read as it comes."""
+
+    def __init__(self, queue_url: str, out: str, model: str, *extra: str):
+        command = [sys.executable, "-m", "batch", "run", "--queue", queue_url, "--out", out, "--model", model]
+        command += ["--no-align", "--device", "cpu", "--threads", "2", "--workers", "2", *extra]
+        self.process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=dict(os.environ)
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.lines.append(line)
+
+    def count(self, pattern: str) -> int:
+        return sum(bool(re.search(pattern, line)) for line in list(self.lines))
+
+    def wait_for(self, pattern: str, times: int = 1, timeout: float = 300) -> None:
+        deadline = time.monotonic() + timeout
+        while self.count(pattern) < times:
+            assert self.process.poll() is None, "".join(self.lines)
+            assert time.monotonic() < deadline, f"no {times} lines matched {pattern!r}:\n" + "".join(self.lines)
+            time.sleep(0.05)
+
+    def finish(self, timeout: float = 300) -> tuple[int, str]:
+        code = self.process.wait(timeout=timeout)
+        self._reader.join(10)
+        return code, "".join(self.lines)
+
+
+def send(queue_url: str, bucket: str, keys: list[str], body: bytes) -> None:  # noqa: F811
+    for key in keys:
+        put(bucket, key, body)
+        boto3.client("sqs").send_message(QueueUrl=queue_url, MessageBody=json.dumps({"source": f"s3://{bucket}/{key}"}))
+
+
+def test_workers_outlive_a_quiet_queue_and_take_the_files_that_come_after_it(
+    bucket: str,  # noqa: F811
+    speech: bytes,  # noqa: F811
+    tiny_en: str,
+) -> None:
+    """Three files, a quiet moment (the run finishes what it holds and waits), three more: the workers kept from
+    the first pass transcribe them; the run ends by --queue-idle with every message deleted."""
+    queue_url, _ = make_queue("pause-workers", visibility=30)
+    first, then = [f"in/first{index}.mp3" for index in range(3)], [f"in/then{index}.mp3" for index in range(3)]
+    send(queue_url, bucket, first, speech)
+    # The idle clock runs from the poll that found the queue quiet, through the first files' work (the workers'
+    # start included): long enough for that on two busy cores.
+    consumer = Consumer(queue_url, f"s3://{bucket}/out", tiny_en, "--queue-idle", "45")
+    consumer.wait_for(r"waiting for more")  # the first pass is over: its files written, their messages deleted
+    assert messages_in(queue_url) == (0, 0)
+    send(queue_url, bucket, then, speech)
+    code, log = consumer.finish()
+    assert code == 0, log
+    for key in first + then:
+        assert manifest(bucket, key)["status"] == "succeeded", key
+    assert messages_in(queue_url) == (0, 0)
+    (run,) = reports(bucket)
+    assert sorted(run["succeeded"]) == sorted(first + then)
+    assert run["queue"]["received"] == run["queue"]["deleted"] == 6 and run["queue"]["returned"] == 0
+    assert sorted(worker["restarts"] for worker in run["workers"]) == [0, 0]
+    assert [worker["state"] for worker in run["workers"]] == ["exited", "exited"]
+    assert consumer.count(r"worker cpu\d: starting on") == 2  # the same two workers did both passes
+
+
+def test_a_file_that_kills_its_decoder_twice_fails_alone_and_its_neighbours_gain_no_receive(
+    bucket: str,  # noqa: F811
+    speech: bytes,  # noqa: F811
+    ten_minutes: Path,  # noqa: F811
+    tmp_path: Path,
+    tiny_en: str,
+) -> None:
+    """A decode that dies (kill -9) takes down its child process, not the consumer: the file is decoded once more,
+    dies again and fails alone, with its manifest; the consumer goes on, so the messages beside it are received
+    once and done."""
+    queue_url, _ = make_queue("decoder-deaths", visibility=30)
+    hour = joined(ten_minutes, 6, tmp_path / "hour.webm", piped=True)
+    size = hour.stat().st_size
+    send(queue_url, bucket, ["in/a.mp3"], speech)
+    send(queue_url, bucket, ["in/b-hour.webm"], hour.read_bytes())
+    send(queue_url, bucket, ["in/c.mp3"], speech)
+    command = [sys.executable, "-m", "batch", "run", "--queue", queue_url, "--out", f"s3://{bucket}/out"]
+    command += ["--model", tiny_en, "--no-align", "--device", "cpu", "--threads", "2", "--queue-idle", "5"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    killed: list[int] = []
+    while len(killed) < 2:  # the download is spooled to a file with no name: its decoder is known by its size
+        assert process.poll() is None, process.communicate()[1]
+        for pid in decoders_holding(lambda fd: fd.stat().st_size == size):
+            if pid not in killed:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+        time.sleep(0.01)  # a look at /proc a hundred times a second: the hour takes a second or more to decode
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 1, stderr
+    doomed = manifest(bucket, "in/b-hour.webm")
+    assert doomed["status"] == "failed" and doomed["error"]["type"] == "DecoderDied", doomed
+    for key in ("in/a.mp3", "in/c.mp3"):
+        done = manifest(bucket, key)
+        assert done["status"] == "succeeded" and done["receive_count"] == 1, done
+    (run,) = reports(bucket)
+    assert run["queue"]["received"] == 3 and messages_in(queue_url) == (0, 0)
