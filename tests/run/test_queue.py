@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -97,6 +98,21 @@ def finish(process: subprocess.Popen[str], timeout: float = 300) -> tuple[int, s
     return process.returncode, stderr
 
 
+def wait_for_line(process: subprocess.Popen[str], pattern: str, timeout: float = 120) -> None:
+    """Read the process's log until a line matches `pattern` (what follows is left unread)."""
+    found = threading.Event()
+
+    def read() -> None:
+        assert process.stderr is not None
+        for line in process.stderr:
+            if re.search(pattern, line):
+                found.set()
+                return
+
+    threading.Thread(target=read, daemon=True).start()
+    assert found.wait(timeout), f"no line of the log matched {pattern!r}"
+
+
 def manifest(bucket: str, key: str) -> dict:
     body = boto3.client("s3").get_object(Bucket=bucket, Key=f"out/{key}.manifest.json")["Body"].read()
     return json.loads(body)
@@ -164,8 +180,7 @@ def test_a_consumer_killed_mid_file_leaves_its_message_to_come_back(
     )
     out = f"s3://{bucket}/out"
     doomed = consumer(queue_url, out, tiny_en)
-    wait_until(lambda: messages_in(queue_url) == (0, 1))
-    time.sleep(1.0)  # into the file's work: its download, the model's load
+    wait_for_line(doomed, r"queue message \S+: 1 objects")  # taken: its download and decoding begin
     doomed.kill()
     doomed.wait()
     assert keys_in(bucket, "out/") == []  # nothing written: the file was not done
