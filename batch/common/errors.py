@@ -119,6 +119,10 @@ class FileTimeout(FileFailure):
     """The file took longer than its deadline (--file-timeout); the message names the stage it was in."""
 
 
+# Failures of a file that took down or hung what worked on it: in queue mode its message goes to the dead letters.
+POISON_ERRORS = frozenset({"WorkerDied", "DecoderDied", "FileTimeout"})
+
+
 class DestPathBlocked(FileFailure):
     """DEST cannot hold this file's manifest: a directory in the way, no permission on that one path, or a path
     longer than DEST takes."""

@@ -19,9 +19,9 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from batch.common.errors import BatchError, describe
+from batch.common.errors import POISON_ERRORS, BatchError, describe
 from batch.run.config import SelectionConfig
-from batch.run.manifest import read_manifest
+from batch.run.manifest import Manifest, read_manifest
 from batch.run.report import QueueCounts
 from batch.run.to_do import ToDo
 from batch.storage import InputFile, Store
@@ -198,6 +198,10 @@ class QueueToDo(ToDo):
             on_skipped(item.key)
             self._file_ended(work.message_id, item.key, confirmed=True)
             return
+        if not self.selection.force and self._poison(item) is not None:
+            log.warning("s3://%s/%s took down or hung what worked on it before: not tried again", work.bucket, work.key)
+            self._file_ended(work.message_id, item.key, confirmed=False)  # back, until the dead letters take it
+            return
         with self._lock:  # only this thread adds keys: none came in since the look above
             self._in_work[item.key] = (work.message_id, item)
         yield item
@@ -243,7 +247,20 @@ class QueueToDo(ToDo):
             return False
         if manifest is None:
             return False
+        if is_poison(manifest, item):
+            assert manifest.error is not None
+            reason = manifest.error.type
+            log.warning("%s failed (%s): its message goes back, for its dead-letter queue", item.key, reason)
+            return False
         return item.version == GONE or manifest.input.version == item.version
+
+    def _poison(self, item: InputFile) -> Manifest | None:
+        """The failed manifest of this version of the object if it took down or hung what worked on it."""
+        try:
+            manifest = read_manifest(self.dest, item.key)
+        except Exception:  # the look that just succeeded (_is_done) will tell again next time
+            return None
+        return manifest if manifest is not None and is_poison(manifest, item) else None
 
     def _file_ended(self, message_id: str, key: str, confirmed: bool) -> None:
         with self._lock:
@@ -323,6 +340,20 @@ class QueueToDo(ToDo):
                     log.warning("the visibility of %d queue messages could not be extended", len(refused))
             except Exception as exc:  # the next beat tries again; past the timeout another consumer may take it
                 log.warning("could not extend the queue messages' visibility: %s", describe(exc)["message"])
+
+
+def is_poison(manifest: Manifest, item: InputFile) -> bool:
+    """Whether this version of the object failed by taking down or hanging what worked on it (its decoder or its
+    worker died twice on it, or it passed its deadline). Such a file fails alone, with its manifest, but its
+    message is not deleted: it goes back, is not tried again, and its queue's redrive policy takes it to the
+    dead-letter queue, where a person sees it, while the messages beside it are received once and done."""
+    error = manifest.error
+    return (
+        manifest.status == "failed"
+        and error is not None
+        and error.type in POISON_ERRORS
+        and manifest.input.version == item.version
+    )
 
 
 LONG_POLL = 10  # seconds: a stop is seen once the poll returns

@@ -100,9 +100,10 @@ def test_a_file_that_kills_its_decoder_twice_fails_alone_and_its_neighbours_gain
     tiny_en: str,
 ) -> None:
     """A decode that dies (kill -9) takes down its child process, not the consumer: the file is decoded once more,
-    dies again and fails alone, with its manifest; the consumer goes on, so the messages beside it are received
-    once and done."""
-    queue_url, _ = make_queue("decoder-deaths", visibility=30)
+    dies again and fails alone, with its manifest; its message goes back and, not tried again, on to the dead-letter
+    queue; the consumer goes on, so the messages beside it are received once and done."""
+    # A released message comes back after at most the visibility timeout: 3 s, within --queue-idle 5.
+    queue_url, dead_letters = make_queue("decoder-deaths", visibility=3, dead_letters_after=2)
     hour = joined(ten_minutes, 6, tmp_path / "hour.webm", piped=True)
     size = hour.stat().st_size
     send(queue_url, bucket, ["in/a.mp3"], speech)
@@ -126,5 +127,9 @@ def test_a_file_that_kills_its_decoder_twice_fails_alone_and_its_neighbours_gain
     for key in ("in/a.mp3", "in/c.mp3"):
         done = manifest(bucket, key)
         assert done["status"] == "succeeded" and done["receive_count"] == 1, done
+    assert stderr.count("took down or hung what worked on it before: not tried again") == 1  # its second receive
     (run,) = reports(bucket)
-    assert run["queue"]["received"] == 3 and messages_in(queue_url) == (0, 0)
+    assert [failed["key"] for failed in run["failed"]] == ["in/b-hour.webm"]  # decoded on its first receive only
+    assert run["queue"]["received"] == 4 and run["queue"]["deleted"] == 2 and run["queue"]["returned"] == 2
+    assert messages_in(queue_url) == (0, 0)
+    assert dead_letters is not None and messages_in(dead_letters)[0] == 1  # the redrive policy took it
