@@ -27,7 +27,7 @@ from batch.run.metrics_export import FINAL_PUSH_TIMEOUT_SECONDS, MetricsExporter
 from batch.run.report import RunReport, new_run_id
 from batch.run.runner import Runner
 from batch.run.tally import FileEvent
-from batch.run.to_do import ListingWatcher
+from batch.run.work.listing import ListingWatcher
 from batch.settings.options import Settings
 from batch.storage import InputFile, open_job_stores
 
@@ -220,7 +220,7 @@ class Job:
     def _claims(self) -> Any:
         if not self.config.selection.claim:
             return None
-        from batch.run.claims import Claims
+        from batch.run.work.claims import Claims
 
         return Claims(self.dest, self.run_id, self.config.selection.claim_ttl)
 

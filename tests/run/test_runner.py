@@ -223,7 +223,7 @@ def test_claims_of_files_never_written_are_released_once_prefetch_has_stopped(so
 
 
 def test_a_worker_whose_files_are_all_claimed_loads_no_model(source: Path, tmp_path: Path) -> None:
-    from batch.run.claims import Claims
+    from batch.run.work.claims import Claims
     from batch.storage import open_store
 
     out = tmp_path / "out"
