@@ -8,9 +8,10 @@ A file's way, each step named where it happens:
   4. transcribed                             the pipeline (engine), files batched together
   5. its manifest made from what was done    file_manifest, on the run's thread, from the Fetched and the outcome
   6. outputs written, then the manifest      write_file (outputs.py), on the writer thread: succeeded or failed;
-                                             an old manifest is deleted just before the outputs are replaced
-  7. counted                                 Tally (tally.py): the run report; the source of work hears the
-                                             file is finished (a claim given back, a queue message deleted)
+                                             an old manifest is deleted just before the outputs are replaced;
+                                             then the source of work hears the file is finished (its `finished`:
+                                             a claim given back, a queue message deleted or sent back)
+  7. counted                                 Tally (tally.py): the run report
 """
 
 from __future__ import annotations
