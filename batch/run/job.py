@@ -90,8 +90,9 @@ class Job:
         return source, dest
 
     def pending(self) -> Iterator[InputFile]:
-        """The files a run would take (listing, shard and skip check only; no model is loaded)."""
-        return self._runner().pending()
+        """The files a run would take (listing, shard and skip check only; nothing is claimed, no model is
+        loaded)."""
+        return self._runner().look()
 
     def watch_listing(self, watcher: ListingWatcher) -> None:
         """`watcher` hears of every file selected in SOURCE as the run lists it (the progress census). Before

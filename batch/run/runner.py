@@ -132,8 +132,12 @@ class Runner:
         return self._stop.is_set()
 
     def pending(self) -> Iterator[InputFile]:
-        """Files that need work, in order; done files are counted as skipped."""
+        """Files that need work, in order, taken (claimed, with --claim); done files are counted as skipped."""
         return self.to_do.pending(on_skipped=self._skipped)
+
+    def look(self) -> Iterator[InputFile]:
+        """The files `pending` would take, only looked at (a dry run): nothing is claimed."""
+        return self.to_do.look(on_skipped=self._skipped)
 
     def _skipped(self, key: str) -> None:
         self.report.skipped.append(key)

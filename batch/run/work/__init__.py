@@ -48,6 +48,12 @@ class WorkSource(Protocol):
 
     def pending(self, on_skipped: Callable[[str], None]) -> Iterator[InputFile]: ...
 
+    def look(self, on_skipped: Callable[[str], None]) -> Iterator[InputFile]:
+        """The files `pending` offers, only looked at (a dry run, `Job.pending`): nothing is claimed or held. A
+        queue cannot show a message without receiving it: its `look` is its `pending` (and a dry run of a queue is
+        refused, batch.run.config)."""
+        ...
+
     def problem(self, key: str) -> Exception | None:
         """Why a file handed out cannot be done (DEST cannot hold its manifest; its claim could not be taken): it
         then fails alone with this error, before it is fetched. None for the others."""

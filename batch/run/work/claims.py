@@ -312,6 +312,10 @@ class Claimed:
                     self._unclaimed[item.key] = exc
             yield item
 
+    def look(self, on_skipped: Callable[[str], None]) -> Iterator[InputFile]:
+        """The files this worker would try to claim; none is claimed."""
+        return self.inner.look(on_skipped)
+
     def problem(self, key: str) -> Exception | None:
         return self.inner.problem(key) or self._unclaimed.get(key)
 

@@ -89,6 +89,8 @@ class Listing:
         if counts.selected == 0 and not self.selection.allow_empty:
             raise nothing_selected(self.source.location, counts, self.selection)
 
+    look = pending  # a listing takes nothing: to look is to list
+
     def problem(self, key: str) -> Exception | None:
         return self.checks.blocked(key)
 

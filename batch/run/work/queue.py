@@ -123,6 +123,8 @@ class QueueSource:
             for message in received:
                 yield from self._files_of(message, on_skipped)
 
+    look = pending  # SQS shows a message only by receiving it (a dry run of a queue is refused)
+
     def _poll(self, in_work: bool) -> list[QueueMessage | tuple[str, str, int, UnreadableMessage]] | None:
         """One receive: at once while files are in work, else a long poll (no longer than --queue-idle has
         left). Idle is the time spent in polls that found nothing, in a row: never the time the run spent on
