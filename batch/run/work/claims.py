@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Iterator
 
 from batch.common.errors import ConfigError
+from batch.common.logs import file_context
 from batch.run.report import RunReport
 from batch.run.work import WorkSource
 from batch.storage import InputFile, Store
@@ -284,10 +285,11 @@ class Claimed:
     the queue) offers, only those whose claim this worker wins.
 
     A claim is taken as the run pulls the file, before it is decoded (so this worker holds no more claims than files
-    it pulled ahead of the pipeline), and re-checked against DEST once won; it is given back once the file's write
-    has ended, and every claim still held when the source closes, whatever ended the run. A file that fails before
-    it is fetched (DEST cannot hold its manifest) is handed out unclaimed, to fail alone; one whose claim could not
-    be taken (DEST's error) is handed out to fail with that error, as a fault that is not its own."""
+    it pulled ahead of the pipeline), one at a time on the thread that pulls, and re-checked against DEST once won.
+    It is given back once the file's write has ended, and every claim still held when the source closes, whatever
+    ended the run. A file that fails before it is fetched (DEST cannot hold its manifest) is handed out unclaimed, to
+    fail alone; one whose claim could not be taken (DEST's error) is handed out to fail with that error, as a fault
+    that is not its own."""
 
     def __init__(
         self,
@@ -303,14 +305,20 @@ class Claimed:
 
     def pending(self, on_skipped: Callable[[str], None]) -> Iterator[InputFile]:
         for item in self.inner.pending(on_skipped):
-            if self.inner.problem(item.key) is None:
-                try:
-                    if not self.held.take(item):
-                        self.on_claimed_elsewhere(item.key)
-                        continue
-                except Exception as exc:  # DEST could not be asked: the file fails with this (not its own fault)
-                    self._unclaimed[item.key] = exc
+            if self.inner.problem(item.key) is None and not self._take(item):
+                self.on_claimed_elsewhere(item.key)
+                continue
             yield item
+
+    def _take(self, item: InputFile) -> bool:
+        """Whether the file is this worker's to do: its claim won, or DEST could not be asked (the file then fails
+        with that error, not its own fault, and a later run does it)."""
+        with file_context(item.key):
+            try:
+                return self.held.take(item)
+            except Exception as exc:
+                self._unclaimed[item.key] = exc
+                return True
 
     def look(self, on_skipped: Callable[[str], None]) -> Iterator[InputFile]:
         """The files this worker would try to claim; none is claimed."""
