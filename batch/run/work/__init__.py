@@ -17,15 +17,17 @@ and the rooms below batch.run; never the runner, the job, the writer or the work
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from batch.storage import InputFile, Store
 
 if TYPE_CHECKING:
     from batch.run.config import JobConfig
     from batch.run.report import RunReport
+    from batch.run.work.claims import Claims
     from batch.run.work.listing import ListingWatcher
     from batch.run.work.skip import SkipCheck
+    from batch.storage.sqs import SqsQueue
 
 
 class WorkSource(Protocol):
@@ -78,11 +80,12 @@ def work_source(
     on_left: Callable[[str, Exception], None],
     on_claimed_elsewhere: Callable[[str], None],
     watchers: Sequence[ListingWatcher] = (),
-    queue: Any = None,
-    claims: Any = None,
+    queue: SqsQueue | None = None,
+    claims: Claims | None = None,
 ) -> WorkSource:
-    """The run's source of work: SOURCE's listing, or the queue's messages (--queue, `queue` the SqsQueue), each
-    within claims (--claim, `claims` the Claims on DEST)."""
+    """The run's source of work: SOURCE's listing, or the queue's messages (--queue, `queue` the SqsQueue; `source`
+    then the objects they name), within claims when `claims` are given (--claim; a queue needs none, and the
+    settings refuse both at once)."""
     work: WorkSource
     if config.queue is None or queue is None:
         from batch.run.work.listing import Listing
