@@ -35,10 +35,11 @@ class WorkSource(Protocol):
 
     `pending` yields the files to do, in order (those found done are told to `on_skipped` instead); the runner
     fetches each, and once the file's write has ended (its manifest written, or not: a fault not its own, a DEST
-    that refused it, a run with other settings that wrote it first) tells `finished`. When `pending` ends the
-    runner finishes every file it holds, then asks `more_to_come`: True, and it calls `pending` again (a queue that
-    paused while files were in work). `close` hands back what is held and not finished (claims, queue messages),
-    whatever ended the run; it may be called from another thread while `pending` runs (a run being abandoned).
+    that refused it, a run with other settings that wrote it first) tells `finished`, on the writer's thread. When
+    `pending` ends the runner finishes every file it holds, then asks `more_to_come`: True, and it calls `pending`
+    again (a queue that paused while files were in work). `close` hands back what is held and not finished (claims,
+    queue messages), whatever ended the run; it may be called from another thread while `pending` runs (a run being
+    abandoned).
     """
 
     # Whether the next file may be long in coming (a queue's long poll): the run then pulls files on a thread of its
@@ -53,7 +54,7 @@ class WorkSource(Protocol):
     def look(self, on_skipped: Callable[[str], None]) -> Iterator[InputFile]:
         """The files `pending` offers, only looked at (a dry run, `Job.pending`): nothing is claimed or held. A
         queue cannot show a message without receiving it: its `look` is its `pending` (and a dry run of a queue is
-        refused, batch.run.config)."""
+        refused, batch.settings.options)."""
         ...
 
     def problem(self, key: str) -> Exception | None:
