@@ -27,7 +27,7 @@ from batch.run.metrics_export import FINAL_PUSH_TIMEOUT_SECONDS, MetricsExporter
 from batch.run.report import RunReport, new_run_id
 from batch.run.runner import Runner
 from batch.run.tally import FileEvent
-from batch.run.to_do import ListingWatcher
+from batch.run.work.listing import ListingWatcher
 from batch.settings.options import Settings
 from batch.storage import InputFile, open_job_stores
 
@@ -90,8 +90,9 @@ class Job:
         return source, dest
 
     def pending(self) -> Iterator[InputFile]:
-        """The files a run would take (listing, shard and skip check only; no model is loaded)."""
-        return self._runner().pending()
+        """The files a run would take (listing, shard and skip check only; nothing is claimed, no model is
+        loaded)."""
+        return self._runner().look()
 
     def watch_listing(self, watcher: ListingWatcher) -> None:
         """`watcher` hears of every file selected in SOURCE as the run lists it (the progress census). Before
@@ -220,7 +221,7 @@ class Job:
     def _claims(self) -> Any:
         if not self.config.selection.claim:
             return None
-        from batch.run.claims import Claims
+        from batch.run.work.claims import Claims
 
         return Claims(self.dest, self.run_id, self.config.selection.claim_ttl)
 

@@ -150,24 +150,16 @@ def keeps_succeeded_manifest(dest: Store, key: str, error: Exception) -> bool:
 class OutputWriter:
     """Writes files one at a time on a background thread; `done()` hands back what was written, in order."""
 
-    def __init__(self, after_write: Callable[[str], None] = lambda key: None):
+    def __init__(self) -> None:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="writer")
         self._pending: list[tuple[str, Future[Manifest]]] = []
-        self._after_write = after_write
 
     def submit(self, key: str, write: Callable[[], Manifest]) -> None:
         """Start writing a file once the previous one is written: one write in flight, so the count of files
         done (and the broken-run check) is never more than one file behind the models."""
         if self._pending:
             self._pending[-1][1].exception()  # waits; the outcome is read by done()
-
-        def job() -> Manifest:
-            try:
-                return write()
-            finally:
-                self._after_write(key)
-
-        self._pending.append((key, self._pool.submit(contextvars.copy_context().run, job)))
+        self._pending.append((key, self._pool.submit(contextvars.copy_context().run, write)))
 
     def done(self, wait: bool = False) -> list[Written]:
         """The files whose writing has ended (all of them when `wait`), in the order they were submitted."""

@@ -2,15 +2,16 @@
 write each file's outcome as it comes back, and keep the run report.
 
 A file's way, each step named where it happens:
-  1. listed, and not done already            ToDo.pending (to_do.py), on the listing thread
-  2. claimed, fingerprinted, decoded         Runner._fetch, on a prefetch thread: a `Fetched`, no manifest yet
-  3. handed to the pipeline                  Runner._hand_over: the models load with the first file that needs
-                                             them
+  1. listed, not done already, claimed       the run's source of work (batch.run.work): its `pending`
+  2. fingerprinted, decoded                  Runner._fetch, on a prefetch thread: a `Fetched`, no manifest yet
+  3. handed to the pipeline                  Runner._hand_over: the models load with the first file handed over
   4. transcribed                             the pipeline (engine), files batched together
   5. its manifest made from what was done    file_manifest, on the run's thread, from the Fetched and the outcome
   6. outputs written, then the manifest      write_file (outputs.py), on the writer thread: succeeded or failed;
-                                             an old manifest is deleted just before the outputs are replaced
-  7. counted                                 Tally (tally.py): the run report, and the claim given back
+                                             an old manifest is deleted just before the outputs are replaced;
+                                             then the source of work hears the file is finished (its `finished`:
+                                             a claim given back, a queue message deleted or sent back)
+  7. counted                                 Tally (tally.py): the run report
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ from batch.engine.decoder import IsolatedDecoder
 from batch.engine.pipeline import Deadline, DecodedFile, FileOutcome, Pipeline, PipelineStats, Stopwatch
 from batch.engine.quality.summary import summarize
 from batch.formats.transcript import Transcript, build_transcript
-from batch.run.claims import HeldClaims
 from batch.run.config import JobConfig
 from batch.run.manifest import ErrorRecord, InputRecord, Manifest, utc_now
 from batch.run.outputs import OutputWriter, write_file
@@ -46,7 +46,8 @@ from batch.run.report import (
     sum_records,
 )
 from batch.run.tally import FileEvent, Tally
-from batch.run.to_do import ListingWatcher, ToDo
+from batch.run.work import WorkSource, work_source
+from batch.run.work.listing import ListingWatcher
 from batch.storage import InputFile, Store
 
 log = logging.getLogger(__name__)
@@ -58,10 +59,9 @@ class Fetched:
 
     item: InputFile
     started_at: str  # when its way began: the manifest's started_at
-    file: DecodedFile | None = None  # None: another worker holds the file
+    file: DecodedFile | None = None  # None until fetched
     fingerprint: str | None = None
     audio_seconds: float | None = None
-    receive_count: int | None = None  # a queue message's receives (--queue)
     location: str | None = None  # where it was read (s3://bucket/key, a path): its manifest says so
 
 
@@ -103,32 +103,23 @@ class Runner:
             versions=versions or {},
             shard=str(config.selection.shard) if config.selection.shard else None,
         )
-        self.to_do = self._to_do(queue, listing_watchers)
-        self.report.other_settings = self.to_do.other_settings
-        self.claims = HeldClaims(claims, self._still_to_do) if claims is not None else None
+        self.to_do: WorkSource = work_source(
+            config,
+            source,
+            dest,
+            run_started_at=self.report.started_at,
+            stopping=self.stopping,
+            on_left=self._left,
+            on_claimed_elsewhere=self._claimed_elsewhere,
+            watchers=listing_watchers,
+            queue=queue,
+            claims=claims,
+        )
+        self.to_do.record(self.report)
         self.tally = Tally(self.report, on_file)
         self._stop = threading.Event()
         self._in_pipeline: dict[str, Fetched] = {}  # handed over, not written yet
         self._decoder = IsolatedDecoder()  # a file that crashes or hangs FFmpeg takes down a child, not the run
-
-    def _to_do(self, queue: Any, listing_watchers: Sequence[ListingWatcher]) -> ToDo:
-        """Where the files come from: SOURCE's listing, or a queue's messages (--queue)."""
-        if queue is None or self.config.queue is None:
-            return ToDo(self.config.selection, self.settings_hash, self.source, self.dest, listing_watchers, self._left)
-        from batch.run.queue import QueueToDo
-
-        queued = QueueToDo(
-            queue,
-            self.config.queue.idle_seconds,
-            self.config.selection,
-            self.settings_hash,
-            self.source,
-            self.dest,
-            self.stopping,
-            on_left=self._left,
-        )
-        self.report.queue = queued.counts
-        return queued
 
     # --- control ------------------------------------------------------------------------------------------
 
@@ -142,8 +133,12 @@ class Runner:
         return self._stop.is_set()
 
     def pending(self) -> Iterator[InputFile]:
-        """Files that need work, in listing order; done files are counted as skipped."""
+        """Files that need work, in order, taken (claimed, with --claim); done files are counted as skipped."""
         return self.to_do.pending(on_skipped=self._skipped)
+
+    def look(self) -> Iterator[InputFile]:
+        """The files `pending` would take, only looked at (a dry run): nothing is claimed."""
+        return self.to_do.look(on_skipped=self._skipped)
 
     def _skipped(self, key: str) -> None:
         self.report.skipped.append(key)
@@ -154,19 +149,20 @@ class Runner:
         self.report.left_for_next_run.append(FailedFile(key=key, error=error))
         self.on_file(FileEvent(key, "left_for_next_run", error_type=error.type))
 
-    def _still_to_do(self, item: InputFile) -> bool:
-        return self.to_do.still_to_do(item, self.report.started_at)
+    def _claimed_elsewhere(self, key: str) -> None:
+        self.report.claimed_elsewhere.append(key)
+        self.on_file(FileEvent(key, "claimed_elsewhere"))
 
     # --- the run ------------------------------------------------------------------------------------------
 
     def run(self) -> RunReport:
         """Process every pending file; a BatchError ends the run early, recorded in the report (not raised)."""
         started = self.clock()
-        writer = OutputWriter(after_write=self.claims.give_back if self.claims is not None else lambda key: None)
+        writer = OutputWriter()
         ahead = self.config.control.prefetch * max(1, len(self.config.workers))  # --prefetch is per worker
-        fetch_ahead = ordered_map if self.config.queue is None else ordered_map_fed  # a queue's next file may wait
+        fetch_ahead = ordered_map_fed if self.to_do.waits else ordered_map  # a queue's next file may wait
         try:
-            while True:  # one pass over the listing; a queue may pause (see ToDo.more_to_come) and go on
+            while True:  # one pass over the listing; a queue may pause (see WorkSource.more_to_come) and go on
                 fetched = fetch_ahead(self._fetch, self.pending(), workers=max(1, ahead), ahead=ahead)
                 files = self._handed_over(fetched)
                 outcomes = self.pipeline.process(files, self.stopping)
@@ -176,7 +172,7 @@ class Runner:
                         self.tally.count(writer.done())
                 finally:
                     outcomes.close()
-                    files.close()  # waits for the prefetch threads: no claim can be taken after this
+                    files.close()  # waits for the prefetch threads
                 self.tally.count(writer.done(wait=True))  # a paused queue deletes these messages now
                 if not self.to_do.more_to_come():
                     break
@@ -204,25 +200,21 @@ class Runner:
 
     def give_back(self) -> None:
         """What this run holds and has not finished goes back at once (claims, queue messages): on every exit."""
-        if self.claims is not None:
-            self.claims.give_back_all()
         self.to_do.close()
 
     # --- a file's way ---------------------------------------------------------------------------------------
 
     def _fetch(self, item: InputFile) -> Fetched:
-        """Step 2, on a prefetch thread: claim (with --claim), fingerprint and decode one file."""
+        """Step 2, on a prefetch thread: fingerprint and decode one file."""
         with file_context(item.key):
             stopwatch = Stopwatch(self.clock)
             deadline = Deadline.after(self.config.control.file_timeout)  # for its fetch and decode
-            fetched = Fetched(item, utc_now(), receive_count=self.to_do.receive_count(item.key))
+            fetched = Fetched(item, utc_now())
             try:
                 fetched.location = self.source.address(item.key)
-                blocked = self.to_do.blocked(item.key)
-                if blocked is not None:
-                    raise blocked
-                if self.claims is not None and not self.claims.take(item):
-                    return fetched
+                problem = self.to_do.problem(item.key)
+                if problem is not None:
+                    raise problem
                 with stopwatch.stage("fingerprint"):
                     fetched.fingerprint = self.source.fingerprint(item)
                 with stopwatch.stage("decode"), self.source.open(item.key, item.size) as stream:
@@ -240,18 +232,13 @@ class Runner:
             return fetched
 
     def _handed_over(self, fetched: Iterator[tuple[InputFile, Future[Fetched]]]) -> Iterator[DecodedFile]:
-        """The pipeline's input: each fetched file in listing order, handed over (step 3); files other workers
-        claimed are counted instead."""
+        """The pipeline's input: each fetched file in order, handed over (step 3)."""
         try:
-            for item, future in fetched:
+            for _, future in fetched:
                 if self.stopping():
                     return
-                if self.claims is None:
-                    self.pipeline.load()  # the models load while the first files decode (load is idempotent)
+                self.pipeline.load()  # the models load while the first files decode (load is idempotent)
                 ready = future.result()
-                if ready.file is None:
-                    self._claimed_elsewhere(item)
-                    continue
                 if self.stopping():
                     return
                 ready.file.deadline = Deadline.after(self.config.control.file_timeout)  # from here, for the models
@@ -261,17 +248,12 @@ class Runner:
             fetched.close()
 
     def _hand_over(self, fetched: Fetched) -> None:
-        """Step 3: the models are loaded (with claims, only once a file is ours: a worker whose files all went to
-        others loads nothing). The file's old manifest stays until its outputs are replaced (write_file): a try
-        that fails before that (the object gone, a corrupt new version) leaves a "succeeded" record whole.
-        Files are known by key here: a ToDo never hands out a key that is in work (a queue holds a second message
-        for it back until the first is written)."""
-        self.pipeline.load()
+        """Step 3. The models loaded with the first file handed over (with claims, a file this worker won: one whose
+        files all went to others loads nothing). The file's old manifest stays until its outputs are replaced
+        (write_file): a try that fails before that (the object gone, a corrupt new version) leaves a "succeeded"
+        record whole. Files are known by key here: a source of work never hands out a key that is in work (a queue
+        holds a second message for it back until the first is written)."""
         self._in_pipeline[fetched.item.key] = fetched
-
-    def _claimed_elsewhere(self, item: InputFile) -> None:
-        self.report.claimed_elsewhere.append(item.key)
-        self.on_file(FileEvent(item.key, "claimed_elsewhere"))
 
     def _write(self, outcome: FileOutcome, writer: OutputWriter) -> None:
         """Steps 5 and 6: the file's manifest from what was done, then its outputs and manifest on the writer."""
@@ -279,13 +261,13 @@ class Runner:
         formats, layout, dest, stopwatch = self.config.formats, self.config.subtitles, self.dest, outcome.file.stopwatch
         outcome.file.audio = None  # the array is not needed any more: free it before the write
         # Without --force, a success with other settings that a run beside this one wrote meanwhile is kept.
-        since = None if self.config.selection.force else self.to_do.started_at
+        since = None if self.config.selection.force else self.to_do.checks.started_at
 
         def write() -> Manifest:
             try:
                 return write_file(dest, manifest, stopwatch, transcript, formats, outcome.error, layout, since)
             finally:
-                self.to_do.finished(outcome.key)  # a queue's message goes, or comes back if there is no manifest
+                self.to_do.finished(outcome.key)  # a queue's message goes (or comes back), a claim is given back
 
         writer.submit(outcome.key, write)
 
@@ -350,7 +332,7 @@ def file_manifest(
     )
     if fetched.audio_seconds is not None:
         manifest.audio_seconds = fetched.audio_seconds
-    manifest.receive_count = fetched.receive_count
+    manifest.receive_count = item.receive_count
     if outcome.gpu:
         manifest.gpu = {stage: record.to_dict() for stage, record in outcome.gpu.items()}
     manifest.worker = outcome.worker

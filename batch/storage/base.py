@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import BinaryIO, Protocol, runtime_checkable
 
 S3_SCHEME = "s3://"
@@ -13,11 +13,13 @@ S3_SCHEME = "s3://"
 
 @dataclass(frozen=True)
 class InputFile:
-    """One recording to transcribe. `version` changes whenever the content may have (mtime, ETag)."""
+    """One recording to transcribe. `version` changes whenever the content may have (mtime, ETag); a file named by a
+    queue message carries the message's `receive_count` (its receives, this one included), for its manifest."""
 
     key: str
     size: int
     version: str
+    receive_count: int | None = field(default=None, compare=False)
 
 
 @dataclass

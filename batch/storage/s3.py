@@ -344,7 +344,7 @@ class S3Store:
 
     def delete_if_version(self, name: str, version: str) -> bool:
         """Delete only if the object is still this version (DeleteObject with If-Match); False otherwise. A store
-        that ignores the condition deletes whatever is there: `batch.run.claims` probes for that first."""
+        that ignores the condition deletes whatever is there: `batch.run.work.claims` probes for that first."""
         return (
             self._conditional(
                 lambda: self.client.delete_object(Bucket=self.bucket, Key=self._named(name), IfMatch=version)

@@ -18,7 +18,7 @@ import pytest
 from batch.cli.progress import Census, Figures, Progress
 from batch.run.config import SelectionConfig
 from batch.run.tally import FileEvent
-from batch.run.to_do import ReadAhead
+from batch.run.work.listing import ReadAhead
 from batch.storage import open_store
 from tests.conftest import ENGLISH, speak
 

@@ -186,7 +186,7 @@ def test_claims_are_refused_on_a_store_that_ignores_if_none_match(
 
 def test_claims_are_released_by_their_owner_where_a_store_ignores_if_match_on_delete(bucket: str) -> None:
     """The fallback (read, compare the owner, delete), on moto with conditional deletes taken as unsupported."""
-    from batch.run.claims import Claims
+    from batch.run.work.claims import Claims
     from batch.storage import open_store
     from batch.storage.s3 import make_client
 
@@ -236,7 +236,7 @@ class ConflictHandler(StripHandler):
 
 
 def test_a_409_conditional_request_conflict_is_retried_not_taken_for_a_lost_claim(bucket: str, moto_url: str) -> None:  # noqa: F811
-    from batch.run.claims import Claims
+    from batch.run.work.claims import Claims
     from batch.storage import open_store
     from batch.storage.s3 import make_client
 
@@ -320,7 +320,7 @@ class HoldHandler(StripHandler):
 @pytest.mark.parametrize("landed", [False, True], ids=["renewal-not-yet-written", "renewal-written-answer-late"])
 def test_giving_claims_back_never_waits_behind_a_slow_renewal(bucket: str, moto_url: str, landed: bool) -> None:  # noqa: F811
     """A renewal stuck in flight must not hold the claims back past the grace period (a SIGKILL follows it)."""
-    from batch.run.claims import Claims, HeldClaims
+    from batch.run.work.claims import Claims, HeldClaims
     from batch.storage import InputFile, open_store
     from batch.storage.s3 import make_client
 
@@ -347,7 +347,7 @@ def test_giving_claims_back_never_waits_behind_a_slow_renewal(bucket: str, moto_
 
 def test_a_claim_expires_by_the_stores_clock_whatever_the_workers_clocks_say(bucket: str) -> None:
     """Workers whose clocks are an hour apart: a claim lives its writer's TTL by S3's clock, no more, no less."""
-    from batch.run.claims import Claims
+    from batch.run.work.claims import Claims
     from batch.storage import open_store
     from batch.storage.s3 import make_client
 

@@ -229,3 +229,19 @@ def test_a_full_spool_disk_is_not_the_files_fault_and_stops_the_run(
     assert report.succeeded == [] and all(failed.error.file_problem is False for failed in report.failed)
     assert not [key for key in keys_in(bucket, "out/") if key.endswith(".manifest.json")]
     assert not list(small_spool.iterdir())  # no spool file left behind
+
+
+def test_a_claim_dest_refuses_fails_its_file_alone_not_for_its_own_fault_and_the_others_are_done(
+    bucket: str, recording: bytes
+) -> None:
+    """--claim: a file whose claim cannot be taken (DEST refuses the claim's write) fails, not for a fault of its own
+    (no manifest, so a later run does it), and holds no claim; the other files are done."""
+    for name in ("a.wav", "b.wav", "c.wav"):
+        put(bucket, f"in/{name}", recording)
+    job = s3_job(bucket, claim=True)
+    refused = refuse(job.dest.client, "PutObject", f"{bucket}/out/_claims/b.wav", "AccessDenied", "Access Denied")
+    report = job.run()
+    assert refused and sorted(report.succeeded) == ["a.wav", "c.wav"] and report.exit_code == 1
+    assert failures(report) == {"b.wav": ("AccessDenied", False)}
+    assert report.claimed_elsewhere == []
+    assert stored_manifest(bucket, "b.wav") is None and keys_in(bucket, "out/_claims/") == []

@@ -22,7 +22,7 @@ from botocore.awsrequest import AWSPreparedRequest, AWSResponse
 from batch.run.config import SelectionConfig
 from batch.run.job import Job
 from batch.run.manifest import manifest_name
-from batch.run.queue import QueueToDo
+from batch.run.work.queue import QueueSource
 from batch.settings.options import load_settings
 from batch.storage import InputFile
 from batch.storage.local import LocalStore
@@ -290,8 +290,10 @@ def test_a_queue_that_still_holds_messages_is_not_idle_however_slowly_the_run_ta
     assert messages_in(queue_url) == (0, 0)
 
 
-def slow_queue_to_do(queue_url: str, tmp_path: Path, idle_seconds: float) -> tuple[QueueToDo, list[float], LocalStore]:
-    """A QueueToDo over a real queue with a clock of its own, which each poll moves on by the time it may wait (as
+def slow_queue_to_do(
+    queue_url: str, tmp_path: Path, idle_seconds: float
+) -> tuple[QueueSource, list[float], LocalStore]:
+    """A QueueSource over a real queue with a clock of its own, which each poll moves on by the time it may wait (as
     long polls that find nothing take): (the to-do, the clock's time, its DEST)."""
     now = [0.0]
     sqs = boto3.client("sqs")
@@ -302,7 +304,7 @@ def slow_queue_to_do(queue_url: str, tmp_path: Path, idle_seconds: float) -> tup
     queue = SqsQueue(queue_url, sqs)
     queue.check()
     dest = LocalStore(tmp_path / "out")
-    to_do = QueueToDo(
+    to_do = QueueSource(
         queue,
         idle_seconds,
         SelectionConfig(),

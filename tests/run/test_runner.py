@@ -226,7 +226,7 @@ def test_claims_of_files_never_written_are_released_once_prefetch_has_stopped(so
 
 
 def test_a_worker_whose_files_are_all_claimed_loads_no_model(source: Path, tmp_path: Path) -> None:
-    from batch.run.claims import Claims
+    from batch.run.work.claims import Claims
     from batch.storage import open_store
 
     out = tmp_path / "out"
@@ -236,6 +236,16 @@ def test_a_worker_whose_files_are_all_claimed_loads_no_model(source: Path, tmp_p
     pipeline = FakePipeline()
     report = job(source, out, pipeline, claim=True).run()
     assert len(report.claimed_elsewhere) == 5 and pipeline.loads == 0 and report.exit_code == 0
+
+
+def test_a_dry_run_with_claims_lists_every_file_and_claims_none(source: Path, tmp_path: Path) -> None:
+    """`job.pending()` (what --dry-run prints) only looks: with --claim it lists the files this worker would try to
+    claim, and takes no claim; the run that follows claims and does them all."""
+    out = tmp_path / "out"
+    looked = job(source, out, FakePipeline(), claim=True)
+    assert sorted(item.key for item in looked.pending()) == KEYS
+    assert not list(out.rglob("*.claim")) and looked.report is not None and looked.report.claimed_elsewhere == []
+    assert sorted(looked.run().succeeded) == KEYS
 
 
 KEYS = ["a.wav", "b.wav", "c/d.flac", "e.wav", "f.wav"]

@@ -13,7 +13,7 @@ import pytest
 from batch.common.errors import EnvironmentProblem
 from batch.run.config import SelectionConfig
 from batch.run.job import Job
-from batch.run.to_do import ReadAhead
+from batch.run.work.listing import ReadAhead
 from batch.settings.options import load_settings
 from batch.settings.shard import Shard
 from batch.storage import InputFile, open_store

@@ -511,7 +511,7 @@ class ServerClock:
 
 
 def test_expired_claims_are_taken_over_by_exactly_one_worker(bucket: str) -> None:
-    from batch.run.claims import Claims
+    from batch.run.work.claims import Claims
 
     client = make_client()
     clock = ServerClock(client)

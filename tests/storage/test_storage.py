@@ -400,8 +400,8 @@ LONG_KEYS = [
 
 
 def test_long_components_are_shortened_to_leave_room_for_every_suffix() -> None:
-    from batch.run.claims import claim_name
     from batch.run.manifest import manifest_name, output_name
+    from batch.run.work.claims import claim_name
     from batch.settings.options import OUTPUT_FORMATS
     from batch.storage.names import MAX_COMPONENT_BYTES, NAME_MAX_BYTES, name_bytes
 

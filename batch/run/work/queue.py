@@ -1,4 +1,5 @@
-"""Queue mode: the files of a run come from an SQS queue's messages instead of SOURCE's listing.
+"""The queue as a source of work (--queue): the files of a run come from an SQS queue's messages instead of
+SOURCE's listing.
 
 One work item per S3 object a message names (an S3 event may hold several records); the message is deleted once
 DEST holds a manifest (succeeded or failed) of the version it saw for every one of its files, or they were found
@@ -17,13 +18,13 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from batch.common.errors import POISON_ERRORS, BatchError, describe
 from batch.run.config import SelectionConfig
 from batch.run.manifest import Manifest, read_manifest
-from batch.run.report import QueueCounts
-from batch.run.to_do import ToDo
+from batch.run.report import QueueCounts, RunReport
+from batch.run.work.skip import SkipCheck
 from batch.storage import InputFile, Store
 from batch.storage.names import is_selected
 from batch.storage.sqs import GONE, QueuedObjects, QueueMessage, SqsQueue, UnreadableMessage
@@ -45,9 +46,10 @@ class _Work:
     message_id: str
     bucket: str
     key: str
+    receive_count: int  # its message's
 
 
-class QueueToDo(ToDo):
+class QueueSource:
     """The files to do, one queue message at a time, as the run asks for them.
 
     A key is in work from the moment it is handed to the run until its write has ended (`finished`): never twice
@@ -55,8 +57,11 @@ class QueueToDo(ToDo):
     held, until that file is written, then is looked at anew (HEAD, skip check): the same version is skipped, a
     newer one redone. A message is deleted only once DEST holds a manifest of the version it saw for each of its
     files; otherwise (a write that failed, no place for the manifest) it is made visible again, so that it comes
-    back and, if it keeps failing, reaches the dead-letter queue.
+    back and, if it keeps failing, reaches the dead-letter queue. Each file handed out carries its message's
+    receive count (`InputFile.receive_count`), for its manifest.
     """
+
+    waits = True  # the next file may be a long poll away: the run must not hold finished files meanwhile
 
     def __init__(
         self,
@@ -70,7 +75,8 @@ class QueueToDo(ToDo):
         clock: Callable[[], float] = time.monotonic,
         on_left: Callable[[str, Exception], None] = lambda key, exc: None,
     ):
-        super().__init__(selection, settings_hash, source, dest, on_left=on_left)
+        self.checks = SkipCheck(selection, settings_hash, source, dest, on_left)
+        self.selection, self.settings_hash, self.dest = selection, settings_hash, dest
         self.queue, self.idle_seconds, self.objects = queue, idle_seconds, source
         self.stopping, self.clock = stopping, clock
         self.counts = QueueCounts()
@@ -116,6 +122,8 @@ class QueueToDo(ToDo):
                 continue
             for message in received:
                 yield from self._files_of(message, on_skipped)
+
+    look = pending  # SQS shows a message only by receiving it (a dry run of a queue is refused)
 
     def _poll(self, in_work: bool) -> list[QueueMessage | tuple[str, str, int, UnreadableMessage]] | None:
         """One receive: at once while files are in work, else a long poll (no longer than --queue-idle has
@@ -167,7 +175,7 @@ class QueueToDo(ToDo):
                 )
                 continue
             held.files[key] += 1
-            works.append(_Work(message.message_id, bucket, key))
+            works.append(_Work(message.message_id, bucket, key, message.receive_count))
         with self._lock:
             self._held[message.message_id] = held
         for work in works:
@@ -185,13 +193,13 @@ class QueueToDo(ToDo):
                 return
         item = self.objects.item(work.bucket, work.key)
         try:
-            done = not self.selection.force and (self._is_done(item) or self._gone_after_done(item))
+            done = not self.selection.force and (self.checks.is_done(item) or self._gone_after_done(item))
         except BatchError:
             raise
         except Exception as exc:  # DEST could not say whether it is done, after retries: its message comes back
             self._unreadable_in_a_row += 1
             self._file_ended(work.message_id, item.key, confirmed=False)
-            self._leave(item, exc, self._unreadable_in_a_row)
+            self.checks.leave(item, exc, self._unreadable_in_a_row)
             return
         self._unreadable_in_a_row = 0
         if done:
@@ -204,7 +212,7 @@ class QueueToDo(ToDo):
             return
         with self._lock:  # only this thread adds keys: none came in since the look above
             self._in_work[item.key] = (work.message_id, item)
-        yield item
+        yield replace(item, receive_count=work.receive_count)
 
     def _gone_after_done(self, item: InputFile) -> bool:
         """An object gone since it was done with these settings (a redelivered event; a lifecycle rule that
@@ -213,18 +221,12 @@ class QueueToDo(ToDo):
             return False
         try:
             manifest = read_manifest(self.dest, item.key)
-        except OSError:  # no place for a manifest (ToDo.blocked): it fails alone
+        except OSError:  # no place for a manifest (SkipCheck.blocked): it fails alone
             return False
         if manifest is None or manifest.status != "succeeded" or manifest.settings_hash != self.settings_hash:
             return False
         log.info("%s is gone; it was done (its manifest stays): skipped", item.key)
         return True
-
-    def receive_count(self, key: str) -> int | None:
-        with self._lock:
-            in_work = self._in_work.get(key)
-            held = self._held.get(in_work[0]) if in_work is not None else None
-        return held.message.receive_count if held is not None else None
 
     def finished(self, key: str) -> None:
         """The file's write has ended, its manifest written or not. Its message goes once all its files are
@@ -309,6 +311,13 @@ class QueueToDo(ToDo):
         except Exception as exc:  # it comes back when its visibility runs out
             reason = describe(exc)["message"]
             log.warning("could not set queue message %s to come back: %s", message.message_id, reason)
+
+    def problem(self, key: str) -> Exception | None:
+        return self.checks.blocked(key)
+
+    def record(self, report: RunReport) -> None:
+        report.other_settings = self.checks.other_settings
+        report.queue = self.counts
 
     def close(self) -> None:
         """Messages not finished become visible again at once (a stop, an error); the heartbeat ends."""

@@ -1,7 +1,5 @@
-"""Which files of SOURCE still need work: listed, selected (filters, shard), and not already done.
-
-A file is done when its manifest says it succeeded with these settings, on this version of the input,
-and its outputs are all in DEST (see batch.run.manifest.is_done).
+"""The listing as a source of work: SOURCE's files, selected (filters, shard), and not already done (the skip
+check, batch.run.work.skip).
 
 SOURCE is listed once per run, on a thread of its own that reads ahead of the run (up to LISTED_AHEAD files) while
 the run takes the files at its own pace: watchers (the progress census) hear of every file selected as soon as it
@@ -18,18 +16,10 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
 from batch.common.concurrency import ordered_map
-from batch.common.errors import (
-    BatchError,
-    ConfigError,
-    DestPathBlocked,
-    EnvironmentProblem,
-    describe,
-    is_path_blocked,
-)
-from batch.common.logs import file_context
+from batch.common.errors import BatchError, ConfigError
 from batch.run.config import SelectionConfig
-from batch.run.manifest import Manifest, done_beside, is_done, manifest_name, read_manifest, utc_now
-from batch.run.report import OtherSettings
+from batch.run.report import RunReport
+from batch.run.work.skip import SkipCheck
 from batch.storage import InputFile, ListingCounts, Store
 
 log = logging.getLogger(__name__)
@@ -37,9 +27,6 @@ log = logging.getLogger(__name__)
 # Skip checks on S3 are requests: run this many at once, this many listing entries ahead.
 SKIP_CHECK_WORKERS = 16
 SKIP_CHECK_AHEAD = 64
-# Skip checks that fail in a row (after the store's own retries) before DEST is taken for broken: one file's
-# unreadable manifest is left for the next run, every file's stops the run.
-UNREADABLE_IN_A_ROW_STOP = 3
 
 
 class ListingWatcher(Protocol):
@@ -49,8 +36,11 @@ class ListingWatcher(Protocol):
     def listing_done(self) -> None: ...
 
 
-class ToDo:
-    """The files a run must do, found by reading DEST's manifests beside SOURCE's listing."""
+class Listing:
+    """The files a run must do, from SOURCE's listing: selected (filters, shard) and not done already (the skip
+    check, beside the listing). A listing ends: there is never more to come, and nothing to hand back."""
+
+    waits = False  # the next file is a listing entry away, never a long wait
 
     def __init__(
         self,
@@ -61,13 +51,10 @@ class ToDo:
         watchers: Sequence[ListingWatcher] = (),
         on_left: Callable[[str, Exception], None] = lambda key, exc: None,
     ):
-        self.selection, self.settings_hash, self.source, self.dest = selection, settings_hash, source, dest
+        self.selection, self.source = selection, source
+        self.checks = SkipCheck(selection, settings_hash, source, dest, on_left)
         self.watchers = watchers
-        self.on_left = on_left  # hears of each file left for the next run (its skip check could not be made)
-        self.started_at = utc_now()  # manifests finished since were written by runs beside this one
-        self.other_settings = OtherSettings()  # files DEST held as done with other settings (the run report's)
         self._listed = False
-        self._blocked: dict[str, OSError] = {}  # files whose manifest path DEST cannot hold
 
     def pending(self, on_skipped: Callable[[str], None]) -> Iterator[InputFile]:
         """Files that need work, streamed in listing order; `on_skipped` hears of each file already done.
@@ -80,7 +67,7 @@ class ToDo:
         self._listed = True
         unreadable_in_a_row = 0
         try:
-            checks = ordered_map(self._is_done, listing, workers=SKIP_CHECK_WORKERS, ahead=SKIP_CHECK_AHEAD)
+            checks = ordered_map(self.checks.is_done, listing, workers=SKIP_CHECK_WORKERS, ahead=SKIP_CHECK_AHEAD)
             for item, done in checks:  # an error of the listing itself is raised here, and ends the run
                 try:
                     already_done = done.result()
@@ -88,7 +75,7 @@ class ToDo:
                     raise
                 except Exception as exc:  # DEST (or SOURCE's fingerprint) could not be read, after retries
                     unreadable_in_a_row += 1
-                    self._leave(item, exc, unreadable_in_a_row)
+                    self.checks.leave(item, exc, unreadable_in_a_row)
                     continue
                 unreadable_in_a_row = 0
                 if already_done:
@@ -102,89 +89,22 @@ class ToDo:
         if counts.selected == 0 and not self.selection.allow_empty:
             raise nothing_selected(self.source.location, counts, self.selection)
 
-    def _leave(self, item: InputFile, exc: Exception, in_a_row: int) -> None:
-        """A file whose skip check could not be made: neither done nor failed, it is left for the next run, unless
-        so many in a row fail that DEST itself is the problem (the run then stops, exit 3)."""
-        reason = describe(exc)["message"]
-        if in_a_row >= UNREADABLE_IN_A_ROW_STOP:
-            raise EnvironmentProblem(
-                f"the manifests of the last {in_a_row} files could not be read in DEST {self.dest.location} "
-                f"({reason}); stopping: files not done are taken by the next run"
-            )
-        with file_context(item.key):
-            log.warning("whether it is done could not be read: %s; left for the next run", reason)
-        self.on_left(item.key, exc)
+    look = pending  # a listing takes nothing: to look is to list
 
-    def blocked(self, key: str) -> DestPathBlocked | None:
-        """Why DEST cannot hold this file's manifest (it then fails alone, with this error), or None."""
-        reason = self._blocked.get(key)
-        return DestPathBlocked(manifest_name(key), reason) if reason is not None else None
-
-    def _is_done(self, item: InputFile) -> bool:
-        try:
-            manifest = read_manifest(self.dest, item.key)
-        except OSError as exc:
-            if not is_path_blocked(exc):
-                raise
-            # Something in the way of this one file's manifest (a directory at its path, a path longer than
-            # DEST takes): the file fails alone, without wasting the models on it, and the run goes on.
-            self._blocked[item.key] = exc
-            return False
-        if self.selection.force:
-            return False
-        if is_done(manifest, item, self.settings_hash, self.source.fingerprint, self.dest):
-            return True
-        return self._done_with_other_settings(item, manifest)
-
-    def _done_with_other_settings(self, item: InputFile, manifest: Manifest | None) -> bool:
-        """A file DEST holds as done with other settings: redone when that was before this run (a changed setting),
-        left as it is when a run with other settings did it while this one runs (no ping-pong); said either way."""
-        if manifest is None or manifest.status != "succeeded" or manifest.settings_hash == self.settings_hash:
-            return False
-        if done_beside(manifest, self.settings_hash, self.started_at):
-            self.other_settings.left.append(item.key)
-            log.warning(
-                "%s: left as it is: done by run %s with other settings (%s) while this run was running "
-                "(two runs with different settings on one DEST?)",
-                item.key,
-                manifest.run_id,
-                manifest.settings_hash,
-            )
-            return True
-        self.other_settings.changed.append(item.key)
-        log.info(
-            "%s: redone: done by run %s with other settings (%s)", item.key, manifest.run_id, manifest.settings_hash
-        )
-        return False
-
-    def still_to_do(self, item: InputFile, run_started_at: str) -> bool:
-        """After winning a claim: not done by another worker during this run, nor done before (unless --force)."""
-        manifest = read_manifest(self.dest, item.key)
-        if manifest is None:
-            return True
-        if manifest.finished_at >= run_started_at:
-            return False
-        return self.selection.force or not is_done(
-            manifest, item, self.settings_hash, self.source.fingerprint, self.dest
-        )
-
-    # Where files come from a queue (batch.run.queue), what each one's message needs to hear; here, nothing.
-
-    def receive_count(self, key: str) -> int | None:
-        return None
+    def problem(self, key: str) -> Exception | None:
+        return self.checks.blocked(key)
 
     def finished(self, key: str) -> None:
-        """The file's write has ended: its manifest written, or not (a fault not its own, DEST refused it, or a run
-        beside this one with other settings wrote it first). A later run does a file with no manifest; where it came
-        from a queue, its message comes back rather than being deleted."""
+        """Nothing to do: a later run does a file that got no manifest."""
 
     def more_to_come(self) -> bool:
-        """After `pending` ended: whether it paused rather than ended (a queue that went quiet while files were
-        in work, so that they are finished now), and the run should ask `pending` again. A listing ends."""
         return False
 
     def close(self) -> None:
-        """The run is over, whatever ended it."""
+        """Nothing held."""
+
+    def record(self, report: RunReport) -> None:
+        report.other_settings = self.checks.other_settings
 
 
 def nothing_selected(location: str, counts: ListingCounts, selection: SelectionConfig) -> ConfigError:

@@ -1,4 +1,5 @@
-"""Claims: plain parallel workers (no engine-given index) share one job by claiming each file before work.
+"""Claims: plain parallel workers (no engine-given index) share one job by claiming each file before work
+(`Claimed`, a source of work around the listing or the queue: only the files whose claim this worker won).
 
 A claim is a small object DEST/_claims/KEY.claim created with a conditional write (S3 `If-None-Match: *`, or
 O_EXCL on a folder), so exactly one worker wins it. A claim expires after `claim_ttl` seconds: a crashed
@@ -23,9 +24,12 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from batch.common.errors import ConfigError
+from batch.common.logs import file_context
+from batch.run.report import RunReport
+from batch.run.work import WorkSource
 from batch.storage import InputFile, Store
 from batch.storage.base import StoreClock
 from batch.storage.names import output_base
@@ -274,3 +278,72 @@ class HeldClaims:
                 return
         if held is None and renewed is not None:  # given back while the renewal was in flight: ours to delete
             self.claims.release(key, renewed)
+
+
+class Claimed:
+    """A source of work shared by plain parallel workers (--claim): of the files its inner source (the listing, or
+    the queue) offers, only those whose claim this worker wins.
+
+    A claim is taken as the run pulls the file, before it is decoded (so this worker holds no more claims than files
+    it pulled ahead of the pipeline), one at a time on the thread that pulls, and re-checked against DEST once won.
+    It is given back once the file's write has ended, and every claim still held when the source closes, whatever
+    ended the run. A file that fails before it is fetched (DEST cannot hold its manifest) is handed out unclaimed, to
+    fail alone; one whose claim could not be taken (DEST's error) is handed out to fail with that error, as a fault
+    that is not its own."""
+
+    def __init__(
+        self,
+        inner: WorkSource,
+        claims: Claims,
+        run_started_at: str,
+        on_claimed_elsewhere: Callable[[str], None] = lambda key: None,
+    ):
+        self.inner, self.checks, self.waits = inner, inner.checks, inner.waits
+        self.held = HeldClaims(claims, lambda item: self.checks.still_to_do(item, run_started_at))
+        self.on_claimed_elsewhere = on_claimed_elsewhere  # hears of each file another worker holds or finished
+        self._unclaimed: dict[str, Exception] = {}  # files whose claim could not be taken: why
+
+    def pending(self, on_skipped: Callable[[str], None]) -> Iterator[InputFile]:
+        for item in self.inner.pending(on_skipped):
+            if self.inner.problem(item.key) is None and not self._take(item):
+                self.on_claimed_elsewhere(item.key)
+                continue
+            yield item
+
+    def _take(self, item: InputFile) -> bool:
+        """Whether the file is this worker's to do: its claim won, or DEST could not be asked (the file then fails
+        with that error, not its own fault, and a later run does it)."""
+        with file_context(item.key):
+            try:
+                return self.held.take(item)
+            except Exception as exc:
+                self._unclaimed[item.key] = exc
+                return True
+
+    def look(self, on_skipped: Callable[[str], None]) -> Iterator[InputFile]:
+        """The files this worker would try to claim; none is claimed."""
+        return self.inner.look(on_skipped)
+
+    def problem(self, key: str) -> Exception | None:
+        return self.inner.problem(key) or self._unclaimed.get(key)
+
+    def finished(self, key: str) -> None:
+        """The inner source hears first (a queue's message goes once DEST holds the manifest), then the claim goes:
+        a worker that wins it after that sees the manifest."""
+        self._unclaimed.pop(key, None)
+        try:
+            self.inner.finished(key)
+        finally:
+            self.held.give_back(key)
+
+    def more_to_come(self) -> bool:
+        return self.inner.more_to_come()
+
+    def close(self) -> None:
+        try:
+            self.held.give_back_all()
+        finally:
+            self.inner.close()
+
+    def record(self, report: RunReport) -> None:
+        self.inner.record(report)
