@@ -146,6 +146,24 @@ def open_spool(spool_dir: str | None, address: str) -> BinaryIO:
         raise spool_failure(exc, spool_dir, address) from None
 
 
+def spooled(client: Any, bucket: str, key: str, spool_dir: str | None, address: str) -> BinaryIO:
+    """The object downloaded to a spool file (deleted when closed), read from its start. A store's refusal is not
+    the file's fault unless the object is gone (read_failure); a full spool disk is not either (spool_failure)."""
+    spool = open_spool(spool_dir, address)
+    try:
+        client.download_fileobj(bucket, key, spool)
+    except (BotoCoreError, ClientError) as exc:
+        spool.close()
+        raise read_failure(exc, f"download of {address}") from None
+    except OSError as exc:
+        spool.close()
+        if exc.errno in DEST_UNUSABLE_ERRNOS:  # the spool's disk full: not the file's fault either
+            raise spool_failure(exc, spool_dir, address) from None
+        raise
+    spool.seek(0)
+    return spool
+
+
 def read_failure(exc: BotoCoreError | ClientError, what: str) -> Exception:
     """The error of a failed read of an object (`what`: "download of s3://bucket/key"): ObjectGone when the store
     says it is not there, else StoreUnavailable."""
@@ -257,19 +275,7 @@ class S3Store:
         """The object spooled to local disk (deleted when closed); over the size cap, the file fails clearly."""
         if size is not None and self.max_bytes is not None and size > self.max_bytes:
             raise FileFailure(f"the object is {size:,} bytes, over the download cap of {self.max_bytes:,} bytes")
-        spool = open_spool(self.spool_dir, self.address(key))
-        try:
-            self.client.download_fileobj(self.bucket, self.prefix + key, spool)
-        except (BotoCoreError, ClientError) as exc:
-            spool.close()
-            raise read_failure(exc, f"download of {self.address(key)}") from None
-        except OSError as exc:
-            spool.close()
-            if exc.errno in DEST_UNUSABLE_ERRNOS:  # the spool's disk full: not the file's fault either
-                raise spool_failure(exc, self.spool_dir, self.address(key)) from None
-            raise
-        spool.seek(0)
-        return spool
+        return spooled(self.client, self.bucket, self.prefix + key, self.spool_dir, self.address(key))
 
     def address(self, key: str) -> str:
         """Where the object is: s3://bucket/prefix/key."""

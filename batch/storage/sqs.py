@@ -20,16 +20,9 @@ import botocore.session
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from batch.common.errors import DEST_UNUSABLE_ERRNOS, GONE_ERROR_CODES, EnvironmentProblem, FileFailure, error_code
+from batch.common.errors import GONE_ERROR_CODES, EnvironmentProblem, FileFailure, error_code
 from batch.storage.base import InputFile, ListingCounts
-from batch.storage.s3 import (
-    describe_s3_error,
-    open_spool,
-    read_failure,
-    retry_settings,
-    split_object_url,
-    spool_failure,
-)
+from batch.storage.s3 import describe_s3_error, read_failure, retry_settings, split_object_url, spooled
 
 # The longest long poll SQS allows; shorter when the run must look at its stop flag or idle time sooner.
 LONGEST_POLL_SECONDS = 20
@@ -191,19 +184,7 @@ class QueuedObjects:
         if unreadable is not None:
             raise unreadable
         bucket = self._buckets[key]
-        spool = open_spool(self.spool_dir, self.address(key))
-        try:
-            self.client.download_fileobj(bucket, key, spool)
-        except (BotoCoreError, ClientError) as exc:
-            spool.close()
-            raise read_failure(exc, f"download of {self.address(key)}") from None
-        except OSError as exc:
-            spool.close()
-            if exc.errno in DEST_UNUSABLE_ERRNOS:  # the spool's disk full: not the file's fault either
-                raise spool_failure(exc, self.spool_dir, self.address(key)) from None
-            raise
-        spool.seek(0)
-        return spool
+        return spooled(self.client, bucket, key, self.spool_dir, self.address(key))
 
     def fingerprint(self, item: InputFile) -> str:
         return f"etag:{item.version}:size:{item.size}"

@@ -5,13 +5,12 @@ dry run lists what a run would redo, and the run redoes those while the blocked 
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ENGLISH, speak
+from tests.conftest import ENGLISH, mounted_tmpfs, speak
 
 KEYS = ["a.wav", "b.wav", "c.wav", "d.wav", "e.wav"]
 
@@ -64,17 +63,8 @@ def _latest_report(dest: Path) -> dict:
 @pytest.fixture
 def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
     """A real 400 KiB tmpfs, so DEST fills up for real (mounting needs root: skipped, saying so, without it)."""
-    mount_point = tmp_path / "small"
-    mount_point.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(mount_point)], capture_output=True, text=True
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "small", "400k") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
 def test_a_dest_that_fills_up_stops_the_run_at_once_and_says_so(

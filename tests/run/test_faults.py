@@ -7,7 +7,6 @@ botocore's `before-send` hook on the very client the run's stores use."""
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from batch.run.job import Job
 from batch.run.manifest import Manifest
 from batch.run.report import RunReport
 from batch.settings.options import load_settings
-from tests.conftest import tone
+from tests.conftest import mounted_tmpfs, tone
 from tests.fakes import FakePipeline
 from tests.run.test_queue import make_queue, messages_in, wait_until
 from tests.storage.test_s3 import aws_environment, keys_in, moto_url, put  # noqa: F401 - fixtures
@@ -205,17 +204,8 @@ def test_a_queue_file_whose_manifest_cannot_be_read_is_left_and_its_message_come
 @pytest.fixture
 def small_spool(tmp_path: Path) -> Iterator[Path]:
     """A real 64 KiB tmpfs as the spool folder, so a download fills it for real (mounting needs root)."""
-    mount_point = tmp_path / "spool"
-    mount_point.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount_point)], capture_output=True, text=True
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "spool", "64k") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
 def test_a_full_spool_disk_is_not_the_files_fault_and_stops_the_run(
