@@ -53,16 +53,24 @@ def half_a_day(ten_minutes: Path, tmp_path_factory: pytest.TempPathFactory) -> d
     }
 
 
+# Starts `python -m batch ARGS` from a small process of its own and prints its peak resident memory, children
+# included: wait4's ru_maxrss also counts the pages a process had before its exec, so measured straight from the
+# test process (hundreds of MB or GB once other tests have run the models in it) it would count the test's memory.
+MEASURED_RUN = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.executable, [sys.executable, "-m", "batch", *sys.argv[1:]])
+_, status, usage = os.wait4(pid, 0)
+print(usage.ru_maxrss * 1024)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def run_measured(*args: str, timeout: float = 600) -> tuple[int, str, int]:
     """`python -m batch ARGS`: (exit code, stderr, its peak resident memory in bytes, its children's included)."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "batch", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
-    assert process.stderr is not None
-    stderr = process.stderr.read()  # until it exits
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    return process.returncode, stderr, usage.ru_maxrss * 1024
+    done = subprocess.run([sys.executable, "-c", MEASURED_RUN, *args], capture_output=True, text=True, timeout=timeout)
+    return done.returncode, done.stderr, int(done.stdout.strip().splitlines()[-1])
 
 
 def test_recordings_over_the_duration_limit_fail_alone_before_they_are_decoded_whole(
