@@ -22,6 +22,7 @@ from soak.figures import BEGIN, END, write_doc
 from soak.places import Places, Version
 from soak.plan import draw
 from soak.proxy import FaultProxy, FaultRule, Place, ReceivedMessage
+from soak.runs import RunResult
 from soak.scenario import Ledger, SentMessage
 
 CREDENTIALS = {"aws_access_key_id": "k", "aws_secret_access_key": "s", "region_name": "us-east-1"}
@@ -184,3 +185,26 @@ def test_a_succeeded_manifest_replaced_by_a_failure_of_its_own_version_is_a_viol
     (tmp_path / "out" / "m.manifest.json").unlink()
     checks._regressions(ledger, places.dest_files(), "round 2")
     assert ledger.violations == []
+
+
+def test_a_failure_reported_as_not_the_files_own_is_not_recorded_against_it(tmp_path: Path) -> None:
+    scenario = next(s for s in (draw(11, index) for index in range(100)) if s.mode == "s3" and s.dest == "local")
+    places = Places(scenario, tmp_path, s3=None, sqs=None)
+    (tmp_path / "out").mkdir(parents=True)
+    item = scenario.inputs[0]
+    item.kind, item.words = "speech", ["river"]
+    ledger = Ledger(scenario, places)
+    run = RunResult("r0", 0, False, [], run_id="run-1")
+    elsewhere = {"type": "ClientError", "message": "not the file's fault, so no manifest: 503", "file_problem": False}
+    run.report = {"failed": [{"key": item.key, "error": elsewhere}] * 2}
+    checks._failures(ledger, run)  # the run said the fault was not the file's, twice (it came back): no manifest
+    assert ledger.violations == []
+
+    run.report = {"failed": [{"key": item.key, "error": elsewhere | {"file_problem": True}}]}
+    checks._failures(ledger, run)  # a sound file's failure reported as its own
+    in_dest = elsewhere | {"message": "recorded in DEST"}
+    manifest = {"status": "failed", "run_id": "run-1", "input": {"key": item.key}, "error": in_dest}
+    (tmp_path / "out" / "m.manifest.json").write_text(json.dumps(manifest))
+    ledger.runs.append(run)
+    checks._failed_manifests(ledger, places.dest_files())  # a failed manifest is the file's failure, whatever it says
+    assert [v.invariant for v in ledger.violations] == ["not_own_failure"] * 2
