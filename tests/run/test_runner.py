@@ -106,7 +106,9 @@ def test_a_fault_that_is_not_the_files_own_writes_no_manifest_and_the_next_run_d
         "e.wav": "AlignmentModelNotLoaded",
     }
     assert all(error.file_problem is False and "not the file's fault" in error.message for error in failed.values())
-    assert not (out / "b.wav.manifest.json").exists() and not (out / "e.wav.manifest.json").exists()
+    # No failed manifest: each keeps the succeeded one of the first run's settings (issue 34 #3), for a rerun to redo.
+    kept = {key: manifest(out, key) for key in ("b.wav", "e.wav")}
+    assert all(m.status == "succeeded" and m.settings_hash != report.settings_hash for m in kept.values())
     again = FakePipeline()
     rerun = job(source, out, again, formats="srt").run()
     assert sorted(again.pulled) == ["b.wav", "e.wav"] and rerun.exit_code == 0
