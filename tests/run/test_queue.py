@@ -619,3 +619,21 @@ def test_a_version_another_consumer_finished_meanwhile_is_left_as_it_is_not_writ
     assert report.succeeded == [] and report.skipped == ["in/a.wav"] and report.failed == []
     assert manifest(bucket, "in/a.wav")["run_id"] == other.run_id
     assert messages_in(first_queue) == (0, 0) and messages_in(other_queue) == (0, 0)
+
+
+def test_a_file_failed_for_its_own_fault_is_recorded_once_when_its_event_comes_twice(bucket: str) -> None:
+    """S3 delivers the event of an empty object twice: the second message waits for the first try, then is looked
+    at anew and finds this very version recorded (a failed manifest, its own fault): skipped and deleted, not
+    failed a second time (docs/queue.md: the same version is skipped)."""
+    queue_url, _ = make_queue("empty-twice", visibility=30)
+    put(bucket, "in/empty.wav", b"")
+    for _ in range(2):
+        send_source(queue_url, f"s3://{bucket}/in/empty.wav")
+    report = queue_job(queue_url, f"s3://{bucket}/out", FakePipeline(batch_size=2)).run()
+    assert [(f.key, f.error.type, f.error.file_problem) for f in report.failed] == [
+        ("in/empty.wav", "AudioDecodeError", True)
+    ]
+    assert report.skipped == ["in/empty.wav"] and report.exit_code == 1
+    assert manifest(bucket, "in/empty.wav")["status"] == "failed"
+    assert report.queue is not None and report.queue.received == report.queue.deleted == 2
+    assert messages_in(queue_url) == (0, 0)
