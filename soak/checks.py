@@ -279,6 +279,8 @@ def _expected_exit(report: dict[str, Any]) -> int | None:
         return None  # the error's own code (2, 3), which the report carries
     if report.get("stopped_by_signal"):
         return 128 + int(report["stopped_by_signal"])
+    if report.get("left_for_next_run"):
+        return 3  # files whose manifest could not be read were left for the next run: retry it (docs/outputs.md)
     return 1 if report.get("failed") else 0
 
 

@@ -208,3 +208,10 @@ def test_a_failure_reported_as_not_the_files_own_is_not_recorded_against_it(tmp_
     ledger.runs.append(run)
     checks._failed_manifests(ledger, places.dest_files())  # a failed manifest is the file's failure, whatever it says
     assert [v.invariant for v in ledger.violations] == ["not_own_failure"] * 2
+
+
+def test_a_run_that_left_files_for_the_next_run_is_expected_to_exit_3() -> None:
+    left = {"key": "a.wav", "error": {"type": "AccessDenied", "message": "denied", "file_problem": False}}
+    assert checks._expected_exit({"failed": [left], "left_for_next_run": [left]}) == 3
+    assert checks._expected_exit({"failed": [left]}) == 1
+    assert checks._expected_exit({"stopped_by_signal": 15, "left_for_next_run": [left]}) == 143
