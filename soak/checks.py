@@ -243,9 +243,9 @@ def _agreement(
     report, code = run.report, run.exit_code
     if report is None:
         said = any("could not write the run report" in line or "run report" in line for line in run.lines)
-        # A signal before the run began (no run id logged yet) ends the program with no run to report; one that
-        # comes while the interpreter starts, before any handler can be set, kills it as the default action does.
-        before_the_run = run.run_id is None and code in (130, 143, -2, -15) and bool(run.signals)
+        # A signal before the run began (its start line not logged yet: during the start-up checks, or while the
+        # interpreter starts, before any handler is set) ends the program with no run to report.
+        before_the_run = not run.began() and code in (130, 143, -2, -15) and bool(run.signals)
         if code not in (2, 3) and not said and not before_the_run:
             ledger.violate(
                 "run_agreement", f"exit {code} and no run report in DEST/_runs/ (nor a word of why)", run=run.tag

@@ -215,3 +215,16 @@ def test_a_run_that_left_files_for_the_next_run_is_expected_to_exit_3() -> None:
     assert checks._expected_exit({"failed": [left], "left_for_next_run": [left]}) == 3
     assert checks._expected_exit({"failed": [left]}) == 1
     assert checks._expected_exit({"stopped_by_signal": 15, "left_for_next_run": [left]}) == 143
+
+
+def test_a_run_stopped_by_a_signal_before_its_start_line_owes_no_report(tmp_path: Path) -> None:
+    scenario = next(s for s in (draw(11, index) for index in range(100)) if s.mode == "s3")
+    ledger = Ledger(scenario, Places(scenario, tmp_path, s3=None, sqs=None))
+    warning = {"logger": "batch.cli.console", "run_id": "R1", "message": "signal 15: finishing the current file"}
+    run = RunResult("r0", 0, False, [], exit_code=143, signals=["SIGTERM"], run_id="R1", lines=[json.dumps(warning)])
+    checks._agreement(ledger, run, {}, [run], None)  # stopped during the start-up checks: no run to report
+    assert ledger.violations == []
+    started = {"logger": "batch.run.job", "run_id": "R1", "message": "run R1: s3://b/in/ -> out, model tiny"}
+    run.lines.insert(0, json.dumps(started))
+    checks._agreement(ledger, run, {}, [run], None)  # it began: its report is owed
+    assert [v.invariant for v in ledger.violations] == ["run_agreement"]
