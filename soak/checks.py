@@ -487,14 +487,14 @@ def _claims(ledger: Ledger, runs: list[RunResult], files: dict[str, bytes], log:
 
 def at_the_end(ledger: Ledger, log: ProxyLog) -> None:
     files = ledger.places.dest_files()
-    _final_manifests(ledger, files)
+    _final_manifests(ledger, files, _dead_lettered_by_faults(ledger, log) if ledger.scenario.mode == "queue" else set())
     _done_twice(ledger)
     _final_exit(ledger)
     if ledger.scenario.mode == "queue":
         _queue_at_the_end(ledger, log)
 
 
-def _final_manifests(ledger: Ledger, files: dict[str, bytes]) -> None:
+def _final_manifests(ledger: Ledger, files: dict[str, bytes], dead_lettered: set[str]) -> None:
     places = ledger.places
     manifests = places.manifests(files)
     final_runs = [run for run in ledger.runs if run.final]
@@ -506,6 +506,8 @@ def _final_manifests(ledger: Ledger, files: dict[str, bytes]) -> None:
         if entry is None or entry[1] is None:
             if _failed_alone(final_runs, item.key) and own_fault_of(ledger, item, final_runs[-1]) is not None:
                 continue  # a name DEST cannot hold: failed alone, recorded in the run report
+            if item.key in dead_lettered:
+                continue  # its message is in the dead-letter queue, for an operator to redrive: kept, not lost
             ledger.violate("final_manifest", "no manifest after the clean final run: lost", item.key)
             continue
         manifest = entry[1]
@@ -583,18 +585,30 @@ def _final_exit(ledger: Ledger) -> None:
         ledger.violate("final_exit", "the clean final run neither did nor skipped a sound file", key)
 
 
+def _dead_letters_excused(ledger: Ledger, log: ProxyLog) -> tuple[list[str], set[str]]:
+    """The dead-letter queue's bodies, and those of them that a sound message may reach through receives it never
+    had a say in: answers the proxy dropped (each a receive for SQS), or runs killed while they held it."""
+    places = ledger.places
+    dead = sorted(places.queue_bodies(places.dead_letters_url))
+    lost = {m.body for mid, m in ledger.messages.items() if log.lost_receives.get(mid)}
+    killed = any(run.killed or run.stuck or run.worker_faults for run in ledger.runs)
+    return dead, {body for body in dead if killed or body in lost}
+
+
+def _dead_lettered_by_faults(ledger: Ledger, log: ProxyLog) -> set[str]:
+    """Keys whose message the dead-letter queue holds for such excused receives (queue_leftovers judges the rest)."""
+    _, excused = _dead_letters_excused(ledger, log)
+    return {key for m in ledger.messages.values() if m.body in excused for key in m.versions}
+
+
 def _queue_at_the_end(ledger: Ledger, log: ProxyLog) -> None:
     places = ledger.places
     visible, in_flight = places.queue_counts(places.queue_url)
     if visible or in_flight:
         ledger.violate("queue_leftovers", f"the queue still holds {visible} visible and {in_flight} invisible messages")
     poison = sorted(m.body for m in ledger.messages.values() if m.form == "poison")
-    dead = sorted(places.queue_bodies(places.dead_letters_url))
-    # A sound message may reach the dead letters through receives it never had a say in: answers the proxy
-    # dropped (each a receive for SQS), or runs killed while they held it.
-    lost = {m.body for mid, m in ledger.messages.items() if log.lost_receives.get(mid)}
-    killed = any(run.killed or run.stuck or run.worker_faults for run in ledger.runs)
-    extra = [body for body in dead if body not in poison and body not in lost and not killed]
+    dead, excused = _dead_letters_excused(ledger, log)
+    extra = [body for body in dead if body not in poison and body not in excused]
     if extra:
         shown = "; ".join(re.sub(r"\s+", " ", body)[:160] for body in extra)
         ledger.violate("queue_leftovers", f"{len(extra)} messages naming objects in the dead-letter queue: {shown}")

@@ -21,7 +21,7 @@ from soak.driver import Results
 from soak.figures import BEGIN, END, write_doc
 from soak.places import Places, Version
 from soak.plan import draw
-from soak.proxy import FaultProxy, FaultRule, Place, ReceivedMessage
+from soak.proxy import FaultProxy, FaultRule, Place, ProxyLog, ReceivedMessage
 from soak.runs import RunResult
 from soak.scenario import Ledger, SentMessage
 
@@ -228,3 +228,33 @@ def test_a_run_stopped_by_a_signal_before_its_start_line_owes_no_report(tmp_path
     run.lines.insert(0, json.dumps(started))
     checks._agreement(ledger, run, {}, [run], None)  # it began: its report is owed
     assert [v.invariant for v in ledger.violations] == ["run_agreement"]
+
+
+def test_a_file_whose_message_the_dead_letters_hold_for_lost_receives_is_not_lost(
+    proxy: FaultProxy, tmp_path: Path
+) -> None:
+    """A sound message dead-lettered by receives whose answers the proxy dropped (SQS counts them) is judged by
+    queue_leftovers, which excuses it; its file is with the operator, not lost. One dead-lettered for no such
+    reason is a queue_leftovers violation, and its file lost."""
+    scenario = next(s for s in (draw(11, index) for index in range(100)) if s.mode == "queue" and s.dest == "local")
+    sqs = client("sqs", proxy, "harness")
+    places = Places(scenario, tmp_path, s3=None, sqs=sqs)
+    (tmp_path / "out").mkdir(parents=True)
+    places.dead_letters_url = sqs.create_queue(QueueName="dead-letters-harness")["QueueUrl"]
+    places.queue_url = sqs.create_queue(QueueName="empty-harness")["QueueUrl"]
+    item = scenario.inputs[0]
+    item.kind, item.words = "speech", ["river"]
+    places.versions[item.key] = [Version(item.key, "river", 5, "river", "etag-river", 0.0)]
+    ledger = Ledger(scenario, places)
+    body = json.dumps({"source": f"s3://bucket/{item.key}"})
+    ledger.messages["m1"] = SentMessage("first", "source", {item.key: places.current(item.key)}, body)
+    sqs.send_message(QueueUrl=places.dead_letters_url, MessageBody=body)
+    for other in scenario.inputs[1:]:
+        other.kind = "note"  # not selected: no manifest owed
+    log = ProxyLog()
+    checks.at_the_end(ledger, log)
+    assert {v.invariant for v in ledger.violations} == {"final_manifest", "queue_leftovers"}
+    ledger.violations.clear()
+    log.lost_receives["m1"] = 1
+    checks.at_the_end(ledger, log)
+    assert ledger.violations == []
