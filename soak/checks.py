@@ -243,9 +243,9 @@ def _agreement(
     report, code = run.report, run.exit_code
     if report is None:
         said = any("could not write the run report" in line or "run report" in line for line in run.lines)
-        # A signal before the run began (no run id logged yet) ends the program with no run to report; one that
-        # comes while the interpreter starts, before any handler can be set, kills it as the default action does.
-        before_the_run = run.run_id is None and code in (130, 143, -2, -15) and bool(run.signals)
+        # A signal before the run began (its start line not logged yet: during the start-up checks, or while the
+        # interpreter starts, before any handler is set) ends the program with no run to report.
+        before_the_run = not run.began() and code in (130, 143, -2, -15) and bool(run.signals)
         if code not in (2, 3) and not said and not before_the_run:
             ledger.violate(
                 "run_agreement", f"exit {code} and no run report in DEST/_runs/ (nor a word of why)", run=run.tag
@@ -279,6 +279,8 @@ def _expected_exit(report: dict[str, Any]) -> int | None:
         return None  # the error's own code (2, 3), which the report carries
     if report.get("stopped_by_signal"):
         return 128 + int(report["stopped_by_signal"])
+    if report.get("left_for_next_run"):
+        return 3  # files whose manifest could not be read were left for the next run: retry it (docs/outputs.md)
     return 1 if report.get("failed") else 0
 
 
@@ -372,22 +374,35 @@ def _manifests_agree(
             )
 
 
+# The reason a run reports (and logs) for a file it met a fault that is not the file's own with: the file gets no
+# manifest and a later run does it (docs/reruns-and-exit-codes.md). Its log line carries no `file_problem`.
+NOT_ITS_FAULT = "(a later run does"
+
+
 def _failures(ledger: Ledger, run: RunResult) -> None:
-    """Every failure this run recorded (its report, else its log) is its file's own, and recorded once."""
+    """Every failure this run recorded against its file (its report, else its log) is its file's own, and recorded
+    once. A failure reported as not the file's own (`file_problem` false: no manifest, a later run does it) is
+    not recorded against the file: the run says the fault was elsewhere, as the issue asks; that it left no failed
+    manifest is checked over DEST (`_failed_manifests`), that its queue message stayed, as the message is deleted."""
     if run.report is not None:
         failures = [(f.get("key"), f.get("error") or {}) for f in run.report.get("failed", [])]
     else:
         failures = [
-            (r.get("key"), {"type": r.get("error_type"), "message": r.get("message")})
+            (r.get("key"), {"type": r.get("error_type"), "message": r.get("message")} | _logged_file_problem(r))
             for r in run.records()
             if r.get("event") == "file" and r.get("status") == "failed"
         ]
-    counts = Counter(key for key, _ in failures)
+    against_the_file = [(key, error) for key, error in failures if error.get("file_problem") is not False]
+    counts = Counter(key for key, _ in against_the_file)
     for key, times in counts.items():
         if times > 1:
             ledger.violate("own_failure_record", f"recorded failed {times} times in one run", key, run.tag)
     for key, error in failures:
-        check_failure(ledger, run, key or "", error)
+        check_failure(ledger, run, key or "", error, in_dest=False)
+
+
+def _logged_file_problem(record: dict[str, Any]) -> dict[str, bool]:
+    return {"file_problem": False} if NOT_ITS_FAULT in str(record.get("message", "")) else {}
 
 
 def _polls(ledger: Ledger, run: RunResult, log: ProxyLog) -> None:
@@ -409,10 +424,12 @@ def _failed_manifests(ledger: Ledger, files: dict[str, bytes]) -> None:
             continue
         run = by_id.get(manifest.get("run_id"))
         if run is not None:
-            check_failure(ledger, run, key, manifest.get("error") or {})
+            check_failure(ledger, run, key, manifest.get("error") or {}, in_dest=True)
 
 
-def check_failure(ledger: Ledger, run: RunResult, key: str, error: dict[str, Any]) -> None:
+def check_failure(ledger: Ledger, run: RunResult, key: str, error: dict[str, Any], in_dest: bool) -> None:
+    """One failure a run recorded: in DEST (a failed manifest: always the file's own failure, so it must be one), or
+    in its report or log, where `file_problem` false says the fault was not the file's (no manifest)."""
     scenario = ledger.scenario
     what = f"{error.get('type')}: {error.get('message')}"
     try:
@@ -420,6 +437,8 @@ def check_failure(ledger: Ledger, run: RunResult, key: str, error: dict[str, Any
     except StopIteration:
         ledger.violate("not_own_failure", f"a failure recorded for a key the soak never wrote ({what})", key, run.tag)
         return
+    if not in_dest and error.get("file_problem") is False:
+        return  # reported as a fault not of the file, which gets no manifest: not recorded against it
     excuse = own_fault_of(ledger, item, run)
     if excuse in (LONG, AT_THE_LIMIT) and not error.get("file_problem"):
         excuse = None  # such a file may fail alone, as its own problem, but not for a fault that is not its own
@@ -468,14 +487,14 @@ def _claims(ledger: Ledger, runs: list[RunResult], files: dict[str, bytes], log:
 
 def at_the_end(ledger: Ledger, log: ProxyLog) -> None:
     files = ledger.places.dest_files()
-    _final_manifests(ledger, files)
+    _final_manifests(ledger, files, _dead_lettered_by_faults(ledger, log) if ledger.scenario.mode == "queue" else set())
     _done_twice(ledger)
     _final_exit(ledger)
     if ledger.scenario.mode == "queue":
         _queue_at_the_end(ledger, log)
 
 
-def _final_manifests(ledger: Ledger, files: dict[str, bytes]) -> None:
+def _final_manifests(ledger: Ledger, files: dict[str, bytes], dead_lettered: set[str]) -> None:
     places = ledger.places
     manifests = places.manifests(files)
     final_runs = [run for run in ledger.runs if run.final]
@@ -487,6 +506,8 @@ def _final_manifests(ledger: Ledger, files: dict[str, bytes]) -> None:
         if entry is None or entry[1] is None:
             if _failed_alone(final_runs, item.key) and own_fault_of(ledger, item, final_runs[-1]) is not None:
                 continue  # a name DEST cannot hold: failed alone, recorded in the run report
+            if item.key in dead_lettered:
+                continue  # its message is in the dead-letter queue, for an operator to redrive: kept, not lost
             ledger.violate("final_manifest", "no manifest after the clean final run: lost", item.key)
             continue
         manifest = entry[1]
@@ -564,18 +585,30 @@ def _final_exit(ledger: Ledger) -> None:
         ledger.violate("final_exit", "the clean final run neither did nor skipped a sound file", key)
 
 
+def _dead_letters_excused(ledger: Ledger, log: ProxyLog) -> tuple[list[str], set[str]]:
+    """The dead-letter queue's bodies, and those of them that a sound message may reach through receives it never
+    had a say in: answers the proxy dropped (each a receive for SQS), or runs killed while they held it."""
+    places = ledger.places
+    dead = sorted(places.queue_bodies(places.dead_letters_url))
+    lost = {m.body for mid, m in ledger.messages.items() if log.lost_receives.get(mid)}
+    killed = any(run.killed or run.stuck or run.worker_faults for run in ledger.runs)
+    return dead, {body for body in dead if killed or body in lost}
+
+
+def _dead_lettered_by_faults(ledger: Ledger, log: ProxyLog) -> set[str]:
+    """Keys whose message the dead-letter queue holds for such excused receives (queue_leftovers judges the rest)."""
+    _, excused = _dead_letters_excused(ledger, log)
+    return {key for m in ledger.messages.values() if m.body in excused for key in m.versions}
+
+
 def _queue_at_the_end(ledger: Ledger, log: ProxyLog) -> None:
     places = ledger.places
     visible, in_flight = places.queue_counts(places.queue_url)
     if visible or in_flight:
         ledger.violate("queue_leftovers", f"the queue still holds {visible} visible and {in_flight} invisible messages")
     poison = sorted(m.body for m in ledger.messages.values() if m.form == "poison")
-    dead = sorted(places.queue_bodies(places.dead_letters_url))
-    # A sound message may reach the dead letters through receives it never had a say in: answers the proxy
-    # dropped (each a receive for SQS), or runs killed while they held it.
-    lost = {m.body for mid, m in ledger.messages.items() if log.lost_receives.get(mid)}
-    killed = any(run.killed or run.stuck or run.worker_faults for run in ledger.runs)
-    extra = [body for body in dead if body not in poison and body not in lost and not killed]
+    dead, excused = _dead_letters_excused(ledger, log)
+    extra = [body for body in dead if body not in poison and body not in excused]
     if extra:
         shown = "; ".join(re.sub(r"\s+", " ", body)[:160] for body in extra)
         ledger.violate("queue_leftovers", f"{len(extra)} messages naming objects in the dead-letter queue: {shown}")

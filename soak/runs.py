@@ -49,6 +49,14 @@ class RunResult:
                     records.append(record)
         return records
 
+    def began(self) -> bool:
+        """Whether the run began: its start line ("run RUN_ID: SOURCE -> DEST ...") logged, after the start-up
+        checks. A run id alone does not say so: every line carries it, a signal's warning during the checks too."""
+        return any(
+            r.get("logger") == "batch.run.job" and str(r.get("message", "")).startswith(f"run {r.get('run_id')}:")
+            for r in self.records()
+        )
+
     def file_events(self, status: str) -> list[str]:
         return [r.get("key") or "" for r in self.records() if r.get("event") == "file" and r.get("status") == status]
 

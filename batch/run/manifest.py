@@ -141,6 +141,22 @@ def done_beside(manifest: Manifest | None, settings_hash: str, run_started_at: s
     )
 
 
+def done_alongside(existing: Manifest | None, mine: Manifest, run_started_at: str) -> bool:
+    """Whether `existing` is a success of the very input `mine` records, with the same settings, that another run
+    wrote after this one started (two consumers of one queue given one event twice, two runs on one folder):
+    this run's outcome is the same work done twice, so the other run's outputs are left as they are."""
+    return (
+        existing is not None
+        and existing.status == "succeeded"
+        and existing.settings_hash == mine.settings_hash
+        and existing.run_id != mine.run_id
+        and existing.finished_at >= run_started_at
+        and existing.input.key == mine.input.key
+        and existing.input.size == mine.input.size
+        and existing.input.version == mine.input.version
+    )
+
+
 def absent_outputs(manifest: Manifest, dest: Store) -> list[str]:
     """The outputs the manifest lists that DEST no longer holds."""
     return [name for name in manifest.outputs if not dest.exists(name)]

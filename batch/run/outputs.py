@@ -19,6 +19,7 @@ from batch.formats.turns import speaker_turns
 from batch.run.manifest import (
     ErrorRecord,
     Manifest,
+    done_alongside,
     done_beside,
     manifest_name,
     output_name,
@@ -45,6 +46,15 @@ class LeftToOtherSettings(Exception):
 
     def __init__(self, manifest: Manifest):
         super().__init__(f"done by run {manifest.run_id} with other settings ({manifest.settings_hash})")
+        self.manifest = manifest
+
+
+class DoneAlongside(Exception):
+    """A run beside this one, with the same settings, finished this very version of the file first
+    (manifest.done_alongside): its outputs and manifest are left as they are, and this run's are not written."""
+
+    def __init__(self, manifest: Manifest):
+        super().__init__(f"done meanwhile by run {manifest.run_id}, the same version with the same settings")
         self.manifest = manifest
 
 
@@ -101,7 +111,8 @@ def write_file(
     A failed manifest is written only for a fault of the file's own: any other fault, and any error writing the
     outputs or the manifest (DEST's, never the file's), raises instead and leaves no manifest, so that the file is
     done later. With `run_started_at` (not --force), a success with other settings that a run beside this one
-    wrote since then is left as it is (LeftToOtherSettings)."""
+    wrote since then is left as it is (LeftToOtherSettings), and so is a success of this same version with the
+    same settings (DoneAlongside): the file is not written twice."""
     key = manifest.input.key
     if isinstance(error, DestPathBlocked):
         raise error  # there is no place for its manifest: the run report holds the reason
@@ -111,6 +122,8 @@ def write_file(
         existing = read_manifest(dest, key)
         if existing is not None and done_beside(existing, manifest.settings_hash, run_started_at):
             raise LeftToOtherSettings(existing)
+        if existing is not None and error is None and done_alongside(existing, manifest, run_started_at):
+            raise DoneAlongside(existing)
     if transcript is not None:
         # The old manifest goes before the outputs it describes change: a crash midway never leaves a stale
         # "succeeded" beside outputs of another version or settings.

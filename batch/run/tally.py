@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from batch.common.errors import DEST_UNUSABLE_ERRNOS, DestPathBlocked, EnvironmentProblem
 from batch.common.logs import file_context
 from batch.run.manifest import ErrorRecord
-from batch.run.outputs import LeftToOtherSettings, NotRecorded, Written
+from batch.run.outputs import DoneAlongside, LeftToOtherSettings, NotRecorded, Written
 from batch.run.report import FailedFile, QualityCounts, RunReport
 
 log = logging.getLogger(__name__)
@@ -96,6 +96,11 @@ class Tally:
             return
         if isinstance(item.error, LeftToOtherSettings):
             self._left_to_other_settings(item.key, item.error)
+            return
+        if isinstance(item.error, DoneAlongside):
+            self.report.skipped.append(item.key)
+            log.info("left as it is: %s", item.error)
+            self.on_file(FileEvent(item.key, "skipped"))
             return
         if manifest is None:
             error = unrecorded_error(item.error)

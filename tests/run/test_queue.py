@@ -608,3 +608,49 @@ def test_a_dry_run_of_a_queue_is_refused_and_leaves_it_untouched(cli, tmp_path: 
     assert messages_in(queue_url) == (1, 0)
     message = boto3.client("sqs").receive_message(QueueUrl=queue_url, MessageSystemAttributeNames=["All"])
     assert message["Messages"][0]["Attributes"]["ApproximateReceiveCount"] == "1"  # never received before
+
+
+def test_a_version_another_consumer_finished_meanwhile_is_left_as_it_is_not_written_twice(
+    bucket: str, tones: dict[float, bytes]
+) -> None:
+    """Two consumers given one event each for the same object (S3 delivering it twice, to two queues or to two
+    consumers of one): while one transcribes it, the other finishes the same version with the same settings. The
+    first leaves that manifest and its outputs as they are (counted skipped, not succeeded a second time) and
+    still deletes its message, since DEST holds a manifest of the version it saw."""
+    first_queue, _ = make_queue("alongside-1", visibility=30)
+    other_queue, _ = make_queue("alongside-2", visibility=30)
+    put(bucket, "in/a.wav", tones[1.0])
+    send_source(first_queue, f"s3://{bucket}/in/a.wav")
+    send_source(other_queue, f"s3://{bucket}/in/a.wav")
+    other_reports = []
+
+    def the_other_consumer_finishes_it(keys: list[str]) -> None:
+        if not other_reports:
+            other_reports.append(queue_job(other_queue, f"s3://{bucket}/out").run())
+
+    pipeline = FakePipeline(batch_size=1, on_batch=the_other_consumer_finishes_it)
+    report = queue_job(first_queue, f"s3://{bucket}/out", pipeline).run()
+    (other,) = other_reports
+    assert other.exit_code == 0 and other.succeeded == ["in/a.wav"]
+    assert report.exit_code == 0 and report.error is None
+    assert report.succeeded == [] and report.skipped == ["in/a.wav"] and report.failed == []
+    assert manifest(bucket, "in/a.wav")["run_id"] == other.run_id
+    assert messages_in(first_queue) == (0, 0) and messages_in(other_queue) == (0, 0)
+
+
+def test_a_file_failed_for_its_own_fault_is_recorded_once_when_its_event_comes_twice(bucket: str) -> None:
+    """S3 delivers the event of an empty object twice: the second message waits for the first try, then is looked
+    at anew and finds this very version recorded (a failed manifest, its own fault): skipped and deleted, not
+    failed a second time (docs/queue.md: the same version is skipped)."""
+    queue_url, _ = make_queue("empty-twice", visibility=30)
+    put(bucket, "in/empty.wav", b"")
+    for _ in range(2):
+        send_source(queue_url, f"s3://{bucket}/in/empty.wav")
+    report = queue_job(queue_url, f"s3://{bucket}/out", FakePipeline(batch_size=2)).run()
+    assert [(f.key, f.error.type, f.error.file_problem) for f in report.failed] == [
+        ("in/empty.wav", "AudioDecodeError", True)
+    ]
+    assert report.skipped == ["in/empty.wav"] and report.exit_code == 1
+    assert manifest(bucket, "in/empty.wav")["status"] == "failed"
+    assert report.queue is not None and report.queue.received == report.queue.deleted == 2
+    assert messages_in(queue_url) == (0, 0)

@@ -21,7 +21,8 @@ from soak.driver import Results
 from soak.figures import BEGIN, END, write_doc
 from soak.places import Places, Version
 from soak.plan import draw
-from soak.proxy import FaultProxy, FaultRule, Place, ReceivedMessage
+from soak.proxy import FaultProxy, FaultRule, Place, ProxyLog, ReceivedMessage
+from soak.runs import RunResult
 from soak.scenario import Ledger, SentMessage
 
 CREDENTIALS = {"aws_access_key_id": "k", "aws_secret_access_key": "s", "region_name": "us-east-1"}
@@ -183,4 +184,77 @@ def test_a_succeeded_manifest_replaced_by_a_failure_of_its_own_version_is_a_viol
     places.versions[item.key].append(Version(item.key, "forest", 6, "forest", "etag-forest", 1.0))
     (tmp_path / "out" / "m.manifest.json").unlink()
     checks._regressions(ledger, places.dest_files(), "round 2")
+    assert ledger.violations == []
+
+
+def test_a_failure_reported_as_not_the_files_own_is_not_recorded_against_it(tmp_path: Path) -> None:
+    scenario = next(s for s in (draw(11, index) for index in range(100)) if s.mode == "s3" and s.dest == "local")
+    places = Places(scenario, tmp_path, s3=None, sqs=None)
+    (tmp_path / "out").mkdir(parents=True)
+    item = scenario.inputs[0]
+    item.kind, item.words = "speech", ["river"]
+    ledger = Ledger(scenario, places)
+    run = RunResult("r0", 0, False, [], run_id="run-1")
+    elsewhere = {"type": "ClientError", "message": "not the file's fault, so no manifest: 503", "file_problem": False}
+    run.report = {"failed": [{"key": item.key, "error": elsewhere}] * 2}
+    checks._failures(ledger, run)  # the run said the fault was not the file's, twice (it came back): no manifest
+    assert ledger.violations == []
+
+    run.report = {"failed": [{"key": item.key, "error": elsewhere | {"file_problem": True}}]}
+    checks._failures(ledger, run)  # a sound file's failure reported as its own
+    in_dest = elsewhere | {"message": "recorded in DEST"}
+    manifest = {"status": "failed", "run_id": "run-1", "input": {"key": item.key}, "error": in_dest}
+    (tmp_path / "out" / "m.manifest.json").write_text(json.dumps(manifest))
+    ledger.runs.append(run)
+    checks._failed_manifests(ledger, places.dest_files())  # a failed manifest is the file's failure, whatever it says
+    assert [v.invariant for v in ledger.violations] == ["not_own_failure"] * 2
+
+
+def test_a_run_that_left_files_for_the_next_run_is_expected_to_exit_3() -> None:
+    left = {"key": "a.wav", "error": {"type": "AccessDenied", "message": "denied", "file_problem": False}}
+    assert checks._expected_exit({"failed": [left], "left_for_next_run": [left]}) == 3
+    assert checks._expected_exit({"failed": [left]}) == 1
+    assert checks._expected_exit({"stopped_by_signal": 15, "left_for_next_run": [left]}) == 143
+
+
+def test_a_run_stopped_by_a_signal_before_its_start_line_owes_no_report(tmp_path: Path) -> None:
+    scenario = next(s for s in (draw(11, index) for index in range(100)) if s.mode == "s3")
+    ledger = Ledger(scenario, Places(scenario, tmp_path, s3=None, sqs=None))
+    warning = {"logger": "batch.cli.console", "run_id": "R1", "message": "signal 15: finishing the current file"}
+    run = RunResult("r0", 0, False, [], exit_code=143, signals=["SIGTERM"], run_id="R1", lines=[json.dumps(warning)])
+    checks._agreement(ledger, run, {}, [run], None)  # stopped during the start-up checks: no run to report
+    assert ledger.violations == []
+    started = {"logger": "batch.run.job", "run_id": "R1", "message": "run R1: s3://b/in/ -> out, model tiny"}
+    run.lines.insert(0, json.dumps(started))
+    checks._agreement(ledger, run, {}, [run], None)  # it began: its report is owed
+    assert [v.invariant for v in ledger.violations] == ["run_agreement"]
+
+
+def test_a_file_whose_message_the_dead_letters_hold_for_lost_receives_is_not_lost(
+    proxy: FaultProxy, tmp_path: Path
+) -> None:
+    """A sound message dead-lettered by receives whose answers the proxy dropped (SQS counts them) is judged by
+    queue_leftovers, which excuses it; its file is with the operator, not lost. One dead-lettered for no such
+    reason is a queue_leftovers violation, and its file lost."""
+    scenario = next(s for s in (draw(11, index) for index in range(100)) if s.mode == "queue" and s.dest == "local")
+    sqs = client("sqs", proxy, "harness")
+    places = Places(scenario, tmp_path, s3=None, sqs=sqs)
+    (tmp_path / "out").mkdir(parents=True)
+    places.dead_letters_url = sqs.create_queue(QueueName="dead-letters-harness")["QueueUrl"]
+    places.queue_url = sqs.create_queue(QueueName="empty-harness")["QueueUrl"]
+    item = scenario.inputs[0]
+    item.kind, item.words = "speech", ["river"]
+    places.versions[item.key] = [Version(item.key, "river", 5, "river", "etag-river", 0.0)]
+    ledger = Ledger(scenario, places)
+    body = json.dumps({"source": f"s3://bucket/{item.key}"})
+    ledger.messages["m1"] = SentMessage("first", "source", {item.key: places.current(item.key)}, body)
+    sqs.send_message(QueueUrl=places.dead_letters_url, MessageBody=body)
+    for other in scenario.inputs[1:]:
+        other.kind = "note"  # not selected: no manifest owed
+    log = ProxyLog()
+    checks.at_the_end(ledger, log)
+    assert {v.invariant for v in ledger.violations} == {"final_manifest", "queue_leftovers"}
+    ledger.violations.clear()
+    log.lost_receives["m1"] = 1
+    checks.at_the_end(ledger, log)
     assert ledger.violations == []

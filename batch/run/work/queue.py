@@ -84,6 +84,7 @@ class QueueSource:
         self._in_work: dict[str, tuple[str, InputFile]] = {}  # key -> (message id, the version handed to the run)
         self._waiting: dict[str, list[_Work]] = {}  # key in work -> later messages' files of that key
         self._ready: list[_Work] = []  # files that waited, their key free again: looked at anew
+        self._recorded: dict[str, str] = {}  # key -> the version this run wrote a manifest of (done or failed)
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._beating = False
@@ -192,6 +193,11 @@ class QueueSource:
                 self._waiting.setdefault(work.key, []).append(work)
                 return
         item = self.objects.item(work.bucket, work.key)
+        if self._recorded.get(item.key) == item.version:  # a duplicate event: this run recorded this very version
+            log.info("s3://%s/%s: this version has its manifest from this run already: skipped", work.bucket, work.key)
+            on_skipped(item.key)
+            self._file_ended(work.message_id, item.key, confirmed=True)
+            return
         try:
             done = not self.selection.force and (self.checks.is_done(item) or self._gone_after_done(item))
         except BatchError:
@@ -237,7 +243,10 @@ class QueueSource:
             self._ready += self._waiting.pop(key, [])
         if in_work is not None:
             message_id, item = in_work
-            self._file_ended(message_id, key, confirmed=self._manifest_of(item))
+            confirmed = self._manifest_of(item)
+            if confirmed:
+                self._recorded[key] = item.version
+            self._file_ended(message_id, key, confirmed=confirmed)
 
     def _manifest_of(self, item: InputFile) -> bool:
         """Whether DEST holds a manifest of this version of the object; of an object that was gone, any manifest
