@@ -1,6 +1,8 @@
 """The fault-injection soak (docs/reliability.md) as tests: a CI-sized soak, one scenario of each mode, and every
-scenario that ever failed (soak/failing_seeds.json), replayed. Marked `soak`: deselected by default (pyproject's
-addopts) until issue 34's findings are fixed; `pytest -m soak` runs them."""
+scenario that ever failed (soak/failing_seeds.json), replayed. Marked `soak` (`pytest -m soak` runs them alone;
+`-m 'not soak'` leaves them out). An entry whose defect is known and not fixed yet carries `open` (why): it is
+replayed all the same and reported as an expected failure (xfail), never as a pass, until its fix lands and the
+entry's `open` is removed."""
 
 from __future__ import annotations
 
@@ -42,7 +44,18 @@ def test_a_ci_sized_soak_violates_no_invariant(place: Bench) -> None:
     assert sum(results.faults.values()) > 0
 
 
-@pytest.mark.parametrize("entry", failing_seeds(), ids=lambda entry: f"seed{entry['seed']}-s{entry['scenario']}")
+def replays() -> list[object]:
+    return [
+        pytest.param(
+            entry,
+            id=f"seed{entry['seed']}-s{entry['scenario']}",
+            marks=[pytest.mark.xfail(reason=entry["open"], strict=False)] if entry.get("open") else [],
+        )
+        for entry in failing_seeds()
+    ]
+
+
+@pytest.mark.parametrize("entry", replays())
 def test_a_scenario_that_once_failed_holds_now(place: Bench, entry: dict) -> None:
     results = soak(entry["seed"], [entry["scenario"]], place, verbose=False)
     assert not results.failing, "\n".join(results.failing[0].violations)
