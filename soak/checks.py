@@ -473,13 +473,35 @@ def own_fault_of(ledger: Ledger, item: Any, run: RunResult) -> str | None:
 
 
 def _claims(ledger: Ledger, runs: list[RunResult], files: dict[str, bytes], log: ProxyLog) -> None:
-    if ledger.scenario.parallel != "claims" or any(run.killed or run.stuck for run in runs):
+    """No claim outlives the run that took it, whatever ended it, but for a run killed outright (kill -9, or by the
+    harness when stuck): its claims wait for their TTL, and may outlive later rounds (a claim on a file whose
+    manifest was written is never taken over), so they are told apart by their owner's run id, not by the round."""
+    if ledger.scenario.parallel != "claims" or any(run.stuck for run in runs):
         return
     if any(op == "DeleteObject" for (_, op) in log.faults_by_op):
         return  # a release whose answer was lost or refused leaves the claim to expire: allowed
-    left = [name for name in files if name.startswith("_claims/") and "/.probe-" not in name]
+    killed = {run.run_id for run in ledger.runs if (run.killed or run.stuck) and run.run_id}
+    left = [
+        name
+        for name, body in files.items()
+        if name.startswith("_claims/") and "/.probe-" not in name and _claim_owner(body) not in killed
+    ]
     if left:
-        ledger.violate("claims_left", f"claims held after every run exited: {left}", run=",".join(r.tag for r in runs))
+        owners = sorted({str(_claim_owner(files[name])) for name in left})
+        ledger.violate(
+            "claims_left",
+            f"claims held after every run exited: {left} (held by runs {owners})",
+            run=",".join(r.tag for r in runs),
+        )
+
+
+def _claim_owner(body: bytes) -> str | None:
+    """The run id a claim names (None: unreadable, so no run's)."""
+    try:
+        owner = json.loads(body).get("run_id")
+    except (ValueError, AttributeError):
+        return None
+    return owner if isinstance(owner, str) else None
 
 
 # --- at the end ---------------------------------------------------------------------------------------------------

@@ -258,3 +258,24 @@ def test_a_file_whose_message_the_dead_letters_hold_for_lost_receives_is_not_los
     log.lost_receives["m1"] = 1
     checks.at_the_end(ledger, log)
     assert ledger.violations == []
+
+
+def test_a_claim_outliving_its_run_is_a_violation_unless_a_run_killed_outright_took_it(tmp_path: Path) -> None:
+    """Seed 35 scenario 5: a run killed -9 in round 0 left its claims, still within their TTL when round 1's runs
+    (neither killed) exited; those are the TTL's to free. A claim of a run that exited is left behind."""
+    scenario = next(s for s in (draw(35, index) for index in range(100)) if s.parallel == "claims" and s.dest != "s3")
+    places = Places(scenario, tmp_path, s3=None, sqs=None)
+    (tmp_path / "out" / "_claims").mkdir(parents=True)
+    ledger = Ledger(scenario, places)
+    killed = RunResult("r0p0", 0, False, [], killed=True, run_id="R-killed")
+    exited = RunResult("r1p0", 1, False, [], exit_code=0, run_id="R-exited")
+    ledger.runs += [killed, exited]
+    claim = {"worker": "host:1", "run_id": "R-killed", "claimed_at": 0.0, "expires_at": 6.0}
+    (tmp_path / "out" / "_claims" / "a.ogg.claim").write_text(json.dumps(claim))
+    checks._claims(ledger, [exited], places.dest_files(), ProxyLog())
+    assert ledger.violations == []
+
+    (tmp_path / "out" / "_claims" / "b.ogg.claim").write_text(json.dumps(claim | {"run_id": "R-exited"}))
+    checks._claims(ledger, [exited], places.dest_files(), ProxyLog())
+    assert [v.invariant for v in ledger.violations] == ["claims_left"]
+    assert "b.ogg.claim" in ledger.violations[0].detail and "a.ogg.claim" not in ledger.violations[0].detail
