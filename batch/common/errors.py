@@ -124,14 +124,20 @@ POISON_ERRORS = frozenset({"WorkerDied", "DecoderDied", "FileTimeout"})
 
 
 class DestPathBlocked(FileFailure):
-    """DEST cannot hold this file's manifest: a directory in the way, no permission on that one path, or a path
-    longer than DEST takes."""
+    """DEST cannot hold this file's manifest: a directory in the way, no permission on that one path, a path
+    longer than DEST takes, or a name it refuses (not UTF-8: EILSEQ)."""
 
     def __init__(self, name: str, cause: OSError):
         if cause.errno == errno.ENAMETOOLONG:
             super().__init__(
                 f"its manifest cannot be written at {name}: the path is too long for DEST ({cause.strerror}); "
                 "give DEST a shorter path, or move the file to a shallower folder of SOURCE, and rerun"
+            )
+            return
+        if cause.errno == errno.EILSEQ:
+            super().__init__(
+                f"its manifest cannot be written at {name!r}: DEST takes no such name ({cause.strerror}); "
+                "rename the file in SOURCE to valid UTF-8 and rerun"
             )
             return
         reason = {
@@ -144,9 +150,10 @@ class DestPathBlocked(FileFailure):
 
 def is_path_blocked(exc: OSError) -> bool:
     """Whether DEST refuses one path only (a directory or a file in the way, no permission there, a path too
-    long), so that the file whose path it is fails alone."""
+    long, a name that is not UTF-8 where names must be: an S3 key, ZFS with utf8only), so that the file whose
+    path it is fails alone."""
     return isinstance(exc, IsADirectoryError | NotADirectoryError | PermissionError) or (
-        exc.errno == errno.ENAMETOOLONG
+        exc.errno in (errno.ENAMETOOLONG, errno.EILSEQ)
     )
 
 

@@ -5,12 +5,16 @@ one, `../x.wav` and `a//b.wav` included. Outputs of a key are named `output_base
 
 The output base of a key is the key, component by component (split on `/`), with two rules applied in order:
 
-1. every `%` is written `%25`;
+1. every `%` is written `%25`, and every character UTF-8 cannot hold is written as a `%` escape: a byte of a
+   non-UTF-8 file name (which Python reads as the surrogate escape U+DC80-U+DCFF) as `%` and its two hex digits
+   (`\\udcff` -> `%FF`, always 80 to FF), any other lone surrogate as `%u` and its four (`\\ud800` -> `%uD800`);
 2. then a component that is empty or all dots and means something to a file system is respelled:
    "" -> `%2F`, "." -> `%2E`, ".." -> `%2E%2E`.
 
-Every other character (spaces, unicode, `+&=`, a non-UTF-8 name's surrogate escapes) is kept as it is, so
-`calls/été 1.wav` is written as `calls/été 1.wav.json`.
+Every other character (spaces, unicode, `+&=`) is kept as it is, so `calls/été 1.wav` is written as
+`calls/été 1.wav.json`. Every output name is valid UTF-8, so every DEST can hold it: S3 keys must be UTF-8, and
+the same name on every store lets outputs be copied from one to another. (Before, the surrogate escapes were kept as is
+on a local DEST: outputs of such a file written then are redone once, under the new name.)
 
 3. Last, a component longer than MAX_COMPONENT_BYTES (counted in UTF-8 bytes, as file systems count NAME_MAX)
    is shortened: its start, cut to fit, then `%~`, the first 16 hex digits of the SHA-256 of the key's whole
@@ -20,14 +24,15 @@ Every other character (spaces, unicode, `+&=`, a non-UTF-8 name's surrogate esca
 Why this can never write outside DEST: no output component is empty, `.` or `..`, so a folder or an S3
 prefix (where some stores and proxies collapse dot segments) sees only plain names below DEST.
 
-Why two different keys never share outputs (the rule is injective): after rule 1 every `%` in a component
-is followed by `25`, while each respelling of rule 2 holds a `%` followed by `2F` or `2E`; so a respelled
-component can never equal an escaped one, and the respellings differ from each other. Rule 1 alone is
-undone by reading `%25` back as `%`. No component gains or loses a `/`, so the components of a key are
-found again by splitting its output base on `/`. Hence `../x.wav` -> `%2E%2E/x.wav` and
-`%2E%2E/x.wav` -> `%252E%252E/x.wav`. A shortened component (rule 3) holds `%~`, which no other spelling
-does (their every `%` is followed by `25`, `2F` or `2E`), and two shortened ones differ in their hash unless
-SHA-256's first 64 bits collide. Every file of a long folder stays in one folder: a component's spelling
+Why two different keys never share outputs (the rule is injective): after rule 1 every `%` in a component is
+followed by `25`, by a byte's `80` to `FF` or by `u`, while each respelling of rule 2 holds a `%` followed by
+`2F` or `2E`; so a respelled component can never equal an escaped one, and the respellings differ from each
+other. Rule 1 alone is undone by reading `%25` back as `%`, `%XX` as the byte's surrogate escape and `%uXXXX` as
+that surrogate: a key's own `%FF` is written `%25FF`, never `%FF`. No component gains or loses a `/`, so the
+components of a key are found again by splitting its output base on `/`. Hence `../x.wav` -> `%2E%2E/x.wav` and
+`%2E%2E/x.wav` -> `%252E%252E/x.wav`. A shortened component (rule 3) holds `%~`, which no other spelling does
+(their every `%` is followed by `25`, `2F`, `2E`, `8`-`F` or `u`), and two shortened ones differ in their hash
+unless SHA-256's first 64 bits collide. Every file of a long folder stays in one folder: a component's spelling
 depends on that component alone.
 """
 
@@ -35,6 +40,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import re
 from collections.abc import Iterable
 from pathlib import PurePosixPath
 
@@ -46,7 +52,10 @@ MEDIA_EXTENSIONS = frozenset(
     """.split()
 )
 
-_ESCAPE = ("%", "%25")
+# `%`, and the lone surrogates a str may hold but UTF-8 (and so an S3 key) cannot.
+_ESCAPED_CHARACTERS = re.compile("[%\ud800-\udfff]")
+_SURROGATE_ESCAPE_OFFSET = 0xDC00  # os.fsdecode reads an undecodable byte b as chr(0xDC00 + b)
+_SURROGATE_ESCAPES_FROM, _SURROGATE_ESCAPES_TO = 0xDC80, 0xDCFF
 _COMPONENT_SPELLINGS = {"": "%2F", ".": "%2E", "..": "%2E%2E"}
 
 NAME_MAX_BYTES = 255  # the longest file name most file systems take (ext4, XFS, Btrfs, APFS), in bytes
@@ -64,9 +73,23 @@ def output_base(key: str) -> str:
 
 
 def _spell(component: str) -> str:
-    escaped = component.replace(*_ESCAPE)
+    escaped = _escaped(component)
     spelled = _COMPONENT_SPELLINGS.get(escaped, escaped)
     return spelled if name_bytes(spelled) <= MAX_COMPONENT_BYTES else _shortened(component)
+
+
+def _escaped(text: str) -> str:
+    """Rule 1: `%` and every character UTF-8 cannot hold written as `%` escapes."""
+    return _ESCAPED_CHARACTERS.sub(lambda match: _escape_character(match.group()), text)
+
+
+def _escape_character(character: str) -> str:
+    if character == "%":
+        return "%25"
+    code = ord(character)
+    if _SURROGATE_ESCAPES_FROM <= code <= _SURROGATE_ESCAPES_TO:
+        return f"%{code - _SURROGATE_ESCAPE_OFFSET:02X}"  # the byte os.fsdecode could not read: 0x80 to 0xFF
+    return f"%u{code:04X}"  # any other lone surrogate (a JSON string can hold one)
 
 
 def name_bytes(name: str) -> int:
@@ -81,13 +104,16 @@ def _shortened(component: str) -> str:
     extension = PurePosixPath(component).suffix
     if name_bytes(extension) > _KEPT_EXTENSION_BYTES:
         extension = ""
-    tail = _SHORTENED_MARK + digest + extension.replace(*_ESCAPE)
-    stem = component[: len(component) - len(extension)].replace(*_ESCAPE)
+    tail = _SHORTENED_MARK + digest + _escaped(extension)
     budget = MAX_COMPONENT_BYTES - name_bytes(tail)
-    stem = stem[:budget]
-    while name_bytes(stem) > budget:
-        stem = stem[:-1]
-    return stem.removesuffix("%2").removesuffix("%") + tail  # no escape cut in half
+    stem, used = [], 0
+    for character in component[: len(component) - len(extension)]:  # whole escapes only, never one cut in half
+        spelled = _escaped(character)
+        used += name_bytes(spelled)
+        if used > budget:
+            break
+        stem.append(spelled)
+    return "".join(stem) + tail
 
 
 def safe_relative(key: str) -> PurePosixPath:

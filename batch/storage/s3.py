@@ -301,8 +301,13 @@ class S3Store:
 
     def _named(self, name: str) -> str:
         """The object key of a name of the store; a key longer than S3 takes is refused as a file system refuses
-        a path too long (ENAMETOOLONG), so that the file it belongs to fails alone."""
+        a path too long (ENAMETOOLONG), and one that is not UTF-8 as a utf8only file system refuses it (EILSEQ),
+        so that the file it belongs to fails alone. (Output names are always UTF-8: batch.storage.names.)"""
         key = self.prefix + name
+        try:
+            key.encode("utf-8")
+        except UnicodeEncodeError:
+            raise OSError(errno.EILSEQ, "an S3 key must be valid UTF-8", key) from None
         if name_bytes(key) > S3_KEY_MAX_BYTES:
             raise OSError(errno.ENAMETOOLONG, f"over the {S3_KEY_MAX_BYTES} bytes of an S3 key", key)
         return key

@@ -61,7 +61,7 @@ def objects_named(body: str) -> tuple[list[tuple[str, str]], bool]:
             raise UnreadableMessage(str(exc)) from None
         if not key.strip("/"):
             raise UnreadableMessage(f"{source!r} names a bucket, not an object")
-        return [(bucket, key.rstrip("/"))], False
+        return [(bucket, s3_key(key.rstrip("/")))], False
     records = document.get("Records")
     if not isinstance(records, list) or not records:
         raise UnreadableMessage('neither S3 event records nor {"source": "s3://bucket/key"}')
@@ -71,10 +71,20 @@ def objects_named(body: str) -> tuple[list[tuple[str, str]], bool]:
             if not str(record["eventName"]).startswith("ObjectCreated:"):
                 continue  # a removal or restore: nothing new to transcribe
             s3 = record["s3"]
-            objects.append((str(s3["bucket"]["name"]), unquote_plus(str(s3["object"]["key"]))))
+            objects.append((str(s3["bucket"]["name"]), s3_key(unquote_plus(str(s3["object"]["key"])))))
         except (KeyError, TypeError):
             raise UnreadableMessage("an S3 event record without s3.bucket.name and s3.object.key") from None
     return objects, False
+
+
+def s3_key(key: str) -> str:
+    """A key a message names, refused when it is no S3 key: a JSON string may hold lone surrogates (`\\udcff`),
+    which UTF-8, and so S3, cannot."""
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UnreadableMessage(f"the key {key!r} is not valid UTF-8, as every S3 key is") from None
+    return key
 
 
 def make_sqs_client() -> Any:

@@ -526,7 +526,9 @@ def test_the_objects_a_message_names() -> None:
     assert objects_named(json.dumps({"source": "s3://b/a?b;c=%41.mp3"})) == ([("b", "a?b;c=%41.mp3")], False)
     record = {"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": "b"}, "object": {"key": "a+%2B%23%3F.mp3"}}}
     assert objects_named(json.dumps({"Records": [record]})) == ([("b", "a +#?.mp3")], False)
-    for body in ({"source": "s3://b/"}, {"source": "s3:///a.mp3"}, {"source": "b/a.mp3"}):
+    not_utf8 = {"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": "b"}, "object": {"key": "\udcff.mp3"}}}
+    refused = ({"source": "s3://b/"}, {"source": "s3:///a.mp3"}, {"source": "b/a.mp3"}, {"source": "s3://b/\udcff.mp3"})
+    for body in (*refused, {"Records": [not_utf8]}):  # a JSON string may hold a lone surrogate, no S3 key can
         with pytest.raises(UnreadableMessage):
             objects_named(json.dumps(body))
 

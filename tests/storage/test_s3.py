@@ -124,6 +124,18 @@ def test_a_name_past_s3s_key_limit_is_refused_as_a_path_too_long(bucket: str) ->
     assert keys_in(bucket) == ["p" * 1000 + "/" + "x" * 18 + ".json"]
 
 
+def test_a_name_that_is_not_utf8_is_refused_as_a_name_dest_cannot_hold(bucket: str) -> None:
+    """A name S3 cannot hold is one file's path blocked (EILSEQ, as a utf8only file system says), never an
+    encoding error taken for DEST unreadable: that left the file for the next run, every run (exit 3)."""
+    from batch.common.errors import DestPathBlocked, is_path_blocked
+
+    dest = open_store(f"s3://{bucket}/out")
+    with pytest.raises(OSError) as raised:
+        dest.read_bytes(os.fsdecode(b"\xff.wav.manifest.json"))
+    assert raised.value.errno == errno.EILSEQ and is_path_blocked(raised.value)
+    assert "UTF-8" in str(DestPathBlocked(os.fsdecode(b"\xff.wav.manifest.json"), raised.value))
+
+
 def test_s3_to_local_with_hostile_keys_never_writes_outside_dest(
     cli, bucket: str, speech: bytes, tmp_path: Path, tiny_en: str
 ) -> None:
@@ -180,6 +192,36 @@ def test_local_to_s3_then_s3_to_s3_with_reruns(cli, bucket: str, speech: bytes, 
     put(bucket, "in/calls/y.mp3", speech + b"\0" * 10)  # a changed object (new ETag) is redone
     changed = cli("run", f"s3://{bucket}/in", "--out", f"s3://{bucket}/in/out", *args)
     assert "1 succeeded, 1 skipped" in changed.stderr
+
+
+def test_a_local_file_name_that_is_not_utf8_is_transcribed_into_s3_under_an_escaped_name(
+    cli, bucket: str, speech: bytes, tmp_path: Path, tiny_en: str
+) -> None:
+    """S3 keys must be UTF-8: a file named with byte 0xFF gets outputs named with `%FF` (a name that really holds
+    `%FF` gets `%25FF`), its manifest keeps the real name, and reruns, claims and status find it there."""
+    source = tmp_path / "in"
+    source.mkdir()
+    raw_name, literal_name = b"bytes-\xff-latin1.mp3", "bytes-%FF-latin1.mp3"
+    with open(os.fsencode(source) + b"/" + raw_name, "wb") as made:  # a bytes path: the name's bytes exactly
+        made.write(speech)
+    (source / literal_name).write_bytes(speech)
+    key = os.fsdecode(raw_name)
+    args = ["--model", tiny_en, "--no-align", "--formats", "srt", "--claim"]
+    first = cli("run", source, "--out", f"s3://{bucket}/out", *args)
+    assert first.exit_code == 0, first.stderr
+    assert "2 succeeded, 0 skipped, 0 failed" in first.stderr
+    stored = set(keys_in(bucket, "out/"))
+    for base in ("bytes-%FF-latin1.mp3", "bytes-%25FF-latin1.mp3"):
+        assert {f"out/{base}.json", f"out/{base}.srt", f"out/{base}.manifest.json"} <= stored
+    assert not any(name.startswith("out/_claims/") for name in stored)  # each claim was let go, under its name
+    manifest = boto3.client("s3").get_object(Bucket=bucket, Key="out/bytes-%FF-latin1.mp3.manifest.json")
+    raw = manifest["Body"].read()
+    assert b'"bytes-\\udcff-latin1.mp3"' in raw and json.loads(raw)["input"]["key"] == key
+    again = cli("run", source, "--out", f"s3://{bucket}/out", *args)
+    assert again.exit_code == 0 and "0 succeeded, 2 skipped, 0 failed" in again.stderr, again.stderr
+    status = cli("status", f"s3://{bucket}/out", "--json")
+    assert status.exit_code == 0, status.stderr
+    assert json.loads(status.stdout)["succeeded"] == 2
 
 
 def test_large_outputs_upload_in_parts(bucket: str) -> None:

@@ -352,7 +352,7 @@ def test_output_names_are_injective_over_tricky_keys() -> None:
 
 
 def test_output_names_are_injective_over_every_short_key_of_tricky_pieces() -> None:
-    pieces = ["", ".", "..", "%", "%2E", "%2F", "%25", "a", "/"]
+    pieces = ["", ".", "..", "%", "%2E", "%2F", "%25", "a", "/", "\udcff", "%FF", "\ud800", "%uD800"]
     seen: dict[str, str] = {}
     for first in pieces:
         for second in pieces:
@@ -368,8 +368,14 @@ def test_output_names_never_leave_dest_and_keep_other_characters(tmp_path: Path,
     assert all(part not in ("", ".", "..") for part in base.split("/")) and base.count("/") == key.count("/")
     assert safe_relative(base).as_posix() == base  # a plain relative path: written exactly there, inside DEST
     assert (tmp_path / base).resolve().is_relative_to(tmp_path.resolve())
-    plain = [part.replace("%", "%25") for part in key.split("/") if part not in ("", ".", "..")]
+    assert base.encode("utf-8")  # every DEST can hold it, S3 included: no surrogate escape is left in it
+    plain = [_byte_escaped(part.replace("%", "%25")) for part in key.split("/") if part not in ("", ".", "..")]
     assert plain == [part for part in base.split("/") if part not in ("%2F", "%2E", "%2E%2E")]
+
+
+def _byte_escaped(text: str) -> str:
+    """A name's bytes that are not UTF-8 (os.fsdecode's surrogate escapes) as `%XX`."""
+    return "".join(f"%{ord(c) - 0xDC00:02X}" if "\udc80" <= c <= "\udcff" else c for c in text)
 
 
 def test_output_names_spell_only_percent_and_dot_or_empty_components() -> None:
@@ -379,6 +385,9 @@ def test_output_names_spell_only_percent_and_dot_or_empty_components() -> None:
     assert output_base("a//b.wav") == "a/%2F/b.wav" and output_base("/lead.wav") == "%2F/lead.wav"
     assert output_base("./x.wav") == "%2E/x.wav" and output_base("100% done.wav") == "100%25 done.wav"
     assert output_base("...") == "..."  # not a dot segment
+    assert output_base(os.fsdecode(b"caf\xe9/\xff.wav")) == "caf%E9/%FF.wav"  # a byte that is not UTF-8: %XX
+    assert output_base("caf%E9/%FF.wav") == "caf%25E9/%25FF.wav"  # a name that holds `%E9` itself: never the same
+    assert output_base("\ud800.wav") == "%uD800.wav"  # a lone surrogate of another kind (a JSON string's)
 
 
 # --- names too long for a file system (issue 34 #11) ---------------------------------------------------------
