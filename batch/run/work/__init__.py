@@ -104,6 +104,7 @@ def work_source(
             dest,
             stopping,
             on_left=on_left,
+            grace_seconds=config.control.grace_seconds,
         )
     if claims is None:
         return work
