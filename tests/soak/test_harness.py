@@ -5,8 +5,10 @@ alone."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,10 +19,11 @@ from botocore.exceptions import ClientError, ConnectionClosedError
 from moto.server import ThreadedMotoServer
 
 from soak import checks
+from soak import scenario as scenario_module
 from soak.driver import Results
 from soak.figures import BEGIN, END, write_doc
 from soak.places import Places, Version
-from soak.plan import draw
+from soak.plan import EventSend, draw
 from soak.proxy import FaultProxy, FaultRule, Place, ProxyLog, ReceivedMessage
 from soak.runs import RunResult
 from soak.scenario import Ledger, SentMessage
@@ -286,3 +289,38 @@ def test_a_file_whose_message_the_dead_letters_hold_for_lost_receives_is_not_los
     log.lost_receives["m1"] = 1
     checks.at_the_end(ledger, log)
     assert ledger.violations == []
+
+
+def test_the_event_of_a_version_is_sent_once_that_version_is_written(tmp_path: Path) -> None:
+    """Seed 11 scenario 25: an overwrite's event, due 0.1 s after the overwrite began, went out while the new
+    content was still being made; the run then found the old version, done, and deleted the message, and the new
+    version had no event left. S3 notifies once an object is written: the soak's event waits for its write."""
+    scenario = draw(11, 25)
+    item = next(i for i in scenario.inputs if len(i.words) == 2)
+    s3, sqs = StubS3(), StubSqs()
+    places = Places(scenario, tmp_path, s3=s3, sqs=sqs)
+    ledger = Ledger(scenario, places)
+    event = EventSend(4.18, [item.key], form="event", word=item.words[1], tag="first")
+    sender = threading.Thread(target=scenario_module._send, args=(ledger, event))
+    sender.start()
+    assert not sqs.sent.wait(1.0), "the event went out before its version was written"
+    version = places.write(item, b"the new version", item.words[1])
+    sender.join(10)
+    (record,) = json.loads(sqs.bodies[0])["Records"]
+    assert record["s3"]["object"]["eTag"] == version.token
+
+
+class StubS3:
+    def put_object(self, Bucket: str, Key: str, Body: bytes) -> dict:  # noqa: N803 - boto3's names
+        return {"ETag": '"' + hashlib.md5(Body).hexdigest() + '"'}
+
+
+class StubSqs:
+    def __init__(self) -> None:
+        self.bodies: list[str] = []
+        self.sent = threading.Event()
+
+    def send_message(self, QueueUrl: str, MessageBody: str) -> dict:  # noqa: N803 - boto3's names
+        self.bodies.append(MessageBody)
+        self.sent.set()
+        return {"MessageId": f"m{len(self.bodies)}"}
