@@ -74,12 +74,12 @@ class QueueSource:
         stopping: Callable[[], bool],
         clock: Callable[[], float] = time.monotonic,
         on_left: Callable[[str, Exception], None] = lambda key, exc: None,
-        grace_seconds: float = 25.0,
+        grace_left: Callable[[], float] = lambda: 25.0,
     ):
         self.checks = SkipCheck(selection, settings_hash, source, dest, on_left)
         self.selection, self.settings_hash, self.dest = selection, settings_hash, dest
         self.queue, self.idle_seconds, self.objects = queue, idle_seconds, source
-        self.stopping, self.clock, self.grace_seconds = stopping, clock, grace_seconds
+        self.stopping, self.clock, self.grace_left = stopping, clock, grace_left
         self.counts = QueueCounts()
         self._held: dict[str, _Held] = {}  # by message id
         self._in_work: dict[str, tuple[str, InputFile]] = {}  # key -> (message id, the version handed to the run)
@@ -346,11 +346,11 @@ class QueueSource:
         """Messages not finished become visible again at once (a stop, an error); the heartbeat ends. First the
         queue's requests in flight end (a poll, a skipped file's delete, a heartbeat), within the grace period:
         the run report, written next, then counts them, and the process does not exit under them, leaving a
-        message received or deleted by halves invisible until its timeout. A later call (a run being abandoned
-        while the first waits) does not wait again."""
+        message received or deleted by halves invisible until its timeout. Not past the grace period (a run being
+        abandoned waits no longer), nor again in a later call (one abandoning the run while the first waits)."""
         first = not self._closed.is_set()
         self._closed.set()
-        stepped = self._wait_for_step(self.grace_seconds if first else 0.0)
+        stepped = self._wait_for_step(self.grace_left() if first else 0.0)
         try:
             self._let_go()
         finally:
