@@ -323,11 +323,19 @@ def _metrics_exit(run: RunResult) -> int | None:
     return None
 
 
+def _abandoned(run: RunResult) -> bool:
+    """Whether the run was abandoned when its grace period ran out: its report is then the outcome so far, written
+    while a file's write may still be under way on the writer thread (its outputs, then its manifest, whole), so a
+    manifest of this run that the report does not count is no disagreement (final_manifest, done_twice and the
+    queue's checks still judge that file)."""
+    return any("grace period over: abandoning" in line for line in run.lines)
+
+
 def _unseen_at_abandonment(run: RunResult, log: ProxyLog) -> int:
     """Of the messages handed to a run abandoned when its grace period ran out (`--grace-seconds 0` at once), those
     its log never names: their receive was in flight when it wrote its report (the outcome so far) and exited, so
     the report cannot count them; they come back when their visibility runs out. Any other run counts each."""
-    if not any("grace period over: abandoning" in line for line in run.lines):
+    if not _abandoned(run):
         return 0
     logged = "\n".join(run.lines)
     return sum(1 for message in log.receipts.values() if message.run == run.tag and message.message_id not in logged)
@@ -364,7 +372,7 @@ def _manifests_agree(
     succeeded, failed = set(report.get("succeeded", [])), {f.get("key") for f in report.get("failed", [])}
     manifests = ledger.places.manifests(files)
     for key, (_, manifest) in manifests.items():
-        if manifest is None or manifest.get("run_id") != run_id:
+        if manifest is None or manifest.get("run_id") != run_id or _abandoned(run):
             continue
         status = manifest.get("status")
         if (status == "succeeded" and key not in succeeded) or (status == "failed" and key not in failed):

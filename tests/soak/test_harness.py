@@ -291,6 +291,23 @@ def test_a_file_whose_message_the_dead_letters_hold_for_lost_receives_is_not_los
     assert ledger.violations == []
 
 
+def test_an_abandoned_runs_report_need_not_count_a_manifest_it_was_writing(tmp_path: Path) -> None:
+    """Seed 7 scenario 0: a run abandoned at SIGTERM (--grace-seconds 0) wrote its report, the outcome so far,
+    while its writer thread finished a file's manifest. Not abandoned, that manifest must be counted."""
+    scenario = next(s for s in (draw(11, index) for index in range(100)) if s.mode == "queue")
+    ledger = Ledger(scenario, Places(scenario, tmp_path, s3=None, sqs=None))
+    manifest = {"status": "succeeded", "run_id": "R1", "input": {"key": "calls/a.wav"}}
+    files = {"calls/a.wav.manifest.json": json.dumps(manifest).encode()}
+    report = {"run_id": "R1", "succeeded": [], "failed": []}
+    abandoned = {"logger": "batch.cli.console", "message": "grace period over: abandoning the file in progress"}
+    run = RunResult("r0", 0, False, [], exit_code=143, lines=[json.dumps(abandoned)])
+    checks._manifests_agree(ledger, run, report, files, alone=False)
+    assert ledger.violations == []
+    run.lines = []
+    checks._manifests_agree(ledger, run, report, files, alone=False)
+    assert [v.invariant for v in ledger.violations] == ["run_agreement"]
+
+
 def test_the_event_of_a_version_is_sent_once_that_version_is_written(tmp_path: Path) -> None:
     """Seed 11 scenario 25: an overwrite's event, due 0.1 s after the overwrite began, went out while the new
     content was still being made; the run then found the old version, done, and deleted the message, and the new
