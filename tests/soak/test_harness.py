@@ -17,6 +17,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError, ConnectionClosedError
 from moto.server import ThreadedMotoServer
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from soak import checks
 from soak import scenario as scenario_module
@@ -306,6 +307,36 @@ def test_an_abandoned_runs_report_need_not_count_a_manifest_it_was_writing(tmp_p
     run.lines = []
     checks._manifests_agree(ledger, run, report, files, alone=False)
     assert [v.invariant for v in ledger.violations] == ["run_agreement"]
+
+
+def test_an_abandoned_runs_log_and_metrics_may_count_a_file_its_report_did_not_yet(tmp_path: Path) -> None:
+    """Seed 7 scenario 0: the run's thread counted a file (its log line, its metrics) just after the abandoning
+    thread wrote the report. An abandoned run's report may count less than its log and metrics, never more; a run
+    not abandoned agrees exactly."""
+    scenario = next(s for s in (draw(11, index) for index in range(100)) if s.mode == "queue")
+    ledger = Ledger(scenario, Places(scenario, tmp_path, s3=None, sqs=None))
+    counts = {"succeeded": 0, "skipped": 0, "failed": 0, "claimed_elsewhere": 0}
+    report = {
+        "run_id": "R1",
+        "exit_code": 143,
+        "stopped_by_signal": 15,
+        "succeeded": [],
+        "failed": [],
+        "counts": counts,
+    }
+    registry = CollectorRegistry()
+    Gauge("whisperx_batch_run_exit_code", "exit", registry=registry).set(143)
+    Counter("whisperx_batch_files", "files", ["outcome"], registry=registry).labels("succeeded").inc()
+    metrics = generate_latest(registry).decode()
+    counted = {"logger": "batch.run.tally", "key": "a.wav", "event": "file", "status": "succeeded", "message": "ok"}
+    abandoned = {"logger": "batch.cli.console", "message": "grace period over: abandoning the file in progress"}
+    run = RunResult("r0", 0, False, [], exit_code=143, signals=["SIGTERM"], run_id="R1", report=report)
+    run.lines, run.metrics_text = [json.dumps(abandoned), json.dumps(counted)], metrics
+    checks._agreement(ledger, run, {}, [run], ProxyLog())
+    assert ledger.violations == []
+    run.lines.pop(0)  # not abandoned: the log's and the metrics' count of a.wav disagree with the report
+    checks._agreement(ledger, run, {}, [run], ProxyLog())
+    assert [v.invariant for v in ledger.violations] == ["run_agreement"] * 2
 
 
 def test_the_event_of_a_version_is_sent_once_that_version_is_written(tmp_path: Path) -> None:
