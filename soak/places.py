@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,7 @@ class Places:
         self.source_dir = workdir / "in"
         self.dest_dir = workdir / "out"
         self.versions: dict[str, list[Version]] = {}
+        self._written = threading.Condition()  # told of each version written
         self.deleted: dict[str, float] = {}  # key -> when
         self.queue_url = self.dead_letters_url = ""
         self.spool_dir = workdir / "spool"
@@ -147,9 +149,17 @@ class Places:
         version = Version(
             item.key, word, len(content), hashlib.sha256(content).hexdigest(), token, time.monotonic(), in_place
         )
-        self.versions.setdefault(item.key, []).append(version)
-        self.deleted.pop(item.key, None)
+        with self._written:
+            self.versions.setdefault(item.key, []).append(version)
+            self.deleted.pop(item.key, None)
+            self._written.notify_all()
         return version
+
+    def wait_for_version(self, key: str, word: str, timeout: float) -> bool:
+        """Whether the version of `key` saying `word` is written, waiting up to `timeout` s for a write under way:
+        S3 sends an object's event once the object is written, never before (its content may take a while to make)."""
+        with self._written:
+            return self._written.wait_for(lambda: self._version_saying(key, word) is not None, timeout)
 
     def _write_file(self, key: str, content: bytes, in_place: bool) -> str:
         path = self.source_dir / key

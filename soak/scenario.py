@@ -37,6 +37,7 @@ from soak.proxy import FaultProxy
 from soak.runs import RUN_DEADLINE_SECONDS, Run, RunResult, kill_tagged, python
 
 TIMER_SLACK_SECONDS = 30.0
+VERSION_WRITE_WAIT_SECONDS = 60.0  # an event of a version written in the round waits this long, at most, for its write
 
 
 @dataclass
@@ -238,6 +239,9 @@ def _mutate(ledger: Ledger, bench: Bench, mutation: Mutation, rng: random.Random
 
 def _send(ledger: Ledger, event: EventSend) -> None:
     places = ledger.places
+    if event.form == "event" and event.word is not None:  # a version's event comes once it is written
+        for key in event.keys:
+            places.wait_for_version(key, event.word, VERSION_WRITE_WAIT_SECONDS)
     versions: dict[str, Version | None] = {}
     for key in event.keys:
         named = places.versions.get(key, [])

@@ -109,6 +109,7 @@ class Runner:
             dest,
             run_started_at=self.report.started_at,
             stopping=self.stopping,
+            grace_left=self.grace_left,
             on_left=self._left,
             on_claimed_elsewhere=self._claimed_elsewhere,
             watchers=listing_watchers,
@@ -118,6 +119,7 @@ class Runner:
         self.to_do.record(self.report)
         self.tally = Tally(self.report, on_file)
         self._stop = threading.Event()
+        self._stop_asked_at: float | None = None  # time.monotonic() of the first stop asked for
         self._in_pipeline: dict[str, Fetched] = {}  # handed over, not written yet
         self._decoder = IsolatedDecoder()  # a file that crashes or hangs FFmpeg takes down a child, not the run
 
@@ -127,10 +129,19 @@ class Runner:
         """Take no new file; files whose every chunk is read are still written. Safe from a signal handler."""
         if signum is not None:
             self.report.stopped_by_signal = signum
+        if self._stop_asked_at is None:
+            self._stop_asked_at = time.monotonic()
         self._stop.set()
 
     def stopping(self) -> bool:
         return self._stop.is_set()
+
+    def grace_left(self) -> float:
+        """Seconds left of the grace period (--grace-seconds) since a stop was asked for; all of it before one."""
+        grace = self.config.control.grace_seconds
+        if self._stop_asked_at is None:
+            return grace
+        return max(0.0, grace - (time.monotonic() - self._stop_asked_at))
 
     def pending(self) -> Iterator[InputFile]:
         """Files that need work, in order, taken (claimed, with --claim); done files are counted as skipped."""

@@ -4,6 +4,7 @@ notifications to SQS (moto's server delivers them to its own SQS queues, as AWS 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import signal
@@ -19,6 +20,7 @@ import boto3
 import pytest
 from botocore.awsrequest import AWSPreparedRequest, AWSResponse
 
+from batch.cli.console import graceful_stop
 from batch.run.config import SelectionConfig
 from batch.run.job import Job
 from batch.run.manifest import manifest_name
@@ -656,3 +658,89 @@ def test_a_file_failed_for_its_own_fault_is_recorded_once_when_its_event_comes_t
     assert manifest(bucket, "in/empty.wav")["status"] == "failed"
     assert report.queue is not None and report.queue.received == report.queue.deleted == 2
     assert messages_in(queue_url) == (0, 0)
+
+
+def test_a_sigterm_while_a_skipped_files_delete_is_in_flight_waits_for_it_before_the_report(
+    bucket: str, tones: dict[float, bytes], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The thread that reads the queue deletes the message of a file found done while the run takes SIGTERM: the
+    run's end waits for that delete (within the grace period) before its report is written and the process may
+    exit, so the report counts it and the message is gone, not left invisible until its timeout."""
+
+    def sigterm() -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    job, queue_url = job_with_a_readers_delete_in_flight(bucket, tones, caplog, sigterm, grace_seconds=25)
+    with graceful_stop(job, grace_seconds=30):
+        report = job.run()
+    assert report.stopped_by_signal == signal.SIGTERM and report.succeeded == ["in/b.wav"]
+    assert report.skipped == ["in/a.wav"]
+    (stored,) = [run for run in reports(bucket) if run["run_id"] == report.run_id]
+    assert stored["queue"]["received"] == 2 and stored["queue"]["deleted"] == 2
+    assert messages_in(queue_url) == (0, 0)
+
+
+def test_past_the_grace_period_the_runs_end_does_not_wait_for_the_queue(
+    bucket: str, tones: dict[float, bytes], caplog: pytest.LogCaptureFixture
+) -> None:
+    """With no grace left (--grace-seconds 0) the run's end does not wait for the delete in flight: it says so."""
+    job, queue_url = job_with_a_readers_delete_in_flight(
+        bucket, tones, caplog, lambda: job.request_stop(signal.SIGTERM), grace_seconds=0
+    )
+    report = job.run()
+    (stored,) = [run for run in reports(bucket) if run["run_id"] == report.run_id]
+    assert stored["queue"]["received"] == 2 and stored["queue"]["deleted"] == 1  # the one in flight not waited for
+    assert "a queue request still in flight at the run's end" in caplog.text
+    wait_until(lambda: messages_in(queue_url) == (0, 0))  # it went through once let go
+
+
+def job_with_a_readers_delete_in_flight(
+    bucket: str, tones: dict[float, bytes], caplog: pytest.LogCaptureFixture, stop, grace_seconds: float
+) -> tuple[Job, str]:
+    """A queue job over a new file (b) and a done one (a) whose message's delete, sent by the thread that reads
+    the queue, is held until the run's end says it waits for it, or its report is on its way; `stop` is called
+    once that delete is in flight, while b is in the models."""
+    queue_url, _ = make_queue(f"delete-in-flight-{grace_seconds}", visibility=30)
+    out = f"s3://{bucket}/out"
+    put(bucket, "in/a.wav", tones[1.0])
+    send_source(queue_url, f"s3://{bucket}/in/a.wav")
+    assert queue_job(queue_url, out).run().succeeded == ["in/a.wav"]
+    put(bucket, "in/b.wav", tones[2.0])
+    send_source(queue_url, f"s3://{bucket}/in/b.wav")  # a new file: in work when the signal comes
+    send_source(queue_url, f"s3://{bucket}/in/a.wav")  # done already: its message is deleted by the queue's reader
+    delete_in_flight, delete_may_go = threading.Event(), threading.Event()
+
+    def hold_the_readers_delete(**_: object) -> None:
+        if threading.current_thread().name == "feed":
+            delete_in_flight.set()
+            assert delete_may_go.wait(60)
+
+    def stop_once_the_delete_is_in_flight(keys: list[str]) -> None:
+        assert delete_in_flight.wait(60)
+        stop()
+
+    def on_report_put(request: AWSPreparedRequest, **_: object) -> None:
+        if "/_runs/" in request.url:  # the report is on its way: the delete may go on (too late, without the wait)
+            delete_may_go.set()
+
+    pipeline = FakePipeline(batch_size=1, on_batch=stop_once_the_delete_is_in_flight)
+    job = queue_job(queue_url, out, pipeline, grace_seconds=grace_seconds)
+    job.queue.client.meta.events.register("before-send.sqs.DeleteMessage", hold_the_readers_delete)
+    job.dest.client.meta.events.register("before-send.s3.PutObject", on_report_put)
+    caplog.set_level(logging.INFO, logger="batch.run.work.queue")
+    caplog.handler.addFilter(ReleaseOnWait(delete_may_go))
+    return job, queue_url
+
+
+class ReleaseOnWait(logging.Filter):
+    """Sets `event` when the run's end says it waits for a queue request in flight (a filter of caplog's handler,
+    which every record reaches); lets every record through."""
+
+    def __init__(self, event: threading.Event):
+        super().__init__()
+        self.event = event
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "waiting up to" in record.getMessage():
+            self.event.set()
+        return True

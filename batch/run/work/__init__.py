@@ -78,6 +78,7 @@ def work_source(
     *,
     run_started_at: str,
     stopping: Callable[[], bool],
+    grace_left: Callable[[], float],
     on_left: Callable[[str, Exception], None],
     on_claimed_elsewhere: Callable[[str], None],
     watchers: Sequence[ListingWatcher] = (),
@@ -104,6 +105,7 @@ def work_source(
             dest,
             stopping,
             on_left=on_left,
+            grace_left=grace_left,
         )
     if claims is None:
         return work

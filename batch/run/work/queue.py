@@ -74,11 +74,12 @@ class QueueSource:
         stopping: Callable[[], bool],
         clock: Callable[[], float] = time.monotonic,
         on_left: Callable[[str, Exception], None] = lambda key, exc: None,
+        grace_left: Callable[[], float] = lambda: 25.0,
     ):
         self.checks = SkipCheck(selection, settings_hash, source, dest, on_left)
         self.selection, self.settings_hash, self.dest = selection, settings_hash, dest
         self.queue, self.idle_seconds, self.objects = queue, idle_seconds, source
-        self.stopping, self.clock = stopping, clock
+        self.stopping, self.clock, self.grace_left = stopping, clock, grace_left
         self.counts = QueueCounts()
         self._held: dict[str, _Held] = {}  # by message id
         self._in_work: dict[str, tuple[str, InputFile]] = {}  # key -> (message id, the version handed to the run)
@@ -87,7 +88,9 @@ class QueueSource:
         self._recorded: dict[str, str] = {}  # key -> the version this run wrote a manifest of (done or failed)
         self._lock = threading.Lock()
         self._closed = threading.Event()
-        self._beating = False
+        # Held while `pending` takes a step (a poll, a HEAD, a skip's delete): `close` waits for the step in flight.
+        self._stepping = threading.RLock()
+        self._heartbeat: threading.Thread | None = None
         self._paused = False
         self._idle_for = 0.0  # seconds spent in polls that found nothing, in a row
         self._unreadable_in_a_row = 0  # skip checks that could not read DEST, one after another
@@ -96,10 +99,21 @@ class QueueSource:
         """The queue's files as they come. Pauses (ends, with `more_to_come`) when a poll finds the queue empty
         while files are in work, or a message waits for a key in work: the pipeline holds files until a batch is
         full, so it must hear that no more are coming now, finish them and have their messages deleted; the run
-        then asks again."""
-        if not self._beating:
-            self._beating = True
-            threading.Thread(target=self._beat, name="queue-heartbeat", daemon=True).start()
+        then asks again. Each step between two files holds `_stepping`, so that `close` (on another thread: the
+        run pulls a queue's files on a thread of its own) waits for a request in flight instead of ending the run
+        under it."""
+        steps = self._steps(on_skipped)
+        while True:
+            with self._stepping:
+                item = next(steps, None)
+            if item is None:
+                return
+            yield item
+
+    def _steps(self, on_skipped: Callable[[str], None]) -> Iterator[InputFile]:
+        if self._heartbeat is None:
+            self._heartbeat = threading.Thread(target=self._beat, name="queue-heartbeat", daemon=True)
+            self._heartbeat.start()
         self._paused = False
         while not self.stopping() and not self._closed.is_set():
             with self._lock:
@@ -329,8 +343,35 @@ class QueueSource:
         report.queue = self.counts
 
     def close(self) -> None:
-        """Messages not finished become visible again at once (a stop, an error); the heartbeat ends."""
+        """Messages not finished become visible again at once (a stop, an error); the heartbeat ends. First the
+        queue's requests in flight end (a poll, a skipped file's delete, a heartbeat), within the grace period:
+        the run report, written next, then counts them, and the process does not exit under them, leaving a
+        message received or deleted by halves invisible until its timeout. Not past the grace period (a run being
+        abandoned waits no longer), nor again in a later call (one abandoning the run while the first waits)."""
+        first = not self._closed.is_set()
         self._closed.set()
+        stepped = self._wait_for_step(self.grace_left() if first else 0.0)
+        try:
+            self._let_go()
+        finally:
+            if stepped:
+                self._stepping.release()
+
+    def _wait_for_step(self, seconds: float) -> bool:
+        """Whether the step of `pending` in flight, if any, ended within `seconds` (then `_stepping` is held), and
+        the heartbeat with it."""
+        give_up_at = time.monotonic() + seconds
+        stepped = self._stepping.acquire(blocking=False)
+        if not stepped and seconds > 0:
+            log.info("waiting up to %.0f s for the queue's request in flight", seconds)
+            stepped = self._stepping.acquire(timeout=seconds)
+        if not stepped:
+            log.warning("a queue request still in flight at the run's end: its message comes back after its timeout")
+        if self._heartbeat is not None and self._heartbeat is not threading.current_thread():
+            self._heartbeat.join(max(0.0, give_up_at - time.monotonic()))
+        return stepped
+
+    def _let_go(self) -> None:
         with self._lock:
             left = [held.message.receipt for held in self._held.values()]
             self._held.clear()
