@@ -36,27 +36,13 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from multiprocessing.connection import wait
 from typing import Any
 
-from batch.common.errors import EnvironmentProblem
-from batch.common.logs import file_context
 from batch.engine.config import PipelineConfig
 from batch.engine.pipeline import DecodedFile, FileOutcome, PipelineStats
 from batch.run.pool.dispatch import Dispatch
-from batch.run.pool.messages import (
-    DONE,
-    END,
-    FATAL,
-    FLUSHED,
-    LOG,
-    QUIT,
-    READY,
-    START_FAILED,
-    STOP,
-    WANT,
-    ErrorInfo,
-)
+from batch.run.pool.messages import DONE, END, FATAL, FLUSHED, LOG, QUIT, READY, START_FAILED, STOP, WANT, ErrorInfo
 from batch.run.pool.plan import WorkerSlot
 from batch.run.pool.processes import Phase, Worker, death_reason, end_process, kill_process, start_worker
-from batch.run.pool.slots import Slot, merged_stats
+from batch.run.pool.slots import Slot, merged_stats, refuse_to_go_on_without_workers, relay_log
 from batch.run.pool.worker import DEFAULT_FACTORY
 
 log = logging.getLogger(__name__)
@@ -131,7 +117,7 @@ class WorkerPool:
                 if self._all_done():
                     finished = True
                     return
-                self._refuse_to_go_on_without_workers()
+                refuse_to_go_on_without_workers(self._slots)
         finally:
             try:
                 if self._life is _Life.STOPPING or (self._life is _Life.RUNNING and not finished):
@@ -246,7 +232,7 @@ class WorkerPool:
             slot.deaths_in_a_row = 0
             self._update(slot, worker, update)
         elif kind == LOG:
-            self._log(slot, *payload)
+            relay_log(slot, *payload)
         elif kind == FLUSHED:
             self._update(slot, worker, payload[0])
             if worker.in_flight and self._life is _Life.RUNNING:  # a pipeline that broke its promise: redo them
@@ -266,16 +252,6 @@ class WorkerPool:
                 self._fatal = self._fatal or info
             else:
                 self._lost(slot, worker, f"failed: {info.type_name}: {info.message}")
-
-    def _log(self, slot: Slot, level: int, name: str, message: str, key: str | None) -> None:
-        """A worker's log record, written by this process's log as its own, marked with the worker's name."""
-        logger = logging.getLogger(name)
-        if not logger.isEnabledFor(level):
-            return
-        text, fields = f"[{slot.plan.name}] {message}", {"worker": slot.plan.name}
-        record = logger.makeRecord(name, level, "", 0, text, (), None, extra={"fields": fields})
-        with file_context(key) if key else contextlib.nullcontext():
-            logger.handle(record)
 
     def _update(self, slot: Slot, worker: Worker, update: Any) -> None:
         slot.take(worker, update)
@@ -405,18 +381,6 @@ class WorkerPool:
         if self._life is _Life.STOPPING:
             return not held
         return self._dispatch.input_ended() and not self._dispatch.retries_waiting and not held
-
-    def _refuse_to_go_on_without_workers(self) -> None:
-        if any(slot.live for slot in self._slots):
-            return
-        problems = "; ".join(f"{slot.plan.name}: {slot.problem or 'stopped'}" for slot in self._slots)
-        if any(slot.ever_ready for slot in self._slots):
-            raise EnvironmentProblem(f"every worker has stopped: {problems}")
-        errors = [slot.start_error for slot in self._slots]
-        first = errors[0]
-        if first is not None and first.exit_code is not None and all(error == first for error in errors):
-            raise first.rebuilt()  # the same refusal everywhere: as one process would say it
-        raise EnvironmentProblem(f"no worker could start: {problems}")
 
     def _live_slots(self) -> list[Slot]:
         return [slot for slot in self._slots if slot.live]

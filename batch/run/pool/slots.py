@@ -3,9 +3,14 @@ report and the metrics give of it."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from batch.common.errors import EnvironmentProblem
+from batch.common.logs import file_context
 from batch.engine.pipeline import PipelineStats
 from batch.run.pool.messages import ErrorInfo, StatsUpdate
 from batch.run.pool.plan import WorkerSlot
@@ -80,3 +85,29 @@ def merged_stats(slots: list[Slot], batch_size: int, records: list[Any]) -> Pipe
     merged.alignment_models_loaded = sorted({name for stats in every for name in stats.alignment_models_loaded})
     merged.workers = [slot.figures() for slot in slots]
     return merged
+
+
+def relay_log(slot: Slot, level: int, name: str, message: str, key: str | None) -> None:
+    """A worker's log record, written by this process's log as its own, marked with the worker's name."""
+    logger = logging.getLogger(name)
+    if not logger.isEnabledFor(level):
+        return
+    text, fields = f"[{slot.plan.name}] {message}", {"worker": slot.plan.name}
+    record = logger.makeRecord(name, level, "", 0, text, (), None, extra={"fields": fields})
+    with file_context(key) if key else contextlib.nullcontext():
+        logger.handle(record)
+
+
+def refuse_to_go_on_without_workers(slots: Sequence[Slot]) -> None:
+    """With no worker live in any slot, the run stops: the same refusal everywhere is raised as one process would
+    raise it, else an EnvironmentProblem saying what became of each slot."""
+    if any(slot.live for slot in slots):
+        return
+    problems = "; ".join(f"{slot.plan.name}: {slot.problem or 'stopped'}" for slot in slots)
+    if any(slot.ever_ready for slot in slots):
+        raise EnvironmentProblem(f"every worker has stopped: {problems}")
+    errors = [slot.start_error for slot in slots]
+    first = errors[0]
+    if first is not None and first.exit_code is not None and all(error == first for error in errors):
+        raise first.rebuilt()
+    raise EnvironmentProblem(f"no worker could start: {problems}")

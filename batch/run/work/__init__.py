@@ -7,6 +7,8 @@ never asks which one it has.
   each of its files, and comes back otherwise; the queue may pause (`more_to_come`) while files are in work.
 - `claims.py`: claims on DEST (`Claims`) and `Claimed`, which wraps either of the two for plain parallel workers
   (--claim): only the files whose claim this worker won.
+- `delivery.py`: what DEST's manifests say of a queue's objects (may a message go, is a version poison) and how
+  long a message sent back waits.
 - `skip.py`: the skip check they all run (`SkipCheck`): done already, why DEST cannot hold a manifest, the files
   left for the next run, and those done with other settings.
 

@@ -20,14 +20,14 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 
-from batch.common.errors import POISON_ERRORS, BatchError, describe
+from batch.common.errors import BatchError, describe
 from batch.run.config import SelectionConfig
-from batch.run.manifest import Manifest, read_manifest
 from batch.run.report import QueueCounts, RunReport
+from batch.run.work.delivery import gone_after_done, manifest_confirms, poison_manifest, release_backoff
 from batch.run.work.skip import SkipCheck
 from batch.storage import InputFile, Store
 from batch.storage.names import is_selected
-from batch.storage.sqs import GONE, QueuedObjects, QueueMessage, SqsQueue, UnreadableMessage
+from batch.storage.sqs import QueuedObjects, QueueMessage, SqsQueue, UnreadableMessage
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +213,9 @@ class QueueSource:
             self._file_ended(work.message_id, item.key, confirmed=True)
             return
         try:
-            done = not self.selection.force and (self.checks.is_done(item) or self._gone_after_done(item))
+            done = not self.selection.force and (
+                self.checks.is_done(item) or gone_after_done(self.dest, item, self.settings_hash)
+            )
         except BatchError:
             raise
         except Exception as exc:  # DEST could not say whether it is done, after retries: its message comes back
@@ -226,27 +228,13 @@ class QueueSource:
             on_skipped(item.key)
             self._file_ended(work.message_id, item.key, confirmed=True)
             return
-        if not self.selection.force and self._poison(item) is not None:
+        if not self.selection.force and poison_manifest(self.dest, item) is not None:
             log.warning("s3://%s/%s took down or hung what worked on it before: not tried again", work.bucket, work.key)
             self._file_ended(work.message_id, item.key, confirmed=False)  # back, until the dead letters take it
             return
         with self._lock:  # only this thread adds keys: none came in since the look above
             self._in_work[item.key] = (work.message_id, item)
         yield replace(item, receive_count=work.receive_count)
-
-    def _gone_after_done(self, item: InputFile) -> bool:
-        """An object gone since it was done with these settings (a redelivered event; a lifecycle rule that
-        removes what was transcribed): nothing to redo, and its manifest stays as it is."""
-        if item.version != GONE:
-            return False
-        try:
-            manifest = read_manifest(self.dest, item.key)
-        except OSError:  # no place for a manifest (SkipCheck.blocked): it fails alone
-            return False
-        if manifest is None or manifest.status != "succeeded" or manifest.settings_hash != self.settings_hash:
-            return False
-        log.info("%s is gone; it was done (its manifest stays): skipped", item.key)
-        return True
 
     def finished(self, key: str) -> None:
         """The file's write has ended, its manifest written or not. Its message goes once all its files are
@@ -257,35 +245,10 @@ class QueueSource:
             self._ready += self._waiting.pop(key, [])
         if in_work is not None:
             message_id, item = in_work
-            confirmed = self._manifest_of(item)
+            confirmed = manifest_confirms(self.dest, item)
             if confirmed:
                 self._recorded[key] = item.version
             self._file_ended(message_id, key, confirmed=confirmed)
-
-    def _manifest_of(self, item: InputFile) -> bool:
-        """Whether DEST holds a manifest of this version of the object; of an object that was gone, any manifest
-        (its failure, or an earlier success kept): there is nothing left to redo."""
-        try:
-            manifest = read_manifest(self.dest, item.key)
-        except Exception as exc:  # no place for it, or DEST unreadable: the message comes back
-            log.warning("the manifest of %s cannot be read back: %s", item.key, describe(exc)["message"])
-            return False
-        if manifest is None:
-            return False
-        if is_poison(manifest, item):
-            assert manifest.error is not None
-            reason = manifest.error.type
-            log.warning("%s failed (%s): its message goes back, for its dead-letter queue", item.key, reason)
-            return False
-        return item.version == GONE or manifest.input.version == item.version
-
-    def _poison(self, item: InputFile) -> Manifest | None:
-        """The failed manifest of this version of the object if it took down or hung what worked on it."""
-        try:
-            manifest = read_manifest(self.dest, item.key)
-        except Exception:  # the look that just succeeded (_is_done) will tell again next time
-            return None
-        return manifest if manifest is not None and is_poison(manifest, item) else None
 
     def _file_ended(self, message_id: str, key: str, confirmed: bool) -> None:
         with self._lock:
@@ -401,26 +364,4 @@ class QueueSource:
                 log.warning("could not extend the queue messages' visibility: %s", describe(exc)["message"])
 
 
-def is_poison(manifest: Manifest, item: InputFile) -> bool:
-    """Whether this version of the object failed by taking down or hanging what worked on it (its decoder or its
-    worker died twice on it, or it passed its deadline). Such a file fails alone, with its manifest, but its
-    message is not deleted: it goes back, is not tried again, and its queue's redrive policy takes it to the
-    dead-letter queue, where a person sees it, while the messages beside it are received once and done."""
-    error = manifest.error
-    return (
-        manifest.status == "failed"
-        and error is not None
-        and error.type in POISON_ERRORS
-        and manifest.input.version == item.version
-    )
-
-
 LONG_POLL = 10  # seconds: a stop is seen once the poll returns
-RELEASE_BACKOFF_SECONDS = 5  # a message released after its first receive comes back after this; doubled after each
-
-
-def release_backoff(receive_count: int, visibility_timeout: float) -> int:
-    """Seconds before a released message comes back: RELEASE_BACKOFF_SECONDS, doubled with every receive, never
-    longer than the queue's own visibility timeout (what a consumer that died would have left it to)."""
-    backoff = RELEASE_BACKOFF_SECONDS * 2 ** max(0, receive_count - 1)
-    return int(min(backoff, visibility_timeout))
