@@ -8,30 +8,21 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import copies
+from tests.conftest import LoggedProcess, copies
 
 
-class Run:
+class Run(LoggedProcess):
     """`python -m batch run` in the background, its stderr read as it comes."""
 
     def __init__(self, source: Path, out: Path, model: str, *extra: str):
         command = [sys.executable, "-m", "batch", "run", str(source), "--out", str(out), "--model", model]
         command += ["--no-align", "--device", "cpu", "--threads", "2", "--workers", "2", "--batch-size", "2", *extra]
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            self.lines.append(line)
+        super().__init__(command)
 
     def wait_for(self, pattern: str, timeout: float = 300) -> re.Match[str]:
         deadline = time.monotonic() + timeout
@@ -47,11 +38,6 @@ class Run:
     def worker_pids(self) -> dict[str, int]:
         found = (re.search(r"worker (\w+): starting on .* \(pid (\d+)\)", line) for line in self.lines)
         return {match[1]: int(match[2]) for match in found if match}
-
-    def finish(self, timeout: float = 300) -> tuple[int, str]:
-        code = self.process.wait(timeout=timeout)
-        self._reader.join(10)
-        return code, "".join(self.lines)
 
 
 def alive(pid: int) -> bool:

@@ -9,7 +9,6 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -17,29 +16,19 @@ import boto3
 import pytest
 
 from tests.cli.test_limits import decoders_holding, joined, ten_minutes  # noqa: F401 - fixtures
+from tests.conftest import LoggedProcess
 from tests.run.test_queue import bucket, make_queue, manifest, messages_in, reports, speech  # noqa: F401 - fixtures
 from tests.storage.test_s3 import aws_environment, moto_url, put  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.usefixtures("aws_environment")
 
 
-class Consumer:
+class Consumer(LoggedProcess):
     """`python -m batch run --queue URL --workers 2` in the background, its log read as it comes."""
 
     def __init__(self, queue_url: str, out: str, model: str, *extra: str):
         command = [sys.executable, "-m", "batch", "run", "--queue", queue_url, "--out", out, "--model", model]
-        command += ["--no-align", "--device", "cpu", "--threads", "2", "--workers", "2", *extra]
-        self.process = subprocess.Popen(
-            command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=dict(os.environ)
-        )
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            self.lines.append(line)
+        super().__init__([*command, "--no-align", "--device", "cpu", "--threads", "2", "--workers", "2", *extra])
 
     def count(self, pattern: str) -> int:
         return sum(bool(re.search(pattern, line)) for line in list(self.lines))
@@ -50,11 +39,6 @@ class Consumer:
             assert self.process.poll() is None, "".join(self.lines)
             assert time.monotonic() < deadline, f"no {times} lines matched {pattern!r}:\n" + "".join(self.lines)
             time.sleep(0.05)
-
-    def finish(self, timeout: float = 300) -> tuple[int, str]:
-        code = self.process.wait(timeout=timeout)
-        self._reader.join(10)
-        return code, "".join(self.lines)
 
 
 def send(queue_url: str, bucket: str, keys: list[str], body: bytes) -> None:  # noqa: F811
