@@ -3,6 +3,7 @@ always with an exit code that docs/reruns-and-exit-codes.md lists, and at once, 
 
 from __future__ import annotations
 
+import atexit
 import signal
 from typing import Any
 
@@ -29,6 +30,15 @@ def exit_cleanly_on_signals() -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
+    atexit.register(_ignore_signals_while_python_shuts_down)
+
+
+def _ignore_signals_while_python_shuts_down() -> None:
+    # Registered first, so the last exit callback to run. After it Python finalizes, and on the way resets every
+    # Python-level handler to the default action (a late SIGTERM would then kill the process: -15), but it leaves an
+    # ignored signal ignored. The process is ending with its own exit code anyway.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def run_over(exit_code: int) -> None:

@@ -126,6 +126,37 @@ def test_a_signal_outside_a_run_ends_the_program_with_a_listed_exit_code(
     assert program.returncode == expected, program.stderr
 
 
+PROGRAM_SIGNALLED_AS_PYTHON_SHUTS_DOWN = """
+import os, signal, sys, time
+from batch.cli.signals import exit_cleanly_on_signals, run_over
+exit_cleanly_on_signals()
+run_over(int(sys.argv[1]))
+
+class SignalledAtTeardown:  # its __del__ runs as Python destroys the modules, after the exit callbacks
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.2)
+
+keeper = SignalledAtTeardown()
+print("ready", flush=True)
+sys.exit(int(sys.argv[1]))
+"""
+
+
+@pytest.mark.parametrize("run_exit_code", [0, 1])
+def test_a_signal_during_pythons_own_shutdown_leaves_the_runs_exit_code(run_exit_code: int) -> None:
+    """Python resets its handlers to the default action as it finalizes: without the program's last exit callback
+    a SIGTERM that lands then kills the process (-15) after a summary that promised another code."""
+    program = subprocess.run(
+        [sys.executable, "-c", PROGRAM_SIGNALLED_AS_PYTHON_SHUTS_DOWN, str(run_exit_code)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert program.stdout.strip() == "ready"
+    assert program.returncode == run_exit_code, program.stderr
+
+
 def test_the_program_keeps_its_signal_handlers_until_it_exits() -> None:
     """The entry point installs them before the app runs, and they are still there once the app has returned."""
     program = (
