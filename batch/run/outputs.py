@@ -26,7 +26,7 @@ from batch.run.manifest import (
     read_manifest,
     utc_now,
 )
-from batch.storage import Store
+from batch.storage import ConditionalWritesUnsupported, Store
 
 log = logging.getLogger(__name__)
 
@@ -118,16 +118,11 @@ def write_file(
         raise error  # there is no place for its manifest: the run report holds the reason
     if error is not None and not is_file_problem(error):
         raise NotRecorded(error)
-    if run_started_at is not None:
-        existing = read_manifest(dest, key)
-        if existing is not None and done_beside(existing, manifest.settings_hash, run_started_at):
-            raise LeftToOtherSettings(existing)
-        if existing is not None and error is None and done_alongside(existing, manifest, run_started_at):
-            raise DoneAlongside(existing)
+    seen = _check_not_done_beside(dest, manifest, error, run_started_at) if run_started_at is not None else None
     if transcript is not None:
         # The old manifest goes before the outputs it describes change: a crash midway never leaves a stale
         # "succeeded" beside outputs of another version or settings.
-        dest.delete(manifest_name(key))
+        _delete_old_manifest(dest, manifest, seen, run_started_at)
         with stopwatch.stage("write"):
             manifest.outputs = write_outputs(dest, key, transcript, formats, options or SubtitleOptions())
     manifest.status = "failed" if error is not None else "succeeded"
@@ -136,12 +131,68 @@ def write_file(
     if transcript is None and error is not None and keeps_succeeded_manifest(dest, key, error):
         return manifest
     try:
-        dest.write_bytes(manifest_name(key), manifest.encode())
+        if run_started_at is not None and error is None:
+            _create_manifest(dest, manifest, run_started_at)
+        else:
+            dest.write_bytes(manifest_name(key), manifest.encode())
     except OSError as exc:
         if exc.errno == errno.ENAMETOOLONG:  # readable, not writable: a temporary's path went past PATH_MAX
             raise DestPathBlocked(manifest_name(key), exc) from None
         raise
     return manifest
+
+
+_NOTHING_SEEN = ""
+
+
+def _check_not_done_beside(dest: Store, mine: Manifest, error: Exception | None, run_started_at: str) -> str:
+    """Raise when a run beside this one has done the file (LeftToOtherSettings, DoneAlongside); else the version
+    of the manifest DEST holds now (_NOTHING_SEEN: none), which this write may replace."""
+    found = dest.read_with_version(manifest_name(mine.input.key))
+    existing = Manifest.decode(found[0]) if found is not None else None
+    if existing is not None and done_beside(existing, mine.settings_hash, run_started_at):
+        raise LeftToOtherSettings(existing)
+    if existing is not None and error is None and done_alongside(existing, mine, run_started_at):
+        raise DoneAlongside(existing)
+    return found[1] if found is not None else _NOTHING_SEEN
+
+
+def _delete_old_manifest(dest: Store, mine: Manifest, seen: str | None, run_started_at: str | None) -> None:
+    """Delete the manifest the check above saw, and only it: one that a run beside this one wrote since then is
+    looked at again (it may have done the file meanwhile). Without the check (--force), whatever is there."""
+    name = manifest_name(mine.input.key)
+    if seen is None or run_started_at is None:
+        dest.delete(name)
+    elif seen != _NOTHING_SEEN and not _delete_if_version(dest, name, seen):
+        _check_not_done_beside(dest, mine, None, run_started_at)
+        dest.delete(name)
+
+
+def _delete_if_version(dest: Store, name: str, version: str) -> bool:
+    try:
+        return dest.delete_if_version(name, version)
+    except ConditionalWritesUnsupported:
+        dest.delete(name)
+        return True
+
+
+def _create_manifest(dest: Store, mine: Manifest, run_started_at: str) -> None:
+    """Write a success's manifest only if no other is there: two runs that did the same version at once (one
+    queue event given to two consumers) both write identical outputs, and exactly one of them records the
+    success; the other raises DoneAlongside. A manifest of anything else found there is replaced, as this run's
+    outputs are the ones in place now."""
+    name = manifest_name(mine.input.key)
+    data = mine.encode()
+    try:
+        if dest.create_exclusive(name, data) is not None:
+            return
+    except ConditionalWritesUnsupported:
+        dest.write_bytes(name, data)
+        return
+    existing = read_manifest(dest, mine.input.key)
+    if done_alongside(existing, mine, run_started_at):
+        raise DoneAlongside(existing)
+    dest.write_bytes(name, data)
 
 
 def keeps_succeeded_manifest(dest: Store, key: str, error: Exception) -> bool:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from batch.common.errors import ConfigError
-from batch.storage.base import InputFile, ListingCounts, Store, is_s3_url
+from batch.storage.base import ConditionalWritesUnsupported, InputFile, ListingCounts, Store, is_s3_url
 
 
 def open_store(
@@ -130,4 +130,13 @@ def _same_place(source_url: str, dest_url: str) -> bool:
     return Path(source_url).resolve() == Path(dest_url).resolve()
 
 
-__all__ = ["InputFile", "ListingCounts", "Store", "is_s3_url", "open_job_stores", "open_source", "open_store"]
+__all__ = [
+    "ConditionalWritesUnsupported",
+    "InputFile",
+    "ListingCounts",
+    "Store",
+    "is_s3_url",
+    "open_job_stores",
+    "open_source",
+    "open_store",
+]

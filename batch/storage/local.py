@@ -6,6 +6,7 @@ then renamed over the target, so nothing half-written ever stands in place of a 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -15,7 +16,7 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 from batch.common.errors import EnvironmentProblem
-from batch.storage.base import InputFile, ListingCounts
+from batch.storage.base import ConditionalWritesUnsupported, InputFile, ListingCounts
 from batch.storage.names import NAME_MAX_BYTES, is_selected, name_bytes, safe_relative
 
 log = logging.getLogger(__name__)
@@ -178,9 +179,15 @@ class LocalStore:
         try:
             with os.fdopen(handle, "wb") as stream:
                 stream.write(data)
+                stream.flush()
+                os.fsync(stream.fileno())
             os.link(temporary, target)
         except FileExistsError:
             return None
+        except OSError as exc:
+            if exc.errno in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):  # link(2): no hard links on this filesystem
+                raise ConditionalWritesUnsupported(f"{self.location}: {exc.strerror}") from exc
+            raise
         finally:
             os.unlink(temporary)
         return _version(data)

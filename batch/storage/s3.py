@@ -32,7 +32,7 @@ from batch.common.errors import (
     FileFailure,
     redact,
 )
-from batch.storage.base import S3_SCHEME, AgedObject, InputFile, ListingCounts
+from batch.storage.base import S3_SCHEME, AgedObject, ConditionalWritesUnsupported, InputFile, ListingCounts
 from batch.storage.names import is_hidden, is_selected, name_bytes
 
 # One request per object part above this size; transcripts are small, so this mostly serves large outputs.
@@ -40,6 +40,7 @@ MULTIPART_THRESHOLD = 8 * 1024 * 1024
 _MISSING = GONE_ERROR_CODES
 _CONDITION_FAILED = ("PreconditionFailed", "412", "NoSuchKey")
 _CONFLICT = ("ConditionalRequestConflict", "409")
+_UNSUPPORTED = ("NotImplemented", "501")
 CONFLICT_RETRIES = 4
 CONFLICT_BACKOFF_SECONDS = 0.1
 S3_KEY_MAX_BYTES = 1024
@@ -383,5 +384,7 @@ class S3Store:
                     continue
                 if code in _CONDITION_FAILED or code in _CONFLICT:
                     return None
+                if code in _UNSUPPORTED:
+                    raise ConditionalWritesUnsupported(f"{self.location}: {code}") from None
                 raise
         return None

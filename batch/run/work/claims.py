@@ -30,7 +30,7 @@ from batch.common.errors import ConfigError
 from batch.common.logs import file_context
 from batch.run.report import RunReport
 from batch.run.work import WorkSource
-from batch.storage import InputFile, Store
+from batch.storage import ConditionalWritesUnsupported, InputFile, Store
 from batch.storage.base import StoreClock
 from batch.storage.names import output_base
 
@@ -65,22 +65,34 @@ class Claims:
         would win every claim, or renewals and takeovers would not hold); and whether a delete on a stale
         version is refused (else claims are released by reading, comparing the owner, then deleting)."""
         probe = f"{CLAIMS_FOLDER}/.probe-{os.getpid()}-{os.urandom(4).hex()}.claim"
-        first = self.dest.create_exclusive(probe, b"first")
-        second = self.dest.create_exclusive(probe, b"second") if first is not None else None
         try:
-            if first is None or second is not None:
-                raise ConfigError(
-                    "claim",
-                    f"DEST {self.dest.location} does not keep exclusive creates exclusive: two creates of one "
-                    "name both succeeded (the store ignores If-None-Match, as older MinIO and Ceph releases do), "
-                    "so every worker would win every claim; use --shard, or a store that honours it",
-                )
-            self._check_replace_if_version(probe, first)
-            self.conditional_delete = not self.dest.delete_if_version(probe, '"stale-version"')
+            self._probe(probe)
+        except ConditionalWritesUnsupported as exc:
+            raise ConfigError(
+                "claim",
+                f"DEST {self.dest.location} cannot write on a condition ({exc}), so claims cannot hold; use "
+                "--shard, or a store that can",
+            ) from None
         finally:
             self.dest.delete(probe)
         if not self.conditional_delete:
             log.info("DEST %s ignores If-Match on delete: claims are released by owner", self.dest.location)
+
+    def _probe(self, probe: str) -> None:
+        first = self.dest.create_exclusive(probe, b"first")
+        second = self.dest.create_exclusive(probe, b"second") if first is not None else None
+        if first is None or second is not None:
+            raise ConfigError(
+                "claim",
+                f"DEST {self.dest.location} does not keep exclusive creates exclusive: two creates of one "
+                "name both succeeded (the store ignores If-None-Match, as older MinIO and Ceph releases do), "
+                "so every worker would win every claim; use --shard, or a store that honours it",
+            )
+        self._check_replace_if_version(probe, first)
+        try:
+            self.conditional_delete = not self.dest.delete_if_version(probe, '"stale-version"')
+        except ConditionalWritesUnsupported:
+            self.conditional_delete = False
 
     def _check_replace_if_version(self, probe: str, current: str) -> None:
         stale = self.dest.replace_if_version(probe, b"stale", '"stale-version"')
