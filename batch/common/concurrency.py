@@ -70,21 +70,24 @@ def ordered_map_fed(
     closed = threading.Event()
     pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="prefetch")
 
+    def offer(entry: object) -> None:
+        """Into the window, unless the taker has gone (closed): then the thread ends instead of waiting for ever."""
+        while not closed.is_set():
+            try:
+                window.put(entry, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
     def feed() -> None:
         try:
             for item in items:
                 if closed.is_set():
                     return
-                entry = (item, pool.submit(contextvars.copy_context().run, func, item))
-                while not closed.is_set():
-                    try:
-                        window.put(entry, timeout=0.2)
-                        break
-                    except queue.Full:
-                        continue
-            window.put(_END)
+                offer((item, pool.submit(contextvars.copy_context().run, func, item)))
+            offer(_END)
         except BaseException as exc:  # raised where the items are taken, as ordered_map does
-            window.put(exc)
+            offer(exc)
 
     feeder = threading.Thread(target=contextvars.copy_context().run, args=(feed,), name="feed", daemon=True)
     feeder.start()
