@@ -129,35 +129,42 @@ class Run:
         self.anchors["ended"].set()
 
 
+# Each process a soak starts carries its soak's pid too: two soaks on one machine (two checkouts replaying one
+# seed) never find, nor kill, each other's runs.
+SOAK_OWNER = f"{os.getpid()}"
+
+
 def tagged_processes(tag: str) -> list[int]:
-    """Processes whose environment holds SOAK_RUN_TAG=tag."""
-    needle = f"SOAK_RUN_TAG={tag}\0".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if needle in (entry / "environ").read_bytes():
-                found.append(int(entry.name))
-        except OSError:
-            continue
-    return found
+    """This soak's processes whose environment holds SOAK_RUN_TAG=tag."""
+    return _processes_with(f"SOAK_RUN_TAG={tag}\0".encode())
 
 
 def kill_tagged(prefix: str) -> list[int]:
-    """kill -9 every process left over from a scenario (its runs' tags start with `prefix`); the pids killed."""
-    needle = f"SOAK_RUN_TAG={prefix}".encode()
+    """kill -9 every process of this soak left over from a scenario (its runs' tags start with `prefix`); the pids
+    killed."""
     killed = []
+    for pid in _processes_with(f"SOAK_RUN_TAG={prefix}".encode()):
+        try:
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+        except OSError:
+            continue
+    return killed
+
+
+def _processes_with(needle: bytes) -> list[int]:
+    owner = f"SOAK_OWNER={SOAK_OWNER}\0".encode()
+    found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
-            if needle in (entry / "environ").read_bytes():
-                os.kill(int(entry.name), signal.SIGKILL)
-                killed.append(int(entry.name))
+            environ = (entry / "environ").read_bytes()
         except OSError:
             continue
-    return killed
+        if needle in environ and owner in environ:
+            found.append(int(entry.name))
+    return found
 
 
 def python() -> str:

@@ -34,7 +34,7 @@ from soak.plan import (
     Scenario,
 )
 from soak.proxy import FaultProxy
-from soak.runs import RUN_DEADLINE_SECONDS, Run, RunResult, kill_tagged, python
+from soak.runs import RUN_DEADLINE_SECONDS, SOAK_OWNER, Run, RunResult, kill_tagged, python
 
 TIMER_SLACK_SECONDS = 30.0
 VERSION_WRITE_WAIT_SECONDS = 60.0  # an event of a version written in the round waits this long, at most, for its write
@@ -359,6 +359,7 @@ def _environment(bench: Bench, tag: str) -> dict[str, str]:
         "AWS_ENDPOINT_URL": bench.proxy.url,
         "AWS_SDK_UA_APP_ID": tag,
         "SOAK_RUN_TAG": tag,
+        "SOAK_OWNER": SOAK_OWNER,
     }
 
 

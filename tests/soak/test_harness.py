@@ -8,6 +8,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +29,7 @@ from soak.figures import BEGIN, END, write_doc
 from soak.places import Places, Version
 from soak.plan import EventSend, draw
 from soak.proxy import FaultProxy, FaultRule, Place, ProxyLog, ReceivedMessage
-from soak.runs import RunResult
+from soak.runs import SOAK_OWNER, RunResult, kill_tagged
 from soak.scenario import Ledger, SentMessage
 
 CREDENTIALS = {"aws_access_key_id": "k", "aws_secret_access_key": "s", "region_name": "us-east-1"}
@@ -393,3 +396,19 @@ class StubSqs:
         self.bodies.append(MessageBody)
         self.sent.set()
         return {"MessageId": f"m{len(self.bodies)}"}
+
+
+def test_a_soak_kills_only_its_own_leftover_processes() -> None:
+    """Two soaks on one machine replaying one seed tag their runs alike: each kills only the runs it started."""
+
+    def sleeper(owner: str) -> subprocess.Popen[bytes]:
+        env = {**os.environ, "SOAK_RUN_TAG": "soak99s1r0p0", "SOAK_OWNER": owner}
+        return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], env=env)
+
+    mine, theirs = sleeper(SOAK_OWNER), sleeper("another-soak")
+    try:
+        assert kill_tagged("soak99s1r") == [mine.pid]
+        assert mine.wait(timeout=30) == -9 and theirs.poll() is None
+    finally:
+        theirs.kill()
+        theirs.wait()
