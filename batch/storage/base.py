@@ -24,10 +24,12 @@ class InputFile:
 
 @dataclass
 class ListingCounts:
-    """What a listing found: every file in SOURCE (hidden ones aside), and how many of them were selected."""
+    """What a listing found: every file in SOURCE (hidden ones aside), how many of them were selected, and the
+    folders it could not read (path under SOURCE, reason): their files are neither listed nor lost."""
 
     listed: int = 0
     selected: int = 0
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
 
 
 class Store(Protocol):

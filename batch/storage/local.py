@@ -54,7 +54,7 @@ class LocalStore:
     ) -> Iterator[InputFile]:
         """Yield the selected files, streaming, in a stable sorted order."""
         include, exclude, counts = tuple(include), tuple(exclude), counts or ListingCounts()
-        for relative in self._files():
+        for relative in self._files(counts.unreadable):
             key = relative.as_posix()
             counts.listed += 1
             if not is_selected(key, include, exclude, named=self.only is not None):
@@ -69,9 +69,9 @@ class LocalStore:
             counts.selected += 1
             yield InputFile(key=key, size=stat.st_size, version=str(stat.st_mtime_ns))
 
-    def _files(self) -> Iterator[PurePosixPath]:
+    def _files(self, unreadable: list[tuple[str, str]]) -> Iterator[PurePosixPath]:
         if self.only is None:
-            yield from self._walk_from(PurePosixPath())
+            yield from self._walk_from(PurePosixPath(), unreadable=unreadable)
         elif (self.root / self.only).is_file():
             yield PurePosixPath(self.only)
 
@@ -98,12 +98,21 @@ class LocalStore:
         with self.open(item.key) as handle:
             return "sha256:" + hashlib.file_digest(handle, "sha256").hexdigest()
 
-    def _walk_from(self, start: PurePosixPath, with_dirs: bool = False) -> Iterator[PurePosixPath]:
+    def _walk_from(
+        self, start: PurePosixPath, with_dirs: bool = False, unreadable: list[tuple[str, str]] | None = None
+    ) -> Iterator[PurePosixPath]:
         real_root = self.root.resolve()
-        yield from self._walk(self.root / start, start, real_root, set(), with_dirs)
+        found = unreadable if unreadable is not None else []
+        yield from self._walk(self.root / start, start, real_root, set(), with_dirs, found)
 
     def _walk(
-        self, folder: Path, relative: PurePosixPath, real_root: Path, seen: set[Path], with_dirs: bool = False
+        self,
+        folder: Path,
+        relative: PurePosixPath,
+        real_root: Path,
+        seen: set[Path],
+        with_dirs: bool,
+        unreadable: list[tuple[str, str]],
     ) -> Iterator[PurePosixPath]:
         real = folder.resolve()
         if real in seen or (self._skip is not None and real == self._skip):
@@ -111,7 +120,13 @@ class LocalStore:
         seen = seen | {real}
         try:
             entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
-        except OSError:
+        except (FileNotFoundError, NotADirectoryError):
+            return  # removed (or replaced by a file) since its parent was read: nothing of it to do
+        except OSError as exc:  # permissions, an I/O error: its files exist, and must not pass for done
+            log.warning(
+                "%s: this folder cannot be read (%s); its files are left for the next run", relative, exc.strerror
+            )
+            unreadable.append((relative.as_posix(), exc.strerror or type(exc).__name__))
             return
         for entry in entries:
             if entry.name.startswith("."):
@@ -124,7 +139,7 @@ class LocalStore:
             if kind == "dir":
                 if with_dirs:
                     yield relative / entry.name
-                yield from self._walk(Path(entry.path), relative / entry.name, real_root, seen, with_dirs)
+                yield from self._walk(Path(entry.path), relative / entry.name, real_root, seen, with_dirs, unreadable)
             elif kind == "file":
                 yield relative / entry.name
 

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import pytest
 
 from batch.common.errors import ConfigError, EnvironmentProblem
-from batch.storage import open_job_stores, open_store
+from batch.storage import ListingCounts, open_job_stores, open_store
 from batch.storage.local import LocalStore
 from batch.storage.names import is_selected, output_base, safe_relative
+from tests.conftest import ENGLISH, speak
 
 
 def touch(root: Path, *names: str) -> None:
@@ -126,6 +128,51 @@ def test_links_that_loop_or_lead_nowhere_are_left_out_and_the_listing_goes_on(
     with caplog.at_level("WARNING"):
         assert keys(LocalStore(source)) == ["a.wav", "z.wav"]
     assert "b.wav: cannot be followed" in caplog.text and "c.wav: cannot be followed" in caplog.text
+
+
+def folder_deeper_than_path_max(source: Path) -> str:
+    """Real folders nested past PATH_MAX (4096): reading the first one whose path is that long fails
+    (ENAMETOOLONG) even for root, as a folder without read permission does for anyone else. Its path under
+    `source`."""
+    names = [f"d{level:02d}" + "x" * 200 for level in range(22)]
+    handle = os.open(source, os.O_RDONLY)
+    for name in names:
+        os.mkdir(name, dir_fd=handle)
+        inner = os.open(name, os.O_RDONLY, dir_fd=handle)
+        os.close(handle)
+        handle = inner
+    os.close(os.open("deep.wav", os.O_WRONLY | os.O_CREAT, dir_fd=handle))
+    os.close(handle)
+    folders = ("/".join(names[: depth + 1]) for depth in range(len(names)))
+    return next(folder for folder in folders if len(os.fsencode(source / folder)) >= 4096)
+
+
+def test_a_folder_that_cannot_be_read_is_counted_not_passed_over(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A subfolder the listing cannot read (permissions, I/O, a path past PATH_MAX) holds files that exist: the
+    listing goes on with the others and says which folder it could not read, so they are not taken for none."""
+    source = tmp_path / "in"
+    touch(source, "a.wav", "zz/b.wav")
+    deep = folder_deeper_than_path_max(source)
+    counts = ListingCounts()
+    with caplog.at_level("WARNING"):
+        assert [item.key for item in LocalStore(source).list(counts=counts)] == ["a.wav", "zz/b.wav"]
+    assert counts.unreadable == [(deep, "File name too long")]
+    assert "this folder cannot be read" in caplog.text
+
+
+def test_a_run_with_a_folder_it_cannot_read_does_the_rest_and_exits_3(cli, tmp_path: Path, tiny_en: str) -> None:
+    source, out = tmp_path / "in", tmp_path / "out"
+    speak(ENGLISH, source / "memo.wav")
+    deep = folder_deeper_than_path_max(source)
+    result = cli("run", source, "--out", out, "--model", tiny_en, "--device", "cpu", "--no-align")
+    assert result.exit_code == 3, result.stderr
+    (report_name,) = [name for name in os.listdir(out / "_runs") if name.endswith(".json")]
+    report = json.loads((out / "_runs" / report_name).read_text())
+    assert report["succeeded"] == ["memo.wav"]
+    assert [entry["key"] for entry in report["left_for_next_run"]] == [f"{deep}/"]
+    assert "could not be read (File name too long)" in report["left_for_next_run"][0]["error"]["message"]
 
 
 def test_dest_inside_source_is_skipped(tmp_path: Path) -> None:

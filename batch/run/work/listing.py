@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
 from batch.common.concurrency import ordered_map
-from batch.common.errors import BatchError, ConfigError
+from batch.common.errors import BatchError, ConfigError, EnvironmentProblem
 from batch.run.config import SelectionConfig
 from batch.run.report import RunReport
 from batch.run.work.skip import SkipCheck
@@ -86,7 +86,12 @@ class Listing:
             listing.close()
         counts = listing.counts
         log.info("%s: %d files listed, %d selected", self.source.location, counts.listed, counts.selected)
-        if counts.selected == 0 and not self.selection.allow_empty:
+        for folder, reason in counts.unreadable:
+            problem = EnvironmentProblem(
+                f"SOURCE folder {folder} could not be read ({reason}); its files were not listed"
+            )
+            self.checks.on_left(f"{folder}/", problem)
+        if counts.selected == 0 and not counts.unreadable and not self.selection.allow_empty:
             raise nothing_selected(self.source.location, counts, self.selection)
 
     look = pending  # a listing takes nothing: to look is to list
