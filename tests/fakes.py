@@ -5,8 +5,19 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
+from batch.common.errors import BatchError
 from batch.engine.audio import SAMPLE_RATE
+from batch.engine.gpu.oom import raise_if_context_lost
 from batch.engine.pipeline import DecodedFile, FileOutcome, PipelineStats
+
+# What PyTorch raises (torch.AcceleratorError, a RuntimeError) after a kernel's illegal memory access: the text
+# c10_cuda_check_implementation (libc10_cuda.so) builds around cudaGetErrorString's (libcudart.so.12).
+STICKY_CUDA_ERROR = (
+    "CUDA error: an illegal memory access was encountered\n"
+    "CUDA kernel errors might be asynchronously reported at some other API call, so the stacktrace below might be "
+    "incorrect.\nFor debugging consider passing CUDA_LAUNCH_BLOCKING=1\n"
+    "Compile with `TORCH_USE_CUDA_DSA` to enable device-side assertions.\n"
+)
 
 
 @dataclass
@@ -15,7 +26,9 @@ class FakePipeline:
 
     `errors` maps a key to the exception its outcome carries; `stop_errors` maps a key to an exception raised
     out of `process` when that file is reached (a BatchError stops the run). `on_batch` runs before each batch
-    (tests send signals or requests from it). Everything the runner asked for is recorded.
+    (tests send signals or requests from it); it stands for the batch's model call, and what it raises goes through
+    the real pipeline's guard (a sticky CUDA error becomes CudaContextLost). Everything the runner asked for is
+    recorded.
     """
 
     batch_size: int = 2
@@ -54,11 +67,21 @@ class FakePipeline:
                     break
             if not batch:
                 return
-            self.on_batch([file.key for file in batch])
+            self._run_model([file.key for file in batch])
             self._stats.asr_batches += 1
             self._stats.asr_items += len(batch)
             for file in batch:
                 yield self._outcome(file)
+
+    def _run_model(self, keys: list[str]) -> None:
+        """The batch's model call, guarded as the real pipeline's stages guard theirs (batch/engine/asr/chunks.py)."""
+        try:
+            self.on_batch(keys)
+        except BatchError:
+            raise
+        except Exception as exc:
+            raise_if_context_lost(exc)  # every later batch would fail too: the process must go
+            raise
 
     def _outcome(self, file: DecodedFile) -> FileOutcome:
         if file.error is not None:
@@ -84,8 +107,9 @@ def worker_pipeline(config: object) -> FakePipeline:
     FAKE_BATCH_SECONDS: each batch sleeps this long (files stay in flight);
     FAKE_ALL_READY: FOLDER:N; loading waits until N workers have loaded (a file each in FOLDER), so that every
     worker is there to take files from the start;
-    FAKE_CONTEXT_LOST_ONCE: a path; as FAKE_KILL_ONCE, but the batch raises CUDA's sticky "illegal memory
-    access" error out of `process` (the worker exits so that a fresh one takes over);
+    FAKE_CONTEXT_LOST_ONCE: a path; as FAKE_KILL_ONCE, but the batch raises PyTorch's sticky "illegal memory
+    access" error (STICKY_CUDA_ERROR), which the pipeline's guard turns into CudaContextLost;
+    FAKE_CONTEXT_LOST: a batch holding a key that contains this text raises that error, in every worker;
     FAKE_RAISE: KEY=environment raises an EnvironmentProblem out of `process` when KEY is reached (the run
     stops, exit 3); KEY=defect raises a RuntimeError there (a defect, not the file's own failure).
     """
@@ -109,7 +133,10 @@ def worker_pipeline(config: object) -> FakePipeline:
         lost = os.environ.get("FAKE_CONTEXT_LOST_ONCE")
         if lost and not Path(lost).exists():
             Path(lost).write_text(",".join(keys))
-            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+            raise RuntimeError(STICKY_CUDA_ERROR)
+        poisoned = os.environ.get("FAKE_CONTEXT_LOST")
+        if poisoned and any(poisoned in key for key in keys):
+            raise RuntimeError(STICKY_CUDA_ERROR)
 
     from batch.common.errors import EnvironmentProblem
 

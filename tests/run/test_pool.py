@@ -22,6 +22,7 @@ from batch.common.errors import (
     is_file_problem,
     type_name,
 )
+from batch.engine.gpu.oom import CudaContextLost
 from batch.run.config import configure
 from batch.run.job import Job
 from batch.run.manifest import Manifest
@@ -30,8 +31,9 @@ from batch.run.pool.plan import WorkerSlot
 from batch.run.pool.pool import WorkerPool
 from batch.run.report import RunReport
 from batch.run.tally import FileEvent
-from batch.settings.options import load_settings
+from batch.settings.options import Settings, load_settings
 from tests.conftest import tone
+from tests.fakes import STICKY_CUDA_ERROR, FakePipeline
 
 
 def pool_job(
@@ -43,10 +45,13 @@ def pool_job(
 ) -> Job:
     """A job whose pipeline is a pool of len(environs) CPU workers, each with its environment."""
     settings = load_settings({"source": str(source), "out": str(out), "device": "cpu", **options}, environ={})
-    config = configure(settings, environ={})
+    return Job(settings, environ={}, pipeline=fake_workers(settings, environs), on_file=on_file)
+
+
+def fake_workers(settings: Settings, environs: list[dict[str, str]]) -> WorkerPool:
+    """A pool of len(environs) CPU workers running the fake pipeline (tests.fakes:worker_pipeline)."""
     slots = tuple(WorkerSlot(f"cpu{i}", "cpu", 1, "CPU, 1 thread", env) for i, env in enumerate(environs))
-    pool = WorkerPool(config.pipeline, slots, factory="tests.fakes:worker_pipeline")
-    return Job(settings, environ={}, pipeline=pool, on_file=on_file)
+    return WorkerPool(configure(settings, environ={}).pipeline, slots, factory="tests.fakes:worker_pipeline")
 
 
 def manifests(out: Path) -> dict[str, Manifest]:
@@ -105,18 +110,57 @@ def test_a_worker_killed_mid_batch_hands_its_files_to_another(calls: Path, tmp_p
     assert all(m.status == "succeeded" for m in manifests(out).values()) and len(manifests(out)) == 12
 
 
-def test_a_worker_whose_cuda_context_is_lost_exits_and_a_fresh_one_does_its_files(calls: Path, tmp_path: Path) -> None:
-    """A sticky CUDA error poisons the worker's context: it exits (not a FATAL that stops the run), the pool starts
-    a fresh worker, and the files it held are done by the workers, each once."""
+def test_a_worker_whose_cuda_context_is_lost_exits_and_a_fresh_one_does_its_files(
+    calls: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """PyTorch's sticky "illegal memory access" error, through the pipeline's guard (CudaContextLost, a BatchError
+    that stops a one-process run): the worker says why and exits, the pool starts a fresh one, and the files it
+    held are done by the workers, each once. The run goes on: it is a death, not the run's end."""
     out = tmp_path / "out"
     marker = tmp_path / "lost"
     environ = {"FAKE_CONTEXT_LOST_ONCE": str(marker), "FAKE_BATCH_SECONDS": "0.1"}
     report = pool_job(calls, out, [environ, environ]).run()
     held = marker.read_text().split(",")
     assert held and all(key in report.succeeded for key in held)
-    assert report.exit_code == 0 and len(report.succeeded) == 12 and not report.failed
-    assert sum(w.restarts for w in report.workers) == 1
+    assert report.exit_code == 0 and len(report.succeeded) == 12 and not report.failed, report.summary()
+    assert sum(w.restarts for w in report.workers) == 1 and not any(w.problem for w in report.workers)
     assert all(m.status == "succeeded" for m in manifests(out).values()) and len(manifests(out)) == 12
+    said = "exited: the CUDA context is lost: CUDA error: an illegal memory access was encountered; "
+    assert any(said + f"{len(held)} file(s) it held go back" in line for line in caplog.messages), caplog.text
+
+
+def test_a_file_that_loses_the_cuda_context_twice_fails_alone(calls: Path, tmp_path: Path) -> None:
+    """A file whose batch loses the CUDA context in every worker: retried alone once, then failed (WorkerDied,
+    both deaths in its manifest); the files beside it are done and the device is not given up."""
+    tone(calls / "lost.wav")
+    out = tmp_path / "out"
+    environ = {"FAKE_CONTEXT_LOST": "lost"}
+    report = pool_job(calls, out, [environ, environ]).run()
+    assert report.exit_code == 1 and len(report.succeeded) == 12, report.summary()
+    assert [(f.key, f.error.type, f.error.file_problem) for f in report.failed] == [("lost.wav", "WorkerDied", True)]
+    reason = manifests(out)["lost.wav"].error
+    assert reason is not None and reason.message.count("the CUDA context is lost: CUDA error: an illegal") == 2
+    assert "then, with this file alone, worker cpu" in reason.message
+    assert sum(w.restarts for w in report.workers) == 2 and not any(w.problem for w in report.workers)
+
+
+def test_without_workers_a_lost_cuda_context_stops_the_run_with_exit_3_and_nothing_written(
+    calls: Path, tmp_path: Path
+) -> None:
+    """The same error in a one-process run: nothing more can run in this process, so the run stops (exit 3,
+    CudaContextLost) with no file failed for it; the rerun (or the restarted pod) does them."""
+    out = tmp_path / "out"
+
+    def lose_the_context(keys: list[str]) -> None:
+        if "call04.wav" in keys:
+            raise RuntimeError(STICKY_CUDA_ERROR)
+
+    settings = load_settings({"source": str(calls), "out": str(out), "device": "cpu"}, environ={})
+    report = Job(settings, environ={}, pipeline=FakePipeline(on_batch=lose_the_context)).run()
+    assert report.exit_code == 3 and report.error is not None and report.error.type == "CudaContextLost"
+    assert report.error.message == "the CUDA context is lost: CUDA error: an illegal memory access was encountered"
+    assert not report.failed and "call04.wav" not in manifests(out)
+    assert all(m.status == "succeeded" for m in manifests(out).values())
 
 
 def test_a_file_that_kills_two_workers_fails_alone(calls: Path, tmp_path: Path) -> None:
@@ -242,6 +286,7 @@ def test_a_pipeline_that_cannot_be_built_says_why(calls: Path, tmp_path: Path) -
         (DestPathBlocked("a.wav.manifest.json", IsADirectoryError()), True, None),
         (RuntimeError("CUDA error: an illegal memory access"), False, None),
         (EnvironmentProblem("DEST is not writable"), False, 3),
+        (CudaContextLost("the CUDA context is lost: CUDA error: an illegal memory access"), False, 3),
     ],
 )
 def test_an_error_from_a_worker_keeps_what_it_fails(
@@ -250,5 +295,6 @@ def test_an_error_from_a_worker_keeps_what_it_fails(
     info = pickle.loads(pickle.dumps(ErrorInfo.of(error)))  # as it travels from the worker
     rebuilt = info.rebuilt()
     assert (info.file_problem, info.exit_code) == (file_problem, exit_code)
+    assert info.context_lost is ("illegal memory access" in str(error))  # the worker exits after it, not the run
     assert is_file_problem(rebuilt) is file_problem and type_name(rebuilt) == type(error).__name__
     assert isinstance(rebuilt, BatchError) is (exit_code is not None)

@@ -1,5 +1,6 @@
 """Queue mode with worker processes and decoder processes (--queue, --workers): the real command line, real
-processes with Whisper tiny.en on the CPU, and an SQS queue on moto's server on 127.0.0.1."""
+processes with Whisper tiny.en on the CPU, and an SQS queue on moto's server on 127.0.0.1; where a worker must
+misbehave, real worker processes running the fake pipeline (tests.fakes:worker_pipeline)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,21 @@ from pathlib import Path
 import boto3
 import pytest
 
+from batch.run.job import Job
+from batch.settings.options import load_settings
 from tests.cli.test_limits import decoders_holding, joined, ten_minutes  # noqa: F401 - fixtures
 from tests.conftest import LoggedProcess
-from tests.run.test_queue import bucket, make_queue, manifest, messages_in, reports, speech  # noqa: F401 - fixtures
+from tests.run.test_pool import fake_workers
+from tests.run.test_queue import (  # noqa: F401 - fixtures
+    bucket,
+    make_queue,
+    manifest,
+    messages_in,
+    reports,
+    send_source,
+    speech,
+    tones,
+)
 from tests.storage.test_s3 import aws_environment, moto_url, put  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.usefixtures("aws_environment")
@@ -115,5 +128,32 @@ def test_a_file_that_kills_its_decoder_twice_fails_alone_and_its_neighbours_gain
     (run,) = reports(bucket)
     assert [failed["key"] for failed in run["failed"]] == ["in/b-hour.webm"]  # decoded on its first receive only
     assert run["queue"]["received"] == 4 and run["queue"]["deleted"] == 2 and run["queue"]["returned"] == 2
+    assert messages_in(queue_url) == (0, 0)
+    assert dead_letters is not None and messages_in(dead_letters)[0] == 1  # the redrive policy took it
+
+
+def test_a_file_that_loses_the_cuda_context_twice_is_poison_its_neighbours_are_received_once(
+    bucket: str,  # noqa: F811
+    tones: dict[float, bytes],  # noqa: F811
+) -> None:
+    """A file whose batch loses the CUDA context in every worker (PyTorch's sticky error, through the pipeline's
+    guard) fails alone (WorkerDied) as a file that kills its worker twice does: its message goes back, is not tried
+    again, and goes to the dead-letter queue; the run goes on and the messages beside it are received once, done."""
+    queue_url, dead_letters = make_queue("context-lost", visibility=2, dead_letters_after=2)
+    for key in ("in/a.wav", "in/b-lost.wav", "in/c.wav"):
+        put(bucket, key, tones[1.0])
+        send_source(queue_url, f"s3://{bucket}/{key}")
+    settings = {"queue": queue_url, "out": f"s3://{bucket}/out", "device": "cpu", "queue_idle": 5}
+    loaded = load_settings(settings, environ={})
+    report = Job(loaded, environ={}, pipeline=fake_workers(loaded, [{"FAKE_CONTEXT_LOST": "lost"}])).run()
+    assert report.exit_code == 1, report.summary()
+    doomed = manifest(bucket, "in/b-lost.wav")
+    assert doomed["status"] == "failed" and doomed["error"]["type"] == "WorkerDied", doomed
+    assert doomed["error"]["message"].count("the CUDA context is lost: CUDA error: an illegal memory access") == 2
+    for key in ("in/a.wav", "in/c.wav"):
+        done = manifest(bucket, key)
+        assert done["status"] == "succeeded" and done["receive_count"] == 1, done
+    assert [failed.key for failed in report.failed] == ["in/b-lost.wav"]  # tried on its first receive only
+    assert report.queue is not None and report.queue.received == 4 and report.queue.deleted == 2
     assert messages_in(queue_url) == (0, 0)
     assert dead_letters is not None and messages_in(dead_letters)[0] == 1  # the redrive policy took it

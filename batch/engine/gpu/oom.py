@@ -97,9 +97,10 @@ class StageMemoryRecord:
 
 
 class CudaContextLost(BatchError):
-    """A sticky CUDA error: this process can run nothing more on the GPU. A worker process exits and the pool
-    starts a fresh one, which takes the file again (as after a worker's death); an in-process run stops (exit 3)
-    with the file unwritten, for the rerun or the restarted pod to do."""
+    """A sticky CUDA error: this process can run nothing more on the GPU. A worker process says so and exits
+    (EXIT_CONTEXT_LOST, batch/run/pool/worker.py) and the pool starts a fresh one, which takes the file again (as
+    after a worker's death); an in-process run stops (exit 3) with the file unwritten, for the rerun or the
+    restarted pod to do."""
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

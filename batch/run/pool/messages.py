@@ -3,7 +3,8 @@
 parent -> worker: FILE(Task) | END (no more for now: finish what you hold) | STOP (finish only what is fully
                   read, as after a signal) | QUIT
 worker -> parent: READY(load seconds) | START_FAILED(ErrorInfo) | WANT | DONE(Done, StatsUpdate)
-                  | FLUSHED(StatsUpdate) | FATAL(ErrorInfo)
+                  | FLUSHED(StatsUpdate) | FATAL(ErrorInfo: a BatchError stops the run; a lost CUDA context, after
+                  which the worker exits, and a defect are that worker's death)
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from batch.common.errors import BatchError, ForeignBatchError, ForeignError, describe, is_file_problem
+from batch.engine.gpu.oom import is_context_lost
 from batch.engine.pipeline import Deadline, DecodedFile, FileOutcome, PipelineStats, Stopwatch
 
 FILE, END, STOP, QUIT = "file", "end", "stop", "quit"
@@ -28,12 +30,17 @@ class ErrorInfo:
     message: str
     exit_code: int | None = None  # set for a BatchError: the run stops with it
     file_problem: bool = False  # a FileFailure: it fails its file alone, however many in a row
+    context_lost: bool = False  # a sticky CUDA error (CudaContextLost): not the run's end, but its process's
 
     @classmethod
     def of(cls, exc: BaseException) -> ErrorInfo:
         record = describe(exc)  # secrets already taken out
         exit_code = exc.exit_code if isinstance(exc, BatchError) else None
-        return cls(record["type"], record["message"], exit_code, is_file_problem(exc))
+        return cls(record["type"], record["message"], exit_code, is_file_problem(exc), is_context_lost(exc))
+
+    @property
+    def headline(self) -> str:
+        return (self.message.splitlines() or [self.type_name])[0]
 
     def rebuilt(self) -> Exception:
         if self.exit_code is not None:

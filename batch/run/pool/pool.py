@@ -7,10 +7,11 @@ thread of their own (`Feed`), so a slow fetch never keeps the pool from answerin
 outcomes or passing on a stop.
 
 Faults:
-- A worker that dies (the kernel's OOM killer, a crash in native code, a CUDA error that poisons its context)
-  does not end the run. The files it held go back to the queue once, each to a worker that holds nothing else
-  (a fresh worker on the same device is started for that), so that a file that kills a second worker is known
-  to be the one: it fails, with the reason, and takes down no more (`dispatch.py`).
+- A worker that dies (the kernel's OOM killer, a crash in native code, a sticky CUDA error that poisons its context:
+  `CudaContextLost`, after which it says why and exits) does not end the run. The files it held go back to the queue
+  once, each to a worker that holds nothing else (a fresh worker on the same device is started for that), so that a
+  file that kills a second worker is known to be the one: it fails, with the reason, and takes down no more
+  (`dispatch.py`).
 - A worker that cannot start (its GPU broken or busy) is reported and the others go on; with none left, the run
   stops (exit 3).
 - A worker that holds a file past its deadline (--file-timeout, and a grace for its own check) hangs: it is
@@ -248,7 +249,9 @@ class WorkerPool:
             slot.start_error = payload[0]
         elif kind == FATAL:
             info: ErrorInfo = payload[0]
-            if info.exit_code is not None:  # a BatchError: it stops the run, as it would in one process
+            if info.context_lost:  # its process can run nothing more on its GPU, a fresh one can: not the run's end
+                self._lost(slot, worker, f"exited: {info.headline}")
+            elif info.exit_code is not None:  # a BatchError: it stops the run, as it would in one process
                 self._fatal = self._fatal or info
             else:
                 self._lost(slot, worker, f"failed: {info.type_name}: {info.message}")

@@ -19,7 +19,7 @@ from batch.common.runtime import freed_memory_reused
 from batch.engine.config import PipelineConfig
 from batch.engine.pipeline import DecodedFile, PipelineStats
 from batch.run.pool.plan import WorkerSlot
-from batch.run.pool.worker import Greeting, WorkerSpec
+from batch.run.pool.worker import EXIT_CONTEXT_LOST, Greeting, WorkerSpec
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +109,8 @@ def kill_process(process: subprocess.Popen[bytes]) -> None:
 def death_reason(exitcode: int | None) -> str:
     if exitcode is None:
         return "stopped answering"
+    if exitcode == EXIT_CONTEXT_LOST:
+        return f"exited with code {exitcode} (its CUDA context was lost)"
     if exitcode >= 0:
         return f"exited with code {exitcode}"
     number = -exitcode

@@ -28,6 +28,9 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 DEFAULT_FACTORY = "batch.engine.whisperx_pipeline:WhisperxPipeline"
+# A worker whose CUDA context is lost (a sticky CUDA error) exits with this (sysexits' EX_TEMPFAIL): this process
+# can run nothing more on its GPU, a fresh one can. The parent then handles it as any worker's death.
+EXIT_CONTEXT_LOST = 75
 
 
 @dataclass(frozen=True)
@@ -77,8 +80,8 @@ def main(argv: list[str]) -> None:
 
     run_id_var.set(spec.run_id)
     with prints_to_log():  # stdout is the parent's (its dry run's keys): what a library prints goes to the log
-        worker.serve(spec)
-    exit_at_once(0)  # all is said and sent: no waiting for a library's threads at interpreter shutdown
+        code = worker.serve(spec)
+    exit_at_once(code)  # all is said and sent: no waiting for a library's threads at interpreter shutdown
 
 
 def _keep_the_token_out_of_logs(spec: WorkerSpec) -> None:
@@ -103,7 +106,8 @@ class Worker:
 
         setup_logging(quiet=quiet, handler=_Forwarding(self))
 
-    def serve(self, spec: WorkerSpec) -> None:
+    def serve(self, spec: WorkerSpec) -> int:
+        """Load the pipeline and do the files the parent hands over; returns the process's exit code."""
         from batch.run.pool.messages import FATAL, FLUSHED, READY, START_FAILED, ErrorInfo
 
         try:
@@ -111,16 +115,20 @@ class Worker:
             self.pipeline.load()
         except Exception as exc:
             self.send(START_FAILED, ErrorInfo.of(exc))
-            return
+            return 0
         self.send(READY, self.pipeline.stats().load_seconds)
         try:
             while not self.quitting:
                 self._one_session()
                 self.send(FLUSHED, self._stats_update())
                 if self.stopping.is_set():
-                    return
-        except Exception as exc:  # a BatchError (stops the run), or a defect: the parent decides
-            self.send(FATAL, ErrorInfo.of(exc))
+                    return 0
+        except Exception as exc:  # a BatchError (stops the run), a lost CUDA context, a defect: the parent decides
+            info = ErrorInfo.of(exc)
+            self.send(FATAL, info)
+            if info.context_lost:  # this process can run nothing more on its GPU: it goes, a fresh one comes
+                return EXIT_CONTEXT_LOST
+        return 0
 
     def _one_session(self) -> None:
         """Files until the parent says END: the pipeline drains, as at the end of an in-process run."""
