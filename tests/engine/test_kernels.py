@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from batch.cli.doctor.cuda import device_checks
-from batch.common.advice import advice_for
+from batch.common.advice import advice_for, cublas_fix
 from batch.common.errors import EnvironmentProblem
 from batch.engine.gpu import device
 from batch.engine.gpu.device import resolve_device_for_workers
-from batch.engine.gpu.fatbin import GpuCode, LibraryCode, elf_sections, read_at
+from batch.engine.gpu.fatbin import GpuCode, LibraryCode, elf_sections, read_at, read_library_code
 from batch.engine.gpu.kernels import ctranslate2_library, cublas_library, installed_code, route
 from tests.nvml_fakes import FakeGpu, FakeNvml, uuid
 
@@ -157,3 +158,27 @@ def test_a_run_in_one_process_stops_on_cuda_naming_the_driver_it_needs(monkeypat
         device.resolve_device("cuda")
     assert "nvidia driver: 535.183.01 (CUDA 12.2)" in str(stopped.value)
     assert "Fix: update the NVIDIA driver to R570 (570.26 or newer)" in str(stopped.value)
+
+
+def test_ctranslate2_is_pinned_to_the_tested_range_the_installed_build_is_in() -> None:
+    import tomllib
+    from importlib.metadata import version
+
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())["project"]
+    [pin] = [Requirement(line) for line in project["dependencies"] if Requirement(line).name == "ctranslate2"]
+    assert version("ctranslate2") in pin.specifier  # the build whose fat binaries the tests above read
+    assert "4.9.0" not in pin.specifier and "5.0.0" not in pin.specifier  # a later build may change its CUDA
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc to build a library")
+def test_the_cublas_name_follows_the_build_a_cuda_13_build_names_libcublas_13(tmp_path: Path) -> None:
+    # A library built as CTranslate2 builds its cuBLAS name: "libcublas.so." STR(CUBLAS_VER_MAJOR), here 13.
+    source = 'const char *cublas_soname(void) { return "libcublas.so." "13"; }\n'
+    library = tmp_path / "libctranslate2.so.4"
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(library), "-x", "c", "-"], input=source, text=True, check=True)
+    code = read_library_code(library)
+    assert (code.cublas, code.fatbins, code.code) == ("libcublas.so.13", 0, frozenset())  # and no GPU code
+    fix = cublas_fix("libcublas.so.13")  # this machine has PyTorch's cuBLAS 12 only: no folder to point to
+    assert fix.startswith("CTranslate2 needs cuBLAS 13 (libcublas.so.13)") and "'nvidia-cublas==13.*'" in fix
