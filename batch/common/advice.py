@@ -33,8 +33,10 @@ class Check:
 def cublas_fix(library: str) -> str:
     """What to do when CTranslate2 cannot load cuBLAS by its soname `library` ("libcublas.so.12")."""
     major = library.rpartition(".so.")[2] if re.fullmatch(r"libcublas\.so\.\d+", library) else "of its CUDA major"
-    wheel = f"'nvidia-cublas-cu{major}=={major}.*'" if major.isdigit() else "the nvidia-cublas wheel of its CUDA major"
-    folders = [str(path) for path in pip_nvidia_lib_dirs("cublas")]
+    wheel = "the nvidia-cublas wheel of its CUDA major"
+    if major.isdigit():  # NVIDIA's wheels are named per CUDA major up to 12 (nvidia-cublas-cu12), plainly from 13
+        wheel = f"'nvidia-cublas{'-cu' + major if int(major) <= 12 else ''}=={major}.*'"
+    folders = [str(path) for path in pip_nvidia_lib_dirs("cublas") if (path / library).exists()]
     where = (
         f"export LD_LIBRARY_PATH={':'.join(folders)}:$LD_LIBRARY_PATH"
         if folders
