@@ -9,9 +9,10 @@ toolchain"). CUDA's minor version compatibility lets a CUDA 12 build run on any 
 machine code. CTranslate2 4.8.5 carries machine code for sm_53 to sm_86 and PTX for compute_86 (PTX ISA 8.7,
 CUDA 12.8): an H100 or H200 (sm_90) and Blackwell cards JIT that PTX, and need a driver of CUDA 12.8 (R570).
 
-The driver itself is judged by the CUDA release it reports (NVML's `nvmlSystemGetCudaDriverVersion`), which
-also counts CUDA's forward compatibility package when it is installed; the driver branch named in the advice is
-NVIDIA's published minimum for that release (Linux x86_64).
+The driver is judged by the CUDA release its user-mode library reports (NVML's
+`nvmlSystemGetCudaDriverVersion_v2`, what `cuDriverGetVersion` returns), which counts CUDA's forward
+compatibility package where one is installed; the driver branch named in the advice is NVIDIA's published
+minimum for that release (Linux x86_64).
 """
 
 from __future__ import annotations
