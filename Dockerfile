@@ -58,25 +58,36 @@ RUN --mount=type=bind,source=.,target=/tmp/src,rw \
 # caller) have no home and no entry in /etc/passwd: every cache lives under /models or /tmp, which any user
 # may write (sticky, like /tmp).
 RUN useradd --system --uid 10001 --gid 0 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin whisperx \
-    && mkdir -p /models /in /out \
-    && chmod 1777 /models \
+    && mkdir -p /models/cuda-cache /in /out \
+    && chmod 1777 /models /models/cuda-cache \
     && chown whisperx:0 /out
 
 ENV PATH=/opt/venv/bin:${PATH} \
     HOME=/tmp \
     HF_HOME=/models \
     TORCH_HOME=/models/torch \
+    CUDA_CACHE_PATH=/models/cuda-cache \
+    CUDA_CACHE_MAXSIZE=1073741824 \
     LD_LIBRARY_PATH=/opt/venv/site-packages/nvidia/cublas/lib${LD_LIBRARY_PATH:+:${LD_LIBRARY_PATH}} \
     CUDA_DEVICE_ORDER=PCI_BUS_ID \
     NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility \
     NVIDIA_REQUIRE_CUDA="cuda>=12.0"
+# CUDA_CACHE_PATH, CUDA_CACHE_MAXSIZE: where the driver keeps the kernels it JIT-compiles from PTX, in the models
+# volume so that they outlive the container (under HOME=/tmp every container and process compiled them again).
+# CTranslate2 4.8 has machine code up to sm_86 only: on an H100, H200 or Blackwell card its kernels are compiled
+# from its PTX at first use (about 10 MiB of code; 1 GiB leaves room for several cards and driver versions).
 # LD_LIBRARY_PATH: CTranslate2 loads libcublas.so.12 by name, and pip keeps PyTorch's copy off the loader's path
 # (the runner also loads it from there itself; this keeps any other CTranslate2 program in the image working).
 # CUDA_DEVICE_ORDER: CUDA numbers GPUs as NVML and nvidia-smi do (by PCI bus), so CUDA_VISIBLE_DEVICES=1 is the
-# doctor's gpu1. NVIDIA_REQUIRE_CUDA: the base asks for a driver of CUDA 12.8 or newer, but PyTorch's and
-# CTranslate2's CUDA 12 builds run on any CUDA 12 driver (R525 and newer) through CUDA's minor version
-# compatibility; the container toolkit would refuse those drivers.
+# doctor's gpu1. NVIDIA_REQUIRE_CUDA: the base asks for a driver of CUDA 12.8 or newer; the driver each card
+# needs (docs/container.md):
+#   - V100, T4, A100, A10, A40, L4, L40S (sm_70 to sm_89): any CUDA 12 driver, R525 and newer. PyTorch's and
+#     CTranslate2's machine code runs on an older CUDA 12 driver through CUDA's minor version compatibility;
+#   - H100, H200, B200, RTX 50 (sm_90 and newer): R570 and newer (CUDA 12.8). CTranslate2's kernels are
+#     JIT-compiled there from PTX that CUDA 12.8 wrote, which an older driver refuses; `whisperx-batch doctor`
+#     and the device check say so.
+# It is lowered to cuda>=12.0 for the first kind; the device check judges each card with its driver.
 
 # Air-gapped images: bake models into /models at build time with `whisperx-batch models pull`, e.g.
 #   --build-arg PRELOAD_MODELS=large-v3,medium --build-arg PRELOAD_OPTIONS="--align-languages en,de --diarize"

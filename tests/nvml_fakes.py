@@ -1,5 +1,6 @@
 """A fake of nvidia-ml-py's `pynvml` module for the tests of the GPU listing (test_gpus, test_doctor): whole GPUs,
-GPUs split by MIG, and a machine without the NVIDIA driver.
+GPUs split by MIG, a machine without the NVIDIA driver, and cards of any compute capability with a driver of any
+CUDA release (the pairs that decide whether CTranslate2's kernels run: an H100, sm_90, on an R535 driver, CUDA 12.2).
 
 It answers the NVML calls batch.engine.gpu.nvml and batch.engine.gpu.listing make, as NVML answers them: handles are
 opaque, a MIG instance is reached through its GPU, an empty MIG slot or an unknown UUID raises NVMLError.
@@ -25,6 +26,7 @@ class FakeGpu:
     memory: int = 80 * GiB
     bus: int = 0
     mig: tuple[FakeGpu, ...] = ()
+    capability: tuple[int, int] = (9, 0)  # CUDA compute capability: an H100's
 
 
 class FakeNvml(ModuleType):
@@ -39,10 +41,12 @@ class FakeNvml(ModuleType):
     class NVMLError_NoPermission(NVMLError):  # noqa: N801 - pynvml's name
         pass
 
-    def __init__(self, *gpus: FakeGpu, driver: bool = True):
+    def __init__(self, *gpus: FakeGpu, driver: bool = True, version: str = "570.124.06", cuda: int = 12080):
         super().__init__("pynvml")
         self.gpus = gpus
         self.driver = driver
+        self.version = version  # the driver's version, as nvidia-smi shows it
+        self.cuda = cuda  # the newest CUDA it supports, as NVML encodes it: 12080 for 12.8
         self.sessions = 0  # nvmlInit calls not yet shut down
         self.broken: set[str] = set()  # names of calls that raise NVMLError
         self.forbidden: set[int] = set()  # indices this process may not open (NoPermission, as in a cgroup)
@@ -64,11 +68,11 @@ class FakeNvml(ModuleType):
 
     def nvmlSystemGetDriverVersion(self) -> bytes:
         self._call("nvmlSystemGetDriverVersion")
-        return b"570.124.06"
+        return self.version.encode()
 
     def nvmlSystemGetCudaDriverVersion_v2(self) -> int:
         self._call("nvmlSystemGetCudaDriverVersion_v2")
-        return 12080
+        return self.cuda
 
     def nvmlDeviceGetCount(self) -> int:
         self._call("nvmlDeviceGetCount")
@@ -101,6 +105,10 @@ class FakeNvml(ModuleType):
     def nvmlDeviceGetMemoryInfo(self, handle: FakeGpu) -> SimpleNamespace:
         self._call("nvmlDeviceGetMemoryInfo")
         return SimpleNamespace(total=handle.memory, free=handle.memory - GiB, used=GiB)
+
+    def nvmlDeviceGetCudaComputeCapability(self, handle: FakeGpu) -> tuple[int, int]:
+        self._call("nvmlDeviceGetCudaComputeCapability")
+        return handle.capability
 
     def nvmlDeviceGetPciInfo(self, handle: FakeGpu) -> SimpleNamespace:
         self._call("nvmlDeviceGetPciInfo")

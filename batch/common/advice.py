@@ -8,6 +8,7 @@ what to do, by `advice_for`.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -29,17 +30,26 @@ class Check:
 # Known failure modes -> what to do
 
 
-def cublas_fix() -> str:
-    """What to do when CTranslate2 cannot load cuBLAS 12 (libcublas.so.12)."""
-    folders = [str(path) for path in pip_nvidia_lib_dirs("cublas")]
+def cublas_fix(library: str) -> str:
+    """What to do when CTranslate2 cannot load cuBLAS by its soname `library` ("libcublas.so.12")."""
+    major = library.rpartition(".so.")[2] if re.fullmatch(r"libcublas\.so\.\d+", library) else "of its CUDA major"
+    wheel = "the nvidia-cublas wheel of its CUDA major"
+    if major.isdigit():  # NVIDIA's wheels are named per CUDA major up to 12 (nvidia-cublas-cu12), plainly from 13
+        wheel = f"'nvidia-cublas{'-cu' + major if int(major) <= 12 else ''}=={major}.*'"
+    folders = [str(path) for path in pip_nvidia_lib_dirs("cublas") if (path / library).exists()]
     where = (
         f"export LD_LIBRARY_PATH={':'.join(folders)}:$LD_LIBRARY_PATH"
         if folders
-        else "pip install 'nvidia-cublas-cu12==12.*' (PyTorch's CUDA 12 builds bring it)"
+        else f"pip install {wheel} (PyTorch's CUDA builds of that major bring it)"
     )
     return (
-        f"CTranslate2 needs cuBLAS 12 (libcublas.so.12): use the image built from this project's Dockerfile, or {where}"
+        f"CTranslate2 needs cuBLAS {major} ({library}): use the image built from this project's Dockerfile, or {where}"
     )
+
+
+def _cublas_fix_for(error: str) -> str:
+    named = re.search(r"libcublas\.so\.\d+", error)
+    return cublas_fix(named.group(0) if named else "libcublas")
 
 
 def cudnn_fix() -> str:
@@ -57,7 +67,7 @@ NO_DRIVER_FIX = (
 )
 OUT_OF_MEMORY_FIX = "the GPU ran out of memory: lower --batch-size, use --compute-type int8_float16, or a smaller model"
 # Fixes that name this machine's folders are made when asked for.
-LIBRARY_FIXES = {"cublas": cublas_fix, "cudnn": cudnn_fix}
+LIBRARY_FIXES: dict[str, Callable[[str], str]] = {"cublas": _cublas_fix_for, "cudnn": lambda _error: cudnn_fix()}
 KNOWN_FAILURES: tuple[tuple[re.Pattern[str], str], ...] = (
     (
         re.compile(
@@ -74,9 +84,16 @@ KNOWN_FAILURES: tuple[tuple[re.Pattern[str], str], ...] = (
         NO_DRIVER_FIX,
     ),
     (
+        re.compile(r"unsupported toolchain|UNSUPPORTED_PTX_VERSION|UnsupportedPtxVersion", re.I),
+        "the NVIDIA driver is older than the CUDA release that compiled the PTX this card must JIT-compile (on "
+        "sm_90 and newer, such as an H100 or H200, CTranslate2 has no machine code): update the driver to the "
+        "branch `whisperx-batch doctor` names (R570 or newer for CTranslate2 4.8's CUDA 12.8 PTX)",
+    ),
+    (
         re.compile(r"driver version is insufficient|CUDA driver version|driver.*too old", re.I),
-        "the NVIDIA driver is too old for CUDA 12.8: update it (R570 or newer), or build the image on an older "
-        "CUDA 12 base with --build-arg BASE_IMAGE=...",
+        "the NVIDIA driver is older than the CUDA major PyTorch and CTranslate2 were built for: update it to a "
+        "driver of that CUDA major (R525 or newer for CUDA 12; R570 or newer on an H100, H200 or Blackwell card, "
+        "see `whisperx-batch doctor`)",
     ),
     (
         re.compile(r"no CUDA-capable device|cudaErrorNoDevice|CUDA_VISIBLE_DEVICES|no usable CUDA device", re.I),
@@ -118,7 +135,7 @@ def advice_for(error: str) -> str | None:
     """One line that says what to do about a known failure, from its error text; None when unknown."""
     for pattern, fix in KNOWN_FAILURES:
         if pattern.search(error):
-            return LIBRARY_FIXES[fix]() if fix in LIBRARY_FIXES else fix
+            return LIBRARY_FIXES[fix](error) if fix in LIBRARY_FIXES else fix
     return None
 
 

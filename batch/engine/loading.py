@@ -96,12 +96,14 @@ def _load_recognizer(config: PipelineConfig) -> WhisperRecognizer:
     runtime, asr, hub = config.runtime, config.asr, config.hub
     if runtime.device.startswith("cuda"):
         from batch.common.advice import cublas_fix
-        from batch.engine.gpu.device import CUBLAS_LIBRARY, load_cublas
+        from batch.engine.gpu.device import load_cublas
+        from batch.engine.gpu.kernels import cublas_library
 
         # CTranslate2 loads cuBLAS by name when it first runs; found here, from PyTorch's wheels if need be.
         problem = load_cublas()
         if problem is not None:
-            raise EnvironmentProblem(f"{CUBLAS_LIBRARY} cannot be loaded for the ASR: {problem}. Fix: {cublas_fix()}")
+            library = cublas_library()
+            raise EnvironmentProblem(f"{library} cannot be loaded for the ASR: {problem}. Fix: {cublas_fix(library)}")
     try:
         return load_recognizer(
             asr.model, runtime.device, runtime.compute_type, runtime.threads, hub.cache_dir, hub.offline, asr.decoding

@@ -15,7 +15,8 @@ import batch.cli.doctor.models as doctor_models
 import batch.engine.gpu.device as device
 from batch.cli.doctor.cuda import device_checks
 from batch.common.advice import advice_for
-from batch.engine.gpu.device import CUBLAS_LIBRARY, GpuFacts
+from batch.engine.gpu.device import GpuFacts
+from batch.engine.gpu.kernels import cublas_library
 from tests.conftest import ENGLISH, speak
 from tests.nvml_fakes import FakeGpu, FakeNvml, machine, uuid
 
@@ -23,9 +24,9 @@ from tests.nvml_fakes import FakeGpu, FakeNvml, machine, uuid
 def real_cublas_error() -> str:
     """This machine's real loader error for cuBLAS 12 by name, in a process that has not imported PyTorch (whose
     CUDA build loads its own copy): pip keeps it in site-packages/nvidia/cublas/lib, off the loader's path."""
-    load = f"import ctypes\ntry:\n    ctypes.CDLL({CUBLAS_LIBRARY!r})\nexcept OSError as exc:\n    print(exc)"
+    load = f"import ctypes\ntry:\n    ctypes.CDLL({cublas_library()!r})\nexcept OSError as exc:\n    print(exc)"
     error = subprocess.run([sys.executable, "-c", load], capture_output=True, text=True, check=True).stdout.strip()
-    assert CUBLAS_LIBRARY in error, error
+    assert cublas_library() in error, error
     return error
 
 
@@ -33,6 +34,7 @@ H100 = GpuFacts(
     driver_version="570.124.06",
     driver_cuda="12.8",
     gpus=("NVIDIA H100 80GB HBM3 (80 GiB)",),
+    capabilities=((9, 0),),
     torch_cuda_build="12.8",
     torch_devices=1,
     ctranslate2_devices=1,
@@ -114,7 +116,7 @@ def test_a_gpu_whose_cublas_ctranslate2_cannot_load_fails_with_the_exact_fix(
     library_path = fix.split("export LD_LIBRARY_PATH=")[1].split(":$LD_LIBRARY_PATH")[0]
 
     # The advice works: with it, the library loads by name in a fresh process that has not imported PyTorch.
-    load = f"import ctypes; ctypes.CDLL({CUBLAS_LIBRARY!r})"
+    load = f"import ctypes; ctypes.CDLL({cublas_library()!r})"
     env = {**os.environ, "LD_LIBRARY_PATH": library_path}
     assert subprocess.run([sys.executable, "-c", load], env=env, capture_output=True).returncode == 0
 
@@ -124,8 +126,9 @@ def test_cublas_is_made_loadable_by_name_for_ctranslate2_without_ld_library_path
     (by name) works, in a fresh process that has not imported PyTorch and has no LD_LIBRARY_PATH."""
     real_cublas_error()  # by name alone it fails here
     code = (
-        "import ctypes\nfrom batch.engine.gpu.device import load_cublas, CUBLAS_LIBRARY\n"
-        "assert load_cublas() is None\nctypes.CDLL(CUBLAS_LIBRARY)\nprint('loaded')"
+        "import ctypes\nfrom batch.engine.gpu.device import load_cublas\n"
+        "from batch.engine.gpu.kernels import cublas_library\n"
+        "assert load_cublas() is None\nctypes.CDLL(cublas_library())\nprint('loaded')"
     )
     env = {key: value for key, value in os.environ.items() if key != "LD_LIBRARY_PATH"}
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
@@ -139,7 +142,10 @@ def test_a_healthy_gpu_machine_is_ready(cli, tiny_en: str, monkeypatch: pytest.M
     document = json.loads(result.stdout)
     assert document["ready"] is True and document["exit_code"] == 0
     checks = {check["name"]: check for check in document["checks"]}
-    assert checks["nvidia driver"]["detail"] == "570.124.06 (CUDA 12.8), 1 GPU: NVIDIA H100 80GB HBM3 (80 GiB)"
+    assert checks["nvidia driver"]["detail"].startswith(
+        "570.124.06 (CUDA 12.8), 1 GPU: NVIDIA H100 80GB HBM3 (80 GiB); "
+    )
+    assert "CTranslate2's kernels for sm_90 are JIT-compiled from its PTX" in checks["nvidia driver"]["detail"]
     assert checks["cuda"]["status"] == "ok" and "the run uses cuda" in checks["cuda"]["detail"]
     assert checks["cublas"] == {
         "name": "cublas",
@@ -155,7 +161,11 @@ def test_a_healthy_gpu_machine_is_ready(cli, tiny_en: str, monkeypatch: pytest.M
     [
         (dataclasses.replace(H100, driver_cuda="11.8"), "auto", ("warn", "ok", "ok", "ok")),
         (dataclasses.replace(H100, driver_cuda="11.8"), "cuda", ("fail", "ok", "ok", "ok")),
-        (dataclasses.replace(H100, driver_cuda="12.4"), "cuda", ("warn", "ok", "ok", "ok")),
+        # CUDA 12.4 cannot JIT CTranslate2's CUDA 12.8 PTX, which an H100 (no machine code for sm_90) needs ...
+        (dataclasses.replace(H100, driver_cuda="12.4"), "cuda", ("fail", "ok", "ok", "ok")),
+        (dataclasses.replace(H100, driver_cuda="12.4"), "auto", ("warn", "ok", "ok", "ok")),
+        # ... while an A10 runs machine code, which an older minor driver runs (minor version compatibility).
+        (dataclasses.replace(H100, driver_cuda="12.4", capabilities=((8, 6),)), "cuda", ("ok", "ok", "ok", "ok")),
         (
             GpuFacts(nvml_error="NVML Shared Library Not Found", torch_cuda_build="12.8"),
             "cpu",

@@ -18,9 +18,9 @@ from batch.settings.options import load_settings
 from batch.settings.values import GpuSelection
 from tests.nvml_fakes import FakeGpu, FakeNvml, machine, uuid
 
-A = FakeGpu(uuid("GPU", "aaaa1111"), "NVIDIA A100-SXM4-40GB", 40 * 2**30, bus=0x1A)
-B = FakeGpu(uuid("GPU", "bbbb2222"), "NVIDIA A100-SXM4-40GB", 40 * 2**30, bus=0x3B)
-C = FakeGpu(uuid("GPU", "cccc3333"), "NVIDIA L4", 24 * 2**30, bus=0x5E)
+A = FakeGpu(uuid("GPU", "aaaa1111"), "NVIDIA A100-SXM4-40GB", 40 * 2**30, bus=0x1A, capability=(8, 0))
+B = FakeGpu(uuid("GPU", "bbbb2222"), "NVIDIA A100-SXM4-40GB", 40 * 2**30, bus=0x3B, capability=(8, 0))
+C = FakeGpu(uuid("GPU", "cccc3333"), "NVIDIA L4", 24 * 2**30, bus=0x5E, capability=(8, 9))
 M1 = FakeGpu(uuid("MIG", "11111111"), "NVIDIA A100-SXM4-40GB MIG 3g.20gb", 20 * 2**30)
 M2 = FakeGpu(uuid("MIG", "22222222"), "NVIDIA A100-SXM4-40GB MIG 3g.20gb", 20 * 2**30)
 M = FakeGpu(uuid("GPU", "dddd4444"), "NVIDIA A100-SXM4-40GB", 40 * 2**30, bus=0x86, mig=(M1, M2))
@@ -146,7 +146,7 @@ def test_the_driver_reading_names_each_gpu_it_may_open() -> None:
     nvml = FakeNvml(A, C)
     nvml.forbidden.add(0)
     reading = read_driver(nvml)
-    assert reading == DriverReading("570.124.06", "12.8", ("NVIDIA L4 (24 GiB)",))
+    assert reading == DriverReading("570.124.06", "12.8", ("NVIDIA L4 (24 GiB)",), ((8, 9),))
     assert nvml.sessions == 0
 
 

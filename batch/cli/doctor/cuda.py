@@ -1,19 +1,18 @@
-"""The doctor's CUDA rows: the NVIDIA driver, CUDA for PyTorch and CTranslate2, cuBLAS 12 (which CTranslate2
-loads by name), and cuDNN (information only: PyTorch loads its own, CTranslate2 4.x none), judged as a run
-judges them (`batch.engine.gpu.device.cuda_problems`) and by what --device asks: `cuda` needs them (fail),
-`auto` falls back to the CPU (warn), `cpu` does not use them (skip)."""
+"""The doctor's CUDA rows: the NVIDIA driver (visible, of PyTorch's CUDA major, and new enough to JIT
+CTranslate2's PTX on a card its machine code does not cover), CUDA for PyTorch and CTranslate2, cuBLAS (which
+CTranslate2 loads by the name its build compiled in), and cuDNN (information only: PyTorch loads its own,
+CTranslate2 4.x none), judged as a run judges them (`batch.engine.gpu.device.cuda_problems`) and by what
+--device asks: `cuda` needs them (fail), `auto` falls back to the CPU (warn), `cpu` does not use them (skip).
+An older driver of the same CUDA major is no problem by itself: the wheels carry their CUDA libraries, and
+their machine code runs on it through CUDA's minor version compatibility."""
 
 from __future__ import annotations
 
-from batch.common.advice import Check, Status, advice_for
-from batch.engine.gpu.device import (
-    CUBLAS_LIBRARY,
-    CudaProblem,
-    GpuFacts,
-    cuda_problems,
-    driver_behind_minor,
-    driver_summary,
-)
+import os
+
+from batch.common.advice import Check, Status
+from batch.engine.gpu.device import CudaProblem, GpuFacts, cuda_problems, driver_summary
+from batch.engine.gpu.kernels import cublas_library, installed_code, route
 
 
 def device_checks(facts: GpuFacts, requested: str) -> list[Check]:
@@ -35,11 +34,19 @@ def _problem_row(problem: CudaProblem, missing: Status, detail: str | None = Non
 def _driver_row(facts: GpuFacts, problem: CudaProblem | None, missing: Status) -> Check:
     if problem is not None:
         return _problem_row(problem, missing)
-    if driver_behind_minor(facts):
-        # An older minor release of the same major runs through CUDA's minor version compatibility.
-        detail = f"{driver_summary(facts)}; PyTorch was built for CUDA {facts.torch_cuda_build}"
-        return Check("nvidia driver", "warn", detail, advice_for("driver too old"))
-    return Check("nvidia driver", "ok", driver_summary(facts))
+    return Check("nvidia driver", "ok", driver_summary(facts) + _jit_note(facts))
+
+
+def _jit_note(facts: GpuFacts) -> str:
+    """Where this driver runs CTranslate2's kernels by JIT-compiling its PTX: said, with where they are cached
+    (the first run on a card JIT-compiles them all; later ones read the cache)."""
+    code = installed_code()
+    routes = {capability: route(code, capability) for capability in facts.capabilities if capability and code}
+    jitted = sorted(f"sm_{major}{minor}" for (major, minor), found in routes.items() if found and found.jit_cuda)
+    if not jitted:
+        return ""
+    cache = os.environ.get("CUDA_CACHE_PATH") or "~/.nv/ComputeCache"
+    return f"; CTranslate2's kernels for {', '.join(jitted)} are JIT-compiled from its PTX (cached in {cache})"
 
 
 def _cuda_row(facts: GpuFacts, problem: CudaProblem | None, requested: str, missing: Status) -> Check:
@@ -55,9 +62,10 @@ def _cuda_row(facts: GpuFacts, problem: CudaProblem | None, requested: str, miss
 def _cublas_row(facts: GpuFacts, problem: CudaProblem | None, missing: Status) -> Check:
     if problem is not None:
         return _problem_row(problem, missing)
+    library = cublas_library()
     if facts.torch_devices == 0:
-        return Check("cublas", "skip", f"not checked without a CUDA device ({CUBLAS_LIBRARY}, for CTranslate2)")
-    return Check("cublas", "ok", f"{CUBLAS_LIBRARY} loads, as CTranslate2 loads it")
+        return Check("cublas", "skip", f"not checked without a CUDA device ({library}, for CTranslate2)")
+    return Check("cublas", "ok", f"{library} loads, as CTranslate2 loads it")
 
 
 def _cudnn_row(facts: GpuFacts) -> Check:

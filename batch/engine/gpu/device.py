@@ -1,11 +1,13 @@
 """Which device the models run on, judged by what the stages really load on CUDA.
 
 PyTorch (VAD, alignment, diarization) brings its CUDA libraries and finds them itself, cuDNN included (loaded
-lazily, by path, from its own wheels). CTranslate2 (the ASR; 4.x CUDA 12 builds) links no CUDA library: when it
-first runs on CUDA it loads `libcuda.so.1` (the driver) and `libcublas.so.12` by name, and no cuDNN. A run on
-cuda therefore needs the driver, a CUDA device for PyTorch and for CTranslate2, and cuBLAS 12 where the loader
-finds it: `load_cublas` makes sure of the last, from the copy PyTorch's wheels carry when it is off the loader's
-path (pip installs it in site-packages/nvidia/cublas/lib). cuDNN is only reported (the doctor's information row).
+lazily, by path, from its own wheels). CTranslate2 (the ASR) links no CUDA library: when it first runs on CUDA
+it loads `libcuda.so.1` (the driver) and cuBLAS by the name its build compiled in (`libcublas.so.12` for CUDA 12
+builds: `kernels.cublas_library`), and no cuDNN. A run on cuda therefore needs the driver, a CUDA device for
+PyTorch and for CTranslate2, code of CTranslate2's that the card runs with this driver (`kernels`: an H100 JITs
+its PTX, which needs a driver as new as the CUDA that wrote it), and cuBLAS where the loader finds it:
+`load_cublas` makes sure of the last, from the copy PyTorch's wheels carry when it is off the loader's path (pip
+installs it in site-packages/nvidia/cublas/lib). cuDNN is only reported (the doctor's information row).
 
 `probe_gpu` is the seam through which the run and the doctor see the GPU, so that tests can stand in for a GPU
 machine; `cuda_problems` says what stops CUDA here, each with its fix, and `resolve_device` decides.
@@ -25,10 +27,9 @@ from typing import Any
 
 from batch.common.advice import NO_DRIVER_FIX, advice_for, cublas_fix, pip_nvidia_lib_dirs
 from batch.common.errors import EnvironmentProblem
-from batch.engine.gpu.nvml import NvmlUnavailable, read_driver
+from batch.engine.gpu.kernels import cannot_run, cublas_library, installed_code, kernels_fix
+from batch.engine.gpu.nvml import DriverReading, NvmlUnavailable, read_driver
 
-# What CTranslate2 (CUDA 12 builds, 4.x) loads by name when it first runs on CUDA, besides the driver.
-CUBLAS_LIBRARY = "libcublas.so.12"
 # Reported only: PyTorch loads its cuDNN itself, and CTranslate2 4.x loads none.
 CUDNN_LIBRARY = "libcudnn_ops.so.9"
 
@@ -44,12 +45,13 @@ class GpuFacts:
     driver_version: str | None = None
     driver_cuda: str | None = None  # newest CUDA the driver supports, "12.8"
     gpus: tuple[str, ...] = ()
+    capabilities: tuple[tuple[int, int] | None, ...] = ()  # each GPU's compute capability, as NVML gives it
     nvml_error: str | None = None
     torch_cuda_build: str | None = None  # CUDA PyTorch was built for; None for a CPU-only build
     torch_devices: int = 0
     torch_error: str | None = None
     ctranslate2_devices: int = 0
-    cublas_error: str | None = None  # why CUBLAS_LIBRARY cannot be loaded as CTranslate2 loads it
+    cublas_error: str | None = None  # why cublas_library() cannot be loaded as CTranslate2 loads it
     cudnn_version: str | None = None  # the cuDNN PyTorch carries
 
     @property
@@ -71,7 +73,7 @@ class CudaProblem:
 
 
 def probe_gpu() -> GpuFacts:
-    """Ask NVML, PyTorch and CTranslate2 about CUDA, and make cuBLAS 12 loadable as CTranslate2 needs it."""
+    """Ask NVML, PyTorch and CTranslate2 about CUDA, and make cuBLAS loadable as CTranslate2 needs it."""
     facts: dict[str, object] = {}
     facts.update(_probe_nvml())
     facts.update(_probe_torch())
@@ -86,7 +88,12 @@ def _probe_nvml() -> dict[str, object]:
         driver = read_driver()
     except NvmlUnavailable as exc:
         return {"nvml_error": str(exc)}
-    return {"driver_version": driver.version, "driver_cuda": driver.cuda, "gpus": driver.gpus}
+    return {
+        "driver_version": driver.version,
+        "driver_cuda": driver.cuda,
+        "gpus": driver.gpus,
+        "capabilities": driver.capabilities,
+    }
 
 
 def _probe_torch() -> dict[str, object]:
@@ -120,20 +127,21 @@ def _probe_ctranslate2() -> dict[str, object]:
 
 
 def load_cublas() -> str | None:
-    """Make CUBLAS_LIBRARY loadable by name, as CTranslate2 loads it; None when it is, else why not.
+    """Make cuBLAS loadable by the name CTranslate2 loads it by; None when it is, else why not.
 
     Tried by name first (the loader's path, or the copy PyTorch's CUDA build has already loaded), then from the
     pip wheel's folder: a library loaded once by its full path is found by name afterwards (the loader matches
     its soname), so CTranslate2 needs no LD_LIBRARY_PATH. Call it after PyTorch is imported, as a run does.
     """
+    library = cublas_library()
     try:
-        ctypes.CDLL(CUBLAS_LIBRARY, mode=ctypes.RTLD_GLOBAL)
+        ctypes.CDLL(library, mode=ctypes.RTLD_GLOBAL)
         return None
     except OSError as exc:
         by_name = str(exc)
     for folder in pip_nvidia_lib_dirs("cublas"):
         try:
-            ctypes.CDLL(str(folder / CUBLAS_LIBRARY), mode=ctypes.RTLD_GLOBAL)
+            ctypes.CDLL(str(folder / library), mode=ctypes.RTLD_GLOBAL)
             return None
         except OSError:
             continue
@@ -152,14 +160,18 @@ def cuda_problems(facts: GpuFacts) -> list[CudaProblem]:
         problems.append(_torch_problem(facts, driver_visible=facts.driver_version is not None))
     elif facts.ctranslate2_devices == 0:
         problems.append(CudaProblem("cuda", "CTranslate2 sees no CUDA device (a CPU-only CTranslate2 build?)"))
+    elif (no_code := ctranslate2_kernels_problem(facts, fixable=False)) is not None:
+        problems.append(no_code)
     elif facts.cublas_error is not None:
-        problems.append(CudaProblem("cublas", f"{CUBLAS_LIBRARY} cannot be loaded: {facts.cublas_error}", cublas_fix()))
+        library = cublas_library()
+        problems.append(CudaProblem("cublas", f"{library} cannot be loaded: {facts.cublas_error}", cublas_fix(library)))
     return problems
 
 
 def driver_problem(facts: GpuFacts) -> CudaProblem | None:
-    """The driver not visible, or of an older CUDA major than PyTorch's build (an older minor runs, through
-    CUDA's minor version compatibility: `driver_behind_minor`)."""
+    """The driver not visible, of an older CUDA major than PyTorch's build, or too old to JIT CTranslate2's PTX
+    for a card its machine code does not cover. An older minor of the same major runs everything else: PyTorch's
+    and CTranslate2's machine code, through CUDA's minor version compatibility."""
     if facts.driver_version is None:
         return CudaProblem(
             "nvidia driver", f"not visible ({facts.nvml_error or 'NVML found no driver'})", NO_DRIVER_FIX
@@ -168,12 +180,26 @@ def driver_problem(facts: GpuFacts) -> CudaProblem | None:
     if driver and built and driver[0] < built[0]:
         detail = f"{driver_summary(facts)}; PyTorch was built for CUDA {facts.torch_cuda_build}"
         return CudaProblem("nvidia driver", detail, advice_for("driver too old"))
+    return ctranslate2_kernels_problem(facts, fixable=True)
+
+
+def ctranslate2_kernels_problem(facts: GpuFacts, fixable: bool) -> CudaProblem | None:
+    """The first GPU on which CTranslate2 cannot run its kernels: where a newer driver would let it (`fixable`,
+    the driver's row), or where no driver would (CTranslate2 has no code for the card: the cuda row)."""
+    code = installed_code()
+    if code is None:  # no CTranslate2 library to read: its device count says the rest
+        return None
+    for gpu, capability in zip(facts.gpus, facts.capabilities, strict=False):
+        if capability is None:
+            continue
+        problem = cannot_run(code, capability, major_minor(facts.driver_cuda))
+        fix = kernels_fix(code, capability)
+        if problem is not None and (fix is not None) == fixable:
+            name = gpu.split(" (")[0]
+            if fixable:
+                return CudaProblem("nvidia driver", f"{driver_summary(facts)}; on the {name}: {problem}", fix)
+            return CudaProblem("cuda", f"{name}: {problem}", "run with --device cpu, or on a card CTranslate2 runs")
     return None
-
-
-def driver_behind_minor(facts: GpuFacts) -> bool:
-    driver, built = major_minor(facts.driver_cuda), major_minor(facts.torch_cuda_build)
-    return bool(driver and built and driver[0] == built[0] and driver < built)
 
 
 def driver_summary(facts: GpuFacts) -> str:
@@ -231,20 +257,39 @@ def resolve_device(requested: str) -> str:
 
 def resolve_device_for_workers(requested: str, nvml: Any = None) -> str:
     """The device of a run whose models run in worker processes (`--gpus`, `--workers`), decided from NVML alone so
-    that this process, which only hands out files, loads no model library: `cuda` where NVML shows a GPU, else
-    cpu (`auto`) or exit 3 (`cuda`). Each worker checks CUDA in full when it loads its models; one that cannot
+    that this process, which only hands out files, loads no model library: `cuda` where NVML shows a GPU on which
+    CTranslate2's kernels run with this driver (its library's code is read from the file), else cpu (`auto`) or
+    exit 3 (`cuda`). Each worker checks CUDA in full when it loads its models; one that cannot
     run says why, and the run stops with exit 3."""
     if requested == "cpu":
         return "cpu"
     try:
-        gpus, reason = read_driver(nvml).gpus, "NVML lists none"
+        driver = read_driver(nvml)
     except NvmlUnavailable as exc:
-        gpus, reason = (), str(exc)
-    if gpus:
-        return "cuda"
+        reason = str(exc)
+    else:
+        if driver.gpus:
+            return _workers_device(requested, driver)
+        reason = "NVML lists none"
     if requested == "cuda":
         raise EnvironmentProblem(f"device cuda was asked for but no GPU is visible ({reason}). Fix: {NO_DRIVER_FIX}")
     log.info("device auto: using cpu (no GPU visible: %s)", reason)
+    return "cpu"
+
+
+def _workers_device(requested: str, driver: DriverReading) -> str:
+    """What NVML alone says of CTranslate2's kernels on these GPUs with this driver, for `resolve_device_for_workers`:
+    "cuda" where they run, else "cpu" with a warning (`auto`) or exit 3 (`cuda`)."""
+    facts = GpuFacts(
+        driver_version=driver.version, driver_cuda=driver.cuda, gpus=driver.gpus, capabilities=driver.capabilities
+    )
+    problem = ctranslate2_kernels_problem(facts, fixable=True) or ctranslate2_kernels_problem(facts, fixable=False)
+    if problem is None:
+        return "cuda"
+    text = f"{problem.part}: {problem.detail}. Fix: {problem.fix}"
+    if requested == "cuda":
+        raise EnvironmentProblem(f"device cuda was asked for but CUDA cannot run here: {text}")
+    log.warning("device auto: a GPU is present but cannot run the models, so the CPU is used (slow): %s", text)
     return "cpu"
 
 

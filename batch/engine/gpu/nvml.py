@@ -149,10 +149,11 @@ class DriverReading:
     version: str
     cuda: str  # the newest CUDA the driver supports: "12.8"
     gpus: tuple[str, ...]  # "NVIDIA H100 80GB HBM3 (80 GiB)"
+    capabilities: tuple[tuple[int, int] | None, ...] = ()  # each GPU's compute capability, (9, 0); None: unknown
 
 
 def read_driver(nvml: ModuleType | None = None) -> DriverReading:
-    """The driver's version, its CUDA and its GPUs. Raises NvmlUnavailable, saying why."""
+    """The driver's version, its CUDA and its GPUs (with their compute capability). Raises NvmlUnavailable."""
     nvml = nvml or import_pynvml()
     try:
         nvml.nvmlInit()
@@ -160,18 +161,28 @@ def read_driver(nvml: ModuleType | None = None) -> DriverReading:
         raise NvmlUnavailable(str(exc) or type(exc).__name__) from exc
     try:
         cuda = nvml.nvmlSystemGetCudaDriverVersion_v2()
-        gpus = []
+        gpus, capabilities = [], []
         for device in (device for device in list_nvml_devices(nvml) if device.index is not None):
             name, memory = name_and_memory(nvml, device.uuid)
             size = f" ({memory / 2**30:.0f} GiB)" if memory else ""
             gpus.append(f"{name or device.uuid}{size}")
+            capabilities.append(compute_capability(nvml, device.uuid))
         version = nvml_text(nvml.nvmlSystemGetDriverVersion())
-        return DriverReading(version, f"{cuda // 1000}.{cuda % 1000 // 10}", tuple(gpus))
+        return DriverReading(version, f"{cuda // 1000}.{cuda % 1000 // 10}", tuple(gpus), tuple(capabilities))
     except nvml.NVMLError as exc:
         raise NvmlUnavailable(str(exc) or type(exc).__name__) from exc
     finally:
         with contextlib.suppress(Exception):
             nvml.nvmlShutdown()
+
+
+def compute_capability(nvml: ModuleType, uuid: str) -> tuple[int, int] | None:
+    """A GPU's CUDA compute capability, (9, 0) for an H100; None where NVML cannot tell."""
+    try:
+        major, minor = nvml.nvmlDeviceGetCudaComputeCapability(nvml.nvmlDeviceGetHandleByUUID(uuid))
+        return int(major), int(minor)
+    except nvml.NVMLError:
+        return None
 
 
 def _mig_uuids(nvml: ModuleType, handle: Any) -> list[str]:
