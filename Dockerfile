@@ -68,7 +68,7 @@ ENV PATH=/opt/venv/bin:${PATH} \
     TORCH_HOME=/models/torch \
     LD_LIBRARY_PATH=/opt/venv/site-packages/nvidia/cublas/lib${LD_LIBRARY_PATH:+:${LD_LIBRARY_PATH}} \
     CUDA_DEVICE_ORDER=PCI_BUS_ID \
-    NVIDIA_VISIBLE_DEVICES=all \
+    NVIDIA_VISIBLE_DEVICES=void \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility \
     NVIDIA_REQUIRE_CUDA="cuda>=12.0"
 # LD_LIBRARY_PATH: CTranslate2 loads libcublas.so.12 by name, and pip keeps PyTorch's copy off the loader's path
@@ -77,6 +77,13 @@ ENV PATH=/opt/venv/bin:${PATH} \
 # doctor's gpu1. NVIDIA_REQUIRE_CUDA: the base asks for a driver of CUDA 12.8 or newer, but PyTorch's and
 # CTranslate2's CUDA 12 builds run on any CUDA 12 driver (R525 and newer) through CUDA's minor version
 # compatibility; the container toolkit would refuse those drivers.
+# NVIDIA_VISIBLE_DEVICES=void: no GPU unless one is asked for (the CUDA base sets `all`). Where nvidia is the
+# default container runtime (Kubernetes GPU nodes set up by NVIDIA's GPU Operator, Docker hosts with
+# `default-runtime: nvidia`), the NVIDIA container toolkit gives every container the GPUs this variable names,
+# whatever it requested: with `all`, a CPU-only pod would see every GPU and `--device auto` would take GPU 0 from
+# the pods that were given it. `docker run --gpus ...` (and Compose's GPU reservation) and Kubernetes' device
+# plugin (for a pod that requests nvidia.com/gpu) set it to the GPUs they give, after the image's value: the later
+# value wins, so GPU containers and pods still get their GPUs.
 
 # Air-gapped images: bake models into /models at build time with `whisperx-batch models pull`, e.g.
 #   --build-arg PRELOAD_MODELS=large-v3,medium --build-arg PRELOAD_OPTIONS="--align-languages en,de --diarize"
