@@ -200,11 +200,21 @@ def english_only(model: str) -> bool | None:
 
 
 def cached_english_only(model: str, cache_dir: str | None) -> bool | None:
-    """For a hub model already in the cache, what its files say (no network); None when it is not there."""
-    try:
-        from faster_whisper.utils import download_model
+    """For a hub model already in the cache, what its files say; None when it is not there. Looked up as
+    faster-whisper's download_model looks (the same repository and files, no network) but through huggingface_hub
+    itself: importing faster-whisper would load CTranslate2 into a process that only checks settings or hands
+    files to workers."""
+    from batch.common.model_names import MODEL_FILES, hub_repository
 
-        folder = download_model(model, local_files_only=True, cache_dir=cache_dir)
+    repository = hub_repository(model)
+    if repository is None:
+        return None
+    try:
+        from huggingface_hub import snapshot_download
+
+        folder = snapshot_download(
+            repository, cache_dir=cache_dir, local_files_only=True, allow_patterns=list(MODEL_FILES)
+        )
     except Exception:  # not in the cache: the loaded model tells
         return None
     return english_only(str(Path(folder).absolute()))
