@@ -48,6 +48,12 @@ def load_models(config: PipelineConfig) -> LoadedModels:
         asr_load = pool.submit(_load_recognizer, config)
         import torch
 
+        if runtime.device.startswith("cuda"):
+            from batch.engine.gpu.device import require_usable_cuda
+
+            # A worker's parent saw its GPU through NVML alone: what stops CUDA is said here, with the fix, rather
+            # than as the first library error a model load meets.
+            require_usable_cuda()
         from batch.engine.vad.speech import load_vad
 
         vad = load_vad(config.vad, runtime.device)
