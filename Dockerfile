@@ -70,7 +70,7 @@ ENV PATH=/opt/venv/bin:${PATH} \
     CUDA_CACHE_MAXSIZE=1073741824 \
     LD_LIBRARY_PATH=/opt/venv/site-packages/nvidia/cublas/lib${LD_LIBRARY_PATH:+:${LD_LIBRARY_PATH}} \
     CUDA_DEVICE_ORDER=PCI_BUS_ID \
-    NVIDIA_VISIBLE_DEVICES=all \
+    NVIDIA_VISIBLE_DEVICES=void \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility \
     NVIDIA_REQUIRE_CUDA="cuda>=12.0"
 # CUDA_CACHE_PATH, CUDA_CACHE_MAXSIZE: where the driver keeps the kernels it JIT-compiles from PTX, in the models
@@ -88,6 +88,13 @@ ENV PATH=/opt/venv/bin:${PATH} \
 #     JIT-compiled there from PTX that CUDA 12.8 wrote, which an older driver refuses; `whisperx-batch doctor`
 #     and the device check say so.
 # It is lowered to cuda>=12.0 for the first kind; the device check judges each card with its driver.
+# NVIDIA_VISIBLE_DEVICES=void: no GPU unless one is asked for (the CUDA base sets `all`). Where nvidia is the
+# default container runtime (Kubernetes GPU nodes set up by NVIDIA's GPU Operator, Docker hosts with
+# `default-runtime: nvidia`), the NVIDIA container toolkit gives every container the GPUs this variable names,
+# whatever it requested: with `all`, a CPU-only pod would see every GPU and `--device auto` would take GPU 0 from
+# the pods that were given it. `docker run --gpus ...` (and Compose's GPU reservation) and Kubernetes' device
+# plugin (for a pod that requests nvidia.com/gpu) set it to the GPUs they give, after the image's value: the later
+# value wins, so GPU containers and pods still get their GPUs.
 
 # Air-gapped images: bake models into /models at build time with `whisperx-batch models pull`, e.g.
 #   --build-arg PRELOAD_MODELS=large-v3,medium --build-arg PRELOAD_OPTIONS="--align-languages en,de --diarize"

@@ -19,15 +19,20 @@ from kubernetes_validate import utils as kubernetes_validate
 from batch.common.errors import EXIT_ENVIRONMENT, EXIT_FILES_FAILED, EXIT_SIGINT, EXIT_SIGTERM, EXIT_USAGE
 from batch.common.units import parse_bytes
 from batch.engine.config import RuntimeOptions
-from batch.run.pool.plan import gpu_workers
+from batch.run.pool.plan import gpu_workers, plan_workers
 from batch.settings.options import CONFIG_ENV_VAR, ENV_PREFIX, FIELD_NAMES, Settings, load_settings
 from batch.settings.shard import SHARD_COUNT_ENV_VAR, Shard, shard_from_environment
 from batch.settings.values import GpuSelection
 from tests.conftest import sections
+from tests.nvidia_toolkit import CUDA_BASE_ENV, NONE, VISIBLE, image_environment, pod_env, visible_devices
 from tests.nvml_fakes import machine
 
-K8S = Path(__file__).resolve().parent.parent / "k8s"
-MANIFESTS = ("job.yaml", "indexed-job.yaml", "cronjob.yaml", "multi-gpu-job.yaml", "keda-scaledjob.yaml")
+ROOT = Path(__file__).resolve().parent.parent
+K8S = ROOT / "k8s"
+GPU_MANIFESTS = ("job.yaml", "indexed-job.yaml", "cronjob.yaml", "multi-gpu-job.yaml", "keda-scaledjob.yaml")
+CPU_MANIFESTS = ("cpu-job.yaml",)
+MANIFESTS = GPU_MANIFESTS + CPU_MANIFESTS
+GPU_RESOURCE = "nvidia.com/gpu"
 KEDA = "keda-scaledjob.yaml"
 # The oldest release the manifests are written for (podFailurePolicy GA) and the newest whose schemas the pinned
 # kubernetes-validate ships.
@@ -69,6 +74,13 @@ def container(resource: dict[str, Any]) -> dict[str, Any]:
 def plain_env(resource: dict[str, Any]) -> dict[str, str]:
     """The container's env entries that have a literal value."""
     return {entry["name"]: entry["value"] for entry in container(resource).get("env", []) if "value" in entry}
+
+
+def gpus_requested(resource: dict[str, Any]) -> int:
+    """The GPUs the device plugin gives the container: extended resources are asked for by their limit."""
+    resources = container(resource).get("resources", {})
+    assert GPU_RESOURCE not in resources.get("requests", {}) or GPU_RESOURCE in resources.get("limits", {})
+    return int(resources.get("limits", {}).get(GPU_RESOURCE, 0))
 
 
 def policy_action(resource: dict[str, Any], exit_code: int | None = None, disrupted: bool = False) -> str:
@@ -113,15 +125,51 @@ def test_strict_validation_catches_a_misspelt_field(no_network: None) -> None:
 
 
 @pytest.mark.parametrize("name", MANIFESTS)
-def test_pod_runs_the_image_on_a_gpu_with_a_model_cache(name: str) -> None:
+def test_pod_runs_the_image_with_a_model_cache(name: str) -> None:
     resource = load(name)
     main = container(resource)
     assert main["image"].startswith("ghcr.io/example/whisperx-batch:")
     assert main["args"][0] == "run"
-    assert int(main["resources"]["limits"]["nvidia.com/gpu"]) >= 1
+    assert (gpus_requested(resource) >= 1) == (name in GPU_MANIFESTS)
     mounts = {mount["mountPath"]: mount["name"] for mount in main["volumeMounts"]}
     volumes = {volume["name"]: volume for volume in pod_spec(resource)["volumes"]}
     assert "persistentVolumeClaim" in volumes[mounts["/models"]]  # HF_HOME in the image: kept across runs
+
+
+@pytest.mark.parametrize("name", MANIFESTS)
+def test_a_pod_sees_the_gpus_it_requests_and_no_other(name: str) -> None:
+    """On a node whose default runtime is nvidia, the toolkit gives the container what NVIDIA_VISIBLE_DEVICES names
+    in the env the runtime builds (tests/nvidia_toolkit.py): the image's, the device plugin's, the pod's own. A GPU
+    pod sees exactly the GPUs the device plugin gave it; a CPU pod sees none (the CUDA base image says `all`)."""
+    resource = load(name)
+    image = image_environment(ROOT / "Dockerfile", CUDA_BASE_ENV)
+    allocated = tuple(f"GPU-{index:08d}-0000-0000-0000-000000000000" for index in range(gpus_requested(resource)))
+    assert visible_devices(pod_env(image, plain_env(resource), allocated)) == (allocated or NONE)
+    if allocated:  # a pod's own value would come after the device plugin's, and replace the GPUs it was given
+        assert VISIBLE not in {entry["name"] for entry in container(resource).get("env", [])}
+
+
+@pytest.mark.parametrize("name", CPU_MANIFESTS)
+def test_a_cpu_pod_hides_the_gpus_itself_and_runs_on_the_cpu(name: str) -> None:
+    """Safe on a GPU node with an older image too: the pod says `void` itself, and `--device cpu` keeps the models
+    off any GPU it could still see (`--device auto` would take GPU 0)."""
+    resource = load(name)
+    spec, main = pod_spec(resource), container(resource)
+    assert plain_env(resource)[VISIBLE] == "void"
+    assert visible_devices([f"{VISIBLE}=all", f"{VISIBLE}=void"]) == NONE  # whatever the image says
+    assert not any(GPU_RESOURCE in main.get("resources", {}).get(kind, {}) for kind in ("requests", "limits"))
+    assert not any(toleration.get("key") == GPU_RESOURCE for toleration in spec.get("tolerations", []))
+    args = main["args"]
+    flags = {key: option(args, f"--{key}") for key in ("device", "workers", "threads")}
+    settings = load_settings({key: value for key, value in flags.items() if value}, environ=plain_env(resource))
+    assert settings.device == "cpu" and settings.gpus is None
+    # The run takes the CPUs its cgroup allows (the limit): each worker its share of them.
+    cpus = int(main["resources"]["limits"]["cpu"])
+    assert int(main["resources"]["requests"]["cpu"]) == cpus
+    runtime = RuntimeOptions("cpu", "int8", settings.threads or cpus, settings.batch_size)
+    slots = plan_workers(None, settings.workers, runtime, {})
+    assert [slot.device for slot in slots] == ["cpu"] * (settings.workers or 1) and len(slots) >= 2
+    assert sum(slot.threads for slot in slots) == cpus
 
 
 @pytest.mark.parametrize("name", MANIFESTS)
@@ -199,7 +247,7 @@ def test_indexed_job_shards_the_source() -> None:
     assert shards == [Shard(index, completions) for index in range(completions)]
 
 
-@pytest.mark.parametrize("name", ["job.yaml", "cronjob.yaml", "multi-gpu-job.yaml"])
+@pytest.mark.parametrize("name", ["job.yaml", "cronjob.yaml", "multi-gpu-job.yaml", "cpu-job.yaml"])
 def test_single_pod_jobs_are_not_sharded(name: str) -> None:
     resource = load(name)
     spec = job_spec(resource)

@@ -9,6 +9,9 @@ import functools
 import importlib.util
 from pathlib import Path
 
+# What faster_whisper.utils.download_model fetches of a model's repository (its allow_patterns).
+MODEL_FILES = ("config.json", "preprocessor_config.json", "model.bin", "tokenizer.json", "vocabulary.*")
+
 
 @functools.cache
 def whisper_models() -> dict[str, str]:
@@ -26,3 +29,9 @@ def whisper_models() -> dict[str, str]:
 def whisper_model_names() -> list[str]:
     """What faster_whisper.utils.available_models() returns."""
     return list(whisper_models())
+
+
+def hub_repository(model: str) -> str | None:
+    """The Hub repository faster-whisper takes `model` from, by download_model's rule: an id with a `/` is one
+    itself, else a name of its table; None for a name it would refuse."""
+    return model if "/" in model else whisper_models().get(model)

@@ -48,6 +48,12 @@ def load_models(config: PipelineConfig) -> LoadedModels:
         asr_load = pool.submit(_load_recognizer, config)
         import torch
 
+        if runtime.device.startswith("cuda"):
+            from batch.engine.gpu.device import require_usable_cuda
+
+            # A worker's parent saw its GPU through NVML alone: what stops CUDA is said here, with the fix, rather
+            # than as the first library error a model load meets.
+            require_usable_cuda()
         from batch.engine.vad.speech import load_vad
 
         vad = load_vad(config.vad, runtime.device)
@@ -202,11 +208,21 @@ def english_only(model: str) -> bool | None:
 
 
 def cached_english_only(model: str, cache_dir: str | None) -> bool | None:
-    """For a hub model already in the cache, what its files say (no network); None when it is not there."""
-    try:
-        from faster_whisper.utils import download_model
+    """For a hub model already in the cache, what its files say; None when it is not there. Looked up as
+    faster-whisper's download_model looks (the same repository and files, no network) but through huggingface_hub
+    itself: importing faster-whisper would load CTranslate2 into a process that only checks settings or hands
+    files to workers."""
+    from batch.common.model_names import MODEL_FILES, hub_repository
 
-        folder = download_model(model, local_files_only=True, cache_dir=cache_dir)
+    repository = hub_repository(model)
+    if repository is None:
+        return None
+    try:
+        from huggingface_hub import snapshot_download
+
+        folder = snapshot_download(
+            repository, cache_dir=cache_dir, local_files_only=True, allow_patterns=list(MODEL_FILES)
+        )
     except Exception:  # not in the cache: the loaded model tells
         return None
     return english_only(str(Path(folder).absolute()))

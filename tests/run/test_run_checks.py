@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import ctranslate2
@@ -133,6 +135,41 @@ def test_a_cached_hub_model_that_is_english_only_is_refused_before_any_file(
     english = cli("run", one_file_source, *args, "--language", "en")  # the same cached model, really loadable
     assert english.exit_code == 0, english.stderr
     assert "meeting on friday" in read(out / "memo.wav.json")["segments"][0]["text"].lower()
+
+
+# What the parent of worker processes must not load (it decodes, with PyAV; the workers run the models).
+MODEL_LIBRARIES = ("faster_whisper", "ctranslate2", "torch", "pyannote", "transformers")
+
+
+def parent_run(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    """The real command line in a fresh process, which prints at its exit the model libraries it had imported."""
+    code = (
+        "import atexit, sys\n"
+        f"atexit.register(lambda: print('loaded:', [m for m in {MODEL_LIBRARIES!r} if m in sys.modules]))\n"
+        f"sys.argv = {['whisperx-batch', *argv]!r}\n"
+        "from batch.cli.app import main\n"
+        "main()\n"
+    )
+    environ = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=environ)
+
+
+def test_a_hub_id_is_looked_up_in_the_cache_without_loading_a_model_library(
+    one_file_source: Path, tmp_path: Path, tiny_en: str
+) -> None:
+    """An id that is neither a Whisper name nor a folder is looked up in the Hub cache when the settings ask what an
+    English-only model cannot do; with --workers the parent that does so must still load no model library."""
+    cache = hub_cache_holding(tiny_en, "acme/whisper-voicemail", tmp_path / "models")
+    common = ["--out", str(tmp_path / "out"), "--model-dir", str(cache), "--device", "cpu", "--workers", "2"]
+    cached = parent_run(["run", str(one_file_source), *common, "--model", "acme/whisper-voicemail", "--language", "fr"])
+    assert cached.returncode == 2, cached.stderr
+    assert "language: the model acme/whisper-voicemail is English-only; use en or auto" in cached.stderr
+    assert cached.stdout.splitlines()[-1] == "loaded: []"
+
+    elsewhere = ["run", str(one_file_source), *common, "--model", "acme/not-cached", "--language", "fr", "--dry-run"]
+    unknown = parent_run(elsewhere)  # not in the cache: nothing to refuse yet (the worker's loaded model tells)
+    assert unknown.returncode == 0, unknown.stderr
+    assert unknown.stdout.splitlines() == ["memo.wav", "loaded: []"]
 
 
 def test_auto_and_en_on_an_english_only_model_do_not_redo_the_files(

@@ -12,12 +12,12 @@ from pathlib import Path
 from batch.cli.doctor.places import cache_check
 from batch.common.advice import Check, Status, advice_for, short_error
 from batch.common.errors import redact
+from batch.common.model_names import MODEL_FILES
 from batch.engine.loading import hub_offline, is_local
 from batch.settings.options import Settings
 
-# What faster-whisper downloads for a model; model.bin is the one that matters.
+# Of what faster-whisper downloads for a model (MODEL_FILES), the one that matters.
 MODEL_FILE = "model.bin"
-MODEL_FILES = ["config.json", "preprocessor_config.json", "model.bin", "tokenizer.json", "vocabulary.*"]
 # Ends the detail of a model row whose model a run would download (so the cache must be writable).
 DOWNLOAD_NOTE = "downloaded by the first run"
 
@@ -114,7 +114,7 @@ def asr_model_check(model: str, cache: Path, offline: bool, token: str | None) -
     from batch.common.model_names import whisper_models
 
     repo_id = whisper_models().get(model, model)  # faster-whisper's own name -> repo table
-    found = find_cached_snapshot(repo_id, cache, MODEL_FILE, MODEL_FILES)
+    found = find_cached_snapshot(repo_id, cache, MODEL_FILE, list(MODEL_FILES))
     return _hub_model_check(name, f"{model} ({repo_id})", repo_id, found, offline, token, "fail")
 
 

@@ -255,12 +255,22 @@ def resolve_device(requested: str) -> str:
     return "cpu"
 
 
+def require_usable_cuda() -> None:
+    """What `resolve_device` checks, for a process about to load models on cuda: a worker of `--gpus`, whose parent
+    saw its GPU through NVML alone, which cannot tell whether PyTorch and CTranslate2 run on it. Raises
+    EnvironmentProblem (exit 3) saying what stops CUDA here, with the fix."""
+    problem = gpu_problem(probe_gpu())
+    if problem is not None:
+        raise EnvironmentProblem(f"CUDA cannot run the models here: {problem}")
+
+
 def resolve_device_for_workers(requested: str, nvml: Any = None) -> str:
     """The device of a run whose models run in worker processes (`--gpus`, `--workers`), decided from NVML alone so
     that this process, which only hands out files, loads no model library: `cuda` where NVML shows a GPU on which
     CTranslate2's kernels run with this driver (its library's code is read from the file), else cpu (`auto`) or
-    exit 3 (`cuda`). Each worker checks CUDA in full when it loads its models; one that cannot
-    run says why, and the run stops with exit 3."""
+    exit 3 (`cuda`). Each worker checks CUDA in full as it loads its models (`require_usable_cuda`); one that
+    cannot run says why and leaves the run, and when no worker can start the run stops (exit 3, with the
+    workers' reason)."""
     if requested == "cpu":
         return "cpu"
     try:
