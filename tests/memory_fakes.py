@@ -1,4 +1,4 @@
-"""The fakes of the GPU memory tests (test_batching, test_oom): a device's memory, a clock, a sizer on them."""
+"""The fakes of the GPU memory tests (test_batching, test_oom, test_budget): a device's memory, a clock, a sizer."""
 
 from __future__ import annotations
 

@@ -78,6 +78,7 @@ class Finisher:
                     self.sizer,
                     lambda size: aligner.align(segments, audio, language, size),
                     items=len(segments),
+                    max_size=aligner.most_per_forward(language, len(segments)),  # no more granted than it runs
                 )
         except GpuOutOfMemory as exc:
             outcome.gpu["align"] = exc.record

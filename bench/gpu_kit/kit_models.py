@@ -59,7 +59,7 @@ class StageModel:
     build: Callable[[str], Any]
     inputs: Callable[[int, float, str], Any]
     forward: Callable[[Any, Any], Any]
-    item_seconds: float  # what one batch item is (see batch.engine.gpu.sizing.STAGES)
+    item_seconds: float  # what one batch item is (see batch.engine.gpu.needs.STAGES)
     sizer_stage: str | None  # the batch sizer's stage this item is counted in (None: the sizer has none)
 
 

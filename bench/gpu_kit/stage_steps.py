@@ -31,7 +31,7 @@ SIZER_MODEL, SIZER_COMPUTE_TYPE = "large-v3", "float16"
 
 def sizer_constant(stage: str | None) -> int | None:
     """The batch sizer's need per item for `stage` before anything is measured (None when it sizes no such stage)."""
-    from batch.engine.gpu.sizing import seed_item_bytes
+    from batch.engine.gpu.needs import seed_item_bytes
 
     if stage is None:
         return None

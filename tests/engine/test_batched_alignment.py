@@ -133,3 +133,49 @@ def test_on_a_gpu_an_out_of_memory_halves_the_alignment_batch(
     reference = [(w, s, e) for w, s, e in timed_words(expected) if s is not None]
     assert [w for w, _, _ in timed] == [w for w, _, _ in reference]
     assert all(abs(a[1] - b[1]) <= 0.02 for a, b in zip(timed, reference, strict=True))
+
+
+def tiny_torchaudio_model() -> tuple[torch.nn.Module, dict[str, Any]]:
+    """A wav2vec2 built by torchaudio (random weights, small) with the labels of its English pipeline: what
+    whisperx's load_align_model gives for en, fr, de, es and it, at a size a test can hold."""
+    import torchaudio
+    from torchaudio.models import wav2vec2_model
+
+    labels = torchaudio.pipelines.WAV2VEC2_ASR_BASE_960H.get_labels()
+    convolutions = [(16, 10, 5)] + [(16, 3, 2)] * 4 + [(16, 2, 2)] * 2
+    model = wav2vec2_model(
+        "group_norm", convolutions, False, 32, 0.0, 16, 2, 2, 4, 0.0, 64, 0.0, 0.0, False, 0.0, aux_num_out=len(labels)
+    )
+    return model.eval(), {"dictionary": {c.lower(): i for i, c in enumerate(labels)}, "type": "torchaudio"}
+
+
+def test_on_a_gpu_a_torchaudio_alignment_model_is_granted_one_segment(speech, tmp_path: Path) -> None:
+    """whisperx's English default (torchaudio's WAV2VEC2_ASR_BASE_960H) runs one segment a forward whatever the
+    batch size (forwards.forward_groups): the budget grants it one segment's memory (512 MiB), not the batch size's
+    (8 x 512 MiB, which other stages then could not use)."""
+    from batch.common.units import GiB
+    from batch.engine.config import AlignConfig, AsrConfig, DiarizeConfig, HubConfig, PipelineConfig, RuntimeOptions
+    from batch.engine.finish import Finisher
+    from batch.engine.gpu.needs import seed_item_bytes
+    from batch.engine.gpu.sizing import BatchSizer
+    from batch.engine.vad.speech import VadOptions
+    from tests.memory_fakes import FakeProbe
+
+    audio, segments = speech
+    config = PipelineConfig(
+        AsrConfig(), VadOptions(), AlignConfig(True), DiarizeConfig(), HubConfig(str(tmp_path)),
+        RuntimeOptions("cuda", "float16", 2, 8),
+    )  # fmt: skip
+    budget = BatchSizer(8, seed_item_bytes("large-v3", "float16"), FakeProbe(free=40 * GiB))
+    finisher = Finisher(config, budget)
+    finisher._aligner = Aligner("cpu", str(tmp_path), True)  # the device is a setting; the model runs on the CPU
+    assert finisher._aligner.model_for("en") == "WAV2VEC2_ASR_BASE_960H"
+    finisher._aligner._models["WAV2VEC2_ASR_BASE_960H"] = tiny_torchaudio_model()  # as loaded: no download
+    outcome = FileOutcome(DecodedFile("call.wav", audio, Stopwatch()), True, "en", segments=[dict(s) for s in segments])
+    finisher.finish(outcome)
+
+    assert outcome.error is None and outcome.alignment == {"status": "aligned", "model": "WAV2VEC2_ASR_BASE_960H"}
+    record = outcome.gpu["align"]
+    assert record.batch_size_planned == record.batch_size_used == 1  # 8 before: 4 GiB held for one segment's work
+    assert finisher._aligner.most_per_forward("fr", len(segments)) == 1  # VOXPOPULI_ASR_BASE_10K_FR: torchaudio's
+    assert finisher._aligner.most_per_forward("nl", len(segments)) == len(segments)  # an XLSR model batches

@@ -9,7 +9,8 @@ from __future__ import annotations
 import pytest
 
 from batch.common.units import GiB, MiB
-from batch.engine.gpu.sizing import BatchSizer, model_family, seed_item_bytes
+from batch.engine.gpu.needs import model_family, seed_item_bytes
+from batch.engine.gpu.sizing import BatchSizer
 from tests.memory_fakes import FakeClock, FakeProbe, sizer
 
 # --- policy --------------------------------------------------------------------------------------------------

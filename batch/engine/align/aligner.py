@@ -77,6 +77,13 @@ class Aligner:
     def model_for(self, language: str) -> str | None:
         return self.per_language.get(language) or self.model_name or default_align_model(language)
 
+    def most_per_forward(self, language: str, segments: int) -> int:
+        """The most segments one wav2vec2 forward takes for `language` (at least 1): what a batch needs memory for.
+        torchaudio's models (whisperx's defaults for en, fr, de, es, it) run one segment a forward (forwards.
+        forward_groups); a Hugging Face model at most the file's segments."""
+        name = self.model_for(language)
+        return 1 if name is None or is_torchaudio_model(name) else max(1, segments)
+
     def align(
         self, segments: list[dict[str, Any]], audio: np.ndarray, language: str, batch_size: int = 1
     ) -> tuple[list[dict[str, Any]], AlignmentOutcome]:
@@ -125,6 +132,13 @@ class Aligner:
         self.loads.append(name)
         log.info("alignment model for '%s' loaded: %s", language, name)
         return loaded
+
+
+def is_torchaudio_model(name: str) -> bool:
+    """Whether whisperx loads `name` from torchaudio's pipelines (metadata type "torchaudio"): its own test."""
+    import torchaudio
+
+    return name in torchaudio.pipelines.__all__
 
 
 def time_words(

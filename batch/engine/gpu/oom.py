@@ -206,47 +206,61 @@ def run_with_oom_backoff(
     item exact when the file has fewer than a batch. Raises GpuOutOfMemory when even size 1 does not fit;
     any other error propagates unchanged.
 
-    For a caller that runs many batches in a row (`map_in_batches`): `max_size` caps the first size tried
-    (the items left), so that an out-of-memory halves the size that really ran, not a larger planned one.
+    `max_size` caps every size tried: the items left, for a caller that runs many batches in a row
+    (`map_in_batches`), so that an out-of-memory halves the size that really ran, not a larger planned one; the
+    most one forward of the stage takes (alignment with a torchaudio model: 1), so that no more is granted.
 
-    The batch holds its estimated need in the sizer's budget while it runs (`BatchSizer.running`). Caches are
-    freed only after an out-of-memory: the budget counts PyTorch's cached memory as available, and emptying it
-    before every batch would stall the stages running on other threads. What the batch is seen to use corrects
-    the estimate only when it ran alone; an out-of-memory beside another stage's batch halves the retry without
-    holding the stage to the lower size afterwards.
+    Each try is planned and granted in one step (`BatchSizer.granted`): the batch holds its estimated need in the
+    budget while it runs, and a retry is planned afresh, at most half the size that failed. Caches are freed only
+    after an out-of-memory: the budget counts PyTorch's cached memory as available to PyTorch's stages, and
+    emptying it before every batch would stall the stages running on other threads. What the batch is seen to use
+    corrects the estimate only when it ran alone. An out-of-memory beside another stage's batch holds the stage to
+    the lower size whenever it starts beside one again; at size 1 the retry waits for the other threads' batches
+    to end and runs alone (they wait meanwhile), and only an out-of-memory alone fails the file.
     """
-    plan = sizer.plan(stage)
-    size = plan.size if max_size is None else max(1, min(plan.size, max_size))
-    record = StageMemoryRecord(stage, sizer.ceiling(stage), size, size, 0, plan.free_bytes, plan.total_bytes)
+    record: StageMemoryRecord | None = None
+    at_most, alone = max_size, False
     while True:
         try:
-            with sizer.running(stage, size) as grant, _PeakSampler(sizer.probe, sample_interval) as sampler:
-                result = call(size)
+            with sizer.granted(stage, at_most, alone) as grant, _PeakSampler(sizer.probe, sample_interval) as sampler:
+                if record is None:  # what the stage asked for, got and saw before its first try
+                    size = grant.size
+                    record = StageMemoryRecord(
+                        stage, sizer.ceiling(stage), size, size, 0, grant.free_bytes, grant.total_bytes
+                    )
+                result = call(grant.size)
         except Exception as exc:
-            if not is_out_of_memory(exc):
+            if record is None or not is_out_of_memory(exc):
                 raise
-            smaller = sizer.on_oom(stage, size, shared=not grant.ran_alone)
-            if smaller is None:
-                record.batch_size_used, record.failed = size, True
+            smaller = sizer.on_oom(stage, grant.size, shared=grant.shared)
+            if smaller is None and (alone or not grant.shared):
+                record.batch_size_used, record.failed = grant.size, True
                 raise GpuOutOfMemory(
                     f"out of GPU memory at batch size 1 in stage {stage} "
-                    f"(free {format_bytes(plan.free_bytes)} of {format_bytes(plan.total_bytes)} before the stage)",
+                    f"(free {format_bytes(record.free_bytes)} of {format_bytes(record.total_bytes)} before the stage)",
                     record,
                 ) from exc
-            log.warning("out of GPU memory in stage %s at batch size %d: retrying at %d", stage, size, smaller)
+            if smaller is None:  # the memory may have been the other stage's: once it is done, this runs alone
+                log.warning("out of GPU memory in stage %s at batch size 1 beside another stage: retrying alone", stage)
+                at_most, alone = 1, True
+            else:
+                log.warning(
+                    "out of GPU memory in stage %s at batch size %d: retrying at %d", stage, grant.size, smaller
+                )
+                at_most = smaller
         else:
-            record.batch_size_used = size
+            assert record is not None
+            record.batch_size_used = grant.size
             if sampler.before is not None and sampler.peak is not None:
                 record.peak_growth_bytes = sampler.peak - sampler.before
             if grant.ran_alone:
-                sizer.observe(stage, min(size, items) if items else size, sampler.before, sampler.peak)
-            sizer.on_success(stage)
+                sizer.observe(stage, min(grant.size, items) if items else grant.size, sampler.before, sampler.peak)
+            sizer.on_success(stage, shared=grant.shared)
             return result, record
         # Freed here, outside the except block: until it ends, the traceback keeps the failed batch's
         # tensors alive, and emptying the cache then would release nothing.
         free_caches()
         record.oom_retries += 1
-        size = smaller
 
 
 # --- Many batches in a row, each under the back-off ----------------------------------------------------------

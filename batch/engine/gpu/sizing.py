@@ -1,12 +1,18 @@
 """GPU memory: batch sizes fitted to the memory really free (read through NVML).
 
 One `BatchSizer` lives for the whole run, and it is the process's one GPU memory budget: the VAD's thread, the
-ASR and the finishing thread (alignment, diarization) all size their batches through it. Before each batch it
-picks the largest batch size, at most the configured one (the ceiling), whose estimated need fits in the memory
-available (free on the device, plus what PyTorch holds cached but unused) minus a reserve and minus what the
-batches running on other threads have been granted and not yet shown in the reading. The need per
-batch item starts from a table (per model size and compute type) and is corrected by what this card shows:
-NVML's used memory sampled around each batch, since CTranslate2 allocates outside PyTorch's allocator.
+ASR and the finishing thread (alignment, diarization) all size their batches through it. Each batch is planned
+and granted in one step (`granted`): the largest batch size, at most the configured one (the ceiling), whose
+estimated need fits in the memory available less a reserve; the need is then held in the budget until the batch
+ends. Available, for a stage, is
+- the device's free memory (NVML: every process on the card);
+- plus what PyTorch holds cached but unused (NVML counts it used): PyTorch's stages reuse it; CTranslate2's
+  (needs.CTRANSLATE2_STAGES) cannot (their allocator is CTranslate2's own), so when those blocks stand between
+  such a stage's batch and its plan, its grant hands them back to the driver first, and counts only what is
+  then free on the device;
+- less what the running batches were granted and the reading does not show yet (`GrantBook.unseen`).
+The need per batch item starts from a table (batch.engine.gpu.needs) and is corrected by what this card shows:
+NVML's used memory sampled around each batch that ran alone.
 
 Running a stage under out-of-memory back-off, and the memory records of what ran: see `batch.engine.gpu.oom`.
 
@@ -18,99 +24,24 @@ from __future__ import annotations
 
 import contextlib
 import math
-import re
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
-from batch.common.units import GiB, MiB
+from batch.engine.gpu.grants import Grant, GrantBook, Reading
+from batch.engine.gpu.needs import (
+    CTRANSLATE2_STAGES,
+    DEFAULT_RESERVE_BYTES,
+    MEASUREMENT_TRUST_FACTOR,
+    MEASUREMENT_WEIGHT,
+    OWN_CEILINGS,
+    seed_item_bytes,
+)
 from batch.engine.gpu.nvml import MemoryProbe
 
-DEFAULT_RESERVE_BYTES = 1 * GiB
-
-# The stages whose batch size the sizer chooses. One item is: a speech chunk of up to 30 s (asr), one
-# segment of up to 30 s (align), one 10 s window of the diarization model (diarize), one window of the VAD's
-# segmentation model (vad), a file's 30 s language window (language: one at a time, under the same budget).
-STAGES = ("asr", "align", "diarize", "vad", "language")
-# Stages with a batch size of their own, whatever --batch-size says: pyannote's VAD batch (as its Inference),
-# and language detection (one window per file).
-OWN_CEILINGS = {"vad": 32, "language": 1}
-
-# --- Estimated need per batch item --------------------------------------------------------------------------
-#
-# ASR (CTranslate2 Whisper, beam search, 30 s windows = 1500 encoder frames). The memory that grows with the
-# batch is the larger of
-#   encoder attention:  2 x heads x 1500^2 x activation bytes            (scores and softmax of one layer)
-#   decoder cache:      decoder layers x 2 (K, V) x 1500 x d_model x activation bytes   (cross-attention)
-# times 1.25 for what the formula leaves out, rounded up to 8 MiB. Check against a measurement: faster-whisper's
-# published benchmark (large-v2, fp16, beam 5) used 4525 MB unbatched and 6090 MB at batch_size=8, i.e.
-# ~224 MiB per added item; the formula's decoder cache alone gives 234 MiB, so the 296 MiB below errs on the
-# safe side by about a third. The first batches measured on the card replace the seed (see BatchSizer.observe).
-# Families: d_model / heads / decoder layers = tiny 384/6/4, base 512/8/6, small 768/12/12, medium 1024/16/24,
-# large 1280/20/32, turbo (large-v3-turbo, distil-large-*: large's encoder, 2-4 decoder layers) 1280/20/4.
-ASR_ITEM_MIB: dict[tuple[str, int], int] = {
-    ("tiny", 2): 72,
-    ("base", 2): 88,
-    ("small", 2): 136,
-    ("medium", 2): 176,
-    ("large", 2): 296,
-    ("turbo", 2): 216,
-    ("tiny", 4): 136,
-    ("base", 4): 176,
-    ("small", 4): 264,
-    ("medium", 4): 352,
-    ("large", 4): 592,
-    ("turbo", 4): 432,
-}
-# Alignment (wav2vec2 in float32, whatever the Whisper model): its convolutional front end alone holds
-# 512 channels x 96,000 frames x 4 bytes = 196 MB per 30 s segment, and a couple of such tensors are alive
-# at once. Diarization (pyannote, float32, 10 s windows): the WeSpeaker ResNet's first feature maps are
-# 32 x 80 x 998 x 4 bytes = 10 MB each, a dozen alive, which outweighs the segmentation model's SincNet.
-# Neither has been measured on a card yet; both are corrected at run time like the ASR figures.
-ALIGN_ITEM_MIB = 512
-DIARIZE_ITEM_MIB = 128
-# The VAD (pyannote's segmentation PyanNet, float32, one window): SincNet's 80 filters over the window's
-# 160,000 samples, pooled, then the LSTM: about 16 MB alive per window at most; 32 MiB to be safe until measured.
-VAD_ITEM_MIB = 32
-
-# A measured need is trusted within this factor of the seed: a reading far off the formula is more likely
-# noise (another process on a shared card, one-off workspaces) than the model's real need.
-MEASUREMENT_TRUST_FACTOR = 4.0
-# Weight of a new measurement in the running estimate.
-MEASUREMENT_WEIGHT = 0.5
-
-_HALF_WIDTH_COMPUTE_TYPES = frozenset({"float16", "bfloat16", "int8_float16", "int8_bfloat16"})
-
-
-def activation_bytes(compute_type: str) -> int:
-    """Bytes per activation value for a CTranslate2 compute type; unknown and `auto` count as float32."""
-    return 2 if compute_type in _HALF_WIDTH_COMPUTE_TYPES else 4
-
-
-def model_family(model: str) -> str:
-    """The Whisper size family of a model name, repo id or folder; `large` (the safe guess) when unknown."""
-    name = model.lower().rstrip("/")
-    for text in (name.rsplit("/", 1)[-1], name):
-        if re.search(r"turbo|distil-large|distil-whisper-large", text):
-            return "turbo"
-        match = re.search(r"(?<![a-z])(large|medium|small|base|tiny)(?![a-z])", text)
-        if match:
-            return match.group(1)
-    return "large"
-
-
-def seed_item_bytes(model: str, compute_type: str) -> dict[str, int]:
-    """The table's estimated need per batch item of each stage, in bytes, before anything is measured."""
-    asr = ASR_ITEM_MIB[(model_family(model), activation_bytes(compute_type))]
-    return {
-        "asr": asr * MiB,
-        "align": ALIGN_ITEM_MIB * MiB,
-        "diarize": DIARIZE_ITEM_MIB * MiB,
-        "vad": VAD_ITEM_MIB * MiB,
-        "language": asr * MiB,  # one ASR encoder pass
-    }
+__all__ = ["BatchPlan", "BatchSizer", "Grant"]
 
 
 # --- The controller -----------------------------------------------------------------------------------------
@@ -118,7 +49,8 @@ def seed_item_bytes(model: str, compute_type: str) -> dict[str, int]:
 
 @dataclass(frozen=True)
 class BatchPlan:
-    """A stage's batch size and the memory reading it was chosen on (None without a probe)."""
+    """A stage's batch size and the memory it was chosen on: what the budget counted as available for the stage
+    and the device's total (None without a probe)."""
 
     size: int
     free_bytes: int | None
@@ -126,15 +58,26 @@ class BatchPlan:
 
 
 @dataclass
+class _Limit:
+    """The size out-of-memory errors lowered a stage to (None: the ceiling), and when it may grow back."""
+
+    size: int | None = None
+    changed_at: float = 0.0  # when the size last moved
+    successes: int = 0  # clean runs since
+    grown_back: bool = False  # the size last moved up, so an out-of-memory now means growing back was early
+    wait: float = 0.0
+
+
+@dataclass
 class _StageState:
     seed_bytes: int
     item_bytes: float
     ceiling: int
-    limit: int | None = None  # the size an out-of-memory lowered the stage to; None: the ceiling
-    changed_at: float = 0.0  # when the limit last moved
-    successes_since_change: int = 0
-    grown_back: bool = False  # the limit last moved up, so an out-of-memory now means growing back was early
-    regrow_wait: float = 0.0
+    alone: _Limit  # from out-of-memory errors of batches that ran alone: holds every batch of the stage
+    beside: _Limit  # from those beside another stage's batch: holds the batches that start beside one
+
+    def limits(self, beside_others: bool) -> tuple[_Limit, ...]:
+        return (self.alone, self.beside) if beside_others else (self.alone,)
 
 
 def torch_cached_bytes() -> int:
@@ -146,19 +89,11 @@ def torch_cached_bytes() -> int:
     return max(0, torch.cuda.memory_reserved() - torch.cuda.memory_allocated())
 
 
-@dataclass(eq=False)  # each grant is itself: `running` removes this one, not an equal one of another thread
-class Grant:
-    """A batch that runs under the budget: its stage, size, the bytes it was granted, and whether another
-    stage's batch ran at some moment beside it (then the memory it saw grow, or run out, was not its own alone)."""
-
-    stage: str
-    size: int
-    bytes: int
-    shared: bool = False  # set, under the budget's lock, once another batch ran beside this one
-
-    @property
-    def ran_alone(self) -> bool:
-        return not self.shared
+def release_torch_cache() -> None:
+    """Hand PyTorch's cached, unused blocks back to the driver (they stay where they are while in use)."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
 
 
 class BatchSizer:
@@ -166,10 +101,13 @@ class BatchSizer:
 
     `ceiling` (the configured batch size) caps every stage but those given their own in `ceilings`.
 
-    A lowered size grows back (doubles, up to the ceiling) once the stage has run `regrow_after_successes`
-    times and `regrow_after_seconds` have passed since the last change, and only when the doubled size's
-    estimated need fits. An out-of-memory right after growing back doubles that wait (up to an hour), so a
-    card that is really short of memory does not see a retry every minute.
+    An out-of-memory lowers the stage to half the size that failed: for every later batch when the batch ran
+    alone, for those that start beside another stage's batch when it ran beside one (the memory may have been
+    the other's, but on a card too small for both at full size it will be again). A lowered size grows back
+    (doubles, up to the ceiling) once the stage has run `regrow_after_successes` times at it and
+    `regrow_after_seconds` have passed, and only when the doubled size's estimated need fits. An out-of-memory
+    right after growing back doubles that wait (up to an hour), so a card that is really short of memory does not
+    see a retry every minute.
     """
 
     MAX_REGROW_WAIT = 3600.0
@@ -185,6 +123,7 @@ class BatchSizer:
         regrow_after_successes: int = 2,
         ceilings: Mapping[str, int] | None = None,
         cached: Callable[[], int] = torch_cached_bytes,
+        release_cached: Callable[[], None] = release_torch_cache,
     ):
         ceilings = dict(ceilings or {})
         for stage in item_bytes:
@@ -196,10 +135,13 @@ class BatchSizer:
         self.clock = clock
         self.regrow_after_successes = regrow_after_successes
         self.cached = cached
+        self.release_cached = release_cached
         self._lock = threading.Lock()  # the stages plan from their own threads
-        self._running: list[Grant] = []
+        self._grants = GrantBook(threading.Condition(self._lock))
         self._stages = {
-            stage: _StageState(seed, float(seed), ceilings[stage], regrow_wait=regrow_after_seconds)
+            stage: _StageState(
+                seed, float(seed), ceilings[stage], _Limit(wait=regrow_after_seconds), _Limit(wait=regrow_after_seconds)
+            )
             for stage, seed in item_bytes.items()
         }
 
@@ -216,44 +158,116 @@ class BatchSizer:
         """A sizer seeded from the table for this Whisper model and compute type."""
         return cls(ceiling, seed_item_bytes(model, compute_type), probe, reserve_bytes, clock, ceilings=OWN_CEILINGS)
 
-    def plan(self, stage: str) -> BatchPlan:
-        """The batch size for `stage` now: the largest, up to the ceiling and any lowering, that fits; at least 1.
+    # --- planning and granting ---
 
-        `free_bytes` is what the budget counts as available: the device's free memory, plus PyTorch's cached
-        memory, less what the batches running now on other threads were granted."""
+    def plan(self, stage: str, at_most: int | None = None) -> BatchPlan:
+        """The batch size for `stage` now: the largest, up to the ceiling, any lowering and `at_most`, that fits;
+        at least 1. Nothing is held: a batch about to run takes its size from `granted` instead."""
         with self._lock:
-            return self._plan(stage)
-
-    def _plan(self, stage: str) -> BatchPlan:
-        state = self._state(stage)
-        reading = self.probe.free_and_total() if self.probe is not None else None
-        if reading is None:
-            self._maybe_regrow(state, None)
-            return BatchPlan(state.limit or state.ceiling, None, None)
-        free = reading[0] + self.cached() - sum(grant.bytes for grant in self._running)
-        self._maybe_regrow(state, free)
-        cap = state.limit or state.ceiling
-        fitting = math.floor(max(free - self.reserve_bytes, 0) / state.item_bytes)
-        return BatchPlan(max(1, min(cap, fitting)), free, reading[1])
-
-    @contextlib.contextmanager
-    def running(self, stage: str, size: int) -> Iterator[Grant]:
-        """Hold `size` items' estimated need of `stage` in the budget while its batch runs: batches planned on
-        other threads meanwhile do not count on that memory. The grant says whether the batch ran alone."""
-        with self._lock:
-            grant = Grant(stage, size, round(size * self._state(stage).item_bytes), shared=bool(self._running))
-            for other in self._running:
-                other.shared = True
-            self._running.append(grant)
-        try:
-            yield grant
-        finally:
-            with self._lock:
-                self._running.remove(grant)
+            return self._plan(stage, at_most, self._read())
 
     def size_for(self, stage: str) -> int:
         """The batch size for `stage` now (see `plan`)."""
         return self.plan(stage).size
+
+    @contextlib.contextmanager
+    def granted(self, stage: str, at_most: int | None = None, alone: bool = False) -> Iterator[Grant]:
+        """Plan `stage`'s batch (as `plan`) and hold its estimated need in the budget until it ends, in one step:
+        a batch planned on another thread meanwhile counts on what this one has not taken yet, never on the same
+        memory. `alone`: first wait until the other threads' batches have ended, and keep theirs from starting
+        until this one ends (a retry at size 1 after an out-of-memory beside another stage's batch)."""
+        if stage in CTRANSLATE2_STAGES:
+            self._release_cache_in_the_way(stage, at_most)
+
+        def batch(reading: Reading | None) -> Grant:
+            plan = self._plan(stage, at_most, reading, granting=True)
+            need = round(plan.size * self._state(stage).item_bytes)
+            return Grant(stage, plan.size, need, plan.free_bytes, plan.total_bytes)
+
+        with self._held(alone, batch) as grant:
+            yield grant
+
+    @contextlib.contextmanager
+    def holding(self, what: str, nbytes: int, alone: bool = False) -> Iterator[Grant]:
+        """Hold `nbytes` in the budget while something other than a stage's batch takes GPU memory: a model being
+        loaded (its weights: needs.align_model_bytes), so that the batches planned meanwhile leave room for it. As
+        the weights reach the device the reading shows them and they are counted once; the hold ends with the
+        load. `alone` as for `granted` (a load retried after an out-of-memory)."""
+
+        def load(reading: Reading | None) -> Grant:
+            if reading is None:
+                return Grant(what, 0, nbytes)
+            return Grant(what, 0, nbytes, reading.idle - self._grants.unseen(reading), reading.total)
+
+        with self._held(alone, load) as grant:
+            yield grant
+
+    @contextlib.contextmanager
+    def _held(self, alone: bool, make: Callable[[Reading | None], Grant]) -> Iterator[Grant]:
+        """The grant `make` builds from the reading, made and added to the running ones in one step."""
+        with self._lock:
+            turn = self._grants.wait_for_turn(alone)
+            try:
+                reading = self._read()
+                grant = make(reading)
+                grant.idle_at_start, grant.alone = _idle(reading), turn
+                self._grants.add(grant)
+            except BaseException:
+                if turn:
+                    self._grants.end_turn()
+                raise
+        try:
+            yield grant
+        finally:
+            with self._lock:
+                self._grants.remove(grant)
+
+    def _read(self) -> Reading | None:
+        reading = self.probe.free_and_total() if self.probe is not None else None
+        return None if reading is None else Reading(reading[0], reading[1], self.cached())
+
+    def _available(self, stage: str, reading: Reading, granting: bool) -> int:
+        """Free memory for `stage`, less what the running grants may still take. PyTorch's cache counts as free:
+        for PyTorch's stages, which reuse it, and in a CTranslate2 stage's plan, since its grant hands the cache
+        back first when the batch needs it; in that grant only what is then free on the device counts."""
+        usable = reading.free if granting and stage in CTRANSLATE2_STAGES else reading.idle
+        return usable - self._grants.unseen(reading)
+
+    def _plan(self, stage: str, at_most: int | None, reading: Reading | None, granting: bool = False) -> BatchPlan:
+        state = self._state(stage)
+        limits = state.limits(self._grants.beside_others())
+        available = None if reading is None else self._available(stage, reading, granting)
+        for limit in limits:
+            self._maybe_regrow(state, limit, available)
+        total = None if reading is None else reading.total
+        return BatchPlan(self._fitting(state, limits, at_most, available), available, total)
+
+    def _fitting(
+        self, state: _StageState, limits: tuple[_Limit, ...], at_most: int | None, available: int | None
+    ) -> int:
+        cap = min(limit.size or state.ceiling for limit in limits)
+        if at_most is not None:
+            cap = min(cap, at_most)
+        if available is None:
+            return max(1, cap)
+        return max(1, min(cap, math.floor(max(available - self.reserve_bytes, 0) / state.item_bytes)))
+
+    def _release_cache_in_the_way(self, stage: str, at_most: int | None) -> None:
+        """Hand PyTorch's cache back to the driver when it alone keeps a CTranslate2 stage's batch below its plan."""
+        with self._lock:
+            if self.probe is None or self.cached() <= 0:
+                return
+            reading = self._read()
+            if reading is None:
+                return
+            state = self._state(stage)
+            limits = state.limits(self._grants.beside_others())
+            planned = self._fitting(state, limits, at_most, self._available(stage, reading, granting=False))
+            if planned <= self._fitting(state, limits, at_most, self._available(stage, reading, granting=True)):
+                return
+        self.release_cached()  # outside the lock: it waits for the device
+
+    # --- learning from the batches that ran ---
 
     def observe(self, stage: str, items: int, used_before: int | None, used_peak: int | None) -> None:
         """Correct the stage's need per item from a batch of `items` that ran: NVML's used memory before and at peak.
@@ -274,31 +288,49 @@ class BatchSizer:
         )
         state.item_bytes = MEASUREMENT_WEIGHT * trusted + (1 - MEASUREMENT_WEIGHT) * state.item_bytes
 
-    def on_success(self, stage: str) -> None:
-        """Count a clean run of the stage toward growing a lowered size back."""
-        self._state(stage).successes_since_change += 1
+    def on_success(self, stage: str, shared: bool = False) -> None:
+        """Count a clean run of the stage (beside another stage's batch: `shared`) toward growing a lowered size
+        back."""
+        with self._lock:
+            state = self._state(stage)
+            (state.beside if shared else state.alone).successes += 1
 
     def on_oom(self, stage: str, failed_size: int, shared: bool = False) -> int | None:
         """Remember that `failed_size` ran out of memory: the halved size to retry with, or None at size 1.
 
-        `shared`: another stage's batch ran beside it, so the memory may have been that one's: the retry is
-        smaller, but the stage is not held to it for the files after (the halving is not remembered)."""
+        `shared`: another stage's batch ran beside it: the stage is held to the halved size only when it starts
+        beside another stage's batch again (alone, the memory is all its own)."""
         if failed_size <= 1:
             return None
-        if shared:
-            return failed_size // 2
         with self._lock:
-            return self._lower(stage, failed_size)
+            state = self._state(stage)
+            return self._lower(state.beside if shared else state.alone, failed_size)
 
-    def _lower(self, stage: str, failed_size: int) -> int:
-        state = self._state(stage)
-        if state.grown_back:
-            state.regrow_wait = min(state.regrow_wait * 2, self.MAX_REGROW_WAIT)
-        state.limit = failed_size // 2
-        state.changed_at = self.clock()
-        state.successes_since_change = 0
-        state.grown_back = False
-        return state.limit
+    def _lower(self, limit: _Limit, failed_size: int) -> int:
+        if limit.grown_back:
+            limit.wait = min(limit.wait * 2, self.MAX_REGROW_WAIT)
+        limit.size = failed_size // 2
+        limit.changed_at = self.clock()
+        limit.successes = 0
+        limit.grown_back = False
+        return limit.size
+
+    def _maybe_regrow(self, state: _StageState, limit: _Limit, free: int | None) -> None:
+        if limit.size is None:
+            return
+        if limit.successes < self.regrow_after_successes:
+            return
+        if self.clock() - limit.changed_at < limit.wait:
+            return
+        doubled = min(limit.size * 2, state.ceiling)
+        if free is not None and doubled * state.item_bytes > free - self.reserve_bytes:
+            return
+        limit.size = None if doubled >= state.ceiling else doubled
+        limit.changed_at = self.clock()
+        limit.successes = 0
+        limit.grown_back = True
+
+    # --- what the budget knows ---
 
     def item_bytes(self, stage: str) -> int:
         """The current estimate of the stage's need per batch item, in bytes."""
@@ -308,27 +340,18 @@ class BatchSizer:
         """The most the stage may batch: the configured batch size, or the stage's own cap."""
         return self._state(stage).ceiling
 
-    def limit(self, stage: str) -> int | None:
-        """The lowered size the stage is held to after an out-of-memory; None when it may use the ceiling."""
-        return self._state(stage).limit
-
-    def _maybe_regrow(self, state: _StageState, free: int | None) -> None:
-        if state.limit is None:
-            return
-        if state.successes_since_change < self.regrow_after_successes:
-            return
-        if self.clock() - state.changed_at < state.regrow_wait:
-            return
-        doubled = min(state.limit * 2, state.ceiling)
-        if free is not None and doubled * state.item_bytes > free - self.reserve_bytes:
-            return
-        state.limit = None if doubled >= state.ceiling else doubled
-        state.changed_at = self.clock()
-        state.successes_since_change = 0
-        state.grown_back = True
+    def limit(self, stage: str, beside: bool = False) -> int | None:
+        """The lowered size the stage is held to after an out-of-memory of a batch alone (`beside`: beside another
+        stage's, for the batches that start beside one); None when it may use the ceiling."""
+        state = self._state(stage)
+        return (state.beside if beside else state.alone).size
 
     def _state(self, stage: str) -> _StageState:
         try:
             return self._stages[stage]
         except KeyError:
             raise KeyError(f"no memory estimate for stage {stage!r} (known: {', '.join(self._stages)})") from None
+
+
+def _idle(reading: Reading | None) -> int | None:
+    return None if reading is None else reading.idle
