@@ -117,6 +117,23 @@ def test_install_unpacks_the_carried_wheels_without_pip(kit: Path, tmp_path: Pat
     assert all(line.startswith(str(site)) for line in imported.stdout.splitlines())
 
 
+def test_run_scripts_install_step_unpacks_the_wheels_into_its_site(kit: Path, tmp_path: Path) -> None:
+    """run.sh's own install function (it runs only where a GPU is found), on the kit's real wheels."""
+    script = (kit / "run.sh").read_text()
+    start = script.index("install_wheels() {")
+    function = script[start : script.index("\n}\n", start) + 3]
+    out, site = tmp_path / "out", tmp_path / "site"
+    (out / "steps").mkdir(parents=True)
+    (out / "logs").mkdir()
+    env = {**os.environ, "KIT": str(kit), "SITE": str(site), "OUT": str(out), "PY": sys.executable}
+    env["PYTHONPATH"] = str(kit / "src")
+    done = subprocess.run(["bash", "-c", f"set -u\n{function}install_wheels"], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    installed = (out / "steps" / "install.txt").read_text().splitlines()
+    assert len(installed) == 4 and all(" installed (" in line for line in installed), installed
+    assert (site / "pyannote" / "audio" / "models" / "embedding" / "wespeaker" / "resnet.py").exists()
+
+
 def make_wheel(path: Path, members: dict[str, str]) -> Path:
     import zipfile
 
@@ -456,6 +473,24 @@ def test_random_ctranslate2_whisper_builds_and_the_smoke_run_reports_each_device
     assert stopped["timed_out"] and not stopped["ok"] and stopped["output"].startswith("timed out")
 
 
+def test_ct2_step_where_ctranslate2_runs_decodes_cold_then_from_the_cache(tmp_path: Path, monkeypatch) -> None:
+    """The step's way when the first run works (here on the CPU: no JIT, so the two first decodes are alike)."""
+    monkeypatch.setenv("GPU_KIT_TMP", str(tmp_path / "tmp"))
+    monkeypatch.setenv("CUDA_CACHE_PATH", str(tmp_path / "cuda-cache"))
+    (tmp_path / "cuda-cache").mkdir()
+    context = steps.StepContext(tmp_path, None, timeout=240)
+    context.steps_dir.mkdir()
+    result = asr.ct2_figures(context, "cpu")
+    assert result["works"] == "as is" and "cuda13_shim" not in result
+    assert result["as_is"]["ok"] and result["from_cache"]["ok"]
+    jit = result["jit"]
+    assert jit["cache_works"] and jit["cold_first_decode_s"] > 0 and jit["cached_first_decode_s"] > 0
+    assert jit["jit_s"] == round(jit["cold_first_decode_s"] - jit["cached_first_decode_s"], 2)
+    assert jit["cache"]["path"] == str(tmp_path / "cuda-cache")
+    assert (context.steps_dir / steps.CT2_ENV).read_text() == "# CTranslate2 runs as is\n"
+    assert asr.unusable_reason(context) is None
+
+
 def test_jit_figures_take_the_jit_from_the_cold_first_decode(tmp_path: Path, monkeypatch) -> None:
     cache = tmp_path / "cuda-cache"
     (cache / "ab").mkdir(parents=True)
@@ -463,10 +498,15 @@ def test_jit_figures_take_the_jit_from_the_cold_first_decode(tmp_path: Path, mon
     (cache / "index").write_bytes(b"y" * 1024)
     monkeypatch.setenv("CUDA_CACHE_PATH", str(cache))
     monkeypatch.setenv("CUDA_CACHE_MAXSIZE", "4294967296")
-    cold = {"ok": True, "seconds": 41.0, "figures": {"first_decode_s": 38.5}}
+    cold = {"ok": True, "seconds": 41.0, "figures": {"first_decode_s": 38.5, "compute_type": "float16"}}
     cached = {"ok": True, "seconds": 3.5, "figures": {"first_decode_s": 0.75}}
     jit = asr.jit_figures(cold, cached)
-    assert jit["jit_s"] == 37.75 and jit["cache_works"] and (jit["cold_run_s"], jit["cached_run_s"]) == (41.0, 3.5)
+    assert (
+        jit["jit_s"] == 37.75
+        and jit["cache_works"]
+        and jit["compute_type"] == "float16"
+        and (jit["cold_run_s"], jit["cached_run_s"]) == (41.0, 3.5)
+    )
     assert jit["cache"] == {"path": str(cache), "maxsize": "4294967296", "disabled": False, "files": 2, "mib": 1.0}
     assert "jit_s" not in asr.jit_figures(cold, {"ok": False, "output": "timed out after 20 s"})
     asr.empty_jit_cache()
@@ -518,7 +558,13 @@ def test_report_tables_from_measured_steps(tmp_path: Path) -> None:
     (tmp_path / "steps").mkdir()
     memory = {"rows": [], "torch_mib_per_item": 480.0, "nvml_mib_per_item": 500.0, "sizer_mib_per_item": 512.0}
     memory.update(measured_over_sizer=0.98, nvml_fixed_mib=40.0, warm_up_extra_mib={"torch": 8.0, "nvml": 210.0})
-    jit = {"cold_first_decode_s": 38.5, "cached_first_decode_s": 0.75, "jit_s": 37.75, "cold_run_s": 41.0}
+    jit = {
+        "compute_type": "float16",
+        "cold_first_decode_s": 38.5,
+        "cached_first_decode_s": 0.75,
+        "jit_s": 37.75,
+        "cold_run_s": 41.0,
+    }
     jit.update(cached_run_s=3.5, cache={"files": 120, "mib": 85.2})
     rate = {"batch": 16, "repeats": 3, "ms_per_batch": 40.0, "items_per_s": 400.0, "audio_x_realtime": 4000.0}
     trial = {

@@ -131,6 +131,7 @@ def jit_figures(cold: dict[str, Any], cached: dict[str, Any]) -> dict[str, Any]:
     first_cold = (cold.get("figures") or {}).get("first_decode_s")
     first_cached = (cached.get("figures") or {}).get("first_decode_s")
     figures: dict[str, Any] = {
+        "compute_type": (cold.get("figures") or {}).get("compute_type"),
         "cold_first_decode_s": first_cold,
         "cached_first_decode_s": first_cached,
         "cold_run_s": cold.get("seconds"),
@@ -155,6 +156,11 @@ def converter_check(folder: Path) -> dict[str, Any]:
 
 
 def ct2_step(context: StepContext) -> dict[str, Any]:
+    return ct2_figures(context, "cuda")
+
+
+def ct2_figures(context: StepContext, device: str) -> dict[str, Any]:
+    """The `ct2` step on `device` (the tests run its whole way on the CPU)."""
     import ctranslate2
 
     from bench.gpu_kit.probes import library_loads
@@ -170,8 +176,9 @@ def ct2_step(context: StepContext) -> dict[str, Any]:
     result["converter"] = converter_check(folder)
     result["cache_before"] = jit_cache()
 
-    def cold_run(library_path: Path | None) -> dict[str, Any]:  # float16: the project's type on CUDA, asr's
-        return smoke_run(folder, library_path, max(5.0, context.left() - FROM_CACHE_SECONDS), "cuda", "float16")
+    # compute type "default": the model's own, float16 (the project's type on CUDA, asr's); the CPU's float32
+    def cold_run(library_path: Path | None) -> dict[str, Any]:
+        return smoke_run(folder, library_path, max(5.0, context.left() - FROM_CACHE_SECONDS), device)
 
     result["as_is"] = cold_run(None)
     way = "as is" if result["as_is"]["ok"] else None
@@ -194,7 +201,7 @@ def ct2_step(context: StepContext) -> dict[str, Any]:
         return result
     export = f'export LD_LIBRARY_PATH="{shim}:${{LD_LIBRARY_PATH:-}}"\n' if shim else "# CTranslate2 runs as is\n"
     (steps / CT2_ENV).write_text(export)
-    cached = smoke_run(folder, shim, max(5.0, context.left() - 3), "cuda", "float16")
+    cached = smoke_run(folder, shim, max(5.0, context.left() - 3), device)
     result["from_cache"] = cached
     result["jit"] = jit_figures(result["cuda13_shim" if shim else "as_is"], cached)
     return result

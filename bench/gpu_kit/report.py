@@ -149,7 +149,11 @@ def ct2_lines(ct2: dict[str, Any]) -> list[str]:
     if isinstance(jit, dict):
         cache = jit.get("cache") or {}
         header = ["JIT", "cold first decode s", "from cache s", "JIT s", "cold run s", "cached run s"]
-        row = ["CTranslate2 float16", jit.get("cold_first_decode_s"), jit.get("cached_first_decode_s")]
+        row = [
+            f"CTranslate2 {jit.get('compute_type')}",
+            jit.get("cold_first_decode_s"),
+            jit.get("cached_first_decode_s"),
+        ]
         row += [jit.get("jit_s"), jit.get("cold_run_s"), jit.get("cached_run_s")]
         lines += ["", *table([*header, "cache files", "cache MiB"], [[*row, cache.get("files"), cache.get("mib")]])]
     return lines
