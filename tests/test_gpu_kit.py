@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from batch.engine.gpu.sizing import BatchSizer
-from bench.gpu_kit import asr, busy, install, kit_models, measuring, oom_step, pack, report, steps, whisper_ct2
+from bench.gpu_kit import asr, busy, install, kit_models, measuring, oom_step, pack, report, steps, sticky, whisper_ct2
 
 REPO = Path(__file__).resolve().parent.parent
 MiB = 2**20
@@ -26,6 +26,13 @@ TORCH_OOM_TEXT = (
     "free. Of the allocated memory 75.80 GiB is allocated by PyTorch"
 )
 CT2_OOM_TEXT = "CUDA failed with error out of memory"  # CTranslate2's RuntimeError
+#: torch's RuntimeError after a device-side assert: c10's "CUDA error: " and CUDA's cudaGetErrorString, then
+#: c10's notes (libc10_cuda.so's strings)
+TORCH_ASSERT_TEXT = (
+    "CUDA error: device-side assert triggered\nCUDA kernel errors might be asynchronously reported at some other API "
+    "call, so the stacktrace below might be incorrect.\nFor debugging consider passing CUDA_LAUNCH_BLOCKING=1\n"
+    "Compile with `TORCH_USE_CUDA_DSA` to enable device-side assertions.\n"
+)
 
 
 @pytest.fixture(scope="module")
@@ -535,6 +542,17 @@ def test_recording_reads_as_16k_float(kit: Path) -> None:
     assert noise.size == 60 * 16_000 and "noise" in what
 
 
+def test_sticky_step_classifies_the_real_assert_text_and_its_children_report_what_fails(monkeypatch) -> None:
+    lost = sticky.classify(RuntimeError(TORCH_ASSERT_TEXT))
+    assert lost["context_lost"] and not lost["out_of_memory"]
+    assert lost["error"] == "RuntimeError: CUDA error: device-side assert triggered"
+    assert lost["raised"] == "the CUDA context is lost: CUDA error: device-side assert triggered"
+    assert sticky.classify(torch.cuda.OutOfMemoryError(TORCH_OOM_TEXT))["raised"] is None
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # no GPU here either way: the child's own error comes back
+    fresh = sticky.child("fresh", 120)
+    assert fresh["exit_code"] != 0 and "RuntimeError" in fresh["output"] and "ok" not in fresh
+
+
 # --- the step runner and the report ------------------------------------------------------------------------------
 
 
@@ -577,6 +595,11 @@ def test_report_tables_from_measured_steps(tmp_path: Path) -> None:
         "cuda": {"available": True, "name": "NVIDIA H100 80GB HBM3"},
         "align": {"item_seconds": 30.0, "memory": memory, "throughput": [rate]},
         "oom": {"align": trial},
+        "sticky": {
+            "lost": {**sticky.classify(RuntimeError(TORCH_ASSERT_TEXT)), "next_call": {"failed": True, "error": "x"}},
+            "bystander": {"ok": True},
+            "fresh": {"ok": True, "ready_s": 2.5},
+        },
         "ct2": {
             "works": "cuBLAS 13 under CUDA 12's names",
             "jit": jit,
@@ -592,5 +615,7 @@ def test_report_tables_from_measured_steps(tmp_path: Path) -> None:
     assert "| CTranslate2 float16 | 38.5 | 0.75 | 37.75 | 41.0 | 3.5 | 120 | 85.2 |" in text
     assert "- einops-0.8.2-py3-none-any.whl installed (9 files, unpacked)" in text
     assert "- converter under transformers 5.17.0: the model it makes under the tested versions" in text
+    assert "- `is_context_lost`: True; raised: the CUDA context is lost: CUDA error: device-side assert" in text
+    assert "- another process's context on the card still computes: True" in text
     assert "| align | 16 | 40.0 | 400.0 | 4000.0 |" in text
     assert "| align | 256 128 | True | 128 | 1.0 | 128 | 0.0 | OutOfMemoryError: CUDA out of memory. |" in text

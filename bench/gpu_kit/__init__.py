@@ -21,6 +21,7 @@ why), `memory` (NVML's free memory against `torch.cuda.mem_get_info`), `oom` (a 
 the back-off's recovery), `vad`, `align`, `align_large`, `embed` (memory per batch item, fitted after a warm-up
 batch, against the batch sizer's constants, and throughput at several batch sizes; `align_large` is the
 XLSR-53-large shape of most non-English alignment models), `asr` (a large-v3-shaped random Whisper: memory per
-item, throughput) and `pipeline` (the GPU busy share over the stages run on the recording). docs/gpu-memory.md
-says what each figure means.
+item, throughput), `pipeline` (the GPU busy share over the stages run on the recording) and `sticky` (a real
+sticky CUDA error in one process: what the project makes of it, and whether another process and a fresh one
+still compute). docs/gpu-memory.md says what each figure means.
 """

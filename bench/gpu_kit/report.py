@@ -159,6 +159,21 @@ def ct2_lines(ct2: dict[str, Any]) -> list[str]:
     return lines
 
 
+def sticky_lines(sticky: dict[str, Any]) -> list[str]:
+    """The sticky step: the lost context's error and what the project made of it, then who still computes."""
+    if not sticky:
+        return []
+    lost, after = sticky.get("lost") or {}, (sticky.get("lost") or {}).get("next_call") or {}
+    lines = ["", "## A sticky CUDA error in one process", ""]
+    lines.append(f"- error: {_cell(lost.get('error') or lost.get('output'))}")
+    lines.append(f"- `is_context_lost`: {lost.get('context_lost')}; raised: {_cell(lost.get('raised'))}")
+    lines.append(f"- the next CUDA call in that process failed: {after.get('failed')} ({_cell(after.get('error'))})")
+    lines.append(f"- another process's context on the card still computes: {(sticky.get('bystander') or {}).get('ok')}")
+    fresh = sticky.get("fresh") or {}
+    lines.append(f"- a fresh process computes: {fresh.get('ok')}, ready in {fresh.get('ready_s')} s")
+    return lines
+
+
 def markdown(data: dict[str, Any]) -> str:
     gpu = data["gpu"] or "no GPU"
     lines = [f"# GPU kit: {gpu}", ""]
@@ -196,6 +211,7 @@ def markdown(data: dict[str, Any]) -> str:
     lines += ct2_lines(result_of(data, "ct2"))
     if data.get("install"):
         lines += ["", "## Wheels", "", *(f"- {line}" for line in data["install"])]
+    lines += sticky_lines(result_of(data, "sticky"))
     pipeline = result_of(data, "pipeline")
     if pipeline.get("stages"):
         lines += ["", f"## GPU busy share: {pipeline.get('gpu_busy_percent')} % over {pipeline.get('seconds')} s", ""]
