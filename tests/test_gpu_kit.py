@@ -376,7 +376,8 @@ def test_the_steps_import_nothing_the_lent_machine_lacks(tmp_path: Path) -> None
         WITHOUT_LACKING.format(lacking=LACKING)
         + """
 import pathlib, torch
-from bench.gpu_kit import kit_models, whisper_ct2, report, probes, oom_step, busy, asr, stage_steps
+from bench.gpu_kit import kit_models, whisper_ct2, report, probes, oom_step, busy, asr, stage_steps, install, sticky
+assert sticky.classify(RuntimeError("CUDA error: device-side assert triggered"))["context_lost"]
 from bench.gpu_kit.steps import StepContext
 for name, stage in kit_models.STAGES.items():
     if name == "align_large":  # align's code at another size
