@@ -1,4 +1,5 @@
-"""`python -m bench.gpu_kit pack DIR | step NAME OUTDIR | report OUTDIR` (see the package's docstring)."""
+"""`python -m bench.gpu_kit pack DIR | install WHEELS SITE | step NAME OUTDIR | report OUTDIR` (see the package's
+docstring)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     pack = commands.add_parser("pack", help="write the kit into DIR (here, with PyPI reachable)")
     pack.add_argument("dir", type=Path)
     pack.add_argument("--wheel-cache", type=Path, default=None, help="where downloaded wheels are kept between packs")
+    install = commands.add_parser("install", help="unpack the wheels in WHEELS into SITE, without pip (run.sh)")
+    install.add_argument("wheels", type=Path)
+    install.add_argument("site", type=Path)
     step = commands.add_parser("step", help="run one step, writing OUTDIR/steps/NAME.json (run.sh calls it)")
     step.add_argument("name")
     step.add_argument("out", type=Path)
@@ -32,6 +36,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         print(summary)
         return 0
+    if args.command == "install":
+        from bench.gpu_kit.install import main as install_main
+
+        return install_main(args.wheels, args.site)
     if args.command == "step":
         from bench.gpu_kit.steps import run_step
 

@@ -4,7 +4,10 @@
 - VAD: the project's own PyanNet (`batch.engine.vad.segmentation`) with the layers of the segmentation model
   whisperx bundles (SincNet stride 10, 4 bidirectional LSTM layers of 128, 2 linear layers, 3 speakers), on 5 s
   windows as the project's VAD runs it.
-- alignment: transformers' Wav2Vec2ForCTC configured as wav2vec2-base-960h (`bench.models.align_config`).
+- alignment: transformers' Wav2Vec2ForCTC configured as wav2vec2-base-960h (`bench.models.align_config`), whisperx's
+  English model, and as wav2vec2-large-xlsr-53 (24 layers, hidden 1024, layer-norm feature encoder: 315 M
+  parameters), the shape of the fine-tunes whisperx loads for most other languages, and what the batch sizer's
+  `ALIGN_ITEM_MIB` is to hold.
 - speaker embeddings: pyannote's WeSpeaker ResNet34 (its `resnet` module) behind the same kaldi fbank front end
   as pyannote's WeSpeakerResNet34, on 10 s windows. pyannote.audio's package imports Lightning, which the
   machine lacks; the ResNet's module needs only torch and einops, so it is imported with pyannote.audio's
@@ -77,15 +80,23 @@ def build_vad(device: str) -> Any:
     return PyanNet(hparams["sincnet"], hparams["lstm"], hparams["linear"], hparams["num_classes"]).eval().to(device)
 
 
-def build_align(device: str) -> Any:
+def build_align(device: str, preset: str | None = None) -> Any:
+    """transformers' Wav2Vec2ForCTC (the real class) at the shape of `preset` (`bench.models.ALIGN_PRESETS`; by
+    default wav2vec2-base-960h's)."""
     import torch
     from transformers import Wav2Vec2ForCTC
 
-    from bench.models import align_config
+    from bench.models import ALIGN_BASE, align_config
 
     _seeded()
     with torch.device(device):
-        return Wav2Vec2ForCTC(align_config()).eval()
+        return Wav2Vec2ForCTC(align_config(preset or ALIGN_BASE)).eval()
+
+
+def build_align_large(device: str) -> Any:
+    from bench.models import ALIGN_LARGE
+
+    return build_align(device, ALIGN_LARGE)
 
 
 def wespeaker_resnet_module() -> types.ModuleType:
@@ -156,6 +167,7 @@ def align_forward(model: Any, inputs: Any) -> Any:
 STAGES: dict[str, StageModel] = {
     "vad": StageModel("vad", build_vad, channel_audio, lambda model, x: model(x), 5.0, None),
     "align": StageModel("align", build_align, flat_audio, align_forward, 30.0, "align"),
+    "align_large": StageModel("align_large", build_align_large, flat_audio, align_forward, 30.0, "align"),
     "embed": StageModel("embed", Embedder, channel_audio, lambda model, x: model(x), 10.0, "diarize"),
 }
 

@@ -1,6 +1,6 @@
 """How the kit measures: memory a batch takes (torch's peak and NVML's, sampled), memory per batch item (the
-slope over batch sizes, against the batch sizer's constant), throughput at several batch sizes, and a ballast
-that leaves a set amount of GPU memory free.
+slope over batch sizes after a warm-up batch, against the batch sizer's constant), throughput at several batch
+sizes, and a ballast that leaves a set amount of GPU memory free.
 
 The memory readings and the clock's synchronisation are seams (`Meter`, `sync`), so that the arithmetic runs in
 the tests on the CPU.
@@ -90,15 +90,33 @@ def cuda_sync() -> None:
     torch.cuda.synchronize()
 
 
-def slope(points: Sequence[tuple[int, float]]) -> float | None:
-    """Least-squares slope of (batch size, bytes): the memory one more item takes. None with fewer than 2 sizes."""
+def release_torch_cache() -> None:
+    """Hand torch's cached blocks back to the driver, so that NVML sees the next batch's whole need."""
+    import torch
+
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+
+
+def fit(points: Sequence[tuple[int, float]]) -> tuple[float, float] | None:
+    """Least-squares line through (batch size, bytes): (slope, intercept), the memory one more item takes and the
+    part that does not grow with the batch. None with fewer than 2 sizes."""
     if len({size for size, _ in points}) < 2:
         return None
     mean_x = sum(size for size, _ in points) / len(points)
     mean_y = sum(value for _, value in points) / len(points)
     covariance = sum((size - mean_x) * (value - mean_y) for size, value in points)
     variance = sum((size - mean_x) ** 2 for size, _ in points)
-    return covariance / variance
+    return covariance / variance, mean_y - covariance / variance * mean_x
+
+
+def slope(points: Sequence[tuple[int, float]]) -> float | None:
+    """`fit`'s slope: the memory one more item takes. None with fewer than 2 sizes."""
+    fitted = fit(points)
+    return None if fitted is None else fitted[0]
+
+
+SOURCES = ("torch", "nvml")
 
 
 def memory_per_item(
@@ -107,27 +125,53 @@ def memory_per_item(
     meter: Meter,
     seconds_left: Callable[[], float],
     constant_bytes: int | None,
+    release: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
-    """Run `run(size)` once per batch size (ascending), measuring each with `meter`; the growth per size, the
-    slope per source in MiB per item, and its ratio to the sizer's `constant_bytes` (None: the sizer has none)."""
+    """The memory one more batch item takes, per source, in MiB, and its ratio to the sizer's `constant_bytes`
+    (None: the sizer has none).
+
+    A warm-up batch of the first size runs first, metered but left out of the fit: a process's first batch also
+    pays what is paid once (cuBLAS and cuDNN handles and workspaces, kernels loaded lazily, the allocators' first
+    blocks), which would tilt the line. Then `run(size)` once per size (ascending), each measured with `meter`;
+    `release()` before each (torch's caching allocator: without it a batch reuses the blocks the one before left,
+    and NVML sees only the difference). The line is fitted on the points after the warm-up; `warm_up_extra_mib`
+    is what the warm-up took beyond the same size run after it."""
     rows: list[dict[str, Any]] = []
-    for size in sizes:
+    for size, warm_up in [(sizes[0], True), *((size, False) for size in sizes)]:
         if seconds_left() < 3:
             break
+        if release is not None:
+            release()
         meter.start()
         run(size)
         growth = meter.stop()
-        rows.append({"batch": size, **{f"{source}_mib": _mib(value) for source, value in growth.items()}})
+        row: dict[str, Any] = {"batch": size, **{f"{source}_mib": _mib(value) for source, value in growth.items()}}
+        rows.append({**row, "warm_up": True} if warm_up else row)
     result: dict[str, Any] = {"rows": rows}
-    for source in ("torch", "nvml"):
-        points = [(row["batch"], row[f"{source}_mib"]) for row in rows if row.get(f"{source}_mib") is not None]
-        per_item = slope(points)
-        result[f"{source}_mib_per_item"] = None if per_item is None else round(per_item, 1)
+    measured = [row for row in rows if not row.get("warm_up")]
+    for source in SOURCES:
+        points = [(row["batch"], row[f"{source}_mib"]) for row in measured if row.get(f"{source}_mib") is not None]
+        fitted = fit(points)
+        result[f"{source}_mib_per_item"] = None if fitted is None else round(fitted[0], 1)
+        result[f"{source}_fixed_mib"] = None if fitted is None else round(fitted[1], 1)
+    result["warm_up_extra_mib"] = _warm_up_extra(rows)
     result["sizer_mib_per_item"] = None if constant_bytes is None else round(constant_bytes / MiB, 1)
-    measured = result["nvml_mib_per_item"] or result["torch_mib_per_item"]
-    if constant_bytes and measured:
-        result["measured_over_sizer"] = round(measured * MiB / constant_bytes, 2)
+    measured_per_item = result["nvml_mib_per_item"] or result["torch_mib_per_item"]
+    if constant_bytes and measured_per_item:
+        result["measured_over_sizer"] = round(measured_per_item * MiB / constant_bytes, 2)
     return result
+
+
+def _warm_up_extra(rows: Sequence[dict[str, Any]]) -> dict[str, float | None] | None:
+    warm = next((row for row in rows if row.get("warm_up")), None)
+    again = next((row for row in rows if not row.get("warm_up") and warm and row["batch"] == warm["batch"]), None)
+    if warm is None or again is None:
+        return None
+    extra = {}
+    for source in SOURCES:
+        first, later = warm.get(f"{source}_mib"), again.get(f"{source}_mib")
+        extra[source] = None if first is None or later is None else round(first - later, 1)
+    return extra
 
 
 def throughput(

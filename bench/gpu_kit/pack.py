@@ -53,8 +53,9 @@ SPEECH = (
 )
 SPEECH_REPEATS = 3
 SAMPLE_RATE = 16_000
-RUN_STEPS_AFTER_INSTALL = ("device", "memory", "oom", "vad", "align", "embed", "ct2")
+RUN_STEPS_AFTER_INSTALL = ("ct2", "device", "memory", "oom", "vad", "align", "align_large", "embed")
 CT2_STEPS = ("asr", "pipeline")
+FINAL_STEPS = ("sticky",)  # last: it loses a CUDA context on purpose
 
 
 class PackTooLarge(Exception):
@@ -136,8 +137,10 @@ def render_run_script() -> str:
     line = "run_step {name} {timeout}"
     after_install = "\n".join(line.format(name=name, timeout=STEPS[name].timeout) for name in RUN_STEPS_AFTER_INSTALL)
     ct2 = "; ".join(line.format(name=name, timeout=STEPS[name].timeout) for name in CT2_STEPS)
-    script = template.replace("@STEPS@", after_install).replace("@CT2_STEPS@", ct2)
+    final = "\n".join(line.format(name=name, timeout=STEPS[name].timeout) for name in FINAL_STEPS)
+    script = template.replace("@STEPS@", after_install).replace("@CT2_STEPS@", ct2).replace("@FINAL_STEPS@", final)
     script = script.replace("@TIMEOUT_cuda@", str(STEPS["cuda"].timeout))
+    script = script.replace("@INSTALL@", str(INSTALL_SECONDS))
     return script.replace("@TOTAL@", str(TOTAL_SECONDS))
 
 

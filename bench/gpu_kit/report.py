@@ -10,6 +10,8 @@ from typing import Any
 from bench.gpu_kit.steps import STEPS, no_gpu_reason
 
 TIMED_OUT = (124, 137)
+#: the steps that measure memory per batch item and throughput, in the tables' order
+MEASURED = ("vad", "align", "align_large", "embed", "asr")
 
 
 def step_record(out: Path, name: str) -> dict[str, Any]:
@@ -46,6 +48,7 @@ def status(record: dict[str, Any]) -> str:
 
 def collect(out: Path, budget_seconds: float | None = None) -> dict[str, Any]:
     kit_info = out / "steps" / "kit.json"
+    install = out / "steps" / "install.txt"
     steps = {name: step_record(out, name) for name in STEPS}
     cuda = steps["cuda"].get("result") or {}
     return {
@@ -53,6 +56,7 @@ def collect(out: Path, budget_seconds: float | None = None) -> dict[str, Any]:
         "no_gpu": no_gpu_reason(out),
         "gpu": cuda.get("name"),
         "budget_seconds": budget_seconds,
+        "install": install.read_text().splitlines() if install.exists() else None,
         "steps": steps,
     }
 
@@ -75,9 +79,10 @@ def result_of(data: dict[str, Any], name: str) -> dict[str, Any]:
 
 def memory_rows(data: dict[str, Any]) -> list[list[Any]]:
     rows = []
-    for name in ("vad", "align", "embed", "asr"):
+    for name in MEASURED:
         memory = result_of(data, name).get("memory")
         if isinstance(memory, dict) and "rows" in memory:
+            extra = memory.get("warm_up_extra_mib") or {}
             rows.append(
                 [
                     name,
@@ -86,6 +91,8 @@ def memory_rows(data: dict[str, Any]) -> list[list[Any]]:
                     memory.get("nvml_mib_per_item"),
                     memory.get("sizer_mib_per_item"),
                     memory.get("measured_over_sizer"),
+                    memory.get("nvml_fixed_mib"),
+                    extra.get("nvml"),
                 ]
             )
     return rows
@@ -93,7 +100,7 @@ def memory_rows(data: dict[str, Any]) -> list[list[Any]]:
 
 def throughput_rows(data: dict[str, Any]) -> list[list[Any]]:
     rows = []
-    for name in ("vad", "align", "embed", "asr"):
+    for name in MEASURED:
         for row in result_of(data, name).get("throughput") or []:
             if isinstance(row, dict):
                 rows.append([name, row["batch"], row["ms_per_batch"], row["items_per_s"], row["audio_x_realtime"]])
@@ -126,6 +133,47 @@ def oom_rows(data: dict[str, Any]) -> list[list[Any]]:
     return rows
 
 
+def ct2_lines(ct2: dict[str, Any]) -> list[str]:
+    """CTranslate2 on CUDA: which way works, each attempt's output, and what the JIT cost (`asr.jit_figures`)."""
+    if not ct2:
+        return []
+    lines = ["", "## CTranslate2 on CUDA", "", f"- works: {ct2.get('works')}"]
+    converter = ct2.get("converter")
+    if isinstance(converter, dict):
+        same = "the model it makes under the tested versions" if converter.get("as_tested") else "ANOTHER model"
+        lines.append(f"- converter under transformers {converter.get('transformers')}: {same}")
+    for way in ("as_is", "cuda13_shim", "from_cache"):
+        if isinstance(ct2.get(way), dict):
+            lines.append(f"- {way} ({ct2[way].get('seconds')} s): {_cell(ct2[way].get('output'))}")
+    jit = ct2.get("jit")
+    if isinstance(jit, dict):
+        cache = jit.get("cache") or {}
+        header = ["JIT", "cold first decode s", "from cache s", "JIT s", "cold run s", "cached run s"]
+        row = [
+            f"CTranslate2 {jit.get('compute_type')}",
+            jit.get("cold_first_decode_s"),
+            jit.get("cached_first_decode_s"),
+        ]
+        row += [jit.get("jit_s"), jit.get("cold_run_s"), jit.get("cached_run_s")]
+        lines += ["", *table([*header, "cache files", "cache MiB"], [[*row, cache.get("files"), cache.get("mib")]])]
+    return lines
+
+
+def sticky_lines(sticky: dict[str, Any]) -> list[str]:
+    """The sticky step: the lost context's error and what the project made of it, then who still computes."""
+    if not sticky:
+        return []
+    lost, after = sticky.get("lost") or {}, (sticky.get("lost") or {}).get("next_call") or {}
+    lines = ["", "## A sticky CUDA error in one process", ""]
+    lines.append(f"- error: {_cell(lost.get('error') or lost.get('output'))}")
+    lines.append(f"- `is_context_lost`: {lost.get('context_lost')}; raised: {_cell(lost.get('raised'))}")
+    lines.append(f"- the next CUDA call in that process failed: {after.get('failed')} ({_cell(after.get('error'))})")
+    lines.append(f"- another process's context on the card still computes: {(sticky.get('bystander') or {}).get('ok')}")
+    fresh = sticky.get("fresh") or {}
+    lines.append(f"- a fresh process computes: {fresh.get('ok')}, ready in {fresh.get('ready_s')} s")
+    return lines
+
+
 def markdown(data: dict[str, Any]) -> str:
     gpu = data["gpu"] or "no GPU"
     lines = [f"# GPU kit: {gpu}", ""]
@@ -136,7 +184,11 @@ def markdown(data: dict[str, Any]) -> str:
         [[name, STEPS[name].title, status(record), record.get("seconds")] for name, record in data["steps"].items()],
     )
     sections = [
-        ("Memory per batch item (MiB)", ["stage", "item s", "torch", "NVML", "sizer", "measured/sizer"], memory_rows),
+        (
+            "Memory per batch item (MiB, fitted after a warm-up batch)",
+            ["stage", "item s", "torch", "NVML", "sizer", "measured/sizer", "NVML fixed", "warm-up extra"],
+            memory_rows,
+        ),
         ("Throughput", ["stage", "batch", "ms/batch", "items/s", "x realtime"], throughput_rows),
         (
             "Out-of-memory back-off (3 GiB left free)",
@@ -156,12 +208,10 @@ def markdown(data: dict[str, Any]) -> str:
             f"- `--device cuda` -> {cuda.get('device')} {cuda.get('error') or ''}",
             f"- problem: {device.get('problem')}",
         ]
-    ct2 = result_of(data, "ct2")
-    if ct2:
-        lines += ["", "## CTranslate2 on CUDA", "", f"- works: {ct2.get('works')}"]
-        for way in ("as_is", "cuda13_shim"):
-            if isinstance(ct2.get(way), dict):
-                lines.append(f"- {way}: {_cell(ct2[way].get('output'))}")
+    lines += ct2_lines(result_of(data, "ct2"))
+    if data.get("install"):
+        lines += ["", "## Wheels", "", *(f"- {line}" for line in data["install"])]
+    lines += sticky_lines(result_of(data, "sticky"))
     pipeline = result_of(data, "pipeline")
     if pipeline.get("stages"):
         lines += ["", f"## GPU busy share: {pipeline.get('gpu_busy_percent')} % over {pipeline.get('seconds')} s", ""]

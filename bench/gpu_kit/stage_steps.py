@@ -1,6 +1,7 @@
-"""Steps `vad`, `align` and `embed`: each stage's GPU memory per batch item against the batch sizer's constant
-(batch.engine.gpu.sizing), and its throughput at several batch sizes (alignment: batch 1, as whisperx runs each
-segment, against batched forwards of equal-length segments, as the project batches wav2vec2-base)."""
+"""Steps `vad`, `align`, `align_large` and `embed`: each stage's GPU memory per batch item against the batch
+sizer's constant (batch.engine.gpu.sizing), and its throughput at several batch sizes (alignment: batch 1, as
+whisperx runs each segment, against batched forwards of equal-length segments, as the project batches wav2vec2;
+`align` with English's wav2vec2-base, `align_large` with the XLSR-53-large shape most other languages load)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ class Sweep:
 SWEEPS = {
     "vad": Sweep((1, 8, 32, 128), (1, 8, 32, 128), 5.0),
     "align": Sweep((1, 2, 4, 8), (1, 4, 16, 32), 10.0),  # memory on 30 s segments, throughput on 10 s ones
+    "align_large": Sweep((1, 2, 4, 8), (1, 4, 16), 10.0),
     "embed": Sweep((1, 8, 32), (1, 8, 32, 64), 10.0),
 }
 #: the Whisper model whose sizer seeds are compared (alignment's and diarization's do not depend on it)
@@ -51,7 +53,7 @@ def stage_figures(
     import torch
 
     from bench.gpu_kit.kit_models import STAGES, parameter_count
-    from bench.gpu_kit.measuring import CudaMeter, cuda_sync, memory_per_item, throughput
+    from bench.gpu_kit.measuring import CudaMeter, cuda_sync, memory_per_item, release_torch_cache, throughput
 
     stage, sweep = STAGES[name], sweep or SWEEPS[name]
     started = time.perf_counter()
@@ -67,8 +69,8 @@ def stage_figures(
         with torch.inference_mode():
             stage.forward(model, stage.inputs(size, seconds, device))
 
-    # Memory first: the throughput runs would leave torch's cache holding their largest batch, and NVML would
-    # then see no growth.
+    # Memory first, each size with torch's cache emptied before it (see memory_per_item), so that NVML sees what
+    # the batch takes, not what it takes beyond the blocks the one before left.
     attempt(
         result,
         "memory",
@@ -78,6 +80,7 @@ def stage_figures(
             meter or CudaMeter(),
             context.left,
             sizer_constant(stage.sizer_stage),
+            release_torch_cache if device.startswith("cuda") else None,
         ),
     )
     attempt(
@@ -104,6 +107,10 @@ def vad_step(context: StepContext) -> dict[str, Any]:
 
 def align_step(context: StepContext) -> dict[str, Any]:
     return stage_figures("align", context)
+
+
+def align_large_step(context: StepContext) -> dict[str, Any]:
+    return stage_figures("align_large", context)
 
 
 def embed_step(context: StepContext) -> dict[str, Any]:

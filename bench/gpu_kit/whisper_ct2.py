@@ -3,13 +3,19 @@ real model's shapes, seeded, converted by CTranslate2's own Whisper loader (`Whi
 tokenizer that gives Whisper's special tokens their real ids (the vocabulary's other entries are placeholders:
 what is decoded is not text, but every token costs what a real one does).
 
-`python -m bench.gpu_kit.whisper_ct2 smoke FOLDER DEVICE` loads a built model on DEVICE and decodes one window:
-the `ct2` step runs it as a subprocess, so that a CTranslate2 that cannot load its CUDA libraries fails there.
+`python -m bench.gpu_kit.whisper_ct2 smoke FOLDER DEVICE [COMPUTE_TYPE]` loads a built model on DEVICE, decodes a
+window (the first: on a card CTranslate2 has no machine code for, its kernels are JIT-compiled then), four, then
+one again, and prints each one's time as a JSON line (`SMOKE_MARK`): the `ct2` step runs it as
+a subprocess, so that a CTranslate2 that cannot load its CUDA libraries fails there, and twice, cold and from
+CUDA's JIT cache.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sys
+import time
 import types
 from pathlib import Path
 from typing import Any
@@ -30,6 +36,11 @@ LARGE_V3: dict[str, int] = {
 #: a model small enough to build in a second, with large-v3's vocabulary and input (for the smoke test)
 SMOKE = {**LARGE_V3, "d_model": 64, "encoder_layers": 2, "decoder_layers": 2, "encoder_attention_heads": 2}
 SMOKE.update(decoder_attention_heads=2, encoder_ffn_dim=128, decoder_ffn_dim=128)
+
+#: `spec_fingerprint` of SMOKE converted by CTranslate2 4.8.5 under transformers 4.57 and 5.17 alike: the ct2 step
+#: says whether the converter under the lent machine's transformers makes the same model
+SMOKE_FINGERPRINT = "53208fda4af24e26"
+FINGERPRINT = "kit_fingerprint.txt"
 
 END_OF_TEXT, START_OF_TRANSCRIPT, FIRST_LANGUAGE = 50257, 50258, 50259
 TIMESTAMPS = 1501  # <|0.00|> ... <|30.00|>
@@ -95,7 +106,31 @@ def build(folder: Path, shape: dict[str, int], init_device: str = "cpu") -> int:
     spec.optimize(quantization="float16")
     folder.mkdir(parents=True, exist_ok=True)
     spec.save(str(folder))
+    config_json = json.loads((folder / "config.json").read_text())
+    (folder / FINGERPRINT).write_text(spec_fingerprint(spec.variables(), config_json) + "\n")
     return sum(parameter.numel() for parameter in model.parameters())
+
+
+def spec_fingerprint(variables: dict[str, Any], config_json: dict[str, Any]) -> str:
+    """What the converter made, as a short hash: every variable's name, shape and type, and the model's config
+    (special ids, alignment heads, languages). Weights' values are left out (their random draw is not the
+    converter's)."""
+    layout = sorted((name, _layout(value)) for name, value in variables.items())
+    text = json.dumps([layout, config_json], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _layout(value: Any) -> list[Any]:
+    """A variable's shape and type ("float16" from numpy and torch alike), or the variable it aliases."""
+    if isinstance(value, str):  # a weight shared with another variable (optimize() deduplicates)
+        return ["alias", value]
+    return [list(value.shape), str(value.dtype).rsplit(".", 1)[-1]]
+
+
+def fingerprint(folder: Path) -> str | None:
+    """The fingerprint `build` wrote into `folder` (None: not built by `build`)."""
+    path = folder / FINGERPRINT
+    return path.read_text().strip() if path.exists() else None
 
 
 def features(batch: int, mel_bins: int) -> Any:
@@ -119,14 +154,37 @@ def decode(model: Any, batch: int, shape: dict[str, int], tokens: int, beam_size
     return sum(len(result.sequences_ids[0]) for result in results)
 
 
-def smoke(folder: str, device: str) -> None:
+SMOKE_MARK = "gpu-kit-smoke: "
+#: (figure, batch): the decodes the smoke run times, in order
+SMOKE_DECODES = (("first_decode_s", 1), ("batch_4_decode_s", 4), ("warm_decode_s", 1))
+
+
+def smoke(folder: str, device: str, compute_type: str = "default") -> dict[str, Any]:
+    """Load the model at `folder` on `device` and decode (`SMOKE_DECODES`); the seconds each took."""
     import ctranslate2
 
-    model = ctranslate2.models.Whisper(folder, device=device, compute_type="default")
-    print(f"decoded {decode(model, 1, SMOKE, 8)} tokens on {device} (compute type {model.compute_type})")
+    started = time.perf_counter()
+    model = ctranslate2.models.Whisper(folder, device=device, compute_type=compute_type)
+    figures: dict[str, Any] = {"device": device, "compute_type": model.compute_type}
+    figures["load_s"] = round(time.perf_counter() - started, 3)
+    for name, batch in SMOKE_DECODES:
+        started = time.perf_counter()
+        figures.setdefault("tokens", decode(model, batch, SMOKE, 8))
+        figures[name] = round(time.perf_counter() - started, 3)
+    return figures
+
+
+def smoke_figures(output: str) -> dict[str, Any] | None:
+    """The figures a smoke run printed, from its output; None when it printed none (it failed before the end)."""
+    for line in reversed(output.splitlines()):
+        if line.startswith(SMOKE_MARK):
+            return json.loads(line[len(SMOKE_MARK) :])
+    return None
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 4 or sys.argv[1] != "smoke":
-        sys.exit("usage: python -m bench.gpu_kit.whisper_ct2 smoke FOLDER DEVICE")
-    smoke(sys.argv[2], sys.argv[3])
+    if len(sys.argv) not in (4, 5) or sys.argv[1] != "smoke":
+        sys.exit("usage: python -m bench.gpu_kit.whisper_ct2 smoke FOLDER DEVICE [COMPUTE_TYPE]")
+    done = smoke(*sys.argv[2:])
+    print(f"decoded {done['tokens']} tokens on {done['device']} (compute type {done['compute_type']})")
+    print(SMOKE_MARK + json.dumps(done), flush=True)
