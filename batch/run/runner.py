@@ -228,7 +228,7 @@ class Runner:
                     raise problem
                 with stopwatch.stage("fingerprint"):
                     fetched.fingerprint = self.source.fingerprint(item)
-                with stopwatch.stage("decode"), self.source.open(item.key, item.size) as stream:
+                with stopwatch.stage("decode"), self.source.open(item.key, item.size, item.version) as stream:
                     audio = self._decoder.decode(
                         stream,
                         split_channels=self.config.channels.split,

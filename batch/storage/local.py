@@ -86,7 +86,7 @@ class LocalStore:
             if relative.name.endswith(suffix):
                 yield relative.as_posix()
 
-    def open(self, key: str, size: int | None = None) -> BinaryIO:
+    def open(self, key: str, size: int | None = None, version: str | None = None) -> BinaryIO:
         return self.path(key).open("rb")
 
     def address(self, key: str) -> str:

@@ -12,6 +12,7 @@ import errno
 import io
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from email.utils import parsedate_to_datetime
@@ -124,6 +125,11 @@ class ObjectGone(FileFailure):
     """The object is not there (deleted since it was listed or announced): the file's own fault."""
 
 
+class ObjectChanged(EnvironmentFault):
+    """The object was replaced between its listing (or its queue message's HEAD) and its download: this run does
+    not record it; the new version is done by the next run, or after its own event."""
+
+
 class StoreUnavailable(EnvironmentFault):
     """The store refused or could not answer a request for this object (access denied, a KMS key, throttling, 5xx,
     a time-out) once botocore's retries ran out: not the file's fault."""
@@ -147,12 +153,40 @@ def open_spool(spool_dir: str | None, address: str) -> BinaryIO:
         raise spool_failure(exc, spool_dir, address) from None
 
 
-def spooled(client: Any, bucket: str, key: str, spool_dir: str | None, address: str) -> BinaryIO:
-    """The object downloaded to a spool file (deleted when closed), read from its start. A store's refusal is not
-    the file's fault unless the object is gone (read_failure); a full spool disk is not either (spool_failure)."""
+# The version each download in flight must read, by (bucket, key): see `_read_the_version_listed`.
+_VERSIONS_IN_READ: dict[tuple[str, str], str] = {}
+_VERSIONS_LOCK = threading.Lock()
+
+
+def _read_the_version_listed(params: dict[str, Any], **_: Any) -> None:
+    """botocore's hook on the HEAD and GETs of a download (s3transfer's own threads make them): If-Match on the
+    ETag the listing or the queue's HEAD gave, so that an object replaced since then answers 412 instead of
+    handing over its new bytes to be recorded as the old version. The new version is done by a later run, or
+    after its own event."""
+    etag = _VERSIONS_IN_READ.get((params.get("Bucket", ""), params.get("Key", "")))
+    if etag is not None:
+        params.setdefault("IfMatch", etag)
+
+
+def _pin_versions(client: Any) -> None:
+    for operation in ("HeadObject", "GetObject"):
+        client.meta.events.register(
+            f"before-parameter-build.s3.{operation}", _read_the_version_listed, unique_id=f"batch-version-{operation}"
+        )
+
+
+def spooled(
+    client: Any, bucket: str, key: str, spool_dir: str | None, address: str, version: str | None = None
+) -> BinaryIO:
+    """The object downloaded to a spool file (deleted when closed), read from its start; with `version` (its ETag),
+    only that version (ObjectChanged otherwise). A store's refusal is not the file's fault unless the object is
+    gone (read_failure); a full spool disk is not either (spool_failure)."""
     spool = open_spool(spool_dir, address)
     try:
-        client.download_fileobj(bucket, key, spool)
+        if version is None:
+            client.download_fileobj(bucket, key, spool)
+        else:
+            _download_version(client, bucket, key, spool, version)
     except (BotoCoreError, ClientError) as exc:
         spool.close()
         raise read_failure(exc, f"download of {address}") from None
@@ -165,12 +199,29 @@ def spooled(client: Any, bucket: str, key: str, spool_dir: str | None, address: 
     return spool
 
 
+def _download_version(client: Any, bucket: str, key: str, spool: BinaryIO, version: str) -> None:
+    _pin_versions(client)
+    with _VERSIONS_LOCK:
+        _VERSIONS_IN_READ[(bucket, key)] = f'"{version}"'
+    try:
+        client.download_fileobj(bucket, key, spool)
+    finally:
+        with _VERSIONS_LOCK:
+            _VERSIONS_IN_READ.pop((bucket, key), None)
+
+
 def read_failure(exc: BotoCoreError | ClientError, what: str) -> Exception:
     """The error of a failed read of an object (`what`: "download of s3://bucket/key"): ObjectGone when the store
-    says it is not there, else StoreUnavailable."""
+    says it is not there, ObjectChanged when it is no longer the version listed, else StoreUnavailable."""
     message = f"{what} failed: {describe_s3_error(exc)}"
-    if isinstance(exc, ClientError) and _error_code(exc) in _MISSING:
+    code = _error_code(exc) if isinstance(exc, ClientError) else None
+    if code in _MISSING:
         return ObjectGone(message)
+    if code in ("PreconditionFailed", "412"):
+        return ObjectChanged(
+            f"{what}: the object was replaced after it was listed; its new version is done by the next run "
+            "(or after its own event)"
+        )
     return StoreUnavailable(message)
 
 
@@ -272,11 +323,12 @@ class S3Store:
                 "what was listed before is done, the next run goes on from there"
             ) from None
 
-    def open(self, key: str, size: int | None = None) -> BinaryIO:
-        """The object spooled to local disk (deleted when closed); over the size cap, the file fails clearly."""
+    def open(self, key: str, size: int | None = None, version: str | None = None) -> BinaryIO:
+        """The object spooled to local disk (deleted when closed), only `version` when given (its ETag, as listed);
+        over the size cap, the file fails clearly."""
         if size is not None and self.max_bytes is not None and size > self.max_bytes:
             raise FileFailure(f"the object is {size:,} bytes, over the download cap of {self.max_bytes:,} bytes")
-        return spooled(self.client, self.bucket, self.prefix + key, self.spool_dir, self.address(key))
+        return spooled(self.client, self.bucket, self.prefix + key, self.spool_dir, self.address(key), version)
 
     def address(self, key: str) -> str:
         """Where the object is: s3://bucket/prefix/key."""

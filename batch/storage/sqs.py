@@ -187,14 +187,14 @@ class QueuedObjects:
     def list_names(self, prefix: str = "", suffix: str = "") -> Iterator[str]:
         return iter(())
 
-    def open(self, key: str, size: int | None = None) -> BinaryIO:
+    def open(self, key: str, size: int | None = None, version: str | None = None) -> BinaryIO:
         if size is not None and self.max_bytes is not None and size > self.max_bytes:
             raise FileFailure(f"the object is {size:,} bytes, over the download cap of {self.max_bytes:,} bytes")
         unreadable = self._unreadable.pop(key, None)
         if unreadable is not None:
             raise unreadable
         bucket = self._buckets[key]
-        return spooled(self.client, bucket, key, self.spool_dir, self.address(key))
+        return spooled(self.client, bucket, key, self.spool_dir, self.address(key), version)
 
     def fingerprint(self, item: InputFile) -> str:
         return f"etag:{item.version}:size:{item.size}"

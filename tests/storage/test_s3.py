@@ -22,6 +22,7 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
+from batch.common.errors import is_file_problem
 from batch.storage import open_job_stores, open_store
 from batch.storage.s3 import make_client
 from tests.cli.test_status import manifest_document
@@ -492,6 +493,24 @@ def test_spool_is_cleaned_after_each_download(bucket: str, speech: bytes, tmp_pa
         assert stream.read() == speech
     assert not list(spool.iterdir())
     shutil.rmtree(spool)
+
+
+@pytest.mark.parametrize("size", [1000, 9 * 1024 * 1024], ids=["one-get", "ranged-gets"])
+def test_an_object_replaced_after_its_listing_is_not_read_as_the_version_listed(bucket: str, size: int) -> None:
+    """Listed as one version, replaced before its download: the download asks for the version listed (If-Match)
+    and is refused, so the new bytes are never recorded under the old version's ETag; the version now there reads."""
+    from batch.storage.s3 import ObjectChanged
+
+    put(bucket, "in/memo.wav", b"a" * size)
+    source = open_store(f"s3://{bucket}/in")
+    listed = next(source.list())
+    put(bucket, "in/memo.wav", b"b" * size)
+    with pytest.raises(ObjectChanged, match="replaced after it was listed"):
+        source.open(listed.key, listed.size, listed.version)
+    assert not is_file_problem(ObjectChanged("x"))  # no failed manifest: a later run does the new version
+    current = next(source.list())
+    with source.open(current.key, current.size, current.version) as stream:
+        assert stream.read(1) == b"b"
 
 
 def test_two_workers_with_claims_do_every_file_exactly_once(
