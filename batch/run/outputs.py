@@ -58,6 +58,17 @@ class DoneAlongside(Exception):
         self.manifest = manifest
 
 
+class Superseded(DoneAlongside):
+    """A run beside this one recorded a newer version of the file, the one SOURCE holds now, after this run read an
+    older one: this run's outcome is stale, and the newer record and its outputs are left as they are."""
+
+    def __init__(self, manifest: Manifest):
+        Exception.__init__(
+            self, f"superseded: run {manifest.run_id} did the version SOURCE holds now ({manifest.input.version})"
+        )
+        self.manifest = manifest
+
+
 @dataclass
 class Written:
     """A file's manifest as written, or why it could not be written."""
@@ -105,6 +116,7 @@ def write_file(
     error: Exception | None,
     options: SubtitleOptions | None = None,
     run_started_at: str | None = None,
+    holds_now: Callable[[str], bool] | None = None,
 ) -> Manifest:
     """Write one file's outputs, then its manifest, which says succeeded only when everything is in place.
 
@@ -112,13 +124,16 @@ def write_file(
     outputs or the manifest (DEST's, never the file's), raises instead and leaves no manifest, so that the file is
     done later. With `run_started_at` (not --force), a success with other settings that a run beside this one
     wrote since then is left as it is (LeftToOtherSettings), and so is a success of this same version with the
-    same settings (DoneAlongside): the file is not written twice."""
+    same settings (DoneAlongside): the file is not written twice; and so is a success of another version that
+    SOURCE holds now, by `holds_now(version)` (Superseded: this run read the file before it was replaced)."""
     key = manifest.input.key
     if isinstance(error, DestPathBlocked):
         raise error  # there is no place for its manifest: the run report holds the reason
     if error is not None and not is_file_problem(error):
         raise NotRecorded(error)
-    seen = _check_not_done_beside(dest, manifest, error, run_started_at) if run_started_at is not None else None
+    seen = None
+    if run_started_at is not None:
+        seen = _check_not_done_beside(dest, manifest, error, run_started_at, holds_now)
     if transcript is not None:
         # The old manifest goes before the outputs it describes change: a crash midway never leaves a stale
         # "succeeded" beside outputs of another version or settings.
@@ -145,16 +160,41 @@ def write_file(
 _NOTHING_SEEN = ""
 
 
-def _check_not_done_beside(dest: Store, mine: Manifest, error: Exception | None, run_started_at: str) -> str:
-    """Raise when a run beside this one has done the file (LeftToOtherSettings, DoneAlongside); else the version
-    of the manifest DEST holds now (_NOTHING_SEEN: none), which this write may replace."""
+def _check_not_done_beside(
+    dest: Store,
+    mine: Manifest,
+    error: Exception | None,
+    run_started_at: str,
+    holds_now: Callable[[str], bool] | None = None,
+) -> str:
+    """Raise when a run beside this one has done the file (LeftToOtherSettings, DoneAlongside, Superseded); else
+    the version of the manifest DEST holds now (_NOTHING_SEEN: none), which this write may replace."""
     found = dest.read_with_version(manifest_name(mine.input.key))
     existing = Manifest.decode(found[0]) if found is not None else None
-    if existing is not None and done_beside(existing, mine.settings_hash, run_started_at):
+    seen = found[1] if found is not None else _NOTHING_SEEN
+    if existing is None:
+        return seen
+    if done_beside(existing, mine.settings_hash, run_started_at):
         raise LeftToOtherSettings(existing)
-    if existing is not None and error is None and done_alongside(existing, mine, run_started_at):
+    if error is not None:  # a failure of the file's own: keeps_succeeded_manifest decides
+        return seen
+    if done_alongside(existing, mine, run_started_at):
         raise DoneAlongside(existing)
-    return found[1] if found is not None else _NOTHING_SEEN
+    if holds_now is not None and _newer_beside(existing, mine, run_started_at) and holds_now(existing.input.version):
+        raise Superseded(existing)
+    return seen
+
+
+def _newer_beside(existing: Manifest, mine: Manifest, run_started_at: str) -> bool:
+    """A success of another version of the file, with these settings, by a run beside this one: the newer of the
+    two is the one SOURCE holds now."""
+    return (
+        existing.status == "succeeded"
+        and existing.settings_hash == mine.settings_hash
+        and existing.run_id != mine.run_id
+        and existing.finished_at >= run_started_at
+        and existing.input.version != mine.input.version
+    )
 
 
 def _delete_old_manifest(dest: Store, mine: Manifest, seen: str | None, run_started_at: str | None) -> None:

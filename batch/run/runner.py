@@ -274,9 +274,14 @@ class Runner:
         # Without --force, a success with other settings that a run beside this one wrote meanwhile is kept.
         since = None if self.config.selection.force else self.to_do.checks.started_at
 
+        def holds_now(version: str) -> bool:  # asked only when a run beside this one recorded another version
+            return self.source.current_version(outcome.key) == version
+
         def write() -> Manifest:
             try:
-                return write_file(dest, manifest, stopwatch, transcript, formats, outcome.error, layout, since)
+                return write_file(
+                    dest, manifest, stopwatch, transcript, formats, outcome.error, layout, since, holds_now
+                )
             finally:
                 self.to_do.finished(outcome.key)  # a queue's message goes (or comes back), a claim is given back
 

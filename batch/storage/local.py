@@ -93,6 +93,12 @@ class LocalStore:
         """Where the file is: its path."""
         return str(self.path(key))
 
+    def current_version(self, key: str) -> str | None:
+        try:
+            return str(self.path(key).stat().st_mtime_ns)
+        except OSError:
+            return None
+
     def fingerprint(self, item: InputFile) -> str:
         """A content hash: the same bytes give the same fingerprint wherever the file moved."""
         with self.open(item.key) as handle:

@@ -11,8 +11,6 @@ from __future__ import annotations
 import errno
 import io
 import os
-import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from email.utils import parsedate_to_datetime
@@ -26,22 +24,25 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from batch.common.errors import (
-    DEST_UNUSABLE_ERRNOS,
     GONE_ERROR_CODES,
-    EnvironmentFault,
     EnvironmentProblem,
     FileFailure,
-    redact,
 )
 from batch.storage.base import S3_SCHEME, AgedObject, ConditionalWritesUnsupported, InputFile, ListingCounts
 from batch.storage.names import is_hidden, is_selected, name_bytes
+from batch.storage.s3_reads import (
+    UNSUPPORTED,
+    describe_s3_error,
+    error_code,
+    head_version,
+    spooled,
+)
 
 # One request per object part above this size; transcripts are small, so this mostly serves large outputs.
 MULTIPART_THRESHOLD = 8 * 1024 * 1024
 _MISSING = GONE_ERROR_CODES
 _CONDITION_FAILED = ("PreconditionFailed", "412", "NoSuchKey")
 _CONFLICT = ("ConditionalRequestConflict", "409")
-_UNSUPPORTED = ("NotImplemented", "501")
 CONFLICT_RETRIES = 4
 CONFLICT_BACKOFF_SECONDS = 0.1
 S3_KEY_MAX_BYTES = 1024
@@ -98,13 +99,6 @@ def retry_settings(session: botocore.session.Session) -> dict[str, Any]:
     }
 
 
-def describe_s3_error(exc: BaseException) -> str:
-    if isinstance(exc, ClientError):
-        error = exc.response.get("Error", {})
-        return redact(f"{error.get('Code', 'error')}: {error.get('Message', '')}".strip(": "))
-    return redact(str(exc))
-
-
 def _age_seconds(response: dict[str, Any]) -> float | None:
     """Seconds from the object's Last-Modified to the response's Date, both S3's clock (whole seconds)."""
     sent = response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
@@ -115,114 +109,6 @@ def _age_seconds(response: dict[str, Any]) -> float | None:
         return (parsedate_to_datetime(sent) - modified).total_seconds()
     except (TypeError, ValueError):  # a Date that does not parse, or one without a time zone
         return None
-
-
-def _error_code(exc: ClientError) -> str | None:
-    return exc.response.get("Error", {}).get("Code")
-
-
-class ObjectGone(FileFailure):
-    """The object is not there (deleted since it was listed or announced): the file's own fault."""
-
-
-class ObjectChanged(EnvironmentFault):
-    """The object was replaced between its listing (or its queue message's HEAD) and its download: this run does
-    not record it; the new version is done by the next run, or after its own event."""
-
-
-class StoreUnavailable(EnvironmentFault):
-    """The store refused or could not answer a request for this object (access denied, a KMS key, throttling, 5xx,
-    a time-out) once botocore's retries ran out: not the file's fault."""
-
-
-class SpoolUnusable(EnvironmentFault):
-    """The object could not be spooled to local disk (the spool folder full, or not writable): the machine's
-    problem, not the file's."""
-
-
-def spool_failure(exc: OSError, spool_dir: str | None, address: str) -> SpoolUnusable:
-    where = spool_dir or tempfile.gettempdir()
-    return SpoolUnusable(f"{address} could not be spooled to {where}: {exc.strerror or exc}")
-
-
-def open_spool(spool_dir: str | None, address: str) -> BinaryIO:
-    """A temporary file to download `address` into (deleted when closed)."""
-    try:
-        return tempfile.TemporaryFile(dir=spool_dir, prefix="whisperx-batch-")  # noqa: SIM115 - the caller closes it
-    except OSError as exc:
-        raise spool_failure(exc, spool_dir, address) from None
-
-
-# The version each download in flight must read, by (bucket, key): see `_read_the_version_listed`.
-_VERSIONS_IN_READ: dict[tuple[str, str], str] = {}
-_VERSIONS_LOCK = threading.Lock()
-
-
-def _read_the_version_listed(params: dict[str, Any], **_: Any) -> None:
-    """botocore's hook on the HEAD and GETs of a download (s3transfer's own threads make them): If-Match on the
-    ETag the listing or the queue's HEAD gave, so that an object replaced since then answers 412 instead of
-    handing over its new bytes to be recorded as the old version. The new version is done by a later run, or
-    after its own event."""
-    etag = _VERSIONS_IN_READ.get((params.get("Bucket", ""), params.get("Key", "")))
-    if etag is not None:
-        params.setdefault("IfMatch", etag)
-
-
-def _pin_versions(client: Any) -> None:
-    for operation in ("HeadObject", "GetObject"):
-        client.meta.events.register(
-            f"before-parameter-build.s3.{operation}", _read_the_version_listed, unique_id=f"batch-version-{operation}"
-        )
-
-
-def spooled(
-    client: Any, bucket: str, key: str, spool_dir: str | None, address: str, version: str | None = None
-) -> BinaryIO:
-    """The object downloaded to a spool file (deleted when closed), read from its start; with `version` (its ETag),
-    only that version (ObjectChanged otherwise). A store's refusal is not the file's fault unless the object is
-    gone (read_failure); a full spool disk is not either (spool_failure)."""
-    spool = open_spool(spool_dir, address)
-    try:
-        if version is None:
-            client.download_fileobj(bucket, key, spool)
-        else:
-            _download_version(client, bucket, key, spool, version)
-    except (BotoCoreError, ClientError) as exc:
-        spool.close()
-        raise read_failure(exc, f"download of {address}") from None
-    except OSError as exc:
-        spool.close()
-        if exc.errno in DEST_UNUSABLE_ERRNOS:  # the spool's disk full: not the file's fault either
-            raise spool_failure(exc, spool_dir, address) from None
-        raise
-    spool.seek(0)
-    return spool
-
-
-def _download_version(client: Any, bucket: str, key: str, spool: BinaryIO, version: str) -> None:
-    _pin_versions(client)
-    with _VERSIONS_LOCK:
-        _VERSIONS_IN_READ[(bucket, key)] = f'"{version}"'
-    try:
-        client.download_fileobj(bucket, key, spool)
-    finally:
-        with _VERSIONS_LOCK:
-            _VERSIONS_IN_READ.pop((bucket, key), None)
-
-
-def read_failure(exc: BotoCoreError | ClientError, what: str) -> Exception:
-    """The error of a failed read of an object (`what`: "download of s3://bucket/key"): ObjectGone when the store
-    says it is not there, ObjectChanged when it is no longer the version listed, else StoreUnavailable."""
-    message = f"{what} failed: {describe_s3_error(exc)}"
-    code = _error_code(exc) if isinstance(exc, ClientError) else None
-    if code in _MISSING:
-        return ObjectGone(message)
-    if code in ("PreconditionFailed", "412"):
-        return ObjectChanged(
-            f"{what}: the object was replaced after it was listed; its new version is done by the next run "
-            "(or after its own event)"
-        )
-    return StoreUnavailable(message)
 
 
 def object_source(url: str, client: Any, **options: Any) -> S3Store | None:
@@ -334,6 +220,9 @@ class S3Store:
         """Where the object is: s3://bucket/prefix/key."""
         return f"s3://{self.bucket}/{self.prefix}{key}"
 
+    def current_version(self, key: str) -> str | None:
+        return head_version(self.client, self.bucket, self.prefix + key)
+
     def fingerprint(self, item: InputFile) -> str:
         """ETag and size: S3 already knows when content changed, so nothing is downloaded to tell."""
         return f"etag:{item.version}:size:{item.size}"
@@ -373,7 +262,7 @@ class S3Store:
         try:
             self.client.head_object(Bucket=self.bucket, Key=self._named(name))
         except ClientError as exc:
-            if _error_code(exc) in _MISSING:
+            if error_code(exc) in _MISSING:
                 return False
             raise
         return True
@@ -396,7 +285,7 @@ class S3Store:
         try:
             response = self.client.get_object(Bucket=self.bucket, Key=self._named(name))
         except ClientError as exc:
-            if _error_code(exc) in _MISSING:
+            if error_code(exc) in _MISSING:
                 return None
             raise
         data = response["Body"].read()
@@ -430,13 +319,13 @@ class S3Store:
             try:
                 return request()
             except ClientError as exc:
-                code = _error_code(exc)
+                code = error_code(exc)
                 if code in _CONFLICT and attempt < CONFLICT_RETRIES:
                     time.sleep(CONFLICT_BACKOFF_SECONDS * 2**attempt)
                     continue
                 if code in _CONDITION_FAILED or code in _CONFLICT:
                     return None
-                if code in _UNSUPPORTED:
+                if code in UNSUPPORTED:
                     raise ConditionalWritesUnsupported(f"{self.location}: {code}") from None
                 raise
         return None

@@ -22,7 +22,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from batch.common.errors import GONE_ERROR_CODES, EnvironmentProblem, FileFailure, error_code
 from batch.storage.base import InputFile, ListingCounts
-from batch.storage.s3 import describe_s3_error, read_failure, retry_settings, split_object_url, spooled
+from batch.storage.s3 import retry_settings, split_object_url
+from batch.storage.s3_reads import describe_s3_error, head_version, read_failure, spooled
 
 # The longest long poll SQS allows; shorter when the run must look at its stop flag or idle time sooner.
 LONGEST_POLL_SECONDS = 20
@@ -195,6 +196,10 @@ class QueuedObjects:
             raise unreadable
         bucket = self._buckets[key]
         return spooled(self.client, bucket, key, self.spool_dir, self.address(key), version)
+
+    def current_version(self, key: str) -> str | None:
+        bucket = self._buckets.get(key)
+        return head_version(self.client, bucket, key) if bucket is not None else None
 
     def fingerprint(self, item: InputFile) -> str:
         return f"etag:{item.version}:size:{item.size}"

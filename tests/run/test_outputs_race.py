@@ -176,3 +176,32 @@ def test_a_store_that_answers_not_implemented_to_conditions_is_written_plainly_a
     stored = json.loads(boto3.client("s3").get_object(Bucket=bucket, Key="out/memo.mp3.manifest.json")["Body"].read())
     assert stored["status"] == "succeeded"
     assert claimed.exit_code == 2 and "cannot write on a condition" in claimed.stderr, claimed.stderr
+
+
+def test_a_newer_version_recorded_by_a_run_beside_this_one_is_not_overwritten_by_the_older(
+    dest: Store, tmp_path: Path
+) -> None:
+    """This run read the file, then it was replaced and a run beside this one did the new version: this run's
+    older outcome is stale. It leaves the newer record (Superseded, counted skipped), as long as SOURCE holds
+    that version; when SOURCE holds neither, this run's record stands (the next change redoes it anyway)."""
+    from batch.run.outputs import Superseded
+
+    source = LocalStore(str(tmp_path / "in"))
+    (tmp_path / "in" / "calls").mkdir(parents=True)
+    (tmp_path / "in" / "calls" / "a.wav").write_bytes(b"new")
+    now = source.current_version("calls/a.wav")
+    assert now is not None
+    dest.write_bytes(manifest_name("calls/a.wav"), manifest_of("other-run", version=now).encode())
+
+    def holds_now(version: str) -> bool:
+        return source.current_version("calls/a.wav") == version
+
+    mine = manifest_of("this-run", version="older")
+    with pytest.raises(Superseded):
+        write_file(
+            dest, mine, Stopwatch(), TRANSCRIPT, ("json",), None, run_started_at=RUN_STARTED, holds_now=holds_now
+        )
+    assert read_manifest(dest, "calls/a.wav").input.version == now
+    (tmp_path / "in" / "calls" / "a.wav").unlink()  # SOURCE holds neither now
+    write_file(dest, mine, Stopwatch(), TRANSCRIPT, ("json",), None, run_started_at=RUN_STARTED, holds_now=holds_now)
+    assert read_manifest(dest, "calls/a.wav").run_id == "this-run"

@@ -499,7 +499,7 @@ def test_spool_is_cleaned_after_each_download(bucket: str, speech: bytes, tmp_pa
 def test_an_object_replaced_after_its_listing_is_not_read_as_the_version_listed(bucket: str, size: int) -> None:
     """Listed as one version, replaced before its download: the download asks for the version listed (If-Match)
     and is refused, so the new bytes are never recorded under the old version's ETag; the version now there reads."""
-    from batch.storage.s3 import ObjectChanged
+    from batch.storage.s3_reads import ObjectChanged
 
     put(bucket, "in/memo.wav", b"a" * size)
     source = open_store(f"s3://{bucket}/in")

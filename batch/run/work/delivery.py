@@ -6,6 +6,7 @@ back waits before it comes again."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from batch.common.errors import POISON_ERRORS, describe
 from batch.run.manifest import Manifest, read_manifest
@@ -32,9 +33,10 @@ def gone_after_done(dest: Store, item: InputFile, settings_hash: str) -> bool:
     return True
 
 
-def manifest_confirms(dest: Store, item: InputFile) -> bool:
+def manifest_confirms(dest: Store, item: InputFile, holds_now: Callable[[str], bool] | None = None) -> bool:
     """Whether DEST holds a manifest of this version of the object; of an object that was gone, any manifest (its
-    failure, or an earlier success kept): there is nothing left to redo. A poison version's does not (is_poison)."""
+    failure, or an earlier success kept); or a success of the newer version SOURCE holds now (`holds_now`: this
+    version was superseded while it was in work): there is nothing left to redo. A poison version's does not."""
     try:
         manifest = read_manifest(dest, item.key)
     except Exception as exc:  # no place for it, or DEST unreadable: the message comes back
@@ -47,7 +49,9 @@ def manifest_confirms(dest: Store, item: InputFile) -> bool:
         reason = manifest.error.type
         log.warning("%s failed (%s): its message goes back, for its dead-letter queue", item.key, reason)
         return False
-    return item.version == GONE or manifest.input.version == item.version
+    if item.version == GONE or manifest.input.version == item.version:
+        return True
+    return manifest.status == "succeeded" and holds_now is not None and holds_now(manifest.input.version)
 
 
 def poison_manifest(dest: Store, item: InputFile) -> Manifest | None:

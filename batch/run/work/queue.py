@@ -245,7 +245,7 @@ class QueueSource:
             self._ready += self._waiting.pop(key, [])
         if in_work is not None:
             message_id, item = in_work
-            confirmed = manifest_confirms(self.dest, item)
+            confirmed = manifest_confirms(self.dest, item, lambda version: self.objects.current_version(key) == version)
             if confirmed:
                 self._recorded[key] = item.version
             self._file_ended(message_id, key, confirmed=confirmed)
