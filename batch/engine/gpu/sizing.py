@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from batch.common.units import GiB, MiB
 from batch.engine.gpu.nvml import MemoryProbe
@@ -155,6 +155,7 @@ class Grant:
     size: int
     bytes: int
     shared: bool = False  # set, under the budget's lock, once another batch ran beside this one
+    thread: int = field(default_factory=threading.get_ident)  # the thread that runs it
 
     @property
     def ran_alone(self) -> bool:
@@ -197,6 +198,7 @@ class BatchSizer:
         self.regrow_after_successes = regrow_after_successes
         self.cached = cached
         self._lock = threading.Lock()  # the stages plan from their own threads
+        self._ended = threading.Condition(self._lock)  # notified whenever a grant ends
         self._running: list[Grant] = []
         self._stages = {
             stage: _StageState(seed, float(seed), ceilings[stage], regrow_wait=regrow_after_seconds)
@@ -248,8 +250,28 @@ class BatchSizer:
         try:
             yield grant
         finally:
-            with self._lock:
-                self._running.remove(grant)
+            self._end(grant)
+
+    @contextlib.contextmanager
+    def loading(self, nbytes: int) -> Iterator[Grant]:
+        """Hold `nbytes` (a model being put on the device) in the budget while it is put there: batches planned
+        from now on leave it room, and it starts once the batches running now, planned without it, have ended.
+
+        Call it outside any batch of this thread (its own batches are not waited for)."""
+        with self._lock:
+            planned_without = [grant for grant in self._running if grant.thread != threading.get_ident()]
+            grant = Grant("load", 1, nbytes, shared=bool(self._running))
+            self._running.append(grant)
+            self._ended.wait_for(lambda: not any(other in self._running for other in planned_without))
+        try:
+            yield grant
+        finally:
+            self._end(grant)
+
+    def _end(self, grant: Grant) -> None:
+        with self._lock:
+            self._running.remove(grant)
+            self._ended.notify_all()
 
     def size_for(self, stage: str) -> int:
         """The batch size for `stage` now (see `plan`)."""
