@@ -21,9 +21,10 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from batch.common.advice import NO_DRIVER_FIX, advice_for, cublas_fix, pip_nvidia_lib_dirs
+from batch.common.advice import NO_DRIVER_FIX, advice_for, cublas_fix, pip_nvidia_lib_dirs, torch_nvidia_lib_dir
 from batch.common.errors import EnvironmentProblem
 from batch.engine.gpu.nvml import NvmlUnavailable, read_driver
 
@@ -122,22 +123,31 @@ def _probe_ctranslate2() -> dict[str, object]:
 def load_cublas() -> str | None:
     """Make CUBLAS_LIBRARY loadable by name, as CTranslate2 loads it; None when it is, else why not.
 
-    Tried by name first (the loader's path, or the copy PyTorch's CUDA build has already loaded), then from the
-    pip wheel's folder: a library loaded once by its full path is found by name afterwards (the loader matches
-    its soname), so CTranslate2 needs no LD_LIBRARY_PATH. Call it after PyTorch is imported, as a run does.
+    The copy beside PyTorch first, by its path (the one PyTorch's libraries link to, so that the process loads
+    one cuBLAS whether PyTorch is imported before or after: the ASR loads on a thread of its own while the main
+    one imports PyTorch), then by name (the loader's path), then from NVIDIA's wheel in any folder packages are
+    imported from (a `pip install --user`, PYTHONPATH). A library loaded once by its full path is found by name
+    afterwards (the loader matches its soname), so CTranslate2 needs no LD_LIBRARY_PATH.
     """
-    try:
-        ctypes.CDLL(CUBLAS_LIBRARY, mode=ctypes.RTLD_GLOBAL)
+    beside_torch = torch_nvidia_lib_dir("cublas")
+    if beside_torch is not None and _load_global(beside_torch / CUBLAS_LIBRARY) is None:
         return None
-    except OSError as exc:
-        by_name = str(exc)
+    by_name = _load_global(CUBLAS_LIBRARY)
+    if by_name is None:
+        return None
     for folder in pip_nvidia_lib_dirs("cublas"):
-        try:
-            ctypes.CDLL(str(folder / CUBLAS_LIBRARY), mode=ctypes.RTLD_GLOBAL)
+        if _load_global(folder / CUBLAS_LIBRARY) is None:
             return None
-        except OSError:
-            continue
     return by_name
+
+
+def _load_global(library: str | Path) -> str | None:
+    """Load `library` for every later user in the process (RTLD_GLOBAL); None when it loads, else why not."""
+    try:
+        ctypes.CDLL(str(library), mode=ctypes.RTLD_GLOBAL)
+    except OSError as exc:
+        return str(exc)
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------------
