@@ -257,13 +257,14 @@ class BatchSizer:
         """Hold `nbytes` (a model being put on the device) in the budget while it is put there: batches planned
         from now on leave it room, and it starts once the batches running now, planned without it, have ended.
 
-        Call it outside any batch of this thread (its own batches are not waited for)."""
+        The batches of the calling thread are not waited for: they could not end while it waits."""
         with self._lock:
             planned_without = [grant for grant in self._running if grant.thread != threading.get_ident()]
             grant = Grant("load", 1, nbytes, shared=bool(self._running))
             self._running.append(grant)
-            self._ended.wait_for(lambda: not any(other in self._running for other in planned_without))
         try:
+            with self._lock:
+                self._ended.wait_for(lambda: not any(other in self._running for other in planned_without))
             yield grant
         finally:
             self._end(grant)
