@@ -140,11 +140,46 @@ def advice_for(error: str) -> str | None:
 
 
 def pip_nvidia_lib_dirs(*names: str) -> list[Path]:
-    """The lib folders of NVIDIA's wheels that PyTorch brought (`cublas`, `cudnn`: nvidia-cublas-cu12, ...)."""
+    """The lib folders of NVIDIA's wheels that PyTorch brought (`cublas`, `cudnn`: nvidia-cublas-cu12, ...), in
+    every folder packages are imported from: first the one PyTorch is installed in (whose copy its libraries link
+    to), then the others on `sys.path` (a `pip install --user`, PYTHONPATH) and the interpreter's own."""
+    folders: list[Path] = []
+    for root in _package_folders():
+        for name in names:
+            folder = root / "nvidia" / name / "lib"
+            if folder not in folders and folder.is_dir():
+                folders.append(folder)
+    return folders
+
+
+def torch_nvidia_lib_dir(name: str) -> Path | None:
+    """The lib folder of NVIDIA's `name` wheel beside PyTorch, where PyTorch's libraries look first (their RPATH
+    is `$ORIGIN/../../nvidia/NAME/lib`); None when there is none."""
+    site = _torch_site()
+    folder = site / "nvidia" / name / "lib" if site is not None else None
+    return folder if folder is not None and folder.is_dir() else None
+
+
+def _torch_site() -> Path | None:
+    """The folder PyTorch is installed in, found without importing it."""
+    from importlib.util import find_spec
+
+    try:
+        spec = find_spec("torch")
+    except (ImportError, ValueError):
+        return None
+    return Path(spec.origin).parent.parent if spec is not None and spec.origin else None
+
+
+def _package_folders() -> list[Path]:
+    import sys
     import sysconfig
 
-    root = Path(sysconfig.get_path("purelib")) / "nvidia"
-    return [root / name / "lib" for name in names if (root / name / "lib").is_dir()]
+    site = _torch_site()
+    roots = [site] if site is not None else []
+    roots += [Path(entry) for entry in sys.path if entry]
+    roots += [Path(sysconfig.get_path(key)) for key in ("purelib", "platlib")]
+    return roots
 
 
 def short_error(exc: BaseException) -> str:

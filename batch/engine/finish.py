@@ -69,6 +69,8 @@ class Finisher:
         aligner = self._load_aligner()
         audio, segments, language = outcome.file.audio, outcome.segments, outcome.language
         assert audio is not None
+        # Loaded before the back-off: an out-of-memory while loading is not the batch's (batch.engine.gpu.placing).
+        aligner.ready(language)
         try:
             if self.config.runtime.device == "cpu":  # one segment a forward: it keeps the cores busy, bit for bit
                 outcome.segments, result = aligner.align(segments, audio, language)
@@ -111,7 +113,10 @@ class Finisher:
             from batch.engine.align.aligner import Aligner
 
             align, runtime, hub = self.config.align, self.config.runtime, self.config.hub
-            self._aligner = Aligner(runtime.device, hub.cache_dir, hub.offline, align.model, dict(align.per_language))
+            budget = None if runtime.device == "cpu" else self.sizer  # models go on the GPU under the run's budget
+            self._aligner = Aligner(
+                runtime.device, hub.cache_dir, hub.offline, align.model, dict(align.per_language), budget
+            )
         return self._aligner
 
     def _load_diarizer(self) -> Any:

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -133,6 +134,60 @@ def test_cublas_is_made_loadable_by_name_for_ctranslate2_without_ld_library_path
     env = {key: value for key, value in os.environ.items() if key != "LD_LIBRARY_PATH"}
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.strip() == "loaded", result.stderr
+
+
+def test_cublas_is_found_where_pytorch_is_when_that_is_not_the_interpreters_own_site_packages(tmp_path: Path) -> None:
+    """A `pip install --user` (or PYTHONPATH): PyTorch and NVIDIA's wheels are imported from a folder that is not
+    the interpreter's site-packages (a bare venv's here). load_cublas, before PyTorch is imported (the ASR loads
+    on its own thread while the main one imports PyTorch), loads the copy beside PyTorch, the one PyTorch's
+    libraries link to, and CTranslate2's load by name then finds it."""
+    real_cublas_error()
+    bare = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True)
+    packages = sysconfig.get_path("purelib")  # where this test's PyTorch is: off the bare venv's own paths
+    code = (
+        "import ctypes, sys, sysconfig\nfrom pathlib import Path\n"
+        "from batch.engine.gpu.device import load_cublas\n"
+        "from batch.engine.gpu.kernels import cublas_library\n"
+        "assert not (Path(sysconfig.get_path('purelib')) / 'nvidia').exists()\n"
+        "assert load_cublas() is None\n"
+        "ctypes.CDLL(cublas_library())\n"
+        "assert 'torch' not in sys.modules\n"
+        "print(next(line.split()[-1] for line in open('/proc/self/maps') if cublas_library() in line))\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    env = {key: value for key, value in os.environ.items() if key not in ("LD_LIBRARY_PATH", "PYTHONPATH")}
+    env["PYTHONPATH"] = f"{root}:{packages}"
+    result = subprocess.run([bare / "bin" / "python", "-c", code], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert Path(result.stdout.strip()).parent == Path(packages) / "nvidia" / "cublas" / "lib"
+
+
+@pytest.mark.parametrize("torch_first", [True, False])
+def test_the_process_loads_pytorchs_cublas_whether_load_cublas_runs_before_or_after_pytorchs_import(
+    tmp_path: Path, torch_first: bool
+) -> None:
+    """Another cuBLAS 12 on the loader's path (LD_LIBRARY_PATH, as a system CUDA puts one): the run loads cuBLAS
+    on the ASR's thread while the main thread imports PyTorch, and whichever comes first, the process ends up
+    with the one copy PyTorch's libraries link to (a library of that name loaded first would be theirs too)."""
+    wheel = Path(sysconfig.get_path("purelib")) / "nvidia" / "cublas" / "lib"
+    other = tmp_path / "system-cuda"
+    other.mkdir()
+    for name in ("libcublas.so.12", "libcublasLt.so.12"):
+        try:
+            os.link(wheel / name, other / name)  # the same bytes under another path, without copying 850 MB
+        except OSError as exc:
+            pytest.skip(f"cannot hard-link cuBLAS beside the test: {exc}")
+    steps = ["import torch", "assert load_cublas() is None"]
+    code = (
+        "from batch.engine.gpu.device import load_cublas\nfrom batch.engine.gpu.kernels import cublas_library\n"
+        + "\n".join(steps if torch_first else steps[::-1])
+        + "\nprint(sorted({line.split()[-1] for line in open('/proc/self/maps') if cublas_library() in line}))"
+    )
+    env = {**os.environ, "LD_LIBRARY_PATH": str(other)}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str([str(wheel / "libcublas.so.12")])
 
 
 def test_a_healthy_gpu_machine_is_ready(cli, tiny_en: str, monkeypatch: pytest.MonkeyPatch) -> None:

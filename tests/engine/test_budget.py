@@ -253,11 +253,17 @@ def test_an_out_of_memory_at_size_one_alone_fails_the_file() -> None:
     assert failure.value.record.failed and failure.value.record.oom_retries == 0
 
 
-def test_an_alignment_model_load_is_held_at_its_weights_size() -> None:
-    """What the alignment's loader holds while an XLSR model loads beside the ASR: 1.25 GiB of the 12 free."""
-    from batch.engine.gpu.needs import align_model_bytes
+def test_a_model_load_is_held_at_the_bytes_its_move_to_the_device_allocates() -> None:
+    """What the alignment's loader holds while a model goes on the device beside the ASR (batch.engine.gpu.placing):
+    its parameters' and buffers' bytes, whatever their types, here 1 GiB and a little of the 12 free. A model on
+    PyTorch's meta device: shapes and types, no memory."""
+    from batch.engine.gpu.placing import model_bytes
 
+    with torch.device("meta"):
+        model = torch.nn.Sequential(torch.nn.Linear(16384, 16384), torch.nn.BatchNorm1d(16384))
+    # Linear's weight and bias, BatchNorm's weight, bias, running mean and variance (float32), its batch count (int64)
+    assert model_bytes(model) == (16384 * 16384 + 5 * 16384) * 4 + 8
     budget = budget_of(FakeProbe(free=12 * GiB))
-    with budget.holding("alignment model", align_model_bytes(torchaudio=False)):
-        assert budget.size_for("asr") == 9  # (12 - 1.25 - 1) GiB
-    assert align_model_bytes(torchaudio=True) == 384 * MiB
+    with budget.holding("alignment model", model_bytes(model)):
+        assert budget.size_for("asr") == 9  # (12 - 1.0003 - 1) GiB
+    assert budget.size_for("asr") == 11

@@ -303,3 +303,32 @@ def test_the_vad_under_the_gpu_budget_gives_the_same_scores_and_backs_off_on_out
     scores = speech_scores(model, sample, 0.5, budget)
     assert np.array_equal(scores.data, expected.data)
     assert sizes[:3] == [32, 16, 8] and max(sizes[3:]) == 4 and budget.limit("vad") == 4
+
+
+def test_the_vads_last_window_runs_under_the_budget_and_its_back_off_like_the_others(sample):
+    """12.3 s at a 0.5 s step: 15 whole windows and a zero-padded last one. All 16 are sized by the budget, hold
+    their grant while they run and are backed off together; the scores are those of pyannote's way (the last
+    window alone, after the others)."""
+    from batch.common.units import GiB, MiB
+    from batch.engine.gpu.sizing import BatchSizer
+    from batch.engine.vad.segmentation import load_segmentation, speech_scores
+    from batch.engine.vad.speech import BUNDLED_VAD_CHECKPOINT
+    from tests.memory_fakes import FakeProbe
+
+    audio = sample[: int(12.3 * 16_000)]
+    model = load_segmentation(BUNDLED_VAD_CHECKPOINT)
+    expected = speech_scores(model, audio, 0.5)
+    budget = BatchSizer(32, {"vad": 32 * MiB}, FakeProbe(free=8 * GiB), 0, clock=lambda: 0.0, cached=lambda: 0)
+    real_forward, runs = model.net.forward, []
+
+    def forward_that_fits_4(batch: torch.Tensor) -> torch.Tensor:
+        granted = 8 * GiB - budget.plan("vad").free_bytes  # what the batch running now holds in the budget
+        runs.append((batch.shape[0], granted // (32 * MiB)))
+        if batch.shape[0] > 4:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_forward(batch)
+
+    model.net.forward = forward_that_fits_4  # type: ignore[method-assign]
+    scores = speech_scores(model, audio, 0.5, budget)
+    assert np.array_equal(scores.data, expected.data)
+    assert runs == [(16, 16), (8, 8), (4, 4), (4, 4), (4, 4), (4, 4)]  # every window granted, the last one too

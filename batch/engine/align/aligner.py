@@ -10,6 +10,10 @@ Policy when words cannot be timed (the transcript is always kept, with segment t
   machine's problem, not the file's (AlignmentModelNotLoaded): the file gets no manifest and is done later (after
   `whisperx-batch models pull`, say), several files in a row stop the run, and the failure is never remembered:
   the next file that needs the model tries to load it again.
+
+On a GPU a model loads mid-run, beside the other stages' batches: it is read onto the CPU, then put on the GPU
+under the run's memory budget (batch.engine.gpu.placing), before the alignment's own back-off starts, so that an
+out-of-memory while loading is never taken for the batch's (halving a batch frees nothing for a whole model).
 """
 
 from __future__ import annotations
@@ -18,12 +22,15 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from batch.common.errors import EnvironmentFault, FileFailure, redact
 from batch.engine.gpu.oom import is_out_of_memory
+
+if TYPE_CHECKING:
+    from batch.engine.gpu.sizing import BatchSizer
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +43,12 @@ class AlignmentUnavailable(FileFailure):
 
 class AlignmentModelNotLoaded(EnvironmentFault):
     """The language's alignment model could not be loaded: not the file's fault, and tried again for the next file."""
+
+
+NO_ROOM_FOR_THE_MODEL = (
+    " (no room on the GPU even once the batches running beside it had ended and the caches were freed: the next"
+    " file that needs it tries again; a lower --batch-size or a larger --gpu-memory-reserve leaves it room)"
+)
 
 
 @dataclass(frozen=True)
@@ -65,12 +78,15 @@ class Aligner:
         offline: bool,
         model_name: str | None = None,
         per_language: dict[str, str] | None = None,
+        budget: BatchSizer | None = None,
     ):
+        """`budget`: the run's GPU memory budget, which models are put on the device under (None on the CPU)."""
         self.model_name = model_name
         self.per_language = per_language or {}
         self.device = device
         self.cache_dir = cache_dir
         self.offline = offline
+        self.budget = budget
         self._models: dict[str, tuple[Any, dict[str, Any]]] = {}
         self.loads: list[str] = []  # models loaded, in order: each once per run, whatever the languages
 
@@ -104,34 +120,50 @@ class Aligner:
             raise AlignmentUnavailable(f"alignment with {name} failed: {redact(str(exc))}") from exc
         return tidy_segments(result["segments"]), AlignmentOutcome("aligned", model=name)
 
+    def ready(self, language: str) -> None:
+        """Load the model `language` needs, if it has one (AlignmentModelNotLoaded when it cannot be loaded)."""
+        name = self.model_for(language)
+        if name is not None:
+            self.load(language, name)
+
     def load(self, language: str, name: str) -> tuple[Any, dict[str, Any]]:
         """The model `name` (loaded once, whichever languages use it) with metadata for `language`."""
         cached = self._models.get(name)
         if cached is not None:
             model, metadata = cached
             return model, metadata | {"language": language}
-        from whisperx.alignment import load_align_model
-
         try:
-            loaded = load_align_model(
-                language, self.device, model_name=name, model_dir=self.cache_dir, model_cache_only=self.offline
-            )
+            loaded = self._read_and_place(language, name)
         except Exception as exc:
-            failure = AlignmentModelNotLoaded(
-                f"alignment model {name!r} for '{language}' could not be loaded"
-                + (
-                    " (offline and not in the cache: run `whisperx-batch models pull` where there is network)"
-                    if self.offline
-                    else ""
-                )
-                + f": {redact(_root_cause(exc))}"
-            )
-            log.error("%s", failure)
-            raise failure from exc
+            message = self._load_failure(language, name, exc)
+            log.error("%s", message)  # the text: a record holding the error would hold its frames, and the audio
+            raise AlignmentModelNotLoaded(message) from exc
         self._models[name] = loaded
         self.loads.append(name)
         log.info("alignment model for '%s' loaded: %s", language, name)
         return loaded
+
+    def _load_failure(self, language: str, name: str, exc: Exception) -> str:
+        out_of_memory = is_out_of_memory(exc)
+        where = ""
+        if self.offline and not out_of_memory:
+            where = " (offline and not in the cache: run `whisperx-batch models pull` where there is network)"
+        message = f"alignment model {name!r} for '{language}' could not be loaded{where}: {redact(_root_cause(exc))}"
+        return message + (NO_ROOM_FOR_THE_MODEL if out_of_memory and self.budget is not None else "")
+
+    def _read_and_place(self, language: str, name: str) -> tuple[Any, dict[str, Any]]:
+        """whisperx's loading; with a budget, read onto the CPU and put on the device under it."""
+        from whisperx.alignment import load_align_model
+
+        where = self.device if self.budget is None else "cpu"
+        model, metadata = load_align_model(
+            language, where, model_name=name, model_dir=self.cache_dir, model_cache_only=self.offline
+        )
+        if self.budget is not None:
+            from batch.engine.gpu.placing import put_on_device
+
+            model = put_on_device(model, self.device, self.budget, what="alignment model")
+        return model, metadata
 
 
 def is_torchaudio_model(name: str) -> bool:

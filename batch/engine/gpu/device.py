@@ -6,8 +6,9 @@ it loads `libcuda.so.1` (the driver) and cuBLAS by the name its build compiled i
 builds: `kernels.cublas_library`), and no cuDNN. A run on cuda therefore needs the driver, a CUDA device for
 PyTorch and for CTranslate2, code of CTranslate2's that the card runs with this driver (`kernels`: an H100 JITs
 its PTX, which needs a driver as new as the CUDA that wrote it), and cuBLAS where the loader finds it:
-`load_cublas` makes sure of the last, from the copy PyTorch's wheels carry when it is off the loader's path (pip
-installs it in site-packages/nvidia/cublas/lib). cuDNN is only reported (the doctor's information row).
+`load_cublas` makes sure of the last, loading first the copy PyTorch's wheels carry (nvidia/cublas/lib beside
+PyTorch, which its libraries link to), so that the process holds one cuBLAS, and finding NVIDIA's wheel in any
+folder packages are imported from. cuDNN is only reported (the doctor's information row).
 
 `probe_gpu` is the seam through which the run and the doctor see the GPU, so that tests can stand in for a GPU
 machine; `cuda_problems` says what stops CUDA here, each with its fix, and `resolve_device` decides.
@@ -23,9 +24,10 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from batch.common.advice import NO_DRIVER_FIX, advice_for, cublas_fix, pip_nvidia_lib_dirs
+from batch.common.advice import NO_DRIVER_FIX, advice_for, cublas_fix, pip_nvidia_lib_dirs, torch_nvidia_lib_dir
 from batch.common.errors import EnvironmentProblem
 from batch.engine.gpu.kernels import cannot_run, cublas_library, installed_code, kernels_fix
 from batch.engine.gpu.nvml import DriverReading, NvmlUnavailable, read_driver
@@ -129,23 +131,32 @@ def _probe_ctranslate2() -> dict[str, object]:
 def load_cublas() -> str | None:
     """Make cuBLAS loadable by the name CTranslate2 loads it by; None when it is, else why not.
 
-    Tried by name first (the loader's path, or the copy PyTorch's CUDA build has already loaded), then from the
-    pip wheel's folder: a library loaded once by its full path is found by name afterwards (the loader matches
-    its soname), so CTranslate2 needs no LD_LIBRARY_PATH. Call it after PyTorch is imported, as a run does.
+    The copy beside PyTorch first, by its path (the one PyTorch's libraries link to, so that the process loads
+    one cuBLAS whether PyTorch is imported before or after: the ASR loads on a thread of its own while the main
+    one imports PyTorch), then by name (the loader's path), then from NVIDIA's wheel in any folder packages are
+    imported from (a `pip install --user`, PYTHONPATH). A library loaded once by its full path is found by name
+    afterwards (the loader matches its soname), so CTranslate2 needs no LD_LIBRARY_PATH.
     """
     library = cublas_library()
-    try:
-        ctypes.CDLL(library, mode=ctypes.RTLD_GLOBAL)
+    beside_torch = torch_nvidia_lib_dir("cublas")
+    if beside_torch is not None and _load_global(beside_torch / library) is None:
         return None
-    except OSError as exc:
-        by_name = str(exc)
+    by_name = _load_global(library)
+    if by_name is None:
+        return None
     for folder in pip_nvidia_lib_dirs("cublas"):
-        try:
-            ctypes.CDLL(str(folder / library), mode=ctypes.RTLD_GLOBAL)
+        if _load_global(folder / library) is None:
             return None
-        except OSError:
-            continue
     return by_name
+
+
+def _load_global(library: str | Path) -> str | None:
+    """Load `library` for every later user in the process (RTLD_GLOBAL); None when it loads, else why not."""
+    try:
+        ctypes.CDLL(str(library), mode=ctypes.RTLD_GLOBAL)
+    except OSError as exc:
+        return str(exc)
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -6,8 +6,10 @@ reading as it allocates, so the budget subtracts only the part of the grants not
 never twice what a batch already holds.
 
 A thread whose batch ran out of memory at size 1 beside another stage's may ask for a turn alone: new grants of the
-other threads then wait, and it waits until theirs have ended. A thread that holds a grant never waits (a model
-load inside a batch, say), so the waits cannot deadlock.
+other threads then wait, and it waits until theirs have ended. A model load held in the budget waits, once its hold
+is counted, for the other threads' batches that were running already (planned without it), not for those granted
+after (which leave it room). A thread that holds a grant never waits for a turn, nor for its own grants; a batch
+waits for nothing while it runs, and a load only for grants made before its own; so the waits cannot deadlock.
 """
 
 from __future__ import annotations
@@ -100,6 +102,16 @@ class GrantBook:
             self.end_turn()
             raise
         return True
+
+    def others(self) -> list[Grant]:
+        """The running grants of the other threads."""
+        me = threading.get_ident()
+        return [grant for grant in self.running if grant.thread != me]
+
+    def wait_until_ended(self, grants: list[Grant]) -> None:
+        """Block until `grants` have all ended (new grants meanwhile are not waited for)."""
+        while any(grant in self.running for grant in grants):
+            self.room.wait()
 
     def add(self, grant: Grant) -> None:
         grant.shared = bool(self.running)

@@ -95,17 +95,6 @@ def seed_item_bytes(model: str, compute_type: str) -> dict[str, int]:
     }
 
 
-# An alignment model's weights on the device (float32), for a load held in the budget (BatchSizer.holding) until
-# they show: wav2vec2-base's 95 M parameters (torchaudio's models, whisperx's default for en, fr, de, es, it) and
-# XLSR-large's 317 M (most other languages; the safe guess for a Hugging Face model), rounded up.
-ALIGN_MODEL_MIB = {"base": 384, "large": 1280}
-
-
-def align_model_bytes(torchaudio: bool) -> int:
-    """What loading an alignment model adds on the device: base-sized for torchaudio's, large for the others."""
-    return ALIGN_MODEL_MIB["base" if torchaudio else "large"] * MiB
-
-
 # Stages whose memory comes from CTranslate2's own CUDA allocator (its `cub_caching` allocator, or cudaMallocAsync:
 # `CT2_CUDA_ALLOCATOR`), not PyTorch's: the blocks PyTorch holds cached are not free to them. Every other stage
 # (wav2vec2, pyannote, the VAD) allocates through PyTorch and reuses those blocks first.

@@ -190,16 +190,22 @@ class BatchSizer:
     @contextlib.contextmanager
     def holding(self, what: str, nbytes: int, alone: bool = False) -> Iterator[Grant]:
         """Hold `nbytes` in the budget while something other than a stage's batch takes GPU memory: a model being
-        loaded (its weights: needs.align_model_bytes), so that the batches planned meanwhile leave room for it. As
-        the weights reach the device the reading shows them and they are counted once; the hold ends with the
-        load. `alone` as for `granted` (a load retried after an out-of-memory)."""
+        put on the device (its exact size: batch.engine.gpu.placing), so that the batches planned meanwhile leave
+        room for it. The hold is counted at once; the body then starts once the other threads' batches running now
+        (planned without it) have ended. As the weights reach the device the reading shows them and they are
+        counted once; the hold ends with the body. `alone` as for `granted` (a load retried after an
+        out-of-memory: the other threads' batches end first, and theirs wait until the load ends)."""
+        planned_without: list[Grant] = []
 
         def load(reading: Reading | None) -> Grant:
+            planned_without.extend(self._grants.others())
             if reading is None:
                 return Grant(what, 0, nbytes)
             return Grant(what, 0, nbytes, reading.idle - self._grants.unseen(reading), reading.total)
 
         with self._held(alone, load) as grant:
+            with self._lock:
+                self._grants.wait_until_ended(planned_without)
             yield grant
 
     @contextlib.contextmanager

@@ -234,32 +234,49 @@ def speech_scores(model: Segmentation, audio: np.ndarray, step: float, sizer: Ba
     waveform = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)).unsqueeze(0)
     window, step_size = round(model.window_seconds * SAMPLE_RATE), round(step * SAMPLE_RATE)
     num_samples = waveform.shape[1]
-    num_chunks = 0
+    chunks = waveform.new_zeros((0, 1, window))  # (chunk, channel, sample)
     if num_samples >= window:
-        chunks = waveform.unfold(1, window, step_size).permute(1, 0, 2)  # (chunk, channel, sample)
-        num_chunks = chunks.shape[0]
+        chunks = waveform.unfold(1, window, step_size).permute(1, 0, 2)
+    num_chunks = chunks.shape[0]
     has_last_chunk = num_samples < window or (num_samples - window) % step_size > 0
+    last = None
+    if has_last_chunk:  # the rest of the audio, zero-padded to a window
+        rest = waveform[:, num_chunks * step_size :]
+        last = F.pad(rest, (0, window - rest.shape[1]))[None]
     outputs = []
     with torch.inference_mode():
-        if sizer is not None and num_chunks:
-            from batch.engine.gpu.oom import map_in_batches
-
-            def forward(batch: Sequence[int]) -> list[np.ndarray]:
-                return list(model.net(chunks[batch[0] : batch[-1] + 1].to(device)).cpu().numpy())
-
-            outputs.append(np.stack(map_in_batches("vad", sizer, list(range(num_chunks)), forward).outputs))
+        if sizer is not None:
+            outputs.append(_scores_under_budget(model.net, chunks, last, device, sizer))
         else:
             for start in range(0, num_chunks, BATCH_SIZE):
                 outputs.append(model.net(chunks[start : start + BATCH_SIZE].to(device)).cpu().numpy())
-        if has_last_chunk:
-            last = F.pad(waveform[:, num_chunks * step_size :], (0, window - (num_samples - num_chunks * step_size)))
-            outputs.append(model.net(last[None].to(device)).cpu().numpy())
+            if last is not None:
+                outputs.append(model.net(last.to(device)).cpu().numpy())
     scores = np.max(np.vstack(outputs), axis=-1, keepdims=True)
     windows = Frames(start=0.0, duration=model.window_seconds, step=step)
     aggregated = aggregate(scores, windows, model.net.frames())
     if has_last_chunk:  # drop the frames of the padding
         aggregated.data = aggregated.data[: aggregated.frames.frames_within(num_samples / SAMPLE_RATE)]
     return aggregated
+
+
+def _scores_under_budget(
+    net: PyanNet, chunks: torch.Tensor, last: torch.Tensor | None, device: torch.device, sizer: BatchSizer
+) -> np.ndarray:
+    """Every window's scores, the padded last one's included, in batches the budget sizes and backs off."""
+    from batch.engine.gpu.oom import map_in_batches
+
+    num_chunks = chunks.shape[0]
+
+    def forward(batch: Sequence[int]) -> list[np.ndarray]:
+        first, end = batch[0], batch[-1] + 1
+        windows = chunks[first : min(end, num_chunks)]
+        if end > num_chunks and last is not None:
+            windows = torch.cat([windows, last])
+        return list(net(windows.to(device)).cpu().numpy())
+
+    count = num_chunks + (last is not None)
+    return np.stack(map_in_batches("vad", sizer, list(range(count)), forward).outputs)
 
 
 def aggregate(scores: np.ndarray, windows: Frames, frames: Frames, epsilon: float = 1e-12) -> Scores:
