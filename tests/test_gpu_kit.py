@@ -79,6 +79,7 @@ def test_pack_holds_sources_wheels_speech_and_run_script_within_the_limit(kit: P
         "ctranslate2",
         "einops",
         "faster_whisper",
+        "nltk",
         "omegaconf",
         "pyannote_audio",
         "whisperx",
@@ -132,8 +133,8 @@ def test_install_unpacks_the_carried_wheels_without_pip(kit: Path, tmp_path: Pat
     done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert [line.split("-")[0] for line in done.stdout.splitlines() if " installed (" in line] == [
-        "antlr4_python3_runtime", "asteroid_filterbanks", "ctranslate2", "einops", "faster_whisper", "omegaconf",
-        "pyannote_audio", "whisperx"
+        "antlr4_python3_runtime", "asteroid_filterbanks", "ctranslate2", "einops", "faster_whisper", "nltk",
+        "omegaconf", "pyannote_audio", "whisperx"
     ]  # fmt: skip
     assert list(site.glob("ctranslate2/_ext.cpython-312-*.so")) and (site / "ctranslate2.libs").is_dir()
     script = "import einops, asteroid_filterbanks, sys; print(einops.__file__); print(asteroid_filterbanks.__file__)"
@@ -621,7 +622,16 @@ def test_report_tables_from_measured_steps(tmp_path: Path) -> None:
             "fresh": {"ok": True, "ready_s": 2.5},
         },
         "whisperx": {
-            "run": {"files": 9, "transcribed": 9, "audio_seconds": 300.0, "seconds": 12.5, "x_realtime": 24.0},
+            "run": {
+                "files": 9,
+                "transcribed": 9,
+                "audio_seconds": 300.0,
+                "seconds": 12.5,
+                "x_realtime": 24.0,
+                "words": 900,
+                "timed_words": 600,
+            },
+            "alignment": "wav2vec2-base-960h-shaped",
             "stats": {"asr_batches": 3, "batch_fill": 7.7},
             "gpu_busy_percent": 81.5,
             "nvml_peak_used_mib": 9100,
@@ -654,7 +664,7 @@ def test_report_tables_from_measured_steps(tmp_path: Path) -> None:
     assert "- another process's context on the card still computes: True" in text
     assert "| align | 16 | 40.0 | 400.0 | 4000.0 |" in text
     assert "| align | 256 128 | True | 128 | 1.0 | 128 | 0.0 | OutOfMemoryError: CUDA out of memory. |" in text
-    assert "| 9/9 | 300.0 | 12.5 | 24.0 | 3 | 7.7 | 81.5 | 9100 | 700 |" in text
+    assert "| 9/9 | 300.0 | 12.5 | 24.0 | 3 | 7.7 | 600/900 | 81.5 | 9100 | 700 |" in text
     assert "79000 MiB cached, 250 MiB free on the device; recovered: True, ASR sizes [4, 4], 0 out-of" in text
 
 
@@ -698,13 +708,20 @@ def test_the_whisperx_step_is_skipped_naming_what_is_not_installed(tmp_path: Pat
 
 
 #: what the lent machine lacks once the kit's wheels are installed
-LACKING_BESIDE_THE_KIT = tuple(name for name in LACKING if name not in ("whisperx", "faster_whisper", "omegaconf"))
+LACKING_BESIDE_THE_KIT = tuple(
+    name for name in LACKING if name not in ("whisperx", "faster_whisper", "omegaconf", "nltk")
+)
+#: a wav2vec2 small enough to align on these shared CPUs in seconds (the step's own is wav2vec2-base-960h's size)
+TINY_ALIGNER = {
+    "conv_dim": [32] * 7, "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+    "intermediate_size": 64, "num_conv_pos_embeddings": 16, "num_conv_pos_embedding_groups": 2,
+}  # fmt: skip
 
 
 def test_whisperx_step_runs_the_projects_pipeline_on_the_cpu_without_pyav(kit: Path, tmp_path: Path) -> None:
     """The step's whole way on the CPU, as on the lent machine: the kit's pure-Python wheels unpacked into a site
-    folder in front (whisperx without its VAD checkpoint), no PyAV, Lightning, nltk or pyannote.core; the project's
-    own loader and pipeline over the kit's recording, with a small random Whisper."""
+    folder in front (whisperx without its VAD checkpoint), no PyAV, Lightning or pyannote.core; the project's own
+    loader and pipeline over the kit's recording, with a small random Whisper and a tiny random aligner."""
     site = tmp_path / "site"
     for wheel in kit.glob("wheels/*.whl"):
         if not wheel.name.startswith("ctranslate2"):  # a cp312 build; this Python's own is used
@@ -715,9 +732,9 @@ def test_whisperx_step_runs_the_projects_pipeline_on_the_cpu_without_pyav(kit: P
 import json, pathlib
 from bench.gpu_kit import real_pipeline, whisper_ct2
 from bench.gpu_kit.steps import StepContext
-real_pipeline.RUN_SECONDS = 3.0
+real_pipeline.RUN_SECONDS, real_pipeline.FILE_SECONDS, real_pipeline.BATCH_SIZE = 3.0, (6.0, 10.0), 2
 context = StepContext(pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), 120)
-result = real_pipeline.whisperx_run(context, "cpu", whisper_ct2.SMOKE)
+result = real_pipeline.whisperx_run(context, "cpu", whisper_ct2.SMOKE, align_shape=json.loads(sys.argv[3]))
 import whisperx
 print(json.dumps({**result, "whisperx": whisperx.__file__, "av": repr(sys.modules["av"])}, default=str))
 """
@@ -725,7 +742,10 @@ print(json.dumps({**result, "whisperx": whisperx.__file__, "av": repr(sys.module
     env = {**os.environ, "PYTHONPATH": f"{site}:{REPO}", "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1"}
     env["GPU_KIT_TMP"] = str(tmp_path)
     done = subprocess.run(
-        [sys.executable, "-c", script, str(tmp_path), str(kit)], env=env, capture_output=True, text=True
+        [sys.executable, "-c", script, str(tmp_path), str(kit), json.dumps(TINY_ALIGNER)],
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.splitlines()[-1])
@@ -733,8 +753,10 @@ print(json.dumps({**result, "whisperx": whisperx.__file__, "av": repr(sys.module
     assert result["vad_checkpoint"] == "random (the kit's)" and result["recording"].startswith("speech.wav")
     run = result["run"]
     assert run["files"] >= 1 and run["transcribed"] == run["files"] and not run["errors"]
-    assert run["segments"] >= 1 and run["stage_seconds"]["asr"] > 0
+    assert run["segments"] >= 1 and run["stage_seconds"]["asr"] > 0 and run["stage_seconds"]["align"] > 0
+    assert run["alignment"].get("aligned", 0) >= 1 and run["timed_words"] > 0
     assert result["stats"]["asr_batches"] >= 1 and result["stats"]["batch_fill"] > 0
-    assert result["sizer"] == {"vad": 32, "asr": real_pipeline.BATCH_SIZE}
+    assert result["stats"]["alignment_models_loaded"] == [str(tmp_path / "wav2vec2-base-random")]
+    assert result["sizer"] == {"vad": 32, "asr": 2}
     assert result["tokens_per_window"] == {"model": 448, "kit": real_pipeline.WINDOW_TOKENS}
     assert result["cache_contest"] == {"skipped": "needs CUDA"} and result["gpu_busy_percent"] is None

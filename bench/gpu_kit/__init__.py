@@ -5,8 +5,8 @@ typer and tqdm; it lacks CTranslate2, faster-whisper, whisperx, pyannote, PyAV, 
 
 - `python -m bench.gpu_kit pack DIR` (here, with PyPI at hand) writes into DIR the project's `batch` and `bench`
   sources, the cp312 manylinux wheels of what the machine lacks and the steps need (`pack.WHEELS`: CTranslate2,
-  asteroid-filterbanks, einops, pyannote.audio, faster-whisper, whisperx without its VAD weights, omegaconf and
-  antlr4, installed without dependencies), a short recording made with
+  asteroid-filterbanks, einops, pyannote.audio, faster-whisper, whisperx without its VAD weights, omegaconf,
+  antlr4 and nltk, installed without dependencies), a short recording made with
   espeak-ng, and `run.sh`. No weights: every model is built on the machine at full size with random weights
   (`models`). Packing fails, saying so, when DIR would pass `pack.LIMIT_BYTES` (60 MiB).
 - `bash DIR/run.sh OUTDIR` (there) unpacks the wheels into a temporary folder (`install`: no pip needed), points

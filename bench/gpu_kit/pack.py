@@ -5,14 +5,15 @@ was packed) and run.sh (rendered from run.sh.in with the steps' time limits).
 
 For the `whisperx` step (the project's own pipeline): faster-whisper (PyAV, which it imports, stays behind: a
 stand-in takes its place, `pipeline_parts`), whisperx without its 17 MB VAD checkpoint (`TRIMMED`: the step writes a
-random one where the project's loader looks), and omegaconf with its antlr4 runtime (the project's VAD loader
-allows omegaconf's classes in a checkpoint): about 1.6 MiB in all.
+random one where the project's loader looks), omegaconf with its antlr4 runtime (the project's VAD loader
+allows omegaconf's classes in a checkpoint), and nltk (whisperx's alignment and the project's sentence splitting
+import it): about 3.2 MiB in all.
 
-Not carried: PyAV (32 MB unpacked: nothing on the kit's path decodes a file), whisperx's VAD weights, nltk and its
-punkt data, pyannote.core and pyannote's other dependencies (Lightning and the rest: the kit imports only
-pyannote's ResNet module; alignment and diarization in the `whisperx` step would need them and their models from
-the Hub, so they are off there), CUDA 12's cuBLAS (about 600 MB: the `ct2` step says what CTranslate2 does
-without it).
+Not carried: PyAV (32 MB unpacked: nothing on the kit's path decodes a file), whisperx's VAD weights, nltk's punkt
+data (the project's `ensure_punkt` writes an untrained Punkt without it), pyannote.core and pyannote's other
+dependencies (Lightning and the rest: the kit imports only pyannote's ResNet module; diarization in the `whisperx`
+step would need them, so it is off there), CUDA 12's cuBLAS (about 600 MB: the `ct2` step says what CTranslate2
+does without it).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ WHEELS: tuple[tuple[str, str], ...] = (
     ("whisperx", "3.8.6"),
     ("omegaconf", "2.4.0"),
     ("antlr4-python3-runtime", "4.13.2"),
+    ("nltk", "3.10.4"),
 )
 #: wheel name prefix -> members left out of the carried copy (what the steps make on the machine instead)
 TRIMMED: dict[str, tuple[str, ...]] = {"whisperx-": ("whisperx/assets/pytorch_model.bin",)}

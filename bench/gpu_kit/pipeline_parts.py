@@ -9,8 +9,8 @@ makes there in place of what is not carried:
 - `write_faster_whisper_files`: faster-whisper loads a CTranslate2 folder with a `tokenizer.json` (else it
   downloads one) and a `preprocessor_config.json` (large-v3's 128 mel bins). The tokenizer is a word-level one
   over the random model's stand-in vocabulary (`whisper_ct2.stand_in_tokenizer`), its special tokens at their
-  real ids: what it decodes is not text, but faster-whisper's prompt and the recogniser's decoding run as on a
-  real model.
+  real ids and every other token a distinct word of letters (`letters`): what it decodes is not text, but
+  faster-whisper's prompt, the recogniser's decoding and the alignment of its words run as on a real model.
 - `write_vad_checkpoint`: whisperx's wheel is carried without its 17 MB VAD checkpoint (`pack.TRIMMED`); the
   project's loader (`batch.engine.vad.segmentation.load_segmentation`) reads, in its place, a PyanNet of
   whisperx's shape with seeded random weights in pyannote's checkpoint format, its classifier biased to hear
@@ -40,13 +40,18 @@ PIECES = (
     ("tokenizers", "tokenizers"),
     ("asteroid_filterbanks", "asteroid-filterbanks"),
 )
+#: what alignment adds (whisperx.alignment and the project's sentence splitting import nltk): without it the step
+#: runs with alignment off, saying so
+ALIGN_PIECES = (("nltk", "nltk"),)
 SPEECH_BIAS = 4.0  # the random VAD's classifier bias: sigmoid(4) = 0.98, speech everywhere
 
 
-def missing_pieces(find: Callable[[str], Any] = importlib.util.find_spec) -> list[str]:
-    """The wheels whose modules cannot be found here."""
+def missing_pieces(
+    find: Callable[[str], Any] = importlib.util.find_spec, pieces: tuple[tuple[str, str], ...] = PIECES
+) -> list[str]:
+    """The wheels of `pieces` whose modules cannot be found here."""
     missing = []
-    for module, wheel in PIECES:
+    for module, wheel in pieces:
         try:
             found = find(module)
         except (ImportError, ValueError):
@@ -82,7 +87,10 @@ def write_faster_whisper_files(folder: Path, vocab_size: int, mel_bins: int) -> 
 
     from bench.gpu_kit.whisper_ct2 import TIMESTAMPS, stand_in_tokenizer
 
-    vocabulary = dict(stand_in_tokenizer(vocab_size).get_vocab())
+    vocabulary = {
+        name if name.startswith("<|") else letters(index): index
+        for name, index in stand_in_tokenizer(vocab_size).get_vocab().items()
+    }
     first_timestamp = vocab_size - TIMESTAMPS
     vocabulary.update({f"<|{i * 0.02:.2f}|>": first_timestamp + i for i in range(TIMESTAMPS)})
     tokenizer = Tokenizer(models.WordLevel(vocabulary, unk_token="<|endoftext|>"))
@@ -91,6 +99,33 @@ def write_faster_whisper_files(folder: Path, vocab_size: int, mel_bins: int) -> 
     tokenizer.save(str(folder / "tokenizer.json"))
     preprocessor = {"feature_size": mel_bins, "hop_length": 160, "chunk_length": 30, "n_fft": 400}
     (folder / "preprocessor_config.json").write_text(json.dumps(preprocessor) + "\n")
+
+
+def letters(index: int) -> str:
+    """`index` in bijective base 26 over a-z (0 -> a, 26 -> aa): a distinct word of letters per token, so that
+    what the random Whisper reads is words an alignment model's dictionary holds (1 to 4 letters)."""
+    word = ""
+    index += 1
+    while index:
+        index, remainder = divmod(index - 1, 26)
+        word = chr(ord("a") + remainder) + word
+    return word
+
+
+def write_align_model(folder: Path, sizes: dict[str, Any] | None = None) -> None:
+    """A seeded random Wav2Vec2ForCTC at wav2vec2-base-960h's shape (`bench.models`), `sizes` changing its config,
+    with its processor: a folder whisperx's `load_align_model` loads offline."""
+    import torch
+    from transformers import Wav2Vec2ForCTC
+
+    from bench.models import ALIGN_BASE, SEED, align_config, write_align_processor
+
+    config = align_config(ALIGN_BASE)
+    config.update(sizes or {})
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(SEED)
+    Wav2Vec2ForCTC(config).eval().save_pretrained(str(folder), safe_serialization=True)
+    write_align_processor(folder)
 
 
 # --- the VAD checkpoint ---------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Step `whisperx`: the project's own `WhisperxPipeline` (batch.engine.whisperx_pipeline), loaded by its own loader
 (`load_models`: faster-whisper's WhisperModel over the random large-v3-shaped CTranslate2 model the `asr` step
 built, the project's pyannote VAD, one `BatchSizer` reading NVML), run on the GPU with its three threads (VAD
-ahead, ASR batches on the caller's, finishing: here the segments only) on files cut from the kit's recording,
+ahead, ASR batches on the caller's, finishing: alignment, with a random wav2vec2-base-960h-shaped model loaded
+through whisperx's `load_align_model` from a local folder) on files cut from the kit's recording,
 fed as decoded arrays (`pipeline_parts`: PyAV is the seam) for `RUN_SECONDS`. The one thing set on a library's
 object: faster-whisper's `max_length`, to `WINDOW_TOKENS` (a random Whisper reads every window to its limit).
 
@@ -13,9 +14,12 @@ allocator) cannot, and the budget (batch.engine.gpu.sizing: a CTranslate2 stage'
 when it stands in the way) or else the out-of-memory back-off must get the batch through. Whether it did, at
 what size, with how many retries, and what torch still held after, are recorded.
 
-Alignment and diarization are off: their models load from the Hub (wav2vec2 fine-tunes, pyannote's pipeline),
-with nltk's punkt data and pyannote.core beside, which the kit does not carry. The VAD finds speech everywhere
-(`pipeline_parts.write_vad_checkpoint`), so the ASR's share is that of busy speech.
+Diarization is off: pyannote's pipeline needs pyannote.core, Lightning's stack and more, which the kit does not
+carry. Sentence splitting for alignment uses an untrained Punkt (nltk is carried, its punkt data is not: the
+project's `ensure_punkt` writes empty parameters then). The VAD finds speech everywhere
+(`pipeline_parts.write_vad_checkpoint`), so the ASR's share is that of busy speech; a random Whisper's readings
+often hold more letters than a short chunk has frames, and those segments keep their times unaligned
+(`timed_words` counts the words that got times).
 """
 
 from __future__ import annotations
@@ -103,7 +107,7 @@ class Sampler:
             self._thread.join()
 
 
-def pipeline_config(model: Path, device: str) -> Any:
+def pipeline_config(model: Path, align_model: Path | None, device: str, cache: Path) -> Any:
     from batch.engine.asr.decoding import DecodingOptions
     from batch.engine.config import AlignConfig, AsrConfig, DiarizeConfig, HubConfig, PipelineConfig, RuntimeOptions
     from batch.engine.vad.speech import VadOptions
@@ -112,9 +116,9 @@ def pipeline_config(model: Path, device: str) -> Any:
     return PipelineConfig(
         asr=AsrConfig(model=str(model), language="en", decoding=DecodingOptions()),
         vad=VadOptions(),
-        align=AlignConfig(enabled=False),
+        align=AlignConfig(enabled=align_model is not None, model=None if align_model is None else str(align_model)),
         diarize=DiarizeConfig(enabled=False),
-        hub=HubConfig(offline=True),
+        hub=HubConfig(cache_dir=str(cache), offline=True),  # nltk's punkt data is written there
         runtime=RuntimeOptions(device=device, compute_type=compute_type, threads=4, batch_size=BATCH_SIZE),
     )
 
@@ -128,7 +132,15 @@ def run_files(pipeline: Any, seconds: float, audio: Any) -> dict[str, Any]:
     def out_of_time() -> bool:
         return time.monotonic() - started > seconds
 
-    done: dict[str, Any] = {"files": 0, "transcribed": 0, "audio_seconds": 0.0, "segments": 0, "words": 0}
+    done: dict[str, Any] = {
+        "files": 0,
+        "transcribed": 0,
+        "audio_seconds": 0.0,
+        "segments": 0,
+        "words": 0,
+        "timed_words": 0,
+    }
+    alignment: dict[str, int] = {}
     errors: list[str] = []
     stages: dict[str, float] = {}
     records: list[dict[str, Any]] = []
@@ -138,12 +150,15 @@ def run_files(pipeline: Any, seconds: float, audio: Any) -> dict[str, Any]:
         done["audio_seconds"] += outcome.file.audio.shape[-1] / SAMPLE_RATE
         done["segments"] += len(outcome.segments)
         done["words"] += sum(len(segment["text"].split()) for segment in outcome.segments)
+        done["timed_words"] += sum("start" in word for segment in outcome.segments for word in segment.get("words", []))
+        status = (outcome.alignment or {}).get("status", "off")
+        alignment[status] = alignment.get(status, 0) + 1
         if outcome.error is not None and len(errors) < 3:
             errors.append(f"{outcome.key}: {error_text(outcome.error)[:300]}")
         for stage, spent in outcome.file.stopwatch.timings.items():
             stages[stage] = round(stages.get(stage, 0.0) + spent, 2)
         records += [{"stage": stage, **record_dict(record)} for stage, record in outcome.gpu.items() if record]
-    done.update(seconds=round(time.monotonic() - started, 2), errors=errors, stage_seconds=stages)
+    done.update(seconds=round(time.monotonic() - started, 2), errors=errors, stage_seconds=stages, alignment=alignment)
     done["audio_seconds"] = round(done["audio_seconds"], 1)
     done["x_realtime"] = round(done["audio_seconds"] / done["seconds"], 1) if done["seconds"] else None
     done["gpu_records"] = records[-6:]
@@ -246,12 +261,15 @@ def contest_files(pipeline: Any, audio: Any) -> dict[str, Any]:
     return run
 
 
-def whisperx_figures(context: StepContext, device: str, model: Path, audio: Any, source: str) -> dict[str, Any]:
-    """The pipeline loaded and run on `device` over `audio`; on CUDA, then the cache contest."""
+def whisperx_figures(
+    context: StepContext, device: str, models: tuple[Path, Path | None], audio: Any, source: str
+) -> dict[str, Any]:
+    """The pipeline loaded with `models` (Whisper, alignment or None) and run on `device` over `audio`; on CUDA,
+    then the cache contest."""
     from batch.engine.whisperx_pipeline import WhisperxPipeline
 
     result: dict[str, Any] = {"recording": source, "device": device, "batch_size": BATCH_SIZE}
-    pipeline = WhisperxPipeline(pipeline_config(model, device))
+    pipeline = WhisperxPipeline(pipeline_config(*models, device=device, cache=models[0].parent))
     started = time.monotonic()
     pipeline.load()
     result["load_seconds"] = round(time.monotonic() - started, 1)
@@ -282,12 +300,20 @@ def whisperx_figures(context: StepContext, device: str, model: Path, audio: Any,
     return result
 
 
-def prepare_model(context: StepContext, shape: dict[str, int]) -> tuple[Path, dict[str, Any]]:
+def prepare_models(
+    context: StepContext, shape: dict[str, int], align_shape: dict[str, Any] | None = None
+) -> tuple[tuple[Path, Path | None], dict[str, Any]]:
     """A random Whisper of `shape` (large-v3's: the asr step's, built here when it is not) with faster-whisper's
-    files beside it, and the random VAD checkpoint where the project's loader looks when whisperx's wheel came
-    without one."""
+    files beside it, a random wav2vec2-base-960h-shaped alignment model (None, with the reason, without nltk), and
+    the random VAD checkpoint where the project's loader looks when whisperx's wheel came without one."""
     from bench.gpu_kit.asr import load_large
-    from bench.gpu_kit.pipeline_parts import write_faster_whisper_files, write_vad_checkpoint
+    from bench.gpu_kit.pipeline_parts import (
+        ALIGN_PIECES,
+        missing_pieces,
+        write_align_model,
+        write_faster_whisper_files,
+        write_vad_checkpoint,
+    )
     from bench.gpu_kit.whisper_ct2 import LARGE_V3, build
 
     figures: dict[str, Any] = {}
@@ -305,7 +331,15 @@ def prepare_model(context: StepContext, shape: dict[str, int]) -> tuple[Path, di
     figures["vad_checkpoint"] = "whisperx's" if BUNDLED_VAD_CHECKPOINT.exists() else "random (the kit's)"
     if not BUNDLED_VAD_CHECKPOINT.exists():
         write_vad_checkpoint(BUNDLED_VAD_CHECKPOINT)
-    return folder, figures
+    missing = missing_pieces(pieces=ALIGN_PIECES)
+    if missing:
+        figures["alignment"] = f"off: not installed: {', '.join(missing)}"
+        return (folder, None), figures
+    aligner = temporary / "wav2vec2-base-random"
+    if not (aligner / "model.safetensors").exists():
+        write_align_model(aligner, align_shape)
+    figures["alignment"] = "wav2vec2-base-960h-shaped" if align_shape is None else f"wav2vec2 of {align_shape}"
+    return (folder, aligner), figures
 
 
 def whisperx_run(
@@ -313,9 +347,11 @@ def whisperx_run(
     device: str,
     shape: dict[str, int] | None = None,
     find: Callable[[str], Any] | None = None,
+    align_shape: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The step on `device` with a Whisper of `shape` (default large-v3's; the tests run it on the CPU, smaller);
-    skipped, saying why, when a piece is not installed or CTranslate2 cannot run on CUDA here."""
+    """The step on `device` with a Whisper of `shape` (default large-v3's) and a wav2vec2-base-960h aligner
+    (`align_shape` changes its sizes; the tests run both smaller on the CPU); skipped, saying why, when a piece is
+    not installed or CTranslate2 cannot run on CUDA here."""
     from bench.gpu_kit.asr import unusable_reason
     from bench.gpu_kit.busy import read_recording
     from bench.gpu_kit.pipeline_parts import install_av_stand_in, missing_pieces
@@ -328,9 +364,9 @@ def whisperx_run(
     if reason is not None:
         return {"skipped": reason}
     stand_in = install_av_stand_in()
-    folder, built = prepare_model(context, shape or LARGE_V3)
+    models, built = prepare_models(context, shape or LARGE_V3, align_shape)
     audio, source = read_recording(context.kit)
-    result = whisperx_figures(context, device, folder, audio, source)
+    result = whisperx_figures(context, device, models, audio, source)
     return {"pyav": "stand-in" if stand_in else "installed", **built, **result}
 
 

@@ -180,9 +180,20 @@ def whisperx_lines(result: dict[str, Any]) -> list[str]:
     if not isinstance(run, dict):
         return []
     stats = result.get("stats") or {}
-    lines = ["", "## The project's WhisperxPipeline (3 threads, one BatchSizer)", ""]
+    lines = ["", "## The project's WhisperxPipeline (its 3 threads, one BatchSizer)", ""]
     lines += table(
-        ["files", "audio s", "s", "x realtime", "ASR batches", "fill", "GPU busy %", "NVML peak MiB", "torch peak MiB"],
+        [
+            "files",
+            "audio s",
+            "s",
+            "x realtime",
+            "ASR batches",
+            "fill",
+            "words timed",
+            "GPU busy %",
+            "NVML peak MiB",
+            "torch peak MiB",
+        ],
         [
             [
                 f"{run.get('transcribed')}/{run.get('files')}",
@@ -191,12 +202,14 @@ def whisperx_lines(result: dict[str, Any]) -> list[str]:
                 run.get("x_realtime"),
                 stats.get("asr_batches"),
                 stats.get("batch_fill"),
+                f"{run.get('timed_words')}/{run.get('words')}",
                 result.get("gpu_busy_percent"),
                 result.get("nvml_peak_used_mib"),
                 result.get("torch_peak_reserved_mib"),
             ]
         ],
     )
+    lines.append(f"- stage seconds: {run.get('stage_seconds')}; alignment: {result.get('alignment')}")
     if run.get("errors"):
         lines.append(f"- errors: {_cell('; '.join(run['errors']))}")
     contest = result.get("cache_contest") or {}
