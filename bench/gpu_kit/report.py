@@ -174,6 +174,61 @@ def sticky_lines(sticky: dict[str, Any]) -> list[str]:
     return lines
 
 
+def whisperx_lines(result: dict[str, Any]) -> list[str]:
+    """The project's own pipeline: what it did, how busy the GPU was, its peak memory, and the cache contest."""
+    run = result.get("run")
+    if not isinstance(run, dict):
+        return []
+    stats = result.get("stats") or {}
+    lines = ["", "## The project's WhisperxPipeline (its 3 threads, one BatchSizer)", ""]
+    lines += table(
+        [
+            "files",
+            "audio s",
+            "s",
+            "x realtime",
+            "ASR batches",
+            "fill",
+            "words timed",
+            "GPU busy %",
+            "NVML peak MiB",
+            "torch peak MiB",
+        ],
+        [
+            [
+                f"{run.get('transcribed')}/{run.get('files')}",
+                run.get("audio_seconds"),
+                run.get("seconds"),
+                run.get("x_realtime"),
+                stats.get("asr_batches"),
+                stats.get("batch_fill"),
+                f"{run.get('timed_words')}/{run.get('words')}",
+                result.get("gpu_busy_percent"),
+                result.get("nvml_peak_used_mib"),
+                result.get("torch_peak_reserved_mib"),
+            ]
+        ],
+    )
+    lines.append(f"- stage seconds: {run.get('stage_seconds')}; alignment: {result.get('alignment')}")
+    if run.get("errors"):
+        lines.append(f"- errors: {_cell('; '.join(run['errors']))}")
+    contest = result.get("cache_contest") or {}
+    if contest.get("skipped") or contest.get("error"):
+        lines.append(f"- torch's cache against CTranslate2: {contest.get('skipped') or contest.get('error')}")
+    elif contest:
+        before, after = contest.get("before") or {}, contest.get("after") or {}
+        lines.append(
+            f"- torch's cache against CTranslate2: {before.get('torch_cached_mib')} MiB cached, "
+            f"{before.get('device_free_mib')} MiB free on the device; recovered: {contest.get('recovered')}, "
+            f"ASR sizes {contest.get('asr_sizes_used')}, {contest.get('asr_oom_retries')} out-of-memory retries; "
+            f"after: {after.get('torch_cached_mib')} MiB cached, {after.get('device_free_mib')} MiB free"
+        )
+        errors = (contest.get("run") or {}).get("errors")
+        if errors:
+            lines.append(f"- errors: {_cell('; '.join(errors))}")
+    return lines
+
+
 def markdown(data: dict[str, Any]) -> str:
     gpu = data["gpu"] or "no GPU"
     lines = [f"# GPU kit: {gpu}", ""]
@@ -218,6 +273,7 @@ def markdown(data: dict[str, Any]) -> str:
         lines += table(
             ["stage", "s", "busy %"], [[k, v["seconds"], v["gpu_busy_percent"]] for k, v in pipeline["stages"].items()]
         )
+    lines += whisperx_lines(result_of(data, "whisperx"))
     return "\n".join(lines) + "\n"
 
 

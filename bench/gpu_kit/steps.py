@@ -42,22 +42,29 @@ STEPS: dict[str, Step] = {
     for step in (
         Step("cuda", "bench.gpu_kit.probes:cuda_step", 20, False, "CUDA as torch sees it"),
         Step("ct2", "bench.gpu_kit.asr:ct2_step", 100, True, "CTranslate2 on CUDA, its JIT warmed once"),
-        Step("device", "bench.gpu_kit.probes:device_step", 15, False, "device selection on a pip-style install"),
-        Step("memory", "bench.gpu_kit.probes:memory_step", 15, True, "NVML free memory vs torch.cuda.mem_get_info"),
-        Step("oom", "bench.gpu_kit.oom_step:oom_step", 40, True, "a real out-of-memory and the back-off, per stage"),
-        Step("vad", "bench.gpu_kit.stage_steps:vad_step", 25, True, "VAD (PyanNet, 5 s windows)"),
+        Step("device", "bench.gpu_kit.probes:device_step", 10, False, "device selection on a pip-style install"),
+        Step("memory", "bench.gpu_kit.probes:memory_step", 10, True, "NVML free memory vs torch.cuda.mem_get_info"),
+        Step("oom", "bench.gpu_kit.oom_step:oom_step", 35, True, "a real out-of-memory and the back-off, per stage"),
+        Step("vad", "bench.gpu_kit.stage_steps:vad_step", 20, True, "VAD (PyanNet, 5 s windows)"),
         Step("align", "bench.gpu_kit.stage_steps:align_step", 30, True, "alignment, English (wav2vec2-base)"),
         Step(
             "align_large",
             "bench.gpu_kit.stage_steps:align_large_step",
-            35,
+            30,
             True,
             "alignment, most other languages (wav2vec2-large-xlsr-53)",
         ),
-        Step("embed", "bench.gpu_kit.stage_steps:embed_step", 25, True, "speaker embeddings (WeSpeaker ResNet34)"),
-        Step("asr", "bench.gpu_kit.asr:asr_step", 95, True, "ASR (large-v3-shaped random Whisper, CTranslate2)"),
-        Step("pipeline", "bench.gpu_kit.busy:pipeline_step", 35, True, "GPU busy share over the stages on speech"),
-        Step("sticky", "bench.gpu_kit.sticky:sticky_step", 20, True, "a sticky CUDA error in one process, and after"),
+        Step("embed", "bench.gpu_kit.stage_steps:embed_step", 20, True, "speaker embeddings (WeSpeaker ResNet34)"),
+        Step("asr", "bench.gpu_kit.asr:asr_step", 85, True, "ASR (large-v3-shaped random Whisper, CTranslate2)"),
+        Step("pipeline", "bench.gpu_kit.busy:pipeline_step", 20, True, "GPU busy share over the stages on speech"),
+        Step(
+            "whisperx",
+            "bench.gpu_kit.real_pipeline:whisperx_step",
+            60,
+            True,
+            "the project's WhisperxPipeline on speech, and torch's cache against CTranslate2",
+        ),
+        Step("sticky", "bench.gpu_kit.sticky:sticky_step", 15, True, "a sticky CUDA error in one process, and after"),
     )
 }
 
