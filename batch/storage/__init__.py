@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from batch.common.errors import ConfigError
-from batch.storage.base import ConditionalWritesUnsupported, InputFile, ListingCounts, Store, is_s3_url
+from batch.storage.base import ConditionalWritesUnsupported, InputChanged, InputFile, ListingCounts, Store, is_s3_url
 
 
 def open_store(
@@ -132,6 +132,7 @@ def _same_place(source_url: str, dest_url: str) -> bool:
 
 __all__ = [
     "ConditionalWritesUnsupported",
+    "InputChanged",
     "InputFile",
     "ListingCounts",
     "Store",

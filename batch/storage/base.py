@@ -8,6 +8,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO, Protocol, runtime_checkable
 
+from batch.common.errors import EnvironmentFault
+
 S3_SCHEME = "s3://"
 
 
@@ -66,6 +68,11 @@ class Store(Protocol):
     def read_with_version(self, name: str) -> tuple[bytes, str] | None: ...
     def replace_if_version(self, name: str, data: bytes, version: str) -> str | None: ...
     def delete_if_version(self, name: str, version: str) -> bool: ...
+
+
+class InputChanged(EnvironmentFault):
+    """The input was replaced or rewritten between its listing and its reading (or while it was read): this run
+    does not record it under the version listed; the new version is done by the next run, or after its own event."""
 
 
 class ConditionalWritesUnsupported(Exception):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import logging
 import os
 import tempfile
@@ -16,7 +17,7 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 from batch.common.errors import EnvironmentProblem
-from batch.storage.base import ConditionalWritesUnsupported, InputFile, ListingCounts
+from batch.storage.base import ConditionalWritesUnsupported, InputChanged, InputFile, ListingCounts
 from batch.storage.names import NAME_MAX_BYTES, is_selected, name_bytes, safe_relative
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,10 @@ class LocalStore:
                 yield relative.as_posix()
 
     def open(self, key: str, size: int | None = None, version: str | None = None) -> BinaryIO:
-        return self.path(key).open("rb")
+        """The file; with `version` (its mtime as listed), only while it is that version (InputChanged otherwise)."""
+        if version is None:
+            return self.path(key).open("rb")
+        return ListedVersion(self.path(key), version)
 
     def address(self, key: str) -> str:
         """Where the file is: its path."""
@@ -233,6 +237,33 @@ class LocalStore:
             return False
         self.delete(name)
         return True
+
+
+class ListedVersion(io.BufferedReader):
+    """A file read as the version its listing saw: one replaced since (renamed over, rewritten) is refused when
+    opened, and one rewritten while it was read is refused when closed, so that its bytes are never recorded under
+    the version listed. Its descriptor is what the decoder's process reads."""
+
+    def __init__(self, path: Path, version: str):
+        super().__init__(io.FileIO(path, "rb"))
+        self._version, self._path = version, path
+        try:
+            self._check("was replaced after it was listed")
+        except InputChanged:
+            super().close()
+            raise
+
+    def _check(self, what: str) -> None:
+        if str(os.fstat(self.fileno()).st_mtime_ns) != self._version:
+            raise InputChanged(f"{self._path} {what}; its new version is done by the next run")
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        try:
+            self._check("changed while it was read")
+        finally:
+            super().close()
 
 
 def _kind(entry: os.DirEntry[str], real_root: Path) -> str | None:

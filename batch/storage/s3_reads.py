@@ -10,6 +10,7 @@ from typing import Any, BinaryIO
 from botocore.exceptions import BotoCoreError, ClientError
 
 from batch.common.errors import DEST_UNUSABLE_ERRNOS, GONE_ERROR_CODES, EnvironmentFault, FileFailure, redact
+from batch.storage.base import InputChanged
 
 UNSUPPORTED = ("NotImplemented", "501")
 
@@ -29,7 +30,7 @@ class ObjectGone(FileFailure):
     """The object is not there (deleted since it was listed or announced): the file's own fault."""
 
 
-class ObjectChanged(EnvironmentFault):
+class ObjectChanged(InputChanged):
     """The object was replaced between its listing (or its queue message's HEAD) and its download: this run does
     not record it; the new version is done by the next run, or after its own event."""
 

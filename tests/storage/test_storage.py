@@ -490,3 +490,34 @@ def test_a_name_at_name_max_is_written_though_its_temporary_would_be_longer(tmp_
     assert dest.read_bytes(name) == b"whole"
     assert dest.create_exclusive("c/" + name, b"claim") is not None
     assert os.listdir(tmp_path / "c") == [name]  # no temporary left behind
+
+
+def test_a_file_replaced_after_its_listing_or_rewritten_while_read_is_not_read_as_the_version_listed(
+    tmp_path: Path,
+) -> None:
+    """The folder's version is the mtime its listing saw: a file renamed over since then is refused when opened,
+    one rewritten in place while it is read is refused when it is closed (its bytes may be half old, half new);
+    neither is the file's fault, so no failed manifest: the next run does the new version."""
+    from batch.common.errors import is_file_problem
+    from batch.storage import InputChanged
+
+    source = LocalStore(tmp_path)
+    (tmp_path / "a.wav").write_bytes(b"old")
+    listed = next(source.list())
+    replacement = tmp_path / ".a.wav.new"
+    replacement.write_bytes(b"new")
+    os.utime(replacement, ns=(int(listed.version) + 10**9, int(listed.version) + 10**9))
+    os.replace(replacement, tmp_path / "a.wav")
+    with pytest.raises(InputChanged, match="replaced after it was listed"):
+        source.open(listed.key, listed.size, listed.version)
+    assert not is_file_problem(InputChanged("x"))
+
+    current = next(source.list())
+    with source.open(current.key, current.size, current.version) as stream:
+        assert stream.read() == b"new"  # the version listed reads, and closes cleanly
+    stream = source.open(current.key, current.size, current.version)
+    (tmp_path / "a.wav").write_bytes(b"rewritten in place")
+    os.utime(tmp_path / "a.wav", ns=(int(current.version) + 10**9, int(current.version) + 10**9))
+    with pytest.raises(InputChanged, match="changed while it was read"):
+        stream.close()
+    assert stream.closed
