@@ -394,3 +394,56 @@ def test_a_stopped_worker_leaves_no_claim_though_a_renewal_hangs(
     finally:
         proxy.release.set()
         proxy.shutdown()
+
+
+class LoseFirstAnswer(StripConditions):
+    """In front of moto's server: the first PUT carrying `header` reaches moto and is written, but its answer is
+    lost (the connection closed without one), as on a network that drops a response; botocore then retries it."""
+
+    def __init__(self, upstream: str, header: str):
+        super().__init__(upstream)
+        self.RequestHandlerClass = LoseFirstAnswerHandler
+        self.header = header
+        self.lost: list[str] = []
+
+
+class LoseFirstAnswerHandler(StripHandler):
+    stripped = ()
+
+    def _forward(self) -> None:
+        answer = self._relay()
+        if self.command == "PUT" and self.server.header in self.headers and not self.server.lost:
+            self.server.lost.append(self.path)
+            self.close_connection = True
+            return
+        self._answer(*answer)
+
+    do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _forward
+
+
+@pytest.mark.parametrize("header", ["If-None-Match", "If-Match"], ids=["claim", "renewal"])
+def test_a_claim_write_whose_answer_was_lost_is_still_this_workers(bucket: str, moto_url: str, header: str) -> None:  # noqa: F811
+    """A claim's create (or renewal) lands, its answer is lost, botocore's retry finds its own condition failed
+    (412): the worker still holds the claim, learns its version, and gives it back at the end, never leaving a
+    claim of its own behind to block the other workers for its TTL."""
+    from batch.run.work.claims import Claims
+    from batch.storage import open_store
+    from batch.storage.s3 import make_client
+
+    proxy = LoseFirstAnswer(moto_url, header)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        claims = Claims(
+            open_store(f"s3://{bucket}/out", client=make_client(f"http://127.0.0.1:{proxy.server_address[1]}")),
+            "r1",
+            60,
+        )
+        version = claims.claim("a.wav")
+        assert version is not None
+        renewed = claims.renew("a.wav", version)
+        assert proxy.lost == [f"/{bucket}/out/_claims/a.wav.claim"]
+        assert renewed is not None
+        assert claims.release("a.wav", renewed)
+    finally:
+        proxy.shutdown()
+    assert keys_in(bucket, "out/_claims/") == []

@@ -117,9 +117,11 @@ class Claims:
         if current is None:  # released between our two requests: try once more
             return self.dest.create_exclusive(name, self._body())
         body, version, age = current
+        if self._is_ours(body):  # our create landed, its answer was lost, and botocore's retry found it there
+            return version
         if not self._expired(body, age):
             return None
-        taken = self.dest.replace_if_version(name, self._body(), version)
+        taken = self.dest.replace_if_version(name, self._body(), version) or self._ours_now(name)
         if taken is not None:
             log.warning("took over the expired claim on %s (held by %s)", key, body[:200].decode(errors="replace"))
         return taken
@@ -147,7 +149,21 @@ class Claims:
     def renew(self, key: str, version: str) -> str | None:
         """The claim pushed `ttl` seconds on, if it is still the one this worker wrote: its new version, else
         None (it expired and another worker took it over)."""
-        return self.dest.replace_if_version(claim_name(key), self._body(), version)
+        name = claim_name(key)
+        return self.dest.replace_if_version(name, self._body(), version) or self._ours_now(name)
+
+    def _ours_now(self, name: str) -> str | None:
+        """The claim's version if what is there is this worker's: a conditional write that landed though its answer
+        was lost, whose retry by botocore then failed its own condition. Else None."""
+        current = self.dest.read_with_version(name)
+        return current[1] if current is not None and self._is_ours(current[0]) else None
+
+    def _is_ours(self, body: bytes) -> bool:
+        try:
+            holder = json.loads(body)
+        except ValueError:
+            return False
+        return isinstance(holder, dict) and {field: holder.get(field) for field in self.owner} == self.owner
 
     def release(self, key: str, version: str | None) -> bool:
         """Delete the claim only if it is still ours: a claim another worker took over stays theirs. `version`
@@ -155,22 +171,16 @@ class Claims:
         learned). Whether it was deleted; an error is logged (the claim expires anyway)."""
         name = claim_name(key)
         try:
-            if self.conditional_delete and version is not None:
-                return self.dest.delete_if_version(name, version)
-            return self._release_by_owner(name)
+            if self.conditional_delete and version is not None and self.dest.delete_if_version(name, version):
+                return True
+            return self._release_by_owner(name)  # a version this worker never learned may be there, still ours
         except Exception as exc:
             log.warning("could not release the claim on %s: %s", key, exc)
             return False
 
     def _release_by_owner(self, name: str) -> bool:
         current = self.dest.read_with_version(name)
-        if current is None:
-            return False
-        try:
-            holder = json.loads(current[0])
-        except ValueError:
-            return False
-        if {field: holder.get(field) for field in self.owner} != self.owner:
+        if current is None or not self._is_ours(current[0]):
             return False
         self.dest.delete(name)
         return True
