@@ -17,6 +17,7 @@ import torch
 
 from batch.engine.gpu.sizing import BatchSizer
 from bench.gpu_kit import (
+    alloc,
     asr,
     busy,
     install,
@@ -397,6 +398,7 @@ def test_the_steps_import_nothing_the_lent_machine_lacks(tmp_path: Path) -> None
         + """
 import pathlib, torch
 from bench.gpu_kit import kit_models, whisper_ct2, report, probes, oom_step, busy, asr, stage_steps, install, sticky
+from bench.gpu_kit import alloc
 assert sticky.classify(RuntimeError("CUDA error: device-side assert triggered"))["context_lost"]
 from bench.gpu_kit.steps import StepContext
 for name, stage in kit_models.STAGES.items():
@@ -574,6 +576,62 @@ def test_sticky_step_classifies_the_real_assert_text_and_its_children_report_wha
     assert fresh["exit_code"] != 0 and "RuntimeError" in fresh["output"] and "ok" not in fresh
 
 
+# --- alloc: torch's allocator, default against expandable segments ------------------------------------------------
+
+
+def test_alloc_workload_varies_size_and_padded_length_the_same_way_in_every_process() -> None:
+    shapes = alloc.GPU_WORKLOAD.shapes()
+    assert shapes == alloc.Workload().shapes() and len(shapes) == 20
+    assert all(1 <= size <= 16 and 1.0 <= seconds <= 30.0 for size, seconds in shapes)
+    assert len({seconds for _, seconds in shapes}) == 20 and len({size for size, _ in shapes}) > 5
+
+
+def test_alloc_children_run_the_same_batches_each_with_its_own_allocator_setting(tmp_path: Path, monkeypatch) -> None:
+    """The plumbing on the CPU with tiny shapes: each child sees only its own setting, read before torch starts,
+    whatever the parent's environment says; without CUDA there is nothing to choose by, and the step says so."""
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "garbage_collection_threshold:0.6")
+    monkeypatch.setenv("PYTORCH_ALLOC_CONF", "expandable_segments:False")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    workload = alloc.Workload(batches=2, max_batch=2, min_seconds=0.2, max_seconds=0.4)
+    result = alloc.compare(steps.StepContext(tmp_path, None, timeout=300), "cpu", workload)
+    runs = result["runs"]
+    assert list(runs) == ["default", "expandable"]
+    assert runs["default"]["ok"] and runs["expandable"]["ok"], runs
+    assert runs["default"]["conf"] is None and runs["expandable"]["conf"] == "expandable_segments:True"
+    assert all(run["batches"] == 2 and run["out_of_memory"] == 0 and run["wall_s"] > 0 for run in runs.values())
+    assert "peak_reserved_mib" not in runs["default"]  # CUDA's figures only on CUDA
+    assert result["verdict"]["choice"] is None and "no figures" in result["verdict"]["why"]
+    text = "\n".join(report.alloc_lines(result))
+    assert "| default | (unset) |" in text and "| expandable | expandable_segments:True |" in text
+
+
+def test_alloc_child_that_fails_is_recorded_with_its_output(tmp_path: Path) -> None:
+    failed = alloc.run_child(None, alloc.Workload(batches=1), "no-such-device", 120)
+    assert not failed["ok"] and failed["exit_code"] != 0 and "no-such-device" in failed["error"]
+    assert alloc.verdict(failed, {"ok": True, "peak_reserved_mib": 1.0, "wall_s": 1.0})["choice"] is None
+
+
+def measured(reserved: float, wall: float, oom: int = 0, expandable: bool | None = None) -> dict:
+    run = {"ok": True, "peak_reserved_mib": reserved, "wall_s": wall, "out_of_memory": oom}
+    return run if expandable is None else {**run, "expandable_segments": expandable}
+
+
+@pytest.mark.parametrize(
+    ("expandable", "choice"),
+    [
+        (measured(850.0, 10.4, expandable=True), "expandable_segments"),  # -15 % reserved, +4 % time
+        (measured(920.0, 10.0, expandable=True), "default"),  # -8 %: not enough
+        (measured(700.0, 10.6, expandable=True), "default"),  # +6 % time: too slow
+        (measured(700.0, 9.0, oom=1, expandable=True), "default"),  # an out-of-memory the default did not have
+        (measured(700.0, 9.0, expandable=False), None),  # the setting did not take
+    ],
+)
+def test_alloc_verdict_follows_the_rule(expandable: dict, choice: str | None) -> None:
+    verdict = alloc.verdict(measured(1000.0, 10.0), expandable)
+    assert verdict["choice"] == choice and verdict["rule"] == alloc.RULE
+    assert "10 %" in alloc.RULE and "5 %" in alloc.RULE
+
+
 # --- the step runner and the report ------------------------------------------------------------------------------
 
 
@@ -645,6 +703,23 @@ def test_report_tables_from_measured_steps(tmp_path: Path) -> None:
                 "run": {"errors": []},
             },
         },
+        "alloc": {
+            "workload": {"batches": 20, "max_batch": 16, "min_seconds": 1.0, "max_seconds": 30.0, "seed": 0},
+            "model": "wav2vec2-base-960h-shaped (random)",
+            "runs": {
+                "default": {
+                    **measured(6200.0, 2.0),
+                    "conf": None,
+                    "peak_allocated_mib": 4800.0,
+                    "reserved_over_allocated": 1.292,
+                    "nvml_peak_mib": 6900.0,
+                    "alloc_retries": 0,
+                    "expandable_segments": False,
+                },
+                "expandable": {"ok": False, "conf": "expandable_segments:True", "error": "timed out after 9 s"},
+            },
+            "verdict": alloc.verdict(measured(6200.0, 2.0), {"ok": False}),
+        },
         "ct2": {
             "works": "cuBLAS 13 under CUDA 12's names",
             "jit": jit,
@@ -666,6 +741,9 @@ def test_report_tables_from_measured_steps(tmp_path: Path) -> None:
     assert "| align | 256 128 | True | 128 | 1.0 | 128 | 0.0 | OutOfMemoryError: CUDA out of memory. |" in text
     assert "| 9/9 | 300.0 | 12.5 | 24.0 | 3 | 7.7 | 600/900 | 81.5 | 9100 | 700 |" in text
     assert "79000 MiB cached, 250 MiB free on the device; recovered: True, ASR sizes [4, 4], 0 out-of" in text
+    assert "| default | (unset) | 6200.0 | 4800.0 | 1.292 | 6900.0 | 2.0 | 0 | 0 | False |" in text
+    assert "| expandable | expandable_segments:True | failed: timed out after 9 s |" in text
+    assert "- choice: **none** (no figures to choose by" in text and f"- rule: {alloc.RULE}" in text
 
 
 # --- the project's own pipeline (step whisperx) --------------------------------------------------------------------

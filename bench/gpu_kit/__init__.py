@@ -21,10 +21,11 @@ the machine's transformers), `device` (what the project's device choice decides 
 why), `memory` (NVML's free memory against `torch.cuda.mem_get_info`), `oom` (a real out-of-memory per stage and
 the back-off's recovery), `vad`, `align`, `align_large`, `embed` (memory per batch item, fitted after a warm-up
 batch, against the batch sizer's constants, and throughput at several batch sizes; `align_large` is the
-XLSR-53-large shape of most non-English alignment models), `asr` (a large-v3-shaped random Whisper: memory per
-item, throughput), `pipeline` (the GPU busy share over the stages run on the recording), `whisperx` (the
-project's own WhisperxPipeline on the recording: its GPU busy share and peak memory, and torch's cache against
-CTranslate2's ASR, `real_pipeline`) and `sticky` (a real
-sticky CUDA error in one process: what the project makes of it, and whether another process and a fresh one
-still compute). docs/gpu-memory.md says what each figure means.
+XLSR-53-large shape of most non-English alignment models), `alloc` (torch's allocator, default against
+expandable segments, on padded batches of varying length, each in its own process), `asr` (a large-v3-shaped
+random Whisper: memory per item, throughput), `pipeline` (the GPU busy share over the stages run on the
+recording), `whisperx` (the project's own WhisperxPipeline on the recording: its GPU busy share and peak memory,
+and torch's cache against CTranslate2's ASR, `real_pipeline`) and `sticky` (a real sticky CUDA error in one
+process: what the project makes of it, and whether another process and a fresh one still compute).
+docs/gpu-memory.md says what each figure means.
 """

@@ -69,7 +69,7 @@ SPEECH = (
 )
 SPEECH_REPEATS = 3
 SAMPLE_RATE = 16_000
-RUN_STEPS_AFTER_INSTALL = ("ct2", "device", "memory", "oom", "vad", "align", "align_large", "embed")
+RUN_STEPS_AFTER_INSTALL = ("ct2", "device", "memory", "oom", "vad", "align", "align_large", "embed", "alloc")
 CT2_STEPS = ("asr", "pipeline", "whisperx")
 FINAL_STEPS = ("sticky",)  # last: it loses a CUDA context on purpose
 

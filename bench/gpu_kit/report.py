@@ -174,6 +174,46 @@ def sticky_lines(sticky: dict[str, Any]) -> list[str]:
     return lines
 
 
+ALLOC_COLUMNS = (
+    ("peak_reserved_mib", "peak reserved MiB"),
+    ("peak_allocated_mib", "peak allocated MiB"),
+    ("reserved_over_allocated", "reserved/allocated"),
+    ("nvml_peak_mib", "NVML peak MiB"),
+    ("wall_s", "wall s"),
+    ("out_of_memory", "out of memory"),
+    ("alloc_retries", "alloc retries"),
+    ("expandable_segments", "expandable"),
+)
+
+
+def alloc_lines(result: dict[str, Any]) -> list[str]:
+    """torch's allocator as it is against expandable segments on the same batches, side by side, and the choice."""
+    runs = result.get("runs")
+    if not isinstance(runs, dict):
+        return []
+    workload = result.get("workload") or {}
+    lines = ["", "## torch's allocator on padded batches of varying length (issue 35 item 8)", ""]
+    lines.append(
+        f"- {workload.get('batches')} batches of 1 to {workload.get('max_batch')} segments of "
+        f"{workload.get('min_seconds')} to {workload.get('max_seconds')} s (seed {workload.get('seed')}), "
+        f"{result.get('model')}, each setting in its own process"
+    )
+    rows = []
+    for name, run in runs.items():
+        if run.get("ok"):
+            rows.append([name, run.get("conf") or "(unset)", *(run.get(key) for key, _ in ALLOC_COLUMNS)])
+        else:
+            rows.append([name, run.get("conf") or "(unset)", f"failed: {run.get('error')}"])
+    lines += ["", *table(["run", "PYTORCH_CUDA_ALLOC_CONF", *(title for _, title in ALLOC_COLUMNS)], rows)]
+    choice = result.get("verdict") or {}
+    lines += [
+        "",
+        f"- choice: **{choice.get('choice') or 'none'}** ({choice.get('why')})",
+        f"- rule: {choice.get('rule')}",
+    ]
+    return lines
+
+
 def whisperx_lines(result: dict[str, Any]) -> list[str]:
     """The project's own pipeline: what it did, how busy the GPU was, its peak memory, and the cache contest."""
     run = result.get("run")
@@ -263,6 +303,7 @@ def markdown(data: dict[str, Any]) -> str:
             f"- `--device cuda` -> {cuda.get('device')} {cuda.get('error') or ''}",
             f"- problem: {device.get('problem')}",
         ]
+    lines += alloc_lines(result_of(data, "alloc"))
     lines += ct2_lines(result_of(data, "ct2"))
     if data.get("install"):
         lines += ["", "## Wheels", "", *(f"- {line}" for line in data["install"])]

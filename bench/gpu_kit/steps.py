@@ -36,7 +36,8 @@ class Step:
 
 #: in the order run.sh runs them: `ct2` first after the install, so that CTranslate2's JIT (its kernels carry PTX
 #: only up to compute_86: an sm_90 card compiles them) is paid once, timed, into OUTDIR/cuda-cache, before any
-#: step that times or sizes anything
+#: step that times or sizes anything. `alloc`'s 25 s were taken, 5 s each, from `oom`, `vad`, `align_large`, `embed`
+#: and `asr`, whose sweeps stop early when their time runs short (`StepContext.left`)
 STEPS: dict[str, Step] = {
     step.name: step
     for step in (
@@ -44,18 +45,25 @@ STEPS: dict[str, Step] = {
         Step("ct2", "bench.gpu_kit.asr:ct2_step", 100, True, "CTranslate2 on CUDA, its JIT warmed once"),
         Step("device", "bench.gpu_kit.probes:device_step", 10, False, "device selection on a pip-style install"),
         Step("memory", "bench.gpu_kit.probes:memory_step", 10, True, "NVML free memory vs torch.cuda.mem_get_info"),
-        Step("oom", "bench.gpu_kit.oom_step:oom_step", 35, True, "a real out-of-memory and the back-off, per stage"),
-        Step("vad", "bench.gpu_kit.stage_steps:vad_step", 20, True, "VAD (PyanNet, 5 s windows)"),
+        Step("oom", "bench.gpu_kit.oom_step:oom_step", 30, True, "a real out-of-memory and the back-off, per stage"),
+        Step("vad", "bench.gpu_kit.stage_steps:vad_step", 15, True, "VAD (PyanNet, 5 s windows)"),
         Step("align", "bench.gpu_kit.stage_steps:align_step", 30, True, "alignment, English (wav2vec2-base)"),
         Step(
             "align_large",
             "bench.gpu_kit.stage_steps:align_large_step",
-            30,
+            25,
             True,
             "alignment, most other languages (wav2vec2-large-xlsr-53)",
         ),
-        Step("embed", "bench.gpu_kit.stage_steps:embed_step", 20, True, "speaker embeddings (WeSpeaker ResNet34)"),
-        Step("asr", "bench.gpu_kit.asr:asr_step", 85, True, "ASR (large-v3-shaped random Whisper, CTranslate2)"),
+        Step("embed", "bench.gpu_kit.stage_steps:embed_step", 15, True, "speaker embeddings (WeSpeaker ResNet34)"),
+        Step(
+            "alloc",
+            "bench.gpu_kit.alloc:alloc_step",
+            25,
+            True,
+            "torch's allocator on padded batches of varying length: default against expandable segments",
+        ),
+        Step("asr", "bench.gpu_kit.asr:asr_step", 80, True, "ASR (large-v3-shaped random Whisper, CTranslate2)"),
         Step("pipeline", "bench.gpu_kit.busy:pipeline_step", 20, True, "GPU busy share over the stages on speech"),
         Step(
             "whisperx",
