@@ -118,6 +118,17 @@ def worker_pipeline(config: object) -> FakePipeline:
     import time
     from pathlib import Path
 
+    def first_to_mark(marker: str, keys: list[str]) -> bool:
+        """Whether this worker is the one that writes the marker (O_EXCL: two workers' batches at the same
+        moment, only one of them)."""
+        try:
+            handle = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        except FileExistsError:
+            return False
+        with os.fdopen(handle, "w") as written:
+            written.write(",".join(keys))
+        return True
+
     def on_batch(keys: list[str]) -> None:
         time.sleep(float(os.environ.get("FAKE_BATCH_SECONDS", "0")))
         poison = os.environ.get("FAKE_POISON")
@@ -127,12 +138,10 @@ def worker_pipeline(config: object) -> FakePipeline:
         if hang and any(hang in key for key in keys):
             os.kill(os.getpid(), signal.SIGSTOP)
         marker = os.environ.get("FAKE_KILL_ONCE")
-        if marker and not Path(marker).exists():
-            Path(marker).write_text(",".join(keys))
+        if marker and first_to_mark(marker, keys):
             os.kill(os.getpid(), signal.SIGKILL)
         lost = os.environ.get("FAKE_CONTEXT_LOST_ONCE")
-        if lost and not Path(lost).exists():
-            Path(lost).write_text(",".join(keys))
+        if lost and first_to_mark(lost, keys):
             raise RuntimeError(STICKY_CUDA_ERROR)
         poisoned = os.environ.get("FAKE_CONTEXT_LOST")
         if poisoned and any(poisoned in key for key in keys):

@@ -153,8 +153,32 @@ def write_file(
     except OSError as exc:
         if exc.errno == errno.ENAMETOOLONG:  # readable, not writable: a temporary's path went past PATH_MAX
             raise DestPathBlocked(manifest_name(key), exc) from None
+        if not _landed(dest, manifest):
+            raise
+    except (DoneAlongside, LeftToOtherSettings):
         raise
+    except Exception:
+        if not _landed(dest, manifest):
+            raise
     return manifest
+
+
+def _landed(dest: Store, mine: Manifest) -> bool:
+    """Whether DEST holds this very manifest after all: a write that landed though every answer to it was lost."""
+    try:
+        return _is_this_write(read_manifest(dest, mine.input.key), mine)
+    except Exception:  # DEST unreadable too: the write's own error stands
+        return False
+
+
+def _is_this_write(existing: Manifest | None, mine: Manifest) -> bool:
+    return (
+        existing is not None
+        and existing.run_id == mine.run_id
+        and existing.finished_at == mine.finished_at
+        and existing.status == mine.status
+        and existing.input.version == mine.input.version
+    )
 
 
 _NOTHING_SEEN = ""
@@ -230,6 +254,8 @@ def _create_manifest(dest: Store, mine: Manifest, run_started_at: str) -> None:
         dest.write_bytes(name, data)
         return
     existing = read_manifest(dest, mine.input.key)
+    if _is_this_write(existing, mine):  # it landed, its answer was lost, and botocore's retry found it there
+        return
     if done_alongside(existing, mine, run_started_at):
         raise DoneAlongside(existing)
     dest.write_bytes(name, data)

@@ -205,3 +205,37 @@ def test_a_newer_version_recorded_by_a_run_beside_this_one_is_not_overwritten_by
     (tmp_path / "in" / "calls" / "a.wav").unlink()  # SOURCE holds neither now
     write_file(dest, mine, Stopwatch(), TRANSCRIPT, ("json",), None, run_started_at=RUN_STARTED, holds_now=holds_now)
     assert read_manifest(dest, "calls/a.wav").run_id == "this-run"
+
+
+def test_a_manifest_whose_write_landed_but_whose_answer_was_lost_counts_as_written(
+    bucket: str,  # noqa: F811
+    moto_url: str,  # noqa: F811
+) -> None:
+    """The manifest's create lands, and the answer to it and to every write after it is lost (botocore's retry of
+    the create finds its own condition failed, 412): the file is written, this run's manifest is there, and it is
+    counted so, not failed beside a manifest that says it succeeded."""
+    from batch.storage.s3 import make_client
+    from tests.run.test_claims_s3 import LoseFirstAnswer, LoseFirstAnswerHandler
+
+    class LoseEveryManifestAnswer(LoseFirstAnswerHandler):
+        def _forward(self) -> None:
+            answer = self._relay()
+            if self.command == "PUT" and self.path.endswith(".manifest.json"):
+                self.server.lost.append(self.path)
+                self.close_connection = True
+                return
+            self._answer(*answer)
+
+        do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _forward
+
+    proxy = LoseFirstAnswer(moto_url, "If-None-Match")
+    proxy.RequestHandlerClass = LoseEveryManifestAnswer
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        dest = open_store(f"s3://{bucket}/out", client=make_client(f"http://127.0.0.1:{proxy.server_address[1]}"))
+        written = commit(dest, manifest_of("this-run"))
+    finally:
+        proxy.shutdown()
+    assert proxy.lost and set(proxy.lost) == {f"/{bucket}/out/calls/a.wav.manifest.json"}
+    assert written.status == "succeeded"
+    assert read_manifest(open_store(f"s3://{bucket}/out"), "calls/a.wav").run_id == "this-run"
