@@ -271,17 +271,14 @@ class Runner:
         manifest, transcript = file_manifest(self.config, self.report, self._in_pipeline.pop(outcome.key), outcome)
         formats, layout, dest, stopwatch = self.config.formats, self.config.subtitles, self.dest, outcome.file.stopwatch
         outcome.file.audio = None  # the array is not needed any more: free it before the write
-        # Without --force, a success with other settings that a run beside this one wrote meanwhile is kept.
-        since = None if self.config.selection.force else self.to_do.checks.started_at
+        since = None if self.config.selection.force else self.to_do.checks.started_at  # see write_file
 
-        def holds_now(version: str) -> bool:  # asked only when a run beside this one recorded another version
+        def holds(version: str) -> bool:  # SOURCE's version now, asked only if a run beside this one did another
             return self.source.current_version(outcome.key) == version
 
         def write() -> Manifest:
             try:
-                return write_file(
-                    dest, manifest, stopwatch, transcript, formats, outcome.error, layout, since, holds_now
-                )
+                return write_file(dest, manifest, stopwatch, transcript, formats, outcome.error, layout, since, holds)
             finally:
                 self.to_do.finished(outcome.key)  # a queue's message goes (or comes back), a claim is given back
 
