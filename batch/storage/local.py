@@ -68,7 +68,7 @@ class LocalStore:
                 log.warning("%s: gone from SOURCE while it was listed; skipped", key)
                 continue
             counts.selected += 1
-            yield InputFile(key=key, size=stat.st_size, version=str(stat.st_mtime_ns))
+            yield InputFile(key=key, size=stat.st_size, version=version_of(stat))
 
     def _files(self, unreadable: list[tuple[str, str]]) -> Iterator[PurePosixPath]:
         if self.only is None:
@@ -99,7 +99,7 @@ class LocalStore:
 
     def current_version(self, key: str) -> str | None:
         try:
-            return str(self.path(key).stat().st_mtime_ns)
+            return version_of(self.path(key).stat())
         except OSError:
             return None
 
@@ -239,6 +239,11 @@ class LocalStore:
         return True
 
 
+def version_of(stat: os.stat_result) -> str:
+    """A folder file's version, as its listing, its current state and its open file all say it: its mtime in ns."""
+    return str(stat.st_mtime_ns)
+
+
 class ListedVersion(io.BufferedReader):
     """A file read as the version its listing saw: one replaced since (renamed over, rewritten) is refused when
     opened, and one rewritten while it was read is refused when closed, so that its bytes are never recorded under
@@ -254,7 +259,7 @@ class ListedVersion(io.BufferedReader):
             raise
 
     def _check(self, what: str) -> None:
-        if str(os.fstat(self.fileno()).st_mtime_ns) != self._version:
+        if version_of(os.fstat(self.fileno())) != self._version:
             raise InputChanged(f"{self._path} {what}; its new version is done by the next run")
 
     def close(self) -> None:
