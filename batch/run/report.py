@@ -92,6 +92,7 @@ class QueueCounts(BaseModel):
     returned: int = 0  # not finished when the run ended: visible again at once
     test_events: int = 0  # s3:TestEvent, deleted unprocessed
     unreadable: int = 0  # naming no S3 object: left for the redrive policy
+    received_again: int = 0  # a message held by this run that came back to it: one receive, its old receipt void
 
 
 class QualityCounts(BaseModel):

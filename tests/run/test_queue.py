@@ -432,6 +432,52 @@ def test_one_event_delivered_twice_is_done_once_and_each_message_deleted_after_t
     assert messages_in(queue_url) == (0, 0)
 
 
+def test_a_message_that_comes_back_to_the_run_holding_it_is_held_on_under_its_new_receipt(
+    bucket: str, tmp_path: Path
+) -> None:
+    """SQS refuses the heartbeat's extensions, so the message's visibility runs out while its file is in work and
+    the same run receives it again. The file is not handed out twice, the message is deleted once under its newest
+    receipt (the only one SQS heeds), and the counts account for both receives (soak seed 81 scenario 4: a run
+    starved of CPU received 6 messages and deleted 5)."""
+    queue_url, _ = make_queue("back-to-holder", visibility=1)
+    put(bucket, "in/a.wav", b"not read here")
+    send_source(queue_url, f"s3://{bucket}/in/a.wav")
+    to_do, _, dest = slow_queue_to_do(queue_url, tmp_path, idle_seconds=30)
+    to_do.queue.client.meta.events.register("before-send.sqs.ChangeMessageVisibilityBatch", refuse_extensions)
+    receipts: list[str] = []
+    to_do.queue.client.meta.events.register(
+        "after-call.sqs.ReceiveMessage",
+        lambda parsed, **_: receipts.extend(message["ReceiptHandle"] for message in parsed.get("Messages", [])),
+    )
+    try:
+        taken = list(to_do.pending(on_skipped=lambda key: None))
+        assert [item.key for item in taken] == ["in/a.wav"]
+        give_up_at = time.monotonic() + 60
+        while len(receipts) < 2 and time.monotonic() < give_up_at:  # each look polls the queue once more
+            assert list(to_do.pending(on_skipped=lambda key: None)) == []  # never handed out twice
+        assert len(receipts) == 2, "the message never came back"
+        write_manifest(dest, taken[0])
+        deletes: list[str] = []
+        to_do.queue.client.meta.events.register(
+            "before-parameter-build.sqs.DeleteMessage", lambda params, **_: deletes.append(params["ReceiptHandle"])
+        )
+        to_do.finished("in/a.wav")
+        assert deletes == [receipts[1]]
+    finally:
+        to_do.close()
+    counts = to_do.counts
+    assert (counts.received, counts.received_again, counts.deleted, counts.returned) == (2, 1, 1, 0)
+    assert messages_in(queue_url) == (0, 0)
+
+
+def refuse_extensions(request: AWSPreparedRequest, **_: object) -> AWSResponse | None:
+    """SQS answers 500 to every visibility extension (a release to 0 goes through)."""
+    if b'"VisibilityTimeout": 0' in (request.body or b"") or b"VisibilityTimeout=0" in (request.body or b""):
+        return None
+    body = b'{"__type": "InternalError", "message": "We encountered an internal error."}'
+    return AWSResponse(request.url, 500, {"Content-Type": "application/x-amz-json-1.0"}, RawBody(body))
+
+
 def test_an_object_overwritten_while_in_work_is_redone_with_its_new_version(
     bucket: str, tones: dict[float, bytes]
 ) -> None:

@@ -178,6 +178,8 @@ class QueueSource:
             self.counts.test_events += 1
             self._delete(message)
             return
+        if self._held_again(message):
+            return
         log.info(
             "queue message %s: %d objects (receive %d)", message.message_id, len(message.objects), message.receive_count
         )
@@ -197,6 +199,24 @@ class QueueSource:
             yield from self._take(work, on_skipped)
         if not works:
             self._end_if_finished(message.message_id)
+
+    def _held_again(self, message: QueueMessage) -> bool:
+        """A message this run holds came back to it (its visibility ran out before the heartbeat extended it: a
+        starved process, a refused extension). Its files are in work already: it is held on under its new receipt,
+        the only one SQS heeds for a delete or an extension; the old receipt is void (counted `received_again`)."""
+        with self._lock:
+            held = self._held.get(message.message_id)
+            if held is not None:
+                held.message = message
+        if held is None:
+            return False
+        self.counts.received_again += 1
+        log.warning(
+            "queue message %s came back while its files are in work (receive %d): held on under its new receipt",
+            message.message_id,
+            message.receive_count,
+        )
+        return True
 
     def _take(self, work: _Work, on_skipped: Callable[[str], None]) -> Iterator[InputFile]:
         """One object of a held message: handed to the run, or found done (skipped), or set to wait while its key
