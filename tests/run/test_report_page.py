@@ -238,3 +238,28 @@ def test_a_page_for_an_s3_dest_is_written_into_it(cli, s3_endpoint: str, tmp_pat
     saved.write_bytes(stored["Body"].read())
     assert sorted(row[0] for row in page_data(saved)["rows"]) == sorted(keys)
     assert page_data(saved)["runs"][0][0] == "20260101T000000Z-abcdef"
+
+
+def test_a_page_that_cannot_be_written_leaves_the_runs_outcome_and_report_as_they_were(tmp_path, caplog) -> None:
+    from batch.run.job import Job
+    from batch.settings.options import load_settings
+    from tests.conftest import tone
+    from tests.fakes import FakePipeline
+
+    source, out = tmp_path / "in", tmp_path / "out"
+    for name in ("a.wav", "b/c.wav"):
+        tone(source / name)
+    settings = load_settings({"source": str(source), "out": str(out), "device": "cpu"}, environ={})
+    job = Job(settings, environ={}, pipeline=FakePipeline())
+    (out / "_runs" / f"{job.run_id}.html").mkdir(parents=True)  # where the page goes: a folder, so its write fails
+    report = job.run()
+    assert report.exit_code == 0 and sorted(report.succeeded) == ["a.wav", "b/c.wav"]
+    assert (out / "_runs" / f"{job.run_id}.json").is_file()
+    assert "could not write the run's report page" in caplog.text
+
+    again = Job(settings, environ={}, pipeline=FakePipeline())
+    assert again.run().exit_code == 0
+    assert [row[:2] for row in page_data(out / "_runs" / f"{again.run_id}.html")["rows"]] == [
+        ["a.wav", "skipped"],
+        ["b/c.wav", "skipped"],
+    ]
