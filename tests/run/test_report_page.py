@@ -263,3 +263,13 @@ def test_a_page_that_cannot_be_written_leaves_the_runs_outcome_and_report_as_the
         ["a.wav", "skipped"],
         ["b/c.wav", "skipped"],
     ]
+
+
+def test_the_price_per_hour_shapes_no_output() -> None:
+    from batch.settings.options import load_settings
+    from tests.conftest import sections
+
+    plain = sections(load_settings({"device": "cpu"}, environ={}))
+    priced = sections(load_settings({"device": "cpu"}, environ={"WHISPERX_BATCH_PRICE_PER_HOUR": "3.2"}))
+    assert priced.control.price_per_hour == 3.2 and plain.control.price_per_hour is None
+    assert priced.settings_hash == plain.settings_hash  # setting a price redoes no done file
