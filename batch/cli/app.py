@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from batch.cli.shared import guarded, load_settings
-from batch.cli.tools import doctor_command, models_app, status_command
+from batch.cli.tools import doctor_command, models_app, report_command, status_command
 from batch.common.version import __version__
 
 app = typer.Typer(
@@ -328,6 +328,10 @@ def run_command(
         int | None,
         Opt(help="Run reports kept in DEST/_runs/, newest first (default 50; 0 keeps all).", rich_help_panel=OUTPUT),
     ] = None,
+    price_per_hour: Annotated[
+        float | None,
+        Opt(help="The machine's price per hour, for the report page's cost per audio hour.", rich_help_panel=OUTPUT),
+    ] = None,
 ) -> None:
     """Transcribe every recording under SOURCE into --out. Reruns skip what is done.
 
@@ -350,6 +354,7 @@ def run_command(
 app.add_typer(models_app, name="models")
 app.command("doctor")(doctor_command)
 app.command("status")(status_command)
+app.command("report")(report_command)
 
 
 def main() -> None:

@@ -94,6 +94,36 @@ def doctor_command(
     raise typer.Exit(guarded(diagnose))
 
 
+def report_command(
+    dest: Annotated[
+        str | None,
+        typer.Argument(help="The job's output folder or s3:// prefix (default: `out` of the config or environment)."),
+    ] = None,
+    out: Annotated[
+        str | None, Opt("--out", "-o", help="Write the page to this local file instead of DEST/_runs/index.html.")
+    ] = None,
+    config: Annotated[str | None, Opt("--config", "-c", help="TOML config file (the job's own).")] = None,
+    price_per_hour: Annotated[
+        float | None, Opt(help="The machine's price per hour, for the cost per audio hour (default: the config's).")
+    ] = None,
+) -> None:
+    """Write one HTML page for DEST as a whole: every run report kept, the latest outcome of every file, plots, and
+    the cost per audio hour; self-contained (opens from disk, fetches nothing).
+
+    Exit codes: 0 written; 2 usage or config error; 3 DEST not readable, or the page could not be written.
+    """
+
+    def write() -> int:
+        from batch.run.report_pages import dest_page, write_dest_page
+
+        settings = load_settings({"price_per_hour": price_per_hour}, config_path=config)
+        store, page = dest_page(dest or settings.out, settings.price_per_hour, settings.s3_endpoint_url)
+        print(f"report page written: {write_dest_page(store, page, out)}")
+        return 0
+
+    raise typer.Exit(guarded(write))
+
+
 def status_command(
     dest: Annotated[
         str | None,

@@ -95,6 +95,7 @@ class RunControl:
     keep_run_reports: int = 50  # the newest reports kept in DEST/_runs/; 0 keeps all
     max_duration: float | None = 7200.0  # seconds of audio a file may hold; None: no limit
     file_timeout: float | None = 14400.0  # seconds a file may take from its fetch to its outcome; None: no limit
+    price_per_hour: float | None = None  # the machine's, for the cost per audio hour on the report page
 
 
 @dataclass(frozen=True)
@@ -199,6 +200,7 @@ def configure(
             settings.keep_run_reports,
             settings.max_duration,
             settings.file_timeout,
+            settings.price_per_hour,
         ),
         shaping=shaping_settings(settings, vad, runtime.compute_type, pipeline.quality.phrases),
         metrics=metrics_config(settings),

@@ -38,12 +38,14 @@ def report_names(store: Store) -> list[str]:
 
 
 def prune_reports(store: Store, keep: int) -> list[str]:
-    """Delete all but the newest `keep` run reports (0 keeps every one); the names deleted, oldest first."""
+    """Delete all but the newest `keep` run reports (0 keeps every one), each with its page beside it; the reports
+    deleted, oldest first."""
     if keep <= 0:
         return []
     names = report_names(store)
     old = names[: max(0, len(names) - keep)]
     for name in old:
+        store.delete(name.removesuffix(".json") + ".html")  # its page (report_pages.page_name), gone first
         store.delete(name)
     return old
 

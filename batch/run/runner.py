@@ -42,9 +42,9 @@ from batch.run.report import (
     WorkerRecord,
     new_run_id,
     prune_reports,
-    report_name,
     sum_records,
 )
+from batch.run.report_pages import write_report_and_page
 from batch.run.tally import FileEvent, Tally
 from batch.run.work import WorkSource, work_source
 from batch.run.work.listing import ListingWatcher
@@ -292,10 +292,8 @@ class Runner:
         self.prune_reports()
 
     def write_report(self) -> None:
-        try:
-            self.dest.write_bytes(report_name(self.report.run_id), self.report.encode())
-        except Exception as exc:  # the run's outcome stands; the report is a record of it
-            log.error("could not write the run report: %s", describe(exc)["message"])
+        """The run report, and its page beside it (report_pages): a record of the outcome, never a change to it."""
+        write_report_and_page(self.dest, self.report, self.tally.files, self.config.control.price_per_hour)
 
     def prune_reports(self) -> None:
         """Keep the newest `keep_run_reports` reports in DEST/_runs/ (this run's among them)."""

@@ -10,6 +10,7 @@ from batch.common.errors import DEST_UNUSABLE_ERRNOS, DestPathBlocked, Environme
 from batch.common.logs import file_context
 from batch.run.manifest import ErrorRecord
 from batch.run.outputs import DoneAlongside, LeftToOtherSettings, NotRecorded, Written
+from batch.run.page_facts import FileFacts, facts_of, failure_facts
 from batch.run.report import FailedFile, QualityCounts, RunReport
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ class Tally:
         self.last_message = ""
         self.last_was_file_problem = False
         self.dest_unusable: str | None = None  # DEST full or read-only: no later file could be written either
+        self.files: list[FileFacts] = []  # each file succeeded or failed, for the run's report page
 
     def count(self, written: list[Written], check: bool = True) -> None:
         for item in written:
@@ -69,6 +71,7 @@ class Tally:
         if manifest is not None and manifest.status == "succeeded":
             self.in_a_row, self.last_failure = 0, None
             self.report.succeeded.append(item.key)
+            self.files.append(facts_of(manifest))
             audio_seconds, wall = manifest.audio_seconds or 0.0, sum(manifest.timings.values())
             self.report.audio_seconds += audio_seconds
             quality = manifest.quality or {}
@@ -113,6 +116,7 @@ class Tally:
         if isinstance(item.error, OSError) and item.error.errno in DEST_UNUSABLE_ERRNOS:
             self.dest_unusable = item.error.strerror or error.message
         self.report.failed.append(FailedFile(key=item.key, error=error))
+        self.files.append(facts_of(manifest) if manifest is not None else failure_facts(item.key, error))
         timings = dict(manifest.timings) if manifest else {}
         audio_seconds = (manifest.audio_seconds or 0.0) if manifest else 0.0
         event = FileEvent(item.key, "failed", audio_seconds, sum(timings.values()), error.type, timings)

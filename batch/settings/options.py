@@ -201,6 +201,7 @@ class Settings(BaseModel):
     metrics_job: str = Field("whisperx_batch", min_length=1, max_length=200)
     metrics_interval: float = Field(30.0, ge=1, le=3600)
     keep_run_reports: int = Field(50, ge=0, le=1_000_000)  # 0 keeps every report
+    price_per_hour: float | None = Field(None, ge=0, le=1_000_000)  # the machine's, for the report page's cost
 
     def temperatures(self) -> tuple[float, ...]:
         return temperature_schedule(self.temperature, self.temperature_increment_on_fallback)

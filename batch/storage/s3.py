@@ -47,6 +47,8 @@ CONFLICT_RETRIES = 4
 CONFLICT_BACKOFF_SECONDS = 0.1
 S3_KEY_MAX_BYTES = 1024
 DEFAULT_MAX_ATTEMPTS = 6
+# Objects a browser opens from a bucket behind a static web server: the report pages (batch.run.report_pages).
+CONTENT_TYPES = {"html": "text/html; charset=utf-8"}
 
 
 def split_url(url: str) -> tuple[str, str]:
@@ -239,7 +241,11 @@ class S3Store:
             raise EnvironmentProblem(f"{role} {self.url} is not writable: {describe_s3_error(exc)}") from None
 
     def write_bytes(self, name: str, data: bytes) -> None:
-        self.client.upload_fileobj(io.BytesIO(data), self.bucket, self._named(name), Config=self._transfer)
+        content_type = CONTENT_TYPES.get(name.rpartition(".")[2])
+        extra = {"ContentType": content_type} if content_type else None
+        self.client.upload_fileobj(
+            io.BytesIO(data), self.bucket, self._named(name), ExtraArgs=extra, Config=self._transfer
+        )
 
     def _named(self, name: str) -> str:
         """The object key of a name of the store; a key longer than S3 takes is refused as a file system refuses

@@ -302,6 +302,7 @@ def test_only_the_newest_run_reports_are_kept(cli, tmp_path: Path, tiny_en: str)
     assert cli(*args, "--keep-run-reports", "2").exit_code == 0
     kept = report_files(out)
     assert len(kept) == 2 and kept[0] == f"{old[-1]}.json" and kept[1] > kept[0]  # the newest old one, and this run's
+    assert sorted(path.name for path in (out / "_runs").glob("*.html")) == [kept[1].replace(".json", ".html")]
 
     assert cli(*args, "--keep-run-reports", "0").exit_code == 0  # 0 keeps every report
     assert len(report_files(out)) == 3
@@ -309,6 +310,7 @@ def test_only_the_newest_run_reports_are_kept(cli, tmp_path: Path, tiny_en: str)
     config.write_text("keep_run_reports = 1\n")
     assert cli(*args, "--config", config).exit_code == 0
     assert len(report_files(out)) == 1
+    assert len(list((out / "_runs").glob("*.html"))) == 1  # each report's page goes with it
     assert cli("status", out).exit_code == 0
 
 

@@ -402,6 +402,7 @@ def latest_report(bucket: str, prefix: str = "out/") -> dict:
     reports = [
         json.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read())
         for key in keys_in(bucket, prefix + "_runs/")
+        if key.endswith(".json")  # each beside its page, RUN_ID.html
     ]
     return max(reports, key=lambda report: report["started_at"])
 
@@ -543,7 +544,9 @@ def test_two_workers_with_claims_do_every_file_exactly_once(
     assert [worker.returncode for worker in workers] == [0, 0], outputs
     client = boto3.client("s3")
     reports = [
-        json.loads(client.get_object(Bucket=bucket, Key=k)["Body"].read()) for k in keys_in(bucket, "out/_runs/")
+        json.loads(client.get_object(Bucket=bucket, Key=k)["Body"].read())
+        for k in keys_in(bucket, "out/_runs/")
+        if k.endswith(".json")
     ]
     done = [key for report in reports for key in report["succeeded"]]
     assert sorted(done) == [f"call{index}.mp3" for index in range(6)]  # each file once, by one worker
@@ -677,8 +680,12 @@ def test_one_object_as_source_an_empty_prefix_and_pruned_reports(cli, bucket: st
 
     allowed = cli("run", f"s3://{bucket}/in/none", *args, "--allow-empty", "--keep-run-reports", "2")
     assert allowed.exit_code == 0, allowed.stderr
-    reports = keys_in(bucket, "out/_runs/")
+    reports = [key for key in keys_in(bucket, "out/_runs/") if key.endswith(".json")]
     assert len(reports) == 2 and not any(key.startswith("out/_runs/2020") for key in reports)
+    pages = [key for key in keys_in(bucket, "out/_runs/") if key.endswith(".html")]  # each report's, pruned with it
+    assert sorted(pages) == sorted(key.removesuffix(".json") + ".html" for key in reports)
+    head = boto3.client("s3").head_object(Bucket=bucket, Key=pages[0])
+    assert head["ContentType"].startswith("text/html")  # a static web server in front of the bucket shows it
 
 
 class SlowProxy(FlakyProxy):
