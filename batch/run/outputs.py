@@ -135,7 +135,7 @@ def write_file(
     seen, replaced = None, None
     if run_started_at is not None:
         seen, replaced = _check_not_done_beside(dest, manifest, error, run_started_at, holds_now)
-    elif transcript is not None:  # --force: the manifest about to go, read for the corrections it holds
+    else:  # --force: the manifest about to go, read for the corrections it holds
         replaced = _readable(dest, key)
     # A person's corrections were made on the transcript being replaced: kept as history, the file reviewed again.
     manifest.corrections_history = history_carried(replaced)

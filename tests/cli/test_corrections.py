@@ -348,3 +348,32 @@ def test_corrections_applied_to_an_s3_dest(
     same = run(source, "s3://jobs/out", tiny_en, phrases, "--include", "note.wav")
     assert "0 succeeded, 1 skipped" in same.stderr
     assert get("note.wav.json")["segments"][0]["text"] == TYPED_LINE
+
+
+def test_a_chunk_that_alignment_split_into_sentences_is_edited_whole(
+    source: Path, tiny_en: str, tmp_path: Path
+) -> None:
+    from tests.tiny_models import build_tiny_align_model
+
+    aligner = build_tiny_align_model(tmp_path / "align-en")
+    out = tmp_path / "aligned"
+    result = invoke(
+        "run", source, "--out", out, "--model", tiny_en, "--align-model", aligner, "--threads", "2",
+        "--formats", "json,srt,vtt,turns", "--highlight-words", "--include", "call.wav",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    manifest, transcript = read(out / "call.wav.manifest.json"), read(out / "call.wav.json")
+    sentences = transcript["segments"]
+    assert len(sentences) == 2 and all(s.get("words") for s in sentences) and transcript["word_segments"]
+    read_as = " " + " ".join(sentence["text"].strip() for sentence in sentences)  # the chunk's text, as Whisper read it
+    chunk = {"start": sentences[0]["start"], "end": sentences[-1]["end"], "text": read_as}
+    edited = corrections(out, entry({"call.wav": manifest}, "call.wav", [decision(chunk, "edit", TYPED)]))
+    applied = invoke("corrections", "apply", out, write(tmp_path / "c.json", edited))
+    assert applied.exit_code == 0, applied.output
+    after = read(out / "call.wav.json")
+    assert after["segments"] == [{"start": chunk["start"], "end": chunk["end"], "text": TYPED_LINE}]
+    assert after["word_segments"] == []  # the typed words have no times of their own
+    vtt = (out / "call.wav.vtt").read_text()
+    assert "<u>" not in vtt and "&lt;script&gt;alert(1)&lt;/script&gt;" in vtt.replace("\n", " ")
+    turns = read(out / "call.wav.turns.json")
+    assert [turn["text"] for turn in turns] == [TYPED_LINE]
