@@ -48,14 +48,15 @@ class Refused(Exception):
 
 
 def apply_corrections(
-    dest_url: str, raw: bytes, name: str, endpoint_url: str | None = None
+    dest_url: str, raw: bytes, name: str, endpoint_url: str | None = None, client: Any = None
 ) -> tuple[CorrectionsFile, list[FileResult]]:
-    """Apply the corrections file `raw` (called `name`) to DEST, file by file. ConfigError (exit 2) for a file that
-    is not a corrections file or a DEST that is not a location; EnvironmentProblem (exit 3) when DEST cannot be
-    read. A corrections file made for another DEST refuses every file it names."""
+    """Apply the corrections file `raw` (called `name`) to DEST, file by file (an S3 DEST through `client` when
+    given). ConfigError (exit 2) for a file that is not a corrections file or a DEST that is not a location;
+    EnvironmentProblem (exit 3) when DEST cannot be read. A corrections file made for another DEST refuses every
+    file it names."""
     corrections = read_corrections(raw, name)
     try:
-        dest = open_store(dest_url, endpoint_url=endpoint_url)
+        dest = open_store(dest_url, endpoint_url=endpoint_url, client=client)
     except ValueError as exc:
         raise ConfigError("DEST", str(exc)) from None
     dest.check_readable("DEST")

@@ -377,3 +377,87 @@ def test_a_chunk_that_alignment_split_into_sentences_is_edited_whole(
     assert "<u>" not in vtt and "&lt;script&gt;alert(1)&lt;/script&gt;" in vtt.replace("\n", " ")
     turns = read(out / "call.wav.turns.json")
     assert [turn["text"] for turn in turns] == [TYPED_LINE]
+
+
+def s3_copy(made: Path, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch, prefix: str) -> Any:
+    """The run's DEST copied to s3://faults/PREFIX on moto's server; a client of that server."""
+    for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing-secret-value")):
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("WHISPERX_BATCH_S3_ENDPOINT_URL", s3_endpoint)
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    if "faults" not in [bucket["Name"] for bucket in s3.list_buckets()["Buckets"]]:
+        s3.create_bucket(Bucket="faults")
+    for path in made.rglob("*"):
+        if path.is_file():
+            s3.put_object(Bucket="faults", Key=f"{prefix}/{path.relative_to(made)}", Body=path.read_bytes())
+    return s3
+
+
+def stored(s3: Any, prefix: str) -> dict[str, bytes]:
+    listed = s3.list_objects_v2(Bucket="faults", Prefix=f"{prefix}/").get("Contents", [])
+    return {item["Key"]: s3.get_object(Bucket="faults", Key=item["Key"])["Body"].read() for item in listed}
+
+
+def note_edited(made: Path, dest: str) -> bytes:
+    manifests = manifests_of(made)
+    doubtful = manifests["note.wav"]["quality"]["doubtful"][0]
+    return json.dumps(corrections(dest, entry(manifests, "note.wav", [decision(doubtful, "edit", "Yes.")]))).encode()
+
+
+def test_a_manifest_a_run_rewrites_meanwhile_refuses_the_file_and_nothing_is_written(
+    made: Path, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from batch.run.corrections import apply_corrections
+
+    s3 = s3_copy(made, s3_endpoint, monkeypatch, "race")
+    before = stored(s3, "race")
+    rewritten = read(made / "note.wav.manifest.json") | {"run_id": "20261207T150000Z-beside"}
+
+    def a_run_rewrites_it(request: Any, **_: Any) -> None:  # just before the conditional delete reaches S3
+        if request.url.endswith("/race/note.wav.manifest.json") and request.method == "DELETE":
+            s3.put_object(Bucket="faults", Key="race/note.wav.manifest.json", Body=json.dumps(rewritten).encode())
+
+    client = __import__("boto3").client("s3", endpoint_url=s3_endpoint)
+    client.meta.events.register("before-send.s3.DeleteObject", a_run_rewrites_it)
+    _, (result,) = apply_corrections("s3://faults/race", note_edited(made, "s3://faults/race"), "c.json", client=client)
+    assert (result.outcome, result.reason) == (
+        "refused",
+        "its manifest changed while the corrections were applied (a run redid the file): apply again",
+    )
+    after = stored(s3, "race")
+    assert json.loads(after.pop("race/note.wav.manifest.json"))["run_id"] == "20261207T150000Z-beside"
+    before.pop("race/note.wav.manifest.json")
+    assert after == before  # no output was touched
+
+
+def test_a_dest_that_refuses_a_write_midway_leaves_no_manifest_to_take_the_file_as_done(
+    made: Path, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from botocore.awsrequest import AWSResponse
+
+    from batch.run.corrections import apply_corrections
+
+    s3 = s3_copy(made, s3_endpoint, monkeypatch, "refusing")
+
+    class Body:
+        def stream(self, **_: Any) -> Iterator[bytes]:
+            yield b"<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>"
+
+    def refuse_subtitles(request: Any, **_: Any) -> AWSResponse | None:
+        if request.url.endswith("/refusing/note.wav.srt"):
+            return AWSResponse(request.url, 403, {"Content-Type": "application/xml"}, Body())
+        return None
+
+    client = __import__("boto3").client("s3", endpoint_url=s3_endpoint)
+    client.meta.events.register("before-send.s3.PutObject", refuse_subtitles)
+    url = "s3://faults/refusing"
+    _, (result,) = apply_corrections(url, note_edited(made, url), "c.json", client=client)
+    assert result.outcome == "failed" and "AccessDenied" in (result.reason or "")
+    after = stored(s3, "refusing")
+    assert "refusing/note.wav.manifest.json" not in after  # not done: the next run redoes the file
+    assert json.loads(after["refusing/note.wav.json"])["segments"][0]["text"] == "Yes."  # written before the refusal
+    listed = invoke("status", url, "--json")
+    assert json.loads(listed.stdout)["succeeded"] == 2  # note.wav is not counted done beside mixed outputs
