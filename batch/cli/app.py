@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from batch.cli.corrections import corrections_app
 from batch.cli.shared import guarded, load_settings
 from batch.cli.tools import doctor_command, models_app, report_command, status_command
 from batch.common.version import __version__
@@ -352,6 +353,7 @@ def run_command(
 
 
 app.add_typer(models_app, name="models")
+app.add_typer(corrections_app, name="corrections")
 app.command("doctor")(doctor_command)
 app.command("status")(status_command)
 app.command("report")(report_command)

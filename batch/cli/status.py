@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from batch.common.concurrency import ordered_map
 from batch.common.errors import EXIT_FILES_FAILED, EXIT_OK, BatchError, ConfigError, EnvironmentProblem, redact
-from batch.run.manifest import MANIFEST_SUFFIX, RUNS_FOLDER, Manifest, absent_outputs, manifest_name
+from batch.run.manifest import MANIFEST_SUFFIX, RUNS_FOLDER, Manifest, absent_outputs, manifest_name, to_review
 from batch.run.report import RunReport, report_names
 from batch.storage import Store, open_store
 
@@ -178,7 +178,7 @@ def _count(status: DestStatus, name: str, manifest: Manifest | None, problem: st
         status.audio_seconds += manifest.audio_seconds or 0.0
         quality = manifest.quality or {}
         status.segments_dropped += len(quality.get("dropped", []))
-        if quality.get("review"):
+        if to_review(manifest):  # the guard asked for a person, and no one marked it reviewed since
             item = ToReview(manifest.input.key, list(quality.get("reasons", [])), len(quality.get("dropped", [])))
             status.review.append(replace(item, confidence=quality.get("confidence")))
         return

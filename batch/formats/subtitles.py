@@ -13,6 +13,7 @@ their characters. A pause inside the chunk shifts those estimates; alignment giv
 
 from __future__ import annotations
 
+import html
 import io
 import re
 import unicodedata
@@ -69,12 +70,15 @@ class Cue:
     def end(self) -> float:
         return min(self.lines[-1][-1].end, self.start + self.longest)
 
-    def text(self, underline: Token | None = None) -> str:
-        return "\n".join(line_text(line, underline) for line in self.lines)
+    def text(self, underline: Token | None = None, escaped: bool = False) -> str:
+        return "\n".join(line_text(line, underline, escaped) for line in self.lines)
 
 
-def line_text(line: list[Token], underline: Token | None = None) -> str:
-    parts = [f"<u>{t.text}</u>" if t is underline else t.text for t in line]
+def line_text(line: list[Token], underline: Token | None = None, escaped: bool = False) -> str:
+    """The line as shown; `escaped`: `&`, `<` and `>` as WebVTT's character references, so that text (a person's
+    `<script>`, Whisper's `a < b`) is shown as written and never read as cue markup."""
+    texts = [html.escape(t.text, quote=False) if escaped else t.text for t in line]
+    parts = [f"<u>{text}</u>" if t is underline else text for t, text in zip(line, texts, strict=True)]
     return parts[0] + "".join(t.separator + part for t, part in zip(line[1:], parts[1:], strict=True))
 
 
@@ -167,23 +171,23 @@ def starts_new_cue(cue: Cue, token: Token, longest: float) -> bool:
     )
 
 
-def frames(cue: Cue, highlight_words: bool) -> list[tuple[float, float, str]]:
+def frames(cue: Cue, highlight_words: bool, escaped: bool = False) -> list[tuple[float, float, str]]:
     """The cue as (start, end, text); with highlighting, one frame per aligned word with that word underlined,
     and the plain text between them (whisperx's `--highlight_words` markup)."""
     aligned = [token for token in cue.tokens if token.aligned] if highlight_words else []
     if not aligned:
-        return [(cue.start, cue.end, cue.text())]
+        return [(cue.start, cue.end, cue.text(escaped=escaped))]
     shown: list[tuple[float, float, str]] = []
     cursor = cue.start
     for token in aligned:
         start, end = max(token.start, cursor), min(token.end, cue.end)
         if start > cursor:
-            shown.append((cursor, start, cue.text()))
+            shown.append((cursor, start, cue.text(escaped=escaped)))
         if end > start:
-            shown.append((start, end, cue.text(underline=token)))
+            shown.append((start, end, cue.text(token, escaped)))
             cursor = end
     if cursor < cue.end:
-        shown.append((cursor, cue.end, cue.text()))
+        shown.append((cursor, cue.end, cue.text(escaped=escaped)))
     return shown
 
 
@@ -194,7 +198,7 @@ def subtitles(transcript: Transcript, fmt: str, options: SubtitleOptions) -> str
     segments = []
     for cue in layout(tokens_of(list(transcript["segments"]), transcript["language"]), options):
         speaker = {"speaker": cue.speaker} if cue.speaker is not None else {}
-        shown = frames(cue, options.highlight_words)
+        shown = frames(cue, options.highlight_words, escaped=fmt == "vtt")
         segments += [{"start": start, "end": end, "text": text, **speaker} for start, end, text in shown]
     buffer = io.StringIO()
     # Without "words" the writer writes each segment as one cue, as given: its own layout options stay off.

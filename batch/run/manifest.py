@@ -91,6 +91,10 @@ class Manifest(Record):
     gpu: dict[str, dict[str, Any]] | None = None
     worker: str | None = None  # with --gpus or --workers: the worker process that transcribed the file
     quality: dict[str, Any] | None = None  # the hallucination guard's summary (batch.engine.quality.summary)
+    # A person's decisions applied to this transcript (batch.run.corrections), and those applied to the transcripts
+    # this file had before it was redone: read leniently here, so that a damaged record never redoes a file.
+    corrections: dict[str, Any] | None = None
+    corrections_history: list[dict[str, Any]] | None = None
 
     @classmethod
     def decode(cls, raw: bytes | None) -> Manifest | None:
@@ -101,6 +105,25 @@ class Manifest(Record):
             return cls.model_validate(json.loads(raw))
         except (ValidationError, ValueError):
             return None
+
+
+def to_review(manifest: Manifest) -> bool:
+    """Whether a person should look at the file: the guard asked for it (quality.review) and no one has marked
+    the file reviewed since (corrections.reviewed, by `corrections apply`)."""
+    asked = bool((manifest.quality or {}).get("review"))
+    return asked and not (manifest.corrections or {}).get("reviewed")
+
+
+def history_carried(old: Manifest | None) -> list[dict[str, Any]] | None:
+    """The corrections history a new manifest of the file takes over from the one it replaces: the old one's
+    history, and its own corrections, with the transcript they were made on (it is gone now)."""
+    if old is None:
+        return None
+    history = list(old.corrections_history or [])
+    if old.corrections:
+        made_on = {"run_id": old.run_id, "finished_at": old.finished_at, "input_version": old.input.version}
+        history.append({**made_on, "settings_hash": old.settings_hash, "corrections": old.corrections})
+    return history or None
 
 
 def read_manifest(dest: Store, key: str) -> Manifest | None:

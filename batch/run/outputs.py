@@ -21,6 +21,7 @@ from batch.run.manifest import (
     Manifest,
     done_alongside,
     done_beside,
+    history_carried,
     manifest_name,
     output_name,
     read_manifest,
@@ -131,9 +132,13 @@ def write_file(
         raise error  # there is no place for its manifest: the run report holds the reason
     if error is not None and not is_file_problem(error):
         raise NotRecorded(error)
-    seen = None
+    seen, replaced = None, None
     if run_started_at is not None:
-        seen = _check_not_done_beside(dest, manifest, error, run_started_at, holds_now)
+        seen, replaced = _check_not_done_beside(dest, manifest, error, run_started_at, holds_now)
+    else:  # --force: the manifest about to go, read for the corrections it holds
+        replaced = _readable(dest, key)
+    # A person's corrections were made on the transcript being replaced: kept as history, the file reviewed again.
+    manifest.corrections_history = history_carried(replaced)
     if transcript is not None:
         # The old manifest goes before the outputs it describes change: a crash midway never leaves a stale
         # "succeeded" beside outputs of another version or settings.
@@ -190,23 +195,30 @@ def _check_not_done_beside(
     error: Exception | None,
     run_started_at: str,
     holds_now: Callable[[str], bool] | None = None,
-) -> str:
+) -> tuple[str, Manifest | None]:
     """Raise when a run beside this one has done the file (LeftToOtherSettings, DoneAlongside, Superseded); else
-    the version of the manifest DEST holds now (_NOTHING_SEEN: none), which this write may replace."""
+    the version of the manifest DEST holds now (_NOTHING_SEEN: none), which this write may replace, and it."""
     found = dest.read_with_version(manifest_name(mine.input.key))
     existing = Manifest.decode(found[0]) if found is not None else None
     seen = found[1] if found is not None else _NOTHING_SEEN
     if existing is None:
-        return seen
+        return seen, None
     if done_beside(existing, mine.settings_hash, run_started_at):
         raise LeftToOtherSettings(existing)
     if error is not None:  # a failure of the file's own: keeps_succeeded_manifest decides
-        return seen
+        return seen, existing
     if done_alongside(existing, mine, run_started_at):
         raise DoneAlongside(existing)
     if holds_now is not None and _newer_beside(existing, mine, run_started_at) and holds_now(existing.input.version):
         raise Superseded(existing)
-    return seen
+    return seen, existing
+
+
+def _readable(dest: Store, key: str) -> Manifest | None:
+    try:
+        return read_manifest(dest, key)
+    except Exception:  # DEST unreadable: the write itself finds out; only a history is at stake here
+        return None
 
 
 def _newer_beside(existing: Manifest, mine: Manifest, run_started_at: str) -> bool:
@@ -227,12 +239,12 @@ def _delete_old_manifest(dest: Store, mine: Manifest, seen: str | None, run_star
     name = manifest_name(mine.input.key)
     if seen is None or run_started_at is None:
         dest.delete(name)
-    elif seen != _NOTHING_SEEN and not _delete_if_version(dest, name, seen):
+    elif seen != _NOTHING_SEEN and not delete_if_version(dest, name, seen):
         _check_not_done_beside(dest, mine, None, run_started_at)
         dest.delete(name)
 
 
-def _delete_if_version(dest: Store, name: str, version: str) -> bool:
+def delete_if_version(dest: Store, name: str, version: str) -> bool:
     try:
         return dest.delete_if_version(name, version)
     except ConditionalWritesUnsupported:

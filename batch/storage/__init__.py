@@ -115,12 +115,14 @@ def open_job_stores(
         raise ConfigError("source", str(exc)) from None
     if not is_s3_url(source_url):
         source.check_readable("SOURCE")  # cheap for a folder: a missing one stops the job before anything else
-    if _same_place(source_url, dest_url):
+    if same_place(source_url, dest_url):
         raise ConfigError("out", "DEST is SOURCE itself: give a folder or prefix of its own (it may lie inside SOURCE)")
     return source, dest
 
 
-def _same_place(source_url: str, dest_url: str) -> bool:
+def same_place(source_url: str, dest_url: str) -> bool:
+    """Whether two locations name one folder or one S3 prefix (`./out` and its absolute path, a prefix with or
+    without its trailing `/`)."""
     if is_s3_url(source_url) != is_s3_url(dest_url):
         return False
     if is_s3_url(source_url):
@@ -140,4 +142,5 @@ __all__ = [
     "open_job_stores",
     "open_source",
     "open_store",
+    "same_place",
 ]
