@@ -326,26 +326,26 @@ def test_corrections_applied_to_an_s3_dest(
     import boto3
 
     s3 = boto3.client("s3", endpoint_url=s3_endpoint)
-    s3.create_bucket(Bucket="jobs")
-    run(source, "s3://jobs/out", tiny_en, phrases, "--include", "note.wav")
+    s3.create_bucket(Bucket="corrected")
+    run(source, "s3://corrected/out", tiny_en, phrases, "--include", "note.wav")
 
     def get(name: str) -> Any:
-        return json.loads(s3.get_object(Bucket="jobs", Key=f"out/{name}")["Body"].read())
+        return json.loads(s3.get_object(Bucket="corrected", Key=f"out/{name}")["Body"].read())
 
     manifests = {"note.wav": get("note.wav.manifest.json")}
     doubtful = manifests["note.wav"]["quality"]["doubtful"][0]
     file = write(
         tmp_path / "c.json",
-        corrections("s3://jobs/out/", entry(manifests, "note.wav", [decision(doubtful, "edit", TYPED)])),
+        corrections("s3://corrected/out/", entry(manifests, "note.wav", [decision(doubtful, "edit", TYPED)])),
     )
-    assert read_review("s3://jobs/out") == {"note.wav": ["signals_disagree"]}
-    result = invoke("corrections", "apply", "s3://jobs/out", file)
+    assert read_review("s3://corrected/out") == {"note.wav": ["signals_disagree"]}
+    result = invoke("corrections", "apply", "s3://corrected/out", file)
     assert result.exit_code == 0, result.output
     assert get("note.wav.json")["segments"][0]["text"] == TYPED_LINE
-    srt = s3.get_object(Bucket="jobs", Key="out/note.wav.srt")["Body"].read().decode()
+    srt = s3.get_object(Bucket="corrected", Key="out/note.wav.srt")["Body"].read().decode()
     assert "<script>alert(1)</script>" in srt.replace("\n", " ")
-    assert get("note.wav.manifest.json")["corrections"]["reviewed"] and read_review("s3://jobs/out") == {}
-    same = run(source, "s3://jobs/out", tiny_en, phrases, "--include", "note.wav")
+    assert get("note.wav.manifest.json")["corrections"]["reviewed"] and read_review("s3://corrected/out") == {}
+    same = run(source, "s3://corrected/out", tiny_en, phrases, "--include", "note.wav")
     assert "0 succeeded, 1 skipped" in same.stderr
     assert get("note.wav.json")["segments"][0]["text"] == TYPED_LINE
 

@@ -68,7 +68,11 @@ def claim_versions(bucket: str, seen: set[str]) -> int:
 
 def reports(bucket: str) -> list[dict]:
     s3 = boto3.client("s3")
-    return [json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read()) for key in keys_in(bucket, "out/_runs/")]
+    return [
+        json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+        for key in keys_in(bucket, "out/_runs/")
+        if key.endswith(".json")
+    ]
 
 
 def test_claims_shorter_than_a_file_are_renewed_so_no_file_is_done_twice(

@@ -122,7 +122,11 @@ def manifest(bucket: str, key: str) -> dict:
 
 def reports(bucket: str) -> list[dict]:
     s3 = boto3.client("s3")
-    return [json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read()) for key in keys_in(bucket, "out/_runs/")]
+    return [
+        json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+        for key in keys_in(bucket, "out/_runs/")
+        if key.endswith(".json")
+    ]
 
 
 def wait_until(condition, timeout: float = 120, every: float = 0.2) -> None:
