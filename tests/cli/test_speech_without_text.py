@@ -6,6 +6,7 @@ manifest must say that the VAD's speech left no text, so that `status --review` 
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,18 @@ def test_without_the_guard_the_seconds_are_still_counted(callers: Path, tmp_path
     assert quality["dropped"] == [] and quality["reread"] == 0  # nothing judged
     english = manifest(out, "english_call.wav")["quality"]
     assert english["reasons"] == [] and english["speech_without_text_seconds"] == 0.0
+
+
+def test_a_call_whose_caller_left_no_text_beside_an_agent_who_did(callers: Path, tmp_path: Path, tiny_en: str) -> None:
+    """--channels split, the agent (English) on the left, the caller (Spanish) on the right: the transcript keeps
+    the agent's words, and the caller's speech, a large share of the call's, is what left no text."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    left, right = callers / "english_call.wav", callers / "spanish_call.wav"
+    subprocess.run(["sox", "-M", left, right, folder / "call.wav"], check=True)  # the shorter side padded
+    out = transcribe(folder, tmp_path / "out", tiny_en, "--channels", "split", "--channel-speakers", "agent,caller")
+    segments = transcript(out, "call.wav")["segments"]
+    assert segments and {segment["speaker"] for segment in segments} == {"agent"}
+    quality = manifest(out, "call.wav")["quality"]
+    assert "speech_without_text" in quality["reasons"]
+    assert 5 < quality["speech_without_text_seconds"] < quality["speech_seconds"] - 3  # the agent's is covered
