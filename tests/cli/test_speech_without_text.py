@@ -107,3 +107,15 @@ def test_a_call_whose_caller_left_no_text_beside_an_agent_who_did(callers: Path,
     quality = manifest(out, "call.wav")["quality"]
     assert "speech_without_text" in quality["reasons"]
     assert 5 < quality["speech_without_text_seconds"] < quality["speech_seconds"] - 3  # the agent's is covered
+
+
+def test_workers_count_it_as_one_process_does(callers: Path, tmp_path: Path, tiny_en: str, cli_process) -> None:  # type: ignore[no-untyped-def]
+    """--workers 2: each file is transcribed in a worker process and its outcome comes back to the parent."""
+    out = tmp_path / "out"
+    args = ("run", callers, "--out", out, "--model", tiny_en, "--no-align", "--device", "cpu", "--threads", "2")
+    done = cli_process(*args, "--workers", "2", "--batch-size", "2", "--formats", "json")
+    assert done.returncode == 0, done.stderr
+    quality = manifest(out, "spanish_call.wav")["quality"]
+    assert manifest(out, "spanish_call.wav")["worker"].startswith("cpu")
+    assert "speech_without_text" in quality["reasons"] and quality["speech_without_text_seconds"] > 5
+    assert manifest(out, "english_call.wav")["quality"]["reasons"] == []
