@@ -6,9 +6,10 @@ file counts the seconds of its VAD speech regions overlapped by no kept segment,
 the guard dropped what it dropped; with alignment a segment is a sentence timed by its words, else a VAD chunk).
 
 Every second the VAD took for speech counts, whatever Whisper thought of it: its no-speech probability does not
-tell a language it cannot read from music (tiny.en on espeak-ng Spanish, Italian, Portuguese and French callers:
-0.41 to 0.76; on music, sweeps and buzzing the VAD took for speech: 0.67 to 0.87), and a call that vanished costs
-more than a look at hold music. A recording in which the VAD found no speech at all is `no_speech_found` instead.
+tell a language it cannot read from music (tiny.en on espeak-ng callers in Spanish, German, French, Italian and
+Portuguese: 0.41 to 0.76; on music, sweeps and buzzing the VAD took for speech: 0.67 to 0.87), and a call that
+vanished costs more than a look at hold music. A recording in which the VAD found no speech at all is
+`no_speech_found` instead.
 
 A file is for review when the speech without text is both long and a large share of the file's speech: at least
 `SPEECH_WITHOUT_TEXT_MIN_SECONDS` (a sentence: a laugh or a cough the VAD takes for speech is shorter) and at least
