@@ -33,6 +33,7 @@ from batch.engine.config import PipelineConfig
 from batch.engine.gpu.oom import raise_if_context_lost, run_with_oom_backoff
 from batch.engine.loading import load_models
 from batch.engine.pipeline import DecodedFile, FileOutcome, PipelineStats
+from batch.engine.quality.coverage import speech_without_text
 from batch.engine.quality.guard import QualityRecord, Reading, guard, recheck_aligned
 from batch.engine.quality.signals import VadView
 from batch.engine.vad.speech import SpeechChunk
@@ -170,8 +171,7 @@ class WhisperxPipeline:
             return FileOutcome(file, error=overdue)
         if not chunks:
             outcome = FileOutcome(file, transcribed=True, language=language, language_probability=probability)
-            if self.config.quality.enabled:
-                outcome.quality = QualityRecord().to_dict()  # no speech found: a person may want to know why
+            outcome.quality = QualityRecord().to_dict()  # no speech found: a person may want to know why
             return outcome
         return FileInFlight(file, chunks, language, probability)
 
@@ -198,9 +198,13 @@ class WhisperxPipeline:
 
     def _guard(self, state: FileInFlight) -> None:
         """The hallucination guard over a file whose chunks are all read (batch.engine.quality), on the ASR's
-        thread: a segment judged hallucinated is read once more, with the temperature fallback."""
+        thread: a segment judged hallucinated is read once more, with the temperature fallback. Off, nothing is
+        judged and the record holds the speech alone (what is said of the text comes once it is final)."""
         options = self.config.quality
-        if not options.enabled or state.error is not None:
+        if state.error is not None:
+            return
+        if not options.enabled:
+            state.quality = QualityRecord(speech_seconds=speech_seconds_of(state.chunks)).to_dict()
             return
         try:
             with state.file.stopwatch.stage("quality"):
@@ -262,6 +266,8 @@ class WhisperxPipeline:
             outcome.transcribed, outcome.error = False, exc
         if outcome.transcribed and outcome.quality is not None and (outcome.alignment or {}).get("status") == "aligned":
             self._recheck_aligned(outcome)
+        if outcome.transcribed and outcome.quality is not None:
+            outcome.quality["speech_without_text_seconds"] = speech_without_text_of(state.chunks, outcome.segments)
         self._stats.gpu_records.extend(record for stage, record in outcome.gpu.items() if stage != "asr")
         return outcome
 
@@ -282,8 +288,17 @@ class WhisperxPipeline:
 
 def unguarded(key: str, chunks: list[SpeechChunk], exc: Exception) -> QualityRecord:
     """The record of a file the guard broke on: its speech, and why nothing was judged."""
-    speech = sum(chunk.end - chunk.start if chunk.speech_seconds is None else chunk.speech_seconds for chunk in chunks)
-    return QualityRecord(speech_seconds=speech, guard_error=guard_failure(key, exc))
+    return QualityRecord(speech_seconds=speech_seconds_of(chunks), guard_error=guard_failure(key, exc))
+
+
+def speech_seconds_of(chunks: list[SpeechChunk]) -> float:
+    return sum(chunk.end - chunk.start if chunk.speech_seconds is None else chunk.speech_seconds for chunk in chunks)
+
+
+def speech_without_text_of(chunks: list[SpeechChunk], segments: list[dict[str, Any]]) -> float:
+    """The seconds of the VAD's speech regions no kept segment overlaps (batch.engine.quality.coverage)."""
+    speech = [region for chunk in chunks for region in chunk.speech_regions]
+    return round(speech_without_text(speech, [(segment["start"], segment["end"]) for segment in segments]), 3)
 
 
 def guard_failure(key: str, exc: Exception) -> str:

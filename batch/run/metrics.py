@@ -111,7 +111,10 @@ class RunMetrics(Collector):
             [({}, dropped)],
         )
         yield self._family(
-            CounterMetricFamily, "files_to_review", "Files the hallucination guard marked for review.", [({}, review)]
+            CounterMetricFamily,
+            "files_to_review",
+            "Files marked for a person to look at (their manifest's quality.review).",
+            [({}, review)],
         )
         stage_seconds = {stage: 0.0 for stage in STAGES} | dict(stages)
         yield self._family(

@@ -79,6 +79,9 @@ def test_text_written_over_non_speech_leaves_every_output_and_stays_in_the_manif
         assert entry["text"] and entry["end"] > entry["start"] and entry["reasons"]
         assert {"no_speech_probability", "low_log_probability"} & set(entry["reasons"])
     assert quality["speech_seconds"] > 0 and quality["segments"] == 0
+    # what the VAD took for speech left no text: a person may listen (issue 38 #1)
+    assert quality["speech_without_text_seconds"] == quality["speech_seconds"] > 3
+    assert quality["reasons"] == ["speech_without_text"]
 
 
 @pytest.mark.parametrize("name", SILENT)
@@ -103,20 +106,27 @@ def test_the_run_report_counts_what_was_dropped_and_what_to_review(dropped: Path
     report = json.loads(next((dropped / "_runs").glob("*.json")).read_text())
     quality = report["quality"]
     assert quality["segments_dropped"] >= len(HALLUCINATED)
-    assert quality["files_to_review"] == len(SILENT) and sorted(quality["review"]) == sorted(SILENT)
+    assert sorted(quality["review"]) == sorted(SILENT + HALLUCINATED)
+    assert quality["files_to_review"] == len(SILENT + HALLUCINATED)
 
 
 def test_status_review_lists_the_files_to_look_at(dropped: Path) -> None:
     text = invoke("status", dropped, "--review")
     assert text.exit_code == 0
     lines = text.output.splitlines()
-    assert lines[0].endswith(f"{len(SILENT)} of {len(SILENT) + len(HALLUCINATED) + len(SPEECH)} files to review")
-    assert sorted(lines[1:]) == sorted(f"  {name}: no speech found" for name in SILENT)
+    to_review = len(SILENT) + len(HALLUCINATED)
+    assert lines[0].endswith(f"{to_review} of {to_review + len(SPEECH)} files to review")
+    heard = [line for line in lines[1:] if ": speech without text; " in line]
+    assert sorted(line for line in lines[1:] if line not in heard) == sorted(f"  {n}: no speech found" for n in SILENT)
+    assert sorted(line.split(":")[0].strip() for line in heard) == sorted(HALLUCINATED)
     listed = json.loads(invoke("status", dropped, "--review", "--json").output)
-    assert listed["files_to_review"] == len(SILENT)
-    assert {item["key"]: item["reasons"] for item in listed["review"]} == {name: ["no_speech_found"] for name in SILENT}
+    assert listed["files_to_review"] == to_review
+    assert {item["key"]: item["reasons"] for item in listed["review"]} == {
+        **{name: ["no_speech_found"] for name in SILENT},
+        **{name: ["speech_without_text"] for name in HALLUCINATED},
+    }
     summary = json.loads(invoke("status", dropped, "--json").output)
-    assert summary["files_to_review"] == len(SILENT) and summary["segments_dropped"] >= len(HALLUCINATED)
+    assert summary["files_to_review"] == to_review and summary["segments_dropped"] >= len(HALLUCINATED)
 
 
 def test_flag_keeps_whisperx_text_and_off_writes_it_as_before(recordings: Path, tmp_path: Path, tiny_en: str) -> None:
@@ -128,7 +138,9 @@ def test_flag_keeps_whisperx_text_and_off_writes_it_as_before(recordings: Path, 
         for fmt in TEXT_FORMATS:
             suffix = "turns.json" if fmt == "turns" else fmt
             assert (flagged / f"{name}.{suffix}").read_bytes() == (off / f"{name}.{suffix}").read_bytes()
-        assert "quality" not in manifest(off, name)
+        nothing_judged = manifest(off, name)["quality"]  # the speech, and what left no text: nothing judged
+        assert all(nothing_judged[entry] == [] for entry in ("dropped", "flagged", "doubtful", "cut", "replaced"))
+        assert nothing_judged["speech_seconds"] > 0 and nothing_judged["speech_without_text_seconds"] == 0.0
     assert transcript(off, "vibrato.wav")["segments"]  # whisperx's text over a tone
     quality = manifest(flagged, "vibrato.wav")["quality"]
     assert quality["review"] and quality["reasons"] == ["hallucinations_kept"] and quality["flagged"]

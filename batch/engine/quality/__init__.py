@@ -9,7 +9,8 @@ Every segment (one VAD chunk, as Whisper read it) gets signals from what the pip
 - after alignment: the aligned words' character scores.
 `judge` weighs them (a text signal counts only where an acoustic one is weak too, so a person who says "thank
 you" keeps it); `guard` reads a judged segment once more with the temperature fallback, then drops or flags what
-still fails and cuts loops inside real speech; `summary` makes a file's quality record for its manifest.
+still fails and cuts loops inside real speech; `coverage` counts the VAD's speech that no kept text covers (a
+caller the model cannot read); `summary` makes a file's quality record for its manifest.
 
 Imports: numpy and the standard library only; the chunks and readings come in as plain values.
 """

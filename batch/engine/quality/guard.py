@@ -77,6 +77,7 @@ class QualityRecord:
     reread: int = 0  # segments read again with the temperature fallback
     recovered: int = 0  # of those, read well the second time (their new text kept)
     guard_error: str | None = None  # the guard broke on this file: its transcript is whisperx's, unguarded
+    speech_without_text_seconds: float = 0.0  # no kept text covers: set once the text is final (quality.coverage)
 
     def to_dict(self) -> dict[str, Any]:
         record: dict[str, Any] = {
@@ -88,6 +89,7 @@ class QualityRecord:
             "replaced": self.replaced,
             "reread": self.reread,
             "recovered": self.recovered,
+            "speech_without_text_seconds": round(self.speech_without_text_seconds, 3),
         }
         if self.guard_error is not None:
             record["guard_error"] = self.guard_error
@@ -229,7 +231,9 @@ def merge_records(records: Sequence[dict[str, Any] | None]) -> dict[str, Any] | 
     present = [record for record in records if record is not None]
     if not present:
         return None
-    merged: dict[str, Any] = {"speech_seconds": round(sum(r["speech_seconds"] for r in present), 3)}
+    merged: dict[str, Any] = {
+        name: round(sum(r[name] for r in present), 3) for name in ("speech_seconds", "speech_without_text_seconds")
+    }
     for name in ("dropped", "flagged", "doubtful", "cut", "replaced"):
         merged[name] = sorted((entry for r in present for entry in r[name]), key=lambda entry: entry["start"])
     for name in ("reread", "recovered"):

@@ -1,9 +1,10 @@
 """A file's quality summary, for its manifest: whether a person should look at it, and why.
 
 `review` is true when text remains where the signals disagree, when hallucinations were kept (`flag`), when the
-language was found with a low probability, when the VAD found no speech at all, when diarization found fewer
-speakers than asked for, when aligned words fit the audio poorly, or when the guard itself broke on the file (its
-transcript is then whisperx's, unguarded); `reasons` names each.
+language was found with a low probability, when the VAD found no speech at all, when speech left no text (long,
+and much of the file's: batch.engine.quality.coverage), when diarization found fewer speakers than asked for, when
+aligned words fit the audio poorly, or when the guard itself broke on the file (its transcript is then whisperx's,
+unguarded); `reasons` names each.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from batch.engine.quality.coverage import speech_left_no_text
 from batch.engine.quality.judge import ALIGNED_SCORE_WEAK
 from batch.engine.quality.signals import aligned_score
 
@@ -47,6 +49,8 @@ def summarize(
         reasons.append("low_language_probability")
     if record["speech_seconds"] <= 0:
         reasons.append("no_speech_found")
+    if speech_left_no_text(record["speech_without_text_seconds"], record["speech_seconds"]):
+        reasons.append("speech_without_text")
     if min_speakers is not None and speakers is not None and speakers < min_speakers:
         reasons.append("fewer_speakers_than_asked")
     scores = [aligned_score(segment.get("words", [])) for segment in segments]
@@ -57,6 +61,7 @@ def summarize(
         "reasons": reasons,
         "dropped": record["dropped"],
         "speech_seconds": record["speech_seconds"],
+        "speech_without_text_seconds": record["speech_without_text_seconds"],
         "language": language,
         "language_probability": language_probability,
         "confidence": confidence(segments),

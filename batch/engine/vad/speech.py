@@ -63,6 +63,13 @@ class SpeechChunk:
     end: float
     speech_seconds: float | None = field(default=None, compare=False)  # inside the VAD's speech regions
     mean_score: float | None = field(default=None, compare=False)  # mean frame speech score (pyannote only)
+    # The speech regions inside the chunk, (start, end) in seconds: where speech that left no text is looked for.
+    regions: tuple[tuple[float, float], ...] = field(default=(), compare=False)
+
+    @property
+    def speech_regions(self) -> tuple[tuple[float, float], ...]:
+        """Its speech regions; a chunk made without them is speech end to end."""
+        return self.regions or ((self.start, self.end),)
 
 
 class SpeechDetector(Protocol):
@@ -170,8 +177,8 @@ def _chunks(
     regions: Sequence[tuple[float, float]] = (),
     frames: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> list[SpeechChunk]:
-    """whisperx's merged chunk dicts as SpeechChunks, ends capped at the end of the audio, with the seconds of
-    speech regions inside each and, given the frame scores and their middles, its mean speech score.
+    """whisperx's merged chunk dicts as SpeechChunks, ends capped at the end of the audio, with the speech regions
+    inside each and their seconds and, given the frame scores and their middles, its mean speech score.
 
     pyannote stamps a region at its last frame's middle, which can lie a few milliseconds past the last sample.
     """
@@ -182,5 +189,8 @@ def _chunks(
     for c in merged:
         start, end = float(c["start"]), min(float(c["end"]), duration)
         score = mean_score_within(*frames, start, end) if frames is not None else None
-        chunks.append(SpeechChunk(start, end, round(speech_seconds_within(regions, start, end), 3), score))
+        inside = tuple(
+            (max(start, r_start), min(end, r_end)) for r_start, r_end in regions if r_start < end and r_end > start
+        )
+        chunks.append(SpeechChunk(start, end, round(speech_seconds_within(regions, start, end), 3), score, inside))
     return chunks
