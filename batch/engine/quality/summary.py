@@ -47,6 +47,8 @@ def summarize(
         reasons.append("low_language_probability")
     if record["speech_seconds"] <= 0:
         reasons.append("no_speech_found")
+    if any("other_language" in segment for segment in segments):  # detected in another language than the forced one
+        reasons.append("other_language")
     if min_speakers is not None and speakers is not None and speakers < min_speakers:
         reasons.append("fewer_speakers_than_asked")
     scores = [aligned_score(segment.get("words", [])) for segment in segments]
