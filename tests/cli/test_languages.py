@@ -178,3 +178,31 @@ def test_other_languages_flag_is_in_the_settings_hash(base_multilingual: str) ->
         ).settings_hash
 
     assert digest(other_languages="flag") != digest() == digest(other_languages="transcribe")
+
+
+def test_each_language_is_aligned_with_its_own_model(
+    cli, calls: dict[str, Path], base_multilingual: str, tmp_path: Path
+) -> None:
+    """Alignment splits segments into sentences: each keeps the language of the segment it came from, and each
+    language's segments are timed by that language's model."""
+    from tests.tiny_models import build_tiny_align_model
+
+    align_en = str(build_tiny_align_model(tmp_path / "align-en"))
+    align_es = str(
+        build_tiny_align_model(tmp_path / "align-es", chars=list("abcdefghijklmnopqrstuvwxyzáéíóúñü'"), seed=1)
+    )
+    out = tmp_path / "out"
+    result = cli(
+        "run", calls["switch"], "--out", out, "--model", base_multilingual, "--threads", "2", *CHUNKS,
+        "--align-model", f"en={align_en}", "--align-model", f"es={align_es}",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    transcript, manifest = read(out / "switch.wav.json"), read(out / "switch.wav.manifest.json")
+    alignment = manifest["alignment"]
+    assert alignment["status"] == "aligned" and set(alignment["languages"]) == {"en", "es"}, alignment
+    assert {code: entry["model"] for code, entry in alignment["languages"].items()} == {"en": align_en, "es": align_es}
+    languages = [segment["language"] for segment in transcript["segments"]]
+    assert languages == sorted(languages, key=["en", "es"].index) and set(languages) == {"en", "es"}, languages
+    assert all(segment["words"] for segment in transcript["segments"])
+    starts = [segment["start"] for segment in transcript["segments"]]
+    assert starts == sorted(starts)
