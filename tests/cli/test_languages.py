@@ -120,12 +120,13 @@ def test_other_languages_flag_reads_the_forced_language_and_still_flags(
 
 @pytest.mark.parametrize(
     ("args", "detected"),
-    [(["--task", "translate"], False), (["--language", "en"], True), ([], True)],
+    [(["--task", "translate"], False), (["--languages", "es"], False), (["--language", "en"], True), ([], True)],
 )
 def test_detection_runs_only_where_it_can_change_something(
     cli, calls: dict[str, Path], base_multilingual: str, tiny_en: str, tmp_path: Path, args: list[str], detected: bool
 ) -> None:
-    """An English-only model and a translation detect nothing per chunk (the run report's count, the files' timings)."""
+    """An English-only model, a translation and a choice of one language detect nothing per chunk (the run report's
+    count, the files' timings)."""
     for model in (tiny_en, base_multilingual) if detected else (base_multilingual,):
         out = tmp_path / Path(model).name
         transcript, manifest, report = transcribe(cli, calls["switch"], out, model, *CHUNKS, *args)
