@@ -79,7 +79,12 @@ def run_command(
     ] = None,
     model_dir: Annotated[str | None, Opt(help="Where downloaded models are cached.", rich_help_panel=MODEL)] = None,
     language: Annotated[
-        str | None, Opt(help="ISO code (en), name (Russian), or auto: detected per file.", rich_help_panel=MODEL)
+        str | None,
+        Opt(
+            help="ISO code (en) or name (Russian): forced, speech in other languages flagged; or auto: "
+            "each stretch of speech in its own language.",
+            rich_help_panel=MODEL,
+        ),
     ] = None,
     device: Annotated[
         str | None, Opt(help="auto | cuda | cpu (auto: cuda when usable).", rich_help_panel=MODEL)
@@ -122,7 +127,19 @@ def run_command(
         float | None, Opt(help="Longest speech chunk fed to Whisper, s (30).", rich_help_panel=MODEL)
     ] = None,
     languages: Annotated[
-        str | None, Opt(help="With --language auto: detect among these only (en,es,de).", rich_help_panel=MODEL)
+        str | None,
+        Opt(
+            help="With --language auto: read each stretch of speech in the likeliest of these (en,es,de).",
+            rich_help_panel=MODEL,
+        ),
+    ] = None,
+    other_languages: Annotated[
+        str | None,
+        Opt(
+            help="With a forced --language, speech detected in another language: transcribe (default: in its own "
+            "language) | flag (read as --language); flagged and marked for review either way.",
+            rich_help_panel=MODEL,
+        ),
     ] = None,
     task: Annotated[str | None, _decoding("transcribe | translate (to English).")] = None,
     initial_prompt: Annotated[str | None, _decoding("Text given to Whisper as if said before each chunk.")] = None,

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from batch.engine.asr.languages import spoken_languages
 from batch.engine.pipeline import DecodedFile, FileOutcome, Pipeline, PipelineStats
 from batch.engine.quality.guard import merge_records
 
@@ -107,6 +108,7 @@ def merge_channels(file: DecodedFile, outcomes: list[FileOutcome], given: tuple[
     ]
     main = max(outcomes, key=_speech_seconds)  # the first channel, when none has speech
     merged.language, merged.language_probability = main.language, main.language_probability
+    merged.languages = spoken_languages(merged.segments)
     merged.alignment = _merged_alignment(outcomes)
     merged.quality = merge_records([outcome.quality for outcome in outcomes])
     return merged

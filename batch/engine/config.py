@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from batch.engine.asr.decoding import DecodingOptions
+from batch.engine.asr.languages import LanguageRule, OtherLanguages, language_rule
 from batch.engine.quality.guard import QualityOptions
 from batch.engine.vad.speech import VadOptions
 
@@ -38,16 +39,21 @@ class RuntimeOptions:
 @dataclass(frozen=True)
 class AsrConfig:
     model: str = "large-v3"
-    language: str = "auto"  # an ISO code, or auto: detected per file
+    language: str = "auto"  # an ISO code (forced, with the other-language check), or auto: detected per chunk
     languages: tuple[str, ...] = ()  # with auto: detected among these only
     decoding: DecodingOptions = field(default_factory=DecodingOptions)
+    other_languages: OtherLanguages = "transcribe"  # a chunk found in another language than the forced one
+
+    def language_rule(self, multilingual: bool) -> LanguageRule | None:
+        """How each chunk's language is chosen from its detection; None: no detection (it could change nothing)."""
+        return language_rule(self.language, self.languages, self.other_languages, self.decoding.task, multilingual)
 
     def english_only_problem(self) -> tuple[str, str] | None:
         """(key, message) when an English-only model cannot do what is asked of it."""
         if self.language not in ("auto", "en"):
             return "language", f"the model {self.model} is English-only; use en or auto"
-        if self.languages and "en" not in self.languages:
-            return "languages", f"the model {self.model} is English-only: it detects only en"
+        if self.languages:
+            return "languages", f"the model {self.model} is English-only: it detects no language; leave languages out"
         if self.decoding.task == "translate":
             return "task", f"the model {self.model} is English-only: it cannot translate; use a multilingual model"
         return None

@@ -59,36 +59,59 @@ class Finisher:
             torch.set_num_threads(held)
 
     def _align(self, outcome: FileOutcome) -> None:
-        """Time every word; when that cannot be done the segment timings stay and the reason is recorded."""
+        """Time every word, each segment with its own language's model; when that cannot be done the segment
+        timings stay and the reason is recorded."""
         from batch.engine.align.aligner import AlignmentOutcome, AlignmentUnavailable
-        from batch.engine.gpu.oom import GpuOutOfMemory, run_with_oom_backoff
+        from batch.engine.asr.languages import carry_languages
 
         if not outcome.segments or outcome.language is None:
             outcome.alignment = AlignmentOutcome("no_speech").to_dict()
             return
-        aligner = self._load_aligner()
-        audio, segments, language = outcome.file.audio, outcome.segments, outcome.language
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for segment in outcome.segments:
+            groups.setdefault(segment.get("language") or outcome.language, []).append(segment)
+        aligned: list[dict[str, Any]] = []
+        results: dict[str, dict[str, Any]] = {}
+        for language, segments in groups.items():
+            try:
+                done, result = self._align_language(outcome, segments, language)
+            except AlignmentUnavailable as problem:
+                model = self._load_aligner().model_for(language)
+                done, result, outcome.error = (
+                    segments,
+                    AlignmentOutcome("failed", model=model, reason=str(problem)),
+                    problem,
+                )
+            aligned += carry_languages(done, segments)
+            results[language] = result.to_dict()
+        outcome.segments = sorted(aligned, key=lambda segment: segment["start"])  # stable: a group's order stays
+        outcome.alignment = alignment_of(results, outcome.language)
+
+    def _align_language(self, outcome: FileOutcome, segments: list[dict[str, Any]], language: str) -> tuple[Any, Any]:
+        from batch.engine.gpu.oom import GpuOutOfMemory, merge_records, run_with_oom_backoff
+
+        aligner, audio = self._load_aligner(), outcome.file.audio
         assert audio is not None
         # Loaded before the back-off: an out-of-memory while loading is not the batch's (batch.engine.gpu.placing).
         aligner.ready(language)
+        if self.config.runtime.device == "cpu":  # one segment a forward: it keeps the cores busy, bit for bit
+            return aligner.align(segments, audio, language)
+        earlier = outcome.gpu.get("align")  # another language's segments, aligned before these
         try:
-            if self.config.runtime.device == "cpu":  # one segment a forward: it keeps the cores busy, bit for bit
-                outcome.segments, result = aligner.align(segments, audio, language)
-            else:
-                (outcome.segments, result), outcome.gpu["align"] = run_with_oom_backoff(
-                    "align",
-                    self.sizer,
-                    lambda size: aligner.align(segments, audio, language, size),
-                    items=len(segments),
-                    max_size=aligner.most_per_forward(language, len(segments)),  # no more granted than it runs
-                )
+            done, outcome.gpu["align"] = run_with_oom_backoff(
+                "align",
+                self.sizer,
+                lambda size: aligner.align(segments, audio, language, size),
+                items=len(segments),
+                max_size=aligner.most_per_forward(language, len(segments)),  # no more granted than it runs
+            )
         except GpuOutOfMemory as exc:
             outcome.gpu["align"] = exc.record
             raise
-        except AlignmentUnavailable as problem:
-            model = aligner.model_for(outcome.language)
-            result, outcome.error = AlignmentOutcome("failed", model=model, reason=str(problem)), problem
-        outcome.alignment = result.to_dict()
+        finally:
+            if earlier is not None and outcome.gpu["align"] is not earlier:
+                outcome.gpu["align"] = merge_records([earlier, outcome.gpu["align"]])
+        return done
 
     def _diarize(self, outcome: FileOutcome) -> None:
         from batch.engine.diarize.diarizer import assign_speakers
@@ -126,3 +149,18 @@ class Finisher:
             diarize, runtime, hub = self.config.diarize, self.config.runtime, self.config.hub
             self._diarizer = Diarizer(diarize.model, runtime.device, hub.token, hub.cache_dir, hub.offline)
         return self._diarizer
+
+
+# When a file's languages align differently, its alignment says the worst of them.
+_ALIGNMENT_SEVERITY = ("failed", "unavailable", "aligned", "no_speech")
+
+
+def alignment_of(results: dict[str, dict[str, Any]], main: str) -> dict[str, Any]:
+    """A file's alignment: its one language's, or (several) the main language's with the worst status of them
+    all and each language's own under `languages`."""
+    if len(results) == 1:
+        return next(iter(results.values()))
+    rank = {status: order for order, status in enumerate(_ALIGNMENT_SEVERITY)}
+    worst = min((result["status"] for result in results.values()), key=lambda status: rank.get(status, len(rank)))
+    first = results.get(main) or next(iter(results.values()))
+    return {**first, "status": worst, "languages": results}

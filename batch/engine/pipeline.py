@@ -101,6 +101,7 @@ class FileOutcome:
     gpu: dict[str, Any] = field(default_factory=dict)  # stage -> oom.StageMemoryRecord
     worker: str | None = None  # the worker process that made it, when the pipeline is a pool of them
     quality: dict[str, Any] | None = None  # the hallucination guard's record (batch.engine.quality.guard)
+    languages: dict[str, float] | None = None  # seconds of segments per language, when found per chunk
 
     @property
     def key(self) -> str:
@@ -120,6 +121,7 @@ class PipelineStats:
     first_batch_at: float | None = None  # the clock when the first ASR batch started
     asr_batches: int = 0
     asr_items: int = 0
+    language_detections: int = 0  # chunks whose language Whisper detected (batch.engine.asr.languages)
     batch_size: int = 0  # the configured ceiling
     alignment_models_loaded: list[str] = field(default_factory=list)
     gpu_records: list[Any] = field(default_factory=list)  # oom.StageMemoryRecord: one per ASR batch, per diarized file

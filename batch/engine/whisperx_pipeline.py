@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import itertools
 import logging
 import time
@@ -27,7 +28,8 @@ from typing import Any
 from batch.common.concurrency import ordered_map
 from batch.common.errors import BatchError, describe
 from batch.engine.asr.chunks import ChunkQueue, FileInFlight
-from batch.engine.asr.recognizer import WINDOW_SAMPLES, Recognized, WhisperRecognizer
+from batch.engine.asr.languages import LanguageRule, main_language, segment_language, spoken_languages
+from batch.engine.asr.recognizer import WINDOW_SAMPLES, Chunk, Recognized, WhisperRecognizer
 from batch.engine.audio import SAMPLE_RATE
 from batch.engine.config import PipelineConfig
 from batch.engine.gpu.oom import raise_if_context_lost, run_with_oom_backoff
@@ -55,6 +57,7 @@ class WhisperxPipeline:
         self.sizer: Any = None
         self._finisher: Any = None
         self._input_wait = 0.0  # seconds spent waiting for the next decoded file
+        self._rule: LanguageRule | None = None  # each chunk's language from its own detection (asr.languages)
         self._stats = PipelineStats(batch_size=config.runtime.batch_size)
 
     # --- loading ---------------------------------------------------------------------------------------------
@@ -66,6 +69,7 @@ class WhisperxPipeline:
         models = load_models(self.config)
         self.vad, self.recognizer = models.vad, models.recognizer
         self.sizer, self._finisher = models.sizer, models.finisher
+        self._rule = self.config.asr.language_rule(self.recognizer.multilingual)
         self._stats.load_seconds = models.seconds
         log.info("models loaded in %.1f s", models.seconds)
 
@@ -91,7 +95,7 @@ class WhisperxPipeline:
             workers=1,
             ahead=VAD_AHEAD if self.overlap else 0,
         )
-        queue = ChunkQueue(self.recognizer, self.sizer, self._stats, self.clock)
+        queue = ChunkQueue(self.recognizer, self.sizer, self._stats, self.clock, self._rule)
         finishing: deque[Future[FileOutcome]] = deque()
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="finish") if self.overlap else None
         exhausted = False
@@ -176,14 +180,16 @@ class WhisperxPipeline:
         return FileInFlight(file, chunks, language, probability)
 
     def _language(self, file: DecodedFile, chunks: list[SpeechChunk]) -> tuple[str | None, float | None]:
-        """The configured language, English for an English-only model, else detected on this file alone
-        (on the first 30 s from where its speech starts)."""
+        """The configured language, English for an English-only model, none yet when each chunk's is detected,
+        else detected on this file alone (on the first 30 s from where its speech starts: --task translate)."""
         assert self.recognizer is not None and file.audio is not None
         requested = self.config.asr.language
         if not self.recognizer.multilingual:
             return "en", None
-        if requested != "auto":
-            return requested, None
+        if requested != "auto" or self._rule is not None:
+            return (None if requested == "auto" else requested), None
+        if len(self.config.asr.languages) == 1:  # a choice of one: nothing to detect
+            return self.config.asr.languages[0], None
         if not chunks:
             return None, None
         start = int(chunks[0].start * SAMPLE_RATE)
@@ -209,14 +215,15 @@ class WhisperxPipeline:
         try:
             with state.file.stopwatch.stage("quality"):
                 readings = [reading_of(chunk, text) for chunk, text in zip(state.chunks, state.texts, strict=True)]
-                kept, record = guard(readings, options, state.language, lambda indices: self._reread(state, indices))
+                language = state.language or main_language(chunk_segments(state))[0]
+                kept, record = guard(readings, options, language, lambda indices: self._reread(state, indices))
         except BatchError:
             raise
         except Exception as exc:  # the transcript is read whole: it is kept as whisperx wrote it, for review
             raise_if_context_lost(exc)
             state.quality = unguarded(state.file.key, state.chunks, exc).to_dict()
             return
-        state.texts = [Recognized(r.text, r.avg_logprob, r.no_speech_prob) for r in kept]
+        state.texts = [guarded(text, r) for text, r in zip(state.texts, kept, strict=True)]
         state.quality = record.to_dict()
 
     def _reread(self, state: FileInFlight, indices: list[int]) -> list[Reading]:
@@ -225,12 +232,12 @@ class WhisperxPipeline:
 
         assert self.recognizer is not None
         recognizer = self.recognizer
-        language = state.language if recognizer.multilingual else None
-        chunks = list(state.asr_chunks(language))
-        result = map_in_batches(
+        chunks = list(state.asr_chunks(None))
+        languages = state.chunk_languages() if recognizer.multilingual else [None] * len(chunks)
+        result = map_in_batches(  # each chunk read again in the language it was read in, not detected again
             "asr",
             self.sizer,
-            [chunks[index] for index in indices],
+            [Chunk(chunks[index].audio, languages[index]) for index in indices],
             lambda batch: recognizer.recognize(batch, FALLBACK_TEMPERATURES, bounded=True),
         )
         return [reading_of(state.chunks[index], again) for index, again in zip(indices, result.outputs, strict=True)]
@@ -256,7 +263,10 @@ class WhisperxPipeline:
             return outcome
         outcome.transcribed = True
         outcome.quality = state.quality
-        outcome.segments = segments_of(state.chunks, state.texts)
+        outcome.segments = segments_of(state.chunks, state.texts, state.language, state.probability)
+        if self._rule is not None:
+            self._file_language(outcome, state)
+        outcome.languages = spoken_languages(outcome.segments)
         try:
             self._finisher.finish(outcome)
         except BatchError:
@@ -270,6 +280,18 @@ class WhisperxPipeline:
             outcome.quality["speech_without_text_seconds"] = speech_without_text_of(state.chunks, outcome.segments)
         self._stats.gpu_records.extend(record for stage, record in outcome.gpu.items() if stage != "asr")
         return outcome
+
+    def _file_language(self, outcome: FileOutcome, state: FileInFlight) -> None:
+        """The language spoken most, by seconds of segments (of speech chunks, when no text was kept); a forced
+        language keeps no file probability (it was not detected), as without the check."""
+        language, probability = main_language(outcome.segments)
+        if language is None:
+            language, probability = main_language(chunk_segments(state))
+        assert self._rule is not None
+        if self._rule.forced is not None:
+            probability = None
+        outcome.language = language or state.language
+        outcome.language_probability = probability
 
     def _recheck_aligned(self, outcome: FileOutcome) -> None:
         """The guard's look at the aligned words; should it break, the segments stay as aligned, for review."""
@@ -309,6 +331,12 @@ def guard_failure(key: str, exc: Exception) -> str:
     return message
 
 
+def guarded(read: Recognized | None, kept: Reading) -> Recognized:
+    """The chunk's reading as the guard kept it (its text dropped, or read again), its detected language kept."""
+    assert read is not None
+    return dataclasses.replace(read, text=kept.text, avg_logprob=kept.avg_logprob, no_speech_prob=kept.no_speech_prob)
+
+
 def reading_of(chunk: SpeechChunk, recognized: Recognized | None) -> Reading:
     """A chunk's reading as the hallucination guard takes it: plain values."""
     assert recognized is not None
@@ -316,17 +344,39 @@ def reading_of(chunk: SpeechChunk, recognized: Recognized | None) -> Reading:
     return Reading(chunk.start, chunk.end, recognized.text, recognized.avg_logprob, recognized.no_speech_prob, vad)
 
 
-def segments_of(chunks: list[SpeechChunk], texts: list[Recognized | None]) -> list[dict[str, Any]]:
-    """One segment per chunk that Whisper read something in, timed by the VAD."""
+def segments_of(
+    chunks: list[SpeechChunk],
+    texts: list[Recognized | None],
+    language: str | None = None,
+    probability: float | None = None,
+) -> list[dict[str, Any]]:
+    """One segment per chunk that Whisper read something in, timed by the VAD, in the language its chunk was
+    detected in (else the file's `language`)."""
     segments = []
     for chunk, recognized in zip(chunks, texts, strict=True):
         if recognized is not None and recognized.text.strip():
+            detected = recognized.detected
             segments.append(
                 {
                     "start": round(chunk.start, 3),
                     "end": round(chunk.end, 3),
                     "text": recognized.text.strip(),
                     "avg_logprob": recognized.avg_logprob,
+                    **(
+                        segment_language(detected)
+                        if detected is not None
+                        else {"language": language, "language_probability": probability}
+                    ),
                 }
             )
     return segments
+
+
+def chunk_segments(state: FileInFlight) -> list[dict[str, Any]]:
+    """Every chunk of the file with its detected language, text or none: what a file whose every text was
+    dropped is said to be spoken in."""
+    return [
+        {"start": chunk.start, "end": chunk.end, **segment_language(text.detected)}
+        for chunk, text in zip(state.chunks, state.texts, strict=True)
+        if text is not None and text.detected is not None
+    ]

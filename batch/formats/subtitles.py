@@ -9,6 +9,9 @@ Cue times come from the aligned words when there are any. A segment without time
 alignment model for its language) has only its VAD chunk's start and end: Whisper reads chunks without
 timestamps (whisperx's batched decoding), so the chunk's span is shared among its words in proportion to
 their characters. A pause inside the chunk shifts those estimates; alignment gives the words' real times.
+
+A cue holds one language. In VTT a cue in another language than the transcript's is wrapped in a `<lang xx>` span
+(WebVTT's cue language span), so a player or a screen reader reads it in its language; SRT has no such markup.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ class Token:
     aligned: bool  # timed by alignment, not estimated
     separator: str  # put before it when it follows another token on a line
     opens_segment: bool = False  # the first of its segment (a sentence when aligned): it starts a new cue
+    language: str | None = None  # its segment's
 
 
 @dataclass
@@ -57,6 +61,10 @@ class Cue:
     lines: list[list[Token]]
     speaker: str | None
     longest: float
+
+    @property
+    def language(self) -> str | None:
+        return self.lines[0][0].language
 
     @property
     def tokens(self) -> list[Token]:
@@ -95,11 +103,12 @@ def speaker_prefix(speaker: str | None) -> str:
 
 
 def tokens_of(segments: list[dict[str, Any]], language: str | None) -> list[Token]:
-    """Every word of the transcript in order, with its time: aligned, or estimated within its segment."""
-    spaced = has_spaces(language)
+    """Every word of the transcript in order, with its time (aligned, or estimated within its segment) and its
+    segment's language (else the transcript's)."""
     tokens: list[Token] = []
     for segment in segments:
-        pieces = segment_tokens(segment, spaced)
+        spoken = segment.get("language") or language
+        pieces = [replace(piece, language=spoken) for piece in segment_tokens(segment, has_spaces(spoken))]
         if pieces:
             pieces[0] = replace(pieces[0], opens_segment=True)
         tokens += pieces
@@ -166,6 +175,7 @@ def starts_new_cue(cue: Cue, token: Token, longest: float) -> bool:
     return (
         token.opens_segment
         or token.speaker != cue.speaker
+        or token.language != cue.language
         or token.end - cue.start > longest
         or token.start - last.end > PAUSE_BREAK
     )
@@ -199,6 +209,8 @@ def subtitles(transcript: Transcript, fmt: str, options: SubtitleOptions) -> str
     for cue in layout(tokens_of(list(transcript["segments"]), transcript["language"]), options):
         speaker = {"speaker": cue.speaker} if cue.speaker is not None else {}
         shown = frames(cue, options.highlight_words, escaped=fmt == "vtt")
+        if fmt == "vtt" and cue.language and cue.language != transcript["language"]:
+            shown = [(start, end, f"<lang {cue.language}>{text}</lang>") for start, end, text in shown]
         segments += [{"start": start, "end": end, "text": text, **speaker} for start, end, text in shown]
     buffer = io.StringIO()
     # Without "words" the writer writes each segment as one cue, as given: its own layout options stay off.

@@ -7,7 +7,7 @@ from typing import NotRequired, TypedDict
 from whisperx.utils import LANGUAGES_WITHOUT_SPACES as WHISPERX_UNSPACED  # light module: tables only
 
 # Bump when the transcript JSON changes shape: outputs made under another version are redone.
-TRANSCRIPT_SCHEMA_VERSION = 1
+TRANSCRIPT_SCHEMA_VERSION = 2  # 2: segments carry their language
 
 
 # whisperx's list (Chinese, Japanese: whisperx aligns them a character at a time), and Cantonese, written in
@@ -24,6 +24,11 @@ class Word(TypedDict):
     speaker: NotRequired[str]
 
 
+class OtherLanguage(TypedDict):
+    language: str
+    probability: float
+
+
 class Segment(TypedDict):
     start: float
     end: float
@@ -32,6 +37,9 @@ class Segment(TypedDict):
     score: NotRequired[float]  # mean of its words' alignment scores
     speaker: NotRequired[str]
     words: NotRequired[list[Word]]
+    language: NotRequired[str | None]  # the language its text is in (its speech chunk's detection, or the file's)
+    language_probability: NotRequired[float | None]
+    other_language: NotRequired[OtherLanguage]  # detected with confidence in another language than a forced one
 
 
 class Turn(TypedDict):

@@ -1,9 +1,12 @@
-"""The provider guide's flat format: a list of turns {speaker_id, start_time, end_time, text, confidence}.
+"""The provider guide's flat format: a list of turns {speaker_id, start_time, end_time, text, confidence}, and the
+turn's `language`.
 
 With diarization, or with channels split by speaker (batch.engine.channels), a turn is what one speaker says without
-interruption: consecutive words of one speaker (or consecutive segments, when words are not timed). Without
-either, each segment is a turn, with `speaker_id` null: a sentence when words are aligned, a VAD chunk (up to
+interruption in one language: consecutive words of one speaker (or consecutive segments, when words are not timed).
+Without either, each segment is a turn, with `speaker_id` null: a sentence when words are aligned, a VAD chunk (up to
 30 s) when they are not.
+
+`language`: the language of the segments the turn comes from (a change of language starts a new turn).
 
 `confidence`, in (0, 1], or null when the transcript has nothing to derive it from:
 - words aligned and scored: the mean of the words' alignment scores (whisperx's word `score`, the wav2vec2
@@ -15,7 +18,7 @@ either, each segment is a turn, with `speaker_id` null: a sentence when words ar
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from batch.formats.transcript import Transcript, join_text
@@ -30,17 +33,22 @@ class _Piece:
     text: str
     score: float | None  # alignment score
     avg_logprob: float | None  # of the segment the piece comes from
+    language: str | None = None  # of the segment the piece comes from: a turn holds one language
 
 
 def speaker_turns(transcript: Transcript) -> list[dict[str, Any]]:
     diarized = "speaker_turns" in transcript
     segments = transcript["segments"]
-    pieces = [piece for index, segment in enumerate(segments) for piece in _pieces(index, segment, diarized)]
+    pieces = [
+        replace(piece, language=segment.get("language") or transcript["language"])
+        for index, segment in enumerate(segments)
+        for piece in _pieces(index, segment, diarized)
+    ]
     if diarized:  # in time order: the segments of channels split by speaker can overlap (crosstalk)
         pieces.sort(key=lambda piece: piece.start)
     turns: list[list[_Piece]] = []
     for piece in pieces:
-        if turns and turns[-1][-1].group == piece.group:
+        if turns and turns[-1][-1].group == piece.group and turns[-1][-1].language == piece.language:
             turns[-1].append(piece)
         else:
             turns.append([piece])
@@ -49,8 +57,9 @@ def speaker_turns(transcript: Transcript) -> list[dict[str, Any]]:
             "speaker_id": turn[0].speaker,
             "start_time": turn[0].start,
             "end_time": turn[-1].end,
-            "text": join_text([piece.text for piece in turn], transcript["language"]),
+            "text": join_text([piece.text for piece in turn], turn[0].language),
             "confidence": confidence(turn),
+            "language": turn[0].language,
         }
         for turn in turns
     ]

@@ -39,6 +39,7 @@ from batch.run.pool.plan import WorkerSlot, plan_workers
 from batch.settings.options import (
     CHANNEL_SHAPING,
     DECODING_SHAPING,
+    LANGUAGE_SHAPING,
     OUTPUT_SHAPING,
     QUALITY_SHAPING,
     SUBTITLE_FORMATS,
@@ -156,7 +157,13 @@ def configure(
     vad = vad_options(settings)
     default_align, per_language = settings.align_models()
     pipeline = PipelineConfig(
-        asr=AsrConfig(settings.model, settings.language, settings.languages, decoding_options(settings)),
+        asr=AsrConfig(
+            settings.model,
+            settings.language,
+            settings.languages,
+            decoding_options(settings),
+            settings.other_languages,
+        ),
         vad=vad,
         # As whisperx: a translation is not aligned (the wav2vec2 models time words of the spoken language).
         align=AlignConfig(settings.align and settings.task == "transcribe", default_align, per_language),
@@ -285,7 +292,7 @@ def shaping_settings(
     defaults = Settings.model_fields
     shaping |= {
         name: getattr(settings, name)
-        for name in DECODING_SHAPING
+        for name in (*DECODING_SHAPING, *LANGUAGE_SHAPING)
         if getattr(settings, name) != defaults[name].get_default()
     }
     return shaping | {"compute_type": compute_type, "schema_version": TRANSCRIPT_SCHEMA_VERSION}

@@ -73,6 +73,7 @@ class Manifest(Record):
     settings_hash: str
     settings: dict[str, Any]
     language: str | None = None
+    languages: dict[str, float] | None = None  # seconds of transcript per language it is written in
     audio_seconds: float | None = None
     timings: dict[str, float]
     batch_size: int

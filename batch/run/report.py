@@ -18,6 +18,7 @@ from batch.run.manifest import RUNS_FOLDER, ErrorRecord, Record, encode
 
 if TYPE_CHECKING:
     from batch.engine.gpu.oom import StageMemoryRecord
+    from batch.engine.pipeline import PipelineStats
     from batch.storage import Store
 
 REPORT_VERSION = 1
@@ -61,12 +62,24 @@ class UntimedWords(BaseModel):
 
 
 class AsrFigures(BaseModel):
-    """How full the ASR batches were: `batch_fill` is the mean number of speech chunks per batch."""
+    """How full the ASR batches were: `batch_fill` is the mean number of speech chunks per batch; `detected`: the
+    chunks whose language Whisper detected (batch.engine.asr.languages; 0 where that could change nothing)."""
 
     batches: int = 0
     items: int = 0
     batch_size: int = 0
     batch_fill: float | None = None
+    detected: int = 0
+
+    @classmethod
+    def of(cls, stats: PipelineStats) -> AsrFigures:
+        return cls(
+            batches=stats.asr_batches,
+            items=stats.asr_items,
+            batch_size=stats.batch_size,
+            batch_fill=stats.batch_fill,
+            detected=stats.language_detections,
+        )
 
 
 class WorkerRecord(BaseModel):

@@ -349,7 +349,7 @@ def file_manifest(
     manifest.worker = outcome.worker
     if not outcome.transcribed:
         return manifest, None
-    manifest.language = outcome.language
+    manifest.language, manifest.languages = outcome.language, outcome.languages
     if outcome.alignment is not None:
         manifest.alignment = outcome.alignment
         if outcome.alignment["status"] in ("unavailable", "failed"):
@@ -386,9 +386,7 @@ def finish_report(report: RunReport, stats: PipelineStats, started: float, now: 
     if stats.first_batch_at is not None:
         report.startup_seconds = round(stats.first_batch_at - started, 3)
     report.model_seconds = round(stats.busy_seconds, 3)
-    report.asr = AsrFigures(
-        batches=stats.asr_batches, items=stats.asr_items, batch_size=stats.batch_size, batch_fill=stats.batch_fill
-    )
+    report.asr = AsrFigures.of(stats)
     report.alignment_models_loaded = stats.alignment_models_loaded
     report.gpu = sum_records(stats.gpu_records)
     report.workers = [WorkerRecord(**figures) for figures in stats.workers]

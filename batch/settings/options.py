@@ -83,6 +83,10 @@ CHANNEL_SHAPING = ("channels", "channel_speakers")
 # so files done before the guard existed are done with it off.
 QUALITY_SHAPING = ("hallucinations", "hallucination_phrases")
 
+# With a forced language, how speech in another is read: in the hash when not at its default (it is refused without
+# a forced language, so it is no decoding option to change alone).
+LANGUAGE_SHAPING = ("other_languages",)
+
 # Settings that change what a transcript says. A change to any of them redoes a done file; the rest
 # (device, batch size, threads, logging) change how fast or how loudly, not what.
 OUTPUT_SHAPING = (
@@ -158,7 +162,8 @@ class Settings(BaseModel):
     vad_step: float | None = Field(None, gt=0, le=5)  # None: batch.engine.vad.speech's measured default
     chunk_size: float = Field(30.0, gt=0, le=30)
     task: Literal["transcribe", "translate"] = "transcribe"
-    languages: LanguageSet = ()  # with language auto: detect among these only
+    languages: LanguageSet = ()  # with language auto: each speech chunk read in the likeliest of these
+    other_languages: Literal["transcribe", "flag"] = "transcribe"  # a chunk in another language than a forced one
     initial_prompt: Text = None
     hotwords: Text = None
     beam_size: int = Field(5, ge=1, le=64)
@@ -254,6 +259,11 @@ class Settings(BaseModel):
             raise ValueError("hallucination_phrases: the phrases are for the hallucination guard, which is off")
         if self.languages and self.language != "auto":
             raise ValueError(f"languages: a set to detect among needs language auto, not {self.language!r}")
+        if self.other_languages != "transcribe" and (self.language == "auto" or self.task == "translate"):
+            raise ValueError(
+                "other_languages: says how speech in another language than a forced --language is read; "
+                + ("a translation is English on purpose" if self.task == "translate" else "language is auto")
+            )
         return self
 
     @field_validator("formats", mode="before")

@@ -44,7 +44,7 @@ def test_a_folder_becomes_transcripts_and_manifests(cli, corpus: Path, tmp_path:
     keys = ["a/x.mp3", "a/x.wav", "b/x.wav", "call.wav", "vidéo réunion/clip 1.mp4"]
     for key in keys:
         transcript = read(out / f"{key}.json")
-        assert transcript["schema_version"] == 1 and transcript["language"] == "en"
+        assert transcript["schema_version"] == 2 and transcript["language"] == "en"
         assert transcript["segments"] and transcript["duration"] > 1
         assert set(transcript) >= {"segments", "word_segments", "language", "duration"}
         for ext in ("srt", "vtt", "txt", "tsv"):

@@ -118,7 +118,7 @@ def test_a_language_the_model_does_not_know_is_refused_before_any_file(base_mult
     ("args", "message"),
     [
         (["--task", "translate"], "task: the model .* is English-only: it cannot translate"),
-        (["--languages", "es,de"], "languages: the model .* is English-only: it detects only en"),
+        (["--languages", "es,de"], "languages: the model .* is English-only: it detects no language"),
     ],
 )
 def test_an_english_only_model_is_refused_before_it_loads(

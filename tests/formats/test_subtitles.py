@@ -131,7 +131,7 @@ def test_turns_without_diarization_carry_a_null_speaker_and_the_recognizer_confi
     turns = read(unaligned / "harbour.wav.turns.json")
     assert len(turns) == len(transcript["segments"])
     for turn, segment in zip(turns, transcript["segments"], strict=True):
-        assert set(turn) == {"speaker_id", "start_time", "end_time", "text", "confidence"}
+        assert set(turn) == {"speaker_id", "start_time", "end_time", "text", "confidence", "language"}
         assert turn["speaker_id"] is None
         assert (turn["start_time"], turn["end_time"], turn["text"]) == (
             segment["start"],
@@ -246,7 +246,7 @@ def test_line_options_redo_files_only_where_subtitles_are_written() -> None:
 
 def transcript_of(language: str, segments: list[dict]) -> dict:
     return {
-        "schema_version": 1,
+        "schema_version": 2,
         "language": language,
         "language_probability": None,
         "duration": 20.0,

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from batch.common.errors import BatchError
+from batch.engine.asr.languages import LanguageRule
 from batch.engine.asr.recognizer import Chunk, Recognized, WhisperRecognizer
 from batch.engine.audio import SAMPLE_RATE
 from batch.engine.gpu.oom import raise_if_context_lost
@@ -44,11 +45,18 @@ class FileInFlight:
     def read(self) -> bool:
         return all(text is not None for text in self.texts)
 
-    def asr_chunks(self, prompt_language: str | None) -> Iterator[Chunk]:
+    def asr_chunks(self, prompt_language: str | None, rule: LanguageRule | None = None) -> Iterator[Chunk]:
         audio = self.file.audio
         assert audio is not None
         for speech in self.chunks:
-            yield Chunk(audio[int(speech.start * SAMPLE_RATE) : int(speech.end * SAMPLE_RATE)], prompt_language)
+            yield Chunk(audio[int(speech.start * SAMPLE_RATE) : int(speech.end * SAMPLE_RATE)], prompt_language, rule)
+
+    def chunk_languages(self) -> list[str | None]:
+        """The language each chunk was read in: its detection's, else the file's (for a second reading)."""
+        return [
+            text.detected.language if text is not None and text.detected is not None else self.language
+            for text in self.texts
+        ]
 
 
 @dataclass(frozen=True)
@@ -65,8 +73,11 @@ class ChunkQueue:
         sizer: Any,
         stats: PipelineStats,
         clock: Callable[[], float] = time.perf_counter,
+        rule: LanguageRule | None = None,
     ):
+        """`rule`: each chunk's language chosen from its own detection (None: the file's language)."""
         self.recognizer, self.sizer, self.stats, self.clock = recognizer, sizer, stats, clock
+        self.rule = rule
         self._items: deque[_Item] = deque()
 
     def __len__(self) -> int:
@@ -75,7 +86,8 @@ class ChunkQueue:
     def add(self, file: FileInFlight) -> None:
         # An English-only model takes no language token in its prompt.
         language = file.language if self.recognizer.multilingual else None
-        self._items.extend(_Item(file, index, chunk) for index, chunk in enumerate(file.asr_chunks(language)))
+        chunks = file.asr_chunks(language, self.rule)
+        self._items.extend(_Item(file, index, chunk) for index, chunk in enumerate(chunks))
 
     def read_batch(self) -> list[FileInFlight]:
         """Read the next batch of chunks; return the files whose last chunk it read, or that failed in it."""
@@ -114,13 +126,19 @@ class ChunkQueue:
         started = self.clock()
         if self.stats.first_batch_at is None:
             self.stats.first_batch_at = started
+        detections, detecting = self.recognizer.detections, self.recognizer.detection_seconds
         result = map_in_batches("asr", self.sizer, [item.chunk for item in batch], self.recognizer.recognize)
-        elapsed = self.clock() - started
+        detected = self.recognizer.detections - detections
+        detection = self.recognizer.detection_seconds - detecting  # inside the batch's time: told apart
+        elapsed = max(0.0, self.clock() - started - detection)
         self.stats.asr_batches += len(result.batches)
         self.stats.asr_items += len(batch)
+        self.stats.language_detections += detected
         self.stats.gpu_records.extend(result.batches)  # the run's totals count each batch once
         for item, text in zip(batch, result.outputs, strict=True):
             item.owner.texts[item.index] = text
             item.owner.file.stopwatch.add("asr", elapsed / len(batch))
+            if detected:
+                item.owner.file.stopwatch.add("language", detection / len(batch))
         for owner in dict.fromkeys(item.owner for item in batch):
             owner.asr_records.append(result.record)

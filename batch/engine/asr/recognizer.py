@@ -15,6 +15,7 @@ import contextlib
 import io
 import logging
 import math
+import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +31,7 @@ from batch.engine.asr.decoding import (
     numeral_symbol_tokens,
     reading,
 )
+from batch.engine.asr.languages import Detected, LanguageRule
 from batch.engine.audio import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
@@ -44,10 +46,12 @@ MODEL_SUPPRESSED_TOKENS = [-1]  # CTranslate2: the model's own list of non-speec
 
 @dataclass(frozen=True)
 class Chunk:
-    """Up to 30 s of one file's speech, and the language to read it in (None: English-only model)."""
+    """Up to 30 s of one file's speech, and the language to read it in (None: English-only model), or the rule
+    that chooses it from Whisper's detection on this chunk (batch.engine.asr.languages)."""
 
     audio: np.ndarray
     language: str | None
+    rule: LanguageRule | None = None
 
 
 # The guard's second reading stops at this many tokens a second of audio (plus MIN_READING_TOKENS): fast speech is
@@ -61,6 +65,7 @@ class Recognized:
     text: str
     avg_logprob: float
     no_speech_prob: float | None = None  # when asked for (DecodingOptions.wants_no_speech_probability)
+    detected: Detected | None = None  # the chunk's language as detected, when its Chunk had a rule
 
 
 class WhisperRecognizer:
@@ -76,6 +81,8 @@ class WhisperRecognizer:
         self._suppressed = MODEL_SUPPRESSED_TOKENS + (
             numeral_symbol_tokens(model.hf_tokenizer) if self.options.suppress_numerals else []
         )
+        self.detections = 0  # chunks whose language was detected, and the seconds that took (the run's figures)
+        self.detection_seconds = 0.0
 
     @property
     def multilingual(self) -> bool:
@@ -114,7 +121,10 @@ class WhisperRecognizer:
         if not chunks:
             return []
         features = np.stack([self._features(chunk.audio) for chunk in chunks])
-        prompts = [self._prompt(chunk.language) for chunk in chunks]
+        encoded = self.model.encode(features)  # once: the language detection and the first reading share it
+        detected = self._detect(encoded, chunks)
+        languages = [found.language if found else chunk.language for chunk, found in zip(chunks, detected, strict=True)]
+        prompts = [self._prompt(language) for language in languages]
         attempts: list[list[Attempt]] = [[] for _ in chunks]
         pending = list(range(len(chunks)))
         longest = self.model.max_length
@@ -123,7 +133,7 @@ class WhisperRecognizer:
             spoken = max(len(prompt) for prompt in prompts) + MIN_READING_TOKENS
             longest = min(longest, spoken + math.ceil(seconds * READING_TOKENS_PER_SECOND))
         for temperature in temperatures or self.options.temperatures:
-            subset = features if len(pending) == len(chunks) else features[pending]
+            subset = encoded if len(pending) == len(chunks) else self.model.encode(features[pending])
             read = self._read(subset, [prompts[index] for index in pending], temperature, longest)
             for index, attempt in zip(pending, read, strict=True):
                 attempts[index].append(attempt)
@@ -132,17 +142,29 @@ class WhisperRecognizer:
                 break
         chosen = [choose(self.options, tries) for tries in attempts]
         return [
-            Recognized(attempt.text, round(attempt.avg_logprob, 4), _rounded(attempt.no_speech_prob))
-            for attempt in chosen
+            Recognized(attempt.text, round(attempt.avg_logprob, 4), _rounded(attempt.no_speech_prob), found)
+            for attempt, found in zip(chosen, detected, strict=True)
         ]
 
-    def _read(
-        self, features: np.ndarray, prompts: list[list[int]], temperature: float, max_length: int
-    ) -> list[Attempt]:
+    def _detect(self, encoded: Any, chunks: Sequence[Chunk]) -> list[Detected | None]:
+        """Each chunk's language by its rule, from Whisper's detection on the encoder output of the whole batch
+        (one decoder step for every item; nothing for a batch without a rule)."""
+        if all(chunk.rule is None for chunk in chunks):
+            return [None] * len(chunks)
+        started = time.perf_counter()
+        guesses = self.model.model.detect_language(encoded)
+        self.detection_seconds += time.perf_counter() - started
+        self.detections += sum(chunk.rule is not None for chunk in chunks)
+        return [
+            None if chunk.rule is None else chunk.rule.choose([(token[2:-2], p) for token, p in item])
+            for chunk, item in zip(chunks, guesses, strict=True)
+        ]
+
+    def _read(self, encoded: Any, prompts: list[list[int]], temperature: float, max_length: int) -> list[Attempt]:
         options = self.options
         no_speech = {"return_no_speech_prob": True} if options.wants_no_speech_probability else {}
         results = self.model.model.generate(
-            self.model.encode(features),
+            encoded,
             prompts,
             length_penalty=options.length_penalty,
             max_length=max_length,

@@ -51,6 +51,8 @@ def summarize(
         reasons.append("no_speech_found")
     if speech_left_no_text(record["speech_without_text_seconds"], record["speech_seconds"]):
         reasons.append("speech_without_text")
+    if any("other_language" in segment for segment in segments):  # detected in another language than the forced one
+        reasons.append("other_language")
     if min_speakers is not None and speakers is not None and speakers < min_speakers:
         reasons.append("fewer_speakers_than_asked")
     scores = [aligned_score(segment.get("words", [])) for segment in segments]

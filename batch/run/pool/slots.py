@@ -82,6 +82,7 @@ def merged_stats(slots: list[Slot], batch_size: int, records: list[Any]) -> Pipe
     merged.busy_seconds = sum(stats.busy_seconds for stats in every)
     merged.asr_batches = sum(stats.asr_batches for stats in every)
     merged.asr_items = sum(stats.asr_items for stats in every)
+    merged.language_detections = sum(stats.language_detections for stats in every)
     merged.alignment_models_loaded = sorted({name for stats in every for name in stats.alignment_models_loaded})
     merged.workers = [slot.figures() for slot in slots]
     return merged
