@@ -128,7 +128,7 @@ def test_the_made_dest_has_a_file_to_review_and_a_dropped_segment(made: Path) ->
     assert manifests["note.wav"]["quality"]["reasons"] == ["signals_disagree"]
     assert manifests["vibrato.wav"]["quality"]["dropped"] and not read(made / "vibrato.wav.json")["segments"]
     listed = read_review(made)
-    assert listed == {"note.wav": ["signals_disagree"]}
+    assert listed == {"note.wav": ["signals_disagree"], "vibrato.wav": ["speech_without_text"]}
 
 
 def read_review(dest: str | Path) -> dict[str, list[str]]:
@@ -192,7 +192,7 @@ def test_a_file_reviewed_without_decisions_keeps_its_outputs_byte_for_byte(dest:
     assert invoke("corrections", "apply", dest, file).exit_code == 0
     after = snapshot(dest)
     assert {name for name in before if before[name] != after[name]} == {"note.wav.manifest.json"}
-    assert read_review(dest) == {}
+    assert read_review(dest) == {"vibrato.wav": ["speech_without_text"]}  # its text was dropped: speech left no text
 
 
 def test_what_does_not_fit_is_refused_with_its_reason_and_nothing_of_it_changes(dest: Path, tmp_path: Path) -> None:
@@ -290,7 +290,7 @@ def test_a_rerun_keeps_corrections_and_a_redo_keeps_them_in_history_for_review_a
     assert history["run_id"] == manifests["note.wav"]["run_id"]
     assert history["corrections"]["applied"][0]["decisions"][0]["new_text"] == TYPED
     assert read(dest / "note.wav.json")["segments"][0]["text"].strip() != TYPED_LINE
-    assert read_review(dest) == {"note.wav": ["signals_disagree"]}
+    assert read_review(dest) == {"note.wav": ["signals_disagree"], "vibrato.wav": ["speech_without_text"]}
     stale = invoke("corrections", "apply", dest, file)
     assert stale.exit_code == 1 and "the file was redone with settings" in stale.stdout
 
@@ -302,7 +302,7 @@ def test_a_rerun_keeps_corrections_and_a_redo_keeps_them_in_history_for_review_a
         "corrections.json",
         "second.json",
     ]
-    assert read_review(dest) == {"note.wav": ["signals_disagree"]}
+    assert read_review(dest) == {"note.wav": ["signals_disagree"], "vibrato.wav": ["speech_without_text"]}
 
 
 @pytest.fixture(scope="module")
