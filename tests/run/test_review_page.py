@@ -257,3 +257,76 @@ def test_a_clip_that_cannot_be_written_is_a_warning_and_the_file_succeeds(tiny_e
     assert read_review(out) == {"note.wav": ["signals_disagree"]}
     assert invoke("review", out).exit_code == 0  # the page says the segment has no clip
     assert [segment["clip"] for segment in page_data(out / "_review" / "index.html")["files"][0]["segments"]] == [None]
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+def test_an_s3_dest_synced_to_a_folder_plays_its_clips_without_source(
+    s3_endpoint: str, monkeypatch: pytest.MonkeyPatch, tiny_en: str, tmp_path: Path, browser: Browser
+) -> None:
+    import boto3
+
+    for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing")):
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("WHISPERX_BATCH_S3_ENDPOINT_URL", s3_endpoint)
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    s3.create_bucket(Bucket="jobs")
+    source = tmp_path / "in"
+    speak(NOTE, source / "note.wav")
+    phrases = tmp_path / "phrases.txt"
+    phrases.write_text("could you send me the file before the meeting tomorrow morning please\n")
+    result = invoke(
+        "run", source, "--out", "s3://jobs/out", "--model", tiny_en, "--no-align", "--threads", "2",
+        "--hallucination-phrases", phrases,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    written = invoke("review", "s3://jobs/out")
+    assert written.exit_code == 0, written.output
+    assert written.stdout.strip() == "review page written: s3://jobs/out/_review/index.html"
+
+    synced = tmp_path / "synced"  # as `aws s3 sync s3://jobs/out synced` leaves it
+    kinds = {}
+    for listed in s3.list_objects_v2(Bucket="jobs", Prefix="out/")["Contents"]:
+        target = synced / listed["Key"].removeprefix("out/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        got = s3.get_object(Bucket="jobs", Key=listed["Key"])
+        target.write_bytes(got["Body"].read())
+        kinds[target.suffix] = got["ContentType"]
+    assert kinds[".ogg"] == "audio/ogg" and kinds[".html"].startswith("text/html")
+    shutil.rmtree(source)  # the page needs no SOURCE
+
+    loaded = browser.open(synced / "_review" / "index.html")
+    assert loaded.errors == [] and loaded.off_disk == [], (loaded.errors, loaded.off_disk)
+    assert page_data(synced / "_review" / "index.html")["dest"] == "s3://jobs/out"
+    browser.run(
+        "const audio = document.querySelector('section.file audio'); window.heard = [];"
+        "audio.addEventListener('timeupdate', () => window.heard.push(audio.currentTime)); audio.play();"
+    )
+    browser.wait_for("window.heard.length > 0 && window.heard[window.heard.length - 1] > 1", 30)
+
+
+def test_words_are_shown_with_their_confidence(dest: Path, browser: Browser) -> None:
+    """An aligned transcript's words (here written into the run's transcript as alignment writes them)."""
+    path = dest / "note.wav.json"
+    transcript = json.loads(path.read_text())
+    segment = transcript["segments"][0]
+    segment["words"] = [
+        {"word": "Could", "start": 0.1, "end": 0.3, "score": 0.91},
+        {"word": "<b>you</b>", "start": 0.3, "end": 0.5, "score": 0.12},
+    ]
+    path.write_text(json.dumps(transcript))
+    review_page(dest, browser)
+    words = browser.run(
+        "return [...document.querySelectorAll('section.file .words span')].map(s => [s.textContent, s.title])"
+    )
+    assert words == [["Could", "confidence 0.91"], ["<b>you</b>", "confidence 0.12"]]
