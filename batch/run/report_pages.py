@@ -49,6 +49,15 @@ def write_report_and_page(
 def dest_page(dest: str | None, price_per_hour: float | None, s3_endpoint_url: str | None = None) -> tuple[Store, str]:
     """DEST's store and the HTML of its page. ConfigError when no DEST is given or it is not a DEST (exit 2),
     EnvironmentProblem when it cannot be read (exit 3)."""
+    store = open_dest(dest, s3_endpoint_url)
+    files = list(_file_facts(store))
+    reports = [r for _, raw in read_all(store, listed(store, report_names)) if (r := RunReport.decode(raw))]
+    return store, report_page(dest_page_data(store.location, reports, files, price_per_hour))
+
+
+def open_dest(dest: str | None, s3_endpoint_url: str | None = None) -> Store:
+    """DEST's store, readable. ConfigError when no DEST is given or it is not a location (exit 2),
+    EnvironmentProblem when it cannot be read (exit 3)."""
     if not dest:
         raise ConfigError("out", "missing: give DEST, or `out` in the config file or WHISPERX_BATCH_OUT")
     try:
@@ -56,9 +65,7 @@ def dest_page(dest: str | None, price_per_hour: float | None, s3_endpoint_url: s
     except ValueError as exc:
         raise ConfigError("out", str(exc)) from None
     store.check_readable("DEST")
-    files = list(_file_facts(store))
-    reports = [r for _, raw in read_all(store, listed(store, report_names)) if (r := RunReport.decode(raw))]
-    return store, report_page(dest_page_data(store.location, reports, files, price_per_hour))
+    return store
 
 
 def write_dest_page(store: Store, page: str, out: str | None, name: str = DEST_PAGE, what: str = "report page") -> str:

@@ -12,14 +12,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from batch.common.errors import ConfigError
 from batch.common.version import __version__
 from batch.formats.clips import clip_window
 from batch.formats.report_page import self_contained_page
 from batch.run.manifest import Manifest, output_name, to_review, utc_now
-from batch.run.report_pages import listed, manifest_names, read_all
+from batch.run.report_pages import listed, manifest_names, open_dest, read_all
 from batch.run.review_clips import CLIPS_FOLDER, REVIEW_FOLDER, clip_name, judged_segments
-from batch.storage import Store, open_store
+from batch.storage import Store
 
 REVIEW_PAGE = f"{REVIEW_FOLDER}/index.html"
 MADE_BY = f"whisperx-batch review page {__version__}"
@@ -36,13 +35,7 @@ def on_review_page(manifest: Manifest) -> bool:
 def review_page(dest: str | None, out: str | None = None, s3_endpoint_url: str | None = None) -> tuple[Store, str]:
     """DEST's store and the HTML of its review page (written to `out`, or to REVIEW_PAGE in DEST). ConfigError when
     no DEST is given or it is not a location (exit 2), EnvironmentProblem when it cannot be read (exit 3)."""
-    if not dest:
-        raise ConfigError("out", "missing: give DEST, or `out` in the config file or WHISPERX_BATCH_OUT")
-    try:
-        store = open_store(os.fspath(dest), endpoint_url=s3_endpoint_url)
-    except ValueError as exc:
-        raise ConfigError("out", str(exc)) from None
-    store.check_readable("DEST")
+    store = open_dest(dest, s3_endpoint_url)
     manifests = [m for _, raw in read_all(store, listed(store, manifest_names)) if (m := Manifest.decode(raw))]
     chosen = [manifest for manifest in manifests if on_review_page(manifest)]
     clips = set(store.list_names(prefix=CLIPS_FOLDER)) if chosen else set()

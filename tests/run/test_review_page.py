@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,7 +40,9 @@ def made(tiny_en: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
     source = tmp_path_factory.mktemp("in")
     vibrato = next(path for path in make_set(tmp_path_factory.mktemp("set"), seed=2) if path.name == "vibrato.wav")
     shutil.copy(vibrato, source / "vibrato.wav")
-    speak(NOTE, source / "note.wav")
+    spoken = speak(NOTE, tmp_path_factory.mktemp("spoken") / "note.wav")
+    # A second of silence after the speech: its clip holds context past the span, where the player must not go.
+    subprocess.run(["sox", str(spoken), str(source / "note.wav"), "pad", "0", "1.5"], check=True)
     speak(CALL, source / "call.wav")
     phrases = tmp_path_factory.mktemp("phrases") / "phrases.txt"
     phrases.write_text("could you send me the file before the meeting tomorrow morning please\n")
@@ -168,6 +171,12 @@ def test_the_page_plays_a_clip_and_its_decisions_are_applied(dest: Path, browser
     span_from, span_to = doubtful["start"] - window[0], doubtful["end"] - window[0]
     assert heard == sorted(heard) and heard[-1] - heard[0] > 2, heard  # it played, forward
     assert all(span_from - 0.01 <= time <= span_to + 0.3 for time in heard), (heard, span_from, span_to)
+    assert window[1] - window[0] >= span_to + 0.45  # the clip goes on past the span: the player stopped at its end
+    browser.run("window.heard = []; window.stopped = false;")
+    note.find_element(By.CSS_SELECTOR, "button.play-span").click()  # the span again, and only it
+    browser.wait_for("window.stopped === true", 30)
+    again = browser.run("return window.heard")
+    assert again[0] <= span_from + 0.5 and again[-1] - again[0] > 2 and again[-1] <= span_to + 0.3, again
     browser.screenshot("review-page.png", whole_page=True)
 
     decide(browser, "note.wav", "edit", TYPED)

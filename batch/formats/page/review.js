@@ -47,7 +47,9 @@
     const audio = el("audio", { controls: "", preload: "metadata", src: `${segment.clip.url}#t=${from.toFixed(3)},${to.toFixed(3)}` });
     audio.dataset.from = from; audio.dataset.to = to;
     const again = el("button", { type: "button", class: "play-span" }, "Play the span");
-    again.addEventListener("click", () => { audio.currentTime = from; audio.play(); });
+    // The fragment's end holds for the first play only: the span played again stops at its end here.
+    audio.addEventListener("timeupdate", () => { if (audio.dataset.stopAt && audio.currentTime >= to) { delete audio.dataset.stopAt; audio.pause(); } });
+    again.addEventListener("click", () => { audio.dataset.stopAt = "span"; audio.currentTime = from; audio.play(); });
     return el("div", {}, audio, again);
   }
 
