@@ -42,7 +42,8 @@ def review_page(dest: str | None, out: str | None = None, s3_endpoint_url: str |
     base = clips_base(store, out)
     files = [file_entry(store, manifest, clips, base) for manifest in chosen]
     data = {"title": f"Review: {store.location}", "dest": store.location, "made_by": MADE_BY, "generated_at": utc_now()}
-    return store, self_contained_page("review", {**data, "files": files}, "Review", ("review.css",))
+    data.update(files=files, clips_reachable=base is not None)
+    return store, self_contained_page("review", data, "Review", ("review.css",))
 
 
 def clips_base(store: Store, out: str | None) -> str | None:

@@ -323,6 +323,11 @@ def test_an_s3_dest_synced_to_a_folder_plays_its_clips_without_source(
     )
     browser.wait_for("window.heard.length > 0 && window.heard[window.heard.length - 1] > 1", 30)
 
+    elsewhere = tmp_path / "elsewhere.html"  # a page for an S3 DEST written on this machine cannot reach its clips
+    assert invoke("review", "s3://jobs/out", "--out", elsewhere).exit_code == 0
+    browser.open(elsewhere)
+    assert "open the page written there" in browser.driver.find_element(By.CSS_SELECTOR, ".no-clip").text
+
 
 def test_words_are_shown_with_their_confidence(dest: Path, browser: Browser) -> None:
     """An aligned transcript's words (here written into the run's transcript as alignment writes them)."""
@@ -339,3 +344,10 @@ def test_words_are_shown_with_their_confidence(dest: Path, browser: Browser) -> 
         "return [...document.querySelectorAll('section.file .words span')].map(s => [s.textContent, s.title])"
     )
     assert words == [["Could", "confidence 0.91"], ["<b>you</b>", "confidence 0.12"]]
+
+
+def test_a_page_written_elsewhere_reaches_a_local_dests_clips(made: Path, tmp_path: Path) -> None:
+    page = tmp_path / "pages" / "review.html"
+    assert invoke("review", made, "--out", page).exit_code == 0
+    clips = [segment["clip"] for file in page_data(page)["files"] for segment in file["segments"]]
+    assert len(clips) == 2 and all((page.parent / clip["url"]).resolve().is_file() for clip in clips)

@@ -41,7 +41,11 @@
   }
 
   function player(segment) {
-    if (!segment.clip) return el("p", { class: "note" }, "no clip of this segment in DEST");
+    if (!segment.clip) {
+      const why = data.clips_reachable ? "no clip of this segment in DEST"
+        : "its clip is in DEST's _review/clips/: open the page written there (review DEST without --out)";
+      return el("p", { class: "note no-clip" }, why);
+    }
     const from = Math.max(0, segment.start - segment.clip.start), to = Math.max(from, segment.end - segment.clip.start);
     // A media fragment: the player starts at the span and stops at its end; the context around it is a seek away.
     const audio = el("audio", { controls: "", preload: "metadata", src: `${segment.clip.url}#t=${from.toFixed(3)},${to.toFixed(3)}` });
