@@ -50,13 +50,20 @@ class Loaded:
 class Browser:
     """One headless Chromium; `open` loads a page from disk and reports what it logged and requested."""
 
-    def __init__(self, width: int = 1100, height: int = 800):
+    def __init__(self, width: int = 1100, height: int = 800, arguments: tuple[str, ...] = ()):
         from selenium import webdriver
         from selenium.webdriver.chrome.service import Service
 
         options = webdriver.ChromeOptions()
         options.binary_location = next(filter(None, map(shutil.which, CHROMIUM)), "chromium")
-        for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", *NO_NETWORK):
+        for argument in (
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            *NO_NETWORK,
+            *arguments,
+        ):
             options.add_argument(argument)
         options.add_argument(f"--window-size={width},{height}")
         options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
@@ -95,6 +102,11 @@ class Browser:
             self.driver.set_window_size(size["width"], size["height"])
         return target
 
+    def download_to(self, folder: Path) -> None:
+        """Files the page downloads (a Blob link's) land in `folder`."""
+        folder.mkdir(parents=True, exist_ok=True)
+        self.driver.execute_cdp_cmd("Page.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(folder)})
+
     def log(self) -> list[dict[str, Any]]:
         return self.driver.get_log("browser")
 
@@ -115,8 +127,8 @@ class Browser:
 
 
 @contextmanager
-def browser_session() -> Iterator[Browser]:
-    browser = Browser()
+def browser_session(arguments: tuple[str, ...] = ()) -> Iterator[Browser]:
+    browser = Browser(arguments=arguments)
     try:
         yield browser
     finally:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from batch.cli.corrections import corrections_app
+from batch.cli.corrections import corrections_app, review_command
 from batch.cli.shared import guarded, load_settings
 from batch.cli.tools import doctor_command, models_app, report_command, status_command
 from batch.common.version import __version__
@@ -374,6 +374,7 @@ app.add_typer(corrections_app, name="corrections")
 app.command("doctor")(doctor_command)
 app.command("status")(status_command)
 app.command("report")(report_command)
+app.command("review")(review_command)
 
 
 def main() -> None:

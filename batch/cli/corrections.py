@@ -1,4 +1,5 @@
-"""`whisperx-batch corrections apply DEST FILE.json`: the review page's decisions written into DEST."""
+"""`whisperx-batch review DEST`: the review page; `whisperx-batch corrections apply DEST FILE.json`: its decisions
+written into DEST."""
 
 from __future__ import annotations
 
@@ -64,3 +65,31 @@ def exit_code(results: list[FileResult]) -> int:
     if any(result.outcome == "failed" for result in results):
         return EXIT_ENVIRONMENT
     return EXIT_FILES_FAILED if any(result.outcome == "refused" for result in results) else EXIT_OK
+
+
+def review_command(
+    dest: Annotated[
+        str | None,
+        typer.Argument(help="The job's output folder or s3:// prefix (default: `out` of the config or environment)."),
+    ] = None,
+    out: Annotated[
+        str | None, typer.Option("--out", "-o", help="Write the page to this local file, not DEST/_review/index.html.")
+    ] = None,
+    config: Annotated[str | None, typer.Option("--config", "-c", help="TOML config file (the job's own).")] = None,
+) -> None:
+    """Write the review page for DEST: each file to review, each segment the guard dropped, doubted or flagged with
+    a player for its clip, and controls whose decisions it exports as a corrections file; self-contained.
+
+    Exit codes: 0 written; 2 usage or config error; 3 DEST not readable, or the page could not be written.
+    """
+
+    def write() -> int:
+        from batch.run.report_pages import write_dest_page
+        from batch.run.review_page import REVIEW_PAGE, review_page
+
+        settings = load_settings({}, config_path=config)
+        store, page = review_page(dest or settings.out, out, settings.s3_endpoint_url)
+        print(f"review page written: {write_dest_page(store, page, out, REVIEW_PAGE, 'review page')}")
+        return 0
+
+    raise typer.Exit(guarded(write))

@@ -30,11 +30,17 @@ def embedded_json(data: Mapping[str, Any]) -> str:
 
 def report_page(data: Mapping[str, Any]) -> str:
     """The page's HTML for `data` (title, summary, rows, plots, cost: see batch.run.page_data)."""
+    return self_contained_page("report", data, "whisperx-batch report")
+
+
+def self_contained_page(name: str, data: Mapping[str, Any], title: str, styles: tuple[str, ...] = ()) -> str:
+    """The page `name` (page/NAME.html) with its style (report.css, then `styles`), script (page/NAME.js) and
+    `data` inline: everything it shows is drawn by its script from the data, as text."""
     parts = {
-        "TITLE": html.escape(str(data.get("title", "whisperx-batch report"))),
-        "STYLE": _asset("report.css"),
-        "SCRIPT": _asset("report.js"),
+        "TITLE": html.escape(str(data.get("title", title))),
+        "STYLE": "\n".join(_asset(style) for style in ("report.css", *styles)),
+        "SCRIPT": _asset(f"{name}.js"),
         "DATA": embedded_json(data),
     }
     # One pass: text put in (a title holding "__DATA__") is never searched for placeholders again.
-    return _PLACEHOLDER.sub(lambda match: parts[match.group(1)], _asset("report.html"))
+    return _PLACEHOLDER.sub(lambda match: parts[match.group(1)], _asset(f"{name}.html"))

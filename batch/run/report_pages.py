@@ -49,6 +49,15 @@ def write_report_and_page(
 def dest_page(dest: str | None, price_per_hour: float | None, s3_endpoint_url: str | None = None) -> tuple[Store, str]:
     """DEST's store and the HTML of its page. ConfigError when no DEST is given or it is not a DEST (exit 2),
     EnvironmentProblem when it cannot be read (exit 3)."""
+    store = open_dest(dest, s3_endpoint_url)
+    files = list(_file_facts(store))
+    reports = [r for _, raw in read_all(store, listed(store, report_names)) if (r := RunReport.decode(raw))]
+    return store, report_page(dest_page_data(store.location, reports, files, price_per_hour))
+
+
+def open_dest(dest: str | None, s3_endpoint_url: str | None = None) -> Store:
+    """DEST's store, readable. ConfigError when no DEST is given or it is not a location (exit 2),
+    EnvironmentProblem when it cannot be read (exit 3)."""
     if not dest:
         raise ConfigError("out", "missing: give DEST, or `out` in the config file or WHISPERX_BATCH_OUT")
     try:
@@ -56,27 +65,23 @@ def dest_page(dest: str | None, price_per_hour: float | None, s3_endpoint_url: s
     except ValueError as exc:
         raise ConfigError("out", str(exc)) from None
     store.check_readable("DEST")
-    files = list(_file_facts(store))
-    reports = [r for _, raw in _read_all(store, _listed(store, report_names)) if (r := RunReport.decode(raw))]
-    return store, report_page(dest_page_data(store.location, reports, files, price_per_hour))
+    return store
 
 
-def write_dest_page(store: Store, page: str, out: str | None) -> str:
-    """Write the page to `out` (a local file) or to DEST_PAGE in DEST; where it went."""
+def write_dest_page(store: Store, page: str, out: str | None, name: str = DEST_PAGE, what: str = "report page") -> str:
+    """Write the page to `out` (a local file) or to `name` in DEST; where it went."""
     data = page.encode("utf-8", "replace")
-    where = out or f"{store.location.rstrip('/')}/{DEST_PAGE}"
+    where = out or f"{store.location.rstrip('/')}/{name}"
     try:
-        _write(store, data, out)
+        _write(store, data, out, name)
     except OSError as exc:
-        raise EnvironmentProblem(
-            f"the report page could not be written to {where}: {describe(exc)['message']}"
-        ) from None
+        raise EnvironmentProblem(f"the {what} could not be written to {where}: {describe(exc)['message']}") from None
     return where
 
 
-def _write(store: Store, data: bytes, out: str | None) -> None:
+def _write(store: Store, data: bytes, out: str | None, name: str) -> None:
     if out is None:
-        store.write_bytes(DEST_PAGE, data)
+        store.write_bytes(name, data)
         return
     target = Path(out)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -93,7 +98,7 @@ def _write(store: Store, data: bytes, out: str | None) -> None:
 
 def _file_facts(store: Store) -> Iterator[FileFacts]:
     """Each file's facts from its manifest; a manifest that cannot be read is a row saying so."""
-    for name, raw in _read_all(store, _listed(store, _manifest_names)):
+    for name, raw in read_all(store, listed(store, manifest_names)):
         manifest = Manifest.decode(raw)
         if manifest is None:
             yield FileFacts(name.removesuffix(MANIFEST_SUFFIX), "unreadable", failure="its manifest cannot be read")
@@ -101,11 +106,11 @@ def _file_facts(store: Store) -> Iterator[FileFacts]:
             yield facts_of(manifest)
 
 
-def _manifest_names(store: Store) -> list[str]:
+def manifest_names(store: Store) -> list[str]:
     return sorted(name for name in store.list_names(suffix=MANIFEST_SUFFIX) if not name.startswith(f"{RUNS_FOLDER}/"))
 
 
-def _listed(store: Store, names: Callable[[Store], list[str]]) -> list[str]:
+def listed(store: Store, names: Callable[[Store], list[str]]) -> list[str]:
     try:
         return names(store)
     except BatchError:
@@ -114,7 +119,7 @@ def _listed(store: Store, names: Callable[[Store], list[str]]) -> list[str]:
         raise EnvironmentProblem(f"DEST {store.location} cannot be listed: {redact(str(exc))}") from None
 
 
-def _read_all(store: Store, names: list[str]) -> Iterator[tuple[str, bytes | None]]:
+def read_all(store: Store, names: list[str]) -> Iterator[tuple[str, bytes | None]]:
     def read(name: str) -> bytes | None:
         try:
             return store.read_bytes(name)

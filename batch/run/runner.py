@@ -45,6 +45,7 @@ from batch.run.report import (
     sum_records,
 )
 from batch.run.report_pages import write_report_and_page
+from batch.run.review_clips import clips_written, cut_clips
 from batch.run.tally import FileEvent, Tally
 from batch.run.work import WorkSource, work_source
 from batch.run.work.listing import ListingWatcher
@@ -123,8 +124,6 @@ class Runner:
         self._in_pipeline: dict[str, Fetched] = {}  # handed over, not written yet
         self._decoder = IsolatedDecoder()  # a file that crashes or hangs FFmpeg takes down a child, not the run
 
-    # --- control ------------------------------------------------------------------------------------------
-
     def request_stop(self, signum: int | None = None) -> None:
         """Take no new file; files whose every chunk is read are still written. Safe from a signal handler."""
         if signum is not None:
@@ -163,8 +162,6 @@ class Runner:
     def _claimed_elsewhere(self, key: str) -> None:
         self.report.claimed_elsewhere.append(key)
         self.on_file(FileEvent(key, "claimed_elsewhere"))
-
-    # --- the run ------------------------------------------------------------------------------------------
 
     def run(self) -> RunReport:
         """Process every pending file; a BatchError ends the run early, recorded in the report (not raised)."""
@@ -212,8 +209,6 @@ class Runner:
     def give_back(self) -> None:
         """What this run holds and has not finished goes back at once (claims, queue messages): on every exit."""
         self.to_do.close()
-
-    # --- a file's way ---------------------------------------------------------------------------------------
 
     def _fetch(self, item: InputFile) -> Fetched:
         """Step 2, on a prefetch thread: fingerprint and decode one file."""
@@ -270,6 +265,7 @@ class Runner:
         """Steps 5 and 6: the file's manifest from what was done, then its outputs and manifest on the writer."""
         manifest, transcript = file_manifest(self.config, self.report, self._in_pipeline.pop(outcome.key), outcome)
         formats, layout, dest, stopwatch = self.config.formats, self.config.subtitles, self.dest, outcome.file.stopwatch
+        clips = cut_clips(manifest, outcome.file.audio)  # the review page's players (review_clips)
         outcome.file.audio = None  # the array is not needed any more: free it before the write
         since = None if self.config.selection.force else self.to_do.checks.started_at  # see write_file
 
@@ -278,13 +274,12 @@ class Runner:
 
         def write() -> Manifest:
             try:
-                return write_file(dest, manifest, stopwatch, transcript, formats, outcome.error, layout, since, holds)
+                done = write_file(dest, manifest, stopwatch, transcript, formats, outcome.error, layout, since, holds)
+                return clips_written(dest, clips, done)  # after the manifest: never one of the file's outputs
             finally:
                 self.to_do.finished(outcome.key)  # a queue's message goes (or comes back), a claim is given back
 
         writer.submit(outcome.key, write)
-
-    # --- the run's report ------------------------------------------------------------------------------------
 
     def _finish_report(self, started: float) -> None:
         finish_report(self.report, self.pipeline.stats(), started, self.clock())

@@ -48,7 +48,7 @@ CONFLICT_BACKOFF_SECONDS = 0.1
 S3_KEY_MAX_BYTES = 1024
 DEFAULT_MAX_ATTEMPTS = 6
 # Objects a browser opens from a bucket behind a static web server: the report pages (batch.run.report_pages).
-CONTENT_TYPES = {"html": "text/html; charset=utf-8"}
+CONTENT_TYPES = {"html": "text/html; charset=utf-8", "ogg": "audio/ogg"}  # pages and review clips
 
 
 def split_url(url: str) -> tuple[str, str]:
