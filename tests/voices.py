@@ -95,3 +95,16 @@ CAROL_LINES = (
     "The quarterly report is ready. Please review the numbers before the meeting on Friday.",
     "Send me your notes by noon, and we will go through the budget together next week.",
 )
+
+
+def build_voices(folder: Path) -> Path:
+    """FOLDER/NAME/*.wav: alice and bob (sample.wav's two people, two samples each of about 5 s), carol (espeak-ng's
+    en+f2, two sentences)."""
+    for name, speaker in (("alice", "speaker90"), ("bob", "speaker91")):
+        speech = sample_speech(speaker)
+        half = len(speech) // 2
+        write_wav(folder / name / f"{name}_1.wav", speech[:half])
+        write_wav(folder / name / f"{name}_2.wav", speech[half:])
+    for index, line in enumerate(CAROL_LINES, 1):
+        espeak(folder / "carol" / f"carol_{index}.wav", line, "en+f2")
+    return folder

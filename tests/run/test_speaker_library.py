@@ -15,23 +15,14 @@ from batch.run.speakers.calibrate import calibrate
 from batch.run.speakers.enrol import Enroller, enrolment_vad, folder_samples
 from batch.run.speakers.library import LibraryProblem, decode_library
 from batch.run.speakers.store import LibraryPlace
-from tests.voices import CAROL_LINES, decoded, espeak, resemblyzer, sample_speech, write_wav
+from tests.voices import build_voices, decoded, resemblyzer, write_wav
 
 SAMPLE_RATE = 16_000
 
 
 @pytest.fixture(scope="module")
 def voices(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """FOLDER/NAME/*.wav: alice and bob (sample.wav's two people, two samples each), carol (espeak-ng's en+f2)."""
-    folder = tmp_path_factory.mktemp("voices")
-    for name, speaker in (("alice", "speaker90"), ("bob", "speaker91")):
-        speech = sample_speech(speaker)
-        half = len(speech) // 2
-        write_wav(folder / name / f"{name}_1.wav", speech[:half])
-        write_wav(folder / name / f"{name}_2.wav", speech[half:])
-    for index, line in enumerate(CAROL_LINES, 1):
-        espeak(folder / "carol" / f"carol_{index}.wav", line, "en+f2")
-    return folder
+    return build_voices(tmp_path_factory.mktemp("voices"))
 
 
 @pytest.fixture(scope="module")
