@@ -124,6 +124,10 @@ def test_a_damaged_library_or_one_of_another_encoder_is_refused(
     path.write_text(json.dumps(document))
     with pytest.raises(LibraryProblem, match=r"shape \(3,\), not \(256,\)"):
         place.load()
+    document["names"] = ["carol"]  # valid JSON of another shape
+    path.write_text(json.dumps(document))
+    with pytest.raises(LibraryProblem, match="is damaged: AttributeError"):
+        place.load()
 
     for field, value in (("dimension", 192), ("name", "pyannote/WeSpeakerResNet34")):
         document = json.loads(good)

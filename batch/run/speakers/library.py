@@ -185,7 +185,7 @@ def decode_library(data: bytes, where: str) -> Library:
         raise LibraryProblem(f"{where}: schema {document.get('schema')!r}, this version reads schema {SCHEMA}")
     try:
         return _library(document)
-    except (KeyError, TypeError, ValueError) as exc:
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
         raise LibraryProblem(f"{where} is damaged: {type(exc).__name__} {exc}") from None
 
 
