@@ -30,12 +30,20 @@ def odd_samples(voices: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
     folder = tmp_path_factory.mktemp("odd")
     alice = decoded(voices / "alice" / "alice_1.wav")
     carol = decoded(voices / "carol" / "carol_1.wav")
+    carol *= np.sqrt(np.mean(alice**2) / np.mean(carol**2))  # as loud as alice, as two people on one recording
     return {
         "short": write_wav(folder / "short.wav", alice[: 2 * SAMPLE_RATE]),
         "silent": write_wav(folder / "silent.wav", np.zeros(5 * SAMPLE_RATE, dtype=np.float32)),
         "two_voices": write_wav(folder / "two_voices.wav", np.concatenate([alice, carol])),
+        "taking_turns": write_wav(folder / "taking_turns.wav", np.concatenate(turns_of(alice, carol))),
         "not_audio": (folder / "notes.wav").write_bytes(b"not audio at all") and folder / "notes.wav",
     }
+
+
+def turns_of(first: np.ndarray, second: np.ndarray, seconds: float = 2.5) -> list[np.ndarray]:
+    """The two voices taking turns of `seconds` each: first, second, first, second."""
+    step = int(seconds * SAMPLE_RATE)
+    return [voice[start : start + step] for start in (0, step) for voice in (first, second)]
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +90,7 @@ def test_refusals_name_their_reason_and_the_rest_is_enrolled(
     assert outcomes["short"].reason.startswith("too short: 2.0 s")
     assert outcomes["silent"].reason.startswith("silent in 5.0 s")
     assert outcomes["two_voices"].reason.startswith("two voices")
+    assert outcomes["taking_turns"].reason.startswith("two voices")
     assert "cannot decode" in outcomes["notes"].reason or "not a readable" in outcomes["notes"].reason
     assert [len(samples) for samples in place.load().names.values()] == [1]
 
