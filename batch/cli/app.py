@@ -9,6 +9,7 @@ import typer
 
 from batch.cli.corrections import corrections_app, review_command
 from batch.cli.shared import guarded, load_settings
+from batch.cli.speakers import speakers_app
 from batch.cli.tools import doctor_command, models_app, report_command, status_command
 from batch.common.version import __version__
 
@@ -371,6 +372,7 @@ def run_command(
 
 app.add_typer(models_app, name="models")
 app.add_typer(corrections_app, name="corrections")
+app.add_typer(speakers_app, name="speakers")
 app.command("doctor")(doctor_command)
 app.command("status")(status_command)
 app.command("report")(report_command)
