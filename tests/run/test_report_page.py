@@ -152,7 +152,7 @@ def test_a_run_writes_its_page_beside_its_run_report(cli, browser: Browser, tmp_
     assert {row[1] for row in page_data(newest)["rows"]} == {"skipped"}  # a rerun's page lists what it skipped
 
 
-def test_a_page_for_10000_files_stays_small_and_loads_quickly(cli, browser: Browser, tmp_path) -> None:
+def test_a_page_for_10000_files_stays_small_and_pages_its_table(cli, browser: Browser, tmp_path) -> None:
     dest = tmp_path / "dest"
     fill_dest(dest, 10_000, gpu=True)
     out = tmp_path / "big.html"
@@ -165,8 +165,7 @@ def test_a_page_for_10000_files_stays_small_and_loads_quickly(cli, browser: Brow
     assert browser.run("return document.getElementById('count').textContent") == "10000 of 10000 files"
     assert browser.run("return document.getElementById('page').textContent") == "page 1 of 100"
     browser.driver.find_element(By.ID, "last").click()
-    assert len(browser.run(ROWS)) == 100
-    assert loaded.seconds < 2  # about 0.5 s measured on 2 shared, busy cores
+    assert len(browser.run(ROWS)) == 100  # its load time is measured by bench/report_page.py, not asserted here
 
 
 def test_report_refuses_what_is_not_a_dest_with_a_clear_error(cli, tmp_path) -> None:

@@ -216,7 +216,7 @@ def test_remove_through_the_page_and_the_name_is_kept(dest: Path, browser: Brows
     applied = invoke("corrections", "apply", dest, tmp_path / "downloads" / "corrections.json")
     assert applied.exit_code == 0, applied.output
     assert json.loads((dest / "note.wav.json").read_text())["segments"] == []
-    assert read_review(dest) == {"note.wav": ["signals_disagree"]}
+    assert read_review(dest) == {"note.wav": ["signals_disagree"], "vibrato.wav": ["speech_without_text"]}
 
     review_page(dest, browser)
     assert browser.driver.find_element(By.ID, "who").get_attribute("value") == "bo"  # kept in localStorage
