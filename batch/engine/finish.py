@@ -61,7 +61,7 @@ class Finisher:
     def _align(self, outcome: FileOutcome) -> None:
         """Time every word, each segment with its own language's model; when that cannot be done the segment
         timings stay and the reason is recorded."""
-        from batch.engine.align.aligner import AlignmentOutcome, AlignmentUnavailable
+        from batch.engine.align.aligner import AlignmentModelNotLoaded, AlignmentOutcome, AlignmentUnavailable
         from batch.engine.asr.languages import carry_languages
 
         if not outcome.segments or outcome.language is None:
@@ -77,11 +77,16 @@ class Finisher:
                 done, result = self._align_language(outcome, segments, language)
             except AlignmentUnavailable as problem:
                 model = self._load_aligner().model_for(language)
-                done, result, outcome.error = (
-                    segments,
-                    AlignmentOutcome("failed", model=model, reason=str(problem)),
-                    problem,
-                )
+                done, result = segments, AlignmentOutcome("failed", model=model, reason=str(problem))
+                if language == outcome.language:
+                    outcome.error = problem
+            except AlignmentModelNotLoaded as problem:
+                if language == outcome.language:  # the file's own language: a run with the model does the file
+                    raise
+                # A stretch in another language whose model is not here (an air-gapped job that pulled the
+                # main language's): its segments keep their timings, the file is recorded, the reason with it.
+                model = self._load_aligner().model_for(language)
+                done, result = segments, AlignmentOutcome("unavailable", model=model, reason=str(problem))
             aligned += carry_languages(done, segments)
             results[language] = result.to_dict()
         outcome.segments = sorted(aligned, key=lambda segment: segment["start"])  # stable: a group's order stays

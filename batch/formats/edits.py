@@ -19,6 +19,8 @@ TIME_TOLERANCE = 0.0015  # seconds: times are written rounded to the millisecond
 
 Action = Literal["keep", "remove", "edit"]
 
+LANGUAGE_KEYS = ("language", "language_probability", "other_language")  # what a segment says of its language
+
 
 @dataclass(frozen=True)
 class Span:
@@ -117,6 +119,9 @@ def _restored(transcript: Transcript, span: Span, dropped: list[dict[str, Any]])
     avg_logprob = (entry.get("signals") or {}).get("avg_logprob")
     if avg_logprob is not None:
         segment["avg_logprob"] = avg_logprob
+    language = entry.get("language") or transcript.get("language")
+    if language:  # as every segment says its language: the subtitles' spans and the turns read it
+        segment["language"] = language
     speaker = _speaker_over(transcript.get("speaker_turns", []), entry["start"], entry["end"])
     if speaker is not None:
         segment["speaker"] = speaker
@@ -128,8 +133,9 @@ def _edited(segments: list[Segment], edit: Edit) -> Segment:
     if not text:
         raise EditDoesNotFit("an edit to no text: remove the segment instead")
     segment: Segment = {"start": segments[0]["start"], "end": segments[-1]["end"], "text": text}
-    if "speaker" in segments[0]:
-        segment["speaker"] = segments[0]["speaker"]
+    for key in ("speaker", *LANGUAGE_KEYS):  # a person's text keeps who said it and the language it was said in
+        if key in segments[0]:
+            segment[key] = segments[0][key]  # type: ignore[literal-required]  (a key of Segment, by name)
     return segment
 
 

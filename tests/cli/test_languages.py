@@ -207,3 +207,29 @@ def test_each_language_is_aligned_with_its_own_model(
     assert all(segment["words"] for segment in transcript["segments"])
     starts = [segment["start"] for segment in transcript["segments"]]
     assert starts == sorted(starts)
+
+
+def test_a_stretch_in_a_language_whose_alignment_model_is_not_here_keeps_the_file_recorded(
+    cli, calls: dict[str, Path], base_multilingual: str, tmp_path: Path
+) -> None:
+    """An air-gapped job has the main language's alignment model only (Spanish: the longer part): the English
+    stretch keeps its segment timings, says why, and the file is recorded (it was not: no manifest, and a run of
+    such files stopped)."""
+    from tests.tiny_models import build_tiny_align_model
+
+    align_es = str(
+        build_tiny_align_model(tmp_path / "align-es", chars=list("abcdefghijklmnopqrstuvwxyzáéíóúñü'"), seed=1)
+    )
+    out = tmp_path / "out"
+    result = cli(
+        "run", calls["switch"], "--out", out, "--model", base_multilingual, "--threads", "2", *CHUNKS,
+        "--align-model", f"es={align_es}",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    manifest = read(out / "switch.wav.manifest.json")
+    assert manifest["status"] == "succeeded" and manifest["language"] == "es"
+    languages = manifest["alignment"]["languages"]
+    assert languages["es"]["status"] == "aligned" and languages["en"]["status"] == "unavailable", languages
+    assert "could not be loaded" in languages["en"]["reason"]
+    english = [s for s in read(out / "switch.wav.json")["segments"] if s["language"] == "en"]
+    assert english and all(s["end"] > s["start"] and "words" not in s for s in english)

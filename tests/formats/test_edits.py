@@ -74,6 +74,7 @@ def test_a_dropped_segment_is_restored_in_time_order_with_its_speaker() -> None:
         "end": 11.5,
         "text": " I'll see you next time.",
         "avg_logprob": -1.3,
+        "language": "en",
         "speaker": "caller",
     }
     assert after["speakers"] == ["agent", "caller"] and after["speaker_turns"] == transcript(True)["speaker_turns"]
@@ -137,3 +138,23 @@ def test_typed_text_is_data_in_json_and_breaks_no_text_format() -> None:
     assert all(len(row) == 3 for row in rows) and rows[-1][2] == one_line
     turns = json.loads(render(after, "turns"))
     assert turns[-1]["text"] == one_line and turns[-1]["speaker_id"] == "caller"
+
+
+def test_an_edited_or_restored_segment_keeps_its_language() -> None:
+    """A person's text keeps the language its segment was said in (the VTT's <lang> span and the turns read it); a
+    restored segment says the file's language where the guard's entry names none."""
+    before = transcript()
+    before["segments"][2].update(language="es", language_probability=0.91)
+    before["segments"][2]["other_language"] = {"language": "es", "probability": 0.91}
+    after = apply_edits(
+        before,
+        [
+            Edit("edit", Span(5.0, 7.4, THIRD), "¿En qué puedo ayudarle?"),
+            Edit("keep", Span(9.0, 11.5, DROPPED[0]["text"])),
+        ],
+        DROPPED,
+    )
+    edited, restored = after["segments"][2], after["segments"][3]
+    assert edited["text"] == "¿En qué puedo ayudarle?" and edited["language"] == "es"
+    assert edited["other_language"] == {"language": "es", "probability": 0.91}
+    assert restored["language"] == "en"

@@ -474,6 +474,24 @@ def test_a_message_that_comes_back_to_the_run_holding_it_is_held_on_under_its_ne
     assert messages_in(queue_url) == (0, 0)
 
 
+def test_objects_under_dest_are_never_transcribed_so_a_run_never_clips_its_own_clips(
+    bucket: str, tones: dict[float, bytes]
+) -> None:
+    """DEST under the notification's prefix: the run's own outputs come back as events. The review clips are media,
+    so a run that took them would cut clips of its clips all night; every object under DEST is passed over."""
+    queue_url, _ = make_queue("own-clips", visibility=30)
+    put(bucket, "in/a.wav", tones[1.0])
+    put(bucket, "in/out/_review/clips/0123.ogg", tones[1.0])  # as a run with DEST s3://BUCKET/in/out/ writes
+    put(bucket, "in/out/b.wav", tones[1.0])  # even a recording: DEST's own
+    for key in ("in/out/_review/clips/0123.ogg", "in/out/b.wav", "in/a.wav"):
+        send_source(queue_url, f"s3://{bucket}/{key}")
+    pipeline = FakePipeline(batch_size=1)
+    report = queue_job(queue_url, f"s3://{bucket}/in/out", pipeline).run()
+    assert report.exit_code == 0 and report.succeeded == ["in/a.wav"] and pipeline.pulled == ["in/a.wav"]
+    assert report.queue is not None and (report.queue.received, report.queue.deleted) == (3, 3)
+    assert messages_in(queue_url) == (0, 0)
+
+
 def refuse_extensions(request: AWSPreparedRequest, **_: object) -> AWSResponse | None:
     """SQS answers 500 to every visibility extension (a release to 0 goes through)."""
     if b'"VisibilityTimeout": 0' in (request.body or b"") or b"VisibilityTimeout=0" in (request.body or b""):

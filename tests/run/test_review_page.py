@@ -289,26 +289,26 @@ def test_an_s3_dest_synced_to_a_folder_plays_its_clips_without_source(
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     monkeypatch.setenv("WHISPERX_BATCH_S3_ENDPOINT_URL", s3_endpoint)
     s3 = boto3.client("s3", endpoint_url=s3_endpoint)
-    s3.create_bucket(Bucket="jobs")
+    s3.create_bucket(Bucket="reviewjobs")
     source = tmp_path / "in"
     speak(NOTE, source / "note.wav")
     phrases = tmp_path / "phrases.txt"
     phrases.write_text("could you send me the file before the meeting tomorrow morning please\n")
     result = invoke(
-        "run", source, "--out", "s3://jobs/out", "--model", tiny_en, "--no-align", "--threads", "2",
+        "run", source, "--out", "s3://reviewjobs/out", "--model", tiny_en, "--no-align", "--threads", "2",
         "--hallucination-phrases", phrases,
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    written = invoke("review", "s3://jobs/out")
+    written = invoke("review", "s3://reviewjobs/out")
     assert written.exit_code == 0, written.output
-    assert written.stdout.strip() == "review page written: s3://jobs/out/_review/index.html"
+    assert written.stdout.strip() == "review page written: s3://reviewjobs/out/_review/index.html"
 
-    synced = tmp_path / "synced"  # as `aws s3 sync s3://jobs/out synced` leaves it
+    synced = tmp_path / "synced"  # as `aws s3 sync s3://reviewjobs/out synced` leaves it
     kinds = {}
-    for listed in s3.list_objects_v2(Bucket="jobs", Prefix="out/")["Contents"]:
+    for listed in s3.list_objects_v2(Bucket="reviewjobs", Prefix="out/")["Contents"]:
         target = synced / listed["Key"].removeprefix("out/")
         target.parent.mkdir(parents=True, exist_ok=True)
-        got = s3.get_object(Bucket="jobs", Key=listed["Key"])
+        got = s3.get_object(Bucket="reviewjobs", Key=listed["Key"])
         target.write_bytes(got["Body"].read())
         kinds[target.suffix] = got["ContentType"]
     assert kinds[".ogg"] == "audio/ogg" and kinds[".html"].startswith("text/html")
@@ -316,7 +316,7 @@ def test_an_s3_dest_synced_to_a_folder_plays_its_clips_without_source(
 
     loaded = browser.open(synced / "_review" / "index.html")
     assert loaded.errors == [] and loaded.off_disk == [], (loaded.errors, loaded.off_disk)
-    assert page_data(synced / "_review" / "index.html")["dest"] == "s3://jobs/out"
+    assert page_data(synced / "_review" / "index.html")["dest"] == "s3://reviewjobs/out"
     browser.run(
         "const audio = document.querySelector('section.file audio'); window.heard = [];"
         "audio.addEventListener('timeupdate', () => window.heard.push(audio.currentTime)); audio.play();"
@@ -324,7 +324,7 @@ def test_an_s3_dest_synced_to_a_folder_plays_its_clips_without_source(
     browser.wait_for("window.heard.length > 0 && window.heard[window.heard.length - 1] > 1", 30)
 
     elsewhere = tmp_path / "elsewhere.html"  # a page for an S3 DEST written on this machine cannot reach its clips
-    assert invoke("review", "s3://jobs/out", "--out", elsewhere).exit_code == 0
+    assert invoke("review", "s3://reviewjobs/out", "--out", elsewhere).exit_code == 0
     browser.open(elsewhere)
     assert "open the page written there" in browser.driver.find_element(By.CSS_SELECTOR, ".no-clip").text
 

@@ -186,6 +186,9 @@ class QueueSource:
         held = _Held(message)
         works = []
         for bucket, key in message.objects:
+            if self._written_by_dest(bucket, key):
+                log.info("s3://%s/%s lies in DEST: its outputs, clips and reports are not transcribed", bucket, key)
+                continue
             if not is_selected(key, self.selection.include, self.selection.exclude):
                 log.info(
                     "s3://%s/%s is not selected (a media file, --include, --exclude): not transcribed", bucket, key
@@ -199,6 +202,14 @@ class QueueSource:
             yield from self._take(work, on_skipped)
         if not works:
             self._end_if_finished(message.message_id)
+
+    def _written_by_dest(self, bucket: str, key: str) -> bool:
+        """An object under DEST (DEST under the notification's prefix): the review clips are media, and a run that
+        took them would make clips of its clips all night. DEST at a bucket's root: its own folders only."""
+        dest_bucket, dest_prefix = getattr(self.dest, "bucket", None), getattr(self.dest, "prefix", "")
+        if bucket != dest_bucket:
+            return False
+        return key.startswith(dest_prefix) if dest_prefix else key.split("/", 1)[0] in DEST_FOLDERS
 
     def _held_again(self, message: QueueMessage) -> bool:
         """A message this run holds came back to it (its visibility ran out before the heartbeat extended it: a
@@ -384,4 +395,5 @@ class QueueSource:
                 log.warning("could not extend the queue messages' visibility: %s", describe(exc)["message"])
 
 
+DEST_FOLDERS = ("_runs", "_claims", "_review")  # what a run writes into DEST besides each file's outputs
 LONG_POLL = 10  # seconds: a stop is seen once the poll returns
