@@ -55,3 +55,29 @@ def test_centroid_is_a_unit_vector_and_look_alikes_are_found() -> None:
     assert np.linalg.norm(centroids["ann"]) == pytest.approx(1.0, abs=1e-6)
     pairs = look_alike_names(centroids, 0.9)
     assert [(pair.first, pair.second) for pair in pairs] == [("ann", "anne")]
+
+
+def test_the_rates_from_sorted_scores_are_those_of_every_pair_counted() -> None:
+    """The equal error rate and the threshold at a rate come from sorted scores (a library of 100 people has half
+    a million pairs); they are the very figures that counting every pair at every threshold gives."""
+    import numpy as np
+
+    from batch.engine.speakers import scoring
+
+    rng = np.random.default_rng(7)
+    same, different = rng.normal(0.7, 0.1, 60), np.round(rng.normal(0.4, 0.15, 400), 2)  # ties, as real scores have
+    thresholds = scoring.candidate_thresholds(same, different)
+    false = np.array([scoring.false_name_rate(different, t) for t in thresholds])
+    misses = np.array([scoring.miss_rate(same, t) for t in thresholds])
+    best = int(np.argmin(np.abs(false - misses)))
+    assert scoring.equal_error_rate(same, different) == (
+        float((false[best] + misses[best]) / 2),
+        float(thresholds[best]),
+    )
+    for rate in (0.0, 0.01, 0.1, 0.5):
+        counted = next(
+            t
+            for t in scoring.candidate_thresholds(np.array([]), different)
+            if scoring.false_name_rate(different, t) <= rate
+        )
+        assert scoring.threshold_at(different, rate) == float(counted)
