@@ -16,9 +16,10 @@ from functools import partial
 from typing import Any, TypeVar
 
 from batch.common.concurrency import ordered_map
-from batch.common.errors import EXIT_FILES_FAILED, EXIT_OK, BatchError, ConfigError, EnvironmentProblem, redact
-from batch.run.manifest import MANIFEST_SUFFIX, RUNS_FOLDER, Manifest, absent_outputs, manifest_name, to_review
+from batch.common.errors import EXIT_FILES_FAILED, EXIT_OK, ConfigError, redact
+from batch.run.manifest import Manifest, absent_outputs, manifest_name, to_review
 from batch.run.report import RunReport, report_names
+from batch.run.report_pages import listed, manifest_names
 from batch.storage import Store, open_store
 
 # Manifests and reports are read this many at once (on S3 each read is a request), this many ahead of the count.
@@ -115,28 +116,14 @@ def collect_status(dest: str | os.PathLike[str] | None, s3_endpoint_url: str | N
         raise ConfigError("out", str(exc)) from None
     store.check_readable("DEST")
     status = DestStatus(dest=store.location)
-    for name, inspected in _each(partial(_inspect, store), _listed(store, manifest_names)):
+    for name, inspected in _each(partial(_inspect, store), listed(store, manifest_names)):
         _count(status, name, *inspected)
-    stored = _each(partial(_read, store), _listed(store, report_names))
+    stored = _each(partial(_read, store), listed(store, report_names))
     reports = [report for report in (RunReport.decode(raw) for _, raw in stored) if report is not None]
     reports.sort(key=lambda report: (report.started_at, report.run_id))
     status.runs = len(reports)
     status.last_run = _summarize_run(reports[-1]) if reports else None
     return status
-
-
-def manifest_names(store: Store) -> list[str]:
-    """Every KEY.manifest.json, but those in the top-level runs folder (hidden names are never listed)."""
-    return sorted(name for name in store.list_names(suffix=MANIFEST_SUFFIX) if not name.startswith(f"{RUNS_FOLDER}/"))
-
-
-def _listed(store: Store, names: Callable[[Store], list[str]]) -> list[str]:
-    try:
-        return names(store)
-    except BatchError:
-        raise
-    except Exception as exc:  # botocore's errors past the first page: credentials, network
-        raise EnvironmentProblem(f"DEST {store.location} cannot be listed: {redact(str(exc))}") from None
 
 
 def _each(read: Callable[[str], Result], names: list[str]) -> Iterator[tuple[str, Result]]:
