@@ -20,6 +20,7 @@ from typing import Any
 from batch.common.errors import ConfigError
 from batch.common.logs import run_id_var
 from batch.common.version import __version__
+from batch.engine.gpu.listing import gpu_in_use
 from batch.engine.pipeline import Pipeline
 from batch.run.config import JobConfig, configure
 from batch.run.metrics import RunMetrics, gpu_memory_probe
@@ -170,6 +171,9 @@ class Job:
                 listing_watchers=self._listing_watchers,
                 queue=self.queue,
             )
+            if not self.config.workers:  # the parent of several workers holds no GPU: each worker says its own
+                visible = os.environ.get("CUDA_VISIBLE_DEVICES")  # as the CUDA runtime reads it
+                self.runner.report.gpu_device = gpu_in_use(self.config.pipeline.runtime.device, visible)
             if self.stop_requested:
                 self.runner.request_stop(self.stop_signal)
         return self.runner

@@ -238,6 +238,8 @@ def _device(report: RunReport) -> str:
     said = " ".join(part for part in (report.device, report.compute_type) if part) or "-"
     if report.threads:
         said += f", {report.threads} threads"
+    if report.gpu_device:
+        said += f"; {report.gpu_device}"
     workers = [f"{w.name}: {w.detail}" for w in report.workers]
     if workers:
         said += "; workers " + "; ".join(workers)

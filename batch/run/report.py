@@ -152,6 +152,7 @@ class RunReport(Record):
     settings: dict[str, Any] = {}
     settings_hash: str | None = None
     device: str | None = None
+    gpu_device: str | None = None  # the GPU a one-process run ran on (name, memory, UUID); workers say their own
     compute_type: str | None = None
     threads: int | None = None
     batch_size: int | None = None

@@ -326,3 +326,17 @@ def test_a_run_in_workers_decides_its_device_from_nvml_alone() -> None:
     assert resolve_device_for_workers("auto", FakeNvml()) == "cpu"
     with pytest.raises(EnvironmentProblem, match=r"no GPU is visible \(NVML Shared Library Not Found\)"):
         resolve_device_for_workers("cuda", FakeNvml(A, driver=False))
+
+
+def test_the_gpu_a_run_uses_is_named_for_its_report() -> None:
+    """The run report (and its page) says which GPU a one-process run ran on: the device's index among those
+    CUDA_VISIBLE_DEVICES shows; nothing on the CPU, or where NVML cannot tell."""
+    from batch.engine.gpu.listing import gpu_in_use
+
+    nvml = FakeNvml(A, B, C)
+    assert gpu_in_use("cuda", None, nvml) == visible_gpus(None, FakeNvml(A, B, C))[0].describe()
+    assert gpu_in_use("cuda:1", f"{C.uuid},{A.uuid}", nvml) == visible_gpus(f"{C.uuid},{A.uuid}", nvml)[1].describe()
+    assert "GPU" in (gpu_in_use("cuda:1", None, nvml) or "") and B.uuid in (gpu_in_use("cuda:1", None, nvml) or "")
+    assert gpu_in_use("cpu", None, nvml) is None
+    assert gpu_in_use("cuda:7", None, nvml) is None
+    assert gpu_in_use("cuda", None, FakeNvml(A, driver=False)) is None

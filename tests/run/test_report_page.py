@@ -79,6 +79,9 @@ def test_a_dest_page_shows_every_file_once_sorts_filters_and_draws_its_plots(cli
     assert all(paths >= 1 for _, paths, _ in drawn), drawn
     assert browser.run("return document.querySelectorAll('#cost svg path').length") == 6  # this DEST and 5 services
     assert "$2.5 an hour" in browser.run("return document.getElementById('cost-note').textContent")
+    assert "GPU 0 (NVIDIA L4, 22.0 GiB, GPU-0a1b)" in browser.run(
+        "return document.getElementById('summary').textContent"
+    )
     browser.screenshot("report-dest.png", whole_page=True)
 
     browser.driver.find_element(By.ID, "first").click()

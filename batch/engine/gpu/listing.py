@@ -73,6 +73,18 @@ def visible_gpus(visible: str | None, nvml: ModuleType | None = None) -> list[Vi
             nvml.nvmlShutdown()
 
 
+def gpu_in_use(device: str, visible: str | None, nvml: ModuleType | None = None) -> str | None:
+    """The GPU a process on `device` ("cuda", "cuda:1") runs on, `GPU 1 (NVIDIA L4, 22.0 GiB, GPU-...)`, for the
+    record; None on the CPU or where NVML cannot tell (the run goes on whatever it says)."""
+    if not device.startswith("cuda"):
+        return None
+    _, _, index = device.partition(":")
+    try:
+        return visible_gpus(visible, nvml)[int(index or 0)].describe()
+    except (GpusUnavailable, IndexError, ValueError):
+        return None
+
+
 def _usable(devices: Sequence[NvmlDevice], listed: list[int] | list[str] | None) -> list[NvmlDevice]:
     """Whole GPUs without MIG, and the MIG instances of those with it; only those CUDA_VISIBLE_DEVICES lists."""
     with_mig = {device.pci for device in devices if device.index is None}
