@@ -371,7 +371,8 @@ def test_a_chunk_that_alignment_split_into_sentences_is_edited_whole(
     applied = invoke("corrections", "apply", out, write(tmp_path / "c.json", edited))
     assert applied.exit_code == 0, applied.output
     after = read(out / "call.wav.json")
-    assert after["segments"] == [{"start": chunk["start"], "end": chunk["end"], "text": TYPED_LINE}]
+    said_in = {key: sentences[0][key] for key in ("language", "language_probability")}  # the text keeps its language
+    assert after["segments"] == [{"start": chunk["start"], "end": chunk["end"], "text": TYPED_LINE, **said_in}]
     assert after["word_segments"] == []  # the typed words have no times of their own
     vtt = (out / "call.wav.vtt").read_text()
     assert "<u>" not in vtt and "&lt;script&gt;alert(1)&lt;/script&gt;" in vtt.replace("\n", " ")
