@@ -239,3 +239,16 @@ def browser() -> Iterator[object]:
 
     with browser_session() as session:
         yield session
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    """A real S3 HTTP server (moto's server mode) on 127.0.0.1. moto's backends are one per process whatever the
+    server: a test module names buckets no other module uses."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()

@@ -305,17 +305,6 @@ def test_a_rerun_keeps_corrections_and_a_redo_keeps_them_in_history_for_review_a
     assert read_review(dest) == {"note.wav": ["signals_disagree"], "vibrato.wav": ["speech_without_text"]}
 
 
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
 def test_corrections_applied_to_an_s3_dest(
     s3_endpoint: str, monkeypatch: pytest.MonkeyPatch, source: Path, phrases: Path, tiny_en: str, tmp_path: Path
 ) -> None:

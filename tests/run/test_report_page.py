@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -203,18 +202,6 @@ def test_the_price_comes_from_the_config_file_and_the_page_escapes_what_it_holds
     audio_seconds = sum(m.get("audio_seconds", 0.0) for m in manifests if m["status"] == "succeeded")
     assert cost["per_audio_hour"] == pytest.approx(4.0 * (21 / 3600) / (audio_seconds / 3600), rel=1e-3)
     assert [price["per_audio_hour"] for price in cost["list_prices"]] == [1.44, 0.96, 0.36, 0.258, 0.15]
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    """A real S3 HTTP server (moto's server mode) on 127.0.0.1."""
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
 
 
 def test_a_page_for_an_s3_dest_is_written_into_it(cli, s3_endpoint: str, tmp_path, monkeypatch) -> None:

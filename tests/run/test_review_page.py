@@ -268,17 +268,6 @@ def test_a_clip_that_cannot_be_written_is_a_warning_and_the_file_succeeds(tiny_e
     assert [segment["clip"] for segment in page_data(out / "_review" / "index.html")["files"][0]["segments"]] == [None]
 
 
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
 def test_an_s3_dest_synced_to_a_folder_plays_its_clips_without_source(
     s3_endpoint: str, monkeypatch: pytest.MonkeyPatch, tiny_en: str, tmp_path: Path, browser: Browser
 ) -> None:
