@@ -16,11 +16,11 @@ from functools import partial
 from typing import Any, TypeVar
 
 from batch.common.concurrency import ordered_map
-from batch.common.errors import EXIT_FILES_FAILED, EXIT_OK, ConfigError, redact
+from batch.common.errors import EXIT_FILES_FAILED, EXIT_OK, redact
 from batch.run.manifest import Manifest, absent_outputs, manifest_name, to_review
 from batch.run.report import RunReport, report_names
-from batch.run.report_pages import listed, manifest_names
-from batch.storage import Store, open_store
+from batch.run.report_pages import listed, manifest_names, open_dest
+from batch.storage import Store
 
 # Manifests and reports are read this many at once (on S3 each read is a request), this many ahead of the count.
 READ_WORKERS = 16
@@ -108,13 +108,7 @@ class DestStatus:
 def collect_status(dest: str | os.PathLike[str] | None, s3_endpoint_url: str | None = None) -> DestStatus:
     """Read every manifest under DEST (a folder or an s3:// prefix). EnvironmentProblem when DEST cannot be
     read (exit 3), ConfigError when no DEST is given (exit 2)."""
-    if not dest:
-        raise ConfigError("out", "missing: give DEST, or `out` in the config file or WHISPERX_BATCH_OUT")
-    try:
-        store = open_store(os.fspath(dest), endpoint_url=s3_endpoint_url)
-    except ValueError as exc:
-        raise ConfigError("out", str(exc)) from None
-    store.check_readable("DEST")
+    store = open_dest(os.fspath(dest) if dest else None, s3_endpoint_url)
     status = DestStatus(dest=store.location)
     for name, inspected in _each(partial(_inspect, store), listed(store, manifest_names)):
         _count(status, name, *inspected)
