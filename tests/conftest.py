@@ -10,6 +10,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -252,3 +253,15 @@ def s3_endpoint() -> Iterator[str]:
     host, port = server.get_host_and_port()
     yield f"http://{host}:{port}"
     server.stop()
+
+
+@pytest.fixture
+def s3_client(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A boto3 S3 client of that server, and the environment that points the runner's own clients at it."""
+    import boto3
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing-secret-value")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("WHISPERX_BATCH_S3_ENDPOINT_URL", s3_endpoint)
+    return boto3.client("s3", endpoint_url=s3_endpoint)

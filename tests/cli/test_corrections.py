@@ -306,15 +306,9 @@ def test_a_rerun_keeps_corrections_and_a_redo_keeps_them_in_history_for_review_a
 
 
 def test_corrections_applied_to_an_s3_dest(
-    s3_endpoint: str, monkeypatch: pytest.MonkeyPatch, source: Path, phrases: Path, tiny_en: str, tmp_path: Path
+    s3_client: Any, source: Path, phrases: Path, tiny_en: str, tmp_path: Path
 ) -> None:
-    for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing-secret-value")):
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("WHISPERX_BATCH_S3_ENDPOINT_URL", s3_endpoint)
-    import boto3
-
-    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    s3 = s3_client
     s3.create_bucket(Bucket="corrected")
     run(source, "s3://corrected/out", tiny_en, phrases, "--include", "note.wav")
 

@@ -180,16 +180,9 @@ def test_status_reads_a_dest_it_cannot_write(cli, tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def s3(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Any:
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing-secret-value")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("WHISPERX_BATCH_S3_ENDPOINT_URL", s3_endpoint)
-    import boto3
-
-    client = boto3.client("s3", endpoint_url=s3_endpoint)
-    client.create_bucket(Bucket="jobs")
-    return client
+def s3(s3_client: Any) -> Any:
+    s3_client.create_bucket(Bucket="jobs")
+    return s3_client
 
 
 def test_status_of_an_s3_dest(cli, s3: Any) -> None:

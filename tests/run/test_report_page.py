@@ -204,14 +204,8 @@ def test_the_price_comes_from_the_config_file_and_the_page_escapes_what_it_holds
     assert [price["per_audio_hour"] for price in cost["list_prices"]] == [1.44, 0.96, 0.36, 0.258, 0.15]
 
 
-def test_a_page_for_an_s3_dest_is_written_into_it(cli, s3_endpoint: str, tmp_path, monkeypatch) -> None:
-    import boto3
-
-    for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing-secret-value")):
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("WHISPERX_BATCH_S3_ENDPOINT_URL", s3_endpoint)
-    client = boto3.client("s3", endpoint_url=s3_endpoint)
+def test_a_page_for_an_s3_dest_is_written_into_it(cli, s3_client: Any, tmp_path) -> None:
+    client = s3_client
     client.create_bucket(Bucket="pages")
     local = tmp_path / "dest"
     keys = fill_dest(local, 30)

@@ -269,15 +269,9 @@ def test_a_clip_that_cannot_be_written_is_a_warning_and_the_file_succeeds(tiny_e
 
 
 def test_an_s3_dest_synced_to_a_folder_plays_its_clips_without_source(
-    s3_endpoint: str, monkeypatch: pytest.MonkeyPatch, tiny_en: str, tmp_path: Path, browser: Browser
+    s3_client: Any, tiny_en: str, tmp_path: Path, browser: Browser
 ) -> None:
-    import boto3
-
-    for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing")):
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("WHISPERX_BATCH_S3_ENDPOINT_URL", s3_endpoint)
-    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    s3 = s3_client
     s3.create_bucket(Bucket="reviewjobs")
     source = tmp_path / "in"
     speak(NOTE, source / "note.wav")
