@@ -246,8 +246,11 @@ def browser() -> Iterator[object]:
 def s3_endpoint() -> Iterator[str]:
     """A real S3 HTTP server (moto's server mode) on 127.0.0.1. moto's backends are one per process whatever the
     server: a test module names buckets no other module uses."""
+    import logging
+
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # the server logs every request otherwise
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()

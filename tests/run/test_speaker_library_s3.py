@@ -3,14 +3,11 @@ with conditional writes, so an enrolment that lands between another's read and w
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 
 from batch.run.speakers.calibrate import calibrate
 from batch.run.speakers.enrol import Enroller, enrolment_vad
@@ -19,18 +16,8 @@ from batch.storage.s3 import make_client
 from tests.voices import build_voices, resemblyzer
 
 
-@pytest.fixture(scope="module")
-def moto_url() -> Iterator[str]:
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
 @pytest.fixture(autouse=True)
-def aws_environment(monkeypatch: pytest.MonkeyPatch, moto_url: str) -> None:
+def aws_environment(monkeypatch: pytest.MonkeyPatch, s3_endpoint: str) -> None:
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing-secret-value")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
@@ -42,28 +29,28 @@ def voices(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_voices(tmp_path_factory.mktemp("voices"))
 
 
-def test_an_enrolment_that_lands_meanwhile_is_kept(moto_url: str, voices: Path) -> None:
-    boto3.client("s3", endpoint_url=moto_url).create_bucket(Bucket="voices")
+def test_an_enrolment_that_lands_meanwhile_is_kept(s3_endpoint: str, voices: Path) -> None:
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket="voices")
     url = "s3://voices/team/speakers.json"
     enroller = Enroller(resemblyzer(), enrolment_vad("cpu"))
-    enroller.enrol(LibraryPlace.at(url, moto_url), [("alice", voices / "alice" / "alice_1.wav")])
+    enroller.enrol(LibraryPlace.at(url, s3_endpoint), [("alice", voices / "alice" / "alice_1.wav")])
 
     # Just before this enrolment's write leaves, another machine's enrolment of bob lands (at the HTTP seam)
-    client = make_client(moto_url)
+    client = make_client(s3_endpoint)
     writes: list[int] = []
 
     def another_enrolment_first(request: Any, **_: Any) -> None:
         writes.append(1)
         if len(writes) == 1:
-            enroller.enrol(LibraryPlace.at(url, moto_url), [("bob", voices / "bob" / "bob_1.wav")])
+            enroller.enrol(LibraryPlace.at(url, s3_endpoint), [("bob", voices / "bob" / "bob_1.wav")])
 
     client.meta.events.register("before-send.s3.PutObject", another_enrolment_first)
     outcomes = enroller.enrol(LibraryPlace.at(url, client=client), [("carol", voices / "carol" / "carol_1.wav")])
     assert [outcome.status for outcome in outcomes] == ["enrolled"]
     assert len(writes) == 2  # the first write was refused (412: the library had changed), the second made on bob's
-    library = LibraryPlace.at(url, moto_url).load()
+    library = LibraryPlace.at(url, s3_endpoint).load()
     assert sorted(library.names) == ["alice", "bob", "carol"]
 
-    enroller.enrol(LibraryPlace.at(url, moto_url), [("carol", voices / "carol" / "carol_2.wav")])
-    calibration = calibrate(LibraryPlace.at(url, moto_url))
-    assert LibraryPlace.at(url, moto_url).load().threshold == calibration.threshold
+    enroller.enrol(LibraryPlace.at(url, s3_endpoint), [("carol", voices / "carol" / "carol_2.wav")])
+    calibration = calibrate(LibraryPlace.at(url, s3_endpoint))
+    assert LibraryPlace.at(url, s3_endpoint).load().threshold == calibration.threshold
